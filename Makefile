@@ -1,0 +1,52 @@
+# Quick start: `make run` (local system) and `make test` (every test). Both set up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+REQUIREMENTS := worker-python/requirements.txt coordinator/requirements.txt \
+	infra/requirements.txt scripts/requirements.txt tests/requirements.txt
+
+.PHONY: setup workers run stop test test-python test-node bench soak clean help
+
+help:
+	@echo "make run     set up, start both workers and the page on http://localhost:8501"
+	@echo "make test    set up, then run every test (pytest + node --test)"
+	@echo "make workers start both workers in the background; make stop stops them"
+	@echo "make bench   benchmarks (tables of medians and ratios)"
+
+setup: $(VENV)/.installed worker-nodejs/node_modules/.installed
+
+$(VENV)/.installed: $(REQUIREMENTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(addprefix -r ,$(REQUIREMENTS))
+	touch $@
+
+worker-nodejs/node_modules/.installed: worker-nodejs/package.json worker-nodejs/package-lock.json
+	cd worker-nodejs && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+workers: setup
+	$(PY) -m scripts.local start
+
+run: setup
+	$(PY) -m scripts.local run
+
+stop:
+	@test -x $(PY) && $(PY) -m scripts.local stop || true
+
+test: setup test-node test-python
+
+test-node:
+	cd worker-nodejs && node --test test/
+
+test-python:
+	$(PY) -m pytest -c tests/pytest.ini --rootdir=. $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m scripts.bench $(BENCH_ARGS)
+
+soak: setup
+	$(PY) -m scripts.soak $(SOAK_ARGS)
+
+clean: stop
+	rm -rf $(VENV) worker-nodejs/node_modules .run .artifacts

@@ -1,0 +1,57 @@
+"""Shared fixtures: real worker processes on loopback, and the CI rule for skips."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from tests.support.procs import ROOT, RUNTIMES, start_worker
+
+sys.path.insert(0, str(ROOT / "worker-python"))
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip for a missing system package; under CI that is a failure, since .ci/run installs it."""
+    if IN_CI:
+        pytest.fail(f"required under CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def worker_factory(tmp_path_factory):
+    """Start extra workers with their own env; all are stopped at the end of the session."""
+    started = []
+
+    def start(runtime: str, env: dict | None = None, **kwargs):
+        worker = start_worker(runtime, tmp_path_factory.mktemp(f"w-{runtime}"), env, **kwargs)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def python_worker(worker_factory):
+    return worker_factory("python")
+
+
+@pytest.fixture(scope="session")
+def nodejs_worker(worker_factory):
+    return worker_factory("nodejs")
+
+
+@pytest.fixture(scope="session", params=RUNTIMES)
+def any_worker(request, worker_factory):
+    """The same test, once against each runtime."""
+    return request.getfixturevalue(f"{request.param}_worker")
+
+
+@pytest.fixture(scope="session")
+def local_fleet(python_worker, nodejs_worker):
+    """Both default workers, as the coordinator's worker URL list."""
+    return [python_worker.url, nodejs_worker.url]
