@@ -1,0 +1,518 @@
+'use strict';
+// Pixels only: Buffers in, Buffers out. No I/O, no config, no HTTP.
+// An "image" here is { width, height, data } with data = width*height*3 bytes of 8-bit RGB.
+
+const sharp = require('sharp');
+const decodeBmpLib = require('bmp-js').decode;
+
+/** A failure caused by the input; `code` and `status` go straight into the HTTP error. */
+class ImageError extends Error {
+  constructor(code, status, message) {
+    super(message);
+    this.code = code;
+    this.status = status;
+  }
+}
+
+const badImage = (message) => new ImageError('bad_image', 400, message);
+const unsupported = (message) => new ImageError('unsupported_type', 415, message);
+
+const OPERATIONS = ['grayscale', 'sepia', 'invert', 'blur'];
+const FORMATS = ['png', 'jpeg', 'webp', 'raw'];
+const CONTENT_TYPES = {
+  png: 'image/png',
+  jpeg: 'image/jpeg',
+  webp: 'image/webp',
+  raw: 'image/x-portable-pixmap',
+};
+
+// ---------------------------------------------------------------- format sniffing
+
+const startsWith = (buf, bytes, at = 0) =>
+  buf.length >= at + bytes.length && bytes.every((b, i) => buf[at + i] === b);
+const ascii = (text) => [...text].map((c) => c.charCodeAt(0));
+
+/** Known-but-refused formats, so they get 415 rather than 400. */
+function refusedFormat(buf) {
+  if (startsWith(buf, [0, 0, 1, 0]) || startsWith(buf, [0, 0, 2, 0])) return 'ICO';
+  if (startsWith(buf, ascii('ftyp'), 4)) return 'AVIF/HEIF';
+  if (startsWith(buf, [0xff, 0x0a]) || startsWith(buf, ascii('JXL '), 4)) return 'JPEG XL';
+  if (startsWith(buf, ascii('jP  '), 4)) return 'JPEG 2000';
+  if (startsWith(buf, ascii('8BPS'))) return 'PSD';
+  if (startsWith(buf, ascii('%PDF'))) return 'PDF';
+  if (startsWith(buf, ascii('qoif'))) return 'QOI';
+  if (startsWith(buf, ascii('#?RADIANCE'))) return 'HDR';
+  if (startsWith(buf, [0x76, 0x2f, 0x31, 0x01])) return 'EXR';
+  if (startsWith(buf, ascii('DDS '))) return 'DDS';
+  if (startsWith(buf, ascii('icns'))) return 'ICNS';
+  if (buf.length >= 2 && buf[0] === 0x50 && [0x31, 0x32, 0x33, 0x34, 0x37].includes(buf[1])) {
+    return 'Netpbm other than P5/P6';
+  }
+  const head = buf.subarray(0, 512).toString('latin1').replace(/^\uFEFF|^\xEF\xBB\xBF/, '').trimStart();
+  if (/^<(\?xml|svg|!DOCTYPE svg)/i.test(head) && /<svg/i.test(buf.subarray(0, 4096).toString('latin1'))) {
+    return 'SVG';
+  }
+  return null;
+}
+
+/** The accepted format of `buf` by its magic bytes; throws 415 for refused formats, 400 otherwise. */
+function sniffFormat(buf) {
+  if (startsWith(buf, [0xff, 0xd8, 0xff])) return 'jpeg';
+  if (startsWith(buf, [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])) return 'png';
+  if (startsWith(buf, ascii('RIFF')) && startsWith(buf, ascii('WEBP'), 8)) return 'webp';
+  if (startsWith(buf, [0x49, 0x49, 0x2a, 0x00]) || startsWith(buf, [0x4d, 0x4d, 0x00, 0x2a])) return 'tiff';
+  if (startsWith(buf, ascii('GIF87a')) || startsWith(buf, ascii('GIF89a'))) return 'gif';
+  if (startsWith(buf, ascii('BM'))) return 'bmp';
+  if (startsWith(buf, ascii('P6')) || startsWith(buf, ascii('P5'))) return 'ppm';
+  const refused = refusedFormat(buf);
+  if (refused) throw unsupported(`${refused} images are not accepted`);
+  throw badImage('not a recognised image (expected JPEG, PNG, WebP, BMP, TIFF, GIF or PPM)');
+}
+
+// ---------------------------------------------------------------- PPM (P6, and P5 gray)
+
+/** Parses a binary Netpbm header; returns { magic, width, height, maxval, offset } or throws. */
+function parsePnmHeader(buf) {
+  const magic = buf.toString('latin1', 0, 2);
+  const fields = [];
+  let pos = 2;
+  while (fields.length < 3) {
+    // Whitespace and '#' comments may sit between header fields.
+    while (pos < buf.length) {
+      const c = buf[pos];
+      if (c === 0x23) {
+        while (pos < buf.length && buf[pos] !== 0x0a && buf[pos] !== 0x0d) pos += 1;
+      } else if (c === 0x20 || (c >= 0x09 && c <= 0x0d)) {
+        pos += 1;
+      } else {
+        break;
+      }
+    }
+    const start = pos;
+    while (pos < buf.length && buf[pos] >= 0x30 && buf[pos] <= 0x39 && pos - start < 10) pos += 1;
+    if (pos === start) throw badImage('PPM header is truncated or malformed');
+    fields.push(Number(buf.toString('latin1', start, pos)));
+  }
+  // Exactly one whitespace byte separates the header from the samples.
+  if (pos >= buf.length || !(buf[pos] === 0x20 || (buf[pos] >= 0x09 && buf[pos] <= 0x0d))) {
+    throw badImage('PPM header is truncated or malformed');
+  }
+  const [width, height, maxval] = fields;
+  if (width < 1 || height < 1) throw badImage('PPM width and height must be positive');
+  if (maxval < 1 || maxval > 65535) throw badImage('PPM maxval must be 1..65535');
+  return { magic, width, height, maxval, offset: pos + 1 };
+}
+
+function decodePnm(buf, header) {
+  const { magic, width, height, maxval, offset } = header;
+  const samplesPerPixel = magic === 'P6' ? 3 : 1;
+  const bytesPerSample = maxval > 255 ? 2 : 1;
+  const count = width * height * samplesPerPixel;
+  if (buf.length - offset < count * bytesPerSample) throw badImage('PPM pixel data is truncated');
+  let samples;
+  if (bytesPerSample === 1 && maxval === 255) {
+    samples = buf.subarray(offset, offset + count);
+  } else {
+    samples = Buffer.allocUnsafe(count);
+    for (let i = 0; i < count; i += 1) {
+      const v = bytesPerSample === 2 ? buf.readUInt16BE(offset + 2 * i) : buf[offset + i];
+      const clamped = Math.min(v, maxval);
+      samples[i] = maxval === 65535 ? clamped >> 8 : Math.round((clamped * 255) / maxval);
+    }
+  }
+  if (samplesPerPixel === 3) {
+    // Copy so the result never aliases the caller's request body.
+    return { width, height, data: Buffer.from(samples) };
+  }
+  return { width, height, data: grayToRgb(samples) };
+}
+
+function grayToRgb(gray) {
+  const out = Buffer.allocUnsafe(gray.length * 3);
+  for (let i = 0, j = 0; i < gray.length; i += 1, j += 3) {
+    const v = gray[i];
+    out[j] = v;
+    out[j + 1] = v;
+    out[j + 2] = v;
+  }
+  return out;
+}
+
+/** Binary PPM (P6, maxval 255) of an RGB image. */
+function encodePpm({ width, height, data }) {
+  const header = Buffer.from(`P6\n${width} ${height}\n255\n`, 'latin1');
+  return Buffer.concat([header, data], header.length + data.length);
+}
+
+// ---------------------------------------------------------------- BMP
+
+const BI_RGB = 0;
+const BI_RLE8 = 1;
+const BI_RLE4 = 2;
+const BI_BITFIELDS = 3;
+
+function readBmpHeader(buf) {
+  if (buf.length < 30) throw badImage('BMP header is truncated');
+  const headerSize = buf.readUInt32LE(14);
+  if (headerSize < 40 || buf.length < 14 + 40) {
+    throw unsupported(`BMP with a ${headerSize}-byte info header is not supported`);
+  }
+  const width = buf.readInt32LE(18);
+  const signedHeight = buf.readInt32LE(22);
+  return {
+    headerSize,
+    dataOffset: buf.readUInt32LE(10),
+    width,
+    height: Math.abs(signedHeight),
+    bitsPerPixel: buf.readUInt16LE(28),
+    compression: buf.readUInt32LE(30),
+    colors: buf.readUInt32LE(46),
+  };
+}
+
+/**
+ * bmp-js reads the palette and pixels straight after a 40-byte info header and ignores the
+ * pixel-data offset, and it reads 32-bit BITFIELDS as A,B,G,R. Rebuild the layout it expects.
+ */
+function normaliseBmpForLib(buf, header) {
+  const { headerSize, dataOffset, bitsPerPixel, compression } = header;
+  let masks = null;
+  let newCompression = compression;
+  if (compression === BI_BITFIELDS) {
+    if (buf.length < 14 + 40 + 12) throw badImage('BMP header is truncated');
+    const [r, g, b] = [0, 4, 8].map((o) => buf.readUInt32LE(54 + o));
+    if (bitsPerPixel === 32 && r === 0xff0000 && g === 0xff00 && b === 0xff) {
+      newCompression = BI_RGB; // same bytes as plain B,G,R,X
+    } else if (bitsPerPixel === 16) {
+      masks = buf.subarray(54, 54 + 12);
+    } else {
+      throw unsupported('BMP with these BITFIELDS masks is not supported');
+    }
+  } else if (![BI_RGB, BI_RLE8, BI_RLE4].includes(compression)) {
+    throw unsupported(`BMP compression ${compression} is not supported`);
+  }
+  const paletteEntries = bitsPerPixel < 15 ? header.colors || 2 ** bitsPerPixel : 0;
+  const paletteStart = 14 + headerSize + (compression === BI_BITFIELDS && headerSize === 40 ? 12 : 0);
+  const palette = buf.subarray(paletteStart, paletteStart + paletteEntries * 4);
+  if (palette.length < paletteEntries * 4 || dataOffset > buf.length) {
+    throw badImage('BMP data is truncated');
+  }
+  const info = Buffer.from(buf.subarray(14, 54));
+  info.writeUInt32LE(40, 0);
+  info.writeUInt32LE(newCompression, 16);
+  const maskBlock = masks ? Buffer.concat([masks, Buffer.alloc(4)]) : Buffer.alloc(0);
+  const pixels = buf.subarray(dataOffset);
+  const fileHeader = Buffer.from(buf.subarray(0, 14));
+  const offset = 14 + 40 + maskBlock.length + palette.length;
+  fileHeader.writeUInt32LE(offset, 10);
+  return Buffer.concat([fileHeader, info, maskBlock, palette, pixels]);
+}
+
+function decodeBmp(buf, header) {
+  const { bitsPerPixel } = header;
+  if (![1, 4, 8, 16, 24, 32].includes(bitsPerPixel)) {
+    throw unsupported(`BMP with ${bitsPerPixel} bits per pixel is not supported`);
+  }
+  const normalised = normaliseBmpForLib(buf, header);
+  let decoded;
+  try {
+    decoded = decodeBmpLib(normalised);
+  } catch {
+    throw badImage('BMP data is truncated or corrupt');
+  }
+  const { width, height } = header;
+  const abgr = decoded.data;
+  const data = Buffer.allocUnsafe(width * height * 3);
+  for (let i = 0, j = 0; j < data.length; i += 4, j += 3) {
+    data[j] = abgr[i + 3];
+    data[j + 1] = abgr[i + 2];
+    data[j + 2] = abgr[i + 1];
+  }
+  return { width, height, data };
+}
+
+// ---------------------------------------------------------------- decoding
+
+const sharpInputOptions = (maxPixels) => ({
+  // Second guard after the header check; libvips refuses anything larger.
+  limitInputPixels: maxPixels,
+  // Pillow ignores embedded ICC profiles; so do we, to agree with worker-python.
+  ignoreIcc: true,
+  failOn: 'warning',
+});
+
+/** Width, height and format from the header only, without decoding pixels. */
+async function readHeader(buf) {
+  const format = sniffFormat(buf);
+  if (format === 'ppm') {
+    const { width, height } = parsePnmHeader(buf);
+    return { format, width, height };
+  }
+  if (format === 'bmp') {
+    const { width, height } = readBmpHeader(buf);
+    if (width < 1 || height < 1) throw badImage('BMP width and height must be positive');
+    return { format, width, height };
+  }
+  let meta;
+  try {
+    meta = await sharp(buf, { failOn: 'none' }).metadata();
+  } catch {
+    throw badImage(`${format.toUpperCase()} header is truncated or corrupt`);
+  }
+  if (!meta.width || !meta.height) throw badImage(`${format.toUpperCase()} has no size`);
+  const height = meta.pageHeight || meta.height;
+  return { format, width: meta.width, height };
+}
+
+/**
+ * Decodes any accepted format to 8-bit RGB, refusing images whose header declares more than
+ * maxPixels before any pixel is decoded. EXIF orientation applied, alpha dropped, 16-bit
+ * scaled by >> 8, gray expanded to three channels, first frame only.
+ */
+async function decodeImage(buf, { maxPixels }) {
+  const header = await readHeader(buf);
+  if (header.width * header.height > maxPixels) {
+    throw new ImageError(
+      'too_many_pixels', 413,
+      `image is ${header.width}x${header.height} = ${header.width * header.height} pixels, limit is ${maxPixels}`,
+    );
+  }
+  if (header.format === 'ppm') return decodePnm(buf, parsePnmHeader(buf));
+  if (header.format === 'bmp') return decodeBmp(buf, readBmpHeader(buf));
+  let result;
+  try {
+    result = await sharp(buf, sharpInputOptions(maxPixels))
+      .rotate()
+      .removeAlpha()
+      .toColourspace('srgb')
+      .raw({ depth: 'uchar' })
+      .toBuffer({ resolveWithObject: true });
+  } catch (err) {
+    if (/pixel limit/i.test(String(err && err.message))) {
+      throw new ImageError('too_many_pixels', 413, `image has more than ${maxPixels} pixels`);
+    }
+    throw badImage(`${header.format.toUpperCase()} data is truncated or corrupt`);
+  }
+  const { data, info } = result;
+  if (info.channels !== 3) throw badImage(`unexpected ${info.channels}-channel image`);
+  return { width: info.width, height: info.height, data };
+}
+
+// ---------------------------------------------------------------- operations (in place)
+
+/** Pillow's convert("L"): L = (19595 R + 38470 G + 7471 B + 32768) >> 16, written as R=G=B=L. */
+function grayscaleInPlace(data) {
+  for (let i = 0; i < data.length; i += 3) {
+    const l = (19595 * data[i] + 38470 * data[i + 1] + 7471 * data[i + 2] + 32768) >> 16;
+    data[i] = l;
+    data[i + 1] = l;
+    data[i + 2] = l;
+  }
+  return data;
+}
+
+/** The classic sepia matrix in integer thousandths, rounded half up, clamped to 255. */
+function sepiaInPlace(data) {
+  for (let i = 0; i < data.length; i += 3) {
+    const r = data[i];
+    const g = data[i + 1];
+    const b = data[i + 2];
+    const nr = Math.floor((393 * r + 769 * g + 189 * b + 500) / 1000);
+    const ng = Math.floor((349 * r + 686 * g + 168 * b + 500) / 1000);
+    const nb = Math.floor((272 * r + 534 * g + 131 * b + 500) / 1000);
+    data[i] = nr > 255 ? 255 : nr;
+    data[i + 1] = ng > 255 ? 255 : ng;
+    data[i + 2] = nb > 255 ? 255 : nb;
+  }
+  return data;
+}
+
+function invertInPlace(data) {
+  for (let i = 0; i < data.length; i += 1) data[i] = 255 - data[i];
+  return data;
+}
+
+// ---------------------------------------------------------------- Gaussian blur (Pillow port)
+// A port of Pillow's src/libImaging/BoxBlur.c: GaussianBlur = three extended box blurs with a
+// fractional radius, edges clamped. Math.fround reproduces its single-precision float steps,
+// so the integer weights, and therefore the output bytes, are the same as Pillow's.
+
+const BLUR_PASSES = 3;
+
+/** Pillow's _gaussian_blur_radius (C floats). */
+function boxRadiusForGaussian(sigma, passes = BLUR_PASSES) {
+  const f = Math.fround;
+  const radius = f(sigma);
+  const sigma2 = f(f(radius * radius) / passes);
+  const boxLength = f(Math.sqrt(12.0 * sigma2 + 1.0));
+  const whole = f(Math.floor((boxLength - 1.0) / 2.0));
+  let fraction = f(f(f(2 * whole) + 1) * f(f(whole * f(whole + 1)) - f(3 * sigma2)));
+  fraction = f(fraction / f(6 * f(sigma2 - f(f(whole + 1) * f(whole + 1)))));
+  return f(whole + fraction);
+}
+
+/** Pillow's integer weights for one extended box of fractional radius. */
+function boxWeights(floatRadius) {
+  const f = Math.fround;
+  const radius = Math.trunc(floatRadius);
+  const inner = Math.floor(f(16777216 / f(f(floatRadius * 2) + 1)));
+  const edge = Math.floor((16777216 - (radius * 2 + 1) * inner) / 2);
+  return { radius, inner, edge };
+}
+
+/** For each output position: the clamped indices that leave, enter and sit just outside the box. */
+function slidingIndices(length, radius, scale) {
+  const last = length - 1;
+  const clamp = (i) => (i < 0 ? 0 : i > last ? last : i) * scale;
+  const leave = new Int32Array(length);
+  const enter = new Int32Array(length);
+  const beyond = new Int32Array(length);
+  for (let x = 0; x < length; x += 1) {
+    leave[x] = clamp(x - radius - 1);
+    enter[x] = clamp(x + radius);
+    beyond[x] = clamp(x + radius + 1);
+  }
+  // The window sum just before position 0 covers -radius-1 .. radius-1.
+  const initial = [];
+  for (let i = -radius - 1; i <= radius - 1; i += 1) initial.push(clamp(i));
+  return { leave, enter, beyond, initial };
+}
+
+function horizontalBoxPass(src, dst, width, height, weights) {
+  const { radius, inner, edge } = weights;
+  const { leave, enter, beyond, initial } = slidingIndices(width, radius, 3);
+  const rowLength = width * 3;
+  for (let y = 0; y < height; y += 1) {
+    const row = y * rowLength;
+    let acc0 = 0;
+    let acc1 = 0;
+    let acc2 = 0;
+    for (const i of initial) {
+      acc0 += src[row + i];
+      acc1 += src[row + i + 1];
+      acc2 += src[row + i + 2];
+    }
+    for (let x = 0, out = row; x < width; x += 1, out += 3) {
+      const l = row + leave[x];
+      const e = row + enter[x];
+      const b = row + beyond[x];
+      acc0 += src[e] - src[l];
+      acc1 += src[e + 1] - src[l + 1];
+      acc2 += src[e + 2] - src[l + 2];
+      dst[out] = (acc0 * inner + (src[l] + src[b]) * edge + 8388608) >>> 24;
+      dst[out + 1] = (acc1 * inner + (src[l + 1] + src[b + 1]) * edge + 8388608) >>> 24;
+      dst[out + 2] = (acc2 * inner + (src[l + 2] + src[b + 2]) * edge + 8388608) >>> 24;
+    }
+  }
+}
+
+/** The same box along columns, walked row by row so memory is read in order. */
+function verticalBoxPass(src, dst, width, height, weights) {
+  const { radius, inner, edge } = weights;
+  const rowLength = width * 3;
+  const { leave, enter, beyond, initial } = slidingIndices(height, radius, rowLength);
+  const acc = new Int32Array(rowLength);
+  for (const i of initial) {
+    for (let k = 0; k < rowLength; k += 1) acc[k] += src[i + k];
+  }
+  for (let y = 0; y < height; y += 1) {
+    const l = leave[y];
+    const e = enter[y];
+    const b = beyond[y];
+    const out = y * rowLength;
+    for (let k = 0; k < rowLength; k += 1) {
+      const sum = acc[k] + src[e + k] - src[l + k];
+      acc[k] = sum;
+      dst[out + k] = (sum * inner + (src[l + k] + src[b + k]) * edge + 8388608) >>> 24;
+    }
+  }
+}
+
+/**
+ * Pillow's ImageFilter.GaussianBlur(sigma) on an RGB image. Six passes ping-pong between
+ * `data` and one scratch buffer, so the result lands back in `data` (which is overwritten).
+ */
+function gaussianBlurInPlace({ width, height, data }, sigma) {
+  const weights = boxWeights(boxRadiusForGaussian(sigma));
+  const scratch = Buffer.allocUnsafe(data.length);
+  // Pillow skips a direction whose box radius is exactly 0.0; with sigma > 0 it never is.
+  let src = data;
+  let dst = scratch;
+  // All horizontal passes first, then all vertical ones: rounding makes the order matter.
+  for (const pass of [horizontalBoxPass, horizontalBoxPass, horizontalBoxPass,
+    verticalBoxPass, verticalBoxPass, verticalBoxPass]) {
+    pass(src, dst, width, height, weights);
+    [src, dst] = [dst, src];
+  }
+  return src; // six swaps: back in `data`
+}
+
+/** Applies one op to image.data in place and returns the image. */
+function applyOperation(image, op, { radius = 2 } = {}) {
+  switch (op) {
+    case 'grayscale':
+      grayscaleInPlace(image.data);
+      return image;
+    case 'sepia':
+      sepiaInPlace(image.data);
+      return image;
+    case 'invert':
+      invertInPlace(image.data);
+      return image;
+    case 'blur':
+      gaussianBlurInPlace(image, radius);
+      return image;
+    default:
+      throw new ImageError('unknown_op', 400, `unknown op ${JSON.stringify(op)}`);
+  }
+}
+
+// ---------------------------------------------------------------- encoding
+
+/** Encodes an RGB image; params: quality (jpeg/webp), lossless (webp), compression (png). */
+async function encodeImage(image, format, { quality = 90, lossless = false, compression = 6 } = {}) {
+  if (format === 'raw') return encodePpm(image);
+  const pipeline = sharp(image.data, {
+    raw: { width: image.width, height: image.height, channels: 3 },
+    limitInputPixels: false,
+  });
+  switch (format) {
+    case 'png':
+      return pipeline.png({ compressionLevel: compression }).toBuffer();
+    case 'jpeg':
+      return pipeline.jpeg({ quality }).toBuffer();
+    case 'webp':
+      return pipeline.webp({ quality, lossless }).toBuffer();
+    default:
+      throw new ImageError('bad_param', 400, `unknown format ${JSON.stringify(format)}`);
+  }
+}
+
+/** Decode, apply `op`, encode: the whole job for one request body. */
+async function processImage(buf, { op, format = 'png', maxPixels, ...params }) {
+  const decoded = await decodeImage(buf, { maxPixels });
+  const processed = applyOperation(decoded, op, params);
+  const body = await encodeImage(processed, format, params);
+  return { body, contentType: CONTENT_TYPES[format], width: processed.width, height: processed.height };
+}
+
+module.exports = {
+  ImageError,
+  OPERATIONS,
+  FORMATS,
+  CONTENT_TYPES,
+  sniffFormat,
+  readHeader,
+  decodeImage,
+  parsePnmHeader,
+  encodePpm,
+  grayscaleInPlace,
+  sepiaInPlace,
+  invertInPlace,
+  boxRadiusForGaussian,
+  boxWeights,
+  gaussianBlurInPlace,
+  applyOperation,
+  encodeImage,
+  processImage,
+};
