@@ -1,0 +1,284 @@
+"""Command line: `python -m scripts.fleet {status,wait,logs,redeploy,ssh-config} --help`."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from scripts.fleet import errors
+from scripts.fleet.config import FleetConfig, Worker, load_config
+from scripts.fleet.errors import FleetError
+
+EXIT_CODES = """exit codes: 0 ok, 1 failure (AWS, SSH, remote command), 2 bad usage or outputs file,
+3 wait timed out, 4 redeploy failed and the previous release runs, 5 redeploy and rollback failed"""
+
+
+@dataclass
+class Row:
+    """One worker as seen by EC2 and by its /healthz."""
+    name: str
+    role: str
+    instance_id: str = ""
+    state: str = "-"
+    checks: str = "-"
+    public_ip: str = ""
+    url: str = ""
+    expected_runtime: str = ""
+    health: object = None
+
+    def missing(self) -> list[str]:
+        """Everything that keeps this worker from being ready, in the order it is needed."""
+        gaps = []
+        if not self.instance_id:
+            gaps.append("no EC2 instance")
+        elif self.state != "running":
+            gaps.append(f"state {self.state}")
+        elif self.checks != "ok":
+            gaps.append(f"status checks: {self.checks}")
+        if self.health is None:
+            gaps.append("no url in the outputs file")
+        else:
+            problem = self.health.problem(self.expected_runtime)
+            if problem:
+                gaps.append(problem)
+        return gaps
+
+    def as_json(self) -> dict:
+        health = self.health
+        return {"name": self.name, "role": self.role, "instance_id": self.instance_id,
+                "state": self.state, "checks": self.checks, "public_ip": self.public_ip,
+                "url": self.url,
+                "health": None if health is None else {
+                    "error": health.error, "http_status": health.http_status,
+                    "status": health.status, "runtime": health.runtime,
+                    "version": health.version, "build": health.build,
+                    "operations": list(health.operations)},
+                "ready": not self.missing(), "missing": self.missing()}
+
+
+def collect(config: FleetConfig) -> list[Row]:
+    """EC2 state and status checks for the stack's instances, joined with each worker's /healthz.
+
+    Health uses the URL from the outputs file (what the coordinator uses), not EC2's IP.
+    """
+    from scripts.fleet.aws import fleet_instances
+    from scripts.fleet.health import check_health
+
+    instances = fleet_instances(config)
+    by_id = {i.instance_id: i for i in instances}
+    by_name = {i.name: i for i in instances}
+    rows, seen = [], set()
+    for worker in config.workers:
+        instance = by_id.get(worker.instance_id) or by_name.get(worker.name)
+        row = Row(worker.name, worker.role, url=worker.url, expected_runtime=worker.runtime)
+        if instance:
+            seen.add(instance.instance_id)
+            row.instance_id, row.state, row.checks = instance.instance_id, instance.state, instance.checks
+            row.public_ip = instance.public_ip
+        rows.append(row)
+    for instance in instances:
+        if instance.instance_id not in seen:  # tagged for this stack, absent from the outputs
+            rows.append(Row(instance.name or instance.instance_id, instance.role,
+                            instance.instance_id, instance.state, instance.checks, instance.public_ip))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        healths = pool.map(lambda r: check_health(r.url) if r.url else None, rows)
+        for row, health in zip(rows, healths):
+            row.health = health
+    return rows
+
+
+def _render_table(rows: list[Row]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="fleet")
+    for column in ("name", "role", "instance", "state", "checks", "public ip", "healthz",
+                   "runtime", "version", "build", "ops"):
+        table.add_column(column)
+    for row in rows:
+        h = row.health
+        healthz = "-" if h is None else (h.error or f"{h.http_status} {h.status}")
+        table.add_row(row.name, row.role, row.instance_id or "-", row.state, row.checks,
+                      row.public_ip or "-", healthz, h.runtime if h else "", h.version if h else "",
+                      h.build if h else "", ",".join(h.operations) if h else "")
+    Console(width=200).print(table)
+
+
+def cmd_status(config: FleetConfig, args) -> int:
+    rows = collect(config)
+    if args.json:
+        print(json.dumps([row.as_json() for row in rows], indent=2))
+    else:
+        _render_table(rows)
+    return errors.OK
+
+
+def cmd_wait(config: FleetConfig, args) -> int:
+    deadline = time.monotonic() + args.timeout
+    started = time.monotonic()
+    last_report = None
+    while True:
+        rows = [row for row in collect(config) if row.url]
+        lagging = {row.name: row.missing() for row in rows if row.missing()}
+        if not lagging:
+            print(f"all {len(rows)} workers ready after {time.monotonic() - started:.0f}s", flush=True)
+            return errors.OK
+        summary = ", ".join(f"{name} ({'; '.join(gaps)})" for name, gaps in sorted(lagging.items()))
+        if time.monotonic() >= deadline:
+            raise FleetError(f"timed out after {args.timeout:g}s waiting for: {summary}",
+                             errors.WAIT_TIMEOUT)
+        if summary != last_report:  # progress: one line whenever what we wait for changes
+            ready = len(rows) - len(lagging)
+            print(f"[{time.monotonic() - started:4.0f}s] {ready}/{len(rows)} ready; waiting for: "
+                  f"{summary}", file=sys.stderr, flush=True)
+            last_report = summary
+        time.sleep(max(0.0, min(args.interval, deadline - time.monotonic())))
+
+
+def cmd_logs(config: FleetConfig, args) -> int:
+    from scripts.fleet import ssh
+
+    worker = config.worker(args.name)
+    command = ["journalctl", "-u", worker.role, "--no-pager", "-n", str(args.lines)]
+    if args.since:
+        command += ["--since", args.since]
+    if args.follow:
+        command.append("-f")
+    client = ssh.connect(config, worker)
+    try:
+        code = ssh.stream(client, "sudo -n " + shlex.join(command), sys.stdout.buffer,
+                          sys.stderr.buffer)
+    except KeyboardInterrupt:
+        return errors.OK  # Ctrl-C is how --follow ends
+    finally:
+        client.close()
+    if code != 0:
+        raise FleetError(f"journalctl on {worker.name} exited with {code}")
+    return errors.OK
+
+
+def cmd_redeploy(config: FleetConfig, args) -> int:
+    from scripts.fleet.deploy import redeploy
+
+    if args.all == bool(args.name):
+        raise FleetError("redeploy needs a worker NAME or --all (not both)", errors.USAGE)
+    workers: list[Worker] = list(config.workers) if args.all else [config.worker(args.name)]
+    if not workers:
+        raise FleetError(f"no workers in {config.outputs_path}", errors.USAGE)
+    redeploy(config, workers, args.health_timeout, args.command_timeout, args.force)
+    return errors.OK
+
+
+def cmd_ssh_config(config: FleetConfig, args) -> int:
+    for worker in config.workers:
+        lines = [f"Host {worker.name}", f"  HostName {worker.public_ip or '?'}",
+                 f"  User {config.ssh_user}"]
+        if config.ssh_port != 22:
+            lines.append(f"  Port {config.ssh_port}")
+        if config.ssh_key:
+            lines += [f"  IdentityFile {config.ssh_key}", "  IdentitiesOnly yes"]
+        lines += [f"  UserKnownHostsFile {config.known_hosts}", "  StrictHostKeyChecking yes"]
+        print("\n".join(lines) + "\n")
+    return errors.OK
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}")
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return number
+
+
+def _count(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("fleet settings")
+    group.add_argument("--outputs", metavar="FILE",
+                       help="stack outputs JSON (default: $COORDINATOR_WORKERS_FILE or stack-outputs.json)")
+    group.add_argument("--region", help="AWS region (default: the file's region, then $AWS_REGION)")
+    group.add_argument("--endpoint-url", help="EC2 endpoint (default: $AWS_ENDPOINT_URL or AWS's)")
+    group.add_argument("--ssh-key", metavar="PATH", help="private key (default: $FLEET_SSH_KEY, else agent/~/.ssh)")
+    group.add_argument("--ssh-user", help="SSH user (default: the file's ssh_user, else ubuntu)")
+    group.add_argument("--ssh-port", help="SSH port (default: $FLEET_SSH_PORT or 22)")
+    group.add_argument("--known-hosts", metavar="PATH",
+                       help="host keys file, trust-on-first-use (default: $FLEET_KNOWN_HOSTS or "
+                            "~/.config/hdtp/known_hosts)")
+    group.add_argument("--remote-root", metavar="DIR",
+                       help="prefix of /opt and /etc on hosts (default: $FLEET_REMOTE_ROOT or /)")
+
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.fleet", description="Operate the EC2 worker fleet of one stack.",
+        epilog=EXIT_CODES)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    status = commands.add_parser("status", parents=[common], epilog=EXIT_CODES,
+                                 help="instances, status checks and /healthz as a table",
+                                 description="Show each worker's EC2 state, status checks, IP and /healthz.")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(run=cmd_status)
+
+    wait = commands.add_parser("wait", parents=[common], epilog=EXIT_CODES,
+                               help="block until every worker is running, checked and healthy",
+                               description="Wait until every worker in the outputs file is running, "
+                                           "passes both EC2 status checks and answers /healthz with "
+                                           "its runtime. Exit 3 on timeout, naming the laggards.")
+    wait.add_argument("--timeout", type=_positive, default=600, help="seconds (default 600)")
+    wait.add_argument("--interval", type=_positive, default=5, help="seconds between polls (default 5)")
+    wait.set_defaults(run=cmd_wait)
+
+    logs = commands.add_parser("logs", parents=[common], epilog=EXIT_CODES,
+                               help="a worker's journal over SSH",
+                               description="Run `journalctl -u <role>` on the worker's host over SSH.")
+    logs.add_argument("name", help="worker name from the outputs file")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep streaming (Ctrl-C ends)")
+    logs.add_argument("--lines", "-n", type=_count, default=100, help="lines of history (default 100)")
+    logs.add_argument("--since", help="journalctl --since value, e.g. '1 hour ago' or '2026-01-01 10:00'")
+    logs.set_defaults(run=cmd_logs)
+
+    redeploy = commands.add_parser(
+        "redeploy", parents=[common], epilog=EXIT_CODES, help="ship the current worker source",
+        description="Bundle the worker source (infra/bundle.py), upload it, switch the `current` "
+                    "release, restart, and wait for /healthz to report the new build; roll back "
+                    "when it does not. --all deploys one worker at a time, stopping at a failure.")
+    redeploy.add_argument("name", nargs="?", help="worker name from the outputs file")
+    redeploy.add_argument("--all", action="store_true", help="every worker, one after another")
+    redeploy.add_argument("--health-timeout", type=_positive, default=90,
+                          help="seconds to wait for the new build's /healthz (default 90)")
+    redeploy.add_argument("--command-timeout", type=_positive, default=900,
+                          help="seconds any one remote step may take, e.g. npm ci (default 900)")
+    redeploy.add_argument("--force", action="store_true", help="restart even when the build is current")
+    redeploy.add_argument("--source-root", metavar="DIR",
+                          help="checkout to bundle from (default: this repository)")
+    redeploy.set_defaults(run=cmd_redeploy)
+
+    ssh_config = commands.add_parser("ssh-config", parents=[common], epilog=EXIT_CODES,
+                                     help="OpenSSH config stanzas for the workers",
+                                     description="Print a ~/.ssh/config stanza per worker that "
+                                                 "checks host keys against the fleet's known_hosts.")
+    ssh_config.set_defaults(run=cmd_ssh_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args)
+        return args.run(config, args)
+    except FleetError as exc:
+        print(f"error: {exc.message}", file=sys.stderr, flush=True)
+        return exc.code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

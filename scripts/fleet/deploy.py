@@ -1,0 +1,268 @@
+"""Redeploy a worker's source to its host, with a health-checked switch and automatic rollback.
+
+Layout on the host (shared with infra/ user-data, see infra/README.md):
+  /opt/<role>/releases/<build_id>/   /opt/<role>/current -> releases/<build_id>
+  /etc/<role>/env (WORKER_BUILD=...)  systemd unit <role>.service
+All paths sit under `remote_root` ('/' in production) so tests can use a temporary tree.
+"""
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+
+from infra.bundle import DEPS_MANIFEST, build_id, bundle_files, deps_fingerprint, tarball
+from scripts.fleet import ssh
+from scripts.fleet.config import REPO_ROOT, FleetConfig, Worker
+from scripts.fleet.errors import ROLLBACK_FAILED, ROLLED_BACK, FleetError
+from scripts.fleet.health import check_health
+
+STAGING_DIR = ".hdtp-staging"  # in the SSH user's home, so no sudo is needed to upload
+BUILD_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")  # what may go into the env file and paths
+
+
+@dataclass(frozen=True)
+class Bundle:
+    role: str
+    files: dict
+    build_id: str
+    deps: str
+    tarball: bytes
+
+
+def make_bundle(config: FleetConfig, role: str) -> Bundle:
+    try:
+        files = bundle_files(role, config.source_root or REPO_ROOT)
+    except (FileNotFoundError, ValueError) as exc:
+        raise FleetError(f"cannot bundle {role}: {exc}") from None
+    return Bundle(role, files, build_id(files), deps_fingerprint(role, files), tarball(files))
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    base: str       # /opt/<role>
+    env_file: str   # /etc/<role>/env
+
+    @classmethod
+    def of(cls, config: FleetConfig, role: str) -> "HostPaths":
+        root = config.remote_root
+        return cls(posixpath.join(root, "opt", role), posixpath.join(root, "etc", role, "env"))
+
+    @property
+    def current(self) -> str:
+        return posixpath.join(self.base, "current")
+
+    def release(self, build: str) -> str:
+        return posixpath.join(self.base, "releases", build)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Deployer:
+    """One worker's redeploy over one SSH session."""
+
+    def __init__(self, config: FleetConfig, worker: Worker, bundle: Bundle, client,
+                 health_timeout: float, command_timeout: float):
+        self.config, self.worker, self.bundle, self.client = config, worker, bundle, client
+        self.paths = HostPaths.of(config, worker.role)
+        self.health_timeout = health_timeout
+        self.command_timeout = command_timeout
+
+    def log(self, message: str) -> None:
+        _say(f"{self.worker.name}: {message}")
+
+    def root(self, step: str, script: str) -> str:
+        """Run `script` as root; FleetError naming `step` and the last error line on failure."""
+        code, out, err = ssh.run(self.client, ssh.sudo("set -eu\n" + script), self.command_timeout)
+        if code != 0:
+            detail = (err.strip() or out.strip() or "no output").splitlines()[-1]
+            raise FleetError(f"{self.worker.name}: {step} failed (exit {code}): {detail}")
+        return out
+
+    # --- what is there now -------------------------------------------------------------
+    def current_release(self) -> tuple[str, str, str | None]:
+        """(build id of `current`, WORKER_BUILD in the env file, deps fingerprint or None)."""
+        q = shlex.quote
+        manifest = posixpath.join(self.paths.current, DEPS_MANIFEST[self.worker.role])
+        out = self.root("reading the current release", f"""
+readlink {q(self.paths.current)} || true
+echo "#"
+sed -n 's/^WORKER_BUILD=//p' {q(self.paths.env_file)} | tail -n 1
+echo "#"
+cat {q(manifest)} 2>/dev/null || echo "#missing"
+""")
+        link, env_build, manifest_text = (out.split("#\n", 2) + ["", ""])[:3]
+        current = posixpath.basename(link.strip().rstrip("/"))
+        current = current if BUILD_PATTERN.fullmatch(current) else ""
+        env_build = env_build.strip() if BUILD_PATTERN.fullmatch(env_build.strip()) else current
+        deps = None
+        if current and manifest_text.strip() != "#missing":
+            deps = deps_fingerprint(self.worker.role, {DEPS_MANIFEST[self.worker.role]: manifest_text.encode()})
+        return current, env_build, deps
+
+    # --- steps ------------------------------------------------------------------------
+    def upload(self) -> str:
+        sftp = self.client.open_sftp()
+        try:
+            home = sftp.normalize(".")
+            staging = posixpath.join(home, STAGING_DIR)
+            try:
+                sftp.mkdir(staging, 0o700)
+            except OSError:
+                pass  # already there
+            remote = posixpath.join(staging, f"{self.worker.role}-{self.bundle.build_id}.tar.gz")
+            with sftp.open(remote, "wb") as out:
+                out.write(self.bundle.tarball)
+            return remote
+        except OSError as exc:
+            raise FleetError(f"{self.worker.name}: upload over SFTP failed: {exc}") from None
+        finally:
+            sftp.close()
+
+    def unpack(self, staged: str) -> None:
+        q = shlex.quote
+        release = self.paths.release(self.bundle.build_id)
+        self.root("unpacking the release", f"""
+rm -rf {q(release)}.new
+mkdir -p {q(release)}.new
+tar -xzf {q(staged)} -C {q(release)}.new --no-same-owner
+chmod -R u=rwX,go=rX {q(release)}.new
+rm -rf {q(release)}
+mv {q(release)}.new {q(release)}
+rm -f {q(staged)}
+""")
+
+    def install_deps(self, release: str, previous: str | None, reuse: bool) -> None:
+        q = shlex.quote
+        if self.worker.role == "worker-python":
+            if reuse:
+                self.log("dependencies unchanged; reusing the shared venv")
+                return
+            venv = posixpath.join(self.paths.base, "venv")
+            self.log("dependencies changed; installing into the shared venv")
+            self.root("installing Python dependencies", f"""
+[ -x {q(venv)}/bin/pip ] || python3 -m venv {q(venv)}
+{q(venv)}/bin/pip install --disable-pip-version-check --quiet -r {q(release)}/requirements.txt
+""")
+        else:
+            if reuse and previous:
+                self.log("dependencies unchanged; copying node_modules from the previous release")
+                self.root("copying node_modules", f"""
+rm -rf {q(release)}/node_modules
+cp -a {q(previous)}/node_modules {q(release)}/node_modules
+""")
+                return
+            self.log("dependencies changed; running npm ci")
+            self.root("installing Node dependencies",
+                      f"cd {q(release)}\nnpm ci --omit=dev --no-audit --no-fund --loglevel=error")
+
+    def switch(self, build: str, env_build: str) -> None:
+        """Point `current` at releases/<build> and WORKER_BUILD at `env_build`, then restart."""
+        q = shlex.quote
+        env_file = self.paths.env_file
+        link_new = self.paths.current + ".new"
+        self.root("switching the release", f"""
+test -d {q(self.paths.release(build))}
+if grep -q '^WORKER_BUILD=' {q(env_file)}; then
+  sed -i 's/^WORKER_BUILD=.*/WORKER_BUILD={env_build}/' {q(env_file)}
+else
+  echo 'WORKER_BUILD={env_build}' >> {q(env_file)}
+fi
+ln -sfn {q('releases/' + build)} {q(link_new)}
+mv -T {q(link_new)} {q(self.paths.current)}
+""")
+        self.root(f"restarting {self.worker.role}", f"systemctl restart {q(self.worker.role)}")
+
+    def wait_healthy(self, build: str) -> str | None:
+        """None once /healthz reports `build`, else the last problem seen at the deadline."""
+        deadline = time.monotonic() + self.health_timeout
+        problem = "not checked"
+        while time.monotonic() < deadline:
+            problem = check_health(self.worker.url).problem(self.worker.runtime, build)
+            if problem is None:
+                return None
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        return problem
+
+    # --- the whole thing --------------------------------------------------------------
+    def deploy(self, force: bool = False) -> str:
+        new = self.bundle.build_id
+        current, env_build, current_deps = self.current_release()
+        if current == new and env_build == new and not force:
+            problem = self.wait_healthy(new)
+            if problem:
+                raise FleetError(f"{self.worker.name}: already at build {new} but not healthy: {problem}")
+            return f"{self.worker.name}: already at build {new}, healthy"
+        if current == new:
+            # The files are already in place (and may be serving): fix WORKER_BUILD and restart.
+            self.log(f"release {new} already in place; restarting it")
+            self.switch(new, new)
+            problem = self.wait_healthy(new)
+            if problem:
+                raise FleetError(f"{self.worker.name}: build {new} not healthy within "
+                                 f"{self.health_timeout:g}s: {problem}")
+            return f"{self.worker.name}: restarted build {new}, healthy"
+        self.log(f"deploying build {new} (current: {current or 'none'})")
+        previous = self.paths.release(current) if current else None
+        release = self.paths.release(new)
+        reuse = current_deps is not None and current_deps == self.bundle.deps
+        try:
+            self.unpack(self.upload())
+            self.install_deps(release, previous, reuse)
+        except FleetError as exc:
+            raise FleetError(f"{exc.message}; {current or 'no release'} still running", ROLLED_BACK) from None
+        failure = None
+        try:
+            self.switch(new, new)
+            failure = self.wait_healthy(new)
+            if failure:
+                failure = f"build {new} not healthy within {self.health_timeout:g}s: {failure}"
+        except FleetError as exc:
+            failure = exc.message
+        if failure is None:
+            return f"{self.worker.name}: deployed build {new} (was {current or 'none'}), healthy"
+        self.log(f"{failure}; rolling back to {current or 'nothing'}")
+        self.rollback(previous, current, env_build, reuse, failure)
+        raise FleetError(f"{self.worker.name}: {failure}; rolled back to build {current}, healthy",
+                         ROLLED_BACK)
+
+    def rollback(self, previous: str | None, current: str, env_build: str, reuse: bool,
+                 failure: str) -> None:
+        if not previous:
+            raise FleetError(f"{self.worker.name}: {failure}; no previous release to roll back to",
+                             ROLLBACK_FAILED)
+        try:
+            if not reuse and self.worker.role == "worker-python":
+                self.install_deps(previous, None, reuse=False)
+            self.switch(current, env_build)
+            problem = self.wait_healthy(env_build)
+        except FleetError as exc:
+            problem = exc.message
+        if problem:
+            raise FleetError(f"{self.worker.name}: {failure}; rollback to {current} failed too: "
+                             f"{problem}", ROLLBACK_FAILED)
+        self.log(f"rolled back to build {current}, healthy")
+
+
+def redeploy(config: FleetConfig, workers: list[Worker], health_timeout: float,
+             command_timeout: float, force: bool = False) -> list[str]:
+    """Deploy to each worker in turn, stopping at the first failure (a rolling deploy)."""
+    bundles: dict[str, Bundle] = {}
+    done = []
+    for worker in workers:
+        if worker.role not in bundles:
+            bundles[worker.role] = make_bundle(config, worker.role)
+        client = ssh.connect(config, worker)
+        try:
+            deployer = Deployer(config, worker, bundles[worker.role], client, health_timeout,
+                                command_timeout)
+            done.append(deployer.deploy(force))
+            print(done[-1], flush=True)
+        finally:
+            client.close()
+    return done

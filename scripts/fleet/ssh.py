@@ -1,0 +1,139 @@
+"""SSH to a worker host with checked host keys: trust on first use, a changed key is refused."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import shlex
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import paramiko
+
+from scripts.fleet.config import FleetConfig, Worker
+from scripts.fleet.errors import FleetError
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's form: SHA256:<unpadded base64>."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
+    """Record a host's key the first time we see it; paramiko refuses a different key later."""
+
+    def __init__(self, known_hosts: Path, announce: Callable[[str], None]):
+        self.known_hosts = known_hosts
+        self.announce = announce
+
+    def missing_host_key(self, client, hostname, key):
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.known_hosts, "a") as out:
+            out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        self.known_hosts.chmod(0o600)
+        self.announce(f"recorded new host key for {hostname}: {key.get_name()} "
+                      f"{fingerprint(key)} in {self.known_hosts}")
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def connect(config: FleetConfig, worker: Worker, timeout: float = 15) -> paramiko.SSHClient:
+    """An authenticated session as config.ssh_user, or FleetError naming what went wrong."""
+    host = worker.public_ip
+    if not host:
+        raise FleetError(f"{worker.name} has no public_ip in {config.outputs_path}")
+    target = f"{config.ssh_user}@{host}:{config.ssh_port}"
+    client = paramiko.SSHClient()
+    try:
+        if config.known_hosts.exists():
+            client.load_host_keys(str(config.known_hosts))
+    except (OSError, paramiko.SSHException) as exc:
+        raise FleetError(f"cannot read known hosts file {config.known_hosts}: {exc}")
+    client.set_missing_host_key_policy(TrustOnFirstUse(config.known_hosts, _stderr))
+    key_options = ({"key_filename": str(config.ssh_key), "look_for_keys": False, "allow_agent": False}
+                   if config.ssh_key else {})
+    try:
+        client.connect(host, port=config.ssh_port, username=config.ssh_user, timeout=timeout,
+                       banner_timeout=timeout, auth_timeout=timeout, **key_options)
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise FleetError(
+            f"ssh {target}: host key changed ({exc.key.get_name()} {fingerprint(exc.key)}, "
+            f"expected {fingerprint(exc.expected_key)}); refusing to connect. If the instance was "
+            f"really replaced, delete its line from {config.known_hosts}") from None
+    except paramiko.AuthenticationException:
+        client.close()
+        key = config.ssh_key or "agent/default keys"
+        raise FleetError(f"ssh {target}: authentication failed with {key}") from None
+    except paramiko.ssh_exception.NoValidConnectionsError:
+        client.close()
+        raise FleetError(f"ssh {target}: connection refused") from None
+    except (socket.timeout, TimeoutError):
+        client.close()
+        raise FleetError(f"ssh {target}: timed out after {timeout:g}s") from None
+    except (paramiko.SSHException, OSError, ValueError) as exc:
+        client.close()
+        raise FleetError(f"ssh {target}: {exc or type(exc).__name__}") from None
+    return client
+
+
+def sudo(command: str) -> str:
+    """`command` run by root through `sh -c`; -n makes sudo fail rather than ask for a password."""
+    return f"sudo -n sh -c {shlex.quote(command)}"
+
+
+def run(client: paramiko.SSHClient, command: str, timeout: float = 120) -> tuple[int, str, str]:
+    """Run to completion within `timeout` seconds; returns (exit status, stdout, stderr)."""
+    channel = client.get_transport().open_session()
+    channel.exec_command(command)
+    out, err = bytearray(), bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = False
+        if channel.recv_ready():
+            out += channel.recv(65536)
+            busy = True
+        if channel.recv_stderr_ready():
+            err += channel.recv_stderr(65536)
+            busy = True
+        if not busy and channel.exit_status_ready():
+            break
+        if time.monotonic() > deadline:
+            channel.close()
+            raise FleetError(f"remote command timed out after {timeout:g}s: {command[:80]}")
+        if not busy:
+            time.sleep(0.02)
+    code = channel.recv_exit_status()
+    channel.close()
+    return code, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def stream(client: paramiko.SSHClient, command: str, out: BinaryIO, err: BinaryIO) -> int:
+    """Copy the command's output as it arrives until it exits (Ctrl-C ends it early)."""
+    channel = client.get_transport().open_session()
+    channel.exec_command(command)
+    try:
+        while True:
+            busy = False
+            if channel.recv_ready():
+                out.write(channel.recv(65536))
+                out.flush()
+                busy = True
+            if channel.recv_stderr_ready():
+                err.write(channel.recv_stderr(65536))
+                err.flush()
+                busy = True
+            if not busy:
+                if channel.exit_status_ready():
+                    return channel.recv_exit_status()
+                if channel.closed or not client.get_transport().is_active():
+                    raise FleetError("the SSH connection closed before the command finished")
+                time.sleep(0.05)
+    finally:
+        channel.close()
