@@ -1,0 +1,182 @@
+"""`python -m scripts.fleet status|wait` against a real moto EC2 server and real workers.
+
+moto's instances carry the tags infra/ sets; their /healthz is answered by real local workers
+whose 127.0.0.1 URLs the outputs file names (the tool must use those URLs, as the coordinator
+does, not EC2's fake public IPs).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.moto_server import REGION, aws_env, run_tagged_instance, start_moto_server
+from tests.support.procs import ROOT, free_port
+
+PROJECT, STACK = "hdtp", "fleet-test"
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    server = start_moto_server(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ec2(moto):
+    moto.reset()
+    return moto.ec2()
+
+
+def write_outputs(path, workers: list[dict], stack: str = STACK):
+    path.write_text(json.dumps({"workers": workers, "worker_token": "t", "project": PROJECT,
+                                "stack": stack, "region": REGION, "ssh_user": "ubuntu"}))
+    return path
+
+
+def worker_entry(name: str, role: str, url: str, instance_id: str = "") -> dict:
+    return {"name": name, "role": role, "runtime": role.split("-")[1], "url": url,
+            "public_ip": "127.0.0.1", "instance_id": instance_id, "operations": []}
+
+
+def fleet(*args, env=None, timeout=60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scripts.fleet", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def dead_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+
+def assert_one_error_line(result, code: int, fragment: str) -> str:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and fragment in last, result.stderr
+    return last
+
+
+def test_status_joins_ec2_state_checks_and_healthz(ec2, moto, python_worker, tmp_path):
+    running = run_tagged_instance(ec2, "worker-python-0", "worker-python", PROJECT, STACK)
+    stopped = run_tagged_instance(ec2, "worker-nodejs-0", "worker-nodejs", PROJECT, STACK)
+    ec2.stop_instances(InstanceIds=[stopped])
+    run_tagged_instance(ec2, "other-stack", "worker-python", PROJECT, "another-stack")
+    outputs = write_outputs(tmp_path / "out.json", [
+        worker_entry("worker-python-0", "worker-python", python_worker.url, running),
+        worker_entry("worker-nodejs-0", "worker-nodejs", dead_url(), stopped)])
+
+    result = fleet("status", "--json", "--outputs", str(outputs), env=aws_env(moto.url))
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert set(rows) == {"worker-python-0", "worker-nodejs-0"}
+    up = rows["worker-python-0"]
+    assert (up["instance_id"], up["state"], up["checks"]) == (running, "running", "ok")
+    assert up["public_ip"]  # EC2's address, shown; health used the outputs URL
+    assert up["health"]["runtime"] == "python" and up["health"]["status"] == "ok"
+    assert up["health"]["operations"] and up["health"]["build"]
+    assert up["ready"] is True
+    down = rows["worker-nodejs-0"]
+    assert down["state"] == "stopped" and down["ready"] is False
+    assert "state stopped" in down["missing"]
+    assert down["health"]["error"] == "connection refused"
+
+    table = fleet("status", "--outputs", str(outputs), env=aws_env(moto.url))
+    assert table.returncode == 0, table.stderr
+    assert "worker-python-0" in table.stdout and "stopped" in table.stdout
+
+
+def test_status_lists_tagged_instances_missing_from_the_outputs(ec2, moto, python_worker, tmp_path):
+    known = run_tagged_instance(ec2, "worker-python-0", "worker-python", PROJECT, STACK)
+    run_tagged_instance(ec2, "worker-python-9", "worker-python", PROJECT, STACK)
+    outputs = write_outputs(tmp_path / "out.json", [
+        worker_entry("worker-python-0", "worker-python", python_worker.url, known)])
+    result = fleet("status", "--json", "--outputs", str(outputs), "--endpoint-url", moto.url,
+                   env=aws_env(None))
+    assert result.returncode == 0, result.stderr
+    extra = {row["name"]: row for row in json.loads(result.stdout)}["worker-python-9"]
+    assert extra["url"] == "" and "no url in the outputs file" in extra["missing"]
+
+
+def test_wait_returns_once_every_worker_is_ready(ec2, moto, python_worker, tmp_path):
+    instance = run_tagged_instance(ec2, "worker-python-0", "worker-python", PROJECT, STACK)
+    outputs = write_outputs(tmp_path / "out.json", [
+        worker_entry("worker-python-0", "worker-python", python_worker.url, instance)])
+    result = fleet("wait", "--timeout", "20", "--interval", "0.5", "--outputs", str(outputs),
+                   env=aws_env(moto.url))
+    assert result.returncode == 0, result.stderr
+    assert "all 1 workers ready" in result.stdout
+
+
+def test_wait_times_out_naming_each_laggard_and_what_it_lacks(ec2, moto, python_worker, tmp_path):
+    ready = run_tagged_instance(ec2, "worker-python-0", "worker-python", PROJECT, STACK)
+    stopped = run_tagged_instance(ec2, "worker-python-1", "worker-python", PROJECT, STACK)
+    ec2.stop_instances(InstanceIds=[stopped])
+    silent = run_tagged_instance(ec2, "worker-python-2", "worker-python", PROJECT, STACK)
+    wrong = run_tagged_instance(ec2, "worker-nodejs-0", "worker-nodejs", PROJECT, STACK)
+    outputs = write_outputs(tmp_path / "out.json", [
+        worker_entry("worker-python-0", "worker-python", python_worker.url, ready),
+        worker_entry("worker-python-1", "worker-python", dead_url(), stopped),
+        worker_entry("worker-python-2", "worker-python", dead_url(), silent),
+        # answers, but as the wrong runtime: a python worker where a nodejs one belongs
+        worker_entry("worker-nodejs-0", "worker-nodejs", python_worker.url, wrong),
+        # in the outputs, but no instance carries its tags
+        worker_entry("worker-nodejs-1", "worker-nodejs", dead_url())])
+
+    result = fleet("wait", "--timeout", "2", "--interval", "0.5", "--outputs", str(outputs),
+                   env=aws_env(moto.url))
+    line = assert_one_error_line(result, 3, "timed out after 2s waiting for:")
+    assert "worker-python-0" not in line
+    assert "worker-python-1 (state stopped; /healthz connection refused)" in line
+    assert "worker-python-2 (/healthz connection refused)" in line
+    assert "worker-nodejs-0 (/healthz runtime python (expected nodejs))" in line
+    assert "worker-nodejs-1 (no EC2 instance; /healthz connection refused)" in line
+    assert "waiting for:" in result.stderr.splitlines()[0]  # progress came before the verdict
+
+
+def test_no_instances_found_is_one_error_line(ec2, moto, python_worker, tmp_path):
+    run_tagged_instance(ec2, "worker-python-0", "worker-python", PROJECT, "some-other-stack")
+    outputs = write_outputs(tmp_path / "out.json", [
+        worker_entry("worker-python-0", "worker-python", python_worker.url)])
+    for command in ("status", "wait"):
+        result = fleet(command, "--outputs", str(outputs), env=aws_env(moto.url))
+        assert_one_error_line(result, 1, f"no EC2 instances tagged Project={PROJECT} Stack={STACK}")
+
+
+def test_no_aws_credentials_is_one_error_line(moto, tmp_path):
+    outputs = write_outputs(tmp_path / "out.json", [
+        worker_entry("worker-python-0", "worker-python", dead_url())])
+    result = fleet("status", "--outputs", str(outputs), env=aws_env(moto.url, credentials=False))
+    assert_one_error_line(result, 1, "no AWS credentials found")
+
+
+def test_aws_refusal_is_one_error_line(moto, tmp_path):
+    outputs = write_outputs(tmp_path / "out.json", [
+        worker_entry("worker-python-0", "worker-python", dead_url())])
+    # Nothing listens on this endpoint: the client cannot reach "AWS" at all.
+    result = fleet("status", "--outputs", str(outputs), "--endpoint-url", dead_url(),
+                   env=aws_env(None))
+    assert_one_error_line(result, 1, "cannot reach the AWS endpoint")
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (None, "not found"),
+    ("{not json", "is not JSON"),
+    ('{"workers": [], "stack": "s", "region": "r"}', "lacks `project`"),
+    ('{"workers": [{"name": "a", "role": "worker-go", "url": "http://x"}], "project": "p", '
+     '"stack": "s", "region": "r"}', "role 'worker-go' is not one of"),
+])
+def test_a_bad_outputs_file_is_a_usage_error(content, fragment, tmp_path):
+    path = tmp_path / "out.json"
+    if content is not None:
+        path.write_text(content)
+    result = fleet("status", "--outputs", str(path), env=aws_env(None))
+    assert_one_error_line(result, 2, fragment)
+
+
+def test_bad_flag_values_are_usage_errors(tmp_path):
+    result = fleet("wait", "--timeout", "soon", env=aws_env(None))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--timeout" in result.stderr
