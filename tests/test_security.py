@@ -1,0 +1,124 @@
+"""Security checks behind SECURITY.md: token auth, no token in logs, request ids across the hop.
+
+Each test names the SECURITY.md claim it proves.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from tests.support.procs import ROOT
+from tests.test_load import expected_pixels, max_pixel_diff, png_bytes, sample_rgb
+
+TOKEN = "s3cr3t-Token-for-tests-8f1d2c"
+WRONG = "s3cr3t-Token-for-tests-WRONG0"       # same prefix: a prefix compare would pass it
+PRIMARY = {"python": "grayscale", "nodejs": "sepia"}
+
+
+@pytest.fixture(scope="module", params=["python", "nodejs"])
+def locked_worker(request, worker_factory):
+    worker = worker_factory(request.param, {"WORKER_TOKEN": TOKEN, "WORKER_MAX_BYTES": "200000"})
+    worker.runtime = request.param
+    return worker
+
+
+def post(url: str, body: bytes, headers: dict | None = None, **kwargs):
+    return requests.post(f"{url}/process", data=body, timeout=10,
+                         headers={"Content-Type": "image/png", **(headers or {})}, **kwargs)
+
+
+def error_code(response) -> str:
+    try:
+        return response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+# -- claim: /process needs the token; /healthz does not ----------------------------------------
+
+@pytest.mark.parametrize("authorization", [
+    None, "", "Bearer", "Bearer ", f"Bearer {WRONG}", f"Bearer {TOKEN[:-1]}", f"Bearer {TOKEN}x",
+    f"Basic {TOKEN}", TOKEN, f"Bearer  {TOKEN}x", f"Bearer {TOKEN.upper()}",
+])
+def test_process_without_the_right_token_is_401(locked_worker, authorization):
+    headers = {} if authorization is None else {"Authorization": authorization}
+    response = post(locked_worker.url, png_bytes(sample_rgb(8, 8)), headers)
+    assert response.status_code == 401, f"{authorization!r} got {response.status_code}"
+    assert error_code(response) == "unauthorized"
+    assert TOKEN not in response.text and WRONG not in response.text
+
+
+def test_token_in_the_query_string_is_not_accepted(locked_worker):
+    response = post(locked_worker.url, png_bytes(sample_rgb(8, 8)), params={"token": TOKEN})
+    assert response.status_code == 401
+
+
+def test_right_token_is_accepted_and_pixels_are_right(locked_worker):
+    image = sample_rgb(16, 12)
+    response = post(locked_worker.url, png_bytes(image), {"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200, response.text[:200]
+    from io import BytesIO
+
+    from PIL import Image
+
+    result = Image.open(BytesIO(response.content))
+    assert max_pixel_diff(result, expected_pixels(image, PRIMARY[locked_worker.runtime])) <= 1
+
+
+def test_auth_is_checked_before_the_body_is_accepted(locked_worker):
+    """An anonymous caller cannot make the worker read or decode a big body (order 3 before 5)."""
+    response = post(locked_worker.url, b"\0" * 300_000)
+    assert response.status_code == 401
+    response = post(locked_worker.url, b"\0" * 300_000, {"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 413 and error_code(response) == "too_large"
+
+
+def test_healthz_needs_no_token_and_reveals_no_secret(locked_worker):
+    response = requests.get(f"{locked_worker.url}/healthz", timeout=5)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["operations"], "healthz must list operations: the coordinator routes by them"
+    assert TOKEN not in response.text
+    assert not {"token", "worker_token", "env", "environ"} & {k.lower() for k in body}
+
+
+def test_unknown_routes_are_404_json_without_a_stack_or_version(locked_worker):
+    for method, path in (("GET", "/"), ("GET", "/admin"), ("GET", "/process"),
+                         ("PUT", "/process"), ("GET", "/../../etc/passwd")):
+        response = requests.request(method, f"{locked_worker.url}{path}", timeout=5)
+        assert response.status_code in (404, 405), f"{method} {path}: {response.status_code}"
+        assert error_code(response) in ("not_found", "method_not_allowed"), response.text[:200]
+        assert "Traceback" not in response.text and " at " not in response.text
+
+
+# -- claim: the token is never logged --------------------------------------------------------
+
+def test_token_never_appears_in_worker_logs(locked_worker):
+    image = png_bytes(sample_rgb(8, 8))
+    post(locked_worker.url, image, {"Authorization": f"Bearer {TOKEN}"})
+    post(locked_worker.url, image, {"Authorization": f"Bearer {WRONG}"})
+    post(locked_worker.url, image, {"Authorization": f"Basic {TOKEN}"})
+    post(locked_worker.url, b"not an image", {"Authorization": f"Bearer {TOKEN}"})
+    log = locked_worker.log_text()
+    assert log.strip(), "the worker wrote no log lines to check"
+    assert TOKEN not in log, "the worker's log contains its token"
+    assert WRONG not in log, "the worker's log contains a caller's (wrong) token"
+    assert "Authorization" not in log and "authorization" not in log
+
+
+CONSTANT_TIME_COMPARE = {"python": ("worker-python", "*.py", r"compare_digest"),
+                         "nodejs": ("worker-nodejs", "*.js", r"timingSafeEqual")}
+
+
+@pytest.mark.parametrize("runtime", ["python", "nodejs"])
+def test_token_check_is_constant_time_in_source(runtime):
+    """The compare must not leak the token's prefix by timing (contract: constant-time compare)."""
+    folder, pattern, needle = CONSTANT_TIME_COMPARE[runtime]
+    source = "\n".join(path.read_text() for path in (ROOT / folder).rglob(pattern)
+                       if "node_modules" not in path.parts and "test" not in path.parts)
+    assert re.search(needle, source), f"{folder}: the token compare does not use {needle}"

@@ -1,0 +1,133 @@
+"""Graceful SIGTERM on both runtimes: the request in flight completes, new work is refused,
+the process exits 0 within WORKER_GRACE_SECONDS.
+
+A slow upload over a raw socket holds a request in flight deterministically: the worker has
+the headers and half the body when SIGTERM arrives, and gets the rest only afterwards.
+"""
+from __future__ import annotations
+
+import http.client
+import io
+import signal
+import socket
+import time
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+import requests
+
+from tests.test_load import expected_pixels, png_bytes, sample_rgb
+
+GRACE_SECONDS = 15
+
+
+def open_slow_upload(url: str, body: bytes, op: str, sent_fraction: float = 0.5) -> socket.socket:
+    """Start POST /process, send the headers and part of the body, and leave it hanging."""
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    head = (f"POST /process?op={op}&format=png HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Content-Type: image/png\r\nContent-Length: {len(body)}\r\n"
+            f"X-Request-Id: shutdown-inflight\r\nConnection: close\r\n\r\n").encode()
+    sock.sendall(head + body[: int(len(body) * sent_fraction)])
+    return sock
+
+
+def finish_upload(sock: socket.socket, body: bytes, sent_fraction: float = 0.5):
+    sock.sendall(body[int(len(body) * sent_fraction):])
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    return response.status, dict(response.getheaders()), response.read()
+
+
+def wait_inflight(url: str, timeout: float = 5.0) -> bool:
+    """True once /healthz counts a request in flight (when the worker reports `inflight`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            health = requests.get(f"{url}/healthz", timeout=1).json()
+        except (requests.RequestException, ValueError):
+            return False
+        if "inflight" not in health:
+            time.sleep(0.5)       # no counter to watch: give the server time to start the request
+            return False
+        if health["inflight"] >= 1:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def refusal_seen(url: str, body: bytes, timeout: float = 5.0) -> str:
+    """Poll with new requests until one is refused; returns how, or '' if all were served."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            response = requests.post(f"{url}/process", data=body, timeout=3,
+                                     headers={"Content-Type": "image/png"})
+        except requests.ConnectionError:
+            return "connection refused"
+        if response.status_code == 503:
+            code = response.json().get("error", {}).get("code")
+            assert code == "draining", f"503 while draining should say draining, got {code}"
+            assert response.headers.get("Retry-After"), "503 draining without Retry-After"
+            return "503 draining"
+        assert response.status_code == 200, f"unexpected {response.status_code} while draining"
+        time.sleep(0.1)
+    return ""
+
+
+PRIMARY = {"python": "grayscale", "nodejs": "sepia"}
+
+
+@pytest.mark.parametrize("runtime", ["python", "nodejs"])
+def test_sigterm_finishes_the_request_in_flight_and_exits_0(runtime, worker_factory):
+    worker = worker_factory(runtime, {"WORKER_GRACE_SECONDS": str(GRACE_SECONDS)})
+    image = sample_rgb(96, 64)
+    body = png_bytes(image)
+    op = PRIMARY[runtime]
+    sock = open_slow_upload(worker.url, body, op)
+    try:
+        wait_inflight(worker.url)
+        signalled = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        how = refusal_seen(worker.url, body)
+        assert how, "new requests were still served after SIGTERM"
+        status, headers, payload = finish_upload(sock, body)
+    finally:
+        sock.close()
+    assert status == 200, f"request in flight got {status}: {payload[:200]!r}"
+    from PIL import Image
+
+    result = np.asarray(Image.open(io.BytesIO(payload)).convert("RGB"), dtype=np.int16)
+    diff = np.abs(result - expected_pixels(image, op).astype(np.int16)).max()
+    assert diff <= 1, f"request in flight returned wrong pixels (max diff {diff})"
+    code = worker.proc.wait(timeout=GRACE_SECONDS + 10)
+    assert code == 0, f"exit code {code} after SIGTERM\n{worker.log_text()[-2000:]}"
+    assert time.monotonic() - signalled < GRACE_SECONDS + 10
+
+
+@pytest.mark.parametrize("runtime", ["python", "nodejs"])
+def test_sigterm_when_idle_exits_0_quickly(runtime, worker_factory):
+    worker = worker_factory(runtime, {"WORKER_GRACE_SECONDS": str(GRACE_SECONDS)})
+    worker.signal(signal.SIGTERM)
+    # Idle: nothing to drain, so well inside the grace period (not a timing claim, a bound).
+    code = worker.proc.wait(timeout=GRACE_SECONDS)
+    assert code == 0, f"exit code {code}\n{worker.log_text()[-2000:]}"
+
+
+@pytest.mark.parametrize("runtime", ["python", "nodejs"])
+def test_grace_period_bounds_a_request_that_never_finishes(runtime, worker_factory):
+    """A client that stalls forever cannot keep the worker alive past the grace period."""
+    grace = 2
+    worker = worker_factory(runtime, {"WORKER_GRACE_SECONDS": str(grace)})
+    body = png_bytes(sample_rgb(32, 32))
+    sock = open_slow_upload(worker.url, body, PRIMARY[runtime])
+    try:
+        wait_inflight(worker.url)
+        worker.signal(signal.SIGTERM)
+        try:
+            worker.proc.wait(timeout=grace + 15)
+        except Exception:
+            pytest.fail(f"worker still running {grace + 15}s after SIGTERM with grace {grace}s")
+    finally:
+        sock.close()
