@@ -233,6 +233,54 @@ function decodeBmp(buf, header) {
 
 // ---------------------------------------------------------------- decoding
 
+// Hand-read sizes, so a header with no pixel data behind it still gets its size checked.
+function pngSize(buf) {
+  if (buf.length < 24 || buf.toString('latin1', 12, 16) !== 'IHDR') return null;
+  return { width: buf.readUInt32BE(16), height: buf.readUInt32BE(20) };
+}
+
+function gifSize(buf) {
+  if (buf.length < 10) return null;
+  return { width: buf.readUInt16LE(6), height: buf.readUInt16LE(8) };
+}
+
+function jpegSize(buf) {
+  let pos = 2;
+  while (pos + 9 <= buf.length) {
+    if (buf[pos] !== 0xff) return null;
+    const marker = buf[pos + 1];
+    if (marker === 0xff) { // fill byte
+      pos += 1;
+      continue;
+    }
+    const isStartOfFrame = marker >= 0xc0 && marker <= 0xcf && ![0xc4, 0xc8, 0xcc].includes(marker);
+    if (isStartOfFrame) return { height: buf.readUInt16BE(pos + 5), width: buf.readUInt16BE(pos + 7) };
+    if (marker === 0xda || marker === 0xd9) return null; // scan or end before any frame header
+    pos += 2 + buf.readUInt16BE(pos + 2);
+  }
+  return null;
+}
+
+function webpSize(buf) {
+  if (buf.length < 30) return null;
+  const chunk = buf.toString('latin1', 12, 16);
+  if (chunk === 'VP8 ') return { width: buf.readUInt16LE(26) & 0x3fff, height: buf.readUInt16LE(28) & 0x3fff };
+  if (chunk === 'VP8L') {
+    const bits = buf.readUInt32LE(21);
+    return { width: (bits & 0x3fff) + 1, height: ((bits >>> 14) & 0x3fff) + 1 };
+  }
+  if (chunk === 'VP8X') return { width: buf.readUIntLE(24, 3) + 1, height: buf.readUIntLE(27, 3) + 1 };
+  return null;
+}
+
+const SIZE_READERS = { png: pngSize, gif: gifSize, jpeg: jpegSize, webp: webpSize };
+
+/** The size a header declares, for the formats we read by hand; null when unknown. */
+function declaredSize(buf, format) {
+  const reader = SIZE_READERS[format];
+  return reader ? reader(buf) : null;
+}
+
 const sharpInputOptions = (maxPixels) => ({
   // Second guard after the header check; libvips refuses anything larger.
   limitInputPixels: maxPixels,
@@ -252,6 +300,13 @@ async function readHeader(buf) {
     const { width, height } = readBmpHeader(buf);
     if (width < 1 || height < 1) throw badImage('BMP width and height must be positive');
     return { format, width, height };
+  }
+  const declared = declaredSize(buf, format);
+  if (declared) {
+    if (declared.width < 1 || declared.height < 1) {
+      throw badImage(`${format.toUpperCase()} width and height must be positive`);
+    }
+    return { format, ...declared };
   }
   let meta;
   try {

@@ -1,0 +1,69 @@
+'use strict';
+// The entry point and the only place that binds a port.
+
+const http = require('node:http');
+const sharp = require('sharp');
+
+const { loadConfig, ConfigError } = require('./config');
+const { createLogger } = require('./log');
+const { buildApp } = require('./app');
+
+function main() {
+  let config;
+  try {
+    config = loadConfig(process.env);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`error: ${err.message}\n`);
+    process.exit(2);
+  }
+  const logger = createLogger({ level: config.logLevel });
+
+  // A t2.micro has 1 GiB: libvips' operation cache only holds memory we never reuse,
+  // and one libvips thread per request keeps concurrent requests from multiplying buffers.
+  sharp.cache(false);
+  sharp.concurrency(1);
+
+  const app = buildApp(config, { logger });
+  const server = http.createServer(app);
+  server.requestTimeout = 120_000;
+
+  server.on('error', (err) => {
+    process.stderr.write(`error: cannot listen on ${config.host}:${config.port}: ${err.message}\n`);
+    process.exit(1);
+  });
+
+  server.listen(config.port, config.host, () => {
+    const { port } = server.address();
+    logger.info('listening', {
+      host: config.host, port, build: config.build, max_inflight: config.maxInflight,
+      max_bytes: config.maxBytes, max_pixels: config.maxPixels, token_required: Boolean(config.token),
+    });
+  });
+
+  let stopping = false;
+  const stop = async (signal) => {
+    if (stopping) return;
+    stopping = true;
+    const worker = app.locals.worker;
+    worker.startDraining();
+    logger.info('draining', { signal, inflight: worker.inflight, grace_seconds: config.graceSeconds });
+    const force = setTimeout(() => {
+      logger.error('grace period over, exiting with requests still in flight', { inflight: worker.inflight });
+      process.exit(1);
+    }, config.graceSeconds * 1000);
+    // Keep listening while requests are in flight, so new callers get a clear 503 draining
+    // (and /healthz says so) instead of a refused connection; then stop and exit.
+    await worker.whenIdle();
+    server.close(() => {
+      clearTimeout(force);
+      logger.info('stopped', { signal });
+      process.exit(0);
+    });
+    server.closeIdleConnections();
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+main();
