@@ -1,0 +1,1 @@
+"""Coordinator: split an image into strips, process them on workers, stitch the result."""

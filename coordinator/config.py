@@ -1,0 +1,216 @@
+"""Every coordinator setting is read here, once: flags, COORDINATOR_* variables, outputs file.
+
+Worker list, first found wins: --workers, --workers-file, COORDINATOR_WORKERS,
+COORDINATOR_WORKERS_FILE, `pulumi stack output` (when COORDINATOR_PULUMI_STACK is set and
+`pulumi` is on PATH), then the two local workers. Flags beat variables, as in every CLI.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from coordinator.errors import ConfigError
+
+DEFAULT_WORKERS = ("http://127.0.0.1:5001", "http://127.0.0.1:5002")
+TRANSPORTS = ("auto", "raw", "png", "webp-lossless")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A numeric COORDINATOR_* variable: its default and allowed range."""
+
+    name: str
+    default: float
+    low: float
+    high: float
+    integer: bool = False
+    meaning: str = ""
+
+
+NUMERIC_SETTINGS = (
+    Setting("COORDINATOR_CONNECT_TIMEOUT", 2.0, 0.05, 60, meaning="seconds to open a connection to a worker"),
+    Setting("COORDINATOR_READ_TIMEOUT", 30.0, 0.1, 600, meaning="seconds to wait for a worker's bytes"),
+    Setting("COORDINATOR_HEALTH_TIMEOUT", 1.5, 0.05, 30, meaning="seconds for each GET /healthz"),
+    Setting("COORDINATOR_MAX_ATTEMPTS", 4, 1, 20, integer=True,
+            meaning="tries per strip, across workers, before giving up"),
+    Setting("COORDINATOR_RETRY_AFTER_MAX", 2.0, 0, 60, meaning="longest honoured Retry-After, seconds"),
+    Setting("COORDINATOR_BACKOFF", 0.05, 0, 10, meaning="first retry backoff, seconds (doubles, capped at 1 s)"),
+    Setting("COORDINATOR_MAX_PIXELS", 50_000_000, 1, 1_000_000_000, integer=True,
+            meaning="largest input width*height, checked before decoding"),
+    Setting("COORDINATOR_PNG_LEVEL", 2, 0, 9, integer=True, meaning="zlib level of PNG output and PNG transport"),
+)
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    workers: tuple[str, ...] = DEFAULT_WORKERS
+    token: str | None = None
+    source: str = "default"
+    connect_timeout: float = 2.0
+    read_timeout: float = 30.0
+    max_attempts: int = 4
+    health_timeout: float = 1.5
+    retry_after_max: float = 2.0
+    backoff: float = 0.05
+    max_pixels: int = 50_000_000
+    png_level: int = 2
+    transport: str = "auto"
+
+    @property
+    def timeouts(self) -> tuple[float, float]:
+        return (self.connect_timeout, self.read_timeout)
+
+
+def normalize_url(url: str, where: str) -> str:
+    """http(s)://host[:port] with no path; names the setting it came from when wrong."""
+    text = url.strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: {url!r} is not an http(s)://host:port URL")
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError(f"{where}: {url!r} has a bad port") from None
+    if parts.path or parts.query or parts.fragment:
+        raise ConfigError(f"{where}: {url!r} must be a base URL with no path or query")
+    return text
+
+
+def parse_worker_list(text: str, where: str) -> tuple[str, ...]:
+    urls: list[str] = []
+    for item in text.split(","):
+        if item.strip():
+            url = normalize_url(item, where)
+            if url not in urls:
+                urls.append(url)
+    if not urls:
+        raise ConfigError(f"{where} names no worker URL")
+    return tuple(urls)
+
+
+def parse_outputs(outputs: object, where: str) -> tuple[tuple[str, ...], str | None]:
+    """Workers and token from the JSON of `pulumi stack output --json --show-secrets`."""
+    if not isinstance(outputs, dict) or not isinstance(outputs.get("workers"), list):
+        raise ConfigError(f"{where}: expected a JSON object with a 'workers' list")
+    urls: list[str] = []
+    for index, worker in enumerate(outputs["workers"]):
+        if not isinstance(worker, dict) or not isinstance(worker.get("url"), str):
+            raise ConfigError(f"{where}: workers[{index}] has no 'url' string")
+        url = normalize_url(worker["url"], f"{where} workers[{index}].url")
+        if url not in urls:
+            urls.append(url)
+    if not urls:
+        raise ConfigError(f"{where}: the 'workers' list is empty")
+    token = outputs.get("worker_token")
+    if token is not None and not isinstance(token, str):
+        raise ConfigError(f"{where}: 'worker_token' must be a string")
+    return tuple(urls), (token or None)
+
+
+def read_outputs_file(path: str, where: str) -> tuple[tuple[str, ...], str | None]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        outputs = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: {path} is not JSON ({exc.msg} at line {exc.lineno})") from None
+    return parse_outputs(outputs, f"{where} {path}")
+
+
+def read_pulumi_stack(stack: str, environ: Mapping[str, str]) -> tuple[tuple[str, ...], str | None] | None:
+    """Stack outputs straight from the Pulumi CLI; None when the CLI is not installed."""
+    pulumi = shutil.which("pulumi", path=environ.get("PATH"))
+    if pulumi is None:
+        return None
+    cwd = environ.get("COORDINATOR_PULUMI_DIR") or str(REPO_ROOT / "infra")
+    try:
+        done = subprocess.run([pulumi, "stack", "output", "--json", "--show-secrets", "--stack", stack],
+                              cwd=cwd, capture_output=True, text=True, timeout=60, env=dict(environ))
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"COORDINATOR_PULUMI_STACK={stack}: pulumi failed: {exc}") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ConfigError(f"COORDINATOR_PULUMI_STACK={stack}: pulumi exited {done.returncode}: {last}")
+    try:
+        outputs = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        raise ConfigError(f"COORDINATOR_PULUMI_STACK={stack}: pulumi printed no JSON") from None
+    return parse_outputs(outputs, f"COORDINATOR_PULUMI_STACK={stack}")
+
+
+def read_number(setting: Setting, environ: Mapping[str, str]) -> float | int:
+    raw = environ.get(setting.name, "").strip()
+    if not raw:
+        return int(setting.default) if setting.integer else setting.default
+    try:
+        value = int(raw) if setting.integer else float(raw)
+    except ValueError:
+        kind = "an integer" if setting.integer else "a number"
+        raise ConfigError(f"{setting.name}={raw!r} is not {kind}") from None
+    if not (setting.low <= value <= setting.high):
+        raise ConfigError(f"{setting.name}={raw} is out of range {setting.low:g}..{setting.high:g}")
+    return value
+
+
+def load_config(workers: str | None = None, workers_file: str | None = None,
+                environ: Mapping[str, str] = os.environ, transport: str | None = None) -> CoordinatorConfig:
+    """The whole configuration, validated; raises ConfigError naming the bad setting."""
+    token: str | None = None
+    if workers:
+        urls, source = parse_worker_list(workers, "--workers"), "--workers"
+    elif workers_file:
+        urls, token = read_outputs_file(workers_file, "--workers-file")
+        source = f"outputs file {workers_file}"
+    elif environ.get("COORDINATOR_WORKERS", "").strip():
+        urls, source = parse_worker_list(environ["COORDINATOR_WORKERS"], "COORDINATOR_WORKERS"), "COORDINATOR_WORKERS"
+    elif environ.get("COORDINATOR_WORKERS_FILE", "").strip():
+        path = environ["COORDINATOR_WORKERS_FILE"].strip()
+        urls, token = read_outputs_file(path, "COORDINATOR_WORKERS_FILE")
+        source = f"outputs file {path}"
+    else:
+        stack = environ.get("COORDINATOR_PULUMI_STACK", "").strip()
+        from_pulumi = read_pulumi_stack(stack, environ) if stack else None
+        if from_pulumi is not None:
+            (urls, token), source = from_pulumi, f"pulumi stack {stack}"
+        else:
+            urls, source = DEFAULT_WORKERS, "default"
+    env_token = environ.get("COORDINATOR_WORKER_TOKEN", "")
+    if env_token.strip():
+        token = env_token.strip()
+    chosen_transport = (transport or environ.get("COORDINATOR_TRANSPORT", "") or "auto").strip()
+    if chosen_transport not in TRANSPORTS:
+        where = "--transport" if transport else "COORDINATOR_TRANSPORT"
+        raise ConfigError(f"{where}={chosen_transport!r} is not one of {', '.join(TRANSPORTS)}")
+    numbers = {s.name: read_number(s, environ) for s in NUMERIC_SETTINGS}
+    return CoordinatorConfig(
+        workers=urls, token=token, source=source,
+        connect_timeout=numbers["COORDINATOR_CONNECT_TIMEOUT"],
+        read_timeout=numbers["COORDINATOR_READ_TIMEOUT"],
+        max_attempts=numbers["COORDINATOR_MAX_ATTEMPTS"],
+        health_timeout=numbers["COORDINATOR_HEALTH_TIMEOUT"],
+        retry_after_max=numbers["COORDINATOR_RETRY_AFTER_MAX"],
+        backoff=numbers["COORDINATOR_BACKOFF"],
+        max_pixels=numbers["COORDINATOR_MAX_PIXELS"],
+        png_level=numbers["COORDINATOR_PNG_LEVEL"],
+        transport=chosen_transport,
+    )
+
+
+def is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,338 @@
+"""Run one job: decode, plan strips, dispatch them concurrently with failover, stitch.
+
+Transport (HTTP) lives here; pixel logic lives in imaging.py and plan.py.
+"""
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import requests
+from PIL import Image
+from requests.adapters import HTTPAdapter
+
+from coordinator import imaging
+from coordinator.config import CoordinatorConfig, is_loopback
+from coordinator.discovery import WorkerStatus, describe_exception, discover
+from coordinator.errors import NoWorkerError
+from coordinator.plan import OPERATIONS, Strip, check_params, parse_plan, plan_strips
+
+BACKOFF_CAP_SECONDS = 1.0
+REPLY_QUERY = {"raw": {"format": "raw"}, "png": {"format": "png", "compression": "1"},
+               "webp-lossless": {"format": "webp", "lossless": "true"}}
+
+
+@dataclass
+class StripEvent:
+    kind: str  # "start" | "done" | "retry" | "failed"
+    index: int
+    op: str
+    worker_url: str | None
+    runtime: str | None
+    attempt: int
+    message: str = ""
+    elapsed_ms: float = 0.0
+
+
+@dataclass
+class StripResult:
+    index: int
+    top: int
+    bottom: int
+    op: str
+    worker_url: str
+    runtime: str | None
+    attempts: int
+    worker_ms: float | None  # X-Processing-Ms
+    total_ms: float  # request wall time of the successful attempt
+    transfer_ms: float | None  # total_ms - worker_ms
+    failovers: list[str] = field(default_factory=list)  # "url: reason" of failed attempts
+    wire: str = "raw"
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+@dataclass
+class JobResult:
+    pixels: np.ndarray  # (H, W, 3) uint8, the stitched result
+    width: int
+    height: int
+    ops: list[str]
+    strips: list[StripResult]
+    elapsed_ms: float
+    workers: list[WorkerStatus]
+    timings: dict[str, float] = field(default_factory=dict)  # decode_ms, discover_ms, dispatch_ms
+
+    @cached_property
+    def image(self) -> Image.Image:
+        return Image.fromarray(self.pixels)
+
+
+class StripFailed(Exception):
+    """One attempt failed; `retry` says whether another worker may succeed."""
+
+    def __init__(self, reason: str, retry: bool, worker_down: bool = False, retry_after: float = 0.0):
+        super().__init__(reason)
+        self.reason, self.retry, self.worker_down, self.retry_after = reason, retry, worker_down, retry_after
+
+
+class WorkerSlots:
+    """Process-wide cap on requests in flight per worker (its max_inflight), so our own
+    strips and concurrent jobs queue here instead of collecting 503 busy."""
+
+    _lock = threading.Lock()
+    _slots: dict[str, threading.BoundedSemaphore] = {}
+
+    @classmethod
+    def for_worker(cls, worker: WorkerStatus) -> threading.BoundedSemaphore:
+        with cls._lock:
+            if worker.url not in cls._slots:
+                cls._slots[worker.url] = threading.BoundedSemaphore(max(1, worker.max_inflight))
+            return cls._slots[worker.url]
+
+
+class Router:
+    """Picks a worker for each attempt: capable, not down, least tried by this strip, the
+    op's own runtime first, then the least loaded."""
+
+    def __init__(self, workers: list[WorkerStatus]):
+        self.workers = [w for w in workers if w.ok]
+        self.lock = threading.Lock()
+        self.load = collections.Counter()
+        self.down: dict[str, str] = {}
+
+    def capable(self, op: str) -> list[WorkerStatus]:
+        return [w for w in self.workers if w.offers(op)]
+
+    def choose(self, op: str, tried: collections.Counter, excluded: set[str]) -> WorkerStatus | None:
+        spec = OPERATIONS[op]
+        with self.lock:
+            candidates = [w for w in self.capable(op) if w.url not in excluded and w.url not in self.down]
+            if not candidates:
+                return None
+
+            def cost(worker: WorkerStatus):
+                own = worker.primary == op or (spec.primary_runtime is not None and worker.runtime == spec.primary_runtime)
+                return (tried[worker.url], self.load[worker.url] + (0 if own else 1), self.load[worker.url])
+
+            chosen = min(candidates, key=cost)
+            self.load[chosen.url] += 1
+            return chosen
+
+    def mark_down(self, url: str, reason: str) -> None:
+        with self.lock:
+            self.down.setdefault(url, reason)
+
+
+def make_session(pool_size: int) -> requests.Session:
+    """One keep-alive session; the pool holds a connection per concurrent strip."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=8, pool_maxsize=max(4, pool_size), max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def wire_for(worker_url: str, transport: str) -> str:
+    if transport != "auto":
+        return transport
+    return "raw" if is_loopback(worker_url) else "png"
+
+
+def error_reason(response: requests.Response) -> str:
+    try:
+        error = response.json()["error"]
+        return f"HTTP {response.status_code} {error['code']}: {error['message']}"
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}"
+
+
+def send_strip(session: requests.Session, worker: WorkerStatus, strip: Strip, body: bytes, content_type: str,
+               wire: str, params: dict, config: CoordinatorConfig, request_id: str) -> tuple[np.ndarray, requests.Response]:
+    """POST one strip; returns its pixels (halo included) or raises StripFailed."""
+    query = {"op": strip.op, **REPLY_QUERY[wire], **{name: str(params[name]) for name in OPERATIONS[strip.op].params}}
+    headers = {"Content-Type": content_type, "X-Request-Id": request_id}
+    if config.token:
+        headers["Authorization"] = f"Bearer {config.token}"
+    try:
+        response = session.post(f"{worker.url}/process", params=query, data=body, headers=headers,
+                                timeout=config.timeouts)
+        content = response.content
+    except requests.RequestException as exc:
+        raise StripFailed(describe_exception(exc), retry=True, worker_down=True) from None
+    if response.status_code == 401:
+        raise StripFailed(f"token rejected by {worker.url}", retry=True)
+    if response.status_code == 503:
+        try:
+            retry_after = max(0.0, min(float(response.headers.get("Retry-After", "0")), config.retry_after_max))
+        except ValueError:
+            retry_after = 0.0
+        raise StripFailed(error_reason(response), retry=True, retry_after=retry_after)
+    if response.status_code >= 500:
+        raise StripFailed(error_reason(response), retry=True)
+    if response.status_code != 200:
+        raise StripFailed(error_reason(response), retry=False)
+    try:
+        pixels = imaging.decode_any(content)
+    except ValueError as exc:
+        raise StripFailed(f"bad reply: {exc}", retry=True) from None
+    expected = (strip.send_bottom - strip.send_top, None)
+    if pixels.shape[0] != expected[0] or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise StripFailed(f"bad reply: {pixels.shape[1]}x{pixels.shape[0]} "
+                          f"with {pixels.shape[2] if pixels.ndim == 3 else 1} channels, "
+                          f"expected {expected[0]} rows of RGB", retry=True)
+    return pixels, response
+
+
+def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strips: int = 2,
+            params: dict | None = None, on_event: Callable[[StripEvent], None] | None = None,
+            workers: list[WorkerStatus] | None = None, session: requests.Session | None = None) -> JobResult:
+    """Process one image on the workers. Raises InputError or NoWorkerError; never returns a
+    partial image. on_event runs on the calling thread."""
+    started = time.perf_counter()
+    pixels = imaging.decode_pixels(data, config.max_pixels)
+    height, width, _ = pixels.shape
+    decoded = time.perf_counter()
+    ops = parse_plan(plan, strips)
+    params = check_params(ops, params)
+    layout = plan_strips(height, ops, params)
+    own_session = session is None
+    session = session or make_session(len(layout))
+    if workers is None:
+        workers = discover(config, session)
+    discovered = time.perf_counter()
+    router = Router(workers)
+    for strip in layout:
+        if not router.capable(strip.op):
+            raise NoWorkerError(strip.index, strip.op, unavailable_reasons(workers, strip.op),
+                                summary=f"no healthy worker offers {strip.op} (strip {strip.index})")
+    result = np.empty_like(pixels)
+    events: queue.Queue = queue.Queue()
+    abort = threading.Event()
+    job_id = uuid.uuid4().hex[:12]
+
+    def emit(kind: str, strip: Strip, worker: WorkerStatus | None, attempt: int, message: str = "", elapsed: float = 0.0):
+        events.put(("event", StripEvent(kind, strip.index, strip.op, worker.url if worker else None,
+                                        worker.runtime if worker else None, attempt, message, elapsed)))
+
+    def process(strip: Strip) -> StripResult:
+        rows = pixels[strip.send_top:strip.send_bottom]
+        bodies: dict[str, tuple[bytes, str]] = {}
+        tried: collections.Counter = collections.Counter()
+        excluded: set[str] = set()
+        retry_after: dict[str, float] = {}
+        failures: list[str] = []
+        for attempt in range(1, config.max_attempts + 1):
+            if abort.is_set():
+                raise NoWorkerError(strip.index, strip.op, failures, summary="job aborted")
+            worker = router.choose(strip.op, tried, excluded)
+            if worker is None:
+                break
+            wait = retry_after.pop(worker.url, 0.0)
+            if tried[worker.url]:
+                wait = max(wait, min(config.backoff * 2 ** (tried[worker.url] - 1), BACKOFF_CAP_SECONDS))
+            if wait:
+                time.sleep(wait)
+            tried[worker.url] += 1
+            wire = wire_for(worker.url, config.transport)
+            if wire not in bodies:
+                bodies[wire] = imaging.encode_strip(rows, wire, config.png_level)
+            body, content_type = bodies[wire]
+            emit("start", strip, worker, attempt)
+            request_started = time.perf_counter()
+            try:
+                with WorkerSlots.for_worker(worker):
+                    reply, response = send_strip(session, worker, strip, body, content_type, wire, params,
+                                                 config, f"{job_id}-s{strip.index}-a{attempt}")
+            except StripFailed as failure:
+                failures.append(f"{worker.url}: {failure.reason}")
+                elapsed = (time.perf_counter() - request_started) * 1000
+                if failure.worker_down:
+                    router.mark_down(worker.url, failure.reason)
+                if failure.worker_down or "token rejected" in failure.reason or not failure.retry:
+                    excluded.add(worker.url)
+                if failure.retry_after:
+                    retry_after[worker.url] = failure.retry_after
+                if not failure.retry:
+                    emit("failed", strip, worker, attempt, failure.reason, elapsed)
+                    raise NoWorkerError(strip.index, strip.op, failures,
+                                        summary=f"{worker.url} refused strip {strip.index} (op {strip.op})") from None
+                emit("retry", strip, worker, attempt, failure.reason, elapsed)
+                continue
+            total_ms = (time.perf_counter() - request_started) * 1000
+            result[strip.top:strip.bottom] = reply[strip.halo_top:strip.halo_top + strip.rows]
+            worker_ms = parse_ms(response.headers.get("X-Processing-Ms"))
+            emit("done", strip, worker, attempt, "", total_ms)
+            return StripResult(strip.index, strip.top, strip.bottom, strip.op, worker.url, worker.runtime,
+                               attempt, worker_ms, total_ms,
+                               None if worker_ms is None else max(0.0, total_ms - worker_ms),
+                               failures, wire, len(body), len(response.content))
+        failures.extend(reason for reason in unavailable_reasons(workers, strip.op)
+                        if reason.split(": ", 1)[0] not in tried)
+        emit("failed", strip, None, sum(tried.values()), "; ".join(failures))
+        raise NoWorkerError(strip.index, strip.op, failures)
+
+    def run(strip: Strip) -> None:
+        try:
+            events.put(("finished", strip.index, process(strip)))
+        except BaseException as exc:  # handed to the calling thread, which re-raises it
+            events.put(("finished", strip.index, exc))
+
+    pool = ThreadPoolExecutor(max_workers=len(layout), thread_name_prefix="strip")
+    results: dict[int, StripResult] = {}
+    failure: BaseException | None = None
+    try:
+        for strip in layout:
+            pool.submit(run, strip)
+        while len(results) < len(layout) and failure is None:
+            item = events.get()
+            if item[0] == "event":
+                if on_event is not None:
+                    on_event(item[1])
+            elif isinstance(item[2], BaseException):
+                failure = item[2]
+            else:
+                results[item[1]] = item[2]
+        while on_event is not None and not events.empty():  # events queued before the last result
+            item = events.get_nowait()
+            if item[0] == "event":
+                on_event(item[1])
+    finally:
+        if failure is not None or len(results) < len(layout):
+            abort.set()
+        pool.shutdown(wait=failure is None, cancel_futures=True)
+        if own_session and failure is None:
+            session.close()
+    if failure is not None:
+        raise failure
+    finished = time.perf_counter()
+    return JobResult(result, width, height, ops, [results[i] for i in range(len(layout))],
+                     (finished - started) * 1000, workers,
+                     {"decode_ms": (decoded - started) * 1000, "discover_ms": (discovered - decoded) * 1000,
+                      "dispatch_ms": (finished - discovered) * 1000})
+
+
+def parse_ms(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def unavailable_reasons(workers: list[WorkerStatus], op: str) -> list[str]:
+    """Why each worker cannot take op, for the one-line NoWorkerError."""
+    reasons = []
+    for worker in workers:
+        if not worker.ok:
+            reasons.append(f"{worker.url}: {worker.error or 'unhealthy'}")
+        elif op not in worker.operations:
+            reasons.append(f"{worker.url}: does not offer {op} (offers {', '.join(worker.operations) or 'nothing'})")
+    return reasons

@@ -1,0 +1,140 @@
+"""Pure image logic: decode input, PPM strips, stitch, encode output. No I/O, no config."""
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from coordinator import pngfast
+from coordinator.errors import InputError
+
+OUTPUT_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp",
+                  ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp"}
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# One whitespace byte ends the header; workers write no comments.
+PPM_HEADER = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+(\d+)\s")
+
+
+def open_input(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode to 8-bit RGB, EXIF orientation applied; InputError for anything else."""
+    return Image.fromarray(decode_pixels(data, max_pixels))
+
+
+def decode_pixels(data: bytes, max_pixels: int) -> np.ndarray:
+    """(H, W, 3) uint8 of the input; checks the pixel count from the header before decoding."""
+    if not data:
+        raise InputError("input is empty (0 bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError:
+            raise InputError(f"image has far more pixels than the limit of {max_pixels}") from None
+        except UnidentifiedImageError:
+            raise InputError(f"input is not an image ({len(data)} bytes of an unknown format)") from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise InputError(f"input is not a readable image: {exc}") from None
+        width, height = image.size
+        if width * height > max_pixels:
+            raise InputError(f"image is {width}x{height} = {width * height} pixels, "
+                             f"over the limit of {max_pixels} (COORDINATOR_MAX_PIXELS)")
+        if width == 0 or height == 0:
+            raise InputError(f"image is {width}x{height}: it has no pixels")
+        try:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return to_rgb_array(image)
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise InputError(f"image is truncated or corrupt ({image.format}): {exc}") from None
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """8-bit RGB as the worker contract says: alpha dropped, 16-bit scaled by >> 8, gray expanded."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        gray = (np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode != "RGB":
+        image = image.convert("RGBA" if image.mode in ("P", "PA") else image.mode).convert("RGB")
+    return np.asarray(image)
+
+
+def encode_ppm(rows: np.ndarray) -> bytes:
+    """Binary PPM (P6) of (H, W, 3) uint8 rows: the raw wire format."""
+    height, width, _ = rows.shape
+    return b"P6\n%d %d\n255\n" % (width, height) + np.ascontiguousarray(rows).tobytes()
+
+
+def decode_ppm(data: bytes) -> np.ndarray:
+    """(H, W, 3) uint8 from binary PPM; ValueError when it is not one."""
+    header = PPM_HEADER.match(data)
+    if header is None:
+        raise ValueError(f"not a binary PPM (starts {bytes(data[:12])!r})")
+    width, height, maxval = (int(value) for value in header.groups())
+    if maxval != 255:
+        raise ValueError(f"PPM maxval is {maxval}, expected 255")
+    expected = width * height * 3
+    if len(data) - header.end() != expected:
+        raise ValueError(f"PPM body is {len(data) - header.end()} bytes, expected {expected} for {width}x{height}")
+    return np.frombuffer(data, dtype=np.uint8, count=expected, offset=header.end()).reshape(height, width, 3)
+
+
+def decode_any(data: bytes) -> np.ndarray:
+    """A worker's reply in any format it may send, as (H, W, 3) uint8; raises ValueError."""
+    if data[:2] == b"P6":
+        return decode_ppm(data)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if image.mode != "RGB":
+                raise ValueError(f"reply is mode {image.mode}, expected RGB")
+            return np.asarray(image)
+    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+        raise ValueError(f"reply is not a readable image: {exc}") from None
+
+
+def encode_strip(rows: np.ndarray, wire: str, png_level: int = 1) -> tuple[bytes, str]:
+    """Request body and Content-Type for one strip in the chosen wire format."""
+    if wire == "raw":
+        return encode_ppm(rows), "image/x-portable-pixmap"
+    if wire == "png":
+        return pngfast.encode_png(rows, level=png_level, threads=1), "image/png"
+    if wire == "webp-lossless":
+        buffer = io.BytesIO()
+        Image.fromarray(rows).save(buffer, "WEBP", lossless=True, quality=0, method=0)
+        return buffer.getvalue(), "image/webp"
+    raise ValueError(f"unknown wire format {wire!r}")
+
+
+def format_for_path(path: str | Path) -> str:
+    """Output format from the file extension; InputError for one we do not write."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        known = ", ".join(OUTPUT_FORMATS)
+        raise InputError(f"cannot write {suffix or 'a file without extension'} ({Path(path).name}); use one of {known}")
+    return OUTPUT_FORMATS[suffix]
+
+
+def encode_output(image: Image.Image | np.ndarray, fmt: str, quality: int = 90, png_level: int = 2) -> bytes:
+    """Bytes of the result; PNG goes through the parallel encoder."""
+    pixels = image if isinstance(image, np.ndarray) else np.asarray(image.convert("RGB"))
+    if fmt == "png":
+        return pngfast.encode_png(pixels, level=png_level)
+    if not 1 <= quality <= 100:
+        raise InputError(f"quality {quality} is out of range 1..100")
+    buffer = io.BytesIO()
+    picture = Image.fromarray(pixels)
+    if fmt == "jpeg":
+        picture.save(buffer, "JPEG", quality=quality)
+    elif fmt == "webp":
+        picture.save(buffer, "WEBP", quality=quality)
+    elif fmt == "tiff":
+        picture.save(buffer, "TIFF", compression="tiff_deflate")
+    elif fmt == "bmp":
+        picture.save(buffer, "BMP")
+    else:
+        raise InputError(f"unknown output format {fmt!r}")
+    return buffer.getvalue()
