@@ -28,8 +28,8 @@ class Instance:
     @property
     def checks(self) -> str:
         """'ok' when both EC2 status checks pass, else what each reports."""
-        if self.system_status == self.instance_status == "ok":
-            return "ok"
+        if self.system_status == self.instance_status:
+            return self.system_status
         return f"system {self.system_status}, instance {self.instance_status}"
 
 

@@ -105,7 +105,7 @@ def _render_table(rows: list[Row]) -> None:
         table.add_row(row.name, row.role, row.instance_id or "-", row.state, row.checks,
                       row.public_ip or "-", healthz, h.runtime if h else "", h.version if h else "",
                       h.build if h else "", ",".join(h.operations) if h else "")
-    Console(width=200).print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def cmd_status(config: FleetConfig, args) -> int:

@@ -14,6 +14,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+import paramiko
+
 from infra.bundle import DEPS_MANIFEST, build_id, bundle_files, deps_fingerprint, tarball
 from scripts.fleet import ssh
 from scripts.fleet.config import REPO_ROOT, FleetConfig, Worker
@@ -107,7 +109,10 @@ cat {q(manifest)} 2>/dev/null || echo "#missing"
 
     # --- steps ------------------------------------------------------------------------
     def upload(self) -> str:
-        sftp = self.client.open_sftp()
+        try:
+            sftp = self.client.open_sftp()
+        except (paramiko.SSHException, OSError) as exc:
+            raise FleetError(f"{self.worker.name}: cannot open SFTP: {exc}") from None
         try:
             home = sftp.normalize(".")
             staging = posixpath.join(home, STAGING_DIR)
@@ -119,7 +124,7 @@ cat {q(manifest)} 2>/dev/null || echo "#missing"
             with sftp.open(remote, "wb") as out:
                 out.write(self.bundle.tarball)
             return remote
-        except OSError as exc:
+        except (paramiko.SSHException, OSError) as exc:
             raise FleetError(f"{self.worker.name}: upload over SFTP failed: {exc}") from None
         finally:
             sftp.close()
@@ -215,7 +220,8 @@ mv -T {q(link_new)} {q(self.paths.current)}
             self.unpack(self.upload())
             self.install_deps(release, previous, reuse)
         except FleetError as exc:
-            raise FleetError(f"{exc.message}; {current or 'no release'} still running", ROLLED_BACK) from None
+            kept = f"build {current} still running" if current else "nothing was switched"
+            raise FleetError(f"{exc.message}; {kept}", ROLLED_BACK) from None
         failure = None
         try:
             self.switch(new, new)

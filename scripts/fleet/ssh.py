@@ -88,10 +88,18 @@ def sudo(command: str) -> str:
     return f"sudo -n sh -c {shlex.quote(command)}"
 
 
+def _open(client: paramiko.SSHClient, command: str) -> paramiko.Channel:
+    try:
+        channel = client.get_transport().open_session()
+        channel.exec_command(command)
+    except (paramiko.SSHException, OSError) as exc:
+        raise FleetError(f"ssh session failed: {exc or type(exc).__name__}") from None
+    return channel
+
+
 def run(client: paramiko.SSHClient, command: str, timeout: float = 120) -> tuple[int, str, str]:
     """Run to completion within `timeout` seconds; returns (exit status, stdout, stderr)."""
-    channel = client.get_transport().open_session()
-    channel.exec_command(command)
+    channel = _open(client, command)
     out, err = bytearray(), bytearray()
     deadline = time.monotonic() + timeout
     while True:
@@ -116,8 +124,7 @@ def run(client: paramiko.SSHClient, command: str, timeout: float = 120) -> tuple
 
 def stream(client: paramiko.SSHClient, command: str, out: BinaryIO, err: BinaryIO) -> int:
     """Copy the command's output as it arrives until it exits (Ctrl-C ends it early)."""
-    channel = client.get_transport().open_session()
-    channel.exec_command(command)
+    channel = _open(client, command)
     try:
         while True:
             busy = False

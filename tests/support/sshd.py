@@ -92,7 +92,7 @@ def start_sshd(tmp_dir: Path, env: dict | None = None, host_key: Path | None = N
         "UsePAM no", "StrictModes no", "PasswordAuthentication no",
         "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password",
         "PubkeyAuthentication yes", "AllowTcpForwarding no", "X11Forwarding no",
-        "LogLevel VERBOSE", "MaxStartups 50", "MaxSessions 50",
+        "LogLevel VERBOSE", "MaxStartups 50", "MaxSessions 50", "Subsystem sftp internal-sftp",
     ]
     if env:
         lines.append("SetEnv " + " ".join(f'{key}="{value}"' for key, value in env.items()))

@@ -1,0 +1,321 @@
+"""`python -m scripts.fleet logs|redeploy|ssh-config` over real SSH to Debian's sshd on loopback.
+
+The "host" is a temporary tree laid out like a worker instance (opt/<role>/releases, current,
+etc/<role>/env) under --remote-root. Its sessions find stand-in sudo/systemctl/journalctl first
+on PATH (tests/fixtures/fleet/bin); the stand-in systemctl runs the REAL worker-python from
+opt/worker-python/current, so a redeploy is proven by the live /healthz reporting the new build.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from infra.bundle import build_id, bundle_files
+from tests.conftest import skip_or_fail
+from tests.support.procs import ROOT, free_port
+from tests.support.sshd import make_key, sshd_available, start_sshd
+
+pytestmark = pytest.mark.sshd
+
+STAND_INS = ROOT / "tests" / "fixtures" / "fleet" / "bin"
+ROLE, NAME = "worker-python", "worker-python-0"
+
+
+@pytest.fixture(scope="module")
+def host_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("host")
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory, host_root):
+    reason = sshd_available()
+    if reason:
+        skip_or_fail(reason)
+    server = start_sshd(tmp_path_factory.mktemp("sshd"), env={
+        "PATH": f"{STAND_INS}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "FLEET_TEST_ROOT": str(host_root)})
+    yield server
+    server.stop()
+
+
+def stand_in_systemctl(root: Path, *args: str) -> None:
+    subprocess.run([str(STAND_INS / "systemctl"), *args, ROLE], check=True, timeout=60,
+                   env={**os.environ, "FLEET_TEST_ROOT": str(root)})
+
+
+def health(url: str) -> dict:
+    return requests.get(f"{url}/healthz", timeout=3).json()
+
+
+def wait_build(url: str, build: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = health(url)
+            if last.get("build") == build:
+                return last
+        except requests.RequestException as exc:
+            last = repr(exc)
+        time.sleep(0.2)
+    raise AssertionError(f"{url} never reported build {build}: {last}")
+
+
+class Host:
+    """A worker-python host tree under `root`, its outputs file, and the CLI flags to reach it."""
+
+    def __init__(self, root: Path, sshd, tmp_path: Path):
+        self.root, self.sshd, self.tmp = root, sshd, tmp_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base = root / "opt" / ROLE
+        self.env_file = root / "etc" / ROLE / "env"
+        self.known_hosts = tmp_path / "known_hosts"
+        self.outputs = tmp_path / "stack-outputs.json"
+        self.outputs.write_text(json.dumps({
+            "workers": [{"name": NAME, "role": ROLE, "runtime": "python", "url": self.url,
+                         "public_ip": "127.0.0.1", "instance_id": "i-0fleettest",
+                         "operations": ["grayscale"]}],
+            "worker_token": "", "project": "hdtp", "stack": "fleet-test", "region": "us-east-1",
+            "ssh_user": sshd.user}))
+
+    def flags(self, key: Path | None = None, port: int | None = None) -> list[str]:
+        return ["--outputs", str(self.outputs), "--ssh-key", str(key or self.sshd.client_key),
+                "--ssh-port", str(port or self.sshd.port), "--known-hosts", str(self.known_hosts),
+                "--remote-root", str(self.root)]
+
+    def install(self, files: dict[str, bytes]) -> str:
+        """Lay out a first release as user-data does, start it, return its build id."""
+        build = build_id(files)
+        release = self.base / "releases" / build
+        for path, content in files.items():
+            (release / path).parent.mkdir(parents=True, exist_ok=True)
+            (release / path).write_bytes(content)
+        (self.base / "current").symlink_to(f"releases/{build}")
+        venv_bin = self.base / "venv" / "bin"
+        venv_bin.mkdir(parents=True)
+        # The shared venv: python is this test venv's; pip only records what it was asked.
+        (venv_bin / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+        (venv_bin / "pip").write_text(f'#!/bin/sh\necho "$*" >> {self.root}/pip.calls\n')
+        for tool in venv_bin.iterdir():
+            tool.chmod(0o755)
+        self.env_file.parent.mkdir(parents=True)
+        self.env_file.write_text(f"WORKER_HOST=127.0.0.1\nWORKER_PORT={self.port}\n"
+                                 f"WORKER_TOKEN=\nWORKER_BUILD={build}\nWORKER_GRACE_SECONDS=2\n")
+        self.env_file.chmod(0o600)
+        stand_in_systemctl(self.root, "start")
+        wait_build(self.url, build)
+        return build
+
+    def current(self) -> str:
+        return os.readlink(self.base / "current")
+
+    def env_build(self) -> str:
+        lines = [line for line in self.env_file.read_text().splitlines() if line.startswith("WORKER_BUILD=")]
+        assert len(lines) == 1, lines
+        return lines[0].split("=", 1)[1]
+
+    def calls(self, tool: str) -> list[str]:
+        path = self.root / f"{tool}.calls"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def worker_pid(self) -> int:
+        return int((self.root / "run" / f"{ROLE}.pid").read_text())
+
+
+@pytest.fixture
+def host(sshd, host_root, tmp_path):
+    """A fresh host tree for each test (the sshd and its session PATH stay)."""
+    for child in host_root.iterdir():
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    yield Host(host_root, sshd, tmp_path)
+    if (host_root / "opt" / ROLE / "current").exists():
+        stand_in_systemctl(host_root, "stop")
+
+
+def fleet(*args, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scripts.fleet", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_error_line(result, code: int, fragment: str) -> str:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and fragment in last, result.stderr
+    return last
+
+
+def host_fingerprint(sshd) -> str:
+    out = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", f"{sshd.host_key}.pub"],
+                         capture_output=True, text=True, check=True, timeout=10).stdout
+    return out.split()[1]
+
+
+# --- host keys and authentication ----------------------------------------------------------
+
+def test_first_use_records_the_host_key_that_openssh_then_accepts(host, sshd):
+    (host.root / "log").mkdir()
+    (host.root / "log" / f"{ROLE}.log").write_text('{"msg": "started"}\n')
+    first = fleet("logs", NAME, *host.flags())
+    assert first.returncode == 0, first.stderr
+    fingerprint = host_fingerprint(sshd)
+    assert f"recorded new host key for [127.0.0.1]:{sshd.port}: ssh-ed25519 {fingerprint}" in first.stderr
+    assert host.known_hosts.read_text().startswith(f"[127.0.0.1]:{sshd.port} ssh-ed25519 ")
+
+    again = fleet("logs", NAME, *host.flags())
+    assert again.returncode == 0 and "recorded new host key" not in again.stderr
+
+    # The printed stanza works for OpenSSH itself, with strict host key checking.
+    config = fleet("ssh-config", *host.flags())
+    assert config.returncode == 0, config.stderr
+    assert "StrictHostKeyChecking yes" in config.stdout
+    (host.tmp / "ssh_config").write_text(config.stdout)
+    ssh = subprocess.run(["ssh", "-F", str(host.tmp / "ssh_config"), "-o", "BatchMode=yes", NAME,
+                          "echo reached"], capture_output=True, text=True, timeout=30)
+    assert ssh.returncode == 0 and ssh.stdout.strip() == "reached", ssh.stderr
+
+
+def test_a_changed_host_key_is_refused(host, sshd):
+    impostor = make_key(host.tmp / "impostor")
+    recorded = f"[127.0.0.1]:{sshd.port} {Path(f'{impostor}.pub').read_text().split(' ')[0]} " \
+               f"{Path(f'{impostor}.pub').read_text().split(' ')[1]}\n"
+    host.known_hosts.write_text(recorded)
+    result = fleet("logs", NAME, *host.flags())
+    line = assert_one_error_line(result, 1, "host key changed")
+    assert host_fingerprint(sshd) in line and "refusing to connect" in line
+    assert host.known_hosts.read_text() == recorded  # never overwritten
+    assert host.calls("journalctl") == []
+
+
+def test_a_client_key_the_host_does_not_know_is_refused(host, sshd):
+    stranger = make_key(host.tmp / "stranger")
+    result = fleet("logs", NAME, *host.flags(key=stranger))
+    assert_one_error_line(result, 1, "authentication failed")
+
+
+def test_nothing_listening_is_connection_refused(host):
+    result = fleet("logs", NAME, *host.flags(port=free_port()))
+    assert_one_error_line(result, 1, "connection refused")
+
+
+def test_an_unknown_worker_name_is_a_usage_error(host):
+    result = fleet("logs", "worker-go-0", *host.flags())
+    assert_one_error_line(result, 2, "no worker named 'worker-go-0'")
+
+
+# --- logs ----------------------------------------------------------------------------------
+
+def test_logs_shows_the_journal_with_lines_and_since(host):
+    (host.root / "log").mkdir()
+    (host.root / "log" / f"{ROLE}.log").write_text("".join(f'{{"n": {i}}}\n' for i in range(10)))
+    result = fleet("logs", NAME, "--lines", "3", "--since", "1 hour ago", *host.flags())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ['{"n": 7}', '{"n": 8}', '{"n": 9}']
+    assert host.calls("journalctl") == [f"-u {ROLE} --no-pager -n 3 --since 1 hour ago"]
+
+
+def test_logs_reports_a_failing_journalctl(host):
+    result = fleet("logs", NAME, "--since", "whenever", *host.flags())
+    line = assert_one_error_line(result, 1, f"journalctl on {NAME} exited with 1")
+    assert "Failed to parse timestamp: whenever" in result.stderr and line
+
+
+def test_logs_follow_streams_new_lines_until_interrupted(host):
+    log = host.root / "log" / f"{ROLE}.log"
+    log.parent.mkdir()
+    log.write_text('{"msg": "before"}\n')
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.fleet", "logs", NAME, "--follow",
+                             *host.flags()], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == '{"msg": "before"}'
+        with open(log, "a") as out:
+            out.write('{"msg": "after"}\n')
+        assert proc.stdout.readline().strip() == '{"msg": "after"}'  # streamed, not batched
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+    assert "-f" in host.calls("journalctl")[0].split()
+
+
+# --- redeploy ------------------------------------------------------------------------------
+
+def test_redeploy_ships_the_source_and_the_worker_restarts_at_the_new_build(host):
+    shipped = bundle_files(ROLE)
+    old = host.install({**shipped, "OLD_RELEASE": b"a file only the old release has\n"})
+    old_pid = host.worker_pid()
+    new = build_id(shipped)
+
+    result = fleet("redeploy", NAME, "--health-timeout", "60", *host.flags())
+    assert result.returncode == 0, result.stderr
+    assert f"{NAME}: deployed build {new} (was {old}), healthy" in result.stdout
+    assert health(host.url)["build"] == new
+    assert host.current() == f"releases/{new}" and host.env_build() == new
+    assert host.worker_pid() != old_pid
+    release = host.base / "releases" / new
+    assert {p.relative_to(release).as_posix() for p in release.rglob("*") if p.is_file()} == set(shipped)
+    assert (host.base / "releases" / old / "OLD_RELEASE").exists()  # kept for rollback
+    assert host.calls("pip") == []  # same requirements.txt: the shared venv is reused
+    assert host.calls("systemctl")[-1] == f"restart {ROLE}"
+    assert not list(Path(os.path.expanduser("~") , ".hdtp-staging").glob(f"{ROLE}-{new}*"))
+
+    again = fleet("redeploy", NAME, *host.flags())
+    assert again.returncode == 0, again.stderr
+    assert f"already at build {new}, healthy" in again.stdout
+
+
+def test_a_build_that_fails_at_start_up_is_rolled_back(host):
+    shipped = bundle_files(ROLE)
+    # The running release has other pins, so both the deploy and the rollback install deps.
+    old_requirements = shipped["requirements.txt"] + b"# older pins\n"
+    old = host.install({**shipped, "requirements.txt": old_requirements})
+    source = host.tmp / "checkout"
+    shutil.copytree(ROOT / ROLE, source / ROLE, ignore=shutil.ignore_patterns("__pycache__", "tests"))
+    main = source / ROLE / "worker_python" / "__main__.py"
+    main.write_text('raise SystemExit("deliberately broken build")\n' + main.read_text())
+    broken = build_id(bundle_files(ROLE, source))
+
+    result = fleet("redeploy", NAME, "--source-root", str(source), "--health-timeout", "8",
+                   *host.flags())
+    line = assert_one_error_line(result, 4, f"build {broken} not healthy within 8s")
+    assert f"rolled back to build {old}, healthy" in line
+    assert health(host.url)["build"] == old
+    assert host.current() == f"releases/{old}" and host.env_build() == old
+    pip = host.calls("pip")
+    assert len(pip) == 2, pip
+    assert pip[0].endswith(f"releases/{broken}/requirements.txt")
+    assert pip[1].endswith(f"releases/{old}/requirements.txt")
+    assert "deliberately broken build" in (host.root / "log" / f"{ROLE}.log").read_text()
+
+
+def test_redeploy_without_a_previous_release_says_it_cannot_roll_back(host):
+    # A host whose `current` is missing: there is nothing to go back to.
+    (host.base / "releases").mkdir(parents=True)
+    host.env_file.parent.mkdir(parents=True)
+    host.env_file.write_text(f"WORKER_HOST=127.0.0.1\nWORKER_PORT={host.port}\n")
+    venv_bin = host.base / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").write_text("#!/bin/sh\nexit 3\n")  # a venv that cannot start anything
+    (venv_bin / "pip").write_text("#!/bin/sh\nexit 0\n")
+    for tool in venv_bin.iterdir():
+        tool.chmod(0o755)
+    result = fleet("redeploy", NAME, "--health-timeout", "3", *host.flags())
+    assert_one_error_line(result, 5, "no previous release to roll back to")
+
+
+def test_redeploy_needs_a_name_or_all(host):
+    assert_one_error_line(fleet("redeploy", *host.flags()), 2, "needs a worker NAME or --all")
