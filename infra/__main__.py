@@ -1,0 +1,66 @@
+"""Pulumi program: config -> security, releases -> worker nodes -> exports (see infra/README.md)."""
+import sys
+from pathlib import Path
+
+# `pulumi up` runs this folder as a script; the repo root makes `infra.*` importable as in tests.
+_REPO_ROOT = str(Path(__file__).resolve().parents[1])
+if _REPO_ROOT not in sys.path:
+    sys.path.insert(0, _REPO_ROOT)
+
+import pulumi  # noqa: E402
+import pulumi_aws as aws  # noqa: E402
+import pulumi_random as random  # noqa: E402
+
+from infra.ami import worker_ami_id  # noqa: E402
+from infra.bundle import ROLES, bundle_files  # noqa: E402
+from infra.config import load_settings  # noqa: E402
+from infra.outputs import fleet_outputs  # noqa: E402
+from infra.roles import ROLE_SPECS  # noqa: E402
+from infra.security import FleetSecurity, FleetSecurityArgs  # noqa: E402
+from infra.releases import Release, ReleaseStore, ReleaseStoreArgs  # noqa: E402
+from infra.userdata import render_cloud_config  # noqa: E402
+from infra.worker_node import WorkerNode, WorkerNodeArgs  # noqa: E402
+
+
+def release_of(role: str) -> Release:
+    """The role's worker files as a release, checked before any resource is declared."""
+    try:
+        return Release.of(role, bundle_files(role))
+    except (OSError, ValueError) as exc:
+        raise pulumi.RunError(str(exc)) from None
+
+
+settings = load_settings()
+tags = {"Project": settings.project, "Stack": settings.stack}
+releases = {role: release_of(role) for role in ROLES if settings.count(role) > 0}
+
+worker_token = (pulumi.Output.secret(settings.worker_token) if settings.worker_token
+                else random.RandomPassword("worker-token", length=40, special=False).result)
+
+security = FleetSecurity("workers", FleetSecurityArgs(
+    client_cidr=settings.client_cidr,
+    worker_ports={role: settings.port(role) for role in releases},
+    admin_cidr=settings.admin_cidr,
+    ssh_public_key=settings.ssh_public_key,
+    vpc_id=aws.ec2.get_subnet_output(id=settings.subnet_id).vpc_id if settings.subnet_id else None,
+    tags=tags,
+))
+store = ReleaseStore("releases", ReleaseStoreArgs(releases=releases, tags=tags))
+ami_id = worker_ami_id(settings.ami_id)
+
+nodes = []
+for role, release in releases.items():
+    spec, port = ROLE_SPECS[role], settings.port(role)
+    user_data = pulumi.Output.all(store.bucket_name, worker_token).apply(
+        lambda values, spec=spec, release=release, port=port: render_cloud_config(
+            spec, release, bucket=values[0], region=settings.region, port=port, token=values[1]))
+    for index in range(settings.count(role)):
+        nodes.append(WorkerNode(f"{role}-{index}", WorkerNodeArgs(
+            spec=spec, port=port, ami_id=ami_id, instance_type=settings.instance_type,
+            security_group_id=security.security_group_id, user_data=user_data,
+            instance_profile=store.instance_profile_name, subnet_id=settings.subnet_id,
+            key_name=security.key_name, tags=tags,
+        )))
+
+for output_name, value in fleet_outputs(settings, nodes, worker_token).items():
+    pulumi.export(output_name, value)

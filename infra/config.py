@@ -1,0 +1,198 @@
+"""Every Pulumi config read of the program, validated into one FleetSettings.
+
+`parse_settings` is pure (raw strings in, settings or ConfigError out) so tests can check every
+rule without the Pulumi runtime; `load_settings` is the only function that touches pulumi.Config.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import pulumi
+
+MAX_WORKERS_PER_ROLE = 10  # a typo like 100 should not start 100 instances
+# The smallest prefix we accept for any ingress source: anything wider is "the internet".
+MIN_PREFIX_LENGTH = 8
+
+# Keys and defaults exactly as declared in Pulumi.yaml (a test keeps the two in step).
+DEFAULTS: dict[str, str] = {
+    "pythonWorkers": "1",
+    "nodejsWorkers": "1",
+    "instanceType": "t2.micro",
+    "pythonPort": "5001",
+    "nodejsPort": "5002",
+    "clientCidr": "",
+    "adminCidr": "",
+    "sshPublicKey": "",
+    "workerToken": "",
+    "amiId": "",
+    "subnetId": "",
+}
+
+CLIENT_CIDR_HINT = 'pulumi config set clientCidr "$(curl -s https://checkip.amazonaws.com)/32"'
+ADMIN_CIDR_HINT = 'pulumi config set adminCidr "$(curl -s https://checkip.amazonaws.com)/32"'
+
+
+class ConfigError(pulumi.RunError):
+    """A bad or missing setting. A RunError, so `pulumi up` prints the message without a traceback."""
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    project: str
+    stack: str
+    region: str
+    python_workers: int
+    nodejs_workers: int
+    instance_type: str
+    python_port: int
+    nodejs_port: int
+    client_cidr: str
+    admin_cidr: Optional[str]
+    ssh_public_key: Optional[str]
+    worker_token: Optional[str]   # None: the program generates one (RandomPassword)
+    ami_id: Optional[str]         # None: latest Ubuntu 24.04 LTS
+    subnet_id: Optional[str]      # None: the default VPC's default subnet
+
+    @property
+    def ssh_enabled(self) -> bool:
+        return self.ssh_public_key is not None
+
+    def count(self, role: str) -> int:
+        return {"worker-python": self.python_workers, "worker-nodejs": self.nodejs_workers}[role]
+
+    def port(self, role: str) -> int:
+        return {"worker-python": self.python_port, "worker-nodejs": self.nodejs_port}[role]
+
+
+def _int_setting(raw: Mapping[str, str], key: str, low: int, high: int) -> int:
+    value = raw.get(key) or DEFAULTS[key]
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{key} must be a whole number, got {value!r}") from None
+    if not low <= number <= high:
+        raise ConfigError(f"{key} must be between {low} and {high}, got {number}")
+    return number
+
+
+def parse_cidr(key: str, value: str, hint: str) -> str:
+    """An IPv4 network in canonical form; a bare address means that one host (/32)."""
+    try:
+        network = ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError:
+        raise ConfigError(f"{key} {value!r} is not an IPv4 CIDR such as 203.0.113.7/32 "
+                          f"(host bits must be zero); set it with: {hint}") from None
+    if network.version != 4:
+        raise ConfigError(f"{key} {value!r} is IPv6; the workers listen on IPv4 only. Use: {hint}")
+    if network.prefixlen < MIN_PREFIX_LENGTH:
+        raise ConfigError(f"{key} {value!r} opens the port to the whole internet (or most of it); "
+                          f"refused. Use your own address: {hint}")
+    return str(network)
+
+
+_INSTANCE_TYPE = re.compile(r"^(?P<family>[a-z]+)(?P<generation>\d+)(?P<options>[a-z-]*)\.[a-z0-9]+$")
+_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]{16,256}$")
+_AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
+_SUBNET = re.compile(r"^subnet-[0-9a-f]{8,17}$")
+_SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa")  # the key types EC2 can import
+
+
+def parse_instance_type(value: str) -> str:
+    match = _INSTANCE_TYPE.match(value)
+    if not match:
+        raise ConfigError(f"instanceType {value!r} is not an EC2 instance type such as t2.micro")
+    if "g" in match["options"]:
+        # Graviton (arm64) types cannot boot the x86_64 image this program looks up.
+        raise ConfigError(f"instanceType {value!r} is an arm64 (Graviton) type; "
+                          "the workers' AMI and Node.js build are x86_64, use e.g. t2.micro or t3.micro")
+    return value
+
+
+def parse_ssh_public_key(value: str) -> str:
+    parts = value.strip().split()
+    if len(parts) < 2 or parts[0] not in _SSH_KEY_TYPES:
+        raise ConfigError("sshPublicKey must be an OpenSSH public key starting with "
+                          f"{' or '.join(_SSH_KEY_TYPES)} (the .pub file's content)")
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except binascii.Error:
+        raise ConfigError("sshPublicKey's key data is not valid base64") from None
+    if parts[0].encode() not in blob[:32]:
+        raise ConfigError("sshPublicKey's key data does not match its type")
+    return " ".join(parts[:3])
+
+
+def parse_settings(raw: Mapping[str, str], *, project: str, stack: str, region: Optional[str],
+                   token_is_secret: bool = True) -> FleetSettings:
+    """Validate raw config strings (unset keys may be missing or empty) into FleetSettings."""
+    def text(key: str) -> str:
+        return (raw.get(key) or DEFAULTS[key]).strip()
+
+    if not region:
+        raise ConfigError("aws:region is not set; set it with: pulumi config set aws:region us-east-1")
+
+    python_workers = _int_setting(raw, "pythonWorkers", 0, MAX_WORKERS_PER_ROLE)
+    nodejs_workers = _int_setting(raw, "nodejsWorkers", 0, MAX_WORKERS_PER_ROLE)
+    if python_workers + nodejs_workers == 0:
+        raise ConfigError("pythonWorkers and nodejsWorkers are both 0; a fleet needs at least one worker")
+    python_port = _int_setting(raw, "pythonPort", 1024, 65535)
+    nodejs_port = _int_setting(raw, "nodejsPort", 1024, 65535)
+    if python_port == nodejs_port:
+        raise ConfigError(f"pythonPort and nodejsPort are both {python_port}; they must differ")
+
+    if not text("clientCidr"):
+        raise ConfigError("clientCidr is required: the address allowed to reach the workers. "
+                          f"Set it to your public IP with: {CLIENT_CIDR_HINT}")
+    client_cidr = parse_cidr("clientCidr", text("clientCidr"), CLIENT_CIDR_HINT)
+
+    admin_cidr = text("adminCidr") or None
+    ssh_public_key = text("sshPublicKey") or None
+    if (admin_cidr is None) != (ssh_public_key is None):
+        missing = "adminCidr" if admin_cidr is None else "sshPublicKey"
+        raise ConfigError(f"SSH needs both sshPublicKey and adminCidr, and {missing} is not set; "
+                          "set both to allow SSH, or neither to keep port 22 closed")
+    if admin_cidr is not None:
+        admin_cidr = parse_cidr("adminCidr", admin_cidr, ADMIN_CIDR_HINT)
+        ssh_public_key = parse_ssh_public_key(ssh_public_key)
+
+    worker_token = text("workerToken") or None
+    if worker_token is not None:
+        if not token_is_secret:
+            raise ConfigError("workerToken is stored in plain text; store it encrypted with: "
+                              "pulumi config set --secret workerToken <token>")
+        if not _TOKEN.match(worker_token):
+            raise ConfigError("workerToken must be 16-256 characters of letters, digits or ._~+/=-")
+
+    ami_id = text("amiId") or None
+    if ami_id is not None and not _AMI.match(ami_id):
+        raise ConfigError(f"amiId {ami_id!r} is not an AMI id such as ami-0123456789abcdef0")
+    subnet_id = text("subnetId") or None
+    if subnet_id is not None and not _SUBNET.match(subnet_id):
+        raise ConfigError(f"subnetId {subnet_id!r} is not a subnet id such as subnet-0123456789abcdef0")
+
+    return FleetSettings(
+        project=project, stack=stack, region=region,
+        python_workers=python_workers, nodejs_workers=nodejs_workers,
+        instance_type=parse_instance_type(text("instanceType")),
+        python_port=python_port, nodejs_port=nodejs_port,
+        client_cidr=client_cidr, admin_cidr=admin_cidr, ssh_public_key=ssh_public_key,
+        worker_token=worker_token, ami_id=ami_id, subnet_id=subnet_id,
+    )
+
+
+def load_settings() -> FleetSettings:
+    """Read this stack's config (the program's only pulumi.Config reads)."""
+    config = pulumi.Config()
+    raw = {key: config.get(key) or "" for key in DEFAULTS}
+    return parse_settings(
+        raw,
+        project=pulumi.get_project(),
+        stack=pulumi.get_stack(),
+        region=pulumi.Config("aws").get("region"),
+        token_is_secret=pulumi.runtime.is_config_secret(config.full_key("workerToken")),
+    )
