@@ -1,0 +1,89 @@
+"""`python -m worker_python`: serve with gunicorn (one gthread process) until SIGTERM."""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+
+from gunicorn.app.base import BaseApplication
+
+from worker_python.app import create_app
+from worker_python.logs import GunicornJsonLogger, get_logger, setup_logging
+from worker_python.settings import Settings, SettingsError, load_settings
+
+# The drain must end before gunicorn's master stops waiting (it SIGKILLs at grace seconds).
+DRAIN_MARGIN_SECONDS = 1.0
+
+
+def drain_on_sigterm(worker) -> None:
+    """gunicorn post_worker_init hook: on SIGTERM keep serving, answer 503 draining to new
+    requests, let the ones in flight finish, then stop the worker (exit 0).
+
+    gunicorn's own handler would stop accepting at once, so /healthz could not say
+    "draining". The master closes only its copy of the listening socket; this process keeps
+    listening until the in-flight requests are done."""
+    state = worker.wsgi.extensions["worker_python"]
+    grace = worker.app.settings.grace_seconds
+    log = get_logger()
+
+    def drain() -> None:
+        finished = state.wait_idle(timeout=max(0.0, grace - DRAIN_MARGIN_SECONDS))
+        log.info("drained" if finished else "grace period over with requests still in flight",
+                 extra={"inflight": state.inflight})
+        worker.handle_exit(signal.SIGTERM, None)
+
+    def on_sigterm(signum, frame) -> None:
+        if state.draining:
+            return
+        state.begin_draining()
+        log.info("SIGTERM: draining", extra={"inflight": state.inflight})
+        threading.Thread(target=drain, name="drain", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+class WorkerServer(BaseApplication):
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        host = f"[{s.host}]" if ":" in s.host else s.host
+        options = {
+            "bind": [f"{host}:{s.port}"],
+            "workers": 1,  # one process, so the in-flight count is exact
+            "worker_class": "gthread",
+            "threads": s.max_inflight + 2,  # spare threads answer 503 busy and /healthz
+            "graceful_timeout": math.ceil(s.grace_seconds),  # gunicorn takes whole seconds
+            "timeout": 120,
+            "keepalive": 5,
+            "loglevel": s.log_level,
+            "logger_class": GunicornJsonLogger,
+            "accesslog": None,
+            "post_worker_init": drain_on_sigterm,
+            "proc_name": "worker-python",
+            "control_socket_disable": True,  # workers share hosts; one fixed socket path would clash
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        return create_app(self.settings)
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    log = setup_logging(settings.log_level)
+    log.info("starting", extra={"host": settings.host, "port": settings.port})
+    WorkerServer(settings).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
