@@ -202,6 +202,8 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
     height, width, _ = pixels.shape
     decoded = time.perf_counter()
     ops = parse_plan(plan, strips)
+    if len(ops) > height and len(set((plan or "seed").split(","))) == 1:
+        ops = parse_plan(plan, height)  # seed or one op: fewer strips than rows, capped
     params = check_params(ops, params)
     layout = plan_strips(height, ops, params)
     own_session = session is None
@@ -213,7 +215,7 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
     for strip in layout:
         if not router.capable(strip.op):
             raise NoWorkerError(strip.index, strip.op, unavailable_reasons(workers, strip.op),
-                                summary=f"no healthy worker offers {strip.op} (strip {strip.index})")
+                                summary=f"no healthy worker offers {strip.op} (strip {strip.index + 1})")
     result = np.empty_like(pixels)
     events: queue.Queue = queue.Queue()
     abort = threading.Event()
@@ -264,7 +266,7 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
                 if not failure.retry:
                     emit("failed", strip, worker, attempt, failure.reason, elapsed)
                     raise NoWorkerError(strip.index, strip.op, failures,
-                                        summary=f"{worker.url} refused strip {strip.index} (op {strip.op})") from None
+                                        summary=f"{worker.url} refused strip {strip.index + 1} (op {strip.op})") from None
                 emit("retry", strip, worker, attempt, failure.reason, elapsed)
                 continue
             total_ms = (time.perf_counter() - request_started) * 1000

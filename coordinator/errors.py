@@ -28,11 +28,12 @@ class NoWorkerError(CoordinatorError):
 
     exit_code = 3
 
+    # strip_index is 0-based; messages count strips from 1 like the CLI's summary lines.
     def __init__(self, strip_index: int | None, op: str, attempts: list[str], summary: str = ""):
         self.strip_index = strip_index
         self.op = op
         self.attempts = list(attempts)
-        where = f"strip {strip_index}" if strip_index is not None else "the plan"
+        where = f"strip {strip_index + 1}" if strip_index is not None else "the plan"
         head = summary or f"no worker could do {where} (op {op})"
         detail = "; ".join(self.attempts) if self.attempts else "no workers configured"
         super().__init__(f"{head}: {detail}")
