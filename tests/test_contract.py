@@ -271,6 +271,18 @@ def test_empty_body_is_missing_image(any_worker):
     assert_error(post(any_worker, b"", params={"op": "invert"}), 400, "missing_image")
 
 
+def test_multipart_body_without_its_boundary_is_missing_image(any_worker):
+    response = post(any_worker, b"this body has no parts at all", "multipart/form-data; boundary=xyz123",
+                    params={"op": "invert"})
+    assert_error(response, 400, "missing_image")
+
+
+def test_bytes_decide_the_input_format_not_the_content_type(any_worker):
+    response = post(any_worker, vector_input("photo.png"), "image/jpeg", params={"op": "invert"})
+    assert response.status_code == 200, response.text[:300]
+    assert_close(rgb_pixels(response.content), expected_for("invert"), 1)
+
+
 # ---------------------------------------------------------------- formats and negotiation
 
 @pytest.mark.parametrize("fmt", ["png", "raw", "jpeg", "webp", "webp-lossless"])
@@ -312,6 +324,8 @@ def test_raw_ppm_in_and_out(any_worker):
     ("application/json", "png"),
     ("*/*", "png"),
     ("", "png"),
+    ("image/webp;q=0.9", "webp"),
+    ("image/jpeg;q=0, image/png", "png"),
 ])
 def test_accept_negotiation(any_worker, accept, fmt):
     response = post(any_worker, vector_input("photo.png"), params={"op": "invert"}, headers={"Accept": accept})
@@ -586,18 +600,47 @@ def test_draining_refuses_new_work(worker_factory, runtime):
 
 # ---------------------------------------------------------------- across runtimes
 
-AGREEMENT_INPUTS = ["photo.png", "rgb16.png", "palette.png", "oriented6.jpg", "lossless.webp"]
+AGREEMENT_INPUTS = ["photo.png", "rgb16.png", "palette.png", "oriented6.jpg", "lossless.webp", "gray16.png"]
+
+
+def noisy_strip(width: int = 257, height: int = 61, seed: int = 11) -> bytes:
+    """Gradients, noise and hard edges: more values and neighbourhoods than the 17x11 vectors."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / (width - 1), y * 255 / (height - 1), (x ^ y) & 255], -1)
+    pixels = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
+    pixels[:, width // 3] = 255
+    pixels[height // 2, :] = 0
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def agree(python_worker, nodejs_worker, data: bytes, content_type: str, params: dict, what: str) -> None:
+    results = []
+    for worker in (python_worker, nodejs_worker):
+        response = post(worker, data, content_type, params={**params, "format": "raw"})
+        assert response.status_code == 200, f"{worker.url} {what}: {response.text[:200]}"
+        results.append(ppm_pixels(response.content))
+    assert_close(results[1], results[0], 1, what=f"{what}: python vs nodejs")
+
+
+def offered_by_both(op: str, *workers) -> None:
+    if not all(op in health(worker)["operations"] for worker in workers):
+        pytest.skip(f"{op} is not offered by both runtimes")
 
 
 @pytest.mark.parametrize("op", sorted(KNOWN_OPS), ids=[f"python-vs-nodejs-{op}" for op in sorted(KNOWN_OPS)])
 def test_runtimes_agree(python_worker, nodejs_worker, op):
-    offered = [set(health(w)["operations"]) for w in (python_worker, nodejs_worker)]
-    if not all(op in ops for ops in offered):
-        pytest.skip(f"{op} is not offered by both runtimes")
+    offered_by_both(op, python_worker, nodejs_worker)
     for name in AGREEMENT_INPUTS:
-        results = []
-        for worker in (python_worker, nodejs_worker):
-            response = post(worker, vector_input(name), content_type_of(name), params={"op": op, "format": "raw"})
-            assert response.status_code == 200, f"{worker.url} {name}: {response.text[:200]}"
-            results.append(ppm_pixels(response.content))
-        assert_close(results[1], results[0], 1, what=f"{name} {op} python vs nodejs")
+        agree(python_worker, nodejs_worker, vector_input(name), content_type_of(name), {"op": op}, f"{name} {op}")
+    agree(python_worker, nodejs_worker, noisy_strip(), "image/png", {"op": op}, f"noisy strip {op}")
+
+
+@pytest.mark.parametrize("radius", ["0.3", "1", "2.5", "13.7", "50"],
+                         ids=lambda r: f"python-vs-nodejs-r{r}")
+def test_runtimes_agree_on_blur_radius(python_worker, nodejs_worker, radius):
+    offered_by_both("blur", python_worker, nodejs_worker)
+    agree(python_worker, nodejs_worker, noisy_strip(), "image/png", {"op": "blur", "radius": radius},
+          f"noisy strip blur radius {radius}")
