@@ -20,7 +20,7 @@ RUNTIME_OF_ROLE = {"worker-python": "python", "worker-nodejs": "nodejs"}
 # The pinned-dependency manifest whose hash decides whether a host must reinstall deps.
 DEPS_MANIFEST = {"worker-python": "requirements.txt", "worker-nodejs": "package-lock.json"}
 REQUIRED_FILES = {
-    "worker-python": ("requirements.txt",),
+    "worker-python": ("requirements.txt", "worker_python/__main__.py"),
     "worker-nodejs": ("package.json", "package-lock.json", "server.js"),
 }
 

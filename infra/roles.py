@@ -13,8 +13,7 @@ SERVICE_USER = "worker"
 class RoleSpec:
     role: str            # folder name, EC2 Role tag, systemd unit and log `service` name
     runtime: str         # "python" | "nodejs", as in /healthz and the stack outputs
-    default_port: int
-    # What the worker advertises; the coordinator still routes by each worker's /healthz.
+    # As the worker lists them in /healthz (a test checks); the coordinator routes by /healthz.
     operations: tuple[str, ...]
     exec_start: str
     apt_packages: tuple[str, ...]
@@ -39,7 +38,6 @@ ROLE_SPECS: dict[str, RoleSpec] = {
     "worker-python": RoleSpec(
         role="worker-python",
         runtime=RUNTIME_OF_ROLE["worker-python"],
-        default_port=5001,
         operations=("grayscale", "sepia", "invert", "blur"),
         exec_start="/opt/worker-python/venv/bin/python -m worker_python",
         apt_packages=("python3-venv",),
@@ -47,8 +45,7 @@ ROLE_SPECS: dict[str, RoleSpec] = {
     "worker-nodejs": RoleSpec(
         role="worker-nodejs",
         runtime=RUNTIME_OF_ROLE["worker-nodejs"],
-        default_port=5002,
-        operations=("sepia", "grayscale", "invert", "blur"),
+        operations=("grayscale", "sepia", "invert", "blur"),
         exec_start="/usr/bin/node server.js",
         apt_packages=("ca-certificates", "curl", "xz-utils"),
     ),

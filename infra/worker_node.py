@@ -67,6 +67,7 @@ class WorkerNode(pulumi.ComponentResource):
             # A newer Ubuntu image every week must not replace running workers; new nodes get it.
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["ami"]),
         )
+        self.instance = instance
         self.instance_id = instance.id
         self.public_ip = instance.public_ip
         self.url = instance.public_ip.apply(lambda ip: f"http://{ip}:{args.port}")

@@ -1,0 +1,109 @@
+"""Run the real Pulumi program (infra/__main__.py) under Pulumi's unit-test mocks.
+
+Pulumi's mocks replace the engine and the AWS provider: every resource the program declares is
+recorded with its inputs, and the one data-source call (the AMI lookup) answers from here.
+"""
+from __future__ import annotations
+
+import runpy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pulumi
+from pulumi.runtime import settings as runtime_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+INFRA_DIR = ROOT / "infra"
+PROJECT = "heterogeneous-task-processor"
+STACK = "dev"
+REGION = "eu-west-1"
+MOCK_AMI = "ami-0123456789abcdef0"
+MOCK_VPC = "vpc-0123456789abcdef0"
+MOCK_TOKEN = "generated-token-0123456789abcdefghij"
+
+
+class FleetMocks(pulumi.runtime.Mocks):
+    """Answers like AWS would, with predictable ids and public IPs from TEST-NET-3."""
+
+    def __init__(self) -> None:
+        self.resources: list[pulumi.runtime.MockResourceArgs] = []
+        self.calls: list[pulumi.runtime.MockCallArgs] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        self.resources.append(args)
+        outputs = dict(args.inputs)
+        if args.typ == "aws:ec2/instance:Instance":
+            outputs["publicIp"] = f"203.0.113.{10 + sum(r.typ == args.typ for r in self.resources)}"
+            outputs["arn"] = f"arn:aws:ec2:{REGION}:123456789012:instance/i-{args.name}"
+        if args.typ == "random:index/randomPassword:RandomPassword":
+            outputs["result"] = MOCK_TOKEN
+        if args.typ == "aws:ec2/keyPair:KeyPair":
+            outputs["keyName"] = f"{args.name}-0001"
+        if args.typ == "aws:s3/bucket:Bucket":
+            outputs["bucket"] = f"{args.name}-0001"
+            outputs["arn"] = f"arn:aws:s3:::{args.name}-0001"
+        if args.typ in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
+            outputs["name"] = f"{args.name}-0001"
+        resource_id = f"i-{args.name}" if args.typ == "aws:ec2/instance:Instance" else f"{args.name}-id"
+        return resource_id, outputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        self.calls.append(args)
+        if args.token == "aws:ec2/getAmi:getAmi":
+            return {"id": MOCK_AMI, "architecture": "x86_64", "name": "ubuntu-noble-24.04-amd64-server-20261101"}
+        if args.token == "aws:ec2/getSubnet:getSubnet":
+            return {"id": args.args["id"], "vpcId": MOCK_VPC}
+        return {}
+
+
+@dataclass
+class ProgramRun:
+    mocks: FleetMocks
+    namespace: dict                  # the program's globals: settings, nodes, security, ...
+    outputs: dict = field(default_factory=dict)          # stack outputs, resolved
+    secret_outputs: set = field(default_factory=set)     # names of outputs marked secret
+
+    def of_type(self, typ: str) -> list[pulumi.runtime.MockResourceArgs]:
+        return [r for r in self.mocks.resources if r.typ == typ]
+
+    def types(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for resource in self.mocks.resources:
+            counts[resource.typ] = counts.get(resource.typ, 0) + 1
+        return counts
+
+
+LAST_MOCKS: list[FleetMocks] = []  # the latest run's mocks, also when the program raised
+
+
+def configure(config: dict[str, str], secret_keys: tuple[str, ...] = ()) -> FleetMocks:
+    """Fresh mocks, a fresh root stack and exactly `config` (short keys mean this project)."""
+    mocks = FleetMocks()
+    LAST_MOCKS[:] = [mocks]
+    runtime_settings.set_root_resource(None)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=STACK, preview=False)
+    full = {key if ":" in key else f"{PROJECT}:{key}": value for key, value in config.items()}
+    pulumi.runtime.set_all_config(full, [k if ":" in k else f"{PROJECT}:{k}" for k in secret_keys])
+    return mocks
+
+
+def run_program(config: dict[str, str], secret_keys: tuple[str, ...] = ()) -> ProgramRun:
+    """Run infra/__main__.py to completion; returns what it declared and exported."""
+    run = ProgramRun(configure(config, secret_keys), {})
+
+    @pulumi.runtime.test
+    def program():
+        run.namespace = runpy.run_path(str(INFRA_DIR), run_name="__main__")
+        exported = runtime_settings.get_root_resource().outputs
+        names = sorted(exported)
+        values = [pulumi.Output.from_input(exported[name]) for name in names]
+        secrets = [pulumi.Output.from_input(value.is_secret()) for value in values]
+
+        def record(resolved):
+            run.outputs = dict(zip(names, resolved[:len(names)]))
+            run.secret_outputs = {name for name, secret in zip(names, resolved[len(names):]) if secret}
+
+        return pulumi.Output.all(*values, *secrets).apply(record)
+
+    program()
+    return run

@@ -1,0 +1,477 @@
+"""The Pulumi program under Pulumi's unit-test mocks (the testing-unit-py way), plus its pure parts.
+
+Nothing here talks to AWS or needs the Pulumi CLI: the mocks stand in for the engine and the
+provider, and each run executes the real infra/__main__.py with one stack configuration.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import ipaddress
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pulumi
+import pytest
+import yaml
+
+from infra import bundle
+from infra.config import DEFAULTS, MIN_PREFIX_LENGTH, ConfigError, parse_settings
+from infra.roles import ROLE_SPECS
+from tests.infra_harness import (LAST_MOCKS, MOCK_AMI, MOCK_TOKEN, MOCK_VPC, PROJECT, REGION, ROOT,
+                                 STACK, run_program)
+
+CLIENT = "198.51.100.7/32"
+ADMIN = "192.0.2.0/28"
+SSH_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZ5bGVldC10ZXN0LWtleS1mb3ItdW5pdC10ZXN0cw== "
+           "ops@example")
+BASE = {"clientCidr": CLIENT, "aws:region": REGION}
+FIXTURE = ROOT / "tests" / "fixtures" / "stack-outputs.json"
+
+INSTANCE = "aws:ec2/instance:Instance"
+INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+KEY_PAIR = "aws:ec2/keyPair:KeyPair"
+
+
+@pytest.fixture(scope="module")
+def default_run():
+    return run_program(BASE)
+
+
+@pytest.fixture(scope="module")
+def big_run():
+    return run_program({**BASE, "pythonWorkers": "3", "nodejsWorkers": "2"})
+
+
+@pytest.fixture(scope="module")
+def ssh_run():
+    return run_program({**BASE, "adminCidr": ADMIN, "sshPublicKey": SSH_KEY})
+
+
+# ---------------------------------------------------------------- what gets declared
+
+def test_default_config_declares_one_worker_per_role(default_run):
+    assert default_run.types() == {
+        "random:index/randomPassword:RandomPassword": 1,
+        "htp:infra:FleetSecurity": 1,
+        "aws:ec2/securityGroup:SecurityGroup": 1,
+        INGRESS: 2,
+        EGRESS: 2,
+        "htp:infra:ReleaseStore": 1,
+        "aws:s3/bucket:Bucket": 1,
+        "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": 1,
+        "aws:s3/bucketObjectv2:BucketObjectv2": 2,
+        "aws:iam/role:Role": 1,
+        "aws:iam/rolePolicy:RolePolicy": 1,
+        "aws:iam/instanceProfile:InstanceProfile": 1,
+        "htp:infra:WorkerNode": 2,
+        INSTANCE: 2,
+    }
+    assert sorted(r.name for r in default_run.of_type("htp:infra:WorkerNode")) == [
+        "worker-nodejs-0", "worker-python-0"]
+
+
+def test_counts_scale_instances_only(big_run, default_run):
+    counts = big_run.types()
+    assert counts[INSTANCE] == counts["htp:infra:WorkerNode"] == 5
+    assert sorted(r.name for r in big_run.of_type("htp:infra:WorkerNode")) == [
+        "worker-nodejs-0", "worker-nodejs-1",
+        "worker-python-0", "worker-python-1", "worker-python-2"]
+    # Everything else is per fleet, not per instance.
+    assert {t: n for t, n in counts.items() if t not in (INSTANCE, "htp:infra:WorkerNode")} == {
+        t: n for t, n in default_run.types().items() if t not in (INSTANCE, "htp:infra:WorkerNode")}
+
+
+def test_a_role_with_zero_workers_gets_no_port_and_no_release():
+    run = run_program({**BASE, "pythonWorkers": "0"})
+    assert [r.inputs["tags"]["Role"] for r in run.of_type(INSTANCE)] == ["worker-nodejs"]
+    assert [r.inputs["fromPort"] for r in run.of_type(INGRESS)] == [5002]
+    assert [r.inputs["key"].split("/")[0] for r in run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")] == [
+        "worker-nodejs"]
+    assert run.outputs["python_worker_url"] is None
+
+
+def test_child_resources_are_named_after_their_component(big_run):
+    for resource in big_run.mocks.resources:
+        if resource.typ == INSTANCE:
+            assert resource.name.startswith(resource.inputs["tags"]["Name"] + "-")
+        elif not resource.typ.startswith(("htp:", "random:")):
+            assert resource.name.startswith(("workers-", "releases-")), resource.name
+
+
+# ---------------------------------------------------------------- network policy
+
+@pytest.mark.parametrize("run_name", ["default_run", "big_run", "ssh_run"])
+def test_no_ingress_is_open_to_the_world(request, run_name):
+    for rule in request.getfixturevalue(run_name).of_type(INGRESS):
+        assert rule.inputs["cidrIpv4"] != "0.0.0.0/0"
+        assert ipaddress.ip_network(rule.inputs["cidrIpv4"]).prefixlen >= MIN_PREFIX_LENGTH
+        assert "cidrIpv6" not in rule.inputs
+
+
+def test_worker_ports_are_open_to_the_client_cidr_only(default_run):
+    rules = {(r.inputs["fromPort"], r.inputs["toPort"], r.inputs["ipProtocol"], r.inputs["cidrIpv4"])
+             for r in default_run.of_type(INGRESS)}
+    assert rules == {(5001, 5001, "tcp", CLIENT), (5002, 5002, "tcp", CLIENT)}
+
+
+def test_custom_ports_follow_config():
+    run = run_program({**BASE, "pythonPort": "8081", "nodejsPort": "8082"})
+    assert sorted(r.inputs["fromPort"] for r in run.of_type(INGRESS)) == [8081, 8082]
+    assert sorted(w["url"].rsplit(":", 1)[1] for w in run.outputs["workers"]) == ["8081", "8082"]
+
+
+def test_no_ssh_rule_or_key_without_admin_cidr(default_run, big_run):
+    for run in (default_run, big_run):
+        assert all(r.inputs["fromPort"] != 22 for r in run.of_type(INGRESS))
+        assert run.of_type(KEY_PAIR) == []
+        assert all("keyName" not in r.inputs for r in run.of_type(INSTANCE))
+
+
+def test_ssh_only_from_admin_cidr_with_both_settings(ssh_run):
+    ssh_rules = [r for r in ssh_run.of_type(INGRESS) if r.inputs["fromPort"] == 22]
+    assert [(r.inputs["toPort"], r.inputs["cidrIpv4"]) for r in ssh_rules] == [(22, ADMIN)]
+    worker_rules = [r for r in ssh_run.of_type(INGRESS) if r.inputs["fromPort"] != 22]
+    assert {r.inputs["cidrIpv4"] for r in worker_rules} == {CLIENT}
+    (key_pair,) = ssh_run.of_type(KEY_PAIR)
+    assert key_pair.inputs["publicKey"] == SSH_KEY
+    assert {r.inputs["keyName"] for r in ssh_run.of_type(INSTANCE)} == {"workers-ssh-key-0001"}
+
+
+def test_egress_is_http_and_https_only(default_run):
+    rules = {(r.inputs["ipProtocol"], r.inputs["fromPort"], r.inputs["toPort"], r.inputs["cidrIpv4"])
+             for r in default_run.of_type(EGRESS)}
+    assert rules == {("tcp", 80, 80, "0.0.0.0/0"), ("tcp", 443, 443, "0.0.0.0/0")}
+
+
+def test_default_vpc_unless_a_subnet_is_given(default_run):
+    (group,) = default_run.of_type("aws:ec2/securityGroup:SecurityGroup")
+    assert "vpcId" not in group.inputs
+    assert all("subnetId" not in r.inputs for r in default_run.of_type(INSTANCE))
+
+    run = run_program({**BASE, "subnetId": "subnet-0123456789abcdef0"})
+    (group,) = run.of_type("aws:ec2/securityGroup:SecurityGroup")
+    assert group.inputs["vpcId"] == MOCK_VPC
+    assert {r.inputs["subnetId"] for r in run.of_type(INSTANCE)} == {"subnet-0123456789abcdef0"}
+
+
+# ---------------------------------------------------------------- instances (checked inside Output.apply)
+
+def _nodes(config: dict) -> list:
+    return run_program(config).namespace["nodes"]
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    return _nodes({**BASE, "pythonWorkers": "2", "nodejsWorkers": "1"})
+
+
+@pulumi.runtime.test
+def test_instances_require_imdsv2(nodes):
+    def check(options_list):
+        for options in options_list:
+            assert options["http_tokens"] == "required"
+            assert options["http_put_response_hop_limit"] == 1
+    return pulumi.Output.all(*[n.instance.metadata_options for n in nodes]).apply(check)
+
+
+@pulumi.runtime.test
+def test_root_volumes_are_encrypted_gp3(nodes):
+    def check(devices):
+        for device in devices:
+            assert device["encrypted"] is True
+            assert device["volume_type"] == "gp3"
+            assert device["delete_on_termination"] is True
+    return pulumi.Output.all(*[n.instance.root_block_device for n in nodes]).apply(check)
+
+
+@pulumi.runtime.test
+def test_instances_carry_the_shared_tags(nodes):
+    def check(args):
+        names, tag_sets = args[:len(nodes)], args[len(nodes):]
+        for name, tags in zip(names, tag_sets):
+            assert tags == {"Name": name, "Project": PROJECT, "Stack": STACK,
+                            "Role": name.rsplit("-", 1)[0]}
+    return pulumi.Output.all(*[n.instance.tags["Name"] for n in nodes],
+                             *[n.instance.tags for n in nodes]).apply(check)
+
+
+@pulumi.runtime.test
+def test_new_user_data_replaces_the_instance(nodes):
+    def check(flags):
+        assert flags == [True] * len(nodes)
+    return pulumi.Output.all(*[n.instance.user_data_replace_on_change for n in nodes]).apply(check)
+
+
+def test_instances_use_the_release_profile_and_burst_without_surprise_bills(default_run):
+    (profile,) = default_run.of_type("aws:iam/instanceProfile:InstanceProfile")
+    for instance in default_run.of_type(INSTANCE):
+        assert instance.inputs["iamInstanceProfile"] == f"{profile.name}-0001"
+        assert instance.inputs["instanceType"] == "t2.micro"
+        assert instance.inputs["creditSpecification"] == {"cpuCredits": "standard"}
+        assert instance.inputs["associatePublicIpAddress"] is True
+
+
+def test_ami_is_the_latest_canonical_ubuntu_2404(default_run):
+    (call,) = [c for c in default_run.mocks.calls if c.token == "aws:ec2/getAmi:getAmi"]
+    assert call.args["owners"] == ["099720109477"]
+    assert call.args["mostRecent"] is True
+    filters = {f["name"]: f["values"] for f in call.args["filters"]}
+    assert filters == {
+        "name": ["ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"],
+        "virtualization-type": ["hvm"],
+        "architecture": ["x86_64"],
+    }
+    assert {r.inputs["ami"] for r in default_run.of_type(INSTANCE)} == {MOCK_AMI}
+
+
+def test_a_pinned_ami_skips_the_lookup():
+    run = run_program({**BASE, "amiId": "ami-0fedcba9876543210"})
+    assert [c for c in run.mocks.calls if c.token == "aws:ec2/getAmi:getAmi"] == []
+    assert {r.inputs["ami"] for r in run.of_type(INSTANCE)} == {"ami-0fedcba9876543210"}
+
+
+# ---------------------------------------------------------------- release store
+
+def test_release_bucket_is_private_and_hosts_read_only_their_releases(default_run):
+    (block,) = default_run.of_type("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+    assert all(block.inputs[k] is True for k in ("blockPublicAcls", "blockPublicPolicy",
+                                                  "ignorePublicAcls", "restrictPublicBuckets"))
+    (role,) = default_run.of_type("aws:iam/role:Role")
+    trust = json.loads(role.inputs["assumeRolePolicy"])
+    assert [s["Principal"] for s in trust["Statement"]] == [{"Service": "ec2.amazonaws.com"}]
+    (policy,) = default_run.of_type("aws:iam/rolePolicy:RolePolicy")
+    statements = json.loads(policy.inputs["policy"])["Statement"]
+    assert [(s["Effect"], s["Action"]) for s in statements] == [("Allow", "s3:GetObject")]
+    assert sorted(statements[0]["Resource"]) == [
+        "arn:aws:s3:::releases-bucket-0001/worker-nodejs/*",
+        "arn:aws:s3:::releases-bucket-0001/worker-python/*"]
+
+
+def test_release_objects_are_the_bundle_tarballs(default_run):
+    for obj in default_run.of_type("aws:s3/bucketObjectv2:BucketObjectv2"):
+        role = obj.inputs["key"].split("/")[0]
+        files = bundle.bundle_files(role)
+        assert obj.inputs["key"] == f"{role}/{bundle.build_id(files)}.tar.gz"
+        assert base64.b64decode(obj.inputs["contentBase64"]) == bundle.tarball(files)
+        assert obj.inputs["serverSideEncryption"] == "AES256"
+
+
+def test_user_data_points_at_the_release_with_its_sha256(default_run):
+    objects = {o.inputs["key"]: o for o in default_run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")}
+    for instance in default_run.of_type(INSTANCE):
+        user_data = instance.inputs["userData"]
+        key = next(k for k in objects if f"--key {k} " in user_data)
+        archive = base64.b64decode(objects[key].inputs["contentBase64"])
+        assert f"--sha256 {hashlib.sha256(archive).hexdigest()} " in user_data
+        assert "--bucket releases-bucket-0001 " in user_data
+        assert f"WORKER_TOKEN={MOCK_TOKEN}\n" in user_data
+
+
+# ---------------------------------------------------------------- exports
+
+def test_exports_list_every_worker_and_hide_the_token(big_run):
+    outputs = big_run.outputs
+    workers = outputs["workers"]
+    assert [w["name"] for w in workers] == [
+        "worker-python-0", "worker-python-1", "worker-python-2", "worker-nodejs-0", "worker-nodejs-1"]
+    assert len({w["url"] for w in workers}) == 5
+    for worker in workers:
+        assert worker["url"] == f"http://{worker['public_ip']}:{5001 if worker['runtime'] == 'python' else 5002}"
+        assert worker["role"] == f"worker-{worker['runtime']}"
+        assert worker["instance_id"].startswith("i-")
+        assert worker["operations"] == list(ROLE_SPECS[worker["role"]].operations)
+    assert outputs["python_worker_url"] == workers[0]["url"]
+    assert outputs["nodejs_worker_url"] == workers[3]["url"]
+    assert outputs["worker_token"] == MOCK_TOKEN
+    assert big_run.secret_outputs == {"worker_token"}
+    assert (outputs["project"], outputs["stack"], outputs["region"], outputs["ssh_user"]) == (
+        PROJECT, STACK, REGION, "ubuntu")
+
+
+def test_exports_have_the_shape_of_the_fixture_file(default_run):
+    fixture = json.loads(FIXTURE.read_text())
+    assert set(default_run.outputs) == set(fixture)
+    assert [set(w) for w in default_run.outputs["workers"]] == [set(w) for w in fixture["workers"]]
+    assert [w["role"] for w in default_run.outputs["workers"]] == [w["role"] for w in fixture["workers"]]
+    for name, value in fixture.items():
+        assert type(default_run.outputs[name]) is type(value), name
+
+
+def test_a_configured_token_is_used_and_stays_secret():
+    token = "configured-token-" + "a" * 20
+    run = run_program({**BASE, "workerToken": token}, secret_keys=("workerToken",))
+    assert run.of_type("random:index/randomPassword:RandomPassword") == []
+    assert run.outputs["worker_token"] == token
+    assert run.secret_outputs == {"worker_token"}
+
+
+def test_a_token_stored_in_plain_text_is_refused():
+    with pytest.raises(ConfigError, match="--secret workerToken"):
+        run_program({**BASE, "workerToken": "plain-text-token-123456"})
+
+
+def test_missing_client_cidr_stops_with_the_command_that_sets_it():
+    with pytest.raises(ConfigError) as caught:
+        run_program({"aws:region": REGION})
+    message = str(caught.value)
+    assert "clientCidr is required" in message
+    assert 'pulumi config set clientCidr "$(curl -s https://checkip.amazonaws.com)/32"' in message
+    assert "\n" not in message
+
+
+def test_missing_region_is_named():
+    with pytest.raises(ConfigError, match="aws:region"):
+        run_program({"clientCidr": CLIENT})
+
+
+def test_missing_worker_files_stop_before_any_resource(tmp_path, monkeypatch):
+    monkeypatch.setattr(bundle, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(bundle.bundle_files, "__defaults__", (tmp_path,))
+    with pytest.raises(pulumi.RunError, match="worker folder .* does not exist"):
+        run_program(BASE)
+    assert LAST_MOCKS[0].resources == []
+
+
+# ---------------------------------------------------------------- config rules (pure)
+
+def settings(**raw):
+    return parse_settings({"clientCidr": CLIENT, **raw}, project=PROJECT, stack=STACK, region=REGION)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"clientCidr": "0.0.0.0/0"}, "whole internet"),
+    ({"clientCidr": "10.0.0.0/7"}, "whole internet"),
+    ({"clientCidr": "198.51.100.7/24"}, "host bits"),
+    ({"clientCidr": "my-laptop"}, "not an IPv4 CIDR"),
+    ({"clientCidr": "2001:db8::/64"}, "IPv6"),
+    ({"adminCidr": "0.0.0.0/0", "sshPublicKey": SSH_KEY}, "adminCidr '0.0.0.0/0' opens"),
+    ({"adminCidr": ADMIN}, "sshPublicKey is not set"),
+    ({"sshPublicKey": SSH_KEY}, "adminCidr is not set"),
+    ({"adminCidr": ADMIN, "sshPublicKey": "ssh-dss AAAAB3NzaC1kc3M="}, "OpenSSH public key"),
+    ({"adminCidr": ADMIN, "sshPublicKey": "ssh-ed25519 not*base64"}, "not valid base64"),
+    ({"adminCidr": ADMIN, "sshPublicKey": "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIA=="}, "does not match"),
+    ({"pythonWorkers": "0", "nodejsWorkers": "0"}, "at least one worker"),
+    ({"pythonWorkers": "11"}, "between 0 and 10"),
+    ({"nodejsWorkers": "two"}, "whole number"),
+    ({"pythonPort": "5002"}, "must differ"),
+    ({"pythonPort": "80"}, "between 1024 and 65535"),
+    ({"instanceType": "t4g.micro"}, "arm64"),
+    ({"instanceType": "m7gd.large"}, "arm64"),
+    ({"instanceType": "micro"}, "not an EC2 instance type"),
+    ({"workerToken": "short"}, "16-256 characters"),
+    ({"workerToken": "has space in it 1234567"}, "16-256 characters"),
+    ({"amiId": "ubuntu"}, "not an AMI id"),
+    ({"subnetId": "vpc-0123456789abcdef0"}, "not a subnet id"),
+])
+def test_bad_settings_are_refused_with_one_line(raw, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        settings(**raw)
+    assert "\n" not in str(caught.value)
+
+
+def test_good_settings_are_normalised():
+    parsed = settings(clientCidr=" 198.51.100.7 ", instanceType="t3.micro", adminCidr="192.0.2.0/28",
+                      sshPublicKey=f"  {SSH_KEY}  ", workerToken="x" * 16)
+    assert parsed.client_cidr == "198.51.100.7/32"
+    assert parsed.ssh_public_key == SSH_KEY
+    assert parsed.instance_type == "t3.micro"
+    assert parsed.ssh_enabled and parsed.worker_token == "x" * 16
+    assert settings(instanceType="g4dn.xlarge").instance_type == "g4dn.xlarge"  # x86 GPU type
+
+
+def test_pulumi_yaml_declares_every_setting_with_the_code_defaults():
+    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+    assert project["name"] == PROJECT
+    assert project["main"] == "infra/"
+    assert project["runtime"] == {"name": "python", "options": {"toolchain": "pip", "virtualenv": ".venv"}}
+    declared = project["config"]
+    assert set(declared) == set(DEFAULTS)
+    for key, spec in declared.items():
+        assert spec["description"], key
+        assert str(spec["default"]) == DEFAULTS[key], key
+        assert spec["type"] == ("integer" if DEFAULTS[key].isdigit() else "string"), key
+        # A secret-typed key with a plain default fails the engine's check ("must be encrypted").
+        assert "secret" not in spec, key
+
+
+def test_dev_stack_settings_are_valid_and_hold_no_secret():
+    stack = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
+    raw = {key.split(":", 1)[1]: str(value) for key, value in stack.items()
+           if key.startswith(PROJECT + ":")}
+    assert "workerToken" not in raw and "clientCidr" not in raw
+    parse_settings({**raw, "clientCidr": CLIENT}, project=PROJECT, stack="dev", region=stack["aws:region"])
+
+
+# ---------------------------------------------------------------- bundle (shared with the fleet tool)
+
+def _tree(root: Path, files: dict[str, str]) -> None:
+    for path, text in files.items():
+        target = root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+
+
+WORKER_TREE = {
+    "worker-nodejs/server.js": "require('./app')\n",
+    "worker-nodejs/app.js": "module.exports = {}\n",
+    "worker-nodejs/package.json": "{}\n",
+    "worker-nodejs/package-lock.json": "{\"lockfileVersion\": 3}\n",
+    "worker-nodejs/README.md": "docs\n",
+    "worker-nodejs/Dockerfile": "FROM node\n",
+    "worker-nodejs/test/app.test.js": "test\n",
+    "worker-nodejs/app.test.js": "test\n",
+    "worker-nodejs/node_modules/x/index.js": "x\n",
+    "worker-nodejs/lib/util.js": "util\n",
+}
+SHIPPED = ["app.js", "lib/util.js", "package-lock.json", "package.json", "server.js"]
+
+
+def test_bundle_without_git_walks_the_folder_with_exclusions(tmp_path):
+    _tree(tmp_path, WORKER_TREE)
+    assert sorted(bundle.bundle_files("worker-nodejs", tmp_path)) == SHIPPED
+
+
+def test_bundle_in_git_ships_tracked_files_only(tmp_path):
+    _tree(tmp_path, WORKER_TREE)
+    git = ["git", "-C", str(tmp_path), "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "worker-nodejs"], check=True)
+    (tmp_path / "worker-nodejs" / "scratch.js").write_text("untracked junk\n")
+    (tmp_path / "worker-nodejs" / "lib" / "util.js").write_text("edited, still tracked\n")
+    files = bundle.bundle_files("worker-nodejs", tmp_path)
+    assert sorted(files) == SHIPPED
+    assert files["lib/util.js"] == b"edited, still tracked\n"
+
+
+def test_bundle_refuses_unknown_roles_and_incomplete_workers(tmp_path):
+    with pytest.raises(ValueError, match="unknown role"):
+        bundle.bundle_files("worker-go", tmp_path)
+    _tree(tmp_path, {"worker-nodejs/app.js": "x\n"})
+    with pytest.raises(FileNotFoundError, match="lacks package.json, package-lock.json, server.js"):
+        bundle.bundle_files("worker-nodejs", tmp_path)
+    _tree(tmp_path, {"worker-python/requirements.txt": "flask==3.1.3\n"})
+    with pytest.raises(FileNotFoundError, match="lacks worker_python/__main__.py"):
+        bundle.bundle_files("worker-python", tmp_path)
+
+
+def test_build_id_and_tarball_are_deterministic():
+    files = {"b.py": b"b", "a/x.py": b"x", "requirements.txt": b"flask==3.1.3\n"}
+    assert bundle.build_id(files) == bundle.build_id(dict(reversed(list(files.items()))))
+    assert len(bundle.build_id(files)) == 12
+    assert bundle.build_id(files) != bundle.build_id({**files, "b.py": b"c"})
+    assert bundle.build_id({"ab": b"c"}) != bundle.build_id({"a": b"bc"})
+    archive = bundle.tarball(files)
+    assert archive == bundle.tarball(dict(reversed(list(files.items()))))
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == sorted(files)
+        assert {(m.mtime, m.uid, m.gid, m.mode) for m in members} == {(0, 0, 0, 0o644)}
+        assert {m.name: tar.extractfile(m).read() for m in members} == files
+    assert bundle.deps_fingerprint("worker-python", files) == hashlib.sha256(b"flask==3.1.3\n").hexdigest()
+    with pytest.raises(FileNotFoundError, match="package-lock.json"):
+        bundle.deps_fingerprint("worker-nodejs", files)
