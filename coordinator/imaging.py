@@ -48,7 +48,10 @@ def decode_pixels(data: bytes, max_pixels: int) -> np.ndarray:
             raise InputError(f"image is {width}x{height}: it has no pixels")
         try:
             image.load()
-            image = ImageOps.exif_transpose(image)
+            try:
+                image = ImageOps.exif_transpose(image)
+            except (OSError, ValueError, SyntaxError, EOFError, KeyError):
+                pass  # unreadable EXIF: keep the stored orientation, as the workers do
             return to_rgb_array(image)
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise InputError(f"image is truncated or corrupt ({image.format}): {exc}") from None

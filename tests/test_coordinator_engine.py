@@ -1,0 +1,219 @@
+"""The coordinator engine against the real workers on loopback: plans, strips, exact blur,
+failover (kill -9, SIGSTOP), retries, and the errors when no worker can do a strip."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import signal
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from coordinator.config import CoordinatorConfig
+from coordinator.discovery import discover
+from coordinator.engine import run_job
+from coordinator.errors import InputError, NoWorkerError
+from worker_python import imaging as reference
+
+
+def photo(height: int, width: int, seed: int = 3) -> np.ndarray:
+    """Smooth gradients plus noise: photo-like, and different in every row."""
+    rng = np.random.default_rng(seed)
+    y = np.linspace(0, 1, height)[:, None, None]
+    x = np.linspace(0, 1, width)[None, :, None]
+    base = 128 + 90 * np.sin(6 * x + 3 * y + np.array([0, 1, 2]))
+    return np.clip(base + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def expected(pixels: np.ndarray, ops: list[str], radius: float = 2) -> np.ndarray:
+    """worker-python's own image functions, strip by strip (point ops need no halo)."""
+    height = pixels.shape[0]
+    out = np.empty_like(pixels)
+    for index, op in enumerate(ops):
+        top, bottom = index * height // len(ops), (index + 1) * height // len(ops)
+        out[top:bottom] = np.asarray(reference.apply(op, Image.fromarray(pixels[top:bottom]), radius=radius))
+    return out
+
+
+def config_for(urls, **overrides) -> CoordinatorConfig:
+    return dataclasses.replace(CoordinatorConfig(workers=tuple(urls), source="test"), **overrides)
+
+
+def assert_close(actual: np.ndarray, wanted: np.ndarray) -> None:
+    """The contract lets runtimes differ by one per channel."""
+    assert actual.shape == wanted.shape
+    assert np.abs(actual.astype(int) - wanted.astype(int)).max() <= 1
+
+
+def test_seed_plan_routes_each_op_to_its_own_runtime(local_fleet):
+    pixels = photo(121, 90)
+    result = run_job(png(pixels), config_for(local_fleet))
+    assert result.ops == ["grayscale", "sepia"]
+    assert [s.runtime for s in result.strips] == ["python", "nodejs"]
+    assert [(s.top, s.bottom) for s in result.strips] == [(0, 60), (60, 121)]
+    assert all(s.attempts == 1 and not s.failovers and s.wire == "raw" for s in result.strips)
+    assert_close(result.pixels, expected(pixels, result.ops))
+    assert result.image.mode == "RGB" and result.image.size == (90, 121)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_one_op_for_all_strips(local_fleet, count):
+    pixels = photo(53, 31, seed=count)
+    events = []
+    result = run_job(png(pixels), config_for(local_fleet), plan="invert", strips=count, on_event=events.append)
+    assert len(result.strips) == count and result.ops == ["invert"] * count
+    assert np.array_equal(result.pixels, 255 - pixels)
+    assert sorted(e.index for e in events if e.kind == "done") == list(range(count))
+    if count > 1:  # load is spread over both workers
+        assert {s.worker_url for s in result.strips} == set(local_fleet)
+
+
+@pytest.mark.parametrize("height, count", [(1, 1), (1, 3), (2, 7), (7, 3), (13, 7)])
+def test_small_and_odd_heights(local_fleet, height, count):
+    pixels = photo(height, 17)
+    result = run_job(png(pixels), config_for(local_fleet), plan="seed", strips=count)
+    assert len(result.strips) == min(height, count)  # capped by the image height
+    assert_close(result.pixels, expected(pixels, result.ops))
+
+
+def test_comma_plan_and_strips_must_agree(local_fleet):
+    pixels = photo(30, 20)
+    result = run_job(png(pixels), config_for(local_fleet), plan="sepia,invert,grayscale", strips=3)
+    assert_close(result.pixels, expected(pixels, ["sepia", "invert", "grayscale"]))
+    with pytest.raises(InputError, match="plan lists 3 ops but there are 2 strips"):
+        run_job(png(pixels), config_for(local_fleet), plan="sepia,invert,grayscale", strips=2)
+    with pytest.raises(InputError, match="only 2 rows"):
+        run_job(png(photo(2, 20)), config_for(local_fleet), plan="sepia,invert,grayscale", strips=3)
+
+
+@pytest.mark.parametrize("radius", [0.7, 2, 6.5, 15])
+@pytest.mark.parametrize("count", [2, 3, 7])
+def test_blur_in_strips_is_byte_identical_to_one_process(local_fleet, radius, count):
+    pixels = photo(150, 64, seed=int(radius * 10))
+    result = run_job(png(pixels), config_for(local_fleet), plan="blur", strips=count, params={"radius": radius})
+    whole = np.asarray(Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(radius)))
+    assert np.array_equal(result.pixels, whole)
+    assert {s.runtime for s in result.strips} == {"python", "nodejs"}  # both runtimes took part
+
+
+def test_blur_goes_only_to_workers_that_offer_it(local_fleet, python_worker, nodejs_worker):
+    statuses = discover(config_for(local_fleet))
+    without_blur = [dataclasses.replace(s, operations=tuple(o for o in s.operations if o != "blur"))
+                    if s.runtime == "nodejs" else s for s in statuses]
+    result = run_job(png(photo(40, 20)), config_for(local_fleet), plan="blur", strips=3, workers=without_blur)
+    assert {s.worker_url for s in result.strips} == {python_worker.url}
+    nobody = [dataclasses.replace(s, operations=("grayscale",)) for s in statuses]
+    with pytest.raises(NoWorkerError) as info:
+        run_job(png(photo(40, 20)), config_for(local_fleet), plan="seed", workers=nobody)
+    message = str(info.value)
+    assert "no healthy worker offers sepia (strip 2)" in message
+    assert f"{nodejs_worker.url}: does not offer sepia" in message and "\n" not in message
+
+
+def test_all_workers_down_names_each_worker(worker_factory):
+    config = config_for(["http://127.0.0.1:9", "http://127.0.0.1:1"], health_timeout=0.5)
+    with pytest.raises(NoWorkerError) as info:
+        run_job(png(photo(10, 10)), config)
+    assert info.value.exit_code == 3
+    assert "http://127.0.0.1:9: unreachable: connection refused" in str(info.value)
+    assert "http://127.0.0.1:1: unreachable" in str(info.value)
+
+
+def signal_all(worker, signum: int) -> None:
+    """Signal the worker's whole process group: gunicorn's master and its worker process."""
+    os.killpg(worker.pid, signum)
+
+
+@pytest.fixture
+def pair(worker_factory):
+    """A fresh python + nodejs pair these tests may kill or stop."""
+    workers = [worker_factory("python"), worker_factory("nodejs")]
+    yield workers
+    for worker in workers:
+        worker.stop()
+
+
+def test_failover_when_a_worker_is_killed(pair):
+    python, nodejs = pair
+    pixels = photo(200, 80)
+    config = config_for([python.url, nodejs.url])
+    healthy = run_job(png(pixels), config, strips=4)
+    statuses = discover(config)  # taken while both were up: the python worker dies after it
+    signal_all(python, signal.SIGKILL)
+    python.proc.wait(timeout=10)
+    events = []
+    result = run_job(png(pixels), config, strips=4, workers=statuses, on_event=events.append)
+    assert np.array_equal(result.pixels, healthy.pixels)
+    assert {s.worker_url for s in result.strips} == {nodejs.url}
+    failed_over = [s for s in result.strips if s.failovers]
+    assert failed_over and all(python.url in s.failovers[0] for s in failed_over)
+    assert any(e.kind == "retry" and e.worker_url == python.url for e in events)
+
+
+def test_failover_when_a_worker_hangs(pair):
+    python, nodejs = pair
+    pixels = photo(160, 60)
+    config = config_for([python.url, nodejs.url], connect_timeout=0.5, read_timeout=1.5)
+    healthy = run_job(png(pixels), config, strips=2)
+    statuses = discover(config)
+    signal_all(nodejs, signal.SIGSTOP)
+    try:
+        result = run_job(png(pixels), config, strips=2, workers=statuses)
+    finally:
+        signal_all(nodejs, signal.SIGCONT)
+    assert np.array_equal(result.pixels, healthy.pixels)
+    sepia = result.strips[1]
+    assert sepia.worker_url == python.url and "timed out" in sepia.failovers[0]
+
+
+def test_discovery_reports_a_hung_worker_without_failing(pair):
+    python, nodejs = pair
+    signal_all(nodejs, signal.SIGSTOP)
+    try:
+        statuses = discover(config_for([python.url, nodejs.url], health_timeout=0.5))
+    finally:
+        signal_all(nodejs, signal.SIGCONT)
+    assert [s.ok for s in statuses] == [True, False]
+    assert statuses[1].error == "unreachable: read timed out"
+
+
+def test_busy_worker_is_retried_after_retry_after(worker_factory):
+    busy = worker_factory("python", {"WORKER_MAX_INFLIGHT": "1"})
+    config = config_for([busy.url], max_attempts=10, retry_after_max=0.2)
+    # Pretend it takes 8 at once, so our own per-worker cap does not hide its 503s.
+    statuses = [dataclasses.replace(s, max_inflight=8) for s in discover(config)]
+    pixels = photo(400, 300)
+    result = run_job(png(pixels), config, plan="invert", strips=6, workers=statuses)
+    assert np.array_equal(result.pixels, 255 - pixels)
+    assert any("busy" in reason for s in result.strips for reason in s.failovers)
+
+
+def test_token_rejected_is_named_and_other_4xx_are_not_retried(worker_factory):
+    guarded = worker_factory("python", {"WORKER_TOKEN": "right"})
+    small = worker_factory("nodejs", {"WORKER_MAX_BYTES": "1000"})
+    pixels = photo(60, 60)
+    with pytest.raises(NoWorkerError, match=f"token rejected by {guarded.url}"):
+        run_job(png(pixels), config_for([guarded.url], token="wrong"), plan="invert", strips=1)
+    assert run_job(png(pixels), config_for([guarded.url], token="right"), plan="invert", strips=1)
+    # 413 means our request is bad: the strip fails at once although another worker could try.
+    config = config_for([small.url, guarded.url], token="right")
+    with pytest.raises(NoWorkerError) as info:
+        run_job(png(pixels), config, plan="sepia", strips=1)
+    assert f"{small.url} refused strip 1 (op sepia)" in str(info.value) and "too_large" in str(info.value)
+    assert len(info.value.attempts) == 1
+
+
+@pytest.mark.parametrize("transport", ["png", "webp-lossless"])
+def test_compressed_transports_give_the_same_pixels(local_fleet, transport):
+    pixels = photo(70, 50)
+    raw = run_job(png(pixels), config_for(local_fleet), plan="blur", strips=3)
+    other = run_job(png(pixels), config_for(local_fleet, transport=transport), plan="blur", strips=3)
+    assert np.array_equal(raw.pixels, other.pixels) and {s.wire for s in other.strips} == {transport}
