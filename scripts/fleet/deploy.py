@@ -142,26 +142,29 @@ mv {q(release)}.new {q(release)}
 rm -f {q(staged)}
 """)
 
+    def install_python_deps(self, release: str) -> None:
+        q = shlex.quote
+        venv = posixpath.join(self.paths.base, "venv")
+        self.root("installing Python dependencies", f"""
+[ -x {q(venv)}/bin/pip ] || python3 -m venv {q(venv)}
+{q(venv)}/bin/pip install --disable-pip-version-check --quiet -r {q(release)}/requirements.txt
+""")
+
     def install_deps(self, release: str, previous: str | None, reuse: bool) -> None:
         q = shlex.quote
         if self.worker.role == "worker-python":
             if reuse:
                 self.log("dependencies unchanged; reusing the shared venv")
                 return
-            venv = posixpath.join(self.paths.base, "venv")
             self.log("dependencies changed; installing into the shared venv")
-            self.root("installing Python dependencies", f"""
-[ -x {q(venv)}/bin/pip ] || python3 -m venv {q(venv)}
-{q(venv)}/bin/pip install --disable-pip-version-check --quiet -r {q(release)}/requirements.txt
-""")
-        else:
-            if reuse and previous:
-                self.log("dependencies unchanged; copying node_modules from the previous release")
-                self.root("copying node_modules", f"""
+            self.install_python_deps(release)
+        elif reuse and previous:
+            self.log("dependencies unchanged; copying node_modules from the previous release")
+            self.root("copying node_modules", f"""
 rm -rf {q(release)}/node_modules
 cp -a {q(previous)}/node_modules {q(release)}/node_modules
 """)
-                return
+        else:
             self.log("dependencies changed; running npm ci")
             self.root("installing Node dependencies",
                       f"cd {q(release)}\nnpm ci --omit=dev --no-audit --no-fund --loglevel=error")
@@ -191,7 +194,7 @@ mv -T {q(link_new)} {q(self.paths.current)}
             problem = check_health(self.worker.url).problem(self.worker.runtime, build)
             if problem is None:
                 return None
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         return problem
 
     # --- the whole thing --------------------------------------------------------------
@@ -244,7 +247,8 @@ mv -T {q(link_new)} {q(self.paths.current)}
                              ROLLBACK_FAILED)
         try:
             if not reuse and self.worker.role == "worker-python":
-                self.install_deps(previous, None, reuse=False)
+                self.log("restoring the previous release's dependencies in the shared venv")
+                self.install_python_deps(previous)
             self.switch(current, env_build)
             problem = self.wait_healthy(env_build)
         except FleetError as exc:
