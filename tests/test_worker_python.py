@@ -1,0 +1,364 @@
+"""Unit tests for worker-python: settings, the pure imaging functions, and the app factory."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.support.procs import ROOT
+from tests.vectors.generate import SEPIA_PER_MILLE, huge_header_png, ppm_bytes, ref_grayscale
+from worker_python import __version__, imaging
+from worker_python.app import create_app, encoding_options, response_format, ApiError
+from worker_python.logs import JsonFormatter
+from worker_python.settings import Settings, SettingsError, load_settings
+
+VECTORS = ROOT / "tests" / "vectors"
+
+
+def encoded(image: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    assert image.mode == "RGB"
+    return np.asarray(image)
+
+
+# ---------------------------------------------------------------- settings
+
+def test_defaults_need_no_environment():
+    settings = load_settings({})
+    assert settings == Settings()
+    assert (settings.host, settings.port, settings.token, settings.max_inflight) == ("127.0.0.1", 5001, None, 4)
+    assert (settings.max_bytes, settings.max_pixels, settings.grace_seconds) == (50_000_000, 50_000_000, 20.0)
+    assert (settings.build, settings.log_level) == ("dev", "info")
+
+
+def test_every_variable_is_read():
+    settings = load_settings({"WORKER_HOST": "0.0.0.0", "WORKER_PORT": "6001", "WORKER_TOKEN": "t0k",
+                              "WORKER_MAX_BYTES": "1000", "WORKER_MAX_PIXELS": "2000",
+                              "WORKER_MAX_INFLIGHT": "2", "WORKER_GRACE_SECONDS": "1.5",
+                              "WORKER_BUILD": "abc123", "WORKER_LOG_LEVEL": "DEBUG"})
+    assert settings == Settings("0.0.0.0", 6001, "t0k", 1000, 2000, 2, 1.5, "abc123", "debug")
+
+
+def test_empty_token_means_unset_and_repr_hides_the_token():
+    assert load_settings({"WORKER_TOKEN": ""}).token is None
+    assert "t0k-secret" not in repr(load_settings({"WORKER_TOKEN": "t0k-secret"}))
+
+
+@pytest.mark.parametrize("name, value", [
+    ("WORKER_PORT", "abc"), ("WORKER_PORT", "0"), ("WORKER_PORT", "70000"),
+    ("WORKER_MAX_BYTES", "-1"), ("WORKER_MAX_BYTES", "1e6"), ("WORKER_MAX_PIXELS", "0"),
+    ("WORKER_MAX_INFLIGHT", "0"), ("WORKER_MAX_INFLIGHT", "1000"), ("WORKER_GRACE_SECONDS", "-1"),
+    ("WORKER_GRACE_SECONDS", "nan"), ("WORKER_GRACE_SECONDS", "soon"), ("WORKER_LOG_LEVEL", "loud"),
+    ("WORKER_BUILD", "x" * 200), ("WORKER_TOKEN", "new\nline"),
+])
+def test_bad_value_names_the_variable(name, value):
+    with pytest.raises(SettingsError, match=name):
+        load_settings({name: value})
+
+
+@pytest.mark.parametrize("name, value", [("WORKER_PORT", "http"), ("WORKER_MAX_INFLIGHT", "-3"),
+                                         ("WORKER_TOKEN", "bad\x01token")])
+def test_bad_config_exits_2_with_one_line(name, value):
+    env = {"PATH": "/usr/bin:/bin", name: value}
+    result = subprocess.run([sys.executable, "-m", "worker_python"], cwd=ROOT / "worker-python", env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and name in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert "bad\x01token" not in result.stderr
+
+
+# ---------------------------------------------------------------- sniffing and header checks
+
+@pytest.mark.parametrize("name, fmt", [("photo.png", "PNG"), ("oriented6.jpg", "JPEG"), ("photo.bmp", "BMP"),
+                                       ("photo.tiff", "TIFF"), ("two_frames.gif", "GIF"),
+                                       ("lossless.webp", "WEBP"), ("photo.ppm", "PPM")])
+def test_sniff_accepted_formats(name, fmt):
+    assert imaging.sniff_format((VECTORS / "inputs" / name).read_bytes()) == fmt
+
+
+@pytest.mark.parametrize("data, error", [
+    (b"<svg xmlns='http://www.w3.org/2000/svg'/>", imaging.UnsupportedFormat),
+    (b"\x00\x00\x01\x00" + bytes(40), imaging.UnsupportedFormat),
+    (b"\x00\x00\x00\x1cftypavif" + bytes(40), imaging.UnsupportedFormat),
+    (b"P5\n2 2\n255\n\x00\x00\x00\x00", imaging.UnsupportedFormat),
+    (b"%PDF-1.7\n", imaging.UnsupportedFormat),
+    (b"just some text", imaging.BadImage),
+    (b"", imaging.BadImage),
+])
+def test_sniff_refuses_other_bytes(data, error):
+    with pytest.raises(error):
+        imaging.sniff_format(data)
+
+
+def patched(data: bytes, offset: int, fmt: str, *values) -> bytes:
+    return data[:offset] + struct.pack(fmt, *values) + data[offset + struct.calcsize(fmt):]
+
+
+def big_headers() -> dict[str, bytes]:
+    """Small files whose headers were edited to claim 60000x60000 pixels."""
+    small = Image.new("RGB", (8, 8), (1, 2, 3))
+    jpeg = encoded(small, "JPEG")
+    sof = jpeg.index(b"\xff\xc0")
+    return {
+        "png": huge_header_png(60000, 60000),
+        "gif": patched(encoded(small, "GIF"), 6, "<HH", 60000, 60000),
+        "bmp": patched(encoded(small, "BMP"), 18, "<ii", 60000, -60000),
+        "jpeg": patched(jpeg, sof + 5, ">HH", 60000, 60000),
+        "ppm": b"P6\n# comment\n60000 60000\n255\n" + bytes(30),
+        "webp": b"RIFF\x00\x00\x00\x00WEBPVP8X" + bytes(8) + (59999).to_bytes(3, "little") * 2,
+    }
+
+
+@pytest.mark.parametrize("fmt", ["png", "gif", "bmp", "jpeg", "ppm", "webp"])
+def test_header_pixel_count_is_checked_before_decoding(fmt):
+    with pytest.raises(imaging.TooManyPixels, match="60000x60000"):
+        imaging.decode(big_headers()[fmt], max_pixels=50_000_000)
+
+
+def test_pixel_limit_applies_to_tiff_through_pillow_header():
+    data = encoded(Image.new("RGB", (30, 20)), "TIFF")
+    with pytest.raises(imaging.TooManyPixels):
+        imaging.decode(data, max_pixels=599)
+    assert imaging.decode(data, max_pixels=600).size == (30, 20)
+
+
+@pytest.mark.parametrize("data", [
+    (VECTORS / "inputs" / "truncated.png").read_bytes(),
+    (VECTORS / "inputs" / "oriented6.jpg").read_bytes()[:300],
+    b"GIF89a" + bytes(3),
+    b"\x89PNG\r\n\x1a\n" + b"garbage" * 10,
+    b"P6\n4 4\n255\n" + bytes(5),
+    b"BM" + bytes(60),
+])
+def test_corrupt_inputs_are_bad_image(data):
+    with pytest.raises(imaging.BadImage):
+        imaging.decode(data, max_pixels=50_000_000)
+
+
+# ---------------------------------------------------------------- decoding to 8-bit RGB
+
+def test_sixteen_bit_gray_is_shifted_not_clipped():
+    values = np.array([[0, 255, 256, 32767, 65535]], np.uint16)
+    image = Image.fromarray(values)
+    assert image.mode == "I;16"
+    got = pixels(imaging.decode(encoded(image, "PNG"), 100))[..., 0]
+    assert got.tolist() == [[0, 0, 1, 127, 255]]
+    as_int32 = imaging.to_rgb(Image.fromarray(values.astype(np.int32)))
+    assert pixels(as_int32)[..., 0].tolist() == [[0, 0, 1, 127, 255]]
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "PA", "RGBA", "CMYK", "I", "F", "YCbCr"])
+def test_every_mode_becomes_rgb(mode):
+    image = Image.new(mode, (3, 2))
+    assert imaging.to_rgb(image).mode == "RGB"
+
+
+def test_alpha_is_dropped_not_composited():
+    image = Image.new("RGBA", (2, 1), (10, 20, 30, 0))
+    assert pixels(imaging.decode(encoded(image, "PNG"), 100)).tolist() == [[[10, 20, 30]] * 2]
+
+
+def test_exif_orientation_is_applied():
+    image = imaging.decode((VECTORS / "inputs" / "oriented6.jpg").read_bytes(), 10_000)
+    assert image.size == (16, 32)  # stored 32x16, orientation 6 = rotate 90 degrees clockwise
+    top_left, top_right = image.getpixel((2, 2)), image.getpixel((13, 2))
+    assert top_left[2] > 150 and top_right[0] > 150  # blue quadrant moved to the top-left
+
+
+def test_gif_first_frame_only():
+    first, second = Image.new("P", (4, 4), 1), Image.new("P", (4, 4), 2)
+    palette = [0, 0, 0, 200, 10, 10, 10, 200, 10] + [0] * 759
+    first.putpalette(palette)
+    second.putpalette(palette)
+    data = encoded(first, "GIF", save_all=True, append_images=[second])
+    assert imaging.decode(data, 100).getpixel((0, 0)) == (200, 10, 10)
+
+
+# ---------------------------------------------------------------- operations
+
+def test_sepia_matches_the_integer_formula_for_every_colour():
+    """All 2^24 colours: Pillow's float matrix plus the offset must round half up exactly."""
+    values = np.arange(256, dtype=np.uint8)
+    rgb = np.empty((256, 256, 256, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = values[:, None, None], values[None, :, None], values
+    got = pixels(imaging.sepia(Image.fromarray(rgb.reshape(4096, 4096, 3), "RGB"))).reshape(rgb.shape)
+    v = values.astype(np.int32)
+    for channel, (cr, cg, cb) in enumerate(SEPIA_PER_MILLE):
+        expected = np.minimum(((cr * v)[:, None, None] + (cg * v)[None, :, None] + cb * v + 500) // 1000, 255)
+        wrong = np.argwhere(got[..., channel] != expected)
+        assert wrong.size == 0, f"sepia channel {channel} differs first at RGB {tuple(wrong[0])}"
+
+
+def test_grayscale_and_invert_match_the_formulas():
+    rgb = np.random.default_rng(3).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    image = Image.fromarray(rgb, "RGB")
+    assert np.array_equal(pixels(imaging.grayscale(image)), ref_grayscale(rgb))
+    assert np.array_equal(pixels(imaging.invert(image)), 255 - rgb)
+
+
+def test_blur_is_pillow_gaussian_and_keeps_size():
+    image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (20, 30, 3), dtype=np.uint8), "RGB")
+    blurred = imaging.apply("blur", image, 3.0)
+    assert blurred.size == (30, 20) and blurred.mode == "RGB"
+    assert np.asarray(blurred).std() < np.asarray(image).std()
+
+
+def test_unknown_op_is_a_programming_error():
+    with pytest.raises(ValueError):
+        imaging.apply("sharpen", Image.new("RGB", (1, 1)))
+
+
+# ---------------------------------------------------------------- encoding
+
+def test_raw_is_binary_ppm():
+    image = Image.new("RGB", (3, 2), (1, 2, 3))
+    assert imaging.encode(image, "raw") == b"P6\n3 2\n255\n" + bytes([1, 2, 3]) * 6
+
+
+@pytest.mark.parametrize("fmt, pillow_format", [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")])
+def test_encoders(fmt, pillow_format):
+    data = imaging.encode(Image.new("RGB", (5, 4), (9, 90, 200)), fmt, quality=50)
+    decoded = Image.open(io.BytesIO(data))
+    assert decoded.format == pillow_format and decoded.size == (5, 4)
+
+
+def test_webp_too_wide_is_refused_as_bad_param():
+    with pytest.raises(imaging.CannotEncode) as caught:
+        imaging.encode(Image.new("RGB", (imaging.WEBP_MAX_SIDE + 1, 1)), "webp")
+    assert caught.value.status == 400 and caught.value.code == "bad_param"
+
+
+def test_process_round_trip_from_ppm():
+    rgb = np.random.default_rng(5).integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    out = imaging.process(ppm_bytes(rgb), "grayscale", "raw", max_pixels=63)
+    assert out == b"P6\n9 7\n255\n" + ref_grayscale(rgb).tobytes()
+
+
+def test_self_check_passes():
+    imaging.self_check()
+
+
+# ---------------------------------------------------------------- app helpers
+
+@pytest.mark.parametrize("query, accept, fmt", [
+    (None, "", "png"), ("raw", "image/webp", "raw"), (None, "image/webp, image/png", "webp"),
+    (None, "image/png;q=0.5, image/jpeg", "jpeg"), (None, "image/webp;q=0", "png"),
+    (None, "text/html, */*", "png"), (None, "image/jpeg;q=bad, image/png", "png"),
+])
+def test_response_format(query, accept, fmt):
+    assert response_format(query, accept) == fmt
+
+
+@pytest.mark.parametrize("args", [{"format": "gif"}])
+def test_bad_format(args):
+    with pytest.raises(ApiError) as caught:
+        response_format(args["format"], "")
+    assert caught.value.code == "bad_param"
+
+
+@pytest.mark.parametrize("args", [{"quality": "0"}, {"quality": "+5"}, {"quality": "9" * 10}, {"compression": "1.0"},
+                                  {"lossless": "yes"}, {"radius": "nan"}, {"radius": "inf"}, {"radius": "0"}])
+def test_bad_encoding_options(args):
+    with pytest.raises(ApiError) as caught:
+        encoding_options(args)
+    assert caught.value.status == 400 and caught.value.code == "bad_param"
+
+
+def test_good_encoding_options():
+    assert encoding_options({"quality": "7", "compression": "0", "lossless": "TRUE", "radius": "0.5"}) == \
+        {"quality": 7, "compression": 0, "lossless": True, "radius": 0.5}
+
+
+# ---------------------------------------------------------------- app factory (Flask test client)
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_healthz_fails_when_self_check_fails_and_caches_for_10_seconds():
+    calls = []
+
+    def broken_check():
+        calls.append(1)
+        raise RuntimeError("encoder gone")
+
+    clock = FakeClock()
+    client = create_app(Settings(), self_check=broken_check, clock=clock).test_client()
+    first = client.get("/healthz")
+    assert first.status_code == 503
+    assert first.json["status"] == "unhealthy" and "encoder gone" in first.json["reason"]
+    client.get("/healthz")
+    assert len(calls) == 1  # cached
+    clock.now += 10
+    client.get("/healthz")
+    assert len(calls) == 2
+
+
+def test_healthz_ok_reports_version_and_build():
+    body = create_app(Settings(build="b1")).test_client().get("/healthz").json
+    assert (body["status"], body["version"], body["build"]) == ("ok", __version__, "b1")
+
+
+def test_draining_state_refuses_work():
+    app = create_app(Settings())
+    app.extensions["worker_python"].begin_draining()
+    client = app.test_client()
+    assert client.get("/healthz").json["status"] == "draining"
+    response = client.post("/process", data=b"x", content_type="image/png")
+    assert response.status_code == 503 and response.json["error"]["code"] == "draining"
+    assert response.headers["Retry-After"] == "20"
+
+
+def test_slot_is_freed_when_the_response_closes():
+    app = create_app(Settings(max_inflight=1))
+    state = app.extensions["worker_python"]
+    client = app.test_client()
+    data = (VECTORS / "inputs" / "photo.png").read_bytes()
+    response = client.post("/process", data=data, content_type="image/png", buffered=False)
+    assert response.status_code == 200 and state.inflight == 1
+    response.close()
+    assert state.inflight == 0
+    failed = client.post("/process", data=b"", content_type="image/png")
+    assert failed.status_code == 400
+    failed.close()
+    assert state.inflight == 0
+
+
+def test_a_bug_is_a_json_500_with_a_log_line(caplog):
+    app = create_app(Settings())
+
+    def broken():
+        raise RuntimeError("bug")
+
+    app.add_url_rule("/broken", view_func=broken)
+    with caplog.at_level(logging.ERROR, logger="worker_python"):
+        response = app.test_client().get("/broken")
+    assert response.status_code == 500 and response.json["error"]["code"] == "internal"
+    assert any(record.getMessage() == "unexpected error" for record in caplog.records)
+
+
+def test_json_log_line_fields():
+    record = logging.LogRecord("worker_python", logging.INFO, __file__, 1, "request", None, None)
+    record.request_id, record.status, record.secret = "r1", 200, "not-logged"
+    line = json.loads(JsonFormatter().format(record))
+    assert line["service"] == "worker-python" and line["level"] == "info" and line["msg"] == "request"
+    assert line["request_id"] == "r1" and line["status"] == 200 and "secret" not in line
+    assert line["time"].endswith("Z")
