@@ -41,7 +41,7 @@ def start_page(tmp_dir: Path, workers: list[str], extra_env: dict | None = None,
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "coordinator" / "app.py"),
            "--server.port", str(port), "--server.address", "127.0.0.1",
            "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none"]
+           "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal"]
     tmp_dir.mkdir(parents=True, exist_ok=True)
     log_path = tmp_dir / f"page-{port}.log"
     log = open(log_path, "wb")
