@@ -17,6 +17,9 @@ import time
 from pathlib import PurePosixPath
 
 ATTEMPTS = 6  # a fresh instance profile can take a few seconds to become usable
+# Worth another try on a booting host (IAM propagation, throttling); anything else is final.
+RETRYABLE_CODES = {"AccessDenied", "InvalidAccessKeyId", "ExpiredToken", "SlowDown",
+                   "InternalError", "ServiceUnavailable", "RequestTimeout"}
 
 
 def download(bucket: str, key: str, region: str) -> bytes:
@@ -28,7 +31,8 @@ def download(bucket: str, key: str, region: str) -> bytes:
         try:
             return client.get_object(Bucket=bucket, Key=key)["Body"].read()
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            if attempt == ATTEMPTS:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+            if attempt == ATTEMPTS or (code is not None and code not in RETRYABLE_CODES):
                 raise SystemExit(f"fetch-worker-release: cannot get s3://{bucket}/{key}: {exc}")
             time.sleep(2 * attempt)
     raise AssertionError("unreachable")

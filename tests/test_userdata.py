@@ -1,0 +1,275 @@
+"""The cloud-init user-data: valid for cloud-init, small enough for EC2, and it really makes a worker.
+
+The end-to-end test does on loopback what a fresh instance does at first boot: the embedded fetch
+script downloads the release from S3 (a real moto server here), checks its sha256 and unpacks it;
+the embedded env file configures the worker; the worker starts and serves the contract.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import boto3
+import pytest
+import requests
+import yaml
+from PIL import Image
+
+from infra.bundle import bundle_files, tarball
+from infra.releases import Release
+from infra.roles import ROLE_SPECS, SERVICE_USER
+from infra.userdata import (FETCH_SCRIPT_PATH, FETCH_SCRIPT_SOURCE, NODE_TARBALL_SHA256, NODE_VERSION,
+                            USER_DATA_LIMIT, env_file, render_cloud_config)
+from tests.conftest import skip_or_fail
+from tests.support.moto_server import REGION, aws_env, start_moto_server
+from tests.support.procs import ROOT, start_worker
+
+BUCKET = "releases-bucket-test"
+TOKEN = "Xq7vLr2NcT9wHs4KpB6dFy1MzJ8gUe3Ra5WkQn0t"
+PORTS = {"worker-python": 5001, "worker-nodejs": 5002}
+CLOUD_INIT = shutil.which("cloud-init") or ("/usr/bin/cloud-init" if os.path.exists("/usr/bin/cloud-init") else None)
+
+
+def release(role: str) -> Release:
+    return Release.of(role, bundle_files(role))
+
+
+def render(role: str, token: str = TOKEN, bucket: str = BUCKET) -> str:
+    return render_cloud_config(ROLE_SPECS[role], release(role), bucket=bucket, region=REGION,
+                               port=PORTS[role], token=token)
+
+
+def parsed(role: str, **kwargs) -> dict:
+    text = render(role, **kwargs)
+    assert text.startswith("#cloud-config\n")
+    return yaml.safe_load(text)
+
+
+def embedded(document: dict, path: str) -> dict:
+    (entry,) = [f for f in document["write_files"] if f["path"] == path]
+    return entry
+
+
+def schema_check(path: Path) -> subprocess.CompletedProcess:
+    if CLOUD_INIT is None:
+        skip_or_fail("Debian's cloud-init is not installed (apt-get install cloud-init)")
+    return subprocess.run([CLOUD_INIT, "schema", "--config-file", str(path)],
+                          capture_output=True, text=True, timeout=60)
+
+
+# ---------------------------------------------------------------- the document
+
+@pytest.mark.cloudinit
+@pytest.mark.parametrize("role", sorted(ROLE_SPECS))
+def test_user_data_passes_cloud_init_schema(role, tmp_path):
+    path = tmp_path / f"{role}.yaml"
+    path.write_text(render(role))
+    result = schema_check(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Valid cloud-config" in result.stdout
+
+
+@pytest.mark.cloudinit
+def test_schema_check_catches_a_broken_document(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text(render("worker-python").replace("\n- path: ", "\n- pth: ", 1))
+    result = schema_check(path)
+    assert result.returncode != 0
+    assert "'path' is a required property" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("role", sorted(ROLE_SPECS))
+def test_user_data_fits_ec2_limit_even_with_the_longest_token(role):
+    longest = render(role, token="T" * 256, bucket="b" * 63)
+    assert len(longest.encode()) < USER_DATA_LIMIT
+    with pytest.raises(ValueError, match="over EC2's 16384-byte limit"):
+        render(role, token="T" * USER_DATA_LIMIT)
+
+
+@pytest.mark.parametrize("role", sorted(ROLE_SPECS))
+def test_host_layout_matches_the_shared_design(role):
+    spec, rel = ROLE_SPECS[role], release(role)
+    document = parsed(role)
+    env = embedded(document, f"/etc/{role}/env")
+    assert (env["permissions"], env["owner"]) == ("0600", "root:root")
+    assert env["content"] == (f"WORKER_HOST=0.0.0.0\nWORKER_PORT={PORTS[role]}\n"
+                              f"WORKER_TOKEN={TOKEN}\nWORKER_BUILD={rel.build}\n")
+    unit = embedded(document, f"/etc/systemd/system/{role}.service")["content"]
+    for line in (f"User={SERVICE_USER}", f"WorkingDirectory=/opt/{role}/current",
+                 f"EnvironmentFile=/etc/{role}/env", f"ExecStart={spec.exec_start}",
+                 "Restart=always", "KillSignal=SIGTERM", "TimeoutStopSec=30", "NoNewPrivileges=yes",
+                 "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes",
+                 "MemoryMax=700M", "WantedBy=multi-user.target"):
+        assert line in unit.splitlines(), line
+    fetcher = embedded(document, FETCH_SCRIPT_PATH)
+    assert (fetcher["permissions"], fetcher["content"]) == ("0755", FETCH_SCRIPT_SOURCE.read_text())
+
+    runcmd = document["runcmd"]
+    assert runcmd[0] == "set -eux"  # one script: the first failure stops the boot script
+    steps = "\n".join(runcmd)
+    assert f"useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {SERVICE_USER}" in steps
+    assert f"--dest /opt/{role}/releases/{rel.build}" in steps
+    assert f"--key {role}/{rel.build}.tar.gz --sha256 {rel.sha256} " in steps
+    assert f"ln -sfn releases/{rel.build} /opt/{role}/current" in runcmd
+    assert runcmd[-2:] == ["systemctl daemon-reload", f"systemctl enable --now {role}.service"]
+    assert "python3-boto3" in document["packages"]
+    assert document["package_update"] is True
+
+
+def test_python_host_builds_a_venv_from_the_pinned_requirements():
+    runcmd = parsed("worker-python")["runcmd"]
+    assert "python3 -m venv /opt/worker-python/venv" in runcmd
+    assert ("/opt/worker-python/venv/bin/pip install --no-cache-dir --disable-pip-version-check "
+            "-r /opt/worker-python/current/requirements.txt") in runcmd
+    assert "python3-venv" in parsed("worker-python")["packages"]
+
+
+def test_node_host_installs_pinned_node_20_and_locked_deps():
+    runcmd = parsed("worker-nodejs")["runcmd"]
+    tarball_path = f"/tmp/node-{NODE_VERSION}-linux-x64.tar.xz"
+    assert NODE_VERSION.startswith("v20.")
+    assert (f"curl -fsSL --retry 5 -o {tarball_path} "
+            f"https://nodejs.org/dist/{NODE_VERSION}/node-{NODE_VERSION}-linux-x64.tar.xz") in runcmd
+    # The checksum is verified before the archive is unpacked.
+    check = runcmd.index(f"echo '{NODE_TARBALL_SHA256}  {tarball_path}' | sha256sum -c -")
+    assert check < next(i for i, c in enumerate(runcmd) if c.startswith(f"tar -xJf {tarball_path}"))
+    assert "ln -sfn /opt/node-v20.20.0/bin/node /usr/bin/node" in runcmd
+    assert "cd /opt/worker-nodejs/current && npm ci --omit=dev --no-audit --no-fund" in runcmd
+
+
+@pytest.mark.parametrize("token", ["has space", "quote'", "dollar$x", "", "new\nline"])
+def test_env_file_refuses_values_systemd_would_misread(token):
+    with pytest.raises(ValueError, match="token must be non-empty"):
+        env_file(port=5001, token=token, build="abc123")
+
+
+# ---------------------------------------------------------------- first boot, on loopback
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    server = start_moto_server(tmp_path_factory.mktemp("moto-s3"))
+    client = boto3.client("s3", region_name=REGION, endpoint_url=server.url,
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client.create_bucket(Bucket=BUCKET)
+    yield server, client
+    server.stop()
+
+
+def boot_fetch(document: dict, tmp: Path, endpoint: str, dest: Path) -> subprocess.CompletedProcess:
+    """Run the document's own fetch step (script and arguments) with the release dir moved to `dest`."""
+    script = tmp / "fetch-worker-release"
+    script.write_text(embedded(document, FETCH_SCRIPT_PATH)["content"])
+    (command,) = [c for c in document["runcmd"] if c.startswith(FETCH_SCRIPT_PATH + " ")]
+    argv = shlex.split(command)[1:]
+    argv[argv.index("--dest") + 1] = str(dest)
+    return subprocess.run([sys.executable, str(script), *argv], env=aws_env(endpoint),
+                          capture_output=True, text=True, timeout=60)
+
+
+def env_from(document: dict, role: str) -> dict[str, str]:
+    lines = embedded(document, f"/etc/{role}/env")["content"].splitlines()
+    return dict(line.split("=", 1) for line in lines)
+
+
+def small_png(width: int = 12, height: int = 7) -> bytes:
+    image = Image.new("RGB", (width, height))
+    image.putdata([(x * 20 % 256, y * 30 % 256, (x + y) * 10 % 256) for y in range(height) for x in range(width)])
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("role", sorted(ROLE_SPECS))
+def test_first_boot_fetches_the_release_and_starts_a_real_worker(role, s3, tmp_path):
+    server, client = s3
+    spec, rel = ROLE_SPECS[role], release(role)
+    client.put_object(Bucket=BUCKET, Key=rel.key, Body=rel.archive)
+    document = parsed(role)
+
+    release_dir = tmp_path / "releases" / rel.build
+    fetched = boot_fetch(document, tmp_path, server.url, release_dir)
+    assert fetched.returncode == 0, fetched.stderr
+    shipped = {str(p.relative_to(release_dir)) for p in release_dir.rglob("*") if p.is_file()}
+    assert shipped == set(bundle_files(role))
+    if spec.runtime == "nodejs":
+        # The host runs `npm ci`; here the already installed, same lockfile's modules stand in.
+        (release_dir / "node_modules").symlink_to(ROOT / "worker-nodejs" / "node_modules")
+
+    env = env_from(document, role)
+    assert env["WORKER_HOST"] == "0.0.0.0" and env["WORKER_PORT"] == str(PORTS[role])
+    # Same settings as on the host, except the address: tests listen on loopback only.
+    local_env = {k: v for k, v in env.items() if k not in ("WORKER_HOST", "WORKER_PORT")}
+    worker = start_worker(spec.runtime, tmp_path / "run", local_env, cwd=release_dir)
+    try:
+        health = requests.get(f"{worker.url}/healthz", timeout=10)
+        assert health.status_code == 200
+        body = health.json()
+        assert body["runtime"] == spec.runtime
+        assert body["build"] == rel.build
+        assert body["operations"] == list(spec.operations)
+
+        png = small_png()
+        unauthorized = requests.post(f"{worker.url}/process", data=png,
+                                     headers={"Content-Type": "image/png"}, timeout=30)
+        assert unauthorized.status_code == 401
+        response = requests.post(f"{worker.url}/process", data=png, timeout=30,
+                                 headers={"Content-Type": "image/png", "Authorization": f"Bearer {TOKEN}"})
+        assert response.status_code == 200, response.text[:300]
+        assert Image.open(io.BytesIO(response.content)).size == (12, 7)
+    finally:
+        worker.stop()
+
+
+def test_fetch_refuses_an_archive_with_the_wrong_sha256(s3, tmp_path):
+    server, client = s3
+    rel = release("worker-python")
+    client.put_object(Bucket=BUCKET, Key=rel.key, Body=rel.archive + b"tampered")
+    dest = tmp_path / "release"
+    result = boot_fetch(parsed("worker-python"), tmp_path, server.url, dest)
+    assert result.returncode == 1
+    assert "sha256 mismatch" in result.stderr
+    assert not dest.exists()
+
+
+def test_fetch_reports_a_missing_release(s3, tmp_path):
+    server, _ = s3
+    result = boot_fetch(parsed("worker-python", bucket="no-such-bucket"), tmp_path, server.url,
+                        tmp_path / "release")
+    assert result.returncode != 0
+    assert "cannot get s3://no-such-bucket/worker-python/" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_fetch_refuses_entries_outside_the_release_dir(s3, tmp_path):
+    server, client = s3
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w:gz") as tar:
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    archive = evil.getvalue()
+    key = "worker-python/evil.tar.gz"
+    client.put_object(Bucket=BUCKET, Key=key, Body=archive)
+    script = tmp_path / "fetch"
+    script.write_text(FETCH_SCRIPT_SOURCE.read_text())
+    dest = tmp_path / "release"
+    result = subprocess.run([sys.executable, str(script), "--region", REGION, "--bucket", BUCKET,
+                             "--key", key, "--sha256", hashlib.sha256(archive).hexdigest(),
+                             "--dest", str(dest)], env=aws_env(server.url),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "refusing archive entry '../escaped.txt'" in result.stderr
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_release_archive_is_the_shared_bundle_tarball():
+    rel = release("worker-nodejs")
+    assert rel.archive == tarball(bundle_files("worker-nodejs"))
+    assert rel.sha256 == hashlib.sha256(rel.archive).hexdigest()
