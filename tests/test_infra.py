@@ -11,6 +11,7 @@ import io
 import ipaddress
 import json
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -475,3 +476,50 @@ def test_build_id_and_tarball_are_deterministic():
     assert bundle.deps_fingerprint("worker-python", files) == hashlib.sha256(b"flask==3.1.3\n").hexdigest()
     with pytest.raises(FileNotFoundError, match="package-lock.json"):
         bundle.deps_fingerprint("worker-nodejs", files)
+
+
+# ---------------------------------------------------------------- scripts/stack_outputs.py
+# The Pulumi CLI cannot be installed here, so a stand-in `pulumi` on PATH plays its part.
+
+def _run_stack_outputs(tmp_path: Path, fake_pulumi: str | None, *args: str) -> subprocess.CompletedProcess:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    if fake_pulumi is not None:
+        script = bin_dir / "pulumi"
+        script.write_text("#!/bin/sh\n" + fake_pulumi)
+        script.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    return subprocess.run([sys.executable, "-m", "scripts.stack_outputs", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_stack_outputs_writes_the_file_privately_and_atomically(tmp_path):
+    target = tmp_path / "out" / "stack-outputs.json"
+    fake = (f'echo "$@" > {tmp_path}/argv\n'
+            f'cat {FIXTURE}\n')
+    result = _run_stack_outputs(tmp_path, fake, "--stack", "dev", "--output", str(target))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(target.read_text()) == json.loads(FIXTURE.read_text())
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in target.parent.iterdir()) == ["stack-outputs.json"]
+    assert (tmp_path / "argv").read_text().split() == [
+        "stack", "output", "--json", "--show-secrets", "--non-interactive", "--stack", "dev"]
+    assert "2 workers" in result.stdout and FIXTURE.name not in result.stderr
+    assert json.loads(FIXTURE.read_text())["worker_token"] not in result.stdout
+
+
+@pytest.mark.parametrize("fake, message", [
+    (None, "the pulumi CLI is not on PATH"),
+    ("echo 'error: no stack named dev found' >&2; exit 255\n", "failed (exit 255): error: no stack named dev"),
+    ("echo not json\n", "did not print JSON"),
+    ("echo '{}'\n", "run `pulumi up` first"),
+    ("""echo '{"workers": [{"url": "http://203.0.113.1:5001"}], "worker_token": "[secret]"}'\n""",
+     "still masked"),
+])
+def test_stack_outputs_failures_are_one_line_and_write_nothing(tmp_path, fake, message):
+    target = tmp_path / "stack-outputs.json"
+    result = _run_stack_outputs(tmp_path, fake, "--output", str(target))
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not target.exists()
