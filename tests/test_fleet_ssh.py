@@ -288,7 +288,7 @@ def test_a_build_that_fails_at_start_up_is_rolled_back(host):
     source = host.tmp / "checkout"
     shutil.copytree(ROOT / ROLE, source / ROLE, ignore=shutil.ignore_patterns("__pycache__", "tests"))
     main = source / ROLE / "worker_python" / "__main__.py"
-    main.write_text('raise SystemExit("deliberately broken build")\n' + main.read_text())
+    main.write_text('raise SystemExit("deliberately broken build")\n')
     broken = build_id(bundle_files(ROLE, source))
 
     result = fleet("redeploy", NAME, "--source-root", str(source), "--health-timeout", "5",

@@ -162,7 +162,11 @@ rm -f {q(staged)}
             self.log("dependencies unchanged; copying node_modules from the previous release")
             self.root("copying node_modules", f"""
 rm -rf {q(release)}/node_modules
-cp -a {q(previous)}/node_modules {q(release)}/node_modules
+if [ -d {q(previous)}/node_modules ]; then
+  cp -a {q(previous)}/node_modules {q(release)}/node_modules
+else
+  cd {q(release)} && npm ci --omit=dev --no-audit --no-fund --loglevel=error
+fi
 """)
         else:
             self.log("dependencies changed; running npm ci")
