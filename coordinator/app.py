@@ -6,6 +6,7 @@ for the page and the CLI alike; this file only asks for input and shows what cam
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -83,10 +84,18 @@ def workers_panel(config: CoordinatorConfig) -> list:
 
 
 def preview_of(image: Image.Image) -> Image.Image:
-    """A screen-sized copy: the browser gets a small PNG instead of megapixels (and TIFF shows)."""
-    preview = image.copy()
-    preview.thumbnail((PREVIEW_WIDTH, PREVIEW_WIDTH * 4))
-    return preview
+    """A screen-sized copy: the browser gets a small JPEG instead of megapixels (and TIFF shows)."""
+    if image.width <= PREVIEW_WIDTH:
+        return image
+    height = max(1, round(image.height * PREVIEW_WIDTH / image.width))
+    return image.resize((PREVIEW_WIDTH, height), Image.Resampling.BOX)  # fast, and fine for shrinking
+
+
+def jpeg_bytes(image: Image.Image) -> bytes:
+    """Encoded once and kept: st.image re-encodes a PIL image on every rerun, bytes it sends as-is."""
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=88)
+    return buffer.getvalue()
 
 
 def read_upload(config: CoordinatorConfig):
@@ -103,7 +112,7 @@ def read_upload(config: CoordinatorConfig):
         st.session_state.pop("outcome", None)  # a result belongs to the image it came from
         data = uploaded.getvalue()
         image = imaging.open_input(data, config.max_pixels)
-        preview = preview_of(image)
+        preview = jpeg_bytes(preview_of(image))
         upload = {"file_id": uploaded.file_id, "name": uploaded.name, "data": data,
                   "width": image.width, "height": image.height, "preview": preview}
         st.session_state["upload"] = upload
@@ -139,7 +148,7 @@ def controls(upload: dict, statuses: list) -> dict:
             chosen = []
             columns = st.columns(4)
             for index in range(strips):
-                default = "grayscale" if index < (strips + 1) // 2 else "sepia"
+                default = plan.SEED_OPS[index % len(plan.SEED_OPS)]  # as the demo, until changed
                 with columns[index % 4]:
                     chosen.append(st.selectbox(f"Strip {index + 1}", ops, key=f"strip_op_{index}",
                                                index=ops.index(default) if default in ops else 0,
@@ -197,9 +206,10 @@ def process(upload: dict, config: CoordinatorConfig, choice: dict) -> None:
     summary = (f"Done: {len(result.strips)} strips in {result.elapsed_ms:.0f} ms"
                + (f" · {retries} retried" if retries else ""))
     status.update(label=summary, state="complete", expanded=False)
-    preview = preview_of(Image.fromarray(result.pixels))
+    preview_image = preview_of(Image.fromarray(result.pixels))
     st.session_state["outcome"] = {
-        "result": result, "preview": preview, "lines": lines, "summary": summary,
+        "result": result, "preview": jpeg_bytes(preview_image), "preview_image": preview_image,
+        "lines": lines, "summary": summary,
         "caption": plan_caption(result.ops, choice["params"]), "page_ms": elapsed,
     }
     log.info("job done: %d strips, %.0f ms", len(result.strips), result.elapsed_ms)
@@ -238,7 +248,7 @@ def show_outcome(upload: dict, config: CoordinatorConfig, choice: dict, replay_l
             boxes = [StripBox(strip.top, strip.bottom,
                               f"{strip.index + 1} · {strip.op} · {strip.runtime or worker_host(strip.worker_url)}"
                               f" · {strip.total_ms:.0f} ms", strip.runtime or "") for strip in result.strips]
-            shown = draw_strip_overlay(shown, boxes, result.height)
+            shown = jpeg_bytes(draw_strip_overlay(outcome["preview_image"], boxes, result.height))
         st.image(shown, width="stretch",
                  caption=f"Result · {result.width}×{result.height} px · {outcome['caption']}")
     metrics = st.columns(4)

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import requests
+import urllib3
 
 from coordinator.config import CoordinatorConfig
 
@@ -31,9 +32,9 @@ def describe_exception(exc: BaseException) -> str:
     """One short line for a requests failure (their str() can be a screenful)."""
     if isinstance(exc, requests.ConnectTimeout):
         return "connect timed out"
-    if isinstance(exc, requests.ReadTimeout):
+    if isinstance(exc, (requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError)):
         return "read timed out"
-    if isinstance(exc, requests.ConnectionError):
+    if isinstance(exc, (requests.ConnectionError, urllib3.exceptions.HTTPError)):
         text = str(exc)
         for marker in ("Connection refused", "Connection reset", "Name or service not known",
                        "No route to host", "Remote end closed connection", "Broken pipe", "timed out"):

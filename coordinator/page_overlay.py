@@ -32,19 +32,21 @@ def draw_strip_overlay(image: Image.Image, boxes: Sequence[StripBox], source_hei
     layer = Image.new("RGBA", out.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     scale = out.height / max(source_height, 1)
-    line = max(2, round(out.width / 400))
-    font_size = max(10, min(22, round(out.width / 45)))
-    font = ImageFont.load_default(size=font_size)
-    pad = max(2, font_size // 4)
+    line = max(2, round(out.width / 300))
+    # The preview is shown about half the page wide, so size text to the image, not to pixels.
+    base_size = max(10, round(out.width / 32))
     for box in boxes:
         top = round(box.top * scale)
         bottom = max(top + 1, round(box.bottom * scale)) - 1
         colour = runtime_colour(box.runtime)
         draw.rectangle((0, top, out.width - 1, bottom), outline=(*colour, 255), width=line)
+        font_size = min(base_size, int((bottom - top - 2 * line) * 0.6))
+        if font_size < 8:
+            continue  # too thin to label without covering the next strip
+        font = ImageFont.load_default(size=font_size)
+        pad = max(2, font_size // 4)
         left, text_top, right, text_bottom = draw.textbbox((0, 0), box.label, font=font)
         label_height = text_bottom - text_top + 2 * pad
-        if bottom - top < label_height:
-            continue  # too thin to label without covering the next strip
         x, y = line + 1, top + line + 1
         draw.rectangle((x, y, x + right - left + 2 * pad, y + label_height), fill=(*colour, 215))
         draw.text((x + pad - left, y + pad - text_top), box.label, font=font, fill=(255, 255, 255, 255))
