@@ -76,14 +76,14 @@ def _walk(folder: Path) -> list[str]:
     return found
 
 
-def bundle_files(role: str, root: Path = REPO_ROOT) -> dict[str, bytes]:
+def bundle_files(role: str, root: Path | None = None) -> dict[str, bytes]:
     """Relative path -> content of every file shipped to a host for `role`.
 
     Uses `git ls-files` so untracked junk never ships; falls back to walking the folder (same
     exclusions) outside a git checkout, or while the worker has no tracked files yet.
     """
     _check_role(role)
-    root = Path(root).resolve()
+    root = Path(root if root is not None else REPO_ROOT).resolve()
     folder = root / role
     if not folder.is_dir():
         raise FileNotFoundError(f"worker folder {folder} does not exist")

@@ -332,7 +332,6 @@ def test_missing_region_is_named():
 
 def test_missing_worker_files_stop_before_any_resource(tmp_path, monkeypatch):
     monkeypatch.setattr(bundle, "REPO_ROOT", tmp_path)
-    monkeypatch.setattr(bundle.bundle_files, "__defaults__", (tmp_path,))
     with pytest.raises(pulumi.RunError, match="worker folder .* does not exist"):
         run_program(BASE)
     assert LAST_MOCKS[0].resources == []
