@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -206,6 +207,14 @@ def test_a_client_key_the_host_does_not_know_is_refused(host, sshd):
 def test_nothing_listening_is_connection_refused(host):
     result = fleet("logs", NAME, *host.flags(port=free_port()))
     assert_one_error_line(result, 1, "connection refused")
+
+
+def test_a_port_that_never_speaks_ssh_times_out(host):
+    with socket.socket() as silent:  # accepts connections (kernel backlog) but never greets
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        result = fleet("logs", NAME, "--ssh-timeout", "1", *host.flags(port=silent.getsockname()[1]))
+    assert_one_error_line(result, 1, "no SSH greeting within 1s")
 
 
 def test_an_unknown_worker_name_is_a_usage_error(host):

@@ -212,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--ssh-key", metavar="PATH", help="private key (default: $FLEET_SSH_KEY, else agent/~/.ssh)")
     group.add_argument("--ssh-user", help="SSH user (default: the file's ssh_user, else ubuntu)")
     group.add_argument("--ssh-port", help="SSH port (default: $FLEET_SSH_PORT or 22)")
+    group.add_argument("--ssh-timeout", metavar="SECONDS",
+                       help="SSH connect/greeting/auth timeout (default: $FLEET_SSH_TIMEOUT or 15)")
     group.add_argument("--known-hosts", metavar="PATH",
                        help="host keys file, trust-on-first-use (default: $FLEET_KNOWN_HOSTS or "
                             "~/.config/hdtp/known_hosts)")

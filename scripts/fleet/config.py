@@ -48,6 +48,7 @@ class FleetConfig:
     ssh_key: Path | None
     known_hosts: Path
     ssh_port: int
+    ssh_timeout: float
     endpoint_url: str | None
     remote_root: str
     source_root: Path | None
@@ -108,6 +109,16 @@ def _port(value, name: str) -> int:
     return port
 
 
+def _seconds(value, name: str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise FleetError(f"{name} must be a number of seconds, got {value!r}", USAGE)
+    if not 0 < seconds <= 3600:
+        raise FleetError(f"{name} must be > 0 and <= 3600, got {value}", USAGE)
+    return seconds
+
+
 def load_config(args, environ=os.environ) -> FleetConfig:
     """Resolve every setting once; `args` is the argparse namespace (absent flags are None)."""
     path = Path(getattr(args, "outputs", None) or environ.get("COORDINATOR_WORKERS_FILE")
@@ -144,6 +155,8 @@ def load_config(args, environ=os.environ) -> FleetConfig:
         known_hosts=Path(known_hosts).expanduser(),
         ssh_port=_port(getattr(args, "ssh_port", None) or environ.get("FLEET_SSH_PORT") or 22,
                        "--ssh-port / FLEET_SSH_PORT"),
+        ssh_timeout=_seconds(getattr(args, "ssh_timeout", None) or environ.get("FLEET_SSH_TIMEOUT")
+                             or 15, "--ssh-timeout / FLEET_SSH_TIMEOUT"),
         endpoint_url=getattr(args, "endpoint_url", None) or environ.get("AWS_ENDPOINT_URL") or None,
         remote_root=remote_root,
         source_root=Path(source_root).resolve() if source_root else None,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import shlex
 import socket
 import sys
@@ -11,6 +12,9 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 import paramiko
+
+# paramiko logs transport failures (with tracebacks) from its own thread; we report them once.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 from scripts.fleet.config import FleetConfig, Worker
 from scripts.fleet.errors import FleetError
@@ -43,8 +47,33 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def connect(config: FleetConfig, worker: Worker, timeout: float = 15) -> paramiko.SSHClient:
+def _greeted_socket(host: str, port: int, target: str, timeout: float) -> socket.socket:
+    """A TCP connection on which the server has started to speak, so each failure gets its name."""
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except ConnectionRefusedError:
+        raise FleetError(f"ssh {target}: connection refused") from None
+    except (socket.timeout, TimeoutError):
+        raise FleetError(f"ssh {target}: no TCP connection within {timeout:g}s") from None
+    except OSError as exc:
+        raise FleetError(f"ssh {target}: {exc.strerror or exc}") from None
+    try:
+        greeting = sock.recv(4, socket.MSG_PEEK)  # peek: paramiko reads the banner itself
+    except (socket.timeout, TimeoutError):
+        sock.close()
+        raise FleetError(f"ssh {target}: no SSH greeting within {timeout:g}s") from None
+    except OSError as exc:
+        sock.close()
+        raise FleetError(f"ssh {target}: {exc.strerror or exc}") from None
+    if not greeting:
+        sock.close()
+        raise FleetError(f"ssh {target}: the server closed the connection without a greeting")
+    return sock
+
+
+def connect(config: FleetConfig, worker: Worker) -> paramiko.SSHClient:
     """An authenticated session as config.ssh_user, or FleetError naming what went wrong."""
+    timeout = config.ssh_timeout
     host = worker.public_ip
     if not host:
         raise FleetError(f"{worker.name} has no public_ip in {config.outputs_path}")
@@ -56,11 +85,12 @@ def connect(config: FleetConfig, worker: Worker, timeout: float = 15) -> paramik
     except (OSError, paramiko.SSHException) as exc:
         raise FleetError(f"cannot read known hosts file {config.known_hosts}: {exc}")
     client.set_missing_host_key_policy(TrustOnFirstUse(config.known_hosts, _stderr))
+    sock = _greeted_socket(host, config.ssh_port, target, timeout)
     key_options = ({"key_filename": str(config.ssh_key), "look_for_keys": False, "allow_agent": False}
                    if config.ssh_key else {})
     try:
         client.connect(host, port=config.ssh_port, username=config.ssh_user, timeout=timeout,
-                       banner_timeout=timeout, auth_timeout=timeout, **key_options)
+                       banner_timeout=timeout, auth_timeout=timeout, sock=sock, **key_options)
     except paramiko.BadHostKeyException as exc:
         client.close()
         raise FleetError(
@@ -71,9 +101,6 @@ def connect(config: FleetConfig, worker: Worker, timeout: float = 15) -> paramik
         client.close()
         key = config.ssh_key or "agent/default keys"
         raise FleetError(f"ssh {target}: authentication failed with {key}") from None
-    except paramiko.ssh_exception.NoValidConnectionsError:
-        client.close()
-        raise FleetError(f"ssh {target}: connection refused") from None
     except (socket.timeout, TimeoutError):
         client.close()
         raise FleetError(f"ssh {target}: timed out after {timeout:g}s") from None
