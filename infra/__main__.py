@@ -34,8 +34,9 @@ settings = load_settings()
 tags = {"Project": settings.project, "Stack": settings.stack}
 releases = {role: release_of(role) for role in ROLES if settings.count(role) > 0}
 
-worker_token = (pulumi.Output.secret(settings.worker_token) if settings.worker_token
-                else random.RandomPassword("worker-token", length=40, special=False).result)
+# Secret either way, so everything derived from it (user-data, outputs) is encrypted in state.
+worker_token = pulumi.Output.secret(
+    settings.worker_token or random.RandomPassword("worker-token", length=40, special=False).result)
 
 security = FleetSecurity("workers", FleetSecurityArgs(
     client_cidr=settings.client_cidr,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pulumi
+from pulumi.runtime import rpc
 from pulumi.runtime import settings as runtime_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +21,15 @@ REGION = "eu-west-1"
 MOCK_AMI = "ami-0123456789abcdef0"
 MOCK_VPC = "vpc-0123456789abcdef0"
 MOCK_TOKEN = "generated-token-0123456789abcdefghij"
+
+
+def is_secret_input(value) -> bool:
+    """True for an input the SDK sent to the engine marked secret (its wire-format wrapper)."""
+    return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig
+
+
+def reveal(value):
+    return value["value"] if is_secret_input(value) else value
 
 
 class FleetMocks(pulumi.runtime.Mocks):

@@ -23,7 +23,7 @@ from infra import bundle
 from infra.config import DEFAULTS, MIN_PREFIX_LENGTH, ConfigError, parse_settings
 from infra.roles import ROLE_SPECS
 from tests.infra_harness import (LAST_MOCKS, MOCK_AMI, MOCK_TOKEN, MOCK_VPC, PROJECT, REGION, ROOT,
-                                 STACK, run_program)
+                                 STACK, is_secret_input, reveal, run_program)
 
 CLIENT = "198.51.100.7/32"
 ADMIN = "192.0.2.0/28"
@@ -208,6 +208,15 @@ def test_new_user_data_replaces_the_instance(nodes):
     return pulumi.Output.all(*[n.instance.user_data_replace_on_change for n in nodes]).apply(check)
 
 
+@pulumi.runtime.test
+def test_user_data_is_secret_because_it_holds_the_token():
+    namespace = run_program(BASE).namespace
+    def check(flags):
+        assert flags == [True, True]
+    return pulumi.Output.all(namespace["user_data"].is_secret(),
+                             namespace["worker_token"].is_secret()).apply(check)
+
+
 def test_instances_use_the_release_profile_and_burst_without_surprise_bills(default_run):
     (profile,) = default_run.of_type("aws:iam/instanceProfile:InstanceProfile")
     for instance in default_run.of_type(INSTANCE):
@@ -265,7 +274,9 @@ def test_release_objects_are_the_bundle_tarballs(default_run):
 def test_user_data_points_at_the_release_with_its_sha256(default_run):
     objects = {o.inputs["key"]: o for o in default_run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")}
     for instance in default_run.of_type(INSTANCE):
-        user_data = instance.inputs["userData"]
+        # It holds the token, so it reaches the engine (and the state) as a secret.
+        assert is_secret_input(instance.inputs["userData"])
+        user_data = reveal(instance.inputs["userData"])
         key = next(k for k in objects if f"--key {k} " in user_data)
         archive = base64.b64decode(objects[key].inputs["contentBase64"])
         assert f"--sha256 {hashlib.sha256(archive).hexdigest()} " in user_data
@@ -320,6 +331,8 @@ def test_missing_client_cidr_stops_with_the_command_that_sets_it():
     with pytest.raises(ConfigError) as caught:
         run_program({"aws:region": REGION})
     message = str(caught.value)
+    # A RunError: `pulumi up` prints just the message, no traceback.
+    assert isinstance(caught.value, pulumi.RunError)
     assert "clientCidr is required" in message
     assert 'pulumi config set clientCidr "$(curl -s https://checkip.amazonaws.com)/32"' in message
     assert "\n" not in message
