@@ -99,7 +99,7 @@ def show_workers(config: CoordinatorConfig) -> int:
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
-    print(f"workers from {config.source}", file=sys.stderr)
+    print(f"(workers from {config.source})")
     if not any(status.ok for status in statuses):
         print("error: no worker is healthy", file=sys.stderr)
         return EXIT_NO_WORKER
