@@ -7,7 +7,6 @@ for the page and the CLI alike; this file only asks for input and shows what cam
 from __future__ import annotations
 
 import io
-import logging
 import os
 import sys
 import time
@@ -26,11 +25,12 @@ from coordinator.config import CoordinatorConfig, load_config  # noqa: E402
 from coordinator.errors import ConfigError, InputError, NoWorkerError  # noqa: E402
 from coordinator.page_chart import (PARTS, chart_height, strip_table, timing_frame,  # noqa: E402
                                     worker_host)
+from coordinator.page_log import page_logger  # noqa: E402
 from coordinator.page_overlay import StripBox, draw_strip_overlay  # noqa: E402
 from coordinator.page_text import (escape_markdown, event_line, image_summary, no_worker_message,  # noqa: E402
                                    plan_caption, status_label)
 
-log = logging.getLogger("coordinator.page")
+log = page_logger()
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"]
 MAX_STRIPS = 16
@@ -195,9 +195,10 @@ def process(upload: dict, config: CoordinatorConfig, choice: dict) -> None:
         where = "the plan" if exc.strip_index is None else f"strip {exc.strip_index + 1}"
         status.update(label=f"Failed at {where}", state="error", expanded=True)
         st.session_state["outcome"] = {"error": message, "lines": lines}
-        log.warning("job failed: %s", exc)
+        log.warning("job failed", extra={"fields": {"error": str(exc), "strip": exc.strip_index, "op": exc.op}})
         return
     except InputError as exc:
+        log.info("job refused", extra={"fields": {"error": str(exc)}})
         status.update(label="Not processed", state="error", expanded=False)
         st.session_state["outcome"] = {"error": str(exc), "lines": lines}
         return
@@ -212,7 +213,9 @@ def process(upload: dict, config: CoordinatorConfig, choice: dict) -> None:
         "lines": lines, "summary": summary,
         "caption": plan_caption(result.ops, choice["params"]), "page_ms": elapsed,
     }
-    log.info("job done: %d strips, %.0f ms", len(result.strips), result.elapsed_ms)
+    log.info("job done", extra={"fields": {
+        "strips": len(result.strips), "ops": result.ops, "ms": round(result.elapsed_ms, 1),
+        "retries": retries, "width": result.width, "height": result.height}})
 
 
 # ---------------------------------------------------------------- result

@@ -44,9 +44,12 @@ def plan_caption(ops: Sequence[str], params: dict | None = None) -> str:
     if len(set(ops)) == 1:
         noun = "strip" if len(ops) == 1 else f"all {len(ops)} strips"
         return f"{noun} {op_text(ops[0])}"
+    runs = [(op, len(list(run))) for op, run in groupby(ops)]
+    if len(runs) > 3:  # a long alternation reads better as counts
+        counts = {op: ops.count(op) for op in dict.fromkeys(ops)}
+        return f"{len(ops)} strips: " + ", ".join(f"{count} {op_text(op)}" for op, count in counts.items())
     parts, position = [], 1
-    for op, run in groupby(ops):
-        count = len(list(run))
+    for op, count in runs:
         parts.append(f"{_strip_range(position, position + count - 1)} {op_text(op)}")
         position += count
     return " · ".join(parts)

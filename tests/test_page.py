@@ -155,6 +155,26 @@ def test_bad_upload_gets_one_clear_message(monkeypatch, local_fleet):
     assert not page.image
 
 
+def test_upload_over_the_pixel_limit_is_refused_before_processing(monkeypatch, local_fleet):
+    monkeypatch.setenv("COORDINATOR_MAX_PIXELS", "10000")
+    page = upload(open_page(monkeypatch, local_fleet), "colour.png", colourful_png())
+    assert "over the limit of 10000 (COORDINATOR_MAX_PIXELS)" in texts(page.error)
+    assert [button.key for button in page.button] == ["refresh_workers"]  # no Process button
+
+
+def test_unexpected_error_is_one_line_not_a_traceback(monkeypatch, local_fleet):
+    import coordinator.discovery
+
+    def broken_discover(config, session=None):
+        raise RuntimeError("health table exploded\nsecond line of detail")
+
+    # The one stand-in in this file: no real part fails this way, and the top-level catch must hold.
+    monkeypatch.setattr(coordinator.discovery, "discover", broken_discover)
+    page = open_page(monkeypatch, local_fleet)
+    assert "Something went wrong (RuntimeError: health table exploded)" in texts(page.error)
+    assert "second line" not in texts(page.error)
+
+
 def test_bad_config_names_the_setting(monkeypatch):
     page = open_page(monkeypatch, ["ftp://nowhere"])
     assert "COORDINATOR_WORKERS" in texts(page.error)
@@ -175,6 +195,7 @@ def strip(index, top, bottom, runtime="python", worker_ms=10.0, total_ms=25.0, f
 def test_plan_caption_groups_runs_of_the_same_op():
     assert plan_caption(["grayscale", "grayscale", "sepia"]) == "strips 1–2 grayscale · strip 3 sepia"
     assert plan_caption(["sepia"] * 4) == "all 4 strips sepia"
+    assert plan_caption(["grayscale", "sepia"] * 3) == "6 strips: 3 grayscale, 3 sepia"
     assert plan_caption(["blur", "invert"], {"radius": 2.5}) == "strip 1 blur (radius 2.5) · strip 2 invert"
 
 
