@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 REQUIREMENTS := worker-python/requirements.txt coordinator/requirements.txt \
 	infra/requirements.txt scripts/requirements.txt tests/requirements.txt
 
-.PHONY: setup workers run stop test test-python test-node bench soak clean help
+.PHONY: setup workers run stop test test-python test-node bench soak stack-outputs clean help
 
 help:
 	@echo "make run     set up, start both workers and the page on http://localhost:8501"
@@ -47,6 +47,9 @@ bench: setup
 
 soak: setup
 	$(PY) -m scripts.soak $(SOAK_ARGS)
+
+stack-outputs: setup
+	$(PY) -m scripts.stack_outputs $(STACK_OUTPUTS_ARGS)
 
 clean: stop
 	rm -rf $(VENV) worker-nodejs/node_modules .run .artifacts
