@@ -147,7 +147,7 @@ rm -f {q(staged)}
         venv = posixpath.join(self.paths.base, "venv")
         self.root("installing Python dependencies", f"""
 [ -x {q(venv)}/bin/pip ] || python3 -m venv {q(venv)}
-{q(venv)}/bin/pip install --disable-pip-version-check --quiet -r {q(release)}/requirements.txt
+{q(venv)}/bin/pip install --no-cache-dir --disable-pip-version-check --quiet -r {q(release)}/requirements.txt
 """)
 
     def install_deps(self, release: str, previous: str | None, reuse: bool) -> None:
