@@ -362,3 +362,10 @@ def test_json_log_line_fields():
     assert line["service"] == "worker-python" and line["level"] == "info" and line["msg"] == "request"
     assert line["request_id"] == "r1" and line["status"] == 200 and "secret" not in line
     assert line["time"].endswith("Z")
+
+
+@pytest.mark.parametrize("level", [0, 1, 6, 7, 9])
+def test_png_is_lossless_at_every_level(level):
+    rgb = np.random.default_rng(level).integers(0, 256, (13, 21, 3), dtype=np.uint8)
+    data = imaging.encode(Image.fromarray(rgb, "RGB"), "png", compression=level)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), rgb)

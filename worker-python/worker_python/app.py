@@ -210,11 +210,17 @@ def create_app(settings: Settings, self_check: Callable[[], None] = imaging.self
         fmt = response_format(request.args.get("format"), request.headers.get("Accept", ""))
         options = encoding_options(request.args)
         data = multipart_image(body) if is_multipart else body
+        del body  # peak memory on big strips: keep one copy of the upload, and only until decoded
         if not data:
             raise ApiError(400, "missing_image", "the request has no image bytes")
         started = time.perf_counter()
+        radius = options.pop("radius", imaging.DEFAULT_RADIUS)
         try:
-            result = imaging.process(data, op, fmt, max_pixels=settings.max_pixels, **options)
+            image = imaging.decode(data, settings.max_pixels)
+            del data
+            image = imaging.apply(op, image, radius)
+            result = imaging.encode(image, fmt, **options)
+            del image
         except imaging.ImageError as exc:
             raise ApiError(exc.status, exc.code, str(exc)) from None
         elapsed_ms = (time.perf_counter() - started) * 1000
