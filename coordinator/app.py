@@ -137,9 +137,12 @@ def controls(upload: dict, statuses: list) -> dict:
     left, right = st.columns([3, 2], gap="large")
     with left:
         mode = st.radio("Plan", [PLAN_SEED, PLAN_ONE, PLAN_PER_STRIP], key="plan_mode")
-        strips = st.slider("Strips", 1, max_strips, min(2, max_strips), key="strips",
-                           disabled=max_strips == 1,
-                           help="Horizontal strips, sent to the workers concurrently.")
+        if max_strips == 1:  # a slider cannot range over one value
+            strips = 1
+            st.caption("1 strip: the image is one row high.")
+        else:
+            strips = st.slider("Strips", 1, max_strips, min(2, max_strips), key="strips",
+                               help="Horizontal strips, sent to the workers concurrently.")
         if mode == PLAN_SEED:
             spec = "seed"
         elif mode == PLAN_ONE:

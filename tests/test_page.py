@@ -32,6 +32,12 @@ def colourful_png(width: int = 240, height: int = 160) -> bytes:
     return buffer.getvalue()
 
 
+def encoded_bmp(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 120, 40)).save(buffer, "BMP")
+    return buffer.getvalue()
+
+
 @pytest.fixture(autouse=True)
 def fresh_cache():
     """Worker health is cached across reruns (and AppTests) in this process; start clean."""
@@ -145,6 +151,14 @@ def test_no_worker_reachable_shows_guidance_and_a_named_strip(monkeypatch):
     assert "result" not in page.session_state["outcome"]
     # Still usable: the controls and the Process button are there for another try.
     assert page.button(key="process") is not None and page.slider(key="strips").value == 2
+
+
+def test_one_row_image_is_one_strip(monkeypatch, local_fleet):
+    page = upload(open_page(monkeypatch, local_fleet), "row.bmp", encoded_bmp(7, 1), "image/bmp")
+    assert not page.slider and "one row high" in texts(page.caption)
+    process(page)
+    assert not page.error, texts(page.error)
+    assert page.session_state["outcome"]["result"].ops == ["grayscale"]
 
 
 def test_bad_upload_gets_one_clear_message(monkeypatch, local_fleet):
