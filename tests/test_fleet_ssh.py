@@ -313,6 +313,20 @@ def test_a_build_that_fails_at_start_up_is_rolled_back(host):
     assert "deliberately broken build" in (host.root / "log" / f"{ROLE}.log").read_text()
 
 
+def test_a_failed_dependency_install_leaves_the_running_release_alone(host):
+    shipped = bundle_files(ROLE)
+    old = host.install({**shipped, "requirements.txt": shipped["requirements.txt"] + b"# older\n"})
+    pid = host.worker_pid()
+    (host.base / "venv" / "bin" / "pip").write_text(
+        '#!/bin/sh\necho "ERROR: No matching distribution found for flask==99" >&2\nexit 1\n')
+    result = fleet("redeploy", NAME, *host.flags())
+    line = assert_one_error_line(result, 4, f"{NAME}: installing Python dependencies failed (exit 1)")
+    assert line.endswith(f"No matching distribution found for flask==99; build {old} still running")
+    assert host.current() == f"releases/{old}" and host.env_build() == old
+    assert host.worker_pid() == pid and health(host.url)["build"] == old
+    assert host.calls("systemctl") == [f"start {ROLE}"]  # never restarted
+
+
 def test_redeploy_without_a_previous_release_says_it_cannot_roll_back(host):
     # A host whose `current` is missing: there is nothing to go back to.
     (host.base / "releases").mkdir(parents=True)

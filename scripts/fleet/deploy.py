@@ -83,7 +83,7 @@ class Deployer:
         code, out, err = ssh.run(self.client, ssh.sudo("set -eu\n" + script), self.command_timeout)
         if code != 0:
             detail = (err.strip() or out.strip() or "no output").splitlines()[-1]
-            raise FleetError(f"{self.worker.name}: {step} failed (exit {code}): {detail}")
+            raise FleetError(f"{step} failed (exit {code}): {detail}")
         return out
 
     # --- what is there now -------------------------------------------------------------
@@ -112,7 +112,7 @@ cat {q(manifest)} 2>/dev/null || echo "#missing"
         try:
             sftp = self.client.open_sftp()
         except (paramiko.SSHException, OSError) as exc:
-            raise FleetError(f"{self.worker.name}: cannot open SFTP: {exc}") from None
+            raise FleetError(f"cannot open SFTP: {exc}") from None
         try:
             home = sftp.normalize(".")
             staging = posixpath.join(home, STAGING_DIR)
@@ -125,7 +125,7 @@ cat {q(manifest)} 2>/dev/null || echo "#missing"
                 out.write(self.bundle.tarball)
             return remote
         except (paramiko.SSHException, OSError) as exc:
-            raise FleetError(f"{self.worker.name}: upload over SFTP failed: {exc}") from None
+            raise FleetError(f"upload over SFTP failed: {exc}") from None
         finally:
             sftp.close()
 
@@ -203,6 +203,16 @@ mv -T {q(link_new)} {q(self.paths.current)}
 
     # --- the whole thing --------------------------------------------------------------
     def deploy(self, force: bool = False) -> str:
+        """A one-line result; FleetError (starting with the worker's name) when it failed."""
+        prefix = f"{self.worker.name}: "
+        try:
+            return self._deploy(force)
+        except FleetError as exc:
+            if exc.message.startswith(prefix):
+                raise
+            raise FleetError(prefix + exc.message, exc.code) from None
+
+    def _deploy(self, force: bool) -> str:
         new = self.bundle.build_id
         current, env_build, current_deps = self.current_release()
         if current == new and env_build == new and not force:
