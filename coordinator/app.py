@@ -205,7 +205,7 @@ def process(upload: dict, config: CoordinatorConfig, choice: dict) -> None:
         status.update(label="Not processed", state="error", expanded=False)
         st.session_state["outcome"] = {"error": str(exc), "lines": lines}
         return
-    elapsed = (time.perf_counter() - started) * 1000
+    job_ms = (time.perf_counter() - started) * 1000
     retries = sum(strip.attempts - 1 for strip in result.strips)
     summary = (f"Done: {len(result.strips)} strips in {result.elapsed_ms:.0f} ms"
                + (f" · {retries} retried" if retries else ""))
@@ -214,10 +214,12 @@ def process(upload: dict, config: CoordinatorConfig, choice: dict) -> None:
     st.session_state["outcome"] = {
         "result": result, "preview": jpeg_bytes(preview_image), "preview_image": preview_image,
         "lines": lines, "summary": summary,
-        "caption": plan_caption(result.ops, choice["params"]), "page_ms": elapsed,
+        "caption": plan_caption(result.ops, choice["params"]),
     }
     log.info("job done", extra={"fields": {
         "strips": len(result.strips), "ops": result.ops, "ms": round(result.elapsed_ms, 1),
+        "job_ms": round(job_ms, 1), "preview_ms": round((time.perf_counter() - started) * 1000 - job_ms, 1),
+        **{name: round(value, 1) for name, value in result.timings.items()},
         "retries": retries, "width": result.width, "height": result.height}})
 
 

@@ -158,9 +158,10 @@ def error_reason(response: requests.Response, content: bytes) -> str:
         return f"HTTP {response.status_code}"
 
 
-def send_strip(session: requests.Session, worker: WorkerStatus, strip: Strip, body: bytes, content_type: str,
-               wire: str, params: dict, config: CoordinatorConfig, request_id: str) -> tuple[np.ndarray, requests.Response, int]:
-    """POST one strip; returns its pixels (halo included) or raises StripFailed."""
+def send_strip(session: requests.Session, worker: WorkerStatus, strip: Strip, width: int, body: bytes,
+               content_type: str, wire: str, params: dict, config: CoordinatorConfig, request_id: str) -> tuple[np.ndarray, requests.Response, int]:
+    """POST one strip; returns its pixels (halo included), checked to be width x rows RGB,
+    or raises StripFailed."""
     query = {"op": strip.op, **REPLY_QUERY[wire], **{name: str(params[name]) for name in OPERATIONS[strip.op].params}}
     headers = {"Content-Type": content_type, "X-Request-Id": request_id}
     if config.token:
@@ -189,11 +190,10 @@ def send_strip(session: requests.Session, worker: WorkerStatus, strip: Strip, bo
         pixels = imaging.decode_any(content)
     except ValueError as exc:
         raise StripFailed(f"bad reply: {exc}", retry=True) from None
-    expected = (strip.send_bottom - strip.send_top, None)
-    if pixels.shape[0] != expected[0] or pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise StripFailed(f"bad reply: {pixels.shape[1]}x{pixels.shape[0]} "
-                          f"with {pixels.shape[2] if pixels.ndim == 3 else 1} channels, "
-                          f"expected {expected[0]} rows of RGB", retry=True)
+    if pixels.shape != (strip.send_bottom - strip.send_top, width, 3):
+        channels = pixels.shape[2] if pixels.ndim == 3 else 1
+        raise StripFailed(f"bad reply: {pixels.shape[1]}x{pixels.shape[0]} with {channels} channels, "
+                          f"expected {width}x{strip.send_bottom - strip.send_top} RGB", retry=True)
     return pixels, response, len(content)
 
 
@@ -258,8 +258,8 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
             request_started = time.perf_counter()
             try:
                 with WorkerSlots.for_worker(worker):
-                    reply, response, received = send_strip(session, worker, strip, body, content_type, wire, params,
-                                                 config, f"{job_id}-s{strip.index}-a{attempt}")
+                    reply, response, received = send_strip(session, worker, strip, width, body, content_type,
+                                                           wire, params, config, f"{job_id}-s{strip.index}-a{attempt}")
             except StripFailed as failure:
                 failures.append(f"{worker.url}: {failure.reason}")
                 elapsed = (time.perf_counter() - request_started) * 1000

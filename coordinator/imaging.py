@@ -60,11 +60,13 @@ def decode_pixels(data: bytes, max_pixels: int) -> np.ndarray:
 def to_rgb_array(image: Image.Image) -> np.ndarray:
     """8-bit RGB as the worker contract says: alpha dropped, 16-bit scaled by >> 8, gray expanded."""
     if image.mode in SIXTEEN_BIT_MODES:
-        gray = (np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if image.mode != "RGB":
-        image = image.convert("RGBA" if image.mode in ("P", "PA") else image.mode).convert("RGB")
-    return np.asarray(image)
+        wide = np.asarray(image).astype(np.int64).clip(0, 65535)
+        return np.repeat((wide >> 8).astype(np.uint8)[:, :, None], 3, axis=2)
+    if image.mode in ("1", "L", "LA", "La", "F"):
+        image = image.convert("L")
+    elif image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
 def encode_ppm(rows: np.ndarray) -> bytes:
