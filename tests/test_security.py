@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import requests
@@ -30,6 +31,15 @@ def locked_worker(request, worker_factory):
 def post(url: str, body: bytes, headers: dict | None = None, **kwargs):
     return requests.post(f"{url}/process", data=body, timeout=10,
                          headers={"Content-Type": "image/png", **(headers or {})}, **kwargs)
+
+
+def wait_for_log(worker, text: str, timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in worker.log_text():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def error_code(response) -> str:
@@ -94,6 +104,23 @@ def test_unknown_routes_are_404_json_without_a_stack_or_version(locked_worker):
         assert response.status_code in (404, 405), f"{method} {path}: {response.status_code}"
         assert error_code(response) in ("not_found", "method_not_allowed"), response.text[:200]
         assert "Traceback" not in response.text and " at " not in response.text
+
+
+# -- claim: a caller cannot forge or flood log lines through X-Request-Id -------------------
+
+@pytest.mark.parametrize("request_id", ["a" * 5000, 'x"}, {"level": "error', "tab\there", "ok-id_1.2"])
+def test_hostile_request_ids_cannot_break_or_flood_the_log(locked_worker, request_id):
+    response = post(locked_worker.url, png_bytes(sample_rgb(4, 4)),
+                    {"Authorization": f"Bearer {TOKEN}", "X-Request-Id": request_id})
+    assert response.status_code == 200
+    echoed = response.headers.get("X-Request-Id", "")
+    assert echoed and len(echoed) <= 128, "the echoed request id is missing or over 128 characters"
+    # The log line may land just after the response: wait for it, briefly.
+    assert wait_for_log(locked_worker, json.dumps(echoed)[1:-1]), "the echoed id was not logged"
+    entries = [json.loads(line) for line in locked_worker.log_text().splitlines()
+               if line.strip()]           # every line stays one JSON object
+    assert all(len(str(entry.get("request_id", ""))) <= 128 for entry in entries)
+    assert not any(entry.get("level") == "error" and entry.get("msg") is None for entry in entries)
 
 
 # -- claim: the token is never logged --------------------------------------------------------
@@ -180,6 +207,7 @@ def test_coordinator_sends_one_request_id_per_strip_that_workers_log(tmp_path, l
     marks = [len(worker.log_text().splitlines()) for worker in locked_fleet]
     done, _ = run_cli(tmp_path, locked_fleet, TOKEN, strips=4)
     assert done.returncode == 0, done.stderr
+    time.sleep(0.5)     # the last log lines may land just after the responses
     ids = [rid for worker, mark in zip(locked_fleet, marks) for rid in logged_request_ids(worker, mark)]
     assert len(ids) >= 4, f"workers logged {len(ids)} request ids for a 4-strip job"
     prefix = os_commonprefix(ids)
