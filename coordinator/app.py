@@ -17,6 +17,7 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -34,7 +35,7 @@ log = page_logger()
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"]
 MAX_STRIPS = 16
-PREVIEW_WIDTH = 1200  # previews are scaled copies; the download is full size
+PREVIEW_WIDTH = 1200  # previews are 1200-2400 px wide copies; the download is full size
 PLAN_SEED = "Original demo: grayscale and sepia, alternating from the top"
 PLAN_ONE = "One operation for every strip"
 PLAN_PER_STRIP = "An operation per strip"
@@ -84,11 +85,10 @@ def workers_panel(config: CoordinatorConfig) -> list:
 
 
 def preview_of(image: Image.Image) -> Image.Image:
-    """A screen-sized copy: the browser gets a small JPEG instead of megapixels (and TIFF shows)."""
-    if image.width <= PREVIEW_WIDTH:
-        return image
-    height = max(1, round(image.height * PREVIEW_WIDTH / image.width))
-    return image.resize((PREVIEW_WIDTH, height), Image.Resampling.BOX)  # fast, and fine for shrinking
+    """A screen-sized copy: the browser gets a small JPEG instead of megapixels (and TIFF shows).
+    Image.reduce averages whole blocks in C: a 12 MP result shrinks in tens of milliseconds."""
+    factor = image.width // PREVIEW_WIDTH
+    return image.reduce(factor) if factor >= 2 else image
 
 
 def jpeg_bytes(image: Image.Image) -> bytes:
@@ -210,7 +210,9 @@ def process(upload: dict, config: CoordinatorConfig, choice: dict) -> None:
     summary = (f"Done: {len(result.strips)} strips in {result.elapsed_ms:.0f} ms"
                + (f" · {retries} retried" if retries else ""))
     status.update(label=summary, state="complete", expanded=False)
-    preview_image = preview_of(Image.fromarray(result.pixels))
+    # frombuffer shares the result's memory (fromarray would copy 36 MB for 12 MP); only read.
+    pixels = np.ascontiguousarray(result.pixels)
+    preview_image = preview_of(Image.frombuffer("RGB", (result.width, result.height), pixels, "raw", "RGB", 0, 1))
     st.session_state["outcome"] = {
         "result": result, "preview": jpeg_bytes(preview_image), "preview_image": preview_image,
         "lines": lines, "summary": summary,

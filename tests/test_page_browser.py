@@ -6,6 +6,7 @@ long the page takes from the click on Process until the result image shows.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import time
@@ -116,5 +117,9 @@ def test_time_a_large_upload(page_server):
         wait_until_idle(page)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "page-large.png"), full_page=True)
+    jobs = [json.loads(line) for line in page_server.log_text().splitlines()
+            if line.startswith("{") and '"job done"' in line]
     print(f"\n{width}x{height} ({width * height / 1e6:.1f} MP, {len(data) / 1e6:.1f} MB JPEG): "
           f"{seconds:.2f} s from the click on Process until the result showed")
+    if jobs:
+        print("the page's own log of that job:", json.dumps(jobs[-1]))
