@@ -172,12 +172,9 @@ ALL_FAULTS = {
 
 
 # Known bugs, kept visible; strict, so a fix turns these red until the entry is removed.
-FAULT_BUGS = {
-    "one-column image": "coordinator bug: engine.send_strip checks only the row count of a reply, "
-                        "so a reply 1 column wide is broadcast across the strip: 200, wrong pixels",
-    "one column short": "coordinator bug: engine.send_strip does not check the reply's width; a "
-                        "reply one column short raises a numpy ValueError out of run_job "
-                        "(not a CoordinatorError, no failover)",
+FAULT_BUGS: dict[str, str] = {
+    # Fixed in a5d352e (coordinator checks the reply's width): "one-column image" was stitched
+    # by numpy broadcasting (wrong pixels, 200), "one column short" raised a ValueError.
 }
 
 
