@@ -48,8 +48,8 @@ def sshd(tmp_path_factory, host_root):
     server.stop()
 
 
-def stand_in_systemctl(root: Path, *args: str) -> None:
-    subprocess.run([str(STAND_INS / "systemctl"), *args, ROLE], check=True, timeout=60,
+def stand_in_systemctl(root: Path, action: str, role: str = ROLE) -> None:
+    subprocess.run([str(STAND_INS / "systemctl"), action, role], check=True, timeout=60,
                    env={**os.environ, "FLEET_TEST_ROOT": str(root)})
 
 
@@ -72,20 +72,21 @@ def wait_build(url: str, build: str, timeout: float = 30) -> dict:
 
 
 class Host:
-    """A worker-python host tree under `root`, its outputs file, and the CLI flags to reach it."""
+    """A worker host tree under `root`, its outputs file, and the CLI flags to reach it."""
 
-    def __init__(self, root: Path, sshd, tmp_path: Path):
-        self.root, self.sshd, self.tmp = root, sshd, tmp_path
+    def __init__(self, root: Path, sshd, tmp_path: Path, role: str = ROLE):
+        self.root, self.sshd, self.tmp, self.role = root, sshd, tmp_path, role
+        self.name = f"{role}-0"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.base = root / "opt" / ROLE
-        self.env_file = root / "etc" / ROLE / "env"
+        self.base = root / "opt" / role
+        self.env_file = root / "etc" / role / "env"
         self.known_hosts = tmp_path / "known_hosts"
-        self.outputs = tmp_path / "stack-outputs.json"
+        self.outputs = tmp_path / f"stack-outputs-{role}.json"
         self.outputs.write_text(json.dumps({
-            "workers": [{"name": NAME, "role": ROLE, "runtime": "python", "url": self.url,
-                         "public_ip": "127.0.0.1", "instance_id": "i-0fleettest",
-                         "operations": ["grayscale"]}],
+            "workers": [{"name": self.name, "role": role, "runtime": role.split("-")[1],
+                         "url": self.url, "public_ip": "127.0.0.1", "instance_id": "i-0fleettest",
+                         "operations": []}],
             "worker_token": "", "project": "hdtp", "stack": "fleet-test", "region": "us-east-1",
             "ssh_user": sshd.user}))
 
@@ -102,18 +103,22 @@ class Host:
             (release / path).parent.mkdir(parents=True, exist_ok=True)
             (release / path).write_bytes(content)
         (self.base / "current").symlink_to(f"releases/{build}")
-        venv_bin = self.base / "venv" / "bin"
-        venv_bin.mkdir(parents=True)
-        # The shared venv: python is this test venv's; pip only records what it was asked.
-        (venv_bin / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
-        (venv_bin / "pip").write_text(f'#!/bin/sh\necho "$*" >> {self.root}/pip.calls\n')
-        for tool in venv_bin.iterdir():
-            tool.chmod(0o755)
+        if self.role == "worker-python":
+            venv_bin = self.base / "venv" / "bin"
+            venv_bin.mkdir(parents=True)
+            # The shared venv: python is this test venv's; pip only records what it was asked.
+            (venv_bin / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+            (venv_bin / "pip").write_text(f'#!/bin/sh\necho "$*" >> {self.root}/pip.calls\n')
+            for tool in venv_bin.iterdir():
+                tool.chmod(0o755)
+        else:
+            # What `npm ci` left in the release: here, the checkout's installed modules.
+            (release / "node_modules").symlink_to(ROOT / "worker-nodejs" / "node_modules")
         self.env_file.parent.mkdir(parents=True)
         self.env_file.write_text(f"WORKER_HOST=127.0.0.1\nWORKER_PORT={self.port}\n"
                                  f"WORKER_TOKEN=\nWORKER_BUILD={build}\nWORKER_GRACE_SECONDS=2\n")
         self.env_file.chmod(0o600)
-        stand_in_systemctl(self.root, "start")
+        stand_in_systemctl(self.root, "start", self.role)
         wait_build(self.url, build)
         return build
 
@@ -130,7 +135,7 @@ class Host:
         return path.read_text().splitlines() if path.exists() else []
 
     def worker_pid(self) -> int:
-        return int((self.root / "run" / f"{ROLE}.pid").read_text())
+        return int((self.root / "run" / f"{self.role}.pid").read_text())
 
 
 @pytest.fixture
@@ -139,8 +144,9 @@ def host(sshd, host_root, tmp_path):
     for child in host_root.iterdir():
         shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     yield Host(host_root, sshd, tmp_path)
-    if (host_root / "opt" / ROLE / "current").exists():
-        stand_in_systemctl(host_root, "stop")
+    for role in ("worker-python", "worker-nodejs"):
+        if (host_root / "run" / f"{role}.pid").exists():
+            stand_in_systemctl(host_root, "stop", role)
 
 
 def fleet(*args, timeout=120) -> subprocess.CompletedProcess:
@@ -268,8 +274,11 @@ def test_redeploy_ships_the_source_and_the_worker_restarts_at_the_new_build(host
     old = host.install({**shipped, "OLD_RELEASE": b"a file only the old release has\n"})
     old_pid = host.worker_pid()
     new = build_id(shipped)
+    for age, stale in enumerate(["0000000000a1", "0000000000a2", "0000000000a3"], start=1):
+        (host.base / "releases" / stale).mkdir()
+        os.utime(host.base / "releases" / stale, (time.time() - 3600 * age,) * 2)
 
-    result = fleet("redeploy", NAME, "--health-timeout", "60", *host.flags())
+    result = fleet("redeploy", NAME, "--health-timeout", "60", "--keep", "3", *host.flags())
     assert result.returncode == 0, result.stderr
     assert f"{NAME}: deployed build {new} (was {old}), healthy" in result.stdout
     assert health(host.url)["build"] == new
@@ -280,6 +289,8 @@ def test_redeploy_ships_the_source_and_the_worker_restarts_at_the_new_build(host
                 if p.is_file() and "__pycache__" not in p.parts}  # the test worker runs as root
     assert unpacked == set(shipped)
     assert (host.base / "releases" / old / "OLD_RELEASE").exists()  # kept for rollback
+    # --keep 3: new, previous, and the newest of the rest
+    assert {p.name for p in (host.base / "releases").iterdir()} == {new, old, "0000000000a1"}
     assert host.calls("pip") == []  # same requirements.txt: the shared venv is reused
     assert host.calls("systemctl")[-1] == f"restart {ROLE}"
     assert not list(Path(os.path.expanduser("~") , ".hdtp-staging").glob(f"{ROLE}-{new}*"))
@@ -287,6 +298,20 @@ def test_redeploy_ships_the_source_and_the_worker_restarts_at_the_new_build(host
     again = fleet("redeploy", "--all", *host.flags())
     assert again.returncode == 0, again.stderr
     assert f"already at build {new}, healthy" in again.stdout
+
+
+def test_a_nodejs_redeploy_reuses_node_modules_when_the_lockfile_is_unchanged(host, sshd, host_root, tmp_path):
+    node = Host(host_root, sshd, tmp_path, "worker-nodejs")
+    shipped = bundle_files(node.role)
+    old = node.install({**shipped, "OLD_RELEASE": b"x\n"})
+    new = build_id(shipped)
+    result = fleet("redeploy", node.name, "--health-timeout", "60", *node.flags())
+    assert result.returncode == 0, result.stderr
+    assert f"deployed build {new} (was {old}), healthy" in result.stdout
+    assert health(node.url)["build"] == new and health(node.url)["runtime"] == "nodejs"
+    modules = node.base / "releases" / new / "node_modules"
+    assert modules.is_symlink() and modules.resolve() == (ROOT / "worker-nodejs" / "node_modules").resolve()
+    assert node.calls("npm") == []  # copied from the previous release, not reinstalled
 
 
 def test_a_build_that_fails_at_start_up_is_rolled_back(host):

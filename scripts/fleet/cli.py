@@ -169,7 +169,7 @@ def cmd_redeploy(config: FleetConfig, args) -> int:
     workers: list[Worker] = list(config.workers) if args.all else [config.worker(args.name)]
     if not workers:
         raise FleetError(f"no workers in {config.outputs_path}", errors.USAGE)
-    redeploy(config, workers, args.health_timeout, args.command_timeout, args.force)
+    redeploy(config, workers, args.health_timeout, args.command_timeout, args.force, args.keep)
     return errors.OK
 
 
@@ -199,6 +199,12 @@ def _positive(value: str) -> float:
 def _count(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def _at_least_two(value: str) -> int:
+    if not value.isdigit() or int(value) < 2:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 2 (new + previous), got {value!r}")
     return int(value)
 
 
@@ -261,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     redeploy.add_argument("--command-timeout", type=_positive, default=900,
                           help="seconds any one remote step may take, e.g. npm ci (default 900)")
     redeploy.add_argument("--force", action="store_true", help="restart even when the build is current")
+    redeploy.add_argument("--keep", type=_at_least_two, default=5,
+                          help="releases kept on the host after a deploy, new and previous "
+                               "included (default 5)")
     redeploy.add_argument("--source-root", metavar="DIR",
                           help="checkout to bundle from (default: this repository)")
     redeploy.set_defaults(run=cmd_redeploy)

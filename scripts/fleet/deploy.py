@@ -190,6 +190,20 @@ mv -T {q(link_new)} {q(self.paths.current)}
 """)
         self.root(f"restarting {self.worker.role}", f"systemctl restart {q(self.worker.role)}")
 
+    def prune(self, keep: int, new: str, previous: str) -> None:
+        """Delete all but the `keep` newest releases; the new and previous ones always stay."""
+        q = shlex.quote
+        releases = posixpath.join(self.paths.base, "releases")
+        listing = self.root("listing releases", f"ls -1t {q(releases)}")
+        names = [n for n in listing.split() if BUILD_PATTERN.fullmatch(n)]
+        kept = [new] + ([previous] if previous else [])
+        kept += [n for n in names if n not in kept][:max(0, keep - len(kept))]
+        stale = [n for n in names if n not in kept]
+        if stale:
+            self.root("pruning old releases", "rm -rf -- " + " ".join(
+                q(posixpath.join(releases, n)) for n in stale))
+            self.log(f"pruned {len(stale)} old release(s): {', '.join(stale)}")
+
     def wait_healthy(self, build: str) -> str | None:
         """None once /healthz reports `build`, else the last problem seen at the deadline."""
         deadline = time.monotonic() + self.health_timeout
@@ -202,17 +216,17 @@ mv -T {q(link_new)} {q(self.paths.current)}
         return problem
 
     # --- the whole thing --------------------------------------------------------------
-    def deploy(self, force: bool = False) -> str:
+    def deploy(self, force: bool = False, keep: int = 5) -> str:
         """A one-line result; FleetError (starting with the worker's name) when it failed."""
         prefix = f"{self.worker.name}: "
         try:
-            return self._deploy(force)
+            return self._deploy(force, keep)
         except FleetError as exc:
             if exc.message.startswith(prefix):
                 raise
             raise FleetError(prefix + exc.message, exc.code) from None
 
-    def _deploy(self, force: bool) -> str:
+    def _deploy(self, force: bool, keep: int) -> str:
         new = self.bundle.build_id
         current, env_build, current_deps = self.current_release()
         if current == new and env_build == new and not force:
@@ -248,6 +262,7 @@ mv -T {q(link_new)} {q(self.paths.current)}
         except FleetError as exc:
             failure = exc.message
         if failure is None:
+            self.prune(keep, new, current)
             return f"{self.worker.name}: deployed build {new} (was {current or 'none'}), healthy"
         self.log(f"{failure}; rolling back to {current or 'nothing'}")
         self.rollback(previous, current, env_build, reuse, failure)
@@ -274,7 +289,7 @@ mv -T {q(link_new)} {q(self.paths.current)}
 
 
 def redeploy(config: FleetConfig, workers: list[Worker], health_timeout: float,
-             command_timeout: float, force: bool = False) -> list[str]:
+             command_timeout: float, force: bool = False, keep: int = 5) -> list[str]:
     """Deploy to each worker in turn, stopping at the first failure (a rolling deploy)."""
     bundles: dict[str, Bundle] = {}
     done = []
@@ -285,7 +300,7 @@ def redeploy(config: FleetConfig, workers: list[Worker], health_timeout: float,
         try:
             deployer = Deployer(config, worker, bundles[worker.role], client, health_timeout,
                                 command_timeout)
-            done.append(deployer.deploy(force))
+            done.append(deployer.deploy(force, keep))
             print(done[-1], flush=True)
         finally:
             client.close()
