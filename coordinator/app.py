@@ -57,6 +57,13 @@ def cached_discover(config: CoordinatorConfig) -> list:
     return discovery.discover(config)
 
 
+@st.cache_resource(show_spinner=False)
+def shared_session():
+    """One keep-alive connection pool for every job of this page process: to remote workers a
+    new TCP (and TLS) handshake per strip would cost round trips each time."""
+    return engine.make_session(MAX_STRIPS)
+
+
 def workers_panel(config: CoordinatorConfig) -> list:
     with st.sidebar:
         st.header("Workers")
@@ -192,7 +199,8 @@ def process(upload: dict, config: CoordinatorConfig, choice: dict) -> None:
     started = time.perf_counter()
     try:
         result = engine.run_job(upload["data"], config, plan=choice["spec"], strips=total,
-                                params=choice["params"] or None, on_event=on_event)
+                                params=choice["params"] or None, on_event=on_event,
+                                session=shared_session())
     except NoWorkerError as exc:
         message = no_worker_message(exc, total)
         where = "the plan" if exc.strip_index is None else f"strip {exc.strip_index + 1}"

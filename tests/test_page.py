@@ -101,11 +101,16 @@ def test_default_run_processes_top_grayscale_bottom_sepia(monkeypatch, local_fle
     assert len(page.download_button) == 1
     assert "done by python" in texts(page.markdown) and "done by nodejs" in texts(page.markdown)
 
-    # Toggling the overlay reruns the page but not the job: the same result object stays.
+    # Toggling the overlay, changing the output format or refreshing the workers reruns the
+    # page but not the job: the same result object stays.
     page.checkbox(key="overlay").check().run()
+    page.button_group(key="out_format").set_value("JPEG").run()
+    assert page.slider(key="quality").value == 90  # shown for lossy formats only
+    page.button(key="refresh_workers").click().run()
     assert not page.exception
     assert page.session_state["outcome"]["result"] is result
     assert len(page.image) == 2
+    assert page.download_button[0].label == "Download JPEG"
 
 
 def test_per_strip_plan_with_blur_radius(monkeypatch, local_fleet):
