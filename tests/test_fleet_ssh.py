@@ -173,11 +173,17 @@ def host_fingerprint(sshd) -> str:
 def test_first_use_records_the_host_key_that_openssh_then_accepts(host, sshd):
     (host.root / "log").mkdir()
     (host.root / "log" / f"{ROLE}.log").write_text('{"msg": "started"}\n')
+    # Another host's entry, written without a final newline, must survive untouched.
+    other_key = Path(f"{make_key(host.tmp / 'other')}.pub").read_text().split()
+    other_line = f"192.0.2.7 {other_key[0]} {other_key[1]}"
+    host.known_hosts.write_text(other_line)
     first = fleet("logs", NAME, *host.flags())
     assert first.returncode == 0, first.stderr
     fingerprint = host_fingerprint(sshd)
     assert f"recorded new host key for [127.0.0.1]:{sshd.port}: ssh-ed25519 {fingerprint}" in first.stderr
-    assert host.known_hosts.read_text().startswith(f"[127.0.0.1]:{sshd.port} ssh-ed25519 ")
+    lines = host.known_hosts.read_text().splitlines()
+    assert lines[0] == other_line and lines[1].startswith(f"[127.0.0.1]:{sshd.port} ssh-ed25519 ")
+    assert len(lines) == 2
 
     again = fleet("logs", NAME, *host.flags())
     assert again.returncode == 0 and "recorded new host key" not in again.stderr

@@ -13,11 +13,11 @@ from typing import BinaryIO, Callable
 
 import paramiko
 
-# paramiko logs transport failures (with tracebacks) from its own thread; we report them once.
-logging.getLogger("paramiko").addHandler(logging.NullHandler())
-
 from scripts.fleet.config import FleetConfig, Worker
 from scripts.fleet.errors import FleetError
+
+# paramiko logs transport failures (with tracebacks) from its own thread; we report them once.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -36,8 +36,10 @@ class TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
     def missing_host_key(self, client, hostname, key):
         client.get_host_keys().add(hostname, key.get_name(), key)
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.known_hosts, "a") as out:
-            out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        with open(self.known_hosts, "a+") as out:
+            out.seek(0)
+            unterminated = (text := out.read()) and not text.endswith("\n")
+            out.write(("\n" if unterminated else "") + f"{hostname} {key.get_name()} {key.get_base64()}\n")
         self.known_hosts.chmod(0o600)
         self.announce(f"recorded new host key for {hostname}: {key.get_name()} "
                       f"{fingerprint(key)} in {self.known_hosts}")
