@@ -81,10 +81,10 @@ def workers_panel(config: CoordinatorConfig) -> list:
                                f"{status.latency_ms:.0f} ms · primary {status.primary}  \n"
                                f"ops: {', '.join(status.operations) or 'none'}")
                 else:
-                    st.markdown(f":red[:material/error:] **unreachable** `{host}`")
+                    st.markdown(f":red[:material/error:] `{host}`")
                     st.caption(escape_markdown(status.error or "no answer"))
         if not any(status.ok for status in statuses):
-            st.warning(NO_WORKER_HELP, icon=":material/cloud_off:")
+            st.caption(":material/cloud_off: None reachable: see the note on the page.")
     return statuses
 
 
@@ -204,7 +204,7 @@ def process(upload: dict, config: CoordinatorConfig, choice: dict) -> None:
     except NoWorkerError as exc:
         message = no_worker_message(exc, total)
         where = "the plan" if exc.strip_index is None else f"strip {exc.strip_index + 1}"
-        status.update(label=f"Failed at {where}", state="error", expanded=True)
+        status.update(label=f"Failed at {where}", state="error", expanded=bool(lines))
         st.session_state["outcome"] = {"error": message, "lines": lines}
         log.warning("job failed", extra={"fields": {"error": str(exc), "strip": exc.strip_index, "op": exc.op}})
         return

@@ -192,6 +192,10 @@ def process_command(args: argparse.Namespace, config: CoordinatorConfig) -> int:
     paths = output_paths(args.inputs, args.output, args.format)
     session = make_session(strips * max(1, args.jobs))
     statuses: list[WorkerStatus] = discover(config, session)
+    if any(status.ok for status in statuses) and not args.quiet:
+        for status in statuses:  # reported, not fatal: the healthy ones take the strips
+            if not status.ok:
+                print(f"warning: worker {status.url} skipped: {status.error}", file=sys.stderr)
     lock = threading.Lock()
     interactive = sys.stderr.isatty() and not args.quiet
 

@@ -122,6 +122,17 @@ def test_no_worker_exits_3(tmp_path):
     assert not (tmp_path / "out.png").exists()
 
 
+def test_an_unreachable_worker_is_reported_not_fatal(python_worker, tmp_path):
+    pixels = picture(tmp_path / "in.png")
+    done = run_cli("process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--plan", "invert",
+                   "--workers", f"http://127.0.0.1:9,{python_worker.url}")
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[0] == "warning: worker http://127.0.0.1:9 skipped: unreachable: connection refused"
+    assert all(python_worker.url in line for line in lines[1:])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), 255 - pixels)
+
+
 def test_batch_goes_on_past_a_bad_input(local_fleet, tmp_path):
     good = [picture(tmp_path / "a.png", 20), picture(tmp_path / "c.bmp", 33, fmt="BMP")]
     (tmp_path / "b.jpg").write_bytes(b"not a jpeg")

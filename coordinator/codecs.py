@@ -1,0 +1,100 @@
+"""Transport codecs: how a strip travels to a worker and how its result comes back.
+
+Pure bytes in, bytes out (jpegtran runs as a filter on bytes). The choices and the numbers
+behind them are in coordinator/README.md ("Wire formats") and `python -m scripts.bench_wan`.
+"""
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+QUALITIES = ("lossless", "high")
+# `high`: JPEG q95 replies. Measured on photo-like strips: >= 49 dB (sepia), >= 56 dB
+# (grayscale) from both runtimes; the promise (and the test) is >= HIGH_PSNR_DB.
+HIGH_QUALITY = 95
+HIGH_PSNR_DB = 45.0
+# PNG zlib level asked of each runtime for lossless replies. worker-python uses Z_RLE up to
+# level 6, so 1 is as small and the fastest; sharp's sizes fall with the level (bench_wan).
+REPLY_PNG_LEVEL = {"python": 1, "nodejs": 6}
+ORIENTATION_TAG = 0x0112
+JPEGTRAN_TIMEOUT_SECONDS = 30
+
+
+def reply_query(wire: str, quality: str, runtime: str | None) -> dict[str, str]:
+    """Query parameters that pick the worker's reply format."""
+    if quality == "high":
+        return {"format": "jpeg", "quality": str(HIGH_QUALITY)}
+    if wire == "raw":
+        return {"format": "raw"}
+    if wire == "webp-lossless":
+        return {"format": "webp", "lossless": "true"}
+    return {"format": "png", "compression": str(REPLY_PNG_LEVEL.get(runtime or "", 1))}
+
+
+@dataclass(frozen=True)
+class JpegSource:
+    """A JPEG whose rows can be cut out losslessly (no re-encode) for the workers."""
+    data: bytes
+    width: int
+    height: int
+    mcu_rows: int  # rows per iMCU: 8 * the largest vertical sampling factor
+    jpegtran: str
+
+
+def jpegtran_path() -> str | None:
+    return shutil.which("jpegtran")
+
+
+def jpeg_source(data: bytes) -> JpegSource | None:
+    """The input as a JpegSource when a lossless row cut decodes to the same pixels as the
+    whole image: 8-bit YCbCr or gray JPEG, upright (EXIF orientation 1), jpegtran present."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    jpegtran = jpegtran_path()
+    if jpegtran is None:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+                    return None  # CMYK / YCCK: the workers convert, a cut would not help
+                if image.getexif().get(ORIENTATION_TAG, 1) != 1:
+                    return None  # rows of the file are not rows of the upright image
+                vertical = max((layer[2] for layer in getattr(image, "layer", [])), default=1)
+                return JpegSource(data, image.width, image.height, 8 * vertical, jpegtran)
+        except Exception:  # noqa: BLE001 - anything odd: fall back to a lossless re-encode
+            return None
+
+
+def jpeg_rows(source: JpegSource, top: int, bottom: int) -> tuple[bytes, int, int]:
+    """A JPEG of rows [cut_top, cut_bottom) that covers [top, bottom), cut at iMCU rows with
+    two spare rows each side: chroma upsampling reads the neighbouring chroma row, so the
+    covered rows decode exactly as in the whole image. Returns (jpeg, cut_top, cut_bottom).
+    Raises ValueError when jpegtran fails."""
+    mcu = source.mcu_rows
+    cut_top = max(0, (top - 2) // mcu * mcu)
+    cut_bottom = min(source.height, -(-(bottom + 2) // mcu) * mcu)
+    if cut_top == 0 and cut_bottom == source.height:
+        return source.data, 0, source.height
+    try:
+        done = subprocess.run([source.jpegtran, "-crop", f"{source.width}x{cut_bottom - cut_top}+0+{cut_top}",
+                               "-copy", "none"], input=source.data, capture_output=True,
+                              timeout=JPEGTRAN_TIMEOUT_SECONDS, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ValueError(f"jpegtran failed: {exc}") from None
+    if done.returncode != 0 or not done.stdout:
+        raise ValueError(f"jpegtran failed: {done.stderr.decode(errors='replace').strip()[:200]}")
+    return done.stdout, cut_top, cut_bottom
+
+
+def psnr(reference: np.ndarray, other: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of two uint8 images; inf when identical."""
+    error = np.mean((reference.astype(np.float64) - other.astype(np.float64)) ** 2)
+    return float("inf") if error == 0 else float(10 * np.log10(255.0 ** 2 / error))
