@@ -23,7 +23,7 @@ from tests.test_load import expected_pixels, max_pixel_diff, png_bytes, sample_r
 
 OP = "grayscale"                 # primary of worker-python, so strips go there first
 STRIPS = 4
-FAST_TIMEOUTS = {"COORDINATOR_READ_TIMEOUT": "3", "COORDINATOR_CONNECT_TIMEOUT": "1",
+FAST_TIMEOUTS = {"COORDINATOR_READ_TIMEOUT": "2", "COORDINATOR_CONNECT_TIMEOUT": "1",
                  "COORDINATOR_HEALTH_TIMEOUT": "1", "COORDINATOR_MAX_ATTEMPTS": "4"}
 
 
@@ -245,3 +245,69 @@ def test_cli_success_writes_the_right_pixels(fleet, tmp_path):
     from PIL import Image
 
     assert max_pixel_diff(Image.open(out), expected_pixels(image, OP)) <= 1
+
+
+# -- a slow link made by the kernel: tc tbf on the loopback of a throwaway namespace ------------
+
+WAIT_HEALTHY = """
+import sys, time, urllib.request
+deadline = time.monotonic() + 40
+for url in sys.argv[1:]:
+    while True:
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=2).read()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                sys.exit(f"{url} not healthy")
+            time.sleep(0.2)
+"""
+
+
+def test_slow_link_via_tbf_completes_then_times_out_cleanly(tmp_path):
+    from tests.conftest import skip_or_fail
+    from tests.support import netns
+    from tests.support.procs import worker_command
+
+    reason = netns.available()
+    if reason:
+        skip_or_fail(f"tbf slow link: {reason}")
+    image = sample_rgb(160, 96, seed=8)
+    source, out = tmp_path / "in.png", tmp_path / "out.png"
+    source.write_bytes(png_bytes(image))
+    with netns.SlowLoopback(rate="4mbit") as ns:
+        urls = []
+        for runtime, port in (("python", 5001), ("nodejs", 5002)):
+            command, cwd = worker_command(runtime)
+            env = {**os.environ, "WORKER_HOST": "127.0.0.1", "WORKER_PORT": str(port)}
+            env.pop("WORKER_TOKEN", None)
+            log = open(tmp_path / f"{runtime}.log", "wb")
+            ns.popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            urls.append(f"http://127.0.0.1:{port}")
+        ready = ns.run([sys.executable, "-c", WAIT_HEALTHY, *urls], capture_output=True, text=True,
+                       timeout=60)
+        assert ready.returncode == 0, ready.stderr + "".join(
+            (tmp_path / f"{r}.log").read_text()[-1000:] for r in ("python", "nodejs"))
+        args = ["process", str(source), "-o", str(out), "--plan", OP, "--strips", str(STRIPS),
+                "--workers", ",".join(urls)]
+        env = {**os.environ, **FAST_TIMEOUTS, "COORDINATOR_READ_TIMEOUT": "10"}
+        done = ns.run([sys.executable, "-m", "coordinator", *args], cwd=ROOT, env=env,
+                      capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        from PIL import Image
+
+        assert max_pixel_diff(Image.open(out), expected_pixels(image, OP)) <= 1
+        out.unlink()
+
+        # Now a link too slow for the configured timeout: one clear error, no output file.
+        ns.set_rate("32kbit")
+        env.update({"COORDINATOR_READ_TIMEOUT": "1", "COORDINATOR_MAX_ATTEMPTS": "2",
+                    "COORDINATOR_HEALTH_TIMEOUT": "3"})
+        started = time.monotonic()
+        done = ns.run([sys.executable, "-m", "coordinator", *args], cwd=ROOT, env=env,
+                      capture_output=True, text=True, timeout=120)
+        seconds = time.monotonic() - started
+    assert done.returncode == 3, f"exit {done.returncode}: {done.stderr}"
+    assert "timed out" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+    assert seconds < 60, f"a 1 s timeout x 2 attempts took {seconds:.0f}s to give up"

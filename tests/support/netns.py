@@ -1,0 +1,80 @@
+"""A throwaway network namespace whose loopback is rate-limited by tc tbf (this kernel has no
+netem). Everything inside talks over 127.0.0.1 of the namespace, so no traffic leaves the host.
+
+    with SlowLoopback(rate="256kbit") as ns:
+        ns.popen(["node", "server.js"], ...)        # runs inside the namespace
+        ns.run([sys.executable, "-m", "coordinator", ...])
+
+Needs root (CAP_NET_ADMIN) and iproute2's `ip` and `tc`; `available()` says why not.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import uuid
+
+
+def available() -> str | None:
+    """None when namespaces can be made here, else the reason."""
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"iproute2's `{tool}` is not installed"
+    if os.geteuid() != 0:
+        return "creating a network namespace needs root"
+    probe = f"probe-{uuid.uuid4().hex[:8]}"
+    done = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"`ip netns add` failed: {done.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+class SlowLoopback:
+    def __init__(self, rate: str = "1mbit", burst: str = "16kb", latency: str = "200ms"):
+        self.name = f"rel-{uuid.uuid4().hex[:10]}"
+        self.rate, self.burst, self.latency = rate, burst, latency
+        self.processes: list[subprocess.Popen] = []
+
+    def _ip(self, *args: str) -> None:
+        done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
+        if done.returncode != 0:
+            raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+
+    def __enter__(self) -> "SlowLoopback":
+        self._ip("netns", "add", self.name)
+        try:
+            self._ip("netns", "exec", self.name, "ip", "link", "set", "lo", "up")
+            self._ip("netns", "exec", self.name, "tc", "qdisc", "add", "dev", "lo", "root", "tbf",
+                     "rate", self.rate, "burst", self.burst, "latency", self.latency)
+        except Exception:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.processes:      # started with start_new_session: kill the group
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=10)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=20)
+
+    def prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.name]
+
+    def popen(self, command: list[str], **kwargs) -> subprocess.Popen:
+        proc = subprocess.Popen(self.prefix() + command, start_new_session=True, **kwargs)
+        self.processes.append(proc)
+        return proc
+
+    def set_rate(self, rate: str) -> None:
+        self._ip("netns", "exec", self.name, "tc", "qdisc", "change", "dev", "lo", "root", "tbf",
+                 "rate", rate, "burst", self.burst, "latency", self.latency)
+        self.rate = rate
+
+    def run(self, command: list[str], **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(self.prefix() + command, **kwargs)
