@@ -109,7 +109,20 @@ def fault_rows(fleet: Fleet) -> list:
             text += " [known bug]"
         rows.append(("fault", name, text, ok, []))
     rows.append(cli_blackhole_row(pair))
+    rows.append(tbf_row())
     return rows
+
+
+def tbf_row() -> tuple:
+    from tests.support import netns
+    from tests.test_faults import tbf_slow_link
+
+    reason = netns.available()
+    if reason:
+        return ("fault", "slow link, tc tbf in a netns", f"not run: {reason}", False, [])
+    with tempfile.TemporaryDirectory() as tmp:
+        ok, what = tbf_slow_link(Path(tmp))
+    return ("fault", "slow link, tc tbf in a netns", what, ok, [])
 
 
 def cli_blackhole_row(pair: dict) -> tuple:
