@@ -1,6 +1,6 @@
 """`make bench`: the coordinator against the one-process bound and the original design.
 
-    python -m scripts.bench [--runs 5] [--megapixels 12] [--level 2]
+    python -m scripts.bench [--runs 5] [--megapixels 12] [--level 2] [--wires png,webp-lossless]
 
 Makes a photo-like JPEG in memory, starts both workers on free loopback ports, and times:
   (a) this coordinator, end to end: JPEG bytes in -> stitched PNG bytes out (seed plan,
@@ -16,6 +16,7 @@ choices for the final encode. Numbers are wall time on whatever else the machine
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import statistics
 import sys
@@ -28,6 +29,7 @@ import requests
 from PIL import Image, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
+WIRE_RUNS = 2
 sys.path.insert(0, str(ROOT / "worker-python"))
 
 from coordinator import imaging, pngfast  # noqa: E402
@@ -132,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--megapixels", type=float, default=12.0, help="input size (default 12)")
     parser.add_argument("--level", type=int, default=None,
                         help="PNG zlib level of (a) and (b) (default COORDINATOR_PNG_LEVEL's default)")
+    parser.add_argument("--wires", type=lambda text: [w for w in text.split(",") if w and w != "raw"],
+                        default=["png"], help="other strip wire formats to time against raw "
+                        "(default png; webp-lossless is slow: minutes at 12 MP)")
     args = parser.parse_args(argv)
     runs = max(1, args.runs)
     level = CoordinatorConfig().png_level if args.level is None else args.level
@@ -155,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                     parts["bytes"] = len(out)
                     samples[name].append(parts)
                     outputs[name] = out
+            wires = {"raw": samples["a"]}
+            for wire in args.wires:  # why auto picks raw on loopback
+                wire_config = dataclasses.replace(config, transport=wire)
+                wires[wire] = [coordinator_run(jpeg, wire_config, level)[1] for _ in range(WIRE_RUNS)]
             filters = filter_table(decoded(outputs["a"]), level)
         finally:
             for worker in workers:
@@ -186,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {text:58}{median(samples['a'], key):8.0f}")
     print(f"(b) spends {median(samples['b'], 'encode_ms'):.0f} ms in its PNG encode; "
           f"(c) spends {median(samples['c'], 'encode_ms'):.0f} ms in its final PNG encode")
+    print()
+    print(f"(a) with each wire format for strips (raw: median of {runs}; others: median of {WIRE_RUNS}):")
+    for wire, runs_of in wires.items():
+        print(f"  {wire:15}total {median(runs_of, 'total_ms'):6.0f} ms   dispatch {median(runs_of, 'dispatch_ms'):6.0f} ms")
     print()
     print(f"final encode, PNG filter choice at level {level} (median of 3):")
     for name, seconds, length in filters:
