@@ -7,7 +7,8 @@ from typing import Sequence
 
 from coordinator.page_chart import worker_host
 
-_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~$:])")
+# Inline Markdown and Streamlit's :color[...] directives; enough for one-line messages.
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]<>#|~$])")
 
 
 def escape_markdown(text: str) -> str:

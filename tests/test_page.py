@@ -147,7 +147,7 @@ def test_no_worker_reachable_shows_guidance_and_a_named_strip(monkeypatch):
     page = open_page(monkeypatch, [dead_url(), dead_url()])
     warnings = texts(page.warning)
     assert "make workers" in warnings and "clientCidr" in warnings
-    assert "unreachable" in texts(page.sidebar.markdown)
+    assert "unreachable: connection refused" in texts(page.sidebar.caption)
     upload(page, "colour.png", colourful_png())
     process(page)
     errors = texts(page.error)
