@@ -1,0 +1,152 @@
+"""`make bench`, batch part: `python -m coordinator process` on a batch of 4K photos against a
+local 2-process Pillow pool doing the same work.
+
+    python -m scripts.bench_batch [--images 20] [--runs 2] [--jobs 2]
+
+Writes N photo-like 3840x2160 JPEGs to a temporary directory, starts both workers on free
+loopback ports, and times, interleaved, wall clock from start to the last PNG written:
+  (a) `python -m coordinator process *.jpg -o OUT/ --jobs J` (seed plan, 2 strips, auto
+      transport = raw on loopback), as a user runs it (a fresh process each time);
+  (b) a multiprocessing pool of 2 processes, each image: Pillow decode, the Python worker's
+      own grayscale/sepia on the two halves, stitch, Pillow PNG at the same zlib level.
+Prints medians, images/s, (a)/(b) throughput (target >= 0.9) and bytes per image.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "worker-python"))
+
+from coordinator.config import CoordinatorConfig  # noqa: E402
+from tests.support.procs import start_worker  # noqa: E402
+from worker_python import imaging as python_ops  # noqa: E402
+
+WIDTH, HEIGHT = 3840, 2160
+
+
+def photo_4k(seed: int) -> bytes:
+    """A photo-like 3840x2160 JPEG (gradients, soft shapes, noise); seed varies the scene."""
+    rng = np.random.default_rng(seed)
+    phase = rng.uniform(0, 3, 3).astype(np.float32)
+    y = np.linspace(0, 1, HEIGHT, dtype=np.float32)[:, None]
+    x = np.linspace(0, 1, WIDTH, dtype=np.float32)[None, :]
+    red = 120 + 80 * np.sin(5 * x + 2 * y + phase[0]) * np.cos(3 * y)
+    green = 110 + 70 * np.cos(4 * y - 3 * x + phase[1]) + 30 * ((x - 0.6) ** 2 + (y - 0.4) ** 2 < 0.04)
+    blue = 100 + 60 * np.sin(8 * x * y + phase[2]) - 40 * (np.abs(x - y) < 0.05)
+    pixels = np.stack([red, green, blue], axis=-1)
+    pixels += rng.normal(0, 4, pixels.shape).astype(np.float32)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def pool_one(job: tuple[str, str, int]) -> int:
+    """(b) for one image; returns the PNG size."""
+    source, target, level = job
+    with Image.open(source) as image:
+        image = image.convert("RGB")
+    width, height = image.size
+    middle = height // 2
+    stitched = Image.new("RGB", (width, height))
+    stitched.paste(python_ops.apply("grayscale", image.crop((0, 0, width, middle))), (0, 0))
+    stitched.paste(python_ops.apply("sepia", image.crop((0, middle, width, height))), (0, middle))
+    stitched.save(target, "PNG", compress_level=level)
+    return os.path.getsize(target)
+
+
+def run_pool(inputs: list[Path], out: Path, level: int) -> float:
+    started = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        pool.map(pool_one, [(str(path), str(out / (path.stem + ".png")), level) for path in inputs], chunksize=1)
+    return time.perf_counter() - started
+
+
+def run_cli(inputs: list[Path], out: Path, urls: list[str], jobs: int, level: int) -> float:
+    command = [sys.executable, "-m", "coordinator", "process", *map(str, inputs), "-o", str(out), "--format", "png",
+               "--jobs", str(jobs), "--quiet", "--workers", ",".join(urls)]
+    env = {**os.environ, "COORDINATOR_PNG_LEVEL": str(level)}
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"coordinator exited {done.returncode}: {done.stderr.strip()[-500:]}")
+    return elapsed
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.glob("*.png"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.bench_batch", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=20, help="4K images in the batch (default 20)")
+    parser.add_argument("--runs", type=int, default=2, help="timed runs of each (default 2)")
+    parser.add_argument("--jobs", type=int, default=2, help="coordinator --jobs (default 2)")
+    args = parser.parse_args(argv)
+    images, runs = max(1, args.images), max(1, args.runs)
+    level = CoordinatorConfig().png_level
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
+        root = Path(tmp)
+        inputs = []
+        for index in range(images):
+            path = root / f"photo{index:02d}.jpg"
+            path.write_bytes(photo_4k(100 + index))
+            inputs.append(path)
+        input_mb = sum(path.stat().st_size for path in inputs) / images / 1e6
+        print(f"batch: {images} photo-like {WIDTH}x{HEIGHT} JPEGs ({input_mb:.1f} MB each), {runs} runs each, "
+              f"PNG level {level}, coordinator --jobs {args.jobs}; shared machine: treat small differences as noise")
+        workers = [start_worker("python", root), start_worker("nodejs", root)]
+        times: dict[str, list[float]] = {"a": [], "b": []}
+        sizes: dict[str, int] = {}
+        try:
+            urls = [worker.url for worker in workers]
+            for run in range(runs):  # interleaved, so background load hits both alike
+                for name in ("a", "b"):
+                    out = root / f"out-{name}-{run}"
+                    out.mkdir()
+                    if name == "a":
+                        times[name].append(run_cli(inputs, out, urls, args.jobs, level))
+                    else:
+                        times[name].append(run_pool(inputs, out, level))
+                    sizes[name] = folder_bytes(out)
+                    if len(list(out.glob("*.png"))) != images:
+                        print(f"error: ({name}) wrote {len(list(out.glob('*.png')))} of {images} outputs", file=sys.stderr)
+                        return 1
+            check = inputs[0].stem + ".png"
+            with Image.open(root / "out-a-0" / check) as got, Image.open(root / "out-b-0" / check) as want:
+                difference = int(np.abs(np.asarray(got, dtype=int) - np.asarray(want, dtype=int)).max())
+        finally:
+            for worker in workers:
+                worker.stop()
+    if difference > 1:
+        print(f"error: coordinator output differs from the pool's by {difference}", file=sys.stderr)
+        return 1
+    a, b = statistics.median(times["a"]), statistics.median(times["b"])
+    wire = WIDTH * HEIGHT * 3 * 2 + 2 * 2 * len(b"P6\n3840 1080\n255\n")  # raw PPM out and back
+    print()
+    print(f"{'':4}{'design':52}{'median s':>9}{'img/s':>7}{'PNG MB/img':>11}{'wire MB/img':>12}")
+    print(f"{'(a)':4}{'python -m coordinator process, 2 workers':52}{a:9.1f}{images / a:7.2f}"
+          f"{sizes['a'] / images / 1e6:11.1f}{wire / 1e6:12.1f}")
+    print(f"{'(b)':4}{'2-process Pillow pool, same ops, PNG level ' + str(level):52}{b:9.1f}{images / b:7.2f}"
+          f"{sizes['b'] / images / 1e6:11.1f}{0:12.1f}")
+    print()
+    print(f"throughput (a)/(b) = {b / a:.2f}x  (target >= 0.9x); runs (s): a={', '.join(f'{t:.1f}' for t in times['a'])}"
+          f"  b={', '.join(f'{t:.1f}' for t in times['b'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
