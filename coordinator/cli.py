@@ -156,10 +156,12 @@ class Progress:
     def __init__(self, enabled: bool, total_strips: int):
         self.bar = None
         if enabled:
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn
 
             self.bar = RichProgress(TextColumn("strips"), BarColumn(), MofNCompleteColumn(),
-                                    TextColumn("{task.description}"), transient=True)
+                                    TextColumn("{task.description}"), transient=True,
+                                    console=Console(stderr=True))
             self.task = self.bar.add_task("", total=total_strips)
 
     def __enter__(self):
@@ -170,6 +172,13 @@ class Progress:
     def __exit__(self, *exc_info):
         if self.bar:
             self.bar.stop()
+
+    def line(self, text: str) -> None:
+        """A line on stderr, above the bar while it is shown."""
+        if self.bar:
+            self.bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(text, file=sys.stderr)
 
     def on_event(self, event: StripEvent) -> None:
         if not self.bar:
@@ -220,7 +229,7 @@ def process_command(args: argparse.Namespace, config: CoordinatorConfig) -> int:
         if not args.quiet:
             with lock:
                 for line in strip_summary(name, result):
-                    print(line, file=sys.stderr)
+                    progress.line(line)
         return EXIT_OK
 
     with Progress(interactive, strips * len(args.inputs)) as progress:

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--megapixels", type=float, default=12.0, help="input size (default 12)")
     parser.add_argument("--level", type=int, default=None,
                         help="PNG zlib level of (a) and (b) (default COORDINATOR_PNG_LEVEL's default)")
-    parser.add_argument("--wires", type=lambda text: [w for w in text.split(",") if w and w != "raw"],
+    parser.add_argument("--wires", type=wire_list,
                         default=["png"], help="other strip wire formats to time against raw "
                         "(default png; webp-lossless is slow: minutes at 12 MP)")
     args = parser.parse_args(argv)
@@ -204,6 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, seconds, length in filters:
         print(f"  {name:6}{seconds * 1000:8.0f} ms{length / 1e6:8.1f} MB")
     return 0
+
+
+def wire_list(text: str) -> list[str]:
+    wires = [wire.strip() for wire in text.split(",") if wire.strip() and wire.strip() != "raw"]
+    unknown = [wire for wire in wires if wire not in ("png", "webp-lossless")]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown wire format {unknown[0]!r} (png, webp-lossless)")
+    return wires
 
 
 def filter_table(pixels: np.ndarray, level: int) -> list[tuple[str, float, int]]:
