@@ -188,7 +188,7 @@ def test_discovery_reports_a_hung_worker_without_failing(pair):
 
 def test_busy_worker_is_retried_after_retry_after(worker_factory):
     busy = worker_factory("python", {"WORKER_MAX_INFLIGHT": "1"})
-    config = config_for([busy.url], max_attempts=10, retry_after_max=0.2)
+    config = config_for([busy.url], max_attempts=20, retry_after_max=0.2)
     # Pretend it takes 8 at once, so our own per-worker cap does not hide its 503s.
     statuses = [dataclasses.replace(s, max_inflight=8) for s in discover(config)]
     pixels = photo(400, 300)
