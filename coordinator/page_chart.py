@@ -1,4 +1,4 @@
-"""Per-strip timing table and chart for the page (pure: strip results in, DataFrame/Vega-Lite out)."""
+"""Per-strip timing table and chart data for the page (pure: strip results in, DataFrames out)."""
 from __future__ import annotations
 
 from typing import Sequence
