@@ -258,6 +258,8 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
             request_started = time.perf_counter()
             try:
                 with WorkerSlots.for_worker(worker):
+                    if worker.url in router.down:  # it failed another strip while we queued for it
+                        raise StripFailed(f"skipped, {router.down[worker.url]}", retry=True, worker_down=True)
                     reply, response, received = send_strip(session, worker, strip, width, body, content_type,
                                                            wire, params, config, f"{job_id}-s{strip.index}-a{attempt}")
             except StripFailed as failure:
