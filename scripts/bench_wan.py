@@ -1,0 +1,200 @@
+"""`make bench`, WAN part: the coordinator against the original design over a 50 Mbit/s,
+40 ms RTT link.
+
+    python -m scripts.bench_wan [--runs 3] [--megapixels 12] [--rate-mbit 50] [--rtt-ms 40]
+
+Needs root and iproute2 (prints one `skip:` line and exits 0 otherwise). Builds a network
+namespace behind a veth pair with tbf on both ends and a delaying relay (scripts/wan.py),
+starts both workers inside it, measures the link, then times, interleaved, over that link:
+  (a) the coordinator, lossless (auto transport: JPEG rows cut without re-encoding up,
+      PNG replies down), JPEG bytes in -> stitched PNG out;
+  (a') the coordinator with lossless PNG both ways (what auto does for non-JPEG inputs);
+  (h) the coordinator with `--wire-quality high` (JPEG q95 replies);
+  (c) the original design, re-created in scripts/bench.py (PNG 6 strips one after the
+      other, multipart, the workers' default PNG reply, final PNG 6).
+Bytes on the wire are the veth's counters (headers included). Also prints a table of strip
+codecs: bytes, CPU and the transfer time they imply at the measured throughput.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+from coordinator import codecs, imaging, pngfast
+from coordinator.config import CoordinatorConfig
+from scripts import wan
+from scripts.bench import coordinator_run, decoded, one_process_run, original_run, photo_jpeg
+from tests.support.procs import ROOT, wait_http_ok, worker_command
+
+INNER_PORTS = {"python": 15001, "nodejs": 15002}
+OUTER_PORTS = {"python": 5001, "nodejs": 5002}
+PROBE_INNER, PROBE_OUTER = 15009, 5009
+
+
+def start_fleet(link: wan.WanLink, log_dir: Path) -> list[str]:
+    """Both workers and the probe inside the namespace, behind the relay; returns worker URLs."""
+    for runtime, port in INNER_PORTS.items():
+        command, cwd = worker_command(runtime)
+        link.spawn(command, cwd=cwd, log=log_dir / f"{runtime}.log",
+                   env={"WORKER_HOST": "127.0.0.1", "WORKER_PORT": str(port), "WORKER_LOG_LEVEL": "warning"})
+    link.spawn([sys.executable, "-m", "scripts.wan", "probe-server", "--port", str(PROBE_INNER)], cwd=ROOT)
+    time.sleep(0.3)
+    link.start_relay({**{OUTER_PORTS[r]: INNER_PORTS[r] for r in INNER_PORTS}, PROBE_OUTER: PROBE_INNER})
+    urls = [f"http://{link.ns_address}:{OUTER_PORTS[runtime]}" for runtime in INNER_PORTS]
+    for url in urls:
+        wait_http_ok(url + "/healthz", timeout=60)
+    return urls
+
+
+def timed(link: wan.WanLink, run) -> tuple[bytes, dict]:
+    sent, received = link.wire_bytes()
+    out, parts = run()
+    sent_after, received_after = link.wire_bytes()
+    parts["up_bytes"], parts["down_bytes"] = sent_after - sent, received_after - received
+    return out, parts
+
+
+def codec_table(jpeg: bytes, urls: list[str], link_mbit: tuple[float, float], level: int) -> list[str]:
+    """Upload codecs for the top strip (coordinator CPU) and reply codecs per runtime (worker CPU)."""
+    pixels = imaging.decode_pixels(jpeg, 10 ** 9)
+    height = pixels.shape[0]
+    rows = pixels[: height // 2]
+    up, down = (rate * 1e6 / 8 for rate in link_mbit)
+    lines = [f"strip codecs, top half ({rows.shape[1]}x{rows.shape[0]}); wire s = bytes / measured throughput",
+             f"  {'upload (coordinator encodes)':44}{'MB':>7}{'CPU ms':>8}{'wire s':>8}{'sum s':>7}"]
+
+    def up_row(name, encode):
+        started = time.perf_counter()
+        body = encode()
+        cpu = time.perf_counter() - started
+        lines.append(f"  {name:44}{len(body) / 1e6:7.2f}{cpu * 1000:8.0f}{len(body) / up:8.2f}{cpu + len(body) / up:7.2f}")
+
+    up_row("raw PPM", lambda: imaging.encode_ppm(rows))
+    up_row("PNG level 1 (pngfast, 1 thread)", lambda: pngfast.encode_png(rows, level=1, threads=1))
+    up_row(f"PNG level {level} (pngfast, 1 thread)", lambda: pngfast.encode_png(rows, level=level, threads=1))
+    up_row("WebP lossless, method 0", lambda: imaging.encode_strip(rows, "webp-lossless")[0])
+    source = codecs.jpeg_source(jpeg)
+    if source is not None:
+        up_row("JPEG rows cut by jpegtran (no re-encode)", lambda: codecs.jpeg_rows(source, 0, height // 2)[0])
+        body, cut_top, cut_bottom = codecs.jpeg_rows(source, 0, height // 2)
+        content_type = "image/jpeg"
+    else:
+        lines.append("  JPEG cut: jpegtran not found (Debian libjpeg-turbo-progs)")
+        body, content_type, cut_top, cut_bottom = imaging.encode_ppm(rows), "image/x-portable-pixmap", 0, height // 2
+    lines.append(f"  {'reply (worker encodes; X-Processing-Ms)':44}{'MB':>7}{'wk ms':>8}{'wire s':>8}{'sum s':>7}{'PSNR dB':>9}")
+    with requests.Session() as session:
+        for url, runtime, op in zip(urls, ("python", "nodejs"), ("grayscale", "sepia")):
+            exact = None
+            for label, query in (("raw", {"format": "raw"}),
+                                 ("PNG level 1", {"format": "png", "compression": "1"}),
+                                 ("PNG level 6", {"format": "png", "compression": "6"}),
+                                 (f"JPEG q{codecs.HIGH_QUALITY} (high)", {"format": "jpeg", "quality": str(codecs.HIGH_QUALITY)})):
+                reply = session.post(f"{url}/process", params={"op": op, **query}, data=body,
+                                     headers={"Content-Type": content_type}, timeout=120)
+                reply.raise_for_status()
+                got = imaging.decode_any(reply.content)
+                exact = got if exact is None else exact
+                quality = codecs.psnr(exact, got)
+                worker_s = float(reply.headers.get("X-Processing-Ms", "nan")) / 1000
+                wire_s = len(reply.content) / down
+                lines.append(f"  {runtime + ' ' + op + ', ' + label:44}{len(reply.content) / 1e6:7.2f}"
+                             f"{worker_s * 1000:8.0f}{wire_s:8.2f}{worker_s + wire_s:7.2f}"
+                             f"{'exact' if quality == float('inf') else f'{quality:.1f}':>9}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.bench_wan", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="timed runs of each (default 3)")
+    parser.add_argument("--megapixels", type=float, default=12.0, help="input size (default 12)")
+    parser.add_argument("--rate-mbit", type=float, default=50.0, help="link rate each way (default 50)")
+    parser.add_argument("--rtt-ms", type=float, default=40.0, help="round trip time (default 40)")
+    args = parser.parse_args(argv)
+    reason = wan.unavailable_reason()
+    if reason:
+        print(f"skip: WAN benchmark {reason}")
+        return 0
+    runs = max(1, args.runs)
+    level = CoordinatorConfig().png_level
+    jpeg = photo_jpeg(args.megapixels)
+    size = Image.open(io.BytesIO(jpeg)).size
+    with tempfile.TemporaryDirectory(prefix="bench-wan-") as tmp, \
+            wan.WanLink(rate_mbit=args.rate_mbit, delay_ms=args.rtt_ms / 2) as link:
+        urls = start_fleet(link, Path(tmp))
+        measured = wan.measure_link(link.ns_address, PROBE_OUTER)
+        print(f"WAN link: namespace {link.name}, veth {link.host_address} <-> {link.ns_address}, "
+              f"tbf {args.rate_mbit:g} Mbit/s each way + relay {args.rtt_ms / 2:g} ms each way")
+        print(f"  measured: RTT {measured.rtt_ms:.1f} ms, upload {measured.upload_mbit:.1f} Mbit/s, "
+              f"download {measured.download_mbit:.1f} Mbit/s")
+        print(f"input: {size[0]}x{size[1]} JPEG, {len(jpeg) / 1e6:.2f} MB; {runs} runs each; "
+              f"shared machine, other work may be running: treat small differences as noise")
+        print()
+        for line in codec_table(jpeg, urls, (measured.upload_mbit, measured.download_mbit), level):
+            print(line)
+        base = CoordinatorConfig(workers=tuple(urls), source="bench_wan", png_level=level, read_timeout=300)
+        designs = {"a": ("coordinator, lossless (auto: JPEG cut up, PNG down)", base),
+                   "p": ("coordinator, lossless, PNG both ways", dataclasses.replace(base, transport="png"))}
+        if "wire_quality" in {f.name for f in dataclasses.fields(CoordinatorConfig)}:
+            designs["h"] = (f"coordinator, --wire-quality high (JPEG q{codecs.HIGH_QUALITY} down)",
+                            dataclasses.replace(base, wire_quality="high"))
+        samples: dict[str, list[dict]] = {name: [] for name in (*designs, "c")}
+        outputs: dict[str, bytes] = {}
+        coordinator_run(jpeg, base, level)  # warm-up: imports, connections
+        for _ in range(runs):  # interleaved, so background load hits all alike
+            for name in samples:
+                if name == "c":
+                    out, parts = timed(link, lambda: original_run(jpeg, urls))
+                else:
+                    out, parts = timed(link, lambda: coordinator_run(jpeg, designs[name][1], level))
+                samples[name].append(parts)
+                outputs[name] = out
+    reference = decoded(one_process_run(jpeg, level)[0])
+    print()
+    print(f"end to end over the link: JPEG in -> PNG out ({runs} runs, medians)")
+    print(f"  {'':5}{'design':58}{'median s':>9}{'up MB':>7}{'down MB':>8}{'(c)/x':>7}{'vs exact':>10}")
+    original_s = statistics.median(p["total_ms"] for p in samples["c"]) / 1000
+    rows = [*((name, text) for name, (text, _) in designs.items()),
+            ("c", "original: PNG 6 strips one by one, PNG 6 replies, PNG 6 out")]
+    failed = False
+    for name, text in rows:
+        seconds = statistics.median(p["total_ms"] for p in samples[name]) / 1000
+        up = statistics.median(p["up_bytes"] for p in samples[name]) / 1e6
+        down = statistics.median(p["down_bytes"] for p in samples[name]) / 1e6
+        got = decoded(outputs[name])
+        if name == "h":
+            quality = codecs.psnr(reference, got)
+            verdict = f"{quality:.1f} dB"
+            failed |= quality < codecs.HIGH_PSNR_DB
+        else:
+            difference = int(np.abs(got.astype(int) - reference.astype(int)).max())
+            verdict = "exact" if difference == 0 else f"max {difference}"
+            failed |= difference > 1
+        print(f"  ({name}) {text:58}{seconds:9.2f}{up:7.1f}{down:8.1f}{original_s / seconds:7.1f}{verdict:>10}")
+    a = statistics.median(p["total_ms"] for p in samples["a"]) / 1000
+    print()
+    print(f"(c)/(a) = {original_s / a:.1f}x  (target >= 5x)")
+    print("where (a)'s time goes (medians, ms):")
+    for key, text in (("decode_ms", "decode JPEG"), ("discover_ms", "GET /healthz on both workers (1 RTT)"),
+                      ("dispatch_ms", "dispatch: cut/encode, upload, worker, download, decode, stitch"),
+                      ("worker_ms", "  of which the slower worker's own time (X-Processing-Ms)"),
+                      ("encode_ms", f"final PNG encode, level {level}")):
+        print(f"  {text:62}{statistics.median(p.get(key, 0) for p in samples['a']):8.0f}")
+    if failed:
+        print("error: an output is off (lossless differs from the one-process result, or high is under "
+              f"{codecs.HIGH_PSNR_DB} dB)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
