@@ -271,7 +271,8 @@ def test_bad_format(args):
 
 
 @pytest.mark.parametrize("args", [{"quality": "0"}, {"quality": "+5"}, {"quality": "9" * 10}, {"compression": "1.0"},
-                                  {"lossless": "yes"}, {"radius": "nan"}, {"radius": "inf"}, {"radius": "0"}])
+                                  {"lossless": "yes"}, {"radius": "nan"}, {"radius": "inf"}, {"radius": "0"},
+                                  {"radius": "1_0"}, {"radius": "-2"}, {"radius": " 2"}])
 def test_bad_encoding_options(args):
     with pytest.raises(ApiError) as caught:
         encoding_options(args)
@@ -281,6 +282,8 @@ def test_bad_encoding_options(args):
 def test_good_encoding_options():
     assert encoding_options({"quality": "7", "compression": "0", "lossless": "TRUE", "radius": "0.5"}) == \
         {"quality": 7, "compression": 0, "lossless": True, "radius": 0.5}
+    assert [encoding_options({"radius": raw})["radius"] for raw in ("2", ".5", "5.", "1e1", "50")] == \
+        [2.0, 0.5, 5.0, 10.0, 50.0]
 
 
 # ---------------------------------------------------------------- app factory (Flask test client)

@@ -24,6 +24,7 @@ BUSY_RETRY_AFTER_SECONDS = 1
 READ_CHUNK = 1 << 20
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 _INTEGER = re.compile(r"\d{1,6}")
+_NUMBER = re.compile(r"(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,3})?")  # no sign, "_", "inf" or "nan"
 _ACCEPT_TO_FORMAT = {mime: fmt for fmt, mime in imaging.MEDIA_TYPES.items()}
 _HTTP_CODES = {400: "bad_param", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                413: "too_large", 415: "unsupported_type"}
@@ -298,10 +299,7 @@ def encoding_options(args) -> dict:
         options["lossless"] = raw.lower() in ("true", "1")
     raw = args.get("radius")
     if raw is not None:
-        try:
-            radius = float(raw)
-        except ValueError:
-            radius = math.nan
+        radius = float(raw) if _NUMBER.fullmatch(raw) else math.nan
         if not 0 < radius <= imaging.MAX_RADIUS:  # also false for nan
             raise ApiError(400, "bad_param", f"radius must be a number > 0 and <= {imaging.MAX_RADIUS:g}, got {raw!r}")
         options["radius"] = radius
