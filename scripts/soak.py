@@ -43,7 +43,8 @@ class Fleet:
 
 
 def fuzz_rows(fleet: Fleet, cases: int, budget: float, bitflips: int, seed: int, rss: dict) -> list:
-    from tests.test_fuzz import broken_images, fuzz_contract, fuzz_decoders, lying_headers
+    from tests.test_fuzz import (LYING_HEADER_BUGS, broken_images, fuzz_contract, fuzz_decoders,
+                                 lying_headers)
     from tests.test_load import peak_rss_mb
 
     rows = []
@@ -63,10 +64,13 @@ def fuzz_rows(fleet: Fleet, cases: int, budget: float, bitflips: int, seed: int,
         decoder_cases = list(lying_headers()) + list(broken_images(bitflips, seed=seed))
         stats = fuzz_decoders(worker.url, decoder_cases)
         alive = worker.proc.poll() is None
+        known = [name for (bug_runtime, name) in LYING_HEADER_BUGS if bug_runtime == runtime
+                 and any(failure.startswith(f"{name}:") for failure in stats.failures)]
         statuses = ", ".join(f"{code}: {count}" for code, count in sorted(stats.by_status.items()))
         rows.append(("fuzz", f"decoders, worker-{runtime}",
                      f"{stats.cases} broken/lying files ({statuses}); 5xx {stats.server_errors}; "
-                     f"hangs/drops {stats.transport_errors}; unexpected {len(stats.failures)}",
+                     f"hangs/drops {stats.transport_errors}; unexpected {len(stats.failures)}"
+                     + (f" [known bugs: {', '.join(known)}]" if known else ""),
                      not stats.failures and alive, stats.failures[:3]))
         rss[worker.label] = peak_rss_mb(worker.pid)
     return rows

@@ -201,6 +201,38 @@ def test_failover_really_moved_the_strip_after_a_kill(fleet):
     assert all(strip.worker_url == nodejs.url for strip in result.strips if strip.failovers)
 
 
+def test_fault_proxy_modes_do_what_they_say(fleet):
+    """The injector itself: each mode really breaks what it claims to, and only /process."""
+    import requests
+    from PIL import Image
+
+    python, _ = fleet
+    body = png_bytes(sample_rgb(30, 20))
+    headers = {"Content-Type": "image/png"}
+
+    def process(proxy):
+        return requests.post(f"{proxy.url}/process?format=png", data=body, headers=headers, timeout=5)
+
+    with FaultProxy(python.url, mode="pass") as proxy:
+        assert Image.open(io.BytesIO(process(proxy).content)).size == (30, 20)
+        for mode, size in (("wrong_size", (29, 19)), ("one_column", (1, 20)), ("narrow", (29, 20))):
+            proxy.mode = mode
+            assert Image.open(io.BytesIO(process(proxy).content)).size == size, mode
+        proxy.mode = "garbage"
+        response = process(proxy)
+        assert response.status_code == 200 and not response.content.startswith(b"\x89PNG")
+        proxy.mode = "close_mid_response"
+        with pytest.raises(requests.RequestException):
+            process(proxy)
+        assert requests.get(f"{proxy.url}/healthz", timeout=5).status_code == 200
+        proxy.mode = "blackhole"
+        with pytest.raises(requests.Timeout):
+            requests.post(f"{proxy.url}/process", data=body, headers=headers, timeout=0.5)
+        assert proxy.faulted == 6
+    with pytest.raises(ValueError):
+        FaultProxy(python.url, mode="nonsense")
+
+
 # -- no worker can do it: one clear error, in time, and no output file -------------------------
 
 def run_cli(args: list[str], environ: dict, timeout: float = 60) -> subprocess.CompletedProcess:

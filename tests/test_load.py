@@ -222,13 +222,15 @@ def test_reference_formulas_catch_a_wrong_op():
     assert max_pixel_diff(image, expected_pixels(image, "invert")) > 1
 
 
-def test_fifty_jobs_under_backpressure_complete_correctly(pushy_fleet):
+def test_fifty_jobs_under_backpressure_complete_correctly(pushy_fleet, record_property):
     outcome = run_load([worker.url for worker in pushy_fleet])
     assert outcome.lost == 0, "\n".join(outcome.problems)
     assert outcome.completed + outcome.failed_cleanly == JOBS
     busy_logged = sum(busy_responses_in_log(worker.log_text()) for worker in pushy_fleet)
     assert busy_logged > 0, "no 503 busy in the worker logs: backpressure went untested"
     assert outcome.busy_retries > 0, "the engine never met a 503 busy, so its retry went untested"
-    for worker in pushy_fleet:
+    for worker, runtime in zip(pushy_fleet, ("python", "nodejs")):
         assert worker.proc.poll() is None, "a worker died under load"
-        assert peak_rss_mb(worker.pid) > 0
+        peak = peak_rss_mb(worker.pid)
+        assert peak > 0
+        record_property(f"peak_rss_mb_{runtime}", round(peak, 1))    # shown in --junitxml
