@@ -48,7 +48,7 @@ def start_fleet(link: wan.WanLink, log_dir: Path) -> list[str]:
         link.spawn(command, cwd=cwd, log=log_dir / f"{runtime}.log",
                    env={"WORKER_HOST": "127.0.0.1", "WORKER_PORT": str(port), "WORKER_LOG_LEVEL": "warning"})
     link.spawn([sys.executable, "-m", "scripts.wan", "probe-server", "--port", str(PROBE_INNER)], cwd=ROOT)
-    time.sleep(0.3)
+    link.wait_inner(PROBE_INNER)
     link.start_relay({**{OUTER_PORTS[r]: INNER_PORTS[r] for r in INNER_PORTS}, PROBE_OUTER: PROBE_INNER})
     urls = [f"http://{link.ns_address}:{OUTER_PORTS[runtime]}" for runtime in INNER_PORTS]
     for url in urls:

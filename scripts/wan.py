@@ -115,6 +115,21 @@ class WanLink:
         self.processes.append(proc)
         return proc
 
+    def wait_inner(self, port: int, timeout: float = 15) -> None:
+        """Wait until 127.0.0.1:port inside the namespace accepts connections."""
+        check = ("import socket, sys, time\n"
+                 f"deadline = time.monotonic() + {timeout}\n"
+                 "while time.monotonic() < deadline:\n"
+                 "    try:\n"
+                 f"        socket.create_connection(('127.0.0.1', {port}), timeout=1).close(); sys.exit(0)\n"
+                 "    except OSError:\n"
+                 "        time.sleep(0.05)\n"
+                 "sys.exit(1)\n")
+        done = subprocess.run(["ip", "netns", "exec", self.name, sys.executable, "-c", check],
+                              capture_output=True, timeout=timeout + 10)
+        if done.returncode != 0:
+            raise RuntimeError(f"nothing listens on 127.0.0.1:{port} in {self.name} after {timeout}s")
+
     def start_relay(self, ports: dict[int, int]) -> subprocess.Popen:
         """ns_address:outer -> 127.0.0.1:inner (inside the namespace), delayed each way."""
         routes = [f"{self.ns_address}:{outer}=127.0.0.1:{inner}" for outer, inner in ports.items()]
