@@ -24,7 +24,7 @@ from PIL import Image
 from referencing import Registry
 from referencing.jsonschema import DRAFT7
 
-from tests.support.procs import ROOT, RUNTIMES
+from tests.support.procs import ROOT, RUNTIMES, start_worker
 
 SPEC = json.loads((ROOT / "tests" / "contract" / "openapi.json").read_text())
 SCHEMAS = Registry().with_resource("urn:openapi", DRAFT7.create_resource(SPEC))
@@ -215,6 +215,20 @@ def test_healthz_shows_configured_limits_and_needs_no_token(strict_worker):
             assert body[key] == int(STRICT_ENV[env])
 
 
+@pytest.mark.parametrize("name, value", [("WORKER_PORT", "abc"), ("WORKER_MAX_INFLIGHT", "0"),
+                                         ("WORKER_GRACE_SECONDS", "-1"), ("WORKER_MAX_BYTES", "lots")])
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_bad_config_stops_start_up_with_one_line_and_exit_2(tmp_path, runtime, name, value):
+    worker = start_worker(runtime, tmp_path, {name: value}, wait=False)
+    try:
+        code = worker.proc.wait(timeout=20)
+    finally:
+        worker.stop()
+    lines = [line for line in worker.log_text().splitlines() if line.strip()]
+    assert code == 2, worker.log_text()[-500:]
+    assert len(lines) == 1 and name in lines[0], f"want one line naming {name}, got: {lines}"
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_build_id_from_environment(worker_factory, runtime):
     worker = worker_factory(runtime, {"WORKER_BUILD": "abc123"})
@@ -363,6 +377,18 @@ def test_good_parameters(any_worker, params):
     response = post(any_worker, vector_input("photo.png"), params={"op": "invert", **params})
     assert response.status_code == 200, response.text[:300]
     assert Image.open(io.BytesIO(response.content)).size == (17, 11)
+
+
+@pytest.mark.parametrize("default, explicit", [
+    ({"format": "png"}, {"format": "png", "compression": "6"}),
+    ({"format": "jpeg"}, {"format": "jpeg", "quality": "90"}),
+    ({"format": "webp"}, {"format": "webp", "quality": "90", "lossless": "false"}),
+], ids=["compression-6", "jpeg-quality-90", "webp-quality-90-lossy"])
+def test_parameter_defaults(any_worker, default, explicit):
+    """Encoders are deterministic, so the default must give the same bytes as the documented value."""
+    outputs = [post(any_worker, vector_input("photo.png"), params={"op": "sepia", **params}).content
+               for params in (default, explicit)]
+    assert outputs[0] == outputs[1]
 
 
 @pytest.mark.parametrize("params", [
