@@ -163,6 +163,7 @@ ALL_FAULTS = {
     "SIGSTOP mid-strip": fault_sigstop_mid_strip,
     "close mid-response": lambda p, n: fault_proxy_mode(p, n, "close_mid_response", "close mid-response"),
     "garbage image": lambda p, n: fault_proxy_mode(p, n, "garbage", "garbage image"),
+    "HTTP 500": lambda p, n: fault_proxy_mode(p, n, "server_error", "HTTP 500"),
     "wrong-size image": lambda p, n: fault_proxy_mode(p, n, "wrong_size", "wrong-size image"),
     "one-column image": lambda p, n: fault_proxy_mode(p, n, "one_column", "one-column image"),
     "one column short": lambda p, n: fault_proxy_mode(p, n, "narrow", "one column short"),
@@ -221,6 +222,8 @@ def test_fault_proxy_modes_do_what_they_say(fleet):
         proxy.mode = "garbage"
         response = process(proxy)
         assert response.status_code == 200 and not response.content.startswith(b"\x89PNG")
+        proxy.mode = "server_error"
+        assert process(proxy).status_code == 500
         proxy.mode = "close_mid_response"
         with pytest.raises(requests.RequestException):
             process(proxy)
@@ -228,7 +231,7 @@ def test_fault_proxy_modes_do_what_they_say(fleet):
         proxy.mode = "blackhole"
         with pytest.raises(requests.Timeout):
             requests.post(f"{proxy.url}/process", data=body, headers=headers, timeout=0.5)
-        assert proxy.faulted == 6
+        assert proxy.faulted == 7
     with pytest.raises(ValueError):
         FaultProxy(python.url, mode="nonsense")
 

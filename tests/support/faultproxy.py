@@ -12,6 +12,7 @@ the faulty worker, which is the point):
 - wrong_size           answers the real image cropped by one row and one column, re-encoded
 - one_column           answers the real image with every row but only its first column
 - narrow               answers the real image with every row, one column short
+- server_error         answers 500 with a JSON error body (a worker bug)
 - throttle             bytes forwarded at `rate` bytes/s each way, after `delay` seconds
 - blackhole            reads the request and never answers (a hung worker), until stop()
 """
@@ -27,7 +28,7 @@ import time
 from urllib.parse import urlsplit
 
 MODES = ("pass", "close_mid_response", "garbage", "wrong_size", "one_column", "narrow",
-         "throttle", "blackhole")
+         "server_error", "throttle", "blackhole")
 _CHUNK = 16384
 
 
@@ -189,6 +190,11 @@ class FaultProxy:
                 payload = _crop(payload, columns=None, rows=0)
             elif mode == "narrow":
                 payload = _crop(payload, columns=1, rows=0)
+            elif mode == "server_error":
+                status, reason = 500, "Internal Server Error"
+                payload = b'{"error": {"code": "internal", "message": "injected by faultproxy"}}'
+                out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-type"]
+                out_headers.append(("Content-Type", "application/json"))
             elif mode == "close_mid_response":
                 head = _head(status, reason, out_headers, len(payload))
                 client.sendall(head + payload[: len(payload) // 2])
