@@ -21,6 +21,7 @@ const ACCEPT_TO_FORMAT = {
   'image/x-portable-pixmap': 'raw',
 };
 const SELF_CHECK_EVERY_MS = 10_000;
+const LARGE_REQUEST_BYTES = 1_000_000;
 const BUSY_RETRY_AFTER_S = 1;
 const DRAINING_RETRY_AFTER_S = 5;
 const REQUEST_ID_PATTERN = /^[\x21-\x7e][\x20-\x7e]{0,127}$/;
@@ -218,7 +219,7 @@ async function defaultSelfCheck() {
   const tiny = { width: 2, height: 2, data: Buffer.from(SELF_CHECK_PIXELS) };
   const png = await image.encodeImage(tiny, 'png', {});
   const result = await image.processImage(png, { op: PRIMARY_OP, format: 'png', maxPixels: 4 });
-  const roundTrip = await image.decodeImage(result.body, { maxPixels: 4 });
+  const roundTrip = await image.decodeImage(Buffer.concat(result.parts), { maxPixels: 4 });
   const expected = image.sepiaInPlace(Buffer.from(SELF_CHECK_PIXELS));
   if (!roundTrip.data.equals(expected)) return 'self-check image came back with wrong pixels';
   return null;
@@ -228,10 +229,14 @@ async function defaultSelfCheck() {
 
 /**
  * The Express app. `options.logger` is required; `options.selfCheck` (async () => reason|null)
- * replaces the built-in one in tests. app.locals.worker holds the live state that
+ * replaces the built-in one in tests; `options.afterLargeRequest` runs once a request that
+ * moved megabytes is over (server.js uses it to return big buffers to the OS promptly).
+ * app.locals.worker holds the live state that
  * server.js drives: startDraining() and the in-flight count.
  */
-function buildApp(config, { logger, selfCheck = defaultSelfCheck, now = () => Date.now() } = {}) {
+function buildApp(config, {
+  logger, selfCheck = defaultSelfCheck, now = () => Date.now(), afterLargeRequest = () => {},
+} = {}) {
   if (!logger) throw new Error('buildApp needs a logger');
   const app = express();
   app.disable('x-powered-by');
@@ -291,6 +296,7 @@ function buildApp(config, { logger, selfCheck = defaultSelfCheck, now = () => Da
         bytes_out: Number(res.get('content-length') || 0),
       };
       if (!res.writableFinished) fields.aborted = true;
+      if (fields.bytes_in + fields.bytes_out >= LARGE_REQUEST_BYTES) setImmediate(afterLargeRequest);
       if (req.path === '/healthz' && res.statusCode === 200) logger.debug('request', fields);
       else logger.info('request', fields);
     });
@@ -385,17 +391,19 @@ function buildApp(config, { logger, selfCheck = defaultSelfCheck, now = () => Da
       throw new HttpError(400, 'missing_image', isMultipart ? 'multipart body has no file field "image"' : 'request body is empty');
     }
     const started = process.hrtime.bigint();
-    const result = await image.processImage(input, { ...job, maxPixels: config.maxPixels });
+    // The body is ours alone, so the image code may work inside it.
+    const result = await image.processImage(input, { ...job, maxPixels: config.maxPixels, reuseInput: true });
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
     if (res.destroyed) return;
     if (state.draining) res.set('Connection', 'close');
     res.status(200);
     res.set({
       'Content-Type': result.contentType,
-      'Content-Length': String(result.body.length),
+      'Content-Length': String(result.length),
       'X-Processing-Ms': ms.toFixed(2),
     });
-    res.end(result.body);
+    const last = result.parts.length - 1;
+    result.parts.forEach((part, index) => (index === last ? res.end(part) : res.write(part)));
   }
 
   app.all('/healthz', (req, res) => {

@@ -103,15 +103,16 @@ function parsePnmHeader(buf) {
   return { magic, width, height, maxval, offset: pos + 1 };
 }
 
-function decodePnm(buf, header) {
+function decodePnm(buf, header, reuseInput) {
   const { magic, width, height, maxval, offset } = header;
   const samplesPerPixel = magic === 'P6' ? 3 : 1;
   const bytesPerSample = maxval > 255 ? 2 : 1;
   const count = width * height * samplesPerPixel;
   if (buf.length - offset < count * bytesPerSample) throw badImage('PPM pixel data is truncated');
+  const direct = bytesPerSample === 1 && maxval === 255 ? buf.subarray(offset, offset + count) : null;
   let samples;
-  if (bytesPerSample === 1 && maxval === 255) {
-    samples = buf.subarray(offset, offset + count);
+  if (direct) {
+    samples = direct;
   } else {
     samples = Buffer.allocUnsafe(count);
     for (let i = 0; i < count; i += 1) {
@@ -121,8 +122,9 @@ function decodePnm(buf, header) {
     }
   }
   if (samplesPerPixel === 3) {
-    // Copy so the result never aliases the caller's request body.
-    return { width, height, data: Buffer.from(samples) };
+    if (samples !== direct) return { width, height, data: samples };
+    // With reuseInput the op works on the caller's bytes in place: no 18 MB copy per strip.
+    return { width, height, data: reuseInput ? samples : Buffer.from(samples) };
   }
   return { width, height, data: grayToRgb(samples) };
 }
@@ -139,9 +141,13 @@ function grayToRgb(gray) {
 }
 
 /** Binary PPM (P6, maxval 255) of an RGB image. */
-function encodePpm({ width, height, data }) {
-  const header = Buffer.from(`P6\n${width} ${height}\n255\n`, 'latin1');
-  return Buffer.concat([header, data], header.length + data.length);
+function ppmHeader({ width, height }) {
+  return Buffer.from(`P6\n${width} ${height}\n255\n`, 'latin1');
+}
+
+function encodePpm(image) {
+  const header = ppmHeader(image);
+  return Buffer.concat([header, image.data], header.length + image.data.length);
 }
 
 // ---------------------------------------------------------------- BMP
@@ -322,9 +328,10 @@ async function readHeader(buf) {
 /**
  * Decodes any accepted format to 8-bit RGB, refusing images whose header declares more than
  * maxPixels before any pixel is decoded. EXIF orientation applied, alpha dropped, 16-bit
- * scaled by >> 8, gray expanded to three channels, first frame only.
+ * scaled by >> 8, gray expanded to three channels, first frame only. With reuseInput, a
+ * binary PPM is worked on in place inside `buf` (the caller gives the bytes up).
  */
-async function decodeImage(buf, { maxPixels }) {
+async function decodeImage(buf, { maxPixels, reuseInput = false }) {
   const header = await readHeader(buf);
   if (header.width * header.height > maxPixels) {
     throw new ImageError(
@@ -332,7 +339,7 @@ async function decodeImage(buf, { maxPixels }) {
       `image is ${header.width}x${header.height} = ${header.width * header.height} pixels, limit is ${maxPixels}`,
     );
   }
-  if (header.format === 'ppm') return decodePnm(buf, parsePnmHeader(buf));
+  if (header.format === 'ppm') return decodePnm(buf, parsePnmHeader(buf), reuseInput);
   if (header.format === 'bmp') return decodeBmp(buf, readBmpHeader(buf));
   let result;
   try {
@@ -416,9 +423,9 @@ function boxWeights(floatRadius) {
 }
 
 /** For each output position: the clamped indices that leave, enter and sit just outside the box. */
-function slidingIndices(length, radius, scale) {
+function slidingIndices(length, radius) {
   const last = length - 1;
-  const clamp = (i) => (i < 0 ? 0 : i > last ? last : i) * scale;
+  const clamp = (i) => (i < 0 ? 0 : i > last ? last : i);
   const leave = new Int32Array(length);
   const enter = new Int32Array(length);
   const beyond = new Int32Array(length);
@@ -433,49 +440,51 @@ function slidingIndices(length, radius, scale) {
   return { leave, enter, beyond, initial };
 }
 
-function horizontalBoxPass(src, dst, width, height, weights) {
-  const { radius, inner, edge } = weights;
-  const { leave, enter, beyond, initial } = slidingIndices(width, radius, 3);
-  const rowLength = width * 3;
-  for (let y = 0; y < height; y += 1) {
-    const row = y * rowLength;
-    let acc0 = 0;
-    let acc1 = 0;
-    let acc2 = 0;
-    for (const i of initial) {
-      acc0 += src[row + i];
-      acc1 += src[row + i + 1];
-      acc2 += src[row + i + 2];
-    }
-    for (let x = 0, out = row; x < width; x += 1, out += 3) {
-      const l = row + leave[x];
-      const e = row + enter[x];
-      const b = row + beyond[x];
-      acc0 += src[e] - src[l];
-      acc1 += src[e + 1] - src[l + 1];
-      acc2 += src[e + 2] - src[l + 2];
-      dst[out] = (acc0 * inner + (src[l] + src[b]) * edge + 8388608) >>> 24;
-      dst[out + 1] = (acc1 * inner + (src[l + 1] + src[b + 1]) * edge + 8388608) >>> 24;
-      dst[out + 2] = (acc2 * inner + (src[l + 2] + src[b + 2]) * edge + 8388608) >>> 24;
-    }
+/** One box pass along a row of RGB pixels: src[srcAt..] -> dst[dstAt..], `width` pixels. */
+function boxPassRow(src, srcAt, dst, dstAt, width, weights, indices) {
+  const { inner, edge } = weights;
+  const { leave, enter, beyond, initial } = indices;
+  let acc0 = 0;
+  let acc1 = 0;
+  let acc2 = 0;
+  for (const i of initial) {
+    const p = srcAt + i * 3;
+    acc0 += src[p];
+    acc1 += src[p + 1];
+    acc2 += src[p + 2];
+  }
+  for (let x = 0, out = dstAt; x < width; x += 1, out += 3) {
+    const l = srcAt + leave[x] * 3;
+    const e = srcAt + enter[x] * 3;
+    const b = srcAt + beyond[x] * 3;
+    acc0 += src[e] - src[l];
+    acc1 += src[e + 1] - src[l + 1];
+    acc2 += src[e + 2] - src[l + 2];
+    // Pillow: (acc * ww + (left + right) * fw + 2^23) >> 24, all below 2^32.
+    dst[out] = (acc0 * inner + (src[l] + src[b]) * edge + 8388608) >>> 24;
+    dst[out + 1] = (acc1 * inner + (src[l + 1] + src[b + 1]) * edge + 8388608) >>> 24;
+    dst[out + 2] = (acc2 * inner + (src[l + 2] + src[b + 2]) * edge + 8388608) >>> 24;
   }
 }
 
-/** The same box along columns, walked row by row so memory is read in order. */
-function verticalBoxPass(src, dst, width, height, weights) {
-  const { radius, inner, edge } = weights;
-  const rowLength = width * 3;
-  const { leave, enter, beyond, initial } = slidingIndices(height, radius, rowLength);
-  const acc = new Int32Array(rowLength);
+/**
+ * One box pass down a band of columns, walked row by row so memory is read in order.
+ * Rows are `bandBytes` wide; src and dst rows are `srcStride` / `dstStride` apart.
+ */
+function boxPassColumns(src, srcAt, srcStride, dst, dstAt, dstStride, bandBytes, height, weights, indices, acc) {
+  const { inner, edge } = weights;
+  const { leave, enter, beyond, initial } = indices;
+  acc.fill(0, 0, bandBytes);
   for (const i of initial) {
-    for (let k = 0; k < rowLength; k += 1) acc[k] += src[i + k];
+    const row = srcAt + i * srcStride;
+    for (let k = 0; k < bandBytes; k += 1) acc[k] += src[row + k];
   }
   for (let y = 0; y < height; y += 1) {
-    const l = leave[y];
-    const e = enter[y];
-    const b = beyond[y];
-    const out = y * rowLength;
-    for (let k = 0; k < rowLength; k += 1) {
+    const l = srcAt + leave[y] * srcStride;
+    const e = srcAt + enter[y] * srcStride;
+    const b = srcAt + beyond[y] * srcStride;
+    const out = dstAt + y * dstStride;
+    for (let k = 0; k < bandBytes; k += 1) {
       const sum = acc[k] + src[e + k] - src[l + k];
       acc[k] = sum;
       dst[out + k] = (sum * inner + (src[l + k] + src[b + k]) * edge + 8388608) >>> 24;
@@ -483,23 +492,38 @@ function verticalBoxPass(src, dst, width, height, weights) {
   }
 }
 
+const BLUR_BAND_PIXELS = 256;
+
 /**
- * Pillow's ImageFilter.GaussianBlur(sigma) on an RGB image. Six passes ping-pong between
- * `data` and one scratch buffer, so the result lands back in `data` (which is overwritten).
+ * Pillow's ImageFilter.GaussianBlur(sigma) on an RGB image, in place in `data`: three
+ * horizontal passes, then three vertical ones (rounding makes the order matter), as Pillow
+ * does. Scratch memory is a few rows and one band of columns, never a second whole image.
  */
 function gaussianBlurInPlace({ width, height, data }, sigma) {
   const weights = boxWeights(boxRadiusForGaussian(sigma));
-  const scratch = Buffer.allocUnsafe(data.length);
-  // Pillow skips a direction whose box radius is exactly 0.0; with sigma > 0 it never is.
-  let src = data;
-  let dst = scratch;
-  // All horizontal passes first, then all vertical ones: rounding makes the order matter.
-  for (const pass of [horizontalBoxPass, horizontalBoxPass, horizontalBoxPass,
-    verticalBoxPass, verticalBoxPass, verticalBoxPass]) {
-    pass(src, dst, width, height, weights);
-    [src, dst] = [dst, src];
+  const rowBytes = width * 3;
+
+  const across = slidingIndices(width, weights.radius);
+  const rowA = new Uint8Array(rowBytes);
+  const rowB = new Uint8Array(rowBytes);
+  for (let at = 0; at < data.length; at += rowBytes) {
+    boxPassRow(data, at, rowA, 0, width, weights, across);
+    boxPassRow(rowA, 0, rowB, 0, width, weights, across);
+    boxPassRow(rowB, 0, data, at, width, weights, across);
   }
-  return src; // six swaps: back in `data`
+
+  const down = slidingIndices(height, weights.radius);
+  const bandMax = Math.min(width, BLUR_BAND_PIXELS) * 3;
+  const bandA = new Uint8Array(bandMax * height);
+  const bandB = new Uint8Array(bandMax * height);
+  const acc = new Int32Array(bandMax);
+  for (let x0 = 0; x0 < rowBytes; x0 += bandMax) {
+    const band = Math.min(bandMax, rowBytes - x0);
+    boxPassColumns(data, x0, rowBytes, bandA, 0, band, band, height, weights, down, acc);
+    boxPassColumns(bandA, 0, band, bandB, 0, band, band, height, weights, down, acc);
+    boxPassColumns(bandB, 0, band, data, x0, rowBytes, band, height, weights, down, acc);
+  }
+  return data;
 }
 
 /** Applies one op to image.data in place and returns the image. */
@@ -543,12 +567,24 @@ async function encodeImage(image, format, { quality = 90, lossless = false, comp
   }
 }
 
-/** Decode, apply `op`, encode: the whole job for one request body. */
-async function processImage(buf, { op, format = 'png', maxPixels, ...params }) {
-  const decoded = await decodeImage(buf, { maxPixels });
+/**
+ * Decode, apply `op`, encode: the whole job for one request body (see decodeImage for
+ * reuseInput). The file comes back as `parts`, Buffers to send in order: raw output is its
+ * header and the pixels, so 18 MB of pixels are not copied just to prepend 20 bytes.
+ */
+async function processImage(buf, { op, format = 'png', maxPixels, reuseInput = false, ...params }) {
+  const decoded = await decodeImage(buf, { maxPixels, reuseInput });
   const processed = applyOperation(decoded, op, params);
-  const body = await encodeImage(processed, format, params);
-  return { body, contentType: CONTENT_TYPES[format], width: processed.width, height: processed.height };
+  const parts = format === 'raw'
+    ? [ppmHeader(processed), processed.data]
+    : [await encodeImage(processed, format, params)];
+  return {
+    parts,
+    length: parts.reduce((sum, part) => sum + part.length, 0),
+    contentType: CONTENT_TYPES[format],
+    width: processed.width,
+    height: processed.height,
+  };
 }
 
 module.exports = {
