@@ -142,6 +142,7 @@ def test_pixel_limit_applies_to_tiff_through_pillow_header():
     b"GIF89a" + bytes(3),
     b"\x89PNG\r\n\x1a\n" + b"garbage" * 10,
     b"P6\n4 4\n255\n" + bytes(5),
+    b"P6\n4 4\n65535\n" + bytes(95),
     b"BM" + bytes(60),
 ])
 def test_corrupt_inputs_are_bad_image(data):
@@ -159,6 +160,12 @@ def test_sixteen_bit_gray_is_shifted_not_clipped():
     assert got.tolist() == [[0, 0, 1, 127, 255]]
     as_int32 = imaging.to_rgb(Image.fromarray(values.astype(np.int32)))
     assert pixels(as_int32)[..., 0].tolist() == [[0, 0, 1, 127, 255]]
+
+
+def test_sixteen_bit_ppm_is_shifted_like_other_16_bit_inputs():
+    samples = np.array([[[0, 255, 256], [32767, 65280, 65535]]], ">u2")
+    image = imaging.decode(b"P6\n# sixteen\n2 1\n65535\n" + samples.tobytes(), 2)
+    assert pixels(image).tolist() == [[[0, 0, 1], [127, 255, 255]]]
 
 
 @pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "PA", "RGBA", "CMYK", "I", "F", "YCbCr"])

@@ -87,6 +87,24 @@ def huge_header_png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + crc
 
 
+def tiff16_rgb_bytes(rgb16: np.ndarray) -> bytes:
+    """A minimal uncompressed 16-bit RGB TIFF (little-endian, one strip): Pillow cannot write one."""
+    height, width = rgb16.shape[:2]
+    pixels = rgb16.astype("<u2").tobytes()
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, None), (259, 3, 1, 1), (262, 3, 1, 2),
+               (273, 4, 1, None), (277, 3, 1, 3), (278, 4, 1, height), (279, 4, 1, len(pixels)), (284, 3, 1, 1)]
+    ifd_size = 2 + 12 * len(entries) + 4
+    bits_offset = 8 + ifd_size
+    pixels_offset = bits_offset + 6
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        value = {258: bits_offset, 273: pixels_offset}.get(tag, value)
+        packed = struct.pack("<HH", value, 0) if kind == 3 and count == 1 else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", tag, kind, count) + packed
+    ifd += struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<HHH", 16, 16, 16) + pixels
+
+
 def save(image: Image.Image, fmt: str, **params) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **params)
@@ -154,6 +172,15 @@ def build_inputs() -> tuple[dict, dict]:
     ppm = photo_like(rng)
     inputs["photo.ppm"] = (ppm_bytes(ppm), "image/x-portable-pixmap", ppm)
 
+    ppm16 = photo_like(rng, top=65535)
+    ppm16[0, 1:4] = (255, 256, 32767)  # v >> 8, not v * 255 / 65535 rounded
+    inputs["rgb16.ppm"] = (f"P6\n{WIDTH} {HEIGHT}\n65535\n".encode() + ppm16.astype(">u2").tobytes(),
+                           "image/x-portable-pixmap", (ppm16 >> 8).astype(np.uint8))
+
+    tiff16 = photo_like(rng, top=65535)
+    tiff16[0, 1:4] = (255, 256, 32767)
+    inputs["rgb16.tiff"] = (tiff16_rgb_bytes(tiff16), "image/tiff", (tiff16 >> 8).astype(np.uint8))
+
     # EXIF orientation 6: stored 32x16, shown rotated 90 degrees clockwise as 16x32.
     # Four flat quadrants make a wrong or missing rotation fail by a wide margin.
     stored = np.zeros((16, 32, 3), np.uint8)
@@ -220,7 +247,7 @@ def main() -> None:
         lossy = name.endswith(".jpg")
         if lossy:
             reference = decoded_jpeg_reference(data)
-        else:
+        elif name != "rgb16.ppm":  # Pillow reads 16-bit PPM as round(v / 257), not v >> 8
             check_roundtrip(name, data, reference)
         height, width = reference.shape[:2]
         manifest["inputs"][name] = {"content_type": content_type, "width": width, "height": height,

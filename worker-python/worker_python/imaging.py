@@ -217,9 +217,29 @@ def open_checked(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
+_PPM16_HEADER = re.compile(rb"P6(?:\s+|#[^\n]*\n)+(\d+)(?:\s+|#[^\n]*\n)+(\d+)(?:\s+|#[^\n]*\n)+65535\s")
+
+
+def _ppm16_high_bytes(data: bytes) -> Image.Image | None:
+    """A 16-bit (maxval 65535) PPM as 8-bit RGB by v >> 8, as the contract says for 16-bit
+    samples; Pillow would scale by round(v / 257). None for any other PPM."""
+    header = _PPM16_HEADER.match(data[:1024])
+    if not header:
+        return None
+    width, height = int(header[1]), int(header[2])
+    samples = data[header.end():header.end() + width * height * 6]
+    if len(samples) < width * height * 6:
+        raise BadImage("cannot decode PPM: image file is truncated")
+    return Image.frombytes("RGB", (width, height), samples[0::2])  # big-endian: high byte first
+
+
 def decode(data: bytes, max_pixels: int) -> Image.Image:
     """Any accepted input as 8-bit RGB, EXIF orientation applied, first frame only."""
     image = open_checked(data, max_pixels)
+    if image.format == "PPM":
+        high = _ppm16_high_bytes(data)
+        if high is not None:
+            return high
     try:
         image.load()
     except Image.DecompressionBombError as exc:
