@@ -232,3 +232,40 @@ def os_commonprefix(items: list[str]) -> str:
     import os
 
     return os.path.commonprefix(items)
+
+
+# -- claim: an anonymous caller cannot starve a worker by holding connections open -----------
+
+SLOW_CONNECTIONS = 12       # twice worker-python's threads at the default WORKER_MAX_INFLIGHT=4
+
+
+@pytest.mark.parametrize("runtime", [
+    pytest.param("python", marks=pytest.mark.xfail(strict=True, reason=(
+        "worker-python bug (slowloris): gunicorn's gthread worker gives each new connection a "
+        "thread that blocks reading the request headers with no timeout; 6 idle connections "
+        "(threads = WORKER_MAX_INFLIGHT + 2), no token needed, make /healthz and /process hang"))),
+    "nodejs"])
+def test_idle_connections_without_a_token_do_not_starve_the_worker(runtime, worker_factory):
+    import socket
+    from urllib.parse import urlsplit
+
+    worker = worker_factory(runtime, {"WORKER_TOKEN": TOKEN})
+    parts = urlsplit(worker.url)
+    sockets = []
+    try:
+        for _ in range(SLOW_CONNECTIONS):
+            sock = socket.create_connection((parts.hostname, parts.port), timeout=5)
+            sock.sendall(b"POST /process HTTP/1.1\r\nHost: x\r\n")     # and never the rest
+            sockets.append(sock)
+        time.sleep(0.5)
+        try:
+            health = requests.get(f"{worker.url}/healthz", timeout=3)
+        except requests.RequestException as exc:
+            pytest.fail(f"/healthz did not answer with {SLOW_CONNECTIONS} idle connections open: "
+                        f"{type(exc).__name__}")
+        assert health.status_code == 200
+        response = post(worker.url, png_bytes(sample_rgb(8, 8)), {"Authorization": f"Bearer {TOKEN}"})
+        assert response.status_code == 200
+    finally:
+        for sock in sockets:
+            sock.close()
