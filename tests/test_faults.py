@@ -164,6 +164,7 @@ ALL_FAULTS = {
     "close mid-response": lambda p, n: fault_proxy_mode(p, n, "close_mid_response", "close mid-response"),
     "garbage image": lambda p, n: fault_proxy_mode(p, n, "garbage", "garbage image"),
     "HTTP 500": lambda p, n: fault_proxy_mode(p, n, "server_error", "HTTP 500"),
+    "decompression-bomb reply": lambda p, n: fault_proxy_mode(p, n, "bomb", "decompression-bomb reply"),
     "wrong-size image": lambda p, n: fault_proxy_mode(p, n, "wrong_size", "wrong-size image"),
     "one-column image": lambda p, n: fault_proxy_mode(p, n, "one_column", "one-column image"),
     "one column short": lambda p, n: fault_proxy_mode(p, n, "narrow", "one column short"),
@@ -175,6 +176,11 @@ ALL_FAULTS = {
 
 # Known bugs, kept visible; strict, so a fix turns these red until the entry is removed.
 FAULT_BUGS: dict[str, str] = {
+    "decompression-bomb reply": "coordinator bug: imaging.decode_any lets PIL.Image."
+                                "DecompressionBombError (not an OSError) escape, so a reply whose "
+                                "PNG header claims 60000x60000 ends run_job with a non-"
+                                "CoordinatorError instead of a retry on another worker; it also "
+                                "decodes before comparing the declared size with the strip's",
     # Fixed in a5d352e (coordinator checks the reply's width): "one-column image" was stitched
     # by numpy broadcasting (wrong pixels, 200), "one column short" raised a ValueError.
 }

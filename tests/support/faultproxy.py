@@ -13,6 +13,7 @@ the faulty worker, which is the point):
 - one_column           answers the real image with every row but only its first column
 - narrow               answers the real image with every row, one column short
 - server_error         answers 500 with a JSON error body (a worker bug)
+- bomb                 answers 200 with a tiny PNG whose header declares 60000x60000 pixels
 - throttle             bytes forwarded at `rate` bytes/s each way, after `delay` seconds
 - blackhole            reads the request and never answers (a hung worker), until stop()
 """
@@ -28,7 +29,7 @@ import time
 from urllib.parse import urlsplit
 
 MODES = ("pass", "close_mid_response", "garbage", "wrong_size", "one_column", "narrow",
-         "server_error", "throttle", "blackhole")
+         "server_error", "bomb", "throttle", "blackhole")
 _CHUNK = 16384
 
 
@@ -190,6 +191,10 @@ class FaultProxy:
                 payload = _crop(payload, columns=None, rows=0)
             elif mode == "narrow":
                 payload = _crop(payload, columns=1, rows=0)
+            elif mode == "bomb":
+                payload = _bomb_png(60000, 60000)
+                out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-type"]
+                out_headers.append(("Content-Type", "image/png"))
             elif mode == "server_error":
                 status, reason = 500, "Internal Server Error"
                 payload = b'{"error": {"code": "internal", "message": "injected by faultproxy"}}'
@@ -241,3 +246,19 @@ def _crop(payload: bytes, columns: int | None, rows: int) -> bytes:
     else:
         cropped.save(out, format=fmt)
     return out.getvalue()
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose IHDR (CRC fixed) claims width x height: a decoder that trusts it
+    would allocate width*height*3 bytes."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(out, format="PNG")
+    data = out.getvalue()
+    ihdr = bytearray(data[12:29])
+    ihdr[4:12] = struct.pack(">II", width, height)
+    return data[:12] + bytes(ihdr) + struct.pack(">I", zlib.crc32(bytes(ihdr))) + data[33:]
