@@ -18,7 +18,7 @@ from coordinator import imaging
 from coordinator.config import TRANSPORTS, CoordinatorConfig, load_config
 from coordinator.discovery import WorkerStatus, discover
 from coordinator.engine import JobResult, StripEvent, make_session, run_job
-from coordinator.errors import CoordinatorError, InputError, NoWorkerError
+from coordinator.errors import CoordinatorError, InputError
 from coordinator.plan import BLUR_RADIUS_DEFAULT
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_NO_WORKER = 0, 1, 2, 3
@@ -48,7 +48,8 @@ def build_parser() -> Parser:
     process.add_argument("inputs", nargs="+", metavar="IN", help="input image files")
     process.add_argument("-o", "--output", required=True, metavar="OUT", help="output file, or directory for a batch")
     process.add_argument("--plan", default="seed",
-                         help="seed (grayscale/sepia alternating), one op for all strips, or a comma list, one per strip")
+                         help="seed (grayscale/sepia alternating), one op for all strips, "
+                              "or a comma list, one per strip")
     process.add_argument("--strips", type=int, default=None,
                          help="number of horizontal strips (default 2, or the length of a comma-list plan)")
     process.add_argument("--radius", type=float, default=BLUR_RADIUS_DEFAULT, help="blur radius, 0 < r <= 50")

@@ -56,13 +56,13 @@ def check_worker(url: str, timeout: float, session: requests.Session) -> WorkerS
         return WorkerStatus(url, False, latency_ms=latency, error=f"/healthz HTTP {response.status_code} is not JSON")
     if not isinstance(body, dict):
         return WorkerStatus(url, False, latency_ms=latency, error="/healthz did not return an object")
-    operations = body.get("operations")
+    operations, inflight = body.get("operations"), body.get("max_inflight")
     status = WorkerStatus(
         url=url, ok=False, service=body.get("service"), runtime=body.get("runtime"),
         version=body.get("version"), primary=body.get("primary"),
         operations=tuple(op for op in operations if isinstance(op, str)) if isinstance(operations, list) else (),
         latency_ms=latency,
-        max_inflight=body["max_inflight"] if isinstance(body.get("max_inflight"), int) and body["max_inflight"] > 0 else 4,
+        max_inflight=inflight if isinstance(inflight, int) and inflight > 0 else 4,
     )
     if response.status_code != 200 or body.get("status") != "ok":
         reason = body.get("reason") or body.get("status") or "not ok"

@@ -82,9 +82,12 @@ class JobResult:
 class StripFailed(Exception):
     """One attempt failed; `retry` says whether another worker may succeed."""
 
-    def __init__(self, reason: str, retry: bool, worker_down: bool = False, retry_after: float = 0.0):
+    def __init__(self, reason: str, retry: bool, worker_down: bool = False, retry_after: float = 0.0,
+                 skip_worker: bool = False):
         super().__init__(reason)
         self.reason, self.retry, self.worker_down, self.retry_after = reason, retry, worker_down, retry_after
+        # Not worth another try on this worker for this strip (down, refused, wrong token).
+        self.skip_worker = skip_worker or worker_down or not retry
 
 
 class WorkerSlots:
@@ -123,7 +126,7 @@ class Router:
                 return None
 
             def cost(worker: WorkerStatus):
-                own = worker.primary == op or (spec.primary_runtime is not None and worker.runtime == spec.primary_runtime)
+                own = worker.primary == op or (spec.primary_runtime or "") == worker.runtime
                 return (tried[worker.url], self.load[worker.url] + (0 if own else 1), self.load[worker.url])
 
             chosen = min(candidates, key=cost)
@@ -159,7 +162,8 @@ def error_reason(response: requests.Response, content: bytes) -> str:
 
 
 def send_strip(session: requests.Session, worker: WorkerStatus, strip: Strip, width: int, body: bytes,
-               content_type: str, wire: str, params: dict, config: CoordinatorConfig, request_id: str) -> tuple[np.ndarray, requests.Response, int]:
+               content_type: str, wire: str, params: dict, config: CoordinatorConfig,
+               request_id: str) -> tuple[np.ndarray, requests.Response, int]:
     """POST one strip; returns its pixels (halo included), checked to be width x rows RGB,
     or raises StripFailed."""
     query = {"op": strip.op, **REPLY_QUERY[wire], **{name: str(params[name]) for name in OPERATIONS[strip.op].params}}
@@ -175,7 +179,7 @@ def send_strip(session: requests.Session, worker: WorkerStatus, strip: Strip, wi
     except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
         raise StripFailed(describe_exception(exc), retry=True, worker_down=True) from None
     if response.status_code == 401:
-        raise StripFailed(f"token rejected by {worker.url}", retry=True)
+        raise StripFailed(f"token rejected by {worker.url}", retry=True, skip_worker=True)
     if response.status_code == 503:
         try:
             retry_after = max(0.0, min(float(response.headers.get("Retry-After", "0")), config.retry_after_max))
@@ -227,7 +231,8 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
     job_id = uuid.uuid4().hex[:12]
     stitch_lock, stitch_seconds = threading.Lock(), [0.0]  # strips are stitched as they arrive
 
-    def emit(kind: str, strip: Strip, worker: WorkerStatus | None, attempt: int, message: str = "", elapsed: float = 0.0):
+    def emit(kind: str, strip: Strip, worker: WorkerStatus | None, attempt: int, message: str = "",
+             elapsed: float = 0.0) -> None:
         events.put(("event", StripEvent(kind, strip.index, strip.op, worker.url if worker else None,
                                         worker.runtime if worker else None, attempt, message, elapsed)))
 
@@ -267,14 +272,14 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
                 elapsed = (time.perf_counter() - request_started) * 1000
                 if failure.worker_down:
                     router.mark_down(worker.url, failure.reason)
-                if failure.worker_down or "token rejected" in failure.reason or not failure.retry:
+                if failure.skip_worker:
                     excluded.add(worker.url)
                 if failure.retry_after:
                     retry_after[worker.url] = failure.retry_after
                 if not failure.retry:
                     emit("failed", strip, worker, attempt, failure.reason, elapsed)
-                    raise NoWorkerError(strip.index, strip.op, failures,
-                                        summary=f"{worker.url} refused strip {strip.index + 1} (op {strip.op})") from None
+                    refused = f"{worker.url} refused strip {strip.index + 1} (op {strip.op})"
+                    raise NoWorkerError(strip.index, strip.op, failures, summary=refused) from None
                 emit("retry", strip, worker, attempt, failure.reason, elapsed)
                 continue
             total_ms = (time.perf_counter() - request_started) * 1000

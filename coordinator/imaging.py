@@ -35,7 +35,8 @@ def decode_pixels(data: bytes, max_pixels: int) -> np.ndarray:
         except Image.DecompressionBombError as exc:
             found = re.search(r"\((\d+) pixels\)", str(exc))
             count = found.group(1) if found else "far more"
-            raise InputError(f"image has {count} pixels, over the limit of {max_pixels} (COORDINATOR_MAX_PIXELS)") from None
+            raise InputError(f"image has {count} pixels, over the limit of {max_pixels} "
+                             "(COORDINATOR_MAX_PIXELS)") from None
         except UnidentifiedImageError:
             raise InputError(f"input is not an image ({len(data)} bytes of an unknown format)") from None
         except (OSError, ValueError, SyntaxError) as exc:

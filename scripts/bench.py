@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"(a) with each wire format for strips (raw: median of {runs}; others: median of {WIRE_RUNS}):")
     for wire, runs_of in wires.items():
-        print(f"  {wire:15}total {median(runs_of, 'total_ms'):6.0f} ms   dispatch {median(runs_of, 'dispatch_ms'):6.0f} ms")
+        total, dispatch = median(runs_of, "total_ms"), median(runs_of, "dispatch_ms")
+        print(f"  {wire:15}total {total:6.0f} ms   dispatch {dispatch:6.0f} ms")
     print()
     print(f"final encode, PNG filter choice at level {level} (median of 3):")
     for name, seconds, length in filters:
