@@ -14,7 +14,6 @@ import signal
 import socket
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest

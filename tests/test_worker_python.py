@@ -251,7 +251,7 @@ def test_webp_too_wide_is_refused_as_bad_param():
 
 def test_process_round_trip_from_ppm():
     rgb = np.random.default_rng(5).integers(0, 256, (7, 9, 3), dtype=np.uint8)
-    out = imaging.process(ppm_bytes(rgb), "grayscale", "raw", max_pixels=63)
+    out = imaging.encode(imaging.apply("grayscale", imaging.decode(ppm_bytes(rgb), max_pixels=63)), "raw")
     assert out == b"P6\n9 7\n255\n" + ref_grayscale(rgb).tobytes()
 
 

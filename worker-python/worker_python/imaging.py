@@ -331,15 +331,6 @@ def encode(image: Image.Image, fmt: str = "png", quality: int = 90, lossless: bo
     return buffer.getvalue()
 
 
-def process(data: bytes, op: str, fmt: str = "png", *, max_pixels: int, radius: float = DEFAULT_RADIUS,
-            quality: int = 90, lossless: bool = False, compression: int = 6) -> bytes:
-    """decode -> op -> encode: the whole job of one /process request."""
-    image = decode(data, max_pixels)
-    result = apply(op, image, radius)
-    del image  # frees the decoded pixels before encoding (peak memory on 6 MP strips)
-    return encode(result, fmt, quality=quality, lossless=lossless, compression=compression)
-
-
 def self_check() -> None:
     """A tiny image through decode, every op and every encoder; raises if any step is broken."""
     source = Image.new("RGB", (4, 3), (200, 100, 50))
