@@ -28,6 +28,7 @@ from coordinator.errors import NoWorkerError
 from coordinator.plan import OPERATIONS, Strip, check_params, parse_plan, plan_strips
 
 BACKOFF_CAP_SECONDS = 1.0
+MAX_STRIP_THREADS = 32
 REPLY_QUERY = {"raw": {"format": "raw"}, "png": {"format": "png", "compression": "1"},
                "webp-lossless": {"format": "webp", "lossless": "true"}}
 
@@ -216,7 +217,7 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
     params = check_params(ops, params)
     layout = plan_strips(height, ops, params)
     own_session = session is None
-    session = session or make_session(len(layout))
+    session = session or make_session(min(len(layout), MAX_STRIP_THREADS))
     if workers is None:
         workers = discover(config, session)
     discovered = time.perf_counter()
@@ -304,7 +305,8 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
         except BaseException as exc:  # handed to the calling thread, which re-raises it
             events.put(("finished", strip.index, exc))
 
-    pool = ThreadPoolExecutor(max_workers=len(layout), thread_name_prefix="strip")
+    # Workers cap what runs at once (WorkerSlots); more threads than that would only wait.
+    pool = ThreadPoolExecutor(max_workers=min(len(layout), MAX_STRIP_THREADS), thread_name_prefix="strip")
     results: dict[int, StripResult] = {}
     failure: BaseException | None = None
     try:

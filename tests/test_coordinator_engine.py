@@ -235,3 +235,9 @@ def test_a_bad_reply_is_never_stitched(python_worker, nodejs_worker, mode, words
     failed_over = [s for s in result.strips if s.failovers]
     assert failed_over and all(s.worker_url == nodejs_worker.url for s in failed_over)
     assert words in failed_over[0].failovers[0]
+
+
+def test_many_strips_on_a_tall_narrow_image(local_fleet):
+    pixels = photo(300, 5)
+    result = run_job(png(pixels), config_for(local_fleet), plan="invert", strips=100)
+    assert len(result.strips) == 100 and np.array_equal(result.pixels, 255 - pixels)
