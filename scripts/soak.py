@@ -93,7 +93,9 @@ def load_rows(fleet: Fleet, jobs: int, threads: int, seed: int, rss: dict) -> li
 
 
 def fault_rows(fleet: Fleet) -> list:
-    from tests.test_faults import ALL_FAULTS, FAULT_BUGS
+    from tests.test_faults import ALL_FAULTS, FAULT_BUGS, fault_drip
+
+    ALL_FAULTS = {**ALL_FAULTS, "slow-drip reply": lambda p, n: fault_drip(p, n, bound_s=30)}
 
     rows = []
     pair = {}

@@ -145,6 +145,29 @@ def fault_proxy_mode(python, nodejs, mode: str, label: str, **proxy_args) -> Fau
     return judge(label, result, error, diff, fired, started)
 
 
+def fault_drip(python, nodejs, bound_s: float = 12) -> FaultOutcome:
+    """A reply that trickles in a byte every 0.5 s: each read succeeds, so only a deadline on
+    the whole strip can end it. The job must finish (failover) or fail within bound_s."""
+    image = sample_rgb(120, 90, seed=7)
+    box = {}
+    with FaultProxy(python.url, mode="drip", delay=0.5) as proxy:
+        started = time.monotonic()
+        worker = threading.Thread(target=lambda: box.update(out=run_and_check([proxy.url, nodejs.url], image)),
+                                  daemon=True)
+        worker.start()
+        worker.join(bound_s)
+        hung = worker.is_alive()
+        seconds = time.monotonic() - started
+    # Stopping the proxy closed the trickle, so the job thread ends now either way.
+    worker.join(30)
+    if hung:
+        return FaultOutcome("slow-drip reply", f"WRONG: still running after {bound_s:.0f}s "
+                            f"(read timeout {FAST_TIMEOUTS['COORDINATOR_READ_TIMEOUT']}s never fires)",
+                            False, seconds)
+    result, error, diff, _ = box.get("out", (None, "no result", None, None))
+    return judge("slow-drip reply", result, error, diff, [True], started)
+
+
 def judge(fault: str, result, error, diff, fired, started) -> FaultOutcome:
     seconds = time.monotonic() - started
     if not fired:
@@ -165,6 +188,7 @@ ALL_FAULTS = {
     "garbage image": lambda p, n: fault_proxy_mode(p, n, "garbage", "garbage image"),
     "HTTP 500": lambda p, n: fault_proxy_mode(p, n, "server_error", "HTTP 500"),
     "decompression-bomb reply": lambda p, n: fault_proxy_mode(p, n, "bomb", "decompression-bomb reply"),
+    "slow-drip reply": fault_drip,
     "wrong-size image": lambda p, n: fault_proxy_mode(p, n, "wrong_size", "wrong-size image"),
     "one-column image": lambda p, n: fault_proxy_mode(p, n, "one_column", "one-column image"),
     "one column short": lambda p, n: fault_proxy_mode(p, n, "narrow", "one column short"),
@@ -176,6 +200,10 @@ ALL_FAULTS = {
 
 # Known bugs, kept visible; strict, so a fix turns these red until the entry is removed.
 FAULT_BUGS: dict[str, str] = {
+    "slow-drip reply": "coordinator bug: engine.send_strip reads the reply with one unbounded "
+                       "response.raw.read(); a worker (or anything on the path) that sends a byte "
+                       "every 0.5 s never trips the 2 s read timeout, so the strip and the job hang "
+                       "for as long as the trickle lasts (no deadline per strip, no size cap)",
     "decompression-bomb reply": "coordinator bug: imaging.decode_any lets PIL.Image."
                                 "DecompressionBombError (not an OSError) escape, so a reply whose "
                                 "PNG header claims 60000x60000 ends run_job with a non-"

@@ -21,7 +21,7 @@ from tests.support.procs import ROOT
 OPENAPI = ROOT / "tests" / "contract" / "openapi.json"
 SEED = 20261128
 CONTRACT_CASES = 100        # per runtime in make test; soak runs >= 1000
-CONTRACT_BUDGET_S = 12.0
+CONTRACT_BUDGET_S = 10.0
 REQUEST_TIMEOUT_S = 10.0
 HUGE = 60000                # 60000 x 60000 = 3.6e9 pixels, far over WORKER_MAX_PIXELS
 

@@ -14,6 +14,8 @@ the faulty worker, which is the point):
 - narrow               answers the real image with every row, one column short
 - server_error         answers 500 with a JSON error body (a worker bug)
 - bomb                 answers 200 with a tiny PNG whose header declares 60000x60000 pixels
+- drip                 answers the real reply one byte every `delay` seconds (never a silent gap
+                       as long as a read timeout), until stop()
 - throttle             bytes forwarded at `rate` bytes/s each way, after `delay` seconds
 - blackhole            reads the request and never answers (a hung worker), until stop()
 """
@@ -29,7 +31,7 @@ import time
 from urllib.parse import urlsplit
 
 MODES = ("pass", "close_mid_response", "garbage", "wrong_size", "one_column", "narrow",
-         "server_error", "bomb", "throttle", "blackhole")
+         "server_error", "bomb", "drip", "throttle", "blackhole")
 _CHUNK = 16384
 
 
@@ -200,6 +202,13 @@ class FaultProxy:
                 payload = b'{"error": {"code": "internal", "message": "injected by faultproxy"}}'
                 out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-type"]
                 out_headers.append(("Content-Type", "application/json"))
+            elif mode == "drip":
+                client.sendall(_head(status, reason, out_headers, len(payload)))
+                for index in range(len(payload)):
+                    if self._stopping.wait(self.delay or 0.5):
+                        return
+                    client.sendall(payload[index:index + 1])
+                return
             elif mode == "close_mid_response":
                 head = _head(status, reason, out_headers, len(payload))
                 client.sendall(head + payload[: len(payload) // 2])
