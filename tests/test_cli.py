@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import pty
 import subprocess
 import sys
 
@@ -210,3 +211,30 @@ def test_png_output_decodes_like_pillow(local_fleet, tmp_path):
     red, green, blue = (pixels[..., channel].astype(np.uint32) for channel in range(3))
     gray = (19595 * red + 38470 * green + 7471 * blue + 32768) >> 16
     assert np.abs(out.astype(int) - gray[..., None].astype(int)).max() <= 1
+
+
+def test_progress_bar_only_on_a_terminal(local_fleet, tmp_path):
+    picture(tmp_path / "in.png", 200, 50)
+    controller, terminal = pty.openpty()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("COORDINATOR_")}
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "coordinator", "process", str(tmp_path / "in.png"), "-o",
+                                 str(tmp_path / "out.png"), "--strips", "4", "--workers", ",".join(local_fleet)],
+                                cwd=ROOT, env={**clean, "COLUMNS": "100"}, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=terminal)
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the terminal closed when the process exited
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(controller)
+    text = shown.decode(errors="replace")
+    assert "strips" in text and "\x1b[" in text  # rich drew the bar
+    assert text.count("strip ") >= 4 and "Traceback" not in text

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import os
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -56,7 +57,9 @@ def assert_close(actual: np.ndarray, wanted: np.ndarray) -> None:
 
 def test_seed_plan_routes_each_op_to_its_own_runtime(local_fleet):
     pixels = photo(121, 90)
-    result = run_job(png(pixels), config_for(local_fleet))
+    threads = set()
+    result = run_job(png(pixels), config_for(local_fleet), on_event=lambda e: threads.add(threading.get_ident()))
+    assert threads == {threading.get_ident()}  # events arrive on the caller's thread (Streamlit needs it)
     assert result.ops == ["grayscale", "sepia"]
     assert [s.runtime for s in result.strips] == ["python", "nodejs"]
     assert [(s.top, s.bottom) for s in result.strips] == [(0, 60), (60, 121)]
