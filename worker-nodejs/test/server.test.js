@@ -1,0 +1,63 @@
+'use strict';
+// server.js as a real process: SIGTERM drains and exits 0; a stuck request is cut off after
+// WORKER_GRACE_SECONDS with a non-zero exit.
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const net = require('node:net');
+const path = require('node:path');
+const { spawn } = require('node:child_process');
+
+function startServer(env) {
+  const child = spawn(process.execPath, [path.join(__dirname, '..', 'server.js')], {
+    env: { ...process.env, WORKER_HOST: '127.0.0.1', WORKER_PORT: '0', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  const exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
+  const listening = new Promise((resolve, reject) => {
+    child.stdout.on('data', (chunk) => {
+      output += chunk;
+      const match = /"msg":"listening".*?"port":(\d+)/.exec(output);
+      if (match) resolve(Number(match[1]));
+    });
+    exited.then((code) => reject(new Error(`server exited ${code} before listening: ${output}`)));
+  });
+  return { child, exited, listening, output: () => output };
+}
+
+async function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`timeout: ${what}`)), ms); });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+test('SIGTERM with nothing in flight exits 0', async () => {
+  const server = startServer({});
+  const port = await withTimeout(server.listening, 15_000, 'listening');
+  assert.equal((await fetch(`http://127.0.0.1:${port}/healthz`)).status, 200);
+  server.child.kill('SIGTERM');
+  assert.equal(await withTimeout(server.exited, 15_000, 'exit'), 0);
+  assert.match(server.output(), /"msg":"stopped"/);
+});
+
+test('a request still in flight after the grace period forces a non-zero exit', async () => {
+  const server = startServer({ WORKER_GRACE_SECONDS: '0.3' });
+  const port = await withTimeout(server.listening, 15_000, 'listening');
+  const socket = net.connect(port, '127.0.0.1');
+  socket.on('error', () => {});
+  socket.write('POST /process HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\nabc');
+  const deadline = Date.now() + 5000;
+  while ((await (await fetch(`http://127.0.0.1:${port}/healthz`)).json()).inflight !== 1) {
+    assert.ok(Date.now() < deadline, 'the held request never took its slot');
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  server.child.kill('SIGTERM');
+  assert.equal(await withTimeout(server.exited, 15_000, 'exit'), 1);
+  assert.match(server.output(), /grace period over/);
+  socket.destroy();
+});
