@@ -6,6 +6,7 @@ import json
 import logging
 import struct
 import subprocess
+import zlib
 import sys
 
 import numpy as np
@@ -379,3 +380,52 @@ def test_png_is_lossless_at_every_level(level):
     rgb = np.random.default_rng(level).integers(0, 256, (13, 21, 3), dtype=np.uint8)
     data = imaging.encode(Image.fromarray(rgb, "RGB"), "png", compression=level)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), rgb)
+
+
+# ---------------------------------------------------------------- data shorter than the header
+
+def interlaced_png(rgb: np.ndarray, keep_passes: int = 7) -> bytes:
+    """An Adam7 PNG written by hand (Pillow cannot write one); keep_passes < 7 drops data."""
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+    raw = b""
+    for x0, y0, dx, dy in passes[:keep_passes]:
+        sub = rgb[y0::dy, x0::dx]
+        if sub.size:
+            raw += b"".join(b"\x00" + row.tobytes() for row in sub)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", rgb.shape[1], rgb.shape[0], 8, 2, 0, 0, 1)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_interlaced_png_complete_and_short():
+    rgb = np.random.default_rng(9).integers(1, 256, (13, 11, 3), dtype=np.uint8)
+    assert np.array_equal(pixels(imaging.decode(interlaced_png(rgb), 1000)), rgb)
+    with pytest.raises(imaging.BadImage, match="pixel data ends"):
+        imaging.decode(interlaced_png(rgb, keep_passes=6), 1000)
+
+
+def test_png_with_fewer_rows_than_its_header_is_bad_image():
+    with pytest.raises(imaging.BadImage, match="pixel data ends"):
+        imaging.decode((VECTORS / "inputs" / "short_rows.png").read_bytes(), 10_000)
+
+
+def test_png_whose_last_row_is_black_is_fine():
+    rgb = np.full((5, 4, 3), 200, np.uint8)
+    rgb[-1] = 0
+    assert np.array_equal(pixels(imaging.decode(encoded(Image.fromarray(rgb), "PNG"), 100)), rgb)
+
+
+def test_jpeg_scan_too_short_for_its_header_is_bad_image():
+    with pytest.raises(imaging.BadImage, match="scan data"):
+        imaging.decode((VECTORS / "inputs" / "short_scan.jpg").read_bytes(), 50_000_000)
+
+
+@pytest.mark.parametrize("params", [{}, {"progressive": True}, {"optimize": True, "quality": 5}])
+def test_flat_jpegs_pass_the_scan_length_check(params):
+    """A flat 1024x1024 picture has the smallest scans a Huffman JPEG can have."""
+    data = encoded(Image.new("RGB", (1024, 1024), (90, 90, 90)), "JPEG", **params)
+    assert imaging.decode(data, 2_000_000).size == (1024, 1024)
+    assert imaging.decode(encoded(Image.new("L", (1024, 8), 7), "JPEG", **params), 10_000).size == (1024, 8)

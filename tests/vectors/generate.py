@@ -105,6 +105,16 @@ def tiff16_rgb_bytes(rgb16: np.ndarray) -> bytes:
     return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<HHH", 16, 16, 16) + pixels
 
 
+def _idat_only(png: bytes) -> bytes:
+    """The chunks after IHDR (pixel data and IEND) of a PNG written by Pillow."""
+    return png[33:]
+
+
+def jpeg_with_size(jpeg: bytes, width: int, height: int) -> bytes:
+    sof = jpeg.index(b"\xff\xc0")
+    return jpeg[:sof + 5] + struct.pack(">HH", height, width) + jpeg[sof + 9:]
+
+
 def save(image: Image.Image, fmt: str, **params) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **params)
@@ -204,6 +214,11 @@ def build_inputs() -> tuple[dict, dict]:
         "not_an_image.png": (b"hello, this is plain text and not a picture\n" * 4, "image/png",
                              400, "bad_image"),
         "huge_header.png": (huge_header_png(100000, 100000), "image/png", 413, "too_many_pixels"),
+        # complete files whose headers claim more pixels than their data holds
+        "short_rows.png": (png_bytes(np.vstack([photo, np.zeros((29, WIDTH, 3), np.uint8)]), 2, 8)[:33]
+                           + _idat_only(inputs["photo.png"][0]), "image/png", 400, "bad_image"),
+        "short_scan.jpg": (jpeg_with_size(save(Image.fromarray(photo, "RGB"), "JPEG"), 2000, 2000),
+                           "image/jpeg", 400, "bad_image"),
     }
     try:
         errors["tiny.avif"] = (save(Image.fromarray(photo, "RGB"), "AVIF"), "image/avif", 415, "unsupported_type")

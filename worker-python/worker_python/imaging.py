@@ -189,6 +189,95 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+# ---------------------------------------------------------------- data shorter than the header
+
+_HUFFMAN_SOF = {0xC0, 0xC1, 0xC2}  # arithmetic coding can spend < 1 bit per block: not checked
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def check_jpeg_scan_length(data: bytes) -> None:
+    """Refuse a Huffman JPEG whose scan data cannot cover the blocks its SOF declares.
+
+    libjpeg fills missing blocks with grey and only warns, which Pillow ignores. Every block
+    costs at least one bit in some scan (its DC code), so fewer scan bits than blocks means
+    the file lies about its size or lost its data."""
+    index, frame = 2, None
+    while index + 4 <= len(data) and data[index] == 0xFF:
+        marker = data[index + 1]
+        if marker == 0xFF:
+            index += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD9:
+            index += 2
+            continue
+        length = struct.unpack(">H", data[index + 2:index + 4])[0]
+        if marker in _HUFFMAN_SOF | {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}:
+            frame = (marker, data[index + 4:index + 2 + length])
+        if marker == 0xDA:  # start of scan: entropy-coded data follows its header
+            if frame is None or frame[0] not in _HUFFMAN_SOF or len(frame[1]) < 6:
+                return
+            height, width, count = struct.unpack(">HHB", frame[1][1:6])
+            factors = [(frame[1][7 + 3 * i] >> 4, frame[1][7 + 3 * i] & 15) for i in range(count)
+                       if 8 + 3 * i < len(frame[1])]
+            if not factors or not all(h and v for h, v in factors):
+                return
+            if len(factors) == 1:
+                blocks = -(-width // 8) * -(-height // 8)
+            else:
+                h_max, v_max = max(h for h, _ in factors), max(v for _, v in factors)
+                mcus = -(-width // (8 * h_max)) * -(-height // (8 * v_max))
+                blocks = mcus * sum(h * v for h, v in factors)
+            scan_bits = (len(data) - (index + 2 + length)) * 8
+            if scan_bits < blocks:
+                raise BadImage(f"cannot decode JPEG: scan data ({scan_bits // 8} bytes) is too short "
+                               f"for the {width}x{height} its header declares")
+            return
+        index += 2 + length
+
+
+def check_png_data_length(data: bytes, image: Image.Image) -> None:
+    """Refuse a PNG whose pixel data ends before its IHDR's last row.
+
+    Pillow stops at the end of a short zlib stream and leaves the missing rows black. The
+    full check inflates the data a second time, so it runs only when the last row is all
+    zero (which a short stream leaves) or the PNG is interlaced."""
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    last_row = image.crop((0, height - 1, width, height)).getextrema()
+    maxima = [band[1] for band in last_row] if isinstance(last_row[0], tuple) else [last_row[1]]
+    if any(maxima) and not interlace:
+        return
+    bits = _PNG_CHANNELS.get(colour, 4) * depth
+
+    def row_bytes(columns: int) -> int:
+        return 1 + (columns * bits + 7) // 8  # filter byte + packed samples
+
+    if interlace:
+        expected = 0
+        for x0, y0, dx, dy in _ADAM7:
+            columns, rows = -(-(width - x0) // dx), -(-(height - y0) // dy)
+            if columns > 0 and rows > 0:
+                expected += rows * row_bytes(columns)
+    else:
+        expected = height * row_bytes(width)
+    inflater, produced, index = zlib.decompressobj(), 0, 8
+    while index + 8 <= len(data) and produced < expected:
+        length, kind = struct.unpack(">I4s", data[index:index + 8])
+        if kind == b"IEND":
+            break
+        if kind == b"IDAT":
+            pending = data[index + 8:index + 8 + length]
+            while pending and produced < expected:
+                try:
+                    produced += len(inflater.decompress(pending, 1 << 20))
+                except zlib.error:
+                    raise BadImage("cannot decode PNG: corrupt pixel data") from None
+                pending = inflater.unconsumed_tail
+        index += 12 + length
+    if produced < expected:
+        raise BadImage(f"cannot decode PNG: pixel data ends after {produced} of {expected} bytes")
+
+
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise TooManyPixels(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
@@ -241,7 +330,11 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
         if high is not None:
             return high
     try:
+        if image.format == "JPEG":
+            check_jpeg_scan_length(data)
         image.load()
+        if image.format == "PNG":
+            check_png_data_length(data, image)
     except Image.DecompressionBombError as exc:
         raise TooManyPixels(_one_line(exc)) from None
     except DECODER_ERRORS as exc:
