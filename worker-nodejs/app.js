@@ -290,7 +290,7 @@ function buildApp(config, {
         method: req.method,
         path: req.path,
         op: res.locals.op ?? null,
-        status: res.statusCode,
+        status: res.headersSent ? res.statusCode : null, // null: the client left first
         ms: Number((Number(process.hrtime.bigint() - started) / 1e6).toFixed(2)),
         bytes_in: res.locals.bytesIn,
         bytes_out: Number(res.get('content-length') || 0),

@@ -494,22 +494,28 @@ function boxPassColumns(src, srcAt, srcStride, dst, dstAt, dstStride, bandBytes,
 
 const BLUR_BAND_PIXELS = 256;
 
+// Rows (or one column band) blurred between pauses when run asynchronously: a few ms each,
+// so a 6 MP blur never holds the event loop (and /healthz) for long.
+const BLUR_ROWS_PER_STEP = 128;
+
 /**
  * Pillow's ImageFilter.GaussianBlur(sigma) on an RGB image, in place in `data`: three
  * horizontal passes, then three vertical ones (rounding makes the order matter), as Pillow
  * does. Scratch memory is a few rows and one band of columns, never a second whole image.
+ * A generator: each `yield` is a point where the caller may pause.
  */
-function gaussianBlurInPlace({ width, height, data }, sigma) {
+function* gaussianBlurSteps({ width, height, data }, sigma) {
   const weights = boxWeights(boxRadiusForGaussian(sigma));
   const rowBytes = width * 3;
 
   const across = slidingIndices(width, weights.radius);
   const rowA = new Uint8Array(rowBytes);
   const rowB = new Uint8Array(rowBytes);
-  for (let at = 0; at < data.length; at += rowBytes) {
+  for (let y = 0, at = 0; y < height; y += 1, at += rowBytes) {
     boxPassRow(data, at, rowA, 0, width, weights, across);
     boxPassRow(rowA, 0, rowB, 0, width, weights, across);
     boxPassRow(rowB, 0, data, at, width, weights, across);
+    if (y % BLUR_ROWS_PER_STEP === BLUR_ROWS_PER_STEP - 1) yield;
   }
 
   const down = slidingIndices(height, weights.radius);
@@ -522,8 +528,21 @@ function gaussianBlurInPlace({ width, height, data }, sigma) {
     boxPassColumns(data, x0, rowBytes, bandA, 0, band, band, height, weights, down, acc);
     boxPassColumns(bandA, 0, band, bandB, 0, band, band, height, weights, down, acc);
     boxPassColumns(bandB, 0, band, data, x0, rowBytes, band, height, weights, down, acc);
+    yield;
   }
-  return data;
+}
+
+function gaussianBlurInPlace(image, sigma) {
+  for (const _ of gaussianBlurSteps(image, sigma)); // eslint-disable-line no-unused-vars, no-empty
+  return image.data;
+}
+
+/** The same blur, letting other callbacks (other requests, /healthz) run between steps. */
+async function gaussianBlurInPlaceAsync(image, sigma) {
+  for (const _ of gaussianBlurSteps(image, sigma)) { // eslint-disable-line no-unused-vars
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  return image.data;
 }
 
 /** Applies one op to image.data in place and returns the image. */
@@ -574,7 +593,9 @@ async function encodeImage(image, format, { quality = 90, lossless = false, comp
  */
 async function processImage(buf, { op, format = 'png', maxPixels, reuseInput = false, ...params }) {
   const decoded = await decodeImage(buf, { maxPixels, reuseInput });
-  const processed = applyOperation(decoded, op, params);
+  let processed = decoded;
+  if (op === 'blur') await gaussianBlurInPlaceAsync(decoded, params.radius ?? 2);
+  else processed = applyOperation(decoded, op, params);
   const parts = format === 'raw'
     ? [ppmHeader(processed), processed.data]
     : [await encodeImage(processed, format, params)];
@@ -603,6 +624,7 @@ module.exports = {
   boxRadiusForGaussian,
   boxWeights,
   gaussianBlurInPlace,
+  gaussianBlurInPlaceAsync,
   applyOperation,
   encodeImage,
   processImage,

@@ -253,3 +253,20 @@ test('processImage returns raw output as header + pixels parts', async () => {
   assert.equal(result.contentType, 'image/x-portable-pixmap');
   assert.deepEqual(body.subarray(11), image.invertInPlace(Buffer.from(sixPixels)));
 });
+
+test('async blur gives the same bytes as the sync one and lets other callbacks run', async () => {
+  const width = 200;
+  const height = 1000; // several steps of rows, and tens of ms of work
+  const data = Buffer.alloc(width * height * 3);
+  for (let i = 0; i < data.length; i += 1) data[i] = (i * 7919) % 251;
+  const syncCopy = Buffer.from(data);
+  image.gaussianBlurInPlace({ width, height, data: syncCopy }, 3);
+  let ticks = 0;
+  const timer = setInterval(() => { ticks += 1; }, 0);
+  const asyncCopy = Buffer.from(data);
+  await image.gaussianBlurInPlaceAsync({ width, height, data: asyncCopy }, 3);
+  clearInterval(timer);
+  assert.deepEqual(asyncCopy, syncCopy);
+  assert.ok(!asyncCopy.equals(data), 'the image did change');
+  assert.ok(ticks > 0, 'the event loop ran during the blur');
+});
