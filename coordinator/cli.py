@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from coordinator import imaging
-from coordinator.config import TRANSPORTS, CoordinatorConfig, load_config
+from coordinator.config import TRANSPORTS, WIRE_QUALITIES, CoordinatorConfig, load_config
 from coordinator.discovery import WorkerStatus, discover
 from coordinator.engine import JobResult, StripEvent, make_session, run_job
 from coordinator.errors import CoordinatorError, InputError
@@ -57,7 +57,11 @@ def build_parser() -> Parser:
     process.add_argument("--format", default="png", choices=("png", "jpg", "webp", "tif", "bmp"),
                          help="output format in a batch written to a directory (default png)")
     process.add_argument("--transport", choices=TRANSPORTS, default=None,
-                         help="wire format to the workers (default COORDINATOR_TRANSPORT or auto: raw on loopback)")
+                         help="wire format to the workers (default COORDINATOR_TRANSPORT or auto: raw on loopback, "
+                              "else the JPEG's own rows cut by jpegtran, or PNG)")
+    process.add_argument("--wire-quality", choices=WIRE_QUALITIES, default=None,
+                         help="replies from the workers: lossless (default, COORDINATOR_WIRE_QUALITY) or high "
+                              "(JPEG q95, PSNR >= 45 dB, about 6x fewer bytes)")
     process.add_argument("--jobs", type=int, default=2, help="images processed at once in a batch (default 2)")
     process.add_argument("--quiet", action="store_true", help="no per-strip summary lines")
     add_worker_options(process)
@@ -71,7 +75,8 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(args.workers, args.workers_file, os.environ, getattr(args, "transport", None))
+        config = load_config(args.workers, args.workers_file, os.environ, getattr(args, "transport", None),
+                             getattr(args, "wire_quality", None))
         if args.command == "workers":
             return show_workers(config)
         return process_command(args, config)

@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 from coordinator.errors import ConfigError
 
 DEFAULT_WORKERS = ("http://127.0.0.1:5001", "http://127.0.0.1:5002")
-TRANSPORTS = ("auto", "raw", "png", "webp-lossless")
+TRANSPORTS = ("auto", "raw", "png", "webp-lossless", "jpeg-cut")
+WIRE_QUALITIES = ("lossless", "high")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -63,6 +64,7 @@ class CoordinatorConfig:
     max_pixels: int = 50_000_000
     png_level: int = 2
     transport: str = "auto"
+    wire_quality: str = "lossless"  # "high": JPEG q95 replies, PSNR >= 45 dB (codecs.HIGH_PSNR_DB)
 
     @property
     def timeouts(self) -> tuple[float, float]:
@@ -163,7 +165,8 @@ def read_number(setting: Setting, environ: Mapping[str, str]) -> float | int:
 
 
 def load_config(workers: str | None = None, workers_file: str | None = None,
-                environ: Mapping[str, str] = os.environ, transport: str | None = None) -> CoordinatorConfig:
+                environ: Mapping[str, str] = os.environ, transport: str | None = None,
+                wire_quality: str | None = None) -> CoordinatorConfig:
     """The whole configuration, validated; raises ConfigError naming the bad setting."""
     token: str | None = None
     if workers:
@@ -191,6 +194,10 @@ def load_config(workers: str | None = None, workers_file: str | None = None,
     if chosen_transport not in TRANSPORTS:
         where = "--transport" if transport else "COORDINATOR_TRANSPORT"
         raise ConfigError(f"{where}={chosen_transport!r} is not one of {', '.join(TRANSPORTS)}")
+    chosen_quality = (wire_quality or environ.get("COORDINATOR_WIRE_QUALITY", "") or "lossless").strip()
+    if chosen_quality not in WIRE_QUALITIES:
+        where = "--wire-quality" if wire_quality else "COORDINATOR_WIRE_QUALITY"
+        raise ConfigError(f"{where}={chosen_quality!r} is not one of {', '.join(WIRE_QUALITIES)}")
     numbers = {s.name: read_number(s, environ) for s in NUMERIC_SETTINGS}
     return CoordinatorConfig(
         workers=urls, token=token, source=source,
@@ -203,6 +210,7 @@ def load_config(workers: str | None = None, workers_file: str | None = None,
         max_pixels=numbers["COORDINATOR_MAX_PIXELS"],
         png_level=numbers["COORDINATOR_PNG_LEVEL"],
         transport=chosen_transport,
+        wire_quality=chosen_quality,
     )
 
 

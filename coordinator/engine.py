@@ -21,7 +21,7 @@ import urllib3
 from PIL import Image
 from requests.adapters import HTTPAdapter
 
-from coordinator import imaging
+from coordinator import codecs, imaging
 from coordinator.config import CoordinatorConfig, is_loopback
 from coordinator.discovery import WorkerStatus, describe_exception, discover
 from coordinator.errors import NoWorkerError
@@ -29,8 +29,6 @@ from coordinator.plan import OPERATIONS, Strip, check_params, parse_plan, plan_s
 
 BACKOFF_CAP_SECONDS = 1.0
 MAX_STRIP_THREADS = 32
-REPLY_QUERY = {"raw": {"format": "raw"}, "png": {"format": "png", "compression": "1"},
-               "webp-lossless": {"format": "webp", "lossless": "true"}}
 
 
 @dataclass
@@ -149,9 +147,22 @@ def make_session(pool_size: int) -> requests.Session:
 
 
 def wire_for(worker_url: str, transport: str) -> str:
+    """auto: raw PPM on loopback (a memory copy beats any encode); elsewhere the JPEG's own rows
+    (falling back to PNG for other inputs): below ~200 Mbit/s bytes cost more than CPU
+    (figures in README "Wire formats")."""
     if transport != "auto":
         return transport
-    return "raw" if is_loopback(worker_url) else "png"
+    return "raw" if is_loopback(worker_url) else "jpeg-cut"
+
+
+@dataclass
+class StripBody:
+    """A strip as sent: the body covers rows [first_row, first_row + rows) of the image."""
+    data: bytes
+    content_type: str
+    wire: str  # what was actually sent: jpeg-cut falls back to png
+    first_row: int
+    rows: int
 
 
 def error_reason(response: requests.Response, content: bytes) -> str:
@@ -164,10 +175,12 @@ def error_reason(response: requests.Response, content: bytes) -> str:
 
 def send_strip(session: requests.Session, worker: WorkerStatus, strip: Strip, width: int, body: bytes,
                content_type: str, wire: str, params: dict, config: CoordinatorConfig,
-               request_id: str) -> tuple[np.ndarray, requests.Response, int]:
-    """POST one strip; returns its pixels (halo included), checked to be width x rows RGB,
-    or raises StripFailed."""
-    query = {"op": strip.op, **REPLY_QUERY[wire], **{name: str(params[name]) for name in OPERATIONS[strip.op].params}}
+               request_id: str, rows: int | None = None) -> tuple[np.ndarray, requests.Response, int]:
+    """POST one strip; returns its pixels (halo included), checked to be width x rows RGB
+    (rows: of the body, default the strip with its halo), or raises StripFailed."""
+    rows = strip.send_bottom - strip.send_top if rows is None else rows
+    query = {"op": strip.op, **codecs.reply_query(wire, config.wire_quality, worker.runtime),
+             **{name: str(params[name]) for name in OPERATIONS[strip.op].params}}
     headers = {"Content-Type": content_type, "X-Request-Id": request_id}
     if config.token:
         headers["Authorization"] = f"Bearer {config.token}"
@@ -195,10 +208,10 @@ def send_strip(session: requests.Session, worker: WorkerStatus, strip: Strip, wi
         pixels = imaging.decode_any(content)
     except ValueError as exc:
         raise StripFailed(f"bad reply: {exc}", retry=True) from None
-    if pixels.shape != (strip.send_bottom - strip.send_top, width, 3):
+    if pixels.shape != (rows, width, 3):
         channels = pixels.shape[2] if pixels.ndim == 3 else 1
         raise StripFailed(f"bad reply: {pixels.shape[1]}x{pixels.shape[0]} with {channels} channels, "
-                          f"expected {width}x{strip.send_bottom - strip.send_top} RGB", retry=True)
+                          f"expected {width}x{rows} RGB", retry=True)
     return pixels, response, len(content)
 
 
@@ -231,6 +244,26 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
     abort = threading.Event()
     job_id = uuid.uuid4().hex[:12]
     stitch_lock, stitch_seconds = threading.Lock(), [0.0]  # strips are stitched as they arrive
+    jpeg_lock, jpeg_found = threading.Lock(), {}
+
+    def jpeg_source() -> codecs.JpegSource | None:
+        with jpeg_lock:  # looked at once per job, by the first strip that wants it
+            if "source" not in jpeg_found:
+                jpeg_found["source"] = codecs.jpeg_source(data)
+            return jpeg_found["source"]
+
+    def strip_body(strip: Strip, wire: str) -> StripBody:
+        if wire == "jpeg-cut":
+            source = jpeg_source()
+            if source is not None:
+                try:
+                    cut, cut_top, cut_bottom = codecs.jpeg_rows(source, strip.send_top, strip.send_bottom)
+                    return StripBody(cut, "image/jpeg", wire, cut_top, cut_bottom - cut_top)
+                except ValueError:
+                    pass  # jpegtran broke: the lossless PNG below is exact too
+            wire = "png"
+        body, content_type = imaging.encode_strip(pixels[strip.send_top:strip.send_bottom], wire, config.png_level)
+        return StripBody(body, content_type, wire, strip.send_top, strip.send_bottom - strip.send_top)
 
     def emit(kind: str, strip: Strip, worker: WorkerStatus | None, attempt: int, message: str = "",
              elapsed: float = 0.0) -> None:
@@ -238,8 +271,7 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
                                         worker.runtime if worker else None, attempt, message, elapsed)))
 
     def process(strip: Strip) -> StripResult:
-        rows = pixels[strip.send_top:strip.send_bottom]
-        bodies: dict[str, tuple[bytes, str]] = {}
+        bodies: dict[str, StripBody] = {}
         tried: collections.Counter = collections.Counter()
         excluded: set[str] = set()
         retry_after: dict[str, float] = {}
@@ -256,18 +288,19 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
             if wait:
                 time.sleep(wait)
             tried[worker.url] += 1
-            wire = wire_for(worker.url, config.transport)
-            if wire not in bodies:
-                bodies[wire] = imaging.encode_strip(rows, wire, config.png_level)
-            body, content_type = bodies[wire]
+            wanted = wire_for(worker.url, config.transport)
+            if wanted not in bodies:
+                bodies[wanted] = strip_body(strip, wanted)
+            sent = bodies[wanted]
             emit("start", strip, worker, attempt)
             request_started = time.perf_counter()
             try:
                 with WorkerSlots.for_worker(worker):
                     if worker.url in router.down:  # it failed another strip while we queued for it
                         raise StripFailed(f"skipped, {router.down[worker.url]}", retry=True, worker_down=True)
-                    reply, response, received = send_strip(session, worker, strip, width, body, content_type,
-                                                           wire, params, config, f"{job_id}-s{strip.index}-a{attempt}")
+                    reply, response, received = send_strip(session, worker, strip, width, sent.data,
+                                                           sent.content_type, sent.wire, params, config,
+                                                           f"{job_id}-s{strip.index}-a{attempt}", sent.rows)
             except StripFailed as failure:
                 failures.append(f"{worker.url}: {failure.reason}")
                 elapsed = (time.perf_counter() - request_started) * 1000
@@ -285,7 +318,8 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
                 continue
             total_ms = (time.perf_counter() - request_started) * 1000
             stitch_started = time.perf_counter()
-            result[strip.top:strip.bottom] = reply[strip.halo_top:strip.halo_top + strip.rows]
+            first = strip.send_top - sent.first_row + strip.halo_top
+            result[strip.top:strip.bottom] = reply[first:first + strip.rows]
             with stitch_lock:
                 stitch_seconds[0] += time.perf_counter() - stitch_started
             worker_ms = parse_ms(response.headers.get("X-Processing-Ms"))
@@ -293,7 +327,7 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
             return StripResult(strip.index, strip.top, strip.bottom, strip.op, worker.url, worker.runtime,
                                attempt, worker_ms, total_ms,
                                None if worker_ms is None else max(0.0, total_ms - worker_ms),
-                               failures, wire, len(body), received)
+                               failures, sent.wire, len(sent.data), received)
         failures.extend(reason for reason in unavailable_reasons(workers, strip.op)
                         if reason.split(": ", 1)[0] not in tried)
         emit("failed", strip, None, sum(tried.values()), "; ".join(failures))

@@ -1,0 +1,186 @@
+"""Transport codecs: every path that claims lossless is exact through the real workers, the
+`high` path stays within codecs.HIGH_PSNR_DB, and the JPEG row cut falls back cleanly."""
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from coordinator import codecs, imaging
+from coordinator.config import CoordinatorConfig, load_config
+from coordinator.engine import run_job
+from coordinator.errors import ConfigError
+from tests.conftest import skip_or_fail
+
+PLAN = "grayscale,sepia,blur,invert,sepia"  # five strips over both runtimes, blur reads a halo
+
+
+def photo(width: int, height: int, seed: int = 3, noise: float = 6) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y = np.linspace(0, 1, height, dtype=np.float32)[:, None]
+    x = np.linspace(0, 1, width, dtype=np.float32)[None, :]
+    base = np.stack([120 + 90 * np.sin(6 * x + 2 * y), 110 + 80 * np.cos(5 * y - 3 * x),
+                     100 + 70 * np.sin(9 * x * y + 1)], axis=-1)
+    return np.clip(base + rng.normal(0, noise, base.shape), 0, 255).astype(np.uint8)
+
+
+def jpeg_bytes(pixels: np.ndarray, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90, **options)
+    return buffer.getvalue()
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def needs_jpegtran():
+    if codecs.jpegtran_path() is None:
+        skip_or_fail("jpegtran not installed (Debian package libjpeg-turbo-progs)")
+
+
+def decoded_rows(jpeg: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(jpeg)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+# ---------------------------------------------------------------- JPEG row cuts, pure
+
+@pytest.mark.parametrize("subsampling, mcu_rows", [(2, 16), (0, 8)])  # 4:2:0 and 4:4:4
+def test_jpeg_rows_decode_exactly_like_the_whole_image(needs_jpegtran, subsampling, mcu_rows):
+    data = jpeg_bytes(photo(200, 131), subsampling=subsampling)
+    whole = decoded_rows(data)
+    source = codecs.jpeg_source(data)
+    assert source is not None and source.mcu_rows == mcu_rows
+    for top, bottom in [(0, 40), (40, 90), (17, 18), (64, 131), (90, 131), (0, 131)]:
+        cut, cut_top, cut_bottom = codecs.jpeg_rows(source, top, bottom)
+        assert cut_top % mcu_rows == 0 and cut_top <= top and bottom <= cut_bottom <= 131
+        rows = decoded_rows(cut)
+        assert rows.shape[0] == cut_bottom - cut_top
+        assert np.array_equal(rows[top - cut_top:bottom - cut_top], whole[top:bottom]), (top, bottom)
+
+
+def test_gray_jpeg_is_cut_too(needs_jpegtran):
+    gray = photo(96, 70)[:, :, 0]
+    buffer = io.BytesIO()
+    Image.fromarray(gray, "L").save(buffer, "JPEG", quality=85)
+    source = codecs.jpeg_source(buffer.getvalue())
+    assert source is not None and source.mcu_rows == 8
+    cut, cut_top, _ = codecs.jpeg_rows(source, 30, 50)
+    assert np.array_equal(decoded_rows(cut)[30 - cut_top:50 - cut_top],
+                          decoded_rows(buffer.getvalue())[30:50])
+
+
+def test_inputs_a_cut_would_change_are_refused(needs_jpegtran):
+    pixels = photo(64, 48)
+    assert codecs.jpeg_source(png_bytes(pixels)) is None
+    assert codecs.jpeg_source(b"\xff\xd8\xff" + b"not really a jpeg") is None
+    rotated = Image.fromarray(pixels)
+    exif = rotated.getexif()
+    exif[codecs.ORIENTATION_TAG] = 6
+    buffer = io.BytesIO()
+    rotated.save(buffer, "JPEG", exif=exif.tobytes())
+    assert codecs.jpeg_source(buffer.getvalue()) is None  # file rows are not upright rows
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert("CMYK").save(buffer, "JPEG")
+    assert codecs.jpeg_source(buffer.getvalue()) is None
+
+
+def test_no_jpegtran_means_no_cut(monkeypatch):
+    monkeypatch.setattr(codecs.shutil, "which", lambda name: None)
+    assert codecs.jpeg_source(jpeg_bytes(photo(64, 48))) is None
+
+
+def test_a_failing_jpegtran_is_one_line_value_error(needs_jpegtran):
+    source = dataclasses.replace(codecs.jpeg_source(jpeg_bytes(photo(64, 160))), jpegtran="/bin/false")
+    with pytest.raises(ValueError, match="jpegtran failed"):
+        codecs.jpeg_rows(source, 48, 96)
+
+
+def test_psnr():
+    pixels = photo(32, 32)
+    assert codecs.psnr(pixels, pixels) == float("inf")
+    off_by_one = pixels.astype(np.int16) + 1
+    off_by_one[off_by_one > 255] = 254
+    assert codecs.psnr(pixels, off_by_one.astype(np.uint8)) == pytest.approx(48.13, abs=0.01)
+
+
+# ---------------------------------------------------------------- through the real workers
+
+@pytest.fixture
+def fleet_config(local_fleet):
+    return CoordinatorConfig(workers=tuple(local_fleet), source="test", transport="raw")
+
+
+def job(data: bytes, config: CoordinatorConfig, **changes):
+    return run_job(data, dataclasses.replace(config, **changes), plan=PLAN, strips=5, params={"radius": 3})
+
+
+@pytest.mark.parametrize("transport", ["png", "webp-lossless", "jpeg-cut"])
+def test_lossless_transports_are_exact_through_both_workers(fleet_config, needs_jpegtran, transport):
+    data = jpeg_bytes(photo(320, 203))
+    exact = job(data, fleet_config)  # raw PPM both ways
+    result = job(data, fleet_config, transport=transport)
+    assert {strip.runtime for strip in result.strips} == {"python", "nodejs"}
+    assert {strip.wire for strip in result.strips} == {transport}
+    assert np.array_equal(result.pixels, exact.pixels)
+    if transport == "jpeg-cut":
+        assert sum(strip.bytes_sent for strip in result.strips) < sum(strip.bytes_sent for strip in exact.strips) / 4
+
+
+def test_jpeg_cut_of_a_non_jpeg_falls_back_to_exact_png(fleet_config):
+    data = png_bytes(photo(160, 90))
+    result = job(data, fleet_config, transport="jpeg-cut")
+    assert {strip.wire for strip in result.strips} == {"png"}
+    assert np.array_equal(result.pixels, job(data, fleet_config).pixels)
+
+
+def test_jpeg_cut_falls_back_to_png_when_jpegtran_fails(fleet_config, needs_jpegtran, monkeypatch):
+    monkeypatch.setattr(codecs, "jpegtran_path", lambda: "/bin/false")
+    data = jpeg_bytes(photo(160, 90))
+    result = job(data, fleet_config, transport="jpeg-cut")
+    assert {strip.wire for strip in result.strips} == {"png"}
+    assert np.array_equal(result.pixels, job(data, fleet_config).pixels)
+
+
+@pytest.mark.parametrize("transport", ["raw", "jpeg-cut"])
+def test_high_quality_stays_within_the_stated_psnr(fleet_config, needs_jpegtran, transport):
+    # photo-like noise, as scripts/bench.py's input; stronger per-channel colour noise can dip
+    # to ~44 dB through the workers' 4:2:0 JPEG (see codecs.HIGH_PSNR_DB)
+    data = jpeg_bytes(photo(320, 203, noise=4))
+    exact = job(data, fleet_config)
+    high = job(data, fleet_config, transport=transport, wire_quality="high")
+    assert high.pixels.shape == exact.pixels.shape
+    assert sum(s.bytes_received for s in high.strips) < sum(s.bytes_received for s in exact.strips) / 4
+    assert codecs.psnr(exact.pixels, high.pixels) >= codecs.HIGH_PSNR_DB
+    for runtime in ("python", "nodejs"):  # per runtime, so one bad encoder cannot hide in the average
+        rows = np.concatenate([np.arange(s.top, s.bottom) for s in high.strips if s.runtime == runtime])
+        assert codecs.psnr(exact.pixels[rows], high.pixels[rows]) >= codecs.HIGH_PSNR_DB, runtime
+
+
+def test_wire_quality_setting():
+    assert load_config(environ={}).wire_quality == "lossless"
+    assert load_config(environ={"COORDINATOR_WIRE_QUALITY": "high"}).wire_quality == "high"
+    assert load_config(environ={"COORDINATOR_WIRE_QUALITY": "high"}, wire_quality="lossless").wire_quality == "lossless"
+    with pytest.raises(ConfigError, match="COORDINATOR_WIRE_QUALITY"):
+        load_config(environ={"COORDINATOR_WIRE_QUALITY": "best"})
+
+
+def test_auto_transport_is_raw_on_loopback_and_compressed_elsewhere():
+    from coordinator.engine import wire_for
+    assert wire_for("http://127.0.0.1:5001", "auto") == "raw"
+    assert wire_for("http://10.0.0.7:5001", "auto") == "jpeg-cut"
+    assert wire_for("http://10.0.0.7:5001", "png") == "png"
+
+
+def test_reply_formats():
+    assert codecs.reply_query("raw", "lossless", "python") == {"format": "raw"}
+    assert codecs.reply_query("jpeg-cut", "lossless", "nodejs") == {"format": "png", "compression": "6"}
+    assert codecs.reply_query("jpeg-cut", "high", "python") == {"format": "jpeg", "quality": "95"}
+    assert imaging.decode_any  # replies of every kind decode through the same function
