@@ -5,12 +5,15 @@ import io
 import json
 import logging
 import struct
+import socket
 import subprocess
+import time
 import zlib
 import sys
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 from tests.support.procs import ROOT
@@ -429,3 +432,50 @@ def test_flat_jpegs_pass_the_scan_length_check(params):
     data = encoded(Image.new("RGB", (1024, 1024), (90, 90, 90)), "JPEG", **params)
     assert imaging.decode(data, 2_000_000).size == (1024, 1024)
     assert imaging.decode(encoded(Image.new("L", (1024, 8), 7), "JPEG", **params), 10_000).size == (1024, 8)
+
+
+# ---------------------------------------------------------------- header gate (real process)
+
+def raw_exchange(url: str, chunks: list[bytes], pause: float = 0.05) -> bytes:
+    """Send a request in pieces on one socket and return everything the worker answers."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        for chunk in chunks:
+            sock.sendall(chunk)
+            time.sleep(pause)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+    return answer
+
+
+def test_half_sent_requests_do_not_take_the_threads(worker_factory):
+    worker = worker_factory("python", {"WORKER_MAX_INFLIGHT": "1"})  # 3 threads
+    host, port = worker.url.removeprefix("http://").split(":")
+    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(8)]
+    try:
+        for sock in idle:
+            sock.sendall(b"POST /process HTTP/1.1\r\nHost: x\r\n")
+        assert requests.get(worker.url + "/healthz", timeout=5).status_code == 200
+        body = (VECTORS / "inputs" / "photo.png").read_bytes()
+        response = requests.post(worker.url + "/process", data=body, headers={"Content-Type": "image/png"}, timeout=10)
+        assert response.status_code == 200
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_headers_in_pieces_keepalive_and_pipelining(python_worker):
+    body = (VECTORS / "inputs" / "photo.png").read_bytes()
+    head = (f"POST /process?op=invert HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    pieces = [head[:10], head[10:30], head[30:], body[:100], body[100:]]
+    answer = raw_exchange(python_worker.url, pieces)
+    assert answer.startswith(b"HTTP/1.1 200")
+    pipelined = raw_exchange(python_worker.url, [head + body + head + body])
+    assert pipelined.count(b"HTTP/1.1 200") == 2
+    with requests.Session() as session:  # keep-alive: the second request waits at the gate again
+        for _ in range(2):
+            assert session.post(python_worker.url + "/process", data=body,
+                                headers={"Content-Type": "image/png"}, timeout=10).status_code == 200

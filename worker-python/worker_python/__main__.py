@@ -10,6 +10,7 @@ import threading
 from gunicorn.app.base import BaseApplication
 
 from worker_python.app import create_app
+from worker_python.header_gate import HeaderGatedThreadWorker
 from worker_python.logs import GunicornJsonLogger, get_logger, setup_logging
 from worker_python.settings import Settings, SettingsError, load_settings
 
@@ -70,7 +71,7 @@ class WorkerServer(BaseApplication):
         options = {
             "bind": [f"{host}:{s.port}"],
             "workers": 1,  # one process, so the in-flight count is exact
-            "worker_class": "gthread",
+            "worker_class": HeaderGatedThreadWorker,  # gthread that reads headers without a thread
             "threads": s.max_inflight + 2,  # spare threads answer 503 busy and /healthz
             "graceful_timeout": math.ceil(s.grace_seconds),  # gunicorn takes whole seconds
             "timeout": 120,
