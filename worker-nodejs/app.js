@@ -231,8 +231,8 @@ async function defaultSelfCheck() {
  * The Express app. `options.logger` is required; `options.selfCheck` (async () => reason|null)
  * replaces the built-in one in tests; `options.afterLargeRequest` runs once a request that
  * moved megabytes is over (server.js uses it to return big buffers to the OS promptly).
- * app.locals.worker holds the live state that
- * server.js drives: startDraining() and the in-flight count.
+ * app.locals.worker holds the live state that server.js drives: startDraining(),
+ * whenIdle() and the in-flight count.
  */
 function buildApp(config, {
   logger, selfCheck = defaultSelfCheck, now = () => Date.now(), afterLargeRequest = () => {},
