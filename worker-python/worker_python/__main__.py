@@ -30,6 +30,7 @@ def drain_on_sigterm(worker) -> None:
     log = get_logger()
 
     def drain() -> None:
+        log.info("SIGTERM: draining", extra={"inflight": state.inflight})
         finished = state.wait_idle(timeout=max(0.0, grace - DRAIN_MARGIN_SECONDS))
         log.info("drained" if finished else "grace period over with requests still in flight",
                  extra={"inflight": state.inflight})
@@ -38,8 +39,7 @@ def drain_on_sigterm(worker) -> None:
     def on_sigterm(signum, frame) -> None:
         if state.draining:
             return
-        state.begin_draining()
-        log.info("SIGTERM: draining", extra={"inflight": state.inflight})
+        state.begin_draining()  # no logging here: a signal handler must not take the log lock
         threading.Thread(target=drain, name="drain", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_sigterm)
