@@ -346,7 +346,7 @@ function buildApp(config, {
       return;
     }
     // The slot is taken now, when the headers have arrived, and freed when the response is
-    // done or the connection drops, whichever comes first.
+    // handed to the socket or the connection drops, whichever comes first.
     state.inflight += 1;
     let released = false;
     const release = () => {
@@ -359,12 +359,12 @@ function buildApp(config, {
     res.on('close', release);
 
     try {
-      await handleProcess(req, res);
+      await handleProcess(req, res, release);
     } catch (err) {
-      if (err.aborted) {
-        release();
-        return;
-      }
+      // The work is over: free the slot before answering, so a client that sends its next
+      // request the moment it has read this answer never finds its own slot still taken.
+      release();
+      if (err.aborted) return;
       if (err instanceof HttpError || err instanceof image.ImageError) {
         const headers = err.code === 'too_large' ? { Connection: 'close' } : {};
         sendError(res, err.status, err.code, err.message, headers);
@@ -375,7 +375,7 @@ function buildApp(config, {
     }
   });
 
-  async function handleProcess(req, res) {
+  async function handleProcess(req, res, release) {
     const body = await readBody(req, config.maxBytes);
     res.locals.bytesIn = body.length;
     const type = (req.get('content-type') || '').split(';')[0].trim().toLowerCase();
@@ -395,6 +395,7 @@ function buildApp(config, {
     const result = await image.processImage(input, { ...job, maxPixels: config.maxPixels, reuseInput: true });
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
     if (res.destroyed) return;
+    release(); // as for errors: the slot is free before the client can have the answer
     if (state.draining) res.set('Connection', 'close');
     res.status(200);
     res.set({
