@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import signal
 import statistics
 import sys
 import tempfile
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skip: WAN benchmark {reason}")
         return 0
     runs = max(1, args.runs)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the namespace is removed on kill too
     level = CoordinatorConfig().png_level
     jpeg = photo_jpeg(args.megapixels)
     size = Image.open(io.BytesIO(jpeg)).size

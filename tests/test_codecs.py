@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from coordinator import codecs, imaging
+from coordinator import codecs, engine, imaging
 from coordinator.config import CoordinatorConfig, load_config
 from coordinator.engine import run_job
 from coordinator.errors import ConfigError
@@ -123,13 +123,25 @@ def job(data: bytes, config: CoordinatorConfig, **changes):
 
 
 @pytest.mark.parametrize("transport", ["png", "webp-lossless", "jpeg-cut"])
-def test_lossless_transports_are_exact_through_both_workers(fleet_config, needs_jpegtran, transport):
+def test_lossless_transports_are_exact_through_both_workers(fleet_config, needs_jpegtran, transport, monkeypatch):
     data = jpeg_bytes(photo(320, 203))
     exact = job(data, fleet_config)  # raw PPM both ways
+    requests_sent = []
+    real_send = engine.send_strip
+
+    def counting_send(*args, **kwargs):
+        requests_sent.append(args[2].index)
+        return real_send(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "send_strip", counting_send)
+    monkeypatch.setattr(engine, "WAN_PIECE_MIN_ROWS", 16)  # so these ~40-row strips go in pieces
     result = job(data, fleet_config, transport=transport)
     assert {strip.runtime for strip in result.strips} == {"python", "nodejs"}
     assert {strip.wire for strip in result.strips} == {transport}
     assert np.array_equal(result.pixels, exact.pixels)
+    blur_strip = PLAN.split(",").index("blur")
+    assert requests_sent.count(blur_strip) == 1  # blur reads neighbouring rows: never split
+    assert all(requests_sent.count(index) == 2 for index in range(5) if index != blur_strip)
     if transport == "jpeg-cut":
         assert sum(strip.bytes_sent for strip in result.strips) < sum(strip.bytes_sent for strip in exact.strips) / 4
 
