@@ -56,6 +56,10 @@ Group={SERVICE_USER}
 WorkingDirectory={spec.base_dir}/current
 EnvironmentFile={spec.env_file}
 Environment=PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 NODE_ENV=production
+# glibc keeps freed strip buffers without these; measured peak RSS 215 -> 129 MiB (node)
+Environment=MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072
+# two strips at once keep a worker under ~200 MiB peak on a 1 GiB t2.micro
+Environment=WORKER_MAX_INFLIGHT=2
 ExecStart={spec.exec_start}
 Restart=always
 RestartSec=2
