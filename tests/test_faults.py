@@ -44,7 +44,8 @@ def make_config(urls: list[str], environ: dict | None = None):
 
 def run_and_check(urls: list[str], image, on_start=None, environ: dict | None = None,
                   plan: str = OP):
-    """Run a job; returns (JobResult or None, error text or None, max pixel diff)."""
+    """Run a job; returns (JobResult or None, error text or None, max pixel diff or None,
+    [the event on which on_start injected its fault])."""
     from coordinator.engine import run_job
     from coordinator.errors import CoordinatorError
 

@@ -319,13 +319,9 @@ def test_contract_fuzz_has_no_server_errors_and_conforms(runtime, fuzz_workers):
 
 # Known bugs, kept visible: (runtime, case) -> the bug. Remove an entry when its fix lands
 # (strict xfail turns a fixed bug into a failure, so this list cannot go stale).
-LYING_HEADER_BUGS = {
-    ("python", "png-tall"): "worker-python bug: a PNG whose IHDR declares more rows than its IDAT "
-                            "holds gets 200 with black rows (Pillow pads a short zlib stream); "
-                            "contract: truncated -> 400 bad_image; worker-nodejs says 400",
-    ("python", "jpeg-wide"): "worker-python bug: a JPEG whose SOF declares 2000x2000 over 23x17 of "
-                             "scan data gets 200 (libjpeg's 'premature end of data' warning is "
-                             "ignored); contract: truncated -> 400 bad_image; worker-nodejs says 400",
+LYING_HEADER_BUGS: dict[tuple[str, str], str] = {
+    # Fixed in dd0d555: worker-python answered 200 with padded pixels for "png-tall" (IHDR
+    # declares more rows than the IDAT holds) and "jpeg-wide" (SOF larger than the scan data).
 }
 
 

@@ -239,12 +239,9 @@ def os_commonprefix(items: list[str]) -> str:
 SLOW_CONNECTIONS = 12       # twice worker-python's threads at the default WORKER_MAX_INFLIGHT=4
 
 
-@pytest.mark.parametrize("runtime", [
-    pytest.param("python", marks=pytest.mark.xfail(strict=True, reason=(
-        "worker-python bug (slowloris): gunicorn's gthread worker gives each new connection a "
-        "thread that blocks reading the request headers with no timeout; 6 idle connections "
-        "(threads = WORKER_MAX_INFLIGHT + 2), no token needed, make /healthz and /process hang"))),
-    "nodejs"])
+# worker-python failed this until c094f1e: gunicorn's gthread worker gave each new connection
+# a thread that blocked reading the headers, so 6 idle connections hung /healthz and /process.
+@pytest.mark.parametrize("runtime", ["python", "nodejs"])
 def test_idle_connections_without_a_token_do_not_starve_the_worker(runtime, worker_factory):
     import socket
     from urllib.parse import urlsplit
