@@ -16,13 +16,21 @@ import subprocess
 import uuid
 
 
-def available() -> str | None:
-    """None when namespaces can be made here, else the reason."""
+def missing_tools() -> str | None:
+    """The reason iproute2 cannot be used, or None (a package .ci/run installs)."""
     for tool in ("ip", "tc"):
         if shutil.which(tool) is None:
             return f"iproute2's `{tool}` is not installed"
+    return None
+
+
+def available() -> str | None:
+    """None when namespaces can be made here, else the reason."""
+    missing = missing_tools()
+    if missing:
+        return missing
     if os.geteuid() != 0:
-        return "creating a network namespace needs root"
+        return "creating a network namespace needs root (CAP_NET_ADMIN)"
     probe = f"probe-{uuid.uuid4().hex[:8]}"
     done = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if done.returncode != 0:
