@@ -284,23 +284,26 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
         body, content_type = imaging.encode_strip(pixels[top:bottom], wire, config.png_level)
         return StripBody(body, content_type, wire, top, bottom - top, top, bottom)
 
-    def strip_bodies(strip: Strip, wire: str) -> list[StripBody]:
-        return [piece_body(top, bottom, wire) for top, bottom in piece_ranges(strip, wire)]
+    def send_pieces(worker: WorkerStatus, strip: Strip, wire: str, bodies: dict, request_id: str):
+        """All pieces of a strip to one worker at once, each encoded (or cut) in its own thread
+        and sent as soon as it is ready. Returns [(body, (pixels, response, bytes received))];
+        any failure fails the attempt. `bodies` keeps encoded pieces for the next attempt."""
+        ranges = piece_ranges(strip, wire)
 
-    def send_pieces(worker: WorkerStatus, strip: Strip, pieces: list[StripBody], request_id: str):
-        """All pieces of a strip to one worker at once; any failure fails the attempt."""
-        def send(number_piece):
-            number, piece = number_piece
-            suffix = f"-p{number}" if len(pieces) > 1 else ""
+        def send(number: int):
+            if (wire, number) not in bodies:
+                bodies[wire, number] = piece_body(*ranges[number], wire)
+            piece = bodies[wire, number]
+            suffix = f"-p{number}" if len(ranges) > 1 else ""
             with WorkerSlots.for_worker(worker):  # one slot per request, pieces included
                 if worker.url in router.down:  # it failed another strip while we queued for it
                     raise StripFailed(f"skipped, {router.down[worker.url]}", retry=True, worker_down=True)
-                return send_strip(session, worker, strip, width, piece.data, piece.content_type, piece.wire,
-                                  params, config, request_id + suffix, piece.rows)
-        if len(pieces) == 1:
-            return [send((0, pieces[0]))]
-        with ThreadPoolExecutor(max_workers=len(pieces), thread_name_prefix="piece") as piece_pool:
-            return list(piece_pool.map(send, enumerate(pieces)))
+                return piece, send_strip(session, worker, strip, width, piece.data, piece.content_type,
+                                         piece.wire, params, config, request_id + suffix, piece.rows)
+        if len(ranges) == 1:
+            return [send(0)]
+        with ThreadPoolExecutor(max_workers=len(ranges), thread_name_prefix="piece") as piece_pool:
+            return list(piece_pool.map(send, range(len(ranges))))
 
     def emit(kind: str, strip: Strip, worker: WorkerStatus | None, attempt: int, message: str = "",
              elapsed: float = 0.0) -> None:
@@ -308,7 +311,7 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
                                         worker.runtime if worker else None, attempt, message, elapsed)))
 
     def process(strip: Strip) -> StripResult:
-        bodies: dict[str, list[StripBody]] = {}
+        bodies: dict[tuple[str, int], StripBody] = {}  # (wire, piece number) -> body, kept for retries
         tried: collections.Counter = collections.Counter()
         excluded: set[str] = set()
         retry_after: dict[str, float] = {}
@@ -326,13 +329,10 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
                 time.sleep(wait)
             tried[worker.url] += 1
             wanted = wire_for(worker.url, config.transport)
-            if wanted not in bodies:
-                bodies[wanted] = strip_bodies(strip, wanted)
-            pieces = bodies[wanted]
             emit("start", strip, worker, attempt)
             request_started = time.perf_counter()
             try:
-                replies = send_pieces(worker, strip, pieces, f"{job_id}-s{strip.index}-a{attempt}")
+                replies = send_pieces(worker, strip, wanted, bodies, f"{job_id}-s{strip.index}-a{attempt}")
             except StripFailed as failure:
                 failures.append(f"{worker.url}: {failure.reason}")
                 elapsed = (time.perf_counter() - request_started) * 1000
@@ -350,21 +350,21 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
                 continue
             total_ms = (time.perf_counter() - request_started) * 1000
             stitch_started = time.perf_counter()
-            for piece, (reply, _, _) in zip(pieces, replies):
+            for piece, (reply, _, _) in replies:
                 # rows of the result this piece fills: its range less the strip's halo
                 fill_top, fill_bottom = max(piece.fills_top, strip.top), min(piece.fills_bottom, strip.bottom)
                 first = fill_top - piece.first_row
                 result[fill_top:fill_bottom] = reply[first:first + fill_bottom - fill_top]
             with stitch_lock:
                 stitch_seconds[0] += time.perf_counter() - stitch_started
-            piece_ms = [parse_ms(response.headers.get("X-Processing-Ms")) for _, response, _ in replies]
+            piece_ms = [parse_ms(response.headers.get("X-Processing-Ms")) for _, (_, response, _) in replies]
             worker_ms = None if None in piece_ms else max(piece_ms)
             emit("done", strip, worker, attempt, "", total_ms)
             return StripResult(strip.index, strip.top, strip.bottom, strip.op, worker.url, worker.runtime,
                                attempt, worker_ms, total_ms,
                                None if worker_ms is None else max(0.0, total_ms - worker_ms),
-                               failures, pieces[0].wire, sum(len(piece.data) for piece in pieces),
-                               sum(received for _, _, received in replies))
+                               failures, replies[0][0].wire, sum(len(piece.data) for piece, _ in replies),
+                               sum(received for _, (_, _, received) in replies))
         failures.extend(reason for reason in unavailable_reasons(workers, strip.op)
                         if reason.split(": ", 1)[0] not in tried)
         emit("failed", strip, None, sum(tried.values()), "; ".join(failures))

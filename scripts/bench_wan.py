@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
         for line in codec_table(jpeg, urls, (measured.upload_mbit, measured.download_mbit), level):
             print(line)
-        base = CoordinatorConfig(workers=tuple(urls), source="bench_wan", png_level=level, read_timeout=300)
+        # a SYN lost in a full tbf queue is resent after 1 s: 2 s would fail over needlessly
+        base = CoordinatorConfig(workers=tuple(urls), source="bench_wan", png_level=level, connect_timeout=5,
+                                 read_timeout=300)
         designs = {"a": ("coordinator, lossless (auto: JPEG cut up, PNG down)", base),
                    "p": ("coordinator, lossless, PNG both ways", dataclasses.replace(base, transport="png"))}
         if "wire_quality" in {f.name for f in dataclasses.fields(CoordinatorConfig)}:
