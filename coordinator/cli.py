@@ -152,7 +152,7 @@ def strip_summary(name: str, result: JobResult) -> list[str]:
         failover = f", after {'; '.join(strip.failovers)}" if strip.failovers else ""
         lines.append(f"{name}: strip {strip.index + 1}/{len(result.strips)} rows {strip.top}-{strip.bottom - 1} "
                      f"{strip.op} on {strip.worker_url} ({strip.runtime}) {strip.total_ms:.0f} ms{worker_ms}"
-                     f" via {strip.wire}{failover}")
+                     f" via {strip.wire} [request {strip.request_id}]{failover}")
     return lines
 
 

@@ -35,6 +35,10 @@ BACKOFF_CAP_SECONDS = 1.0
 WAN_PIECES = 3
 WAN_PIECE_MIN_ROWS = 256
 MAX_STRIP_THREADS = 32
+# A reply must keep coming: beyond read_timeout it may take 1 s per MIN_REPLY_RATE bytes of
+# its raw size, so a worker (or a path) that trickles bytes cannot hold a strip forever.
+MIN_REPLY_RATE = 128 * 1024
+READ_CHUNK = 1 << 20
 
 
 @dataclass
@@ -65,6 +69,7 @@ class StripResult:
     wire: str = "raw"
     bytes_sent: int = 0
     bytes_received: int = 0
+    request_id: str = ""  # X-Request-Id of the successful attempt, as the worker logged it
 
 
 @dataclass
@@ -192,6 +197,26 @@ def error_reason(response: requests.Response, content: bytes) -> str:
         return f"HTTP {response.status_code}"
 
 
+def read_reply(response: requests.Response, raw_size: int, read_timeout: float) -> bytes:
+    """The whole body, in large reads (iter_content's 10 KB pieces cost much more on 18 MB
+    strips), within a deadline and a size cap. Reading to the end returns the connection to
+    the pool."""
+    deadline = time.monotonic() + read_timeout + raw_size / MIN_REPLY_RATE
+    limit = 2 * raw_size + 65536  # a compressed reply is never near twice the raw pixels
+    chunks, size = [], 0
+    while chunk := response.raw.read1(READ_CHUNK, decode_content=True):
+        size += len(chunk)
+        if size > limit:
+            response.close()
+            raise StripFailed(f"bad reply: over {limit} bytes for {raw_size} bytes of pixels", retry=True)
+        if time.monotonic() > deadline:
+            response.close()
+            raise StripFailed(f"reply too slow: {size} bytes in {read_timeout + raw_size / MIN_REPLY_RATE:.1f} s",
+                              retry=True, worker_down=True)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def send_strip(session: requests.Session, worker: WorkerStatus, strip: Strip, width: int, body: bytes,
                content_type: str, wire: str, params: dict, config: CoordinatorConfig,
                request_id: str, rows: int | None = None) -> tuple[np.ndarray, requests.Response, int]:
@@ -206,9 +231,7 @@ def send_strip(session: requests.Session, worker: WorkerStatus, strip: Strip, wi
     try:
         response = session.post(f"{worker.url}/process", params=query, data=body, headers=headers,
                                 timeout=config.timeouts, stream=True)
-        # One read of the whole body: much cheaper than iter_content's 10 KB pieces for 18 MB
-        # strips; reading to the end hands the connection back to the pool.
-        content = response.raw.read(decode_content=True)
+        content = read_reply(response, raw_size=rows * width * 3, read_timeout=config.read_timeout)
     except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
         raise StripFailed(describe_exception(exc), retry=True, worker_down=True) from None
     if response.status_code == 401:
@@ -224,7 +247,7 @@ def send_strip(session: requests.Session, worker: WorkerStatus, strip: Strip, wi
     if response.status_code != 200:
         raise StripFailed(error_reason(response, content), retry=False)
     try:
-        pixels = imaging.decode_any(content)
+        pixels = imaging.decode_any(content, expected_size=(width, rows))
     except ValueError as exc:
         raise StripFailed(f"bad reply: {exc}", retry=True) from None
     if pixels.shape != (rows, width, 3):
@@ -331,8 +354,9 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
             wanted = wire_for(worker.url, config.transport)
             emit("start", strip, worker, attempt)
             request_started = time.perf_counter()
+            request_id = f"{job_id}-s{strip.index}-a{attempt}"
             try:
-                replies = send_pieces(worker, strip, wanted, bodies, f"{job_id}-s{strip.index}-a{attempt}")
+                replies = send_pieces(worker, strip, wanted, bodies, request_id)
             except StripFailed as failure:
                 failures.append(f"{worker.url}: {failure.reason}")
                 elapsed = (time.perf_counter() - request_started) * 1000
@@ -364,7 +388,7 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
                                attempt, worker_ms, total_ms,
                                None if worker_ms is None else max(0.0, total_ms - worker_ms),
                                failures, replies[0][0].wire, sum(len(piece.data) for piece, _ in replies),
-                               sum(received for _, (_, _, received) in replies))
+                               sum(received for _, (_, _, received) in replies), request_id)
         failures.extend(reason for reason in unavailable_reasons(workers, strip.op)
                         if reason.split(": ", 1)[0] not in tried)
         emit("failed", strip, None, sum(tried.values()), "; ".join(failures))

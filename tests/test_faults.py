@@ -201,15 +201,8 @@ ALL_FAULTS = {
 
 # Known bugs, kept visible; strict, so a fix turns these red until the entry is removed.
 FAULT_BUGS: dict[str, str] = {
-    "slow-drip reply": "coordinator bug: engine.send_strip reads the reply with one unbounded "
-                       "response.raw.read(); a worker (or anything on the path) that sends a byte "
-                       "every 0.5 s never trips the 2 s read timeout, so the strip and the job hang "
-                       "for as long as the trickle lasts (no deadline per strip, no size cap)",
-    "decompression-bomb reply": "coordinator bug: imaging.decode_any lets PIL.Image."
-                                "DecompressionBombError (not an OSError) escape, so a reply whose "
-                                "PNG header claims 60000x60000 ends run_job with a non-"
-                                "CoordinatorError instead of a retry on another worker; it also "
-                                "decodes before comparing the declared size with the strip's",
+    # Fixed: "slow-drip reply" (engine.read_reply has a deadline and a size cap) and
+    # "decompression-bomb reply" (imaging.decode_any checks the declared size first).
     # Fixed in a5d352e (coordinator checks the reply's width): "one-column image" was stitched
     # by numpy broadcasting (wrong pixels, 200), "one column short" raised a ValueError.
 }

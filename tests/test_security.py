@@ -215,9 +215,7 @@ def test_coordinator_sends_one_request_id_per_strip_that_workers_log(tmp_path, l
     assert len(set(ids)) == len(ids), f"strips share a request id: {ids}"
 
 
-@pytest.mark.xfail(strict=True, reason="coordinator gap: the CLI/engine never logs or prints the "
-                   "X-Request-Id it sends (StripResult has no request id), so a strip cannot be "
-                   "traced from the coordinator's side to the worker's log line")
+# The CLI prints each strip's request id ("[request <id>]") unless --quiet.
 def test_coordinator_output_names_the_request_ids_workers_logged(tmp_path, locked_fleet):
     marks = [len(worker.log_text().splitlines()) for worker in locked_fleet]
     done, _ = run_cli(tmp_path, locked_fleet, TOKEN, strips=2)
