@@ -118,9 +118,10 @@ def read_upload(config: CoordinatorConfig):
         st.session_state.pop("upload", None)
         st.session_state.pop("outcome", None)  # a result belongs to the image it came from
         data = uploaded.getvalue()
-        image = imaging.open_input(data, config.max_pixels)
+        pixels = imaging.decode_pixels(data, config.max_pixels)  # once: run_job reuses it
+        image = Image.fromarray(pixels)
         preview = jpeg_bytes(preview_of(image))
-        upload = {"file_id": uploaded.file_id, "name": uploaded.name, "data": data,
+        upload = {"file_id": uploaded.file_id, "name": uploaded.name, "data": data, "pixels": pixels,
                   "width": image.width, "height": image.height, "preview": preview}
         st.session_state["upload"] = upload
     return upload
@@ -200,7 +201,7 @@ def process(upload: dict, config: CoordinatorConfig, choice: dict) -> None:
     try:
         result = engine.run_job(upload["data"], config, plan=choice["spec"], strips=total,
                                 params=choice["params"] or None, on_event=on_event,
-                                session=shared_session())
+                                session=shared_session(), pixels=upload["pixels"])
     except NoWorkerError as exc:
         message = no_worker_message(exc, total)
         where = "the plan" if exc.strip_index is None else f"strip {exc.strip_index + 1}"

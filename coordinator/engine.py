@@ -259,11 +259,14 @@ def send_strip(session: requests.Session, worker: WorkerStatus, strip: Strip, wi
 
 def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strips: int = 2,
             params: dict | None = None, on_event: Callable[[StripEvent], None] | None = None,
-            workers: list[WorkerStatus] | None = None, session: requests.Session | None = None) -> JobResult:
+            workers: list[WorkerStatus] | None = None, session: requests.Session | None = None,
+            pixels: np.ndarray | None = None) -> JobResult:
     """Process one image on the workers. Raises InputError or NoWorkerError; never returns a
-    partial image. on_event runs on the calling thread."""
+    partial image. on_event runs on the calling thread. `pixels`: the caller's own
+    imaging.decode_pixels(data) result, so a caller that already decoded (the page) saves it."""
     started = time.perf_counter()
-    pixels = imaging.decode_pixels(data, config.max_pixels)
+    if pixels is None:
+        pixels = imaging.decode_pixels(data, config.max_pixels)
     height, width, _ = pixels.shape
     decoded = time.perf_counter()
     ops = parse_plan(plan, strips)

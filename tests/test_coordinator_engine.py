@@ -68,6 +68,15 @@ def test_seed_plan_routes_each_op_to_its_own_runtime(local_fleet):
     assert result.image.mode == "RGB" and result.image.size == (90, 121)
 
 
+def test_already_decoded_pixels_are_used_instead_of_decoding_again(local_fleet):
+    """The page decodes once for its preview and hands the array over; the bytes are not
+    decoded again (here they are not even an image)."""
+    pixels = photo(40, 33, seed=9)
+    result = run_job(b"not decoded", config_for(local_fleet), pixels=pixels)
+    assert_close(result.pixels, expected(pixels, ["grayscale", "sepia"]))
+    assert all(strip.request_id.endswith(f"-s{strip.index}-a1") for strip in result.strips)
+
+
 @pytest.mark.parametrize("count", [1, 2, 3, 7])
 def test_one_op_for_all_strips(local_fleet, count):
     pixels = photo(53, 31, seed=count)
