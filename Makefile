@@ -42,8 +42,12 @@ test-node:
 test-python:
 	$(PY) -m pytest -c tests/pytest.ini --rootdir=. $(PYTEST_ARGS)
 
+# Loopback, WAN (network namespace; needs root + iproute2, else one skip line), batch, page.
 bench: setup
 	$(PY) -m scripts.bench $(BENCH_ARGS)
+	$(PY) -m scripts.bench_wan
+	$(PY) -m scripts.bench_batch
+	$(PY) -m scripts.bench_page
 
 soak: setup
 	$(PY) -m scripts.soak $(SOAK_ARGS)

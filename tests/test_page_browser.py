@@ -1,13 +1,11 @@
 """What a person sees: the real page process, real workers, headless Debian Chromium.
 
-Opt-in timing (not an assertion): PAGE_TIMING_MP=12 also uploads a ~12 MP JPEG and prints how
-long the page takes from the click on Process until the result image shows.
+The time a 12 MP upload takes on the page is a benchmark, not a test: scripts/bench_page.py.
 """
 from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import time
 
@@ -101,25 +99,3 @@ def test_bad_file_shows_a_message_not_a_traceback(page_server):
         page.get_by_text("That file can't be used").wait_for(timeout=30_000)
         assert page.get_by_text("Traceback").count() == 0
         assert page.locator('[data-testid="stException"]').count() == 0
-
-
-@pytest.mark.skipif(not os.environ.get("PAGE_TIMING_MP"), reason="timing run: set PAGE_TIMING_MP=12")
-def test_time_a_large_upload(page_server):
-    megapixels = float(os.environ["PAGE_TIMING_MP"])
-    width = int((megapixels * 1e6 * 4 / 3) ** 0.5)
-    height = int(width * 3 / 4)
-    # Noise makes the JPEG as big as a camera's (a smooth gradient would compress to almost nothing).
-    noise = np.random.default_rng(12).integers(-40, 41, (height, width, 3))
-    pixels = (np.asarray(colourful_image(width, height)).astype(np.int16) + noise).clip(0, 255)
-    data = encoded(Image.fromarray(pixels.astype(np.uint8)), "JPEG", quality=90)
-    with chromium_page(viewport=(1400, 1700)) as page:
-        seconds = upload_and_process(page, page_server.url, "large.jpg", data, "image/jpeg")
-        wait_until_idle(page)
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "page-large.png"), full_page=True)
-    jobs = [json.loads(line) for line in page_server.log_text().splitlines()
-            if line.startswith("{") and '"job done"' in line]
-    print(f"\n{width}x{height} ({width * height / 1e6:.1f} MP, {len(data) / 1e6:.1f} MB JPEG): "
-          f"{seconds:.2f} s from the click on Process until the result showed")
-    if jobs:
-        print("the page's own log of that job:", json.dumps(jobs[-1]))
