@@ -29,6 +29,7 @@ import psutil
 import requests
 from PIL import Image
 
+from scripts.local import MALLOC_LIMITS
 from tests.support.procs import RUNTIMES, start_worker
 
 MIB = 1024 * 1024
@@ -184,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="worker-profile-") as tmp:
         for runtime in runtimes:
             worker = start_worker(runtime, Path(tmp) / runtime,
-                                  {"WORKER_LOG_LEVEL": "warning", "WORKER_MAX_INFLIGHT": str(max(4, args.concurrency))})
+                                  {"WORKER_LOG_LEVEL": "warning", "WORKER_MAX_INFLIGHT": str(max(4, args.concurrency)),
+                                   **MALLOC_LIMITS})  # as deployed (systemd unit) and make run
             try:
                 idle = MemoryWatch(worker.pid).rss()
                 print(f"{runtime}: idle RSS of the process tree {idle / MIB:.0f} MiB", file=sys.stderr)
