@@ -395,6 +395,8 @@ def test_parameter_defaults(any_worker, default, explicit):
     {"format": "jpeg", "quality": "high"}, {"format": "webp", "quality": "-5"},
     {"format": "png", "compression": "10"}, {"format": "png", "compression": "-1"},
     {"format": "png", "compression": "fast"}, {"format": "webp", "lossless": "maybe"},
+    {"format": "png", "channels": "1"}, {"format": "png", "channels": "AUTO"},
+    {"format": "png", "channels": ""},
 ], ids=lambda p: "&".join(f"{k}={v}" for k, v in p.items()))
 def test_bad_parameters(any_worker, params):
     response = post(any_worker, vector_input("photo.png"), params={"op": "invert", **params})
@@ -637,6 +639,37 @@ def test_draining_refuses_new_work(worker_factory, runtime):
 
 # ---------------------------------------------------------------- across runtimes
 
+@pytest.mark.parametrize("compression", ["1", "6", "9"])
+def test_channels_auto_gray_png_is_one_channel_and_equals_red(any_worker, compression):
+    """channels=auto: a grayscale PNG reply is 8-bit gray whose values are the RGB reply's R."""
+    params = {"op": "grayscale", "format": "png", "compression": compression}
+    rgb = post(any_worker, noisy_strip(), params=params)
+    gray = post(any_worker, noisy_strip(), params={**params, "channels": "auto"})
+    assert rgb.status_code == gray.status_code == 200, gray.text[:300]
+    image = Image.open(io.BytesIO(gray.content))
+    assert image.mode == "L", f"channels=auto grayscale PNG must be mode L, got {image.mode}"
+    assert np.array_equal(np.asarray(image), rgb_pixels(rgb.content)[:, :, 0])
+
+
+@pytest.mark.parametrize("params", [
+    {"op": "sepia", "format": "png"}, {"op": "grayscale", "format": "raw"},
+    {"op": "grayscale", "format": "webp", "lossless": "true"},
+], ids=lambda p: "&".join(f"{k}={v}" for k, v in p.items()))
+def test_channels_auto_keeps_rgb_for_colour_ops_and_other_formats(any_worker, params):
+    default = post(any_worker, vector_input("photo.png"), params=params)
+    auto = post(any_worker, vector_input("photo.png"), params={**params, "channels": "auto"})
+    assert default.status_code == auto.status_code == 200, auto.text[:300]
+    assert auto.content == default.content
+
+
+def test_channels_default_is_3(any_worker):
+    params = {"op": "grayscale", "format": "png"}
+    outputs = [post(any_worker, vector_input("photo.png"), params=extra).content
+               for extra in (params, {**params, "channels": "3"})]
+    assert outputs[0] == outputs[1]
+    assert rgb_pixels(outputs[0]).shape == (11, 17, 3)
+
+
 AGREEMENT_INPUTS = ["photo.png", "rgb16.png", "palette.png", "oriented6.jpg", "lossless.webp", "gray16.png"]
 
 
@@ -673,6 +706,15 @@ def test_runtimes_agree(python_worker, nodejs_worker, op):
     for name in AGREEMENT_INPUTS:
         agree(python_worker, nodejs_worker, vector_input(name), content_type_of(name), {"op": op}, f"{name} {op}")
     agree(python_worker, nodejs_worker, noisy_strip(), "image/png", {"op": op}, f"noisy strip {op}")
+
+
+def test_runtimes_agree_on_one_channel_gray(python_worker, nodejs_worker):
+    replies = [post(worker, noisy_strip(), params={"op": "grayscale", "format": "png", "channels": "auto"})
+               for worker in (python_worker, nodejs_worker)]
+    assert all(reply.status_code == 200 for reply in replies)
+    python_gray, nodejs_gray = (np.asarray(Image.open(io.BytesIO(reply.content))) for reply in replies)
+    assert python_gray.ndim == nodejs_gray.ndim == 2
+    assert_close(nodejs_gray, python_gray, 1, what="channels=auto grayscale: python vs nodejs")
 
 
 @pytest.mark.parametrize("radius", ["0.3", "1", "2.5", "13.7", "50"],

@@ -90,6 +90,15 @@ function booleanParam(query, key, fallback) {
   throw new HttpError(400, 'bad_param', `${key} must be true or false`);
 }
 
+function channelsParam(query) {
+  const raw = single(query, 'channels');
+  if (raw === undefined) return '3';
+  if (!image.CHANNELS.includes(raw)) {
+    throw new HttpError(400, 'bad_param', `channels must be one of ${image.CHANNELS.join(', ')}`);
+  }
+  return raw;
+}
+
 function formatFromAccept(accept) {
   for (const part of (accept || '').split(',')) {
     const [type, ...params] = part.split(';').map((s) => s.trim().toLowerCase());
@@ -125,6 +134,7 @@ function parseJob(req) {
     lossless: booleanParam(query, 'lossless', false),
     compression: integerParam(query, 'compression', 6, 0, 9),
     radius: radiusParam(query),
+    channels: channelsParam(query),
   };
 }
 

@@ -19,6 +19,9 @@ const unsupported = (message) => new ImageError('unsupported_type', 415, message
 
 const OPERATIONS = ['grayscale', 'sepia', 'invert', 'blur'];
 const FORMATS = ['png', 'jpeg', 'webp', 'raw'];
+// channels=auto: a PNG reply of an op whose result is gray by definition carries 1 channel.
+const CHANNELS = ['3', 'auto'];
+const GRAY_OPS = ['grayscale'];
 const CONTENT_TYPES = {
   png: 'image/png',
   jpeg: 'image/jpeg',
@@ -567,16 +570,36 @@ function applyOperation(image, op, { radius = 2 } = {}) {
 
 // ---------------------------------------------------------------- encoding
 
-/** Encodes an RGB image; params: quality (jpeg/webp), lossless (webp), compression (png). */
+/** True when the reply is 1-channel gray: asked with channels=auto, gray op, PNG out. */
+function grayReply(op, format, channels) {
+  return channels === 'auto' && GRAY_OPS.includes(op) && format === 'png';
+}
+
+/** The first channel of an RGB buffer whose channels are equal: width*height bytes. */
+function firstChannel(data) {
+  const gray = Buffer.allocUnsafe(data.length / 3);
+  for (let i = 0, j = 0; i < gray.length; i += 1, j += 3) gray[i] = data[j];
+  return gray;
+}
+
+/**
+ * Encodes an image ({ width, height, data, channels: 3 (default) or 1 for gray });
+ * params: quality (jpeg/webp), lossless (webp), compression (png). A 1-channel PNG uses
+ * libpng's adaptive filtering: on a 4000x1500 photo strip at level 2 it gives 2.83 MB for
+ * 3.77 MB (+0.1 s); on RGB photos it makes files larger and 2-3x slower, so it stays off.
+ */
 async function encodeImage(image, format, { quality = 90, lossless = false, compression = 6 } = {}) {
   if (format === 'raw') return encodePpm(image);
-  const pipeline = sharp(image.data, {
-    raw: { width: image.width, height: image.height, channels: 3 },
+  const channels = image.channels || 3;
+  let pipeline = sharp(image.data, {
+    raw: { width: image.width, height: image.height, channels },
     limitInputPixels: false,
   });
+  if (channels === 1) pipeline = pipeline.toColourspace('b-w');
   switch (format) {
     case 'png':
-      return pipeline.png({ compressionLevel: compression }).toBuffer();
+      return pipeline.png({ compressionLevel: compression, adaptiveFiltering: channels === 1 && compression > 0 })
+        .toBuffer();
     case 'jpeg':
       return pipeline.jpeg({ quality }).toBuffer();
     case 'webp':
@@ -591,11 +614,16 @@ async function encodeImage(image, format, { quality = 90, lossless = false, comp
  * reuseInput). The file comes back as `parts`, Buffers to send in order: raw output is its
  * header and the pixels, so 18 MB of pixels are not copied just to prepend 20 bytes.
  */
-async function processImage(buf, { op, format = 'png', maxPixels, reuseInput = false, ...params }) {
+async function processImage(buf, {
+  op, format = 'png', maxPixels, reuseInput = false, channels = '3', ...params
+}) {
   const decoded = await decodeImage(buf, { maxPixels, reuseInput });
   let processed = decoded;
   if (op === 'blur') await gaussianBlurInPlaceAsync(decoded, params.radius ?? 2);
   else processed = applyOperation(decoded, op, params);
+  if (grayReply(op, format, channels)) {
+    processed = { width: processed.width, height: processed.height, data: firstChannel(processed.data), channels: 1 };
+  }
   const parts = format === 'raw'
     ? [ppmHeader(processed), processed.data]
     : [await encodeImage(processed, format, params)];
@@ -612,7 +640,9 @@ module.exports = {
   ImageError,
   OPERATIONS,
   FORMATS,
+  CHANNELS,
   CONTENT_TYPES,
+  grayReply,
   sniffFormat,
   readHeader,
   decodeImage,

@@ -216,10 +216,11 @@ def create_app(settings: Settings, self_check: Callable[[], None] = imaging.self
             raise ApiError(400, "missing_image", "the request has no image bytes")
         started = time.perf_counter()
         radius = options.pop("radius", imaging.DEFAULT_RADIUS)
+        one_channel = imaging.gray_reply(op, fmt, options.pop("channels", "3"))
         try:
             image = imaging.decode(data, settings.max_pixels)
             del data
-            image = imaging.apply(op, image, radius)
+            image = imaging.apply(op, image, radius, one_channel)
             result = imaging.encode(image, fmt, **options)
             del image
         except imaging.ImageError as exc:
@@ -284,7 +285,7 @@ def response_format(query_format: str | None, accept: str) -> str:
 
 
 def encoding_options(args) -> dict:
-    """quality, lossless, compression and radius from the query; 400 bad_param when out of range."""
+    """quality, lossless, compression, radius and channels from the query; 400 bad_param when out of range."""
     options = {}
     for name, low, high in (("quality", 1, 100), ("compression", 0, 9)):
         raw = args.get(name)
@@ -303,6 +304,11 @@ def encoding_options(args) -> dict:
         if not 0 < radius <= imaging.MAX_RADIUS:  # also false for nan
             raise ApiError(400, "bad_param", f"radius must be a number > 0 and <= {imaging.MAX_RADIUS:g}, got {raw!r}")
         options["radius"] = radius
+    raw = args.get("channels")
+    if raw is not None:
+        if raw not in imaging.CHANNELS:
+            raise ApiError(400, "bad_param", f"channels must be one of {', '.join(imaging.CHANNELS)}, got {raw!r}")
+        options["channels"] = raw
     return options
 
 
