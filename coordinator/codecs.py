@@ -20,22 +20,24 @@ QUALITIES = ("lossless", "high")
 # strip of noisy saturated colour can dip to ~44. Promise (and test): >= HIGH_PSNR_DB per image.
 HIGH_QUALITY = 95
 HIGH_PSNR_DB = 45.0
-# PNG zlib level asked of each runtime for lossless replies. worker-python uses Z_RLE up to
-# level 6, so 1 is as small and the fastest; sharp's sizes fall with the level (bench_wan).
+# PNG zlib level asked of each runtime for lossless replies (measured: coordinator/README.md,
+# "Wire formats"). worker-python: level 1 is Z_RLE for gray (2.4 MB for a 6 MP strip, the
+# smallest of any level) and the default strategy for RGB. sharp: sizes fall with the level.
 REPLY_PNG_LEVEL = {"python": 1, "nodejs": 6}
 ORIENTATION_TAG = 0x0112
 JPEGTRAN_TIMEOUT_SECONDS = 30
 
 
 def reply_query(wire: str, quality: str, runtime: str | None) -> dict[str, str]:
-    """Query parameters that pick the worker's reply format."""
+    """Query parameters that pick the worker's reply format. Lossless PNG replies ask for
+    channels=auto: a grayscale strip then comes back as one channel, a third of the bytes."""
     if quality == "high":
         return {"format": "jpeg", "quality": str(HIGH_QUALITY)}
     if wire == "raw":
         return {"format": "raw"}
     if wire == "webp-lossless":
         return {"format": "webp", "lossless": "true"}
-    return {"format": "png", "compression": str(REPLY_PNG_LEVEL.get(runtime or "", 1))}
+    return {"format": "png", "compression": str(REPLY_PNG_LEVEL.get(runtime or "", 1)), "channels": "auto"}
 
 
 @dataclass(frozen=True)

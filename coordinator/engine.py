@@ -220,8 +220,9 @@ def read_reply(response: requests.Response, raw_size: int, read_timeout: float) 
 def send_strip(session: requests.Session, worker: WorkerStatus, strip: Strip, width: int, body: bytes,
                content_type: str, wire: str, params: dict, config: CoordinatorConfig,
                request_id: str, rows: int | None = None) -> tuple[np.ndarray, requests.Response, int]:
-    """POST one strip; returns its pixels (halo included), checked to be width x rows RGB
-    (rows: of the body, default the strip with its halo), or raises StripFailed."""
+    """POST one strip; returns its pixels (halo included), checked to be width x rows RGB, or
+    width x rows gray when we asked for channels=auto (rows: of the body, default the strip
+    with its halo), or raises StripFailed."""
     rows = strip.send_bottom - strip.send_top if rows is None else rows
     query = {"op": strip.op, **codecs.reply_query(wire, config.wire_quality, worker.runtime),
              **{name: str(params[name]) for name in OPERATIONS[strip.op].params}}
@@ -246,11 +247,12 @@ def send_strip(session: requests.Session, worker: WorkerStatus, strip: Strip, wi
         raise StripFailed(error_reason(response, content), retry=True)
     if response.status_code != 200:
         raise StripFailed(error_reason(response, content), retry=False)
+    gray_ok = query.get("channels") == "auto"  # a 1-channel reply only when we asked for one
     try:
-        pixels = imaging.decode_any(content, expected_size=(width, rows))
+        pixels = imaging.decode_any(content, expected_size=(width, rows), gray_ok=gray_ok)
     except ValueError as exc:
         raise StripFailed(f"bad reply: {exc}", retry=True) from None
-    if pixels.shape != (rows, width, 3):
+    if pixels.shape != (rows, width, 3) and not (gray_ok and pixels.shape == (rows, width)):
         channels = pixels.shape[2] if pixels.ndim == 3 else 1
         raise StripFailed(f"bad reply: {pixels.shape[1]}x{pixels.shape[0]} with {channels} channels, "
                           f"expected {width}x{rows} RGB", retry=True)
@@ -381,7 +383,9 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
                 # rows of the result this piece fills: its range less the strip's halo
                 fill_top, fill_bottom = max(piece.fills_top, strip.top), min(piece.fills_bottom, strip.bottom)
                 first = fill_top - piece.first_row
-                result[fill_top:fill_bottom] = reply[first:first + fill_bottom - fill_top]
+                rows = reply[first:first + fill_bottom - fill_top]
+                # a 1-channel (gray) reply broadcasts to R=G=B
+                result[fill_top:fill_bottom] = rows if rows.ndim == 3 else rows[:, :, None]
             with stitch_lock:
                 stitch_seconds[0] += time.perf_counter() - stitch_started
             piece_ms = [parse_ms(response.headers.get("X-Processing-Ms")) for _, (_, response, _) in replies]

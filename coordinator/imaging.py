@@ -92,8 +92,9 @@ def decode_ppm(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, count=expected, offset=header.end()).reshape(height, width, 3)
 
 
-def decode_any(data: bytes, expected_size: tuple[int, int] | None = None) -> np.ndarray:
-    """A worker's reply in any format it may send, as (H, W, 3) uint8; raises ValueError.
+def decode_any(data: bytes, expected_size: tuple[int, int] | None = None, gray_ok: bool = False) -> np.ndarray:
+    """A worker's reply in any format it may send, as (H, W, 3) uint8, or (H, W) for an 8-bit
+    gray reply when gray_ok (we asked for channels=auto); raises ValueError.
     With expected_size (width, height), a reply declaring another size is refused before its
     pixels are decoded (a lying header must not make us allocate gigabytes)."""
     if data[:2] == b"P6":
@@ -103,9 +104,9 @@ def decode_any(data: bytes, expected_size: tuple[int, int] | None = None) -> np.
             if expected_size is not None and image.size != tuple(expected_size):
                 width, height = image.size
                 raise ValueError(f"reply declares {width}x{height}, expected {expected_size[0]}x{expected_size[1]}")
+            if image.mode not in (("RGB", "L") if gray_ok else ("RGB",)):
+                raise ValueError(f"reply is mode {image.mode}, expected {'RGB or L' if gray_ok else 'RGB'}")
             image.load()
-            if image.mode != "RGB":
-                raise ValueError(f"reply is mode {image.mode}, expected RGB")
             return np.asarray(image)
     except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ValueError(f"reply is not a readable image: {exc}") from None

@@ -191,8 +191,49 @@ def test_auto_transport_is_raw_on_loopback_and_compressed_elsewhere():
     assert wire_for("http://10.0.0.7:5001", "png") == "png"
 
 
+@pytest.mark.parametrize("runtime", ["python", "nodejs"])
+def test_gray_replies_come_as_one_channel_and_stitch_exactly(local_fleet, runtime, monkeypatch):
+    """Over a compressed wire a grayscale strip comes back 1-channel (channels=auto) from
+    either runtime and is expanded to R=G=B: the result equals the raw (RGB) path's."""
+    url = local_fleet[["python", "nodejs"].index(runtime)]
+    config = CoordinatorConfig(workers=(url,), source="test", transport="raw")
+    data = jpeg_bytes(photo(160, 90))
+    options = {"plan": "grayscale,invert", "strips": 2}
+    exact = run_job(data, config, **options)
+    shapes = []
+    real_decode = imaging.decode_any
+
+    def recording_decode(*args, **kwargs):
+        pixels = real_decode(*args, **kwargs)
+        shapes.append(pixels.ndim)
+        return pixels
+
+    monkeypatch.setattr(imaging, "decode_any", recording_decode)
+    result = run_job(data, dataclasses.replace(config, transport="png"), **options)
+    assert {strip.runtime for strip in result.strips} == {runtime}
+    assert sorted(shapes) == [2, 3]  # the grayscale strip 1-channel, the invert strip RGB
+    assert np.array_equal(result.pixels, exact.pixels)
+    gray = result.pixels[:45]
+    assert np.array_equal(gray[:, :, 0], gray[:, :, 1]) and np.array_equal(gray[:, :, 0], gray[:, :, 2])
+
+
+def test_gray_reply_is_refused_unless_asked_for():
+    gray = photo(20, 6)[:, :, 0]
+    data = png_bytes(gray)
+    with pytest.raises(ValueError, match="mode L, expected RGB"):
+        imaging.decode_any(data, expected_size=(20, 6))
+    assert np.array_equal(imaging.decode_any(data, expected_size=(20, 6), gray_ok=True), gray)
+    with pytest.raises(ValueError, match="declares 20x6"):
+        imaging.decode_any(data, expected_size=(20, 7), gray_ok=True)
+    rgba = png_bytes(np.dstack([photo(20, 6), np.full((6, 20), 255, np.uint8)]))
+    with pytest.raises(ValueError, match="mode RGBA, expected RGB or L"):
+        imaging.decode_any(rgba, expected_size=(20, 6), gray_ok=True)
+
+
 def test_reply_formats():
     assert codecs.reply_query("raw", "lossless", "python") == {"format": "raw"}
-    assert codecs.reply_query("jpeg-cut", "lossless", "nodejs") == {"format": "png", "compression": "6"}
+    assert codecs.reply_query("jpeg-cut", "lossless", "nodejs") == {"format": "png", "compression": "6",
+                                                                    "channels": "auto"}
+    assert codecs.reply_query("webp-lossless", "lossless", "python") == {"format": "webp", "lossless": "true"}
     assert codecs.reply_query("jpeg-cut", "high", "python") == {"format": "jpeg", "quality": "95"}
     assert imaging.decode_any  # replies of every kind decode through the same function
