@@ -21,8 +21,8 @@ QUALITIES = ("lossless", "high")
 HIGH_QUALITY = 95
 HIGH_PSNR_DB = 45.0
 # PNG zlib level asked of each runtime for lossless replies (measured: coordinator/README.md,
-# "Wire formats"). worker-python: level 1 is Z_RLE for gray (2.4 MB for a 6 MP strip, the
-# smallest of any level) and the default strategy for RGB. sharp: sizes fall with the level.
+# "Wire formats"). worker-python: a 1-channel gray reply is Z_RLE at levels 1-6, the same
+# 2.4 MB per 6 MP strip at each, so 1 is the cheapest. sharp: sizes fall with the level.
 REPLY_PNG_LEVEL = {"python": 1, "nodejs": 6}
 ORIENTATION_TAG = 0x0112
 JPEGTRAN_TIMEOUT_SECONDS = 30

@@ -99,11 +99,14 @@ def codec_table(jpeg: bytes, urls: list[str], link_mbit: tuple[float, float], le
             for label, query in (("raw", {"format": "raw"}),
                                  ("PNG level 1", {"format": "png", "compression": "1"}),
                                  ("PNG level 6", {"format": "png", "compression": "6"}),
+                                 ("PNG level 1, channels=auto", {"format": "png", "compression": "1", "channels": "auto"}),
+                                 ("PNG level 6, channels=auto", {"format": "png", "compression": "6", "channels": "auto"}),
                                  (f"JPEG q{codecs.HIGH_QUALITY} (high)", {"format": "jpeg", "quality": str(codecs.HIGH_QUALITY)})):
                 reply = session.post(f"{url}/process", params={"op": op, **query}, data=body,
                                      headers={"Content-Type": content_type}, timeout=120)
                 reply.raise_for_status()
-                got = imaging.decode_any(reply.content)
+                got = imaging.decode_any(reply.content, gray_ok=True)
+                got = got if got.ndim == 3 else np.repeat(got[:, :, None], 3, axis=2)  # gray: R=G=B
                 exact = got if exact is None else exact
                 quality = codecs.psnr(exact, got)
                 worker_s = float(reply.headers.get("X-Processing-Ms", "nan")) / 1000
