@@ -5,12 +5,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+
+from scripts.local import WORKERS as LOCAL_WORKERS
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIMES = ("python", "nodejs")
@@ -23,12 +24,11 @@ def free_port() -> int:
 
 
 def worker_command(runtime: str) -> tuple[list[str], Path]:
-    """The command line and working directory that start one worker (same as `make workers`)."""
-    if runtime == "python":
-        return [sys.executable, "-m", "worker_python"], ROOT / "worker-python"
-    if runtime == "nodejs":
-        return ["node", "server.js"], ROOT / "worker-nodejs"
-    raise ValueError(f"unknown runtime {runtime!r}")
+    """The command line and working directory that start one worker: `make workers`' own."""
+    spec = LOCAL_WORKERS.get(f"worker-{runtime}")
+    if spec is None:
+        raise ValueError(f"unknown runtime {runtime!r}")
+    return list(spec["cmd"]), spec["cwd"]
 
 
 @dataclass
