@@ -6,17 +6,18 @@ does, not EC2's fake public IPs).
 """
 from __future__ import annotations
 
+import functools
 import json
-import subprocess
-import sys
 
 import pytest
 
 from scripts.fleet.cli import main
 from tests.support.moto_server import REGION, aws_env, run_tagged_instance, start_moto_server
-from tests.support.procs import ROOT, free_port
+from tests.support.fleet_cli import assert_one_error_line, run_fleet
+from tests.support.procs import free_port
 
 PROJECT, STACK = "hdtp", "fleet-test"
+fleet = functools.partial(run_fleet, timeout=60)  # this file's bound per command
 
 
 @pytest.fixture(scope="module")
@@ -43,21 +44,8 @@ def worker_entry(name: str, role: str, url: str, instance_id: str = "") -> dict:
             "public_ip": "127.0.0.1", "instance_id": instance_id, "operations": []}
 
 
-def fleet(*args, env=None, timeout=60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scripts.fleet", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def dead_url() -> str:
     return f"http://127.0.0.1:{free_port()}"  # nothing listens there
-
-
-def assert_one_error_line(result, code: int, fragment: str) -> str:
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and fragment in last, result.stderr
-    return last
 
 
 def test_status_joins_ec2_state_checks_and_healthz(ec2, moto, python_worker, tmp_path):

@@ -7,6 +7,7 @@ opt/worker-python/current, so a redeploy is proven by the live /healthz reportin
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import requests
 
 from infra.bundle import build_id, bundle_files
 from tests.conftest import skip_or_fail
+from tests.support.fleet_cli import assert_one_error_line, run_fleet
 from tests.support.procs import ROOT, free_port
 from tests.support.sshd import make_key, sshd_available, start_sshd
 
@@ -29,6 +31,7 @@ pytestmark = pytest.mark.sshd
 
 STAND_INS = ROOT / "tests" / "fixtures" / "fleet" / "bin"
 ROLE, NAME = "worker-python", "worker-python-0"
+fleet = functools.partial(run_fleet, timeout=120)  # this file's bound per command
 
 
 @pytest.fixture(scope="module")
@@ -147,19 +150,6 @@ def host(sshd, host_root, tmp_path):
     for role in ("worker-python", "worker-nodejs"):
         if (host_root / "run" / f"{role}.pid").exists():
             stand_in_systemctl(host_root, "stop", role)
-
-
-def fleet(*args, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scripts.fleet", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def assert_one_error_line(result, code: int, fragment: str) -> str:
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and fragment in last, result.stderr
-    return last
 
 
 def host_fingerprint(sshd) -> str:
