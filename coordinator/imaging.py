@@ -7,13 +7,17 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from coordinator import pngfast
 from coordinator.errors import InputError
 
 OUTPUT_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp",
-                  ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp"}
+                  ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp", ".ppm": "ppm"}
+ALPHA_FORMATS = ("png", "webp", "tiff")  # the others get the result flattened onto white
+# Largest width or height a format can store: WebP keeps 14 bits per side, JPEG 16.
+MAX_SIDE = {"webp": 16383, "jpeg": 65535}
+ORIENTATION_TAG = 0x0112
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # One whitespace byte ends the header; workers write no comments.
 PPM_HEADER = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+(\d+)\s")
@@ -26,6 +30,18 @@ def open_input(data: bytes, max_pixels: int) -> Image.Image:
 
 def decode_pixels(data: bytes, max_pixels: int) -> np.ndarray:
     """(H, W, 3) uint8 of the input; checks the pixel count from the header before decoding."""
+    return to_rgb_array(load_image(data, max_pixels))
+
+
+def decode_with_alpha(data: bytes, max_pixels: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W, 3) uint8 colour for the workers and (H, W) uint8 alpha beside it; alpha is None
+    when the input has none or is opaque everywhere."""
+    image = load_image(data, max_pixels)
+    return to_rgb_array(image), alpha_of(image)
+
+
+def load_image(data: bytes, max_pixels: int) -> Image.Image:
+    """The decoded input, EXIF orientation applied; InputError for anything we cannot use."""
     if not data:
         raise InputError("input is empty (0 bytes)")
     with warnings.catch_warnings():
@@ -53,7 +69,7 @@ def decode_pixels(data: bytes, max_pixels: int) -> np.ndarray:
                 image = ImageOps.exif_transpose(image)
             except (OSError, ValueError, SyntaxError, EOFError, KeyError):
                 pass  # unreadable EXIF: keep the stored orientation, as the workers do
-            return to_rgb_array(image)
+            return image
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise InputError(f"image is truncated or corrupt ({image.format}): {exc}") from None
 
@@ -68,6 +84,61 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     elif image.mode in ("P", "PA"):
         image = image.convert("RGBA")
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
+def alpha_of(image: Image.Image) -> np.ndarray | None:
+    """(H, W) uint8 alpha of a decoded image, or None when it has none or is fully opaque."""
+    if image.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in image.info:
+        return None
+    alpha = np.asarray(image.getchannel("A") if "A" in image.getbands() else image.convert("RGBA").getchannel("A"))
+    return None if alpha.min() == 255 else alpha
+
+
+def probe_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as displayed (EXIF orientation applied), read from the header without
+    decoding; None when the header is unreadable (decoding then says why)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            try:
+                turned = image.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8)
+            except (OSError, ValueError, SyntaxError, EOFError, KeyError):
+                turned = False
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return None
+    return (height, width) if turned else (width, height)
+
+
+def check_output_size(fmt: str, width: int, height: int) -> None:
+    """InputError when `fmt` cannot store a width x height image; call it before any work."""
+    limit = MAX_SIDE.get(fmt)
+    if limit is not None and max(width, height) > limit:
+        raise InputError(f"{fmt.upper()} stores at most {limit:,} pixels a side, and the image is "
+                         f"{width:,}x{height:,}; choose PNG or TIFF")
+
+
+def with_alpha(pixels: np.ndarray, alpha: np.ndarray | None, strips, radius: float | None = None) -> np.ndarray:
+    """The workers' (H, W, 3) result with the input's alpha put back as (H, W, 4); unchanged
+    when alpha is None. The ops change colour only; on rows of blur strips the alpha is blurred
+    with the same Pillow GaussianBlur, so edges fade with the colour. `strips`: objects with
+    .top, .bottom, .op (the engine's JobResult.strips)."""
+    if alpha is None:
+        return pixels
+    blurred = None
+    out = alpha.copy()
+    for strip in strips:
+        if strip.op == "blur":
+            if blurred is None:
+                blurred = np.asarray(Image.fromarray(alpha).filter(ImageFilter.GaussianBlur(radius)))
+            out[strip.top:strip.bottom] = blurred[strip.top:strip.bottom]
+    return np.dstack((pixels, out))
+
+
+def flatten_on_white(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, 3) of (H, W, 4): each pixel composited over white, rounded."""
+    alpha = pixels[:, :, 3:].astype(np.uint32)
+    colour = pixels[:, :, :3].astype(np.uint32)
+    return ((colour * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
 
 
 def encode_ppm(rows: np.ndarray) -> bytes:
@@ -135,8 +206,14 @@ def format_for_path(path: str | Path) -> str:
 
 
 def encode_output(image: Image.Image | np.ndarray, fmt: str, quality: int = 90, png_level: int = 2) -> bytes:
-    """Bytes of the result; PNG goes through the parallel encoder."""
-    pixels = image if isinstance(image, np.ndarray) else np.asarray(image.convert("RGB"))
+    """Bytes of the result, (H, W, 3) or (H, W, 4) with alpha; a format without alpha
+    (ALPHA_FORMATS lists those with) gets it flattened onto white. PNG uses the parallel encoder."""
+    if isinstance(image, np.ndarray):
+        pixels = image
+    else:
+        pixels = np.asarray(image if image.mode in ("RGB", "RGBA") else image.convert("RGB"))
+    if pixels.ndim == 3 and pixels.shape[2] == 4 and fmt not in ALPHA_FORMATS:
+        pixels = flatten_on_white(pixels)
     if fmt == "png":
         return pngfast.encode_png(pixels, level=png_level)
     if not 1 <= quality <= 100:
@@ -151,6 +228,8 @@ def encode_output(image: Image.Image | np.ndarray, fmt: str, quality: int = 90, 
         picture.save(buffer, "TIFF", compression="tiff_deflate")
     elif fmt == "bmp":
         picture.save(buffer, "BMP")
+    elif fmt == "ppm":
+        picture.save(buffer, "PPM")
     else:
         raise InputError(f"unknown output format {fmt!r}")
     return buffer.getvalue()
