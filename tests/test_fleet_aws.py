@@ -172,3 +172,77 @@ def test_bad_flag_values_are_usage_errors(capsys):
         main(["wait", "--timeout", "soon"])
     assert exit_info.value.code == 2
     assert "--timeout" in capsys.readouterr().err
+
+
+# --- values from the outputs file are checked before use (ssh-config writes them into ~/.ssh/config)
+
+GOOD_WORKER = {**worker_entry("worker-python-0", "worker-python", "http://203.0.113.10:5001",
+                              "i-0a1b2c3d4e5f60718"), "public_ip": "203.0.113.10"}
+INJECTED = "203.0.113.10\n  ProxyCommand sh -c 'touch /tmp/pwned'"
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("public_ip", INJECTED, "is not an IP address"),
+    ("public_ip", "203.0.113.10 ", "is not an IP address"),
+    ("public_ip", "evil.example", "is not an IP address"),
+    ("name", "w\nHost *\n  ProxyCommand nc evil 22", "is not a worker name"),
+    ("name", "-oProxyCommand=x", "is not a worker name"),
+    ("name", "a" * 64, "is not a worker name"),
+    ("url", "http://203.0.113.10:5001\n", "is not an http:// or https:// URL"),
+    ("url", "http://user:pw@203.0.113.10:5001", "is not an http:// or https:// URL"),
+    ("url", "http://203.0.113.10:5001/x?y", "is not an http:// or https:// URL"),
+    ("url", "file:///etc/passwd", "is not an http:// or https:// URL"),
+    ("url", "http://203.0.113.10:99999", "is not an http:// or https:// URL"),
+    ("url", "http://ev il:5001", "is not an http:// or https:// URL"),
+    ("instance_id", "i-1;reboot", "is not an EC2 instance id"),
+    ("operations", ["grayscale", "x\ny"], "is not an operation name"),
+    ("runtime", "go", "does not match role worker-python"),
+])
+def test_hostile_worker_values_are_refused_before_anything_is_written(field, value, fragment, tmp_path):
+    outputs = write_outputs(tmp_path / "out.json", [{**GOOD_WORKER, field: value}])
+    result = fleet("ssh-config", "--outputs", str(outputs), env=aws_env(None))
+    line = assert_one_error_line(result, 2, fragment)
+    assert f"workers[0].{field}" in line or field == "runtime"
+    assert result.stdout == ""  # nothing reaches the ssh config
+    assert len(line) < 300 and "\n" not in line
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("ssh_user", "ubuntu\n  ProxyCommand x", "is not a user name"),
+    ("region", "us-east-1\nx", "is not an AWS region"),
+    ("project", "hdtp project", "is not a Pulumi name"),
+])
+def test_hostile_file_values_are_refused(key, value, fragment, tmp_path):
+    outputs = write_outputs(tmp_path / "out.json", [GOOD_WORKER])
+    data = json.loads(outputs.read_text())
+    outputs.write_text(json.dumps({**data, key: value}))
+    assert_one_error_line(fleet("ssh-config", "--outputs", str(outputs), env=aws_env(None)), 2,
+                          fragment)
+
+
+def test_ssh_config_prints_only_checked_values_and_quotes_paths(tmp_path):
+    outputs = write_outputs(tmp_path / "out.json", [
+        GOOD_WORKER, {**worker_entry("worker-nodejs-0", "worker-nodejs", "http://203.0.113.21:5002"),
+                      "public_ip": ""}])
+    key = tmp_path / "my keys" / "id_ed25519"
+    key.parent.mkdir()
+    key.write_text("not read by ssh-config\n")
+    result = fleet("ssh-config", "--outputs", str(outputs), "--ssh-key", str(key),
+                   "--known-hosts", str(tmp_path / "kh"), env=aws_env(None))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "Host worker-python-0", "  HostName 203.0.113.10", "  User ubuntu",
+        f'  IdentityFile "{key}"', "  IdentitiesOnly yes",
+        f'  UserKnownHostsFile "{tmp_path / "kh"}"', "  StrictHostKeyChecking yes", "",
+        "# worker-nodejs-0: no public_ip in the outputs file (is it running?)", ""]
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"\xff\xfe{}", "cannot read outputs file"),
+    (b"[" * 100_000 + b"]" * 100_000, "nests too deeply"),
+    (b" " * 1_000_001, "is over 1000000 bytes"),
+])
+def test_an_outputs_file_that_is_not_text_json_or_sane_size_is_exit_2(content, fragment, tmp_path):
+    path = tmp_path / "out.json"
+    path.write_bytes(content)
+    assert_one_error_line(fleet("status", "--outputs", str(path), env=aws_env(None)), 2, fragment)

@@ -88,7 +88,7 @@ class Host:
         self.outputs = tmp_path / f"stack-outputs-{role}.json"
         self.outputs.write_text(json.dumps({
             "workers": [{"name": self.name, "role": role, "runtime": role.split("-")[1],
-                         "url": self.url, "public_ip": "127.0.0.1", "instance_id": "i-0fleettest",
+                         "url": self.url, "public_ip": "127.0.0.1", "instance_id": "i-0f1ee7e57e57e57e5",
                          "operations": []}],
             "worker_token": "", "project": "hdtp", "stack": "fleet-test", "region": "us-east-1",
             "ssh_user": sshd.user}))

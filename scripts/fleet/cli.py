@@ -174,14 +174,18 @@ def cmd_redeploy(config: FleetConfig, args) -> int:
 
 
 def cmd_ssh_config(config: FleetConfig, args) -> int:
+    # Every value here was checked by scripts/fleet/values.py: no newline can add a directive.
     for worker in config.workers:
-        lines = [f"Host {worker.name}", f"  HostName {worker.public_ip or '?'}",
+        if not worker.public_ip:
+            print(f"# {worker.name}: no public_ip in the outputs file (is it running?)\n")
+            continue
+        lines = [f"Host {worker.name}", f"  HostName {worker.public_ip}",
                  f"  User {config.ssh_user}"]
         if config.ssh_port != 22:
             lines.append(f"  Port {config.ssh_port}")
         if config.ssh_key:
-            lines += [f"  IdentityFile {config.ssh_key}", "  IdentitiesOnly yes"]
-        lines += [f"  UserKnownHostsFile {config.known_hosts}", "  StrictHostKeyChecking yes"]
+            lines += [f'  IdentityFile "{config.ssh_key}"', "  IdentitiesOnly yes"]
+        lines += [f'  UserKnownHostsFile "{config.known_hosts}"', "  StrictHostKeyChecking yes"]
         print("\n".join(lines) + "\n")
     return errors.OK
 

@@ -17,6 +17,7 @@ if str(REPO_ROOT) not in sys.path:  # infra.bundle is shared with the Pulumi pro
 
 from infra.bundle import RUNTIME_OF_ROLE  # noqa: E402
 from scripts.fleet.errors import USAGE, FleetError  # noqa: E402
+from scripts.fleet import values  # noqa: E402
 
 DEFAULT_OUTPUTS = "stack-outputs.json"
 
@@ -52,6 +53,7 @@ class FleetConfig:
     endpoint_url: str | None
     remote_root: str
     source_root: Path | None
+    boot_check: bool = False  # also ask cloud-init over SSH (status, wait)
 
     def worker(self, name: str) -> Worker:
         for worker in self.workers:
@@ -61,9 +63,17 @@ class FleetConfig:
         raise FleetError(f"no worker named {name!r} in {self.outputs_path} (known: {known})", USAGE)
 
 
+MAX_OUTPUTS_BYTES = 1_000_000  # a real file is a few KB; /dev/zero must not fill the memory
+
+
 def _read_outputs(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
+        with open(path, "rb") as source:
+            raw = source.read(MAX_OUTPUTS_BYTES + 1)
+        if len(raw) > MAX_OUTPUTS_BYTES:
+            raise FleetError(f"outputs file {path} is over {MAX_OUTPUTS_BYTES} bytes; "
+                             "is it the stack outputs file?", USAGE)
+        data = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise FleetError(f"outputs file {path} not found; write it with `pulumi stack output "
                          f"--json --show-secrets > {DEFAULT_OUTPUTS}` or pass --outputs", USAGE)
@@ -71,6 +81,8 @@ def _read_outputs(path: Path) -> dict:
         raise FleetError(f"cannot read outputs file {path}: {exc}", USAGE)
     except json.JSONDecodeError as exc:
         raise FleetError(f"outputs file {path} is not JSON: {exc.msg} at line {exc.lineno}", USAGE)
+    except RecursionError:
+        raise FleetError(f"outputs file {path} nests too deeply to be the stack outputs file", USAGE)
     if not isinstance(data, dict):
         raise FleetError(f"outputs file {path} must hold a JSON object", USAGE)
     return data
@@ -84,19 +96,27 @@ def _required_text(data: dict, key: str, where: str) -> str:
 
 
 def _parse_worker(entry, index: int, path: Path) -> Worker:
+    """One `workers[]` entry, every field checked (scripts/fleet/values.py says why)."""
     where = f"{path}: workers[{index}]"
     if not isinstance(entry, dict):
         raise FleetError(f"{where} must be an object", USAGE)
     role = _required_text(entry, "role", where)
     if role not in RUNTIME_OF_ROLE:
         raise FleetError(f"{where}: role {role!r} is not one of {', '.join(RUNTIME_OF_ROLE)}", USAGE)
+    runtime = entry.get("runtime") or RUNTIME_OF_ROLE[role]
+    if runtime != RUNTIME_OF_ROLE[role]:
+        raise FleetError(f"{where}: runtime {runtime!r} does not match role {role}", USAGE)
     operations = entry.get("operations") or []
+    if not isinstance(operations, list):
+        raise FleetError(f"{where}: operations must be a list", USAGE)
+    public_ip, instance_id = entry.get("public_ip") or "", entry.get("instance_id") or ""
     return Worker(
-        name=_required_text(entry, "name", where), role=role,
-        runtime=entry.get("runtime") or RUNTIME_OF_ROLE[role],
-        url=_required_text(entry, "url", where).rstrip("/"),
-        public_ip=entry.get("public_ip") or "", instance_id=entry.get("instance_id") or "",
-        operations=tuple(operations) if isinstance(operations, list) else ())
+        name=values.name(_required_text(entry, "name", where), f"{where}.name"), role=role,
+        runtime=runtime, url=values.url(_required_text(entry, "url", where), f"{where}.url"),
+        public_ip=values.ip_address(public_ip, f"{where}.public_ip") if public_ip else "",
+        instance_id=values.instance_id(instance_id, f"{where}.instance_id") if instance_id else "",
+        operations=tuple(values.operation(op, f"{where}.operations[{i}]")
+                         for i, op in enumerate(operations)))
 
 
 def _port(value, name: str) -> int:
@@ -119,6 +139,24 @@ def _seconds(value, name: str) -> float:
     return seconds
 
 
+def _region(args, data: dict, path: Path, environ) -> str:
+    region = (getattr(args, "region", None) or data.get("region") or environ.get("AWS_REGION")
+              or environ.get("AWS_DEFAULT_REGION"))
+    if not region:
+        raise FleetError(f"no AWS region: {path} has no `region`; pass --region or set AWS_REGION", USAGE)
+    return values.region(region, "region (--region, the outputs file, AWS_REGION)")
+
+
+def _local_path(value: str, where: str) -> Path:
+    return Path(values.path_text(value, where)).expanduser()
+
+
+def _boot_check(args, ssh_key) -> bool:
+    """Ask cloud-init over SSH: when told to, else whenever an SSH key is configured."""
+    chosen = getattr(args, "boot_check", None)
+    return bool(ssh_key) if chosen is None else chosen
+
+
 def load_config(args, environ=os.environ) -> FleetConfig:
     """Resolve every setting once; `args` is the argparse namespace (absent flags are None)."""
     path = Path(getattr(args, "outputs", None) or environ.get("COORDINATOR_WORKERS_FILE")
@@ -131,28 +169,25 @@ def load_config(args, environ=os.environ) -> FleetConfig:
     names = [w.name for w in workers]
     if len(set(names)) != len(names):
         raise FleetError(f"{path}: worker names repeat: {', '.join(names)}", USAGE)
-    region = (getattr(args, "region", None) or data.get("region") or environ.get("AWS_REGION")
-              or environ.get("AWS_DEFAULT_REGION"))
-    if not region:
-        raise FleetError(f"no AWS region: {path} has no `region`; pass --region or set AWS_REGION", USAGE)
     ssh_key = getattr(args, "ssh_key", None) or environ.get("FLEET_SSH_KEY")
     if ssh_key and not Path(ssh_key).expanduser().is_file():
         raise FleetError(f"SSH key {ssh_key} does not exist (--ssh-key / FLEET_SSH_KEY)", USAGE)
     known_hosts = (getattr(args, "known_hosts", None) or environ.get("FLEET_KNOWN_HOSTS")
-                   or default_known_hosts(environ))
+                   or str(default_known_hosts(environ)))
     remote_root = getattr(args, "remote_root", None) or environ.get("FLEET_REMOTE_ROOT") or "/"
     if not remote_root.startswith("/"):
         raise FleetError(f"--remote-root must be an absolute path, got {remote_root!r}", USAGE)
     source_root = getattr(args, "source_root", None)
     return FleetConfig(
         outputs_path=path,
-        project=_required_text(data, "project", str(path)),
-        stack=_required_text(data, "stack", str(path)),
-        region=region,
+        project=values.stack_word(_required_text(data, "project", str(path)), f"{path}: project"),
+        stack=values.stack_word(_required_text(data, "stack", str(path)), f"{path}: stack"),
+        region=_region(args, data, path, environ),
         workers=workers,
-        ssh_user=getattr(args, "ssh_user", None) or data.get("ssh_user") or "ubuntu",
-        ssh_key=Path(ssh_key).expanduser() if ssh_key else None,
-        known_hosts=Path(known_hosts).expanduser(),
+        ssh_user=values.ssh_user(getattr(args, "ssh_user", None) or data.get("ssh_user") or "ubuntu",
+                                 "ssh user (--ssh-user, the outputs file's ssh_user)"),
+        ssh_key=_local_path(ssh_key, "--ssh-key / FLEET_SSH_KEY") if ssh_key else None,
+        known_hosts=_local_path(known_hosts, "--known-hosts / FLEET_KNOWN_HOSTS"),
         ssh_port=_port(getattr(args, "ssh_port", None) or environ.get("FLEET_SSH_PORT") or 22,
                        "--ssh-port / FLEET_SSH_PORT"),
         ssh_timeout=_seconds(getattr(args, "ssh_timeout", None) or environ.get("FLEET_SSH_TIMEOUT")
@@ -160,4 +195,5 @@ def load_config(args, environ=os.environ) -> FleetConfig:
         endpoint_url=getattr(args, "endpoint_url", None) or environ.get("AWS_ENDPOINT_URL") or None,
         remote_root=remote_root,
         source_root=Path(source_root).resolve() if source_root else None,
+        boot_check=_boot_check(args, ssh_key),
     )
