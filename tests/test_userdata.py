@@ -25,8 +25,9 @@ from PIL import Image
 from infra.bundle import bundle_files, tarball
 from infra.releases import Release
 from infra.roles import ROLE_SPECS, SERVICE_USER
-from infra.userdata import (FETCH_SCRIPT_PATH, FETCH_SCRIPT_SOURCE, NODE_TARBALL_SHA256, NODE_VERSION,
-                            USER_DATA_LIMIT, env_file, render_cloud_config)
+from infra.userdata import (FETCH_SCRIPT_PATH, FETCH_SCRIPT_SOURCE, MAX_INFLIGHT_PIXELS, MEMORY_MAX,
+                            NODE_TARBALL_SHA256, NODE_TARBALL_URL, NODE_VERSION, NPM_TARBALL_SHA256,
+                            NPM_TARBALL_URL, USER_DATA_LIMIT, env_file, render_cloud_config)
 from tests.conftest import skip_or_fail
 from tests.support.moto_server import REGION, aws_env, start_moto_server
 from tests.support.procs import ROOT, start_worker
@@ -133,15 +134,87 @@ def test_python_host_builds_a_venv_from_the_pinned_requirements():
 
 def test_node_host_installs_pinned_node_20_and_locked_deps():
     runcmd = parsed("worker-nodejs")["runcmd"]
-    tarball_path = f"/tmp/node-{NODE_VERSION}-linux-x64.tar.xz"
     assert NODE_VERSION.startswith("v20.")
-    assert (f"curl -fsSL --retry 5 -o {tarball_path} "
-            f"https://nodejs.org/dist/{NODE_VERSION}/node-{NODE_VERSION}-linux-x64.tar.xz") in runcmd
-    # The checksum is verified before the archive is unpacked.
-    check = runcmd.index(f"echo '{NODE_TARBALL_SHA256}  {tarball_path}' | sha256sum -c -")
-    assert check < next(i for i, c in enumerate(runcmd) if c.startswith(f"tar -xJf {tarball_path}"))
-    assert "ln -sfn /opt/node-v20.20.0/bin/node /usr/bin/node" in runcmd
+    # Both tarballs come from the npm registry (reachable from the hosts and the boot test), and
+    # each checksum is verified before its archive is unpacked.
+    for url, sha256 in ((NODE_TARBALL_URL, NODE_TARBALL_SHA256), (NPM_TARBALL_URL, NPM_TARBALL_SHA256)):
+        assert url.startswith("https://registry.npmjs.org/")
+        tarball_path = f"/tmp/{url.rsplit('/', 1)[-1]}"
+        fetch = runcmd.index(f"curl -fsSL --retry 5 -o {tarball_path} {url}")
+        check = runcmd.index(f"echo '{sha256}  {tarball_path}' | sha256sum -c -")
+        unpack = next(i for i, c in enumerate(runcmd) if c.startswith(f"tar -xzf {tarball_path}"))
+        assert fetch < check < unpack
+    assert f"ln -sfn /opt/node-{NODE_VERSION}/bin/node /usr/bin/node" in runcmd
     assert "cd /opt/worker-nodejs/current && npm ci --omit=dev --no-audit --no-fund" in runcmd
+
+
+def test_unit_bounds_in_flight_pixels_under_its_memory_limit():
+    unit = embedded(parsed("worker-python"), "/etc/systemd/system/worker-python.service")["content"]
+    assert f"Environment=WORKER_MAX_INFLIGHT_PIXELS={MAX_INFLIGHT_PIXELS}" in unit.splitlines()
+    # ~10 bytes of RSS per in-flight pixel (measured on worker-python) must fit in MemoryMax.
+    assert MAX_INFLIGHT_PIXELS * 10 < int(MEMORY_MAX.rstrip("M")) * 2**20
+
+
+# ---------------------------------------------------------------- the install is checked
+
+def install_tail(role: str, base: Path) -> str:
+    """The document's runcmd from the dependency install to the end, with /opt/<role> moved to `base`."""
+    runcmd = parsed(role)["runcmd"]
+    marker = "npm ci" if role == "worker-nodejs" else "/bin/pip install"
+    start = next(i for i, c in enumerate(runcmd) if marker in c)
+    return "set -eux\n" + "\n".join(runcmd[start:]).replace(f"/opt/{role}", str(base))
+
+
+def stub(path: Path, body: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+
+
+def run_install_tail(role: str, tmp_path: Path, installer_body: str) -> tuple[subprocess.CompletedProcess, str]:
+    """Run the tail with the installer replaced by `installer_body` and a recording systemctl."""
+    base, bin_dir, calls = tmp_path / role, tmp_path / "bin", tmp_path / "systemctl.calls"
+    current = base / "current"
+    current.mkdir(parents=True)
+    for name in bundle_files(role):
+        (current / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / role / name, current / name)
+    stub(bin_dir / "systemctl", f'echo "$*" >> {calls}')
+    if role == "worker-nodejs":
+        stub(bin_dir / "npm", installer_body)
+    else:
+        stub(base / "venv" / "bin" / "pip", installer_body)
+        (base / "venv" / "bin" / "python").symlink_to(PYTHON_WITHOUT_DEPS)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-c", install_tail(role, base)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    return done, calls.read_text() if calls.exists() else ""
+
+
+PYTHON_WITHOUT_DEPS = "/usr/bin/python3"  # Debian's python3: no flask, gunicorn or Pillow
+NPM_EXIT_0 = 'echo "npm error Exit handler never called!" >&2; exit 0'
+
+
+@pytest.mark.parametrize("role", sorted(ROLE_SPECS))
+def test_boot_stops_when_the_installer_exits_0_without_installing(role, tmp_path):
+    """The bug a real boot found: `npm ci` failed, exited 0, and the service was enabled anyway."""
+    if role == "worker-nodejs" and shutil.which("node") is None:
+        skip_or_fail("node is not installed")
+    done, systemctl = run_install_tail(role, tmp_path, NPM_EXIT_0)
+    assert done.returncode != 0, done.stderr[-2000:]
+    assert "enable" not in systemctl
+    missing = "Cannot find module" if role == "worker-nodejs" else "ModuleNotFoundError"
+    assert missing in done.stderr
+
+
+def test_boot_enables_the_service_once_the_dependencies_load(tmp_path):
+    """The check passes a real install: the repo's own node_modules from the same lock file."""
+    if shutil.which("node") is None:
+        skip_or_fail("node is not installed")
+    link = f"ln -s {ROOT / 'worker-nodejs' / 'node_modules'} node_modules"
+    done, systemctl = run_install_tail("worker-nodejs", tmp_path, link)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert systemctl.splitlines() == ["daemon-reload", "enable --now worker-nodejs.service"]
 
 
 @pytest.mark.parametrize("token", ["has space", "quote'", "dollar$x", "", "new\nline"])
