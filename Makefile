@@ -16,9 +16,10 @@ help:
 
 setup: $(VENV)/.installed worker-nodejs/node_modules/.installed
 
-$(VENV)/.installed: $(REQUIREMENTS)
+$(VENV)/.installed: $(REQUIREMENTS) pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check $(addprefix -r ,$(REQUIREMENTS))
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
 	touch $@
 
 worker-nodejs/node_modules/.installed: worker-nodejs/package.json worker-nodejs/package-lock.json
