@@ -3,6 +3,10 @@
     python -m scripts.local start   # workers in the background, returns once both are healthy
     python -m scripts.local run     # workers + page in the foreground; Ctrl-C stops all
     python -m scripts.local stop    # stops exactly what start/run started
+
+Ports: PYTHON_WORKER_PORT (5001), NODEJS_WORKER_PORT (5002), COORDINATOR_PAGE_PORT (8501),
+e.g. `make run PYTHON_WORKER_PORT=5011`. A busy port stops the start with one line naming the
+variable to set. The page is pointed at the workers' ports unless a worker list is configured.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,14 +22,71 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_DIR = ROOT / ".run"
+# LOCAL_RUN_DIR lets tests keep their pid files and logs away from a developer's own `make run`.
+RUN_DIR = Path(os.environ.get("LOCAL_RUN_DIR") or ROOT / ".run")
 WORKERS = {
-    "worker-python": {"cmd": [sys.executable, "-m", "worker_python"], "cwd": ROOT / "worker-python", "port": 5001},
-    "worker-nodejs": {"cmd": ["node", "server.js"], "cwd": ROOT / "worker-nodejs", "port": 5002},
+    "worker-python": {"cmd": [sys.executable, "-m", "worker_python"], "cwd": ROOT / "worker-python",
+                      "port": 5001, "port_var": "PYTHON_WORKER_PORT"},
+    "worker-nodejs": {"cmd": ["node", "server.js"], "cwd": ROOT / "worker-nodejs",
+                      "port": 5002, "port_var": "NODEJS_WORKER_PORT"},
 }
+PAGE_PORT_VAR = "COORDINATOR_PAGE_PORT"
+# Any of these means the user chose the workers the page talks to (e.g. the EC2 fleet).
+WORKER_SOURCES = ("COORDINATOR_WORKERS", "COORDINATOR_WORKERS_FILE", "COORDINATOR_PULUMI_STACK")
 # glibc returns freed strip buffers to the OS with these (node worker peak RSS 215 -> 129 MiB)
 MALLOC_LIMITS = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}
-PAGE_PORT = int(os.environ.get("COORDINATOR_PAGE_PORT", "8501"))
+
+
+class PortError(Exception):
+    """A port setting that is malformed (exit 2) or a port that is taken (exit 1)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def _port_setting(var: str, default: int, environ=os.environ) -> int:
+    raw = environ.get(var, "").strip() or str(default)
+    if not raw.isdigit() or not 1024 <= int(raw) <= 65535:
+        raise PortError(f"{var} must be a port number from 1024 to 65535, got {raw!r}", 2)
+    return int(raw)
+
+
+def ports(environ=os.environ) -> dict[str, int]:
+    """name -> port for both workers and the page, from the environment (make passes its variables)."""
+    chosen = {name: _port_setting(spec["port_var"], spec["port"], environ)
+              for name, spec in WORKERS.items()}
+    chosen["page"] = _port_setting(PAGE_PORT_VAR, 8501, environ)
+    if len(set(chosen.values())) != len(chosen):
+        raise PortError("PYTHON_WORKER_PORT, NODEJS_WORKER_PORT and COORDINATOR_PAGE_PORT must "
+                        f"differ, got {chosen['worker-python']}, {chosen['worker-nodejs']}, "
+                        f"{chosen['page']}", 2)
+    return chosen
+
+
+def _port_var(name: str) -> str:
+    return WORKERS[name]["port_var"] if name in WORKERS else PAGE_PORT_VAR
+
+
+def check_free(name: str, port: int) -> None:
+    """PortError naming the variable to set when something already listens on the port."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            owner = _healthy(port) if name in WORKERS else None
+            held = f"already serves {owner}, not started by make" if owner else "is busy"
+            raise PortError(f"port {port} for {name} {held}; set {_port_var(name)} to a free "
+                            f"port (e.g. make run {_port_var(name)}={port + 10}) or free it", 1) from None
+
+
+def page_env(environ, chosen: dict[str, int]) -> dict:
+    """The page's environment: it finds the workers at their chosen ports unless told otherwise."""
+    env = dict(environ)
+    if not any(env.get(var) for var in WORKER_SOURCES):
+        env["COORDINATOR_WORKERS"] = ",".join(f"http://127.0.0.1:{chosen[name]}" for name in WORKERS)
+    return env
 
 
 def _pid_file(name: str) -> Path:
@@ -59,7 +121,7 @@ def _healthy(port: int) -> str | None:
 
 
 def _spawn(name: str, cmd: list[str], cwd: Path, env: dict) -> int:
-    RUN_DIR.mkdir(exist_ok=True)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
     log = open(RUN_DIR / f"{name}.log", "ab")
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -67,32 +129,45 @@ def _spawn(name: str, cmd: list[str], cwd: Path, env: dict) -> int:
     return proc.pid
 
 
-def start_workers(timeout: float = 30) -> int:
-    for name, spec in WORKERS.items():
-        if _running_pid(name):
-            continue
-        owner = _healthy(spec["port"])
-        if owner:
-            print(f"error: port {spec['port']} already serves {owner} not started by make; "
-                  f"stop it or free the port", file=sys.stderr)
-            return 1
-        env = {**os.environ, "WORKER_PORT": str(spec["port"]), **MALLOC_LIMITS}
-        _spawn(name, spec["cmd"], spec["cwd"], env)
+def _spawn_workers(chosen: dict[str, int]) -> list[str]:
+    """Start each worker not already running from our pid files; returns the names to wait for."""
+    pending = [name for name in WORKERS if not _running_pid(name)]
+    for name in pending:
+        check_free(name, chosen[name])  # every port checked before anything starts
+    if "WORKER_PORT" in os.environ:
+        print("note: WORKER_PORT is ignored here (two workers); set PYTHON_WORKER_PORT / "
+              "NODEJS_WORKER_PORT", file=sys.stderr)
+    for name in pending:
+        env = {**os.environ, "WORKER_PORT": str(chosen[name]), **MALLOC_LIMITS}
+        _spawn(name, WORKERS[name]["cmd"], WORKERS[name]["cwd"], env)
+    return list(WORKERS)
+
+
+def _wait_healthy(waiting: dict[str, int], timeout: float) -> int:
     deadline = time.monotonic() + timeout
-    waiting = dict(WORKERS)
     while waiting and time.monotonic() < deadline:
         for name in list(waiting):
-            if _healthy(waiting[name]["port"]) == name:
-                print(f"{name}: http://127.0.0.1:{waiting.pop(name)['port']} healthy")
+            if _healthy(waiting[name]) == name:
+                print(f"{name}: http://127.0.0.1:{waiting.pop(name)} healthy")
             elif not _running_pid(name):
-                print(f"error: {name} exited at start; see .run/{name}.log", file=sys.stderr)
+                print(f"error: {name} exited at start; see {RUN_DIR / (name + '.log')}", file=sys.stderr)
                 return 1
         time.sleep(0.2)
     if waiting:
-        print(f"error: not healthy after {timeout:.0f}s: {', '.join(waiting)}; see .run/*.log",
+        print(f"error: not healthy after {timeout:.0f}s: {', '.join(waiting)}; see {RUN_DIR}/*.log",
               file=sys.stderr)
         return 1
     return 0
+
+
+def start_workers(timeout: float = 30, chosen: dict[str, int] | None = None) -> int:
+    try:
+        chosen = chosen or ports()
+        names = _spawn_workers(chosen)
+    except PortError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    return _wait_healthy({name: chosen[name] for name in names}, timeout)
 
 
 def stop_all(grace: float = 15) -> int:
@@ -116,17 +191,23 @@ def stop_all(grace: float = 15) -> int:
 
 
 def run() -> int:
-    code = start_workers()
+    try:
+        chosen = ports()
+        check_free("page", chosen["page"])
+    except PortError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    code = start_workers(chosen=chosen)
     if code:
         return code
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "coordinator" / "app.py"),
-           "--server.port", str(PAGE_PORT), "--server.headless", "true",
+           "--server.port", str(chosen["page"]), "--server.headless", "true",
            "--browser.gatherUsageStats", "false"]
-    RUN_DIR.mkdir(exist_ok=True)
-    page = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    page = subprocess.Popen(cmd, cwd=ROOT, env=page_env(os.environ, chosen), start_new_session=True)
     _pid_file("page").write_text(str(page.pid))
-    print(f"\n  The page is at http://localhost:{PAGE_PORT}  (Ctrl-C or `make stop` stops everything)\n",
-          flush=True)
+    print(f"\n  The page is at http://localhost:{chosen['page']}  (Ctrl-C or `make stop` stops "
+          "everything)\n", flush=True)
     try:
         page.wait()
     except KeyboardInterrupt:
