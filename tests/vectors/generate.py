@@ -18,6 +18,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+try:
+    from tests.vectors.rule_vectors import build_rule_vectors
+except ModuleNotFoundError:  # run as a script: python tests/vectors/generate.py
+    from rule_vectors import build_rule_vectors
+
 HERE = Path(__file__).resolve().parent
 WIDTH, HEIGHT = 17, 11  # odd sizes catch row-stride and edge bugs
 EXACT_TOLERANCE = 1
@@ -289,9 +294,25 @@ def main() -> None:
     for name, (data, content_type, status, code) in errors.items():
         (HERE / "inputs" / name).write_bytes(data)
         manifest["errors"].append({"input": name, "content_type": content_type, "status": status, "code": code})
+    manifest["rules"] = write_rule_vectors(photo, (HERE / "inputs" / "photo.png").read_bytes())
     (HERE / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"wrote {len(manifest['inputs'])} inputs, {len(manifest['cases'])} cases, "
-          f"{len(manifest['errors'])} error inputs to {HERE}")
+          f"{len(manifest['errors'])} error inputs, {len(manifest['rules'])} rule inputs to {HERE}")
+
+
+def write_rule_vectors(photo: np.ndarray, photo_png: bytes) -> list:
+    """The round-2 rule inputs (rule_vectors.py); accepted ones get their expected invert output."""
+    entries = []
+    for name, vector in build_rule_vectors(photo, photo_png).items():
+        (HERE / "inputs" / name).write_bytes(vector["data"])
+        entry = {"input": name, "content_type": vector["content_type"], "status": vector["status"],
+                 "code": vector["code"], "rule": vector["rule"], "why": vector["why"]}
+        if vector["reference"] is not None:
+            expected_name = f"{name.replace('.', '_')}-invert.png"
+            Image.fromarray(ref_invert(vector["reference"]), "RGB").save(HERE / "expected" / expected_name)
+            entry["expected"] = {"invert": f"expected/{expected_name}"}
+        entries.append(entry)
+    return entries
 
 
 if __name__ == "__main__":
