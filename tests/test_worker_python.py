@@ -50,9 +50,9 @@ def test_defaults_need_no_environment():
 def test_every_variable_is_read():
     settings = load_settings({"WORKER_HOST": "0.0.0.0", "WORKER_PORT": "6001", "WORKER_TOKEN": "t0k",
                               "WORKER_MAX_BYTES": "1000", "WORKER_MAX_PIXELS": "2000",
-                              "WORKER_MAX_INFLIGHT": "2", "WORKER_GRACE_SECONDS": "1.5",
-                              "WORKER_BUILD": "abc123", "WORKER_LOG_LEVEL": "DEBUG"})
-    assert settings == Settings("0.0.0.0", 6001, "t0k", 1000, 2000, 2, 1.5, "abc123", "debug")
+                              "WORKER_MAX_INFLIGHT": "2", "WORKER_MAX_INFLIGHT_PIXELS": "3000",
+                              "WORKER_GRACE_SECONDS": "1.5", "WORKER_BUILD": "abc123", "WORKER_LOG_LEVEL": "DEBUG"})
+    assert settings == Settings("0.0.0.0", 6001, "t0k", 1000, 2000, 2, 3000, 1.5, "abc123", "debug")
 
 
 def test_empty_token_means_unset_and_repr_hides_the_token():
@@ -65,7 +65,7 @@ def test_empty_token_means_unset_and_repr_hides_the_token():
     ("WORKER_MAX_BYTES", "-1"), ("WORKER_MAX_BYTES", "1e6"), ("WORKER_MAX_PIXELS", "0"),
     ("WORKER_MAX_INFLIGHT", "0"), ("WORKER_MAX_INFLIGHT", "1000"), ("WORKER_GRACE_SECONDS", "-1"),
     ("WORKER_GRACE_SECONDS", "nan"), ("WORKER_GRACE_SECONDS", "soon"), ("WORKER_LOG_LEVEL", "loud"),
-    ("WORKER_BUILD", "x" * 200), ("WORKER_TOKEN", "new\nline"),
+    ("WORKER_BUILD", "x" * 200), ("WORKER_TOKEN", "new\nline"), ("WORKER_MAX_INFLIGHT_PIXELS", "0"),
 ])
 def test_bad_value_names_the_variable(name, value):
     with pytest.raises(SettingsError, match=name):
@@ -98,7 +98,11 @@ def test_sniff_accepted_formats(name, fmt):
     (b"<svg xmlns='http://www.w3.org/2000/svg'/>", imaging.UnsupportedFormat),
     (b"\x00\x00\x01\x00" + bytes(40), imaging.UnsupportedFormat),
     (b"\x00\x00\x00\x1cftypavif" + bytes(40), imaging.UnsupportedFormat),
-    (b"P5\n2 2\n255\n\x00\x00\x00\x00", imaging.UnsupportedFormat),
+    (b"P2\n2 2\n255\n0 0 0 0\n", imaging.UnsupportedFormat),
+    (b"P3\n1 1\n255\n0 0 0\n", imaging.UnsupportedFormat),
+    (b"P7\nWIDTH 1\n", imaging.UnsupportedFormat),
+    (b"Pf\n1 1\n-1\n", imaging.UnsupportedFormat),
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n", imaging.UnsupportedFormat),
     (b"%PDF-1.7\n", imaging.UnsupportedFormat),
     (b"just some text", imaging.BadImage),
     (b"", imaging.BadImage),
@@ -283,7 +287,12 @@ def test_bad_format(args):
 
 @pytest.mark.parametrize("args", [{"quality": "0"}, {"quality": "+5"}, {"quality": "9" * 10}, {"compression": "1.0"},
                                   {"lossless": "yes"}, {"radius": "nan"}, {"radius": "inf"}, {"radius": "0"},
-                                  {"radius": "1_0"}, {"radius": "-2"}, {"radius": " 2"}])
+                                  {"radius": "1_0"}, {"radius": "-2"}, {"radius": " 2"},
+                                  # rule 1: exact syntax, case-sensitive values
+                                  {"radius": ".5"}, {"radius": "5."}, {"radius": "1e1"}, {"radius": "2.1234567"},
+                                  {"radius": "0002"}, {"quality": "0090"}, {"quality": ""}, {"quality": "9 0"},
+                                  {"lossless": "TRUE"}, {"lossless": "True"}, {"lossless": ""}, {"lossless": " 1"},
+                                  {"channels": "AUTO"}, {"quality": "\u0661"}])
 def test_bad_encoding_options(args):
     with pytest.raises(ApiError) as caught:
         encoding_options(args)
@@ -291,10 +300,12 @@ def test_bad_encoding_options(args):
 
 
 def test_good_encoding_options():
-    assert encoding_options({"quality": "7", "compression": "0", "lossless": "TRUE", "radius": "0.5"}) == \
+    assert encoding_options({"quality": "7", "compression": "0", "lossless": "true", "radius": "0.5"}) == \
         {"quality": 7, "compression": 0, "lossless": True, "radius": 0.5}
-    assert [encoding_options({"radius": raw})["radius"] for raw in ("2", ".5", "5.", "1e1", "50")] == \
-        [2.0, 0.5, 5.0, 10.0, 50.0]
+    assert [encoding_options({"lossless": raw})["lossless"] for raw in ("true", "false", "1", "0")] == \
+        [True, False, True, False]
+    assert [encoding_options({"radius": raw})["radius"] for raw in ("2", "0.5", "050", "2.123456", "50")] == \
+        [2.0, 0.5, 50.0, 2.123456, 50.0]
 
 
 # ---------------------------------------------------------------- app factory (Flask test client)

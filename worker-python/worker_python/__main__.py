@@ -25,7 +25,7 @@ def drain_on_sigterm(worker) -> None:
     gunicorn's own handler would stop accepting at once, so /healthz could not say
     "draining". The master closes only its copy of the listening socket; this process keeps
     listening until the in-flight requests are done."""
-    state = worker.wsgi.extensions["worker_python"]
+    state = worker.flask_app.extensions["worker_python"]
     grace = worker.app.settings.grace_seconds
     log = get_logger()
 
@@ -75,7 +75,10 @@ class WorkerServer(BaseApplication):
             "threads": s.max_inflight + 2,  # spare threads answer 503 busy and /healthz
             "graceful_timeout": math.ceil(s.grace_seconds),  # gunicorn takes whole seconds
             "timeout": 120,
-            "keepalive": 5,
+            "keepalive": 5,  # contract rule 10: an idle keep-alive connection closes after 5 s
+            # the header gate caps idle connections itself (evicting the oldest), so gunicorn
+            # must never stop accepting: at its default of 1000, idle sockets locked it out
+            "worker_connections": 1_000_000,
             "loglevel": s.log_level,
             "logger_class": GunicornJsonLogger,
             "accesslog": None,

@@ -1,8 +1,6 @@
 """HTTP layer: create_app(settings) builds the Flask app; the pixels live in imaging.py."""
 from __future__ import annotations
 
-import hmac
-import io
 import math
 import re
 import threading
@@ -11,37 +9,33 @@ import uuid
 from typing import Callable
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import ClientDisconnected, HTTPException, MethodNotAllowed, NotFound
-from werkzeug.formparser import parse_form_data
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from worker_python import SERVICE, __version__, imaging
 from worker_python.logs import get_logger
+from worker_python.parsing import (ApiError, authorized, encoding_options, multipart_image,
+                                   response_format, single_values)
 from worker_python.settings import Settings
+
+__all__ = ["ApiError", "create_app", "encoding_options", "response_format"]
 
 PRIMARY_OP = "grayscale"
 SELF_CHECK_EVERY_SECONDS = 10.0
 BUSY_RETRY_AFTER_SECONDS = 1
 READ_CHUNK = 1 << 20
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
-_INTEGER = re.compile(r"\d{1,6}")
-_NUMBER = re.compile(r"(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,3})?")  # no sign, "_", "inf" or "nan"
-_ACCEPT_TO_FORMAT = {mime: fmt for fmt, mime in imaging.MEDIA_TYPES.items()}
 _HTTP_CODES = {400: "bad_param", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                413: "too_large", 415: "unsupported_type"}
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
 class WorkerState:
-    """In-flight slots and the draining flag, shared by the request threads and SIGTERM."""
+    """In-flight slots, their declared pixels and the draining flag, shared by the request
+    threads, /healthz and SIGTERM."""
 
-    def __init__(self, max_inflight: int):
-        self.max_inflight = max_inflight
+    def __init__(self, max_inflight: int, max_inflight_pixels: int = 2**62):
+        self.max_inflight, self.max_inflight_pixels = max_inflight, max_inflight_pixels
         self.inflight = 0
+        self.inflight_pixels = 0
         self.draining = False
         self._idle = threading.Condition()
 
@@ -52,9 +46,18 @@ class WorkerState:
             self.inflight += 1
             return True
 
-    def release(self) -> None:
+    def try_add_pixels(self, pixels: int) -> bool:
+        """Rule 9: admit when the sum stays within the bound, or when no pixels are in flight."""
+        with self._idle:
+            if self.inflight_pixels and self.inflight_pixels + pixels > self.max_inflight_pixels:
+                return False
+            self.inflight_pixels += pixels
+            return True
+
+    def release(self, pixels: int = 0) -> None:
         with self._idle:
             self.inflight -= 1
+            self.inflight_pixels -= pixels
             self._idle.notify_all()
 
     def begin_draining(self) -> None:
@@ -91,7 +94,7 @@ class SelfCheck:
 def create_app(settings: Settings, self_check: Callable[[], None] = imaging.self_check,
                clock: Callable[[], float] = time.monotonic) -> Flask:
     app = Flask("worker_python")
-    state = WorkerState(settings.max_inflight)
+    state = WorkerState(settings.max_inflight, settings.max_inflight_pixels)
     checker = SelfCheck(self_check, clock)
     app.extensions["worker_python"] = state
     log = get_logger()
@@ -104,6 +107,8 @@ def create_app(settings: Settings, self_check: Callable[[], None] = imaging.self
             response.headers["Retry-After"] = str(retry)
         if status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
+        if not g.get("body_read"):  # rule 3: refused before the body: answer and close
+            response.headers["Connection"] = "close"
         g.error_code = code
         return response
 
@@ -152,6 +157,7 @@ def create_app(settings: Settings, self_check: Callable[[], None] = imaging.self
         log.error("unexpected error", exc_info=exc, extra={"request_id": g.get("request_id")})
         response = jsonify({"error": {"code": "internal", "message": "internal error; see the worker log"}})
         response.status_code = 500
+        response.headers["Connection"] = "close"
         return response
 
     @app.get("/healthz")
@@ -165,7 +171,8 @@ def create_app(settings: Settings, self_check: Callable[[], None] = imaging.self
         body = {"status": status, "service": SERVICE, "runtime": "python", "version": __version__,
                 "build": settings.build, "primary": PRIMARY_OP, "operations": list(imaging.OPERATIONS),
                 "formats": list(imaging.FORMATS), "inflight": state.inflight,
-                "max_inflight": settings.max_inflight, "max_bytes": settings.max_bytes,
+                "max_inflight": settings.max_inflight, "inflight_pixels": state.inflight_pixels,
+                "max_inflight_pixels": settings.max_inflight_pixels, "max_bytes": settings.max_bytes,
                 "max_pixels": settings.max_pixels}
         if reason:
             body["reason"] = reason
@@ -173,44 +180,59 @@ def create_app(settings: Settings, self_check: Callable[[], None] = imaging.self
         response.status_code = 200 if status == "ok" else 503
         return response
 
-    @app.post("/process")
+    # no automatic OPTIONS: rule 7, any method but POST is 405 with Allow: POST
+    @app.post("/process", provide_automatic_options=False)
     def process() -> Response:
         # The contract's check order: draining, token, busy, then the body (process_body).
         if state.draining:
             raise ApiError(503, "draining", "worker is shutting down; send the request elsewhere")
-        if settings.token and not _authorized(request.headers.get("Authorization", ""), settings.token):
+        if settings.token and not authorized(request.headers.get("Authorization", ""), settings.token):
             raise ApiError(401, "unauthorized", "missing or wrong bearer token")
         if not state.try_acquire():
             raise ApiError(503, "busy", f"all {settings.max_inflight} slots are busy; retry shortly")
+        claim = {"pixels": 0}
         try:
-            response = process_body()
+            response = process_body(claim)
         except BaseException:
-            state.release()
+            state.release(claim["pixels"])
             raise
-        response.call_on_close(state.release)  # the slot is free once the response is sent
+        # the slot and its pixels are free once the reply is written or the connection is gone
+        response.call_on_close(lambda: state.release(claim["pixels"]))
         return response
 
-    def process_body() -> Response:
+    def process_body(claim: dict) -> Response:
         try:
-            return _process_body()
+            return _process_body(claim)
         except ApiError as exc:  # built here, inside the slot, so the slot frees after sending
             return error_response(exc.status, exc.code, exc.message)
 
-    def _process_body() -> Response:
-        body = read_body(settings.max_bytes)
-        g.bytes_in = len(body)
+    def admit_pixels(image, claim: dict) -> None:
+        pixels = image.width * image.height
+        if not state.try_add_pixels(pixels):
+            raise ApiError(503, "busy", f"{state.inflight_pixels} pixels in flight; {pixels} more would pass "
+                                        f"the {settings.max_inflight_pixels} limit; retry shortly")
+        claim["pixels"] = pixels
+
+    def _process_body(claim: dict) -> Response:
         mimetype = request.mimetype
         is_multipart = mimetype == "multipart/form-data"
+        check_length(settings.max_bytes)
         if not (mimetype.startswith("image/") or is_multipart):
             raise ApiError(415, "unsupported_type",
                            f"Content-Type {mimetype or '(none)'} is neither image/* nor multipart/form-data")
-        op = request.args.get("op", PRIMARY_OP)
+        body = read_body(settings.max_bytes)
+        g.body_read = True
+        g.bytes_in = len(body)
+        params = single_values(request.args)
+        op = params.get("op", PRIMARY_OP)
         g.op = op
         if op not in imaging.OPERATIONS:
             raise ApiError(400, "unknown_op", f"unknown op {op!r}; this worker offers {', '.join(imaging.OPERATIONS)}")
-        fmt = response_format(request.args.get("format"), request.headers.get("Accept", ""))
-        options = encoding_options(request.args)
-        data = multipart_image(body) if is_multipart else body
+        fmt = response_format(params.get("format"), request.headers.get("Accept", ""))
+        options = encoding_options(params)
+        if not body:
+            raise ApiError(400, "missing_image", "the request has no image bytes")
+        data = multipart_image(body, request.content_type or "") if is_multipart else body
         del body  # peak memory on big strips: keep one copy of the upload, and only until decoded
         if not data:
             raise ApiError(400, "missing_image", "the request has no image bytes")
@@ -218,9 +240,13 @@ def create_app(settings: Settings, self_check: Callable[[], None] = imaging.self
         radius = options.pop("radius", imaging.DEFAULT_RADIUS)
         one_channel = imaging.gray_reply(op, fmt, options.pop("channels", "3"))
         try:
-            image = imaging.decode(data, settings.max_pixels)
+            image = imaging.open_checked(data, settings.max_pixels)
+            admit_pixels(image, claim)
+            image = imaging.load_rgb(image, data)
             del data
-            image = imaging.apply(op, image, radius, one_channel)
+            image = imaging.apply(op, image, radius, one_channel, in_place=True)
+            if fmt == "raw":
+                return raw_reply(image, started)
             result = imaging.encode(image, fmt, **options)
             del image
         except imaging.ImageError as exc:
@@ -232,96 +258,36 @@ def create_app(settings: Settings, self_check: Callable[[], None] = imaging.self
     return app
 
 
-def _authorized(header: str, token: str) -> bool:
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(given.strip().encode(), token.encode())
+def raw_reply(image, started: float) -> Response:
+    """Binary PPM streamed from the result image, with its length known up front."""
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    return Response(imaging.raw_chunks(image), mimetype=imaging.MEDIA_TYPES["raw"],
+                    headers={"X-Processing-Ms": f"{elapsed_ms:.1f}",
+                             "Content-Length": str(imaging.raw_length(image))})
 
 
-def read_body(max_bytes: int) -> bytes:
-    """The request body, refusing more than max_bytes: by Content-Length before reading, or
-    counted while reading a chunked body. The server drains or closes what stays unread."""
+def check_length(max_bytes: int) -> None:
+    """413 by Content-Length, before a byte of the body is read (rule 3)."""
     length = request.content_length
     if length is not None and length > max_bytes:
         raise ApiError(413, "too_large", f"body of {length} bytes is over the {max_bytes} byte limit")
+
+
+def read_body(max_bytes: int) -> bytes:
+    """The request body, refusing more than max_bytes counted while reading a chunked body.
+    A body that ends early, arrives too slowly or breaks the chunked framing is 400."""
     chunks, total = [], 0
     stream = request.stream
-    try:
-        while True:
+    while True:
+        try:
             chunk = stream.read(min(READ_CHUNK, max_bytes + 1 - total))
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > max_bytes:
-                raise ApiError(413, "too_large", f"body is over the {max_bytes} byte limit")
-            chunks.append(chunk)
-    except ClientDisconnected:
-        raise ApiError(400, "bad_image", "the body ended before its Content-Length") from None
+        except Exception as exc:  # noqa: BLE001 - the server's stream errors are the client's fault
+            g.body_read = False  # the framing is lost: close the connection after the reply
+            raise ApiError(400, "bad_image", f"the body ended early or is malformed ({type(exc).__name__})") from None
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > max_bytes:
+            raise ApiError(413, "too_large", f"body of {total} bytes is over the {max_bytes} byte limit")
+        chunks.append(chunk)
     return b"".join(chunks)
-
-
-def response_format(query_format: str | None, accept: str) -> str:
-    """?format= wins; else the first Accept type this worker knows (by q, then order); else png."""
-    if query_format is not None:
-        if query_format not in imaging.FORMATS:
-            raise ApiError(400, "bad_param", f"format must be one of {', '.join(imaging.FORMATS)}, got {query_format!r}")
-        return query_format
-    ranked = []
-    for position, item in enumerate(accept.split(",")):
-        mime, *params = [part.strip() for part in item.split(";")]
-        quality = 1.0
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        fmt = _ACCEPT_TO_FORMAT.get(mime.lower())
-        if fmt and quality > 0:
-            ranked.append((-quality, position, fmt))
-    return min(ranked)[2] if ranked else "png"
-
-
-def encoding_options(args) -> dict:
-    """quality, lossless, compression, radius and channels from the query; 400 bad_param when out of range."""
-    options = {}
-    for name, low, high in (("quality", 1, 100), ("compression", 0, 9)):
-        raw = args.get(name)
-        if raw is not None:
-            if not _INTEGER.fullmatch(raw) or not low <= int(raw) <= high:
-                raise ApiError(400, "bad_param", f"{name} must be an integer from {low} to {high}, got {raw!r}")
-            options[name] = int(raw)
-    raw = args.get("lossless")
-    if raw is not None:
-        if raw.lower() not in ("true", "false", "1", "0"):
-            raise ApiError(400, "bad_param", f"lossless must be true or false, got {raw!r}")
-        options["lossless"] = raw.lower() in ("true", "1")
-    raw = args.get("radius")
-    if raw is not None:
-        radius = float(raw) if _NUMBER.fullmatch(raw) else math.nan
-        if not 0 < radius <= imaging.MAX_RADIUS:  # also false for nan
-            raise ApiError(400, "bad_param", f"radius must be a number > 0 and <= {imaging.MAX_RADIUS:g}, got {raw!r}")
-        options["radius"] = radius
-    raw = args.get("channels")
-    if raw is not None:
-        if raw not in imaging.CHANNELS:
-            raise ApiError(400, "bad_param", f"channels must be one of {', '.join(imaging.CHANNELS)}, got {raw!r}")
-        options["channels"] = raw
-    return options
-
-
-def multipart_image(body: bytes) -> bytes:
-    """The bytes of multipart field `image` (the original coordinator's request), in memory."""
-    environ = {"REQUEST_METHOD": "POST", "CONTENT_TYPE": request.content_type or "",
-               "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body)}
-    try:
-        _, _, files = parse_form_data(environ, stream_factory=lambda *args, **kwargs: io.BytesIO(),
-                                      silent=False)
-    except (ValueError, HTTPException) as exc:
-        raise ApiError(400, "missing_image", f"cannot read the multipart body: {exc}") from None
-    upload = files.get("image")
-    if upload is None:
-        raise ApiError(400, "missing_image", "multipart body has no file field named image")
-    return upload.read()

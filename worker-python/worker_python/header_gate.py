@@ -1,30 +1,66 @@
-"""gunicorn's gthread worker, except that a connection gets a thread only once its request
-headers have arrived.
+"""gunicorn's gthread worker, made safe against idle and slow clients (contract rules 3, 8, 10).
 
 Plain gthread hands a connection to a thread as soon as any byte arrives, and the thread then
 blocks reading the rest of the headers with no timeout: a few idle, half-sent requests (no
-token needed) take every thread and /healthz hangs (slowloris). Here the event loop collects
-header bytes without blocking, closes connections that take longer than
-HEADER_TIMEOUT_SECONDS, and passes the bytes it read to gunicorn's parser.
+token needed) take every thread and /healthz hangs (slowloris). Here:
+- the event loop collects header bytes without blocking and closes connections whose headers
+  take longer than HEADER_TIMEOUT_SECONDS, then passes the bytes to gunicorn's parser;
+- idle connections (headers pending or kept alive) are capped at MAX_IDLE_CONNECTIONS: a new
+  one evicts the oldest, so a thousand idle sockets cannot stop the worker accepting;
+- `GET /healthz` runs on its own small thread pool, never queued behind /process;
+- a connection that ends with unread body is half-closed and drained by the event loop for
+  at most LINGER_SECONDS / LINGER_BYTES (gunicorn would block its loop for 2 s on each);
+- body reads and reply writes are rate-bounded (wire.PacedSocket);
+- gunicorn's own error replies are the contract's JSON and never quote the request.
 """
 from __future__ import annotations
 
 import errno
 import selectors
+import socket
 import time
+from concurrent import futures
 from functools import partial
 
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-HEADER_TIMEOUT_SECONDS = 10.0
+from worker_python import wire
+from worker_python.logs import get_logger
+
+HEADER_TIMEOUT_SECONDS = 5.0
 HEADER_LIMIT_BYTES = 64 * 1024  # past this, gunicorn's own header limits decide
+MAX_IDLE_CONNECTIONS = 1000
+HEALTH_THREADS = 2
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 64 * 1024
 _HEADER_ENDS = (b"\r\n\r\n", b"\n\n")
+_HEALTH_REQUESTS = (b"GET /healthz ", b"GET /healthz?", b"HEAD /healthz ", b"HEAD /healthz?")
+
+
+class GatedConn(TConn):
+    def __init__(self, worker, *args):
+        super().__init__(*args)
+        self.worker = worker
+        self.for_health = False
+
+    def close(self, graceful: bool = False) -> None:
+        if graceful:
+            self.worker.linger(self.sock)  # called on the event loop (finish_request)
+        else:
+            super().close()
 
 
 class HeaderGatedThreadWorker(ThreadWorker):
     def init_process(self) -> None:
         self.header_waiting: dict[TConn, tuple[float, bytearray]] = {}
+        self.lingering: dict[socket.socket, list] = {}
+        self.health_pool = futures.ThreadPoolExecutor(HEALTH_THREADS, thread_name_prefix="healthz")
         super().init_process()
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        self.flask_app = self.wsgi
+        self.wsgi = wire.contract_headers(self.wsgi)
 
     def accept(self, listener) -> None:
         if self.cfg.is_ssl:  # the TLS handshake needs a blocking socket: keep gunicorn's way
@@ -33,13 +69,22 @@ class HeaderGatedThreadWorker(ThreadWorker):
         try:
             client_sock, client_addr = listener.accept()
         except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self._evict_oldest_idle()
+            elif exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
             return
+        if len(self.header_waiting) + len(self.keepalived_conns) >= MAX_IDLE_CONNECTIONS:
+            self._evict_oldest_idle()
         self.nr_conns += 1
-        conn = TConn(self.cfg, client_sock, client_addr, listener.getsockname())
+        conn = GatedConn(self, self.cfg, client_sock, client_addr, listener.getsockname())
         conn.init()  # creates the HTTP/1 parser; reads nothing
         self._wait_for_headers(conn)
+
+    def enqueue_req(self, conn) -> None:
+        pool = self.health_pool if getattr(conn, "for_health", False) else self.tpool
+        future = pool.submit(self.handle, conn)
+        future.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
 
     def on_client_socket_readable(self, conn, client) -> None:
         if self.cfg.is_ssl:
@@ -48,6 +93,33 @@ class HeaderGatedThreadWorker(ThreadWorker):
         self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
         self._wait_for_headers(conn)
+
+    def handle_request(self, req, conn):
+        raw = conn.sock
+        paced = wire.PacedSocket(raw)
+        conn.sock = conn.parser.unreader.sock = paced
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            conn.sock = conn.parser.unreader.sock = raw
+
+    def handle_error(self, req, client, addr, exc) -> None:
+        """gunicorn's error reply, as the contract's JSON; the log line never quotes the request
+        (a malformed `Authorization Bearer <token>` line would put the token in the log)."""
+        status, code, message = wire.classify_parse_error(exc)
+        log = get_logger()
+        if status >= 500:
+            log.error("error handling a request", extra={"status": status, "code": code})
+        else:
+            log.info("refused a malformed request",
+                     extra={"status": status, "code": code})
+        try:
+            client.settimeout(1.0)
+            client.sendall(wire.json_error_reply(status, code, message))
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------ header gate
 
     def _wait_for_headers(self, conn: TConn) -> None:
         conn.sock.setblocking(False)
@@ -70,6 +142,7 @@ class HeaderGatedThreadWorker(ThreadWorker):
             return
         self.poller.unregister(sock)
         del self.header_waiting[conn]
+        conn.for_health = bytes(received[:16]).startswith(_HEALTH_REQUESTS)
         # the parser's buffer is empty here: gunicorn re-queues a connection with buffered
         # bytes directly (finish_request), without waiting for the socket to be readable
         conn.parser.unreader.unread(bytes(received))
@@ -83,7 +156,58 @@ class HeaderGatedThreadWorker(ThreadWorker):
             pass
         self.header_waiting.pop(conn, None)
         self.nr_conns -= 1
-        conn.close()
+        TConn.close(conn)
+
+    def _evict_oldest_idle(self) -> None:
+        """Make room by closing the connection that has been idle longest."""
+        oldest_waiting = next(iter(self.header_waiting), None)
+        oldest_kept = self.keepalived_conns[0] if self.keepalived_conns else None
+        if oldest_kept is not None and (oldest_waiting is None or
+                                        oldest_kept.timeout - self.cfg.keepalive
+                                        < self.header_waiting[oldest_waiting][0] - HEADER_TIMEOUT_SECONDS):
+            self.keepalived_conns.popleft()
+            try:
+                self.poller.unregister(oldest_kept.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+            self.nr_conns -= 1
+            TConn.close(oldest_kept)
+        elif oldest_waiting is not None:
+            self._drop(oldest_waiting)
+
+    # ------------------------------------------------------------ bounded close
+
+    def linger(self, sock: socket.socket) -> None:
+        """Send FIN after the reply, read what the client still sends for a short while so the
+        kernel does not answer it with a reset (which can destroy the reply), then close."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+            self.poller.register(sock, selectors.EVENT_READ, self._on_linger_bytes)
+        except (OSError, ValueError, KeyError):
+            sock.close()
+            return
+        self.lingering[sock] = [time.monotonic() + LINGER_SECONDS, 0]
+
+    def _on_linger_bytes(self, sock) -> None:
+        try:
+            data = sock.recv(LINGER_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        entry = self.lingering[sock]
+        entry[1] += len(data)
+        if not data or entry[1] >= LINGER_BYTES:
+            self._end_linger(sock)
+
+    def _end_linger(self, sock) -> None:
+        self.lingering.pop(sock, None)
+        try:
+            self.poller.unregister(sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        sock.close()
 
     def murder_pending(self) -> None:
         super().murder_pending()
@@ -91,3 +215,6 @@ class HeaderGatedThreadWorker(ThreadWorker):
         for conn, (deadline, _) in list(self.header_waiting.items()):
             if now >= deadline or not self.alive:
                 self._drop(conn)
+        for sock, (deadline, _) in list(self.lingering.items()):
+            if now >= deadline or not self.alive:
+                self._end_linger(sock)

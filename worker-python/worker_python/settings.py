@@ -20,6 +20,7 @@ class Settings:
     max_bytes: int = 50_000_000
     max_pixels: int = 50_000_000
     max_inflight: int = 4
+    max_inflight_pixels: int = 100_000_000
     grace_seconds: float = 20.0
     build: str = "dev"
     log_level: str = "info"
@@ -28,6 +29,7 @@ class Settings:
         token = "set" if self.token else "unset"
         return (f"Settings(host={self.host!r}, port={self.port}, token={token}, max_bytes={self.max_bytes}, "
                 f"max_pixels={self.max_pixels}, max_inflight={self.max_inflight}, "
+                f"max_inflight_pixels={self.max_inflight_pixels}, "
                 f"grace_seconds={self.grace_seconds}, build={self.build!r}, log_level={self.log_level!r})")
 
 
@@ -86,6 +88,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_bytes=_integer(environ, "WORKER_MAX_BYTES", 50_000_000, 1, 2**40),
         max_pixels=_integer(environ, "WORKER_MAX_PIXELS", 50_000_000, 1, 2**40),
         max_inflight=_integer(environ, "WORKER_MAX_INFLIGHT", 4, 1, 256),
+        max_inflight_pixels=_integer(environ, "WORKER_MAX_INFLIGHT_PIXELS", 100_000_000, 1, 2**40),
         grace_seconds=_seconds(environ, "WORKER_GRACE_SECONDS", 20.0, 3600),
         build=_text(environ, "WORKER_BUILD", "dev"),
         log_level=log_level,
