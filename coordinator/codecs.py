@@ -65,7 +65,7 @@ def jpeg_source(data: bytes) -> JpegSource | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
                 if image.format != "JPEG" or image.mode not in ("RGB", "L"):
                     return None  # CMYK / YCCK: the workers convert, a cut would not help
                 if image.getexif().get(ORIENTATION_TAG, 1) != 1:

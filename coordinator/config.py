@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
+import stat
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -22,6 +24,10 @@ DEFAULT_WORKERS = ("http://127.0.0.1:5001", "http://127.0.0.1:5002")
 TRANSPORTS = ("auto", "raw", "png", "webp-lossless", "jpeg-cut")
 WIRE_QUALITIES = ("lossless", "high")
 REPO_ROOT = Path(__file__).resolve().parents[1]
+OUTPUTS_MAX_BYTES = 1 << 20  # a stack-outputs file is a few KB
+USERINFO = re.compile(r"(//)[^/@\s]*@")
+TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what an HTTP header value can carry as is
+TOKEN_MAX_CHARS = 4000  # the workers refuse an Authorization header over 4096 bytes
 
 
 @dataclass(frozen=True)
@@ -71,19 +77,42 @@ class CoordinatorConfig:
         return (self.connect_timeout, self.read_timeout)
 
 
+def redact_url(text: str) -> str:
+    """The text with any `user:password@` of a URL in it replaced by `***@`."""
+    return USERINFO.sub(r"\1***@", text)
+
+
 def normalize_url(url: str, where: str) -> str:
-    """http(s)://host[:port] with no path; names the setting it came from when wrong."""
+    """http(s)://host[:port] with no path; names the setting it came from when wrong. Errors
+    show the URL with any credentials redacted."""
     text = url.strip().rstrip("/")
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{where}: {url!r} is not an http(s)://host:port URL")
+    shown = repr(redact_url(text))[:200]
     try:
+        parts = urlsplit(text)
         parts.port
     except ValueError:
-        raise ConfigError(f"{where}: {url!r} has a bad port") from None
+        raise ConfigError(f"{where}: {shown} has a bad port or host") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: {shown} is not an http(s)://host:port URL")
+    if "@" in parts.netloc:
+        raise ConfigError(f"{where}: {shown} holds a user:password@ part; workers take a bearer token "
+                          "(COORDINATOR_WORKER_TOKEN), not URL credentials")
     if parts.path or parts.query or parts.fragment:
-        raise ConfigError(f"{where}: {url!r} must be a base URL with no path or query")
+        raise ConfigError(f"{where}: {shown} must be a base URL with no path or query")
     return text
+
+
+def check_token(token: str | None, where: str) -> str | None:
+    """The token, if it can travel in an Authorization header; else ConfigError naming the
+    setting and never showing the value."""
+    if token is None:
+        return None
+    if len(token) > TOKEN_MAX_CHARS:
+        raise ConfigError(f"{where}: the token is longer than {TOKEN_MAX_CHARS} characters (value not shown)")
+    if not TOKEN.fullmatch(token):
+        raise ConfigError(f"{where}: the token holds a space, control character (such as a line break) or "
+                          "non-ASCII character, which cannot go in an HTTP header (value not shown)")
+    return token
 
 
 def parse_worker_list(text: str, where: str) -> tuple[str, ...]:
@@ -114,18 +143,30 @@ def parse_outputs(outputs: object, where: str) -> tuple[tuple[str, ...], str | N
     token = outputs.get("worker_token")
     if token is not None and not isinstance(token, str):
         raise ConfigError(f"{where}: 'worker_token' must be a string")
-    return tuple(urls), (token or None)
+    return tuple(urls), check_token(token or None, f"{where} worker_token")
 
 
 def read_outputs_file(path: str, where: str) -> tuple[tuple[str, ...], str | None]:
+    """Workers and token from an outputs file, read with a size bound; every failure (missing,
+    a device, too big, not UTF-8, not JSON, nested too deep) is one ConfigError."""
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):  # a pipe: `--workers-file <(pulumi ...)`
+                raise ConfigError(f"{where}: {path} is not a regular file")
+            data = handle.read(OUTPUTS_MAX_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > OUTPUTS_MAX_BYTES:
+        raise ConfigError(f"{where}: {path} is over {OUTPUTS_MAX_BYTES} bytes; an outputs file is a few KB")
     try:
-        outputs = json.loads(text)
+        outputs = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: {path} is not UTF-8 text (bad byte at offset {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{where}: {path} is not JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: {path} is JSON nested too deeply") from None
     return parse_outputs(outputs, f"{where} {path}")
 
 
@@ -145,8 +186,8 @@ def read_pulumi_stack(stack: str, environ: Mapping[str, str]) -> tuple[tuple[str
         raise ConfigError(f"COORDINATOR_PULUMI_STACK={stack}: pulumi exited {done.returncode}: {last}")
     try:
         outputs = json.loads(done.stdout)
-    except json.JSONDecodeError:
-        raise ConfigError(f"COORDINATOR_PULUMI_STACK={stack}: pulumi printed no JSON") from None
+    except (json.JSONDecodeError, RecursionError):
+        raise ConfigError(f"COORDINATOR_PULUMI_STACK={stack}: pulumi printed no usable JSON") from None
     return parse_outputs(outputs, f"COORDINATOR_PULUMI_STACK={stack}")
 
 
@@ -189,7 +230,7 @@ def load_config(workers: str | None = None, workers_file: str | None = None,
             urls, source = DEFAULT_WORKERS, "default"
     env_token = environ.get("COORDINATOR_WORKER_TOKEN", "")
     if env_token.strip():
-        token = env_token.strip()
+        token = check_token(env_token.strip(), "COORDINATOR_WORKER_TOKEN")
     chosen_transport = (transport or environ.get("COORDINATOR_TRANSPORT", "") or "auto").strip()
     if chosen_transport not in TRANSPORTS:
         where = "--transport" if transport else "COORDINATOR_TRANSPORT"

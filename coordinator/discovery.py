@@ -1,14 +1,27 @@
-"""Ask every worker what it can do: GET /healthz, all at once, with a short timeout."""
+"""Ask every worker what it can do: GET /healthz, all at once, each under one short deadline.
+
+A worker's answer is untrusted: the body is capped, redirects are not followed, and every
+field is checked (short names in a safe charset, ops from the known set, limits in range)
+before anything shows it or routes by it.
+"""
 from __future__ import annotations
 
+import json
+import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import requests
-import urllib3
+from coordinator.config import CoordinatorConfig, redact_url
+from coordinator.plan import OPERATIONS
+from coordinator.transport import Limits, Transport, TransportError, daemon_map
 
-from coordinator.config import CoordinatorConfig
+HEALTH_MAX_BYTES = 65536  # a real reply is ~400 bytes
+# Contract defaults (WORKER_MAX_BYTES / WORKER_MAX_PIXELS), assumed when a worker does not say.
+DEFAULT_MAX_BYTES = 50_000_000
+DEFAULT_MAX_PIXELS = 50_000_000
+MAX_INFLIGHT_CAP = 64
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+REASON = re.compile(r"[A-Za-z0-9 ._,:;()'=+-]{1,160}")
 
 
 @dataclass
@@ -23,62 +36,86 @@ class WorkerStatus:
     latency_ms: float | None = None
     error: str | None = None
     max_inflight: int = 4
+    max_bytes: int = DEFAULT_MAX_BYTES  # largest request body it accepts
+    max_pixels: int = DEFAULT_MAX_PIXELS  # largest width*height it accepts
+    build: str | None = None
 
     def offers(self, op: str) -> bool:
         return self.ok and op in self.operations
 
 
-def describe_exception(exc: BaseException) -> str:
-    """One short line for a requests failure (their str() can be a screenful)."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return "connect timed out"
-    if isinstance(exc, (requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError)):
-        return "read timed out"
-    if isinstance(exc, (requests.ConnectionError, urllib3.exceptions.HTTPError)):
-        text = str(exc)
-        for marker in ("Connection refused", "Connection reset", "Name or service not known",
-                       "No route to host", "Remote end closed connection", "Broken pipe", "timed out"):
-            if marker in text:
-                return marker.lower()
-        return "connection failed"
-    return f"{type(exc).__name__}: {exc}"[:200]
+def health_limits(timeout: float) -> Limits:
+    return Limits(connect=timeout, idle=timeout, total=timeout, max_body=HEALTH_MAX_BYTES)
 
 
-def check_worker(url: str, timeout: float, session: requests.Session) -> WorkerStatus:
+def check_worker(url: str, timeout: float, transport: Transport) -> WorkerStatus:
     started = time.perf_counter()
     try:
-        response = session.get(f"{url}/healthz", timeout=(timeout, timeout))
-        latency = (time.perf_counter() - started) * 1000
-        body = response.json()
-    except requests.RequestException as exc:
-        return WorkerStatus(url, False, error=f"unreachable: {describe_exception(exc)}")
-    except ValueError:
-        return WorkerStatus(url, False, latency_ms=latency, error=f"/healthz HTTP {response.status_code} is not JSON")
+        reply = transport.exchange("GET", f"{url}/healthz", health_limits(timeout),
+                                   headers={"Accept": "application/json"})
+    except TransportError as exc:
+        return WorkerStatus(url, False, error=f"unreachable: {exc.reason}")
+    latency = (time.perf_counter() - started) * 1000
+    if 300 <= reply.status < 400:
+        location = redact_url(reply.headers.get("Location") or "nowhere")[:100]
+        return WorkerStatus(url, False, latency_ms=latency,
+                            error=f"/healthz redirected (HTTP {reply.status} to {location}); redirects are not followed")
+    not_worker = f"not a worker: {url} answered /healthz with HTTP {reply.status}"
+    if reply.content_type != "application/json":
+        return WorkerStatus(url, False, latency_ms=latency, error=f"{not_worker} {short(reply.content_type) or 'no type'}")
+    try:
+        body = json.loads(reply.body)
+    except (ValueError, RecursionError):
+        return WorkerStatus(url, False, latency_ms=latency, error=f"{not_worker} that is not JSON")
     if not isinstance(body, dict):
-        return WorkerStatus(url, False, latency_ms=latency, error="/healthz did not return an object")
-    operations, inflight = body.get("operations"), body.get("max_inflight")
-    status = WorkerStatus(
-        url=url, ok=False, service=body.get("service"), runtime=body.get("runtime"),
-        version=body.get("version"), primary=body.get("primary"),
-        operations=tuple(op for op in operations if isinstance(op, str)) if isinstance(operations, list) else (),
-        latency_ms=latency,
-        max_inflight=inflight if isinstance(inflight, int) and inflight > 0 else 4,
-    )
-    if response.status_code != 200 or body.get("status") != "ok":
+        return WorkerStatus(url, False, latency_ms=latency, error=f"{not_worker} that is not a JSON object")
+    return status_from(url, reply.status, body, latency)
+
+
+def status_from(url: str, http_status: int, body: dict, latency: float) -> WorkerStatus:
+    """A WorkerStatus from a /healthz object, each field checked; a bad required field makes
+    the worker unusable, a bad optional one is dropped."""
+    names = {key: body.get(key) if isinstance(body.get(key), str) and NAME.fullmatch(body[key]) else None
+             for key in ("service", "runtime", "version", "build")}
+    operations = body.get("operations") if isinstance(body.get("operations"), list) else []
+    known = tuple(dict.fromkeys(op for op in operations[:64] if isinstance(op, str) and op in OPERATIONS))
+    primary = body.get("primary") if body.get("primary") in OPERATIONS else None
+    status = WorkerStatus(url=url, ok=False, service=names["service"], runtime=names["runtime"],
+                          version=names["version"], build=names["build"], primary=primary, operations=known,
+                          latency_ms=latency,
+                          max_inflight=bounded_int(body.get("max_inflight"), 4, MAX_INFLIGHT_CAP),
+                          max_bytes=bounded_int(body.get("max_bytes"), DEFAULT_MAX_BYTES, 1 << 40),
+                          max_pixels=bounded_int(body.get("max_pixels"), DEFAULT_MAX_PIXELS, 1 << 40))
+    bad = [key for key in ("service", "runtime", "version") if names[key] is None]
+    if bad:
+        status.error = f"not a worker: /healthz field {bad[0]!r} is missing or not a short name"
+    elif http_status != 200 or body.get("status") != "ok":
         reason = body.get("reason") or body.get("status") or "not ok"
-        status.error = f"unhealthy (HTTP {response.status_code}, {reason})"
+        shown = reason if isinstance(reason, str) and REASON.fullmatch(reason) else "reason not shown: unsafe text"
+        status.error = f"unhealthy (HTTP {http_status}, {shown})"
     else:
         status.ok = True
     return status
 
 
-def discover(config: CoordinatorConfig, session: requests.Session | None = None) -> list[WorkerStatus]:
+def bounded_int(value: object, default: int, high: int) -> int:
+    """A positive integer field, capped; the default when absent or not a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return default
+    return min(value, high)
+
+
+def short(text: str) -> str:
+    """A content type as shown in a message: bounded and in a safe charset."""
+    return re.sub(r"[^A-Za-z0-9./+-]", "?", text[:60])
+
+
+def discover(config: CoordinatorConfig, session: Transport | None = None) -> list[WorkerStatus]:
     """Health of every configured worker, in config order. Never raises: failures are reported."""
-    own_session = session is None
-    session = session or requests.Session()
+    own = session is None
+    transport = session or Transport(max(1, len(config.workers)))
     try:
-        with ThreadPoolExecutor(max_workers=max(1, len(config.workers))) as pool:
-            return list(pool.map(lambda url: check_worker(url, config.health_timeout, session), config.workers))
+        return daemon_map(lambda url: check_worker(url, config.health_timeout, transport), config.workers)
     finally:
-        if own_session:
-            session.close()
+        if own:
+            transport.close()

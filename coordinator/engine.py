@@ -5,27 +5,27 @@ Transport (HTTP) lives here; pixel logic lives in imaging.py and plan.py.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
+import math
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
+from urllib.parse import urlencode
 
 import numpy as np
-import requests
-import urllib3
 from PIL import Image
-from requests.adapters import HTTPAdapter
 
 from coordinator import codecs, imaging
-from coordinator.config import CoordinatorConfig, is_loopback
-from coordinator.discovery import WorkerStatus, describe_exception, discover
+from coordinator.config import CoordinatorConfig, is_loopback, redact_url
+from coordinator.discovery import WorkerStatus, discover
 from coordinator.errors import NoWorkerError
 from coordinator.plan import OPERATIONS, Strip, no_halo, check_params, parse_plan, plan_strips
+from coordinator.transport import Cancel, Limits, Reply, Transport, TransportError, daemon_map
 
 BACKOFF_CAP_SECONDS = 1.0
 # Over a compressed (slow-link) wire a pointwise strip travels as up to WAN_PIECES requests to
@@ -35,10 +35,15 @@ BACKOFF_CAP_SECONDS = 1.0
 WAN_PIECES = 3
 WAN_PIECE_MIN_ROWS = 256
 MAX_STRIP_THREADS = 32
-# A reply must keep coming: beyond read_timeout it may take 1 s per MIN_REPLY_RATE bytes of
-# its raw size, so a worker (or a path) that trickles bytes cannot hold a strip forever.
-MIN_REPLY_RATE = 128 * 1024
-READ_CHUNK = 1 << 20
+# An exchange must keep moving: beyond connect + read timeouts it may take 1 s per
+# MIN_TRANSFER_RATE bytes of its body and of the reply's raw size, so a worker (or a path)
+# that trickles bytes, headers included, cannot hold a strip forever.
+MIN_TRANSFER_RATE = 128 * 1024
+# A piece is sized so its raw PPM fits the worker's max_bytes and max_pixels: a PPM header is
+# under 32 bytes, and a JPEG row cut adds at most an iMCU (16) + 2 rows on each side.
+PPM_HEADER_MAX = 32
+JPEG_CUT_SPARE_ROWS = 2 * (16 + 2)
+MAX_PIECES = 64  # more requests per strip than this means a worker's limits are absurd for the image
 
 
 @dataclass
@@ -70,6 +75,10 @@ class StripResult:
     bytes_sent: int = 0
     bytes_received: int = 0
     request_id: str = ""  # X-Request-Id of the successful attempt, as the worker logged it
+    # Parts of total_ms spent before the wire: encoding (or cutting) the body and waiting for a
+    # free slot on the worker (the longest piece's); the page's timing chart shows them apart.
+    encode_ms: float = 0.0
+    queue_ms: float = 0.0
 
 
 @dataclass
@@ -148,13 +157,34 @@ class Router:
             self.down.setdefault(url, reason)
 
 
-def make_session(pool_size: int) -> requests.Session:
-    """One keep-alive session; the pool holds a connection per concurrent strip."""
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=8, pool_maxsize=max(4, pool_size * WAN_PIECES), max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
+def make_session(pool_size: int) -> Transport:
+    """One keep-alive transport; the pool holds a connection per concurrent strip."""
+    return Transport(pool_size=max(4, pool_size * WAN_PIECES))
+
+
+_STOPPING = threading.Event()
+_RUNNING: set[Cancel] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def cancel_running_jobs() -> None:
+    """Ctrl-C: end every job in this process now (their exchanges are cut, their threads are
+    daemons) and refuse new ones, so a batch ends at once instead of job by job."""
+    _STOPPING.set()
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for cancel in running:
+        cancel.fire()
+
+
+@contextlib.contextmanager
+def cancel_on_interrupt():
+    """Wrap the code that waits for jobs in other threads: a KeyboardInterrupt there cancels them."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        cancel_running_jobs()
+        raise
 
 
 def wire_for(worker_url: str, transport: str) -> str:
@@ -169,57 +199,97 @@ def wire_for(worker_url: str, transport: str) -> str:
 @dataclass
 class StripBody:
     """One request of a strip: the body holds rows [first_row, first_row + rows) of the image
-    and fills rows [fills_top, fills_bottom) of the strip's send range."""
+    and fills rows [fills_top, fills_bottom) of the result."""
     data: bytes
     content_type: str
-    wire: str  # what was actually sent: jpeg-cut falls back to png
+    wire: str  # what was actually sent: jpeg-cut falls back to png, anything to raw
     first_row: int
     rows: int
     fills_top: int
     fills_bottom: int
 
 
-def piece_ranges(strip: Strip, wire: str) -> list[tuple[int, int]]:
-    """The strip's send range, split for a slow link when its op reads no neighbouring rows."""
-    top, bottom = strip.send_top, strip.send_bottom
-    if wire == "raw" or OPERATIONS[strip.op].halo is not no_halo:
-        return [(top, bottom)]
-    count = max(1, min(WAN_PIECES, (bottom - top) // WAN_PIECE_MIN_ROWS))
+@dataclass(frozen=True)
+class Piece:
+    """Rows [send_top, send_bottom) go to the worker; rows [fill_top, fill_bottom) of the reply's
+    image are kept (the rest is halo)."""
+    send_top: int
+    send_bottom: int
+    fill_top: int
+    fill_bottom: int
+
+
+def piece_rows_cap(worker: WorkerStatus, width: int, halo: int, wire: str) -> int:
+    """Most result rows one request may fill so that its body (raw PPM, the largest form we
+    send) and pixel count stay within what the worker said it accepts."""
+    raw_rows = (worker.max_bytes - PPM_HEADER_MAX) // (3 * width)
+    pixel_rows = worker.max_pixels // width
+    spare = JPEG_CUT_SPARE_ROWS if wire == "jpeg-cut" else 0
+    return min(raw_rows, pixel_rows) - 2 * halo - spare
+
+
+def piece_ranges(strip: Strip, wire: str, width: int = 1, height: int | None = None,
+                 worker: WorkerStatus | None = None, halo: int = 0) -> list[Piece]:
+    """The strip split into requests: as many as the worker's limits need, and up to
+    WAN_PIECES over a slow link when the op reads no neighbouring rows. Each piece carries
+    its own halo. Raises StripFailed when this worker cannot take even one row's piece."""
+    top, bottom = strip.top, strip.bottom
+    height = strip.send_bottom if height is None else height
+    count = 1
+    if wire != "raw" and OPERATIONS[strip.op].halo is no_halo:
+        count = max(1, min(WAN_PIECES, (bottom - top) // WAN_PIECE_MIN_ROWS))
+    if worker is not None:
+        cap = piece_rows_cap(worker, width, halo, wire)
+        needed = math.ceil((bottom - top) / cap) if cap >= 1 else MAX_PIECES + 1
+        if needed > MAX_PIECES:
+            raise StripFailed(f"its limits (max_bytes {worker.max_bytes}, max_pixels {worker.max_pixels}) "
+                              f"are too small for rows {width} pixels wide", retry=True, skip_worker=True)
+        count = max(count, needed)
     edges = [top + (bottom - top) * k // count for k in range(count + 1)]
-    return list(zip(edges[:-1], edges[1:]))
+    return [Piece(max(0, a - halo), min(height, b + halo), a, b) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def error_reason(response: requests.Response, content: bytes) -> str:
+def printable(text: str, limit: int = 200) -> str:
+    """Worker-supplied text as we show it: printable characters only (no terminal escapes), bounded."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
+
+
+def error_reason(status: int, content: bytes) -> str:
     try:
         error = json.loads(content)["error"]
-        return f"HTTP {response.status_code} {error['code']}: {error['message']}"
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {response.status_code}"
+        return printable(f"HTTP {status} {error['code']}: {error['message']}")
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return f"HTTP {status}"
 
 
-def read_reply(response: requests.Response, raw_size: int, read_timeout: float) -> bytes:
-    """The whole body, in large reads (iter_content's 10 KB pieces cost much more on 18 MB
-    strips), within a deadline and a size cap. Reading to the end returns the connection to
-    the pool."""
-    deadline = time.monotonic() + read_timeout + raw_size / MIN_REPLY_RATE
-    limit = 2 * raw_size + 65536  # a compressed reply is never near twice the raw pixels
-    chunks, size = [], 0
-    while chunk := response.raw.read1(READ_CHUNK, decode_content=True):
-        size += len(chunk)
-        if size > limit:
-            response.close()
-            raise StripFailed(f"bad reply: over {limit} bytes for {raw_size} bytes of pixels", retry=True)
-        if time.monotonic() > deadline:
-            response.close()
-            raise StripFailed(f"reply too slow: {size} bytes in {read_timeout + raw_size / MIN_REPLY_RATE:.1f} s",
-                              retry=True, worker_down=True)
-        chunks.append(chunk)
-    return b"".join(chunks)
+def strip_limits(config: CoordinatorConfig, body_size: int, raw_size: int) -> Limits:
+    """Bounds of one strip request: connect, silence, and a deadline for the whole exchange."""
+    allowance = (body_size + raw_size) / MIN_TRANSFER_RATE
+    return Limits(connect=config.connect_timeout, idle=config.read_timeout,
+                  total=config.connect_timeout + config.read_timeout + allowance,
+                  max_body=2 * raw_size + 65536)  # a compressed reply is never near twice the raw pixels
 
 
-def send_strip(session: requests.Session, worker: WorkerStatus, strip: Strip, width: int, body: bytes,
+def post_strip(transport: Transport, url: str, body: bytes, headers: dict, limits: Limits,
+               cancel: Cancel | None) -> Reply:
+    """The exchange, its failures as StripFailed; a redirect is a failed attempt, not followed."""
+    try:
+        reply = transport.exchange("POST", url, limits, headers=headers, body=body, cancel=cancel)
+    except TransportError as exc:
+        if exc.kind == "too_large":
+            raise StripFailed(f"bad reply: {exc.reason}", retry=True) from None
+        raise StripFailed(exc.reason, retry=True, worker_down=exc.kind != "cancelled") from None
+    if 300 <= reply.status < 400:
+        location = printable(redact_url(reply.headers.get("Location") or "nowhere"), 100)
+        raise StripFailed(f"redirected (HTTP {reply.status} to {location}); redirects are not followed",
+                          retry=True, worker_down=True)
+    return reply
+
+
+def send_strip(session: Transport, worker: WorkerStatus, strip: Strip, width: int, body: bytes,
                content_type: str, wire: str, params: dict, config: CoordinatorConfig,
-               request_id: str, rows: int | None = None) -> tuple[np.ndarray, requests.Response, int]:
+               request_id: str, rows: int | None = None,
+               cancel: Cancel | None = None) -> tuple[np.ndarray, Reply, int]:
     """POST one strip; returns its pixels (halo included), checked to be width x rows RGB, or
     width x rows gray when we asked for channels=auto (rows: of the body, default the strip
     with its halo), or raises StripFailed."""
@@ -229,29 +299,26 @@ def send_strip(session: requests.Session, worker: WorkerStatus, strip: Strip, wi
     headers = {"Content-Type": content_type, "X-Request-Id": request_id}
     if config.token:
         headers["Authorization"] = f"Bearer {config.token}"
-    try:
-        response = session.post(f"{worker.url}/process", params=query, data=body, headers=headers,
-                                timeout=config.timeouts, stream=True)
-        content = read_reply(response, raw_size=rows * width * 3, read_timeout=config.read_timeout)
-    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-        raise StripFailed(describe_exception(exc), retry=True, worker_down=True) from None
-    if response.status_code == 401:
+    limits = strip_limits(config, len(body), rows * width * 3)
+    response = post_strip(session, f"{worker.url}/process?{urlencode(query)}", body, headers, limits, cancel)
+    content = response.body
+    if response.status == 401:
         raise StripFailed(f"token rejected by {worker.url}", retry=True, skip_worker=True)
-    if response.status_code == 503:
+    if response.status == 503:
         try:
             retry_after = max(0.0, min(float(response.headers.get("Retry-After", "0")), config.retry_after_max))
         except ValueError:
             retry_after = 0.0
-        raise StripFailed(error_reason(response, content), retry=True, retry_after=retry_after)
-    if response.status_code >= 500:
-        raise StripFailed(error_reason(response, content), retry=True)
-    if response.status_code != 200:
-        raise StripFailed(error_reason(response, content), retry=False)
+        raise StripFailed(error_reason(response.status, content), retry=True, retry_after=retry_after)
+    if response.status >= 500:
+        raise StripFailed(error_reason(response.status, content), retry=True)
+    if response.status != 200:
+        raise StripFailed(error_reason(response.status, content), retry=False)
     gray_ok = query.get("channels") == "auto"  # a 1-channel reply only when we asked for one
     try:
         pixels = imaging.decode_any(content, expected_size=(width, rows), gray_ok=gray_ok)
     except ValueError as exc:
-        raise StripFailed(f"bad reply: {exc}", retry=True) from None
+        raise StripFailed(printable(f"bad reply: {exc}"), retry=True) from None
     if pixels.shape != (rows, width, 3) and not (gray_ok and pixels.shape == (rows, width)):
         channels = pixels.shape[2] if pixels.ndim == 3 else 1
         raise StripFailed(f"bad reply: {pixels.shape[1]}x{pixels.shape[0]} with {channels} channels, "
@@ -261,12 +328,14 @@ def send_strip(session: requests.Session, worker: WorkerStatus, strip: Strip, wi
 
 def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strips: int = 2,
             params: dict | None = None, on_event: Callable[[StripEvent], None] | None = None,
-            workers: list[WorkerStatus] | None = None, session: requests.Session | None = None,
+            workers: list[WorkerStatus] | None = None, session: Transport | None = None,
             pixels: np.ndarray | None = None) -> JobResult:
     """Process one image on the workers. Raises InputError or NoWorkerError; never returns a
     partial image. on_event runs on the calling thread. `pixels`: the caller's own
     imaging.decode_pixels(data) result, so a caller that already decoded (the page) saves it."""
     started = time.perf_counter()
+    if _STOPPING.is_set():
+        raise NoWorkerError(None, plan or "seed", [], summary="interrupted")
     if pixels is None:
         pixels = imaging.decode_pixels(data, config.max_pixels)
     height, width, _ = pixels.shape
@@ -289,6 +358,7 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
     result = np.empty_like(pixels)
     events: queue.Queue = queue.Queue()
     abort = threading.Event()
+    cancel = Cancel()
     job_id = uuid.uuid4().hex[:12]
     stitch_lock, stitch_seconds = threading.Lock(), [0.0]  # strips are stitched as they arrive
     jpeg_lock, jpeg_found = threading.Lock(), {}
@@ -299,39 +369,58 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
                 jpeg_found["source"] = codecs.jpeg_source(data)
             return jpeg_found["source"]
 
-    def piece_body(top: int, bottom: int, wire: str) -> StripBody:
+    def fits(worker: WorkerStatus, size: int, rows: int) -> bool:
+        return size <= worker.max_bytes and rows * width <= worker.max_pixels
+
+    def piece_body(piece: Piece, wire: str, worker: WorkerStatus) -> StripBody:
+        """The piece in the wanted wire format, or a fallback the worker accepts: jpeg-cut ->
+        png -> raw (raw always fits: pieces are sized by it)."""
+        top, bottom = piece.send_top, piece.send_bottom
         if wire == "jpeg-cut":
             source = jpeg_source()
             if source is not None:
                 try:
                     cut, cut_top, cut_bottom = codecs.jpeg_rows(source, top, bottom)
-                    return StripBody(cut, "image/jpeg", wire, cut_top, cut_bottom - cut_top, top, bottom)
+                    if fits(worker, len(cut), cut_bottom - cut_top):
+                        return StripBody(cut, "image/jpeg", wire, cut_top, cut_bottom - cut_top,
+                                         piece.fill_top, piece.fill_bottom)
                 except ValueError:
                     pass  # jpegtran broke: the lossless PNG below is exact too
             wire = "png"
         body, content_type = imaging.encode_strip(pixels[top:bottom], wire, config.png_level)
-        return StripBody(body, content_type, wire, top, bottom - top, top, bottom)
+        if wire != "raw" and not fits(worker, len(body), bottom - top):
+            wire = "raw"
+            body, content_type = imaging.encode_strip(pixels[top:bottom], wire, config.png_level)
+        return StripBody(body, content_type, wire, top, bottom - top, piece.fill_top, piece.fill_bottom)
 
-    def send_pieces(worker: WorkerStatus, strip: Strip, wire: str, bodies: dict, request_id: str):
+    def send_pieces(worker: WorkerStatus, strip: Strip, wire: str, bodies: dict, request_id: str,
+                    spent: dict | None = None):
         """All pieces of a strip to one worker at once, each encoded (or cut) in its own thread
         and sent as soon as it is ready. Returns [(body, (pixels, response, bytes received))];
         any failure fails the attempt. `bodies` keeps encoded pieces for the next attempt."""
-        ranges = piece_ranges(strip, wire)
+        halo = OPERATIONS[strip.op].halo(params)
+        pieces = piece_ranges(strip, wire, width, height, worker, halo)
 
         def send(number: int):
-            if (wire, number) not in bodies:
-                bodies[wire, number] = piece_body(*ranges[number], wire)
-            piece = bodies[wire, number]
-            suffix = f"-p{number}" if len(ranges) > 1 else ""
+            began = time.perf_counter()
+            key = (wire, pieces[number], worker.max_bytes, worker.max_pixels)
+            if key not in bodies:
+                bodies[key] = piece_body(pieces[number], wire, worker)
+            body = bodies[key]
+            suffix = f"-p{number}" if len(pieces) > 1 else ""
+            encoded = time.perf_counter()
             with WorkerSlots.for_worker(worker):  # one slot per request, pieces included
+                if spent is not None:  # (encode ms, queue ms) of this piece, for the page's chart
+                    spent[number] = ((encoded - began) * 1000, (time.perf_counter() - encoded) * 1000)
                 if worker.url in router.down:  # it failed another strip while we queued for it
                     raise StripFailed(f"skipped, {router.down[worker.url]}", retry=True, worker_down=True)
-                return piece, send_strip(session, worker, strip, width, piece.data, piece.content_type,
-                                         piece.wire, params, config, request_id + suffix, piece.rows)
-        if len(ranges) == 1:
+                if abort.is_set():
+                    raise StripFailed("cancelled", retry=True)
+                return body, send_strip(session, worker, strip, width, body.data, body.content_type,
+                                        body.wire, params, config, request_id + suffix, body.rows, cancel)
+        if len(pieces) == 1:
             return [send(0)]
-        with ThreadPoolExecutor(max_workers=len(ranges), thread_name_prefix="piece") as piece_pool:
-            return list(piece_pool.map(send, range(len(ranges))))
+        return daemon_map(send, range(len(pieces)))
 
     def emit(kind: str, strip: Strip, worker: WorkerStatus | None, attempt: int, message: str = "",
              elapsed: float = 0.0) -> None:
@@ -339,7 +428,7 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
                                         worker.runtime if worker else None, attempt, message, elapsed)))
 
     def process(strip: Strip) -> StripResult:
-        bodies: dict[tuple[str, int], StripBody] = {}  # (wire, piece number) -> body, kept for retries
+        bodies: dict[tuple, StripBody] = {}  # (wire, piece, worker limits) -> body, kept for retries
         tried: collections.Counter = collections.Counter()
         excluded: set[str] = set()
         retry_after: dict[str, float] = {}
@@ -353,15 +442,16 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
             wait = retry_after.pop(worker.url, 0.0)
             if tried[worker.url]:
                 wait = max(wait, min(config.backoff * 2 ** (tried[worker.url] - 1), BACKOFF_CAP_SECONDS))
-            if wait:
-                time.sleep(wait)
+            if wait and abort.wait(wait):
+                continue  # aborted while backing off: the check above ends the strip
             tried[worker.url] += 1
             wanted = wire_for(worker.url, config.transport)
             emit("start", strip, worker, attempt)
             request_started = time.perf_counter()
             request_id = f"{job_id}-s{strip.index}-a{attempt}"
             try:
-                replies = send_pieces(worker, strip, wanted, bodies, request_id)
+                spent: dict[int, tuple[float, float]] = {}
+                replies = send_pieces(worker, strip, wanted, bodies, request_id, spent)
             except StripFailed as failure:
                 failures.append(f"{worker.url}: {failure.reason}")
                 elapsed = (time.perf_counter() - request_started) * 1000
@@ -380,8 +470,8 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
             total_ms = (time.perf_counter() - request_started) * 1000
             stitch_started = time.perf_counter()
             for piece, (reply, _, _) in replies:
-                # rows of the result this piece fills: its range less the strip's halo
-                fill_top, fill_bottom = max(piece.fills_top, strip.top), min(piece.fills_bottom, strip.bottom)
+                # rows of the result this piece fills: its range less its halo
+                fill_top, fill_bottom = piece.fills_top, piece.fills_bottom
                 first = fill_top - piece.first_row
                 rows = reply[first:first + fill_bottom - fill_top]
                 # a 1-channel (gray) reply broadcasts to R=G=B
@@ -395,7 +485,9 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
                                attempt, worker_ms, total_ms,
                                None if worker_ms is None else max(0.0, total_ms - worker_ms),
                                failures, replies[0][0].wire, sum(len(piece.data) for piece, _ in replies),
-                               sum(received for _, (_, _, received) in replies), request_id)
+                               sum(received for _, (_, _, received) in replies), request_id,
+                               max((ms[0] for ms in spent.values()), default=0.0),
+                               max((ms[1] for ms in spent.values()), default=0.0))
         failures.extend(reason for reason in unavailable_reasons(workers, strip.op)
                         if reason.split(": ", 1)[0] not in tried)
         emit("failed", strip, None, sum(tried.values()), "; ".join(failures))
@@ -408,12 +500,25 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
             events.put(("finished", strip.index, exc))
 
     # Workers cap what runs at once (WorkerSlots); more threads than that would only wait.
-    pool = ThreadPoolExecutor(max_workers=min(len(layout), MAX_STRIP_THREADS), thread_name_prefix="strip")
+    # Daemon threads: a Ctrl-C in the caller must not wait for them (cancel cuts their sockets).
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for strip in layout:
+        todo.put(strip)
+
+    def strip_thread() -> None:
+        while not abort.is_set():
+            try:
+                run(todo.get_nowait())
+            except queue.Empty:
+                return
+
     results: dict[int, StripResult] = {}
     failure: BaseException | None = None
+    with _RUNNING_LOCK:
+        _RUNNING.add(cancel)
     try:
-        for strip in layout:
-            pool.submit(run, strip)
+        for number in range(min(len(layout), MAX_STRIP_THREADS)):
+            threading.Thread(target=strip_thread, name=f"strip-{job_id}-{number}", daemon=True).start()
         while len(results) < len(layout) and failure is None:
             item = events.get()
             if item[0] == "event":
@@ -428,10 +533,12 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
             if item[0] == "event":
                 on_event(item[1])
     finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(cancel)
         if failure is not None or len(results) < len(layout):
             abort.set()
-        pool.shutdown(wait=failure is None, cancel_futures=True)
-        if own_session and failure is None:
+            cancel.fire()  # every exchange of this job ends now
+        elif own_session:
             session.close()
     if failure is not None:
         raise failure

@@ -1,0 +1,172 @@
+"""A fake worker that attacks its client, for coordinator tests (loopback, threads, bounded).
+
+    with HostileWorker(health="ok", process="drip_headers") as bad:
+        ... list bad.url as a worker beside a real one ...
+        assert bad.requests["/process"] >= 1
+
+`health` (GET /healthz) and `process` (POST /process) each take a mode:
+- ok              /healthz: a valid health reply (runtime python, every op, primary grayscale,
+                  so grayscale strips go here first); /process: 500 JSON error (never pixels)
+- drip_headers    `HTTP/1.1 200 OK\\r\\n`, then one header byte every `delay` seconds
+- redirect        302 to `location` (default: the same path on 127.0.0.1:9)
+- huge            200 application/json with no length, up to 2 GB streamed until the client
+                  hangs up (only a cap on bytes read protects the client)
+- markdown        /healthz: a health reply whose fields hold Markdown/HTML (links, images)
+- eps             200 `image/png` whose body is an EPS file (would run Ghostscript if opened)
+- html            200 `text/html` page, as a web server that is not a worker would answer
+Every connection is closed after one exchange; a dripping or streaming reply stops at
+`stop()` or after `max_seconds`, whichever is first. `sent` counts body bytes written.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import socketserver
+import threading
+import time
+
+MODES = ("ok", "drip_headers", "redirect", "huge", "markdown", "eps", "html")
+OPS = ["grayscale", "sepia", "invert", "blur"]
+HEALTH = {"status": "ok", "service": "worker-python", "runtime": "python", "version": "9.9.9",
+          "build": "hostile", "primary": "grayscale", "operations": OPS, "max_inflight": 4,
+          "max_bytes": 50_000_000, "max_pixels": 50_000_000}
+MARKDOWN_HEALTH = {**HEALTH, "runtime": "python](http://evil.example/phish)",
+                   "version": "[update now](http://evil.example/)",
+                   "build": "<img src=http://evil.example/t.png>",
+                   "primary": "![x](http://evil.example/pixel.png)",
+                   "operations": ["grayscale", "[sepia](http://evil.example/)", "invert"]}
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n"
+       b"newpath 0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n")
+HTML = b"<!doctype html><html><head><title>Not a worker</title></head><body>hello</body></html>"
+HUGE_DECLARED = 2_000_000_000
+
+
+class HostileWorker:
+    def __init__(self, health: str = "ok", process: str = "ok", delay: float = 1.0,
+                 location: str | None = None, max_seconds: float = 60.0):
+        for mode in (health, process):
+            if mode not in MODES:
+                raise ValueError(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
+        self.modes = {"/healthz": health, "/process": process}
+        self.delay, self.max_seconds = delay, max_seconds
+        self.location = location
+        self.requests = {"/healthz": 0, "/process": 0, "other": 0}
+        self.sent = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        hostile = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                hostile._handle(self.request)
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+                                        name=f"hostile-{self.port}")
+
+    def start(self) -> "HostileWorker":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _handle(self, client: socket.socket) -> None:
+        client.settimeout(10)
+        try:
+            path = self._read_request(client)
+            with self._lock:
+                self.requests[path if path in self.requests else "other"] += 1
+            mode = self.modes.get(path, "html")
+            getattr(self, f"_{mode}")(client, path)
+        except OSError:
+            pass
+        finally:
+            client.close()
+
+    @staticmethod
+    def _read_request(client: socket.socket) -> str:
+        """The path of the request; its body is read (bounded) so the client can finish sending."""
+        data = b""
+        while b"\r\n\r\n" not in data and len(data) < 65536:
+            chunk = client.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length" and value.strip().isdigit():
+                length = int(value.strip())
+        remaining = min(length, 200_000_000) - len(rest)
+        while remaining > 0:
+            chunk = client.recv(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+        target = lines[0].split(" ")[1] if len(lines[0].split(" ")) > 1 else "/"
+        return target.split("?")[0]
+
+    def _reply(self, client: socket.socket, status: str, content_type: str, body: bytes,
+               extra: str = "") -> None:
+        head = (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+                f"{extra}Connection: close\r\n\r\n")
+        client.sendall(head.encode() + body)
+        with self._lock:
+            self.sent += len(body)
+
+    def _ok(self, client, path):
+        if path == "/healthz":
+            self._reply(client, "200 OK", "application/json", json.dumps(HEALTH).encode())
+        else:
+            body = json.dumps({"error": {"code": "internal", "message": "hostile worker"}}).encode()
+            self._reply(client, "500 Internal Server Error", "application/json", body)
+
+    def _markdown(self, client, path):
+        self._reply(client, "200 OK", "application/json", json.dumps(MARKDOWN_HEALTH).encode())
+
+    def _eps(self, client, path):
+        self._reply(client, "200 OK", "image/png", EPS)
+
+    def _html(self, client, path):
+        self._reply(client, "200 OK", "text/html; charset=utf-8", HTML)
+
+    def _redirect(self, client, path):
+        location = self.location or f"http://127.0.0.1:9{path}"
+        self._reply(client, "302 Found", "text/plain", b"moved", extra=f"Location: {location}\r\n")
+
+    def _drip_headers(self, client, path):
+        client.sendall(b"HTTP/1.1 200 OK\r\n")
+        started = time.monotonic()
+        while not self._stopping.is_set() and time.monotonic() - started < self.max_seconds:
+            client.sendall(b"X")
+            if self._stopping.wait(self.delay):
+                break
+
+    def _huge(self, client, path):
+        client.sendall(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                       f"Connection: close\r\n\r\n".encode())
+        block = b"[" * 65536
+        started = time.monotonic()
+        while not self._stopping.is_set() and time.monotonic() - started < self.max_seconds:
+            client.sendall(block)
+            with self._lock:
+                self.sent += len(block)
+            if self.sent >= HUGE_DECLARED:
+                break
