@@ -84,8 +84,10 @@ def redact_url(text: str) -> str:
 
 def normalize_url(url: str, where: str) -> str:
     """http(s)://host[:port] with no path; names the setting it came from when wrong. Errors
-    show the URL with any credentials redacted."""
+    show the URL with any credentials redacted. A bare host:port means http://host:port."""
     text = url.strip().rstrip("/")
+    if "://" not in text:
+        text = f"http://{text}"
     shown = repr(redact_url(text))[:200]
     try:
         parts = urlsplit(text)
