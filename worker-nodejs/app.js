@@ -1,47 +1,29 @@
 'use strict';
-// HTTP layer: routes, checks in the contract's order, body streaming, negotiation, logs.
-// Pixels live in image.js; this file never touches them.
+// HTTP layer: routes, checks in the contract's order, admission, health, logs.
+// Pixels live in image.js, the wire in transport.js, request parsing in params.js.
 
 const crypto = require('node:crypto');
 const express = require('express');
-const busboy = require('busboy');
 
 const { version } = require('./package.json');
 const { SERVICE } = require('./log');
 const image = require('./image');
+const { HttpError, PRIMARY_OP, bearerToken, parseJob, formatFromAccept } = require('./params');
+const { createAdmission } = require('./admission');
+const {
+  oneLine, sendError, refuse, declaredTooLarge, readBody, multipartImage, writeReply, createServer,
+} = require('./transport');
+const { createHealth } = require('./health');
 
-const PRIMARY_OP = 'sepia';
 // Every op in image.js matches Pillow within +-1 (blur exactly: see test/image.test.js), so
 // all are offered; the coordinator routes by this list.
 const { OPERATIONS, FORMATS } = image;
-const ACCEPT_TO_FORMAT = {
-  'image/png': 'png',
-  'image/jpeg': 'jpeg',
-  'image/webp': 'webp',
-  'image/x-portable-pixmap': 'raw',
-};
-const SELF_CHECK_EVERY_MS = 10_000;
 const LARGE_REQUEST_BYTES = 1_000_000;
 const BUSY_RETRY_AFTER_S = 1;
 const DRAINING_RETRY_AFTER_S = 5;
+// Each libvips pipeline (header, decode, encode) of a request is stopped after this long.
+const WORK_TIMEOUT_S = 30;
 const REQUEST_ID_PATTERN = /^[\x21-\x7e][\x20-\x7e]{0,127}$/;
-
-class HttpError extends Error {
-  constructor(status, code, message) {
-    super(message);
-    this.status = status;
-    this.code = code;
-  }
-}
-
-const oneLine = (text) => String(text).replace(/\s+/g, ' ').trim().slice(0, 500);
-
-function sendError(res, status, code, message, headers = {}) {
-  if (res.headersSent || res.destroyed) return;
-  res.set(headers);
-  if (res.app.locals.worker.draining) res.set('Connection', 'close');
-  res.status(status).json({ error: { code, message: oneLine(message) } });
-}
 
 /** sha256 both sides first, so the comparison takes the same time whatever the lengths. */
 function tokenMatches(presented, expected) {
@@ -50,244 +32,34 @@ function tokenMatches(presented, expected) {
   return crypto.timingSafeEqual(a, b);
 }
 
-function bearerToken(req) {
-  const header = req.get('authorization') || '';
-  const match = /^Bearer[ \t]+(\S.*?)\s*$/i.exec(header);
-  return match ? match[1] : null;
+function contentType(req) {
+  return (req.get('content-type') || '').split(';')[0].trim().toLowerCase();
 }
 
-// ---------------------------------------------------------------- parameters
-
-function single(query, key) {
-  const value = query[key];
-  if (Array.isArray(value)) throw new HttpError(400, 'bad_param', `${key} is given more than once`);
-  return value;
-}
-
-function integerParam(query, key, fallback, min, max) {
-  const raw = single(query, key);
-  if (raw === undefined) return fallback;
-  if (!/^-?\d{1,12}$/.test(raw)) throw new HttpError(400, 'bad_param', `${key} must be an integer ${min}-${max}`);
-  const value = Number(raw);
-  if (value < min || value > max) throw new HttpError(400, 'bad_param', `${key} must be an integer ${min}-${max}`);
-  return value;
-}
-
-function radiusParam(query) {
-  const raw = single(query, 'radius');
-  if (raw === undefined) return 2;
-  const value = /^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$/.test(raw) ? Number(raw) : NaN;
-  if (!(value > 0 && value <= 50)) throw new HttpError(400, 'bad_param', 'radius must be a number with 0 < radius <= 50');
-  return value;
-}
-
-function booleanParam(query, key, fallback) {
-  const raw = single(query, key);
-  if (raw === undefined) return fallback;
-  const text = raw.toLowerCase();
-  if (text === 'true') return true;
-  if (text === 'false') return false;
-  throw new HttpError(400, 'bad_param', `${key} must be true or false`);
-}
-
-function channelsParam(query) {
-  const raw = single(query, 'channels');
-  if (raw === undefined) return '3';
-  if (!image.CHANNELS.includes(raw)) {
-    throw new HttpError(400, 'bad_param', `channels must be one of ${image.CHANNELS.join(', ')}`);
+/** The refusal a request gets before its body is needed (413 by length, 415, 400), or null. */
+function refusalBeforeBody(req, config) {
+  const tooLarge = declaredTooLarge(req, config.maxBytes);
+  if (tooLarge) return tooLarge;
+  const type = contentType(req);
+  if (type !== 'multipart/form-data' && !type.startsWith('image/')) {
+    return new HttpError(415, 'unsupported_type',
+      `content type ${JSON.stringify(type || 'none')} is neither image/* nor multipart/form-data`);
   }
-  return raw;
-}
-
-function formatFromAccept(accept) {
-  for (const part of (accept || '').split(',')) {
-    const [type, ...params] = part.split(';').map((s) => s.trim().toLowerCase());
-    const q = params.find((p) => p.startsWith('q='));
-    if (q && !(Number(q.slice(2)) > 0)) continue;
-    if (ACCEPT_TO_FORMAT[type]) return ACCEPT_TO_FORMAT[type];
+  try {
+    parseJob(req.query, req.get('accept'));
+  } catch (err) {
+    if (err instanceof HttpError) return err;
+    throw err;
   }
-  return 'png';
-}
-
-/** Everything the query and Accept header ask for; throws 400 unknown_op / bad_param. */
-function parseJob(req) {
-  const { query } = req;
-  let op = PRIMARY_OP;
-  if (query.op !== undefined) {
-    op = Array.isArray(query.op) ? '' : query.op;
-    if (!OPERATIONS.includes(op)) {
-      throw new HttpError(400, 'unknown_op', `unknown op ${JSON.stringify(op).slice(0, 60)}; offered: ${OPERATIONS.join(', ')}`);
-    }
-  }
-  let format = formatFromAccept(req.get('accept'));
-  const asked = single(query, 'format');
-  if (asked !== undefined) {
-    if (!FORMATS.includes(asked)) {
-      throw new HttpError(400, 'bad_param', `format must be one of ${FORMATS.join(', ')}`);
-    }
-    format = asked;
-  }
-  return {
-    op,
-    format,
-    quality: integerParam(query, 'quality', 90, 1, 100),
-    lossless: booleanParam(query, 'lossless', false),
-    compression: integerParam(query, 'compression', 6, 0, 9),
-    radius: radiusParam(query),
-    channels: channelsParam(query),
-  };
-}
-
-// ---------------------------------------------------------------- body
-
-/**
- * Reads the request body, failing with 413 as soon as the declared or counted size passes
- * maxBytes. With a Content-Length the buffer is allocated once, so nothing is copied twice.
- */
-function readBody(req, maxBytes) {
-  return new Promise((resolve, reject) => {
-    const declared = req.get('content-length');
-    const length = declared === undefined ? null : Number(declared);
-    if (length !== null && length > maxBytes) {
-      reject(new HttpError(413, 'too_large', `body is ${length} bytes, limit is ${maxBytes}`));
-      return;
-    }
-    const preallocated = length !== null && Number.isSafeInteger(length) ? Buffer.allocUnsafe(length) : null;
-    const chunks = [];
-    let received = 0;
-    let done = false;
-    const finish = (err, value) => {
-      if (done) return;
-      done = true;
-      req.off('data', onData);
-      req.off('end', onEnd);
-      req.off('error', onError);
-      req.off('aborted', onAborted);
-      if (err) reject(err);
-      else resolve(value);
-    };
-    const onData = (chunk) => {
-      if (received + chunk.length > maxBytes) {
-        finish(new HttpError(413, 'too_large', `body is over the limit of ${maxBytes} bytes`));
-        return;
-      }
-      if (preallocated && received + chunk.length <= preallocated.length) chunk.copy(preallocated, received);
-      else chunks.push(chunk);
-      received += chunk.length;
-    };
-    const onEnd = () => {
-      if (preallocated && chunks.length === 0) finish(null, preallocated.subarray(0, received));
-      else finish(null, Buffer.concat(preallocated ? [preallocated.subarray(0, received), ...chunks] : chunks));
-    };
-    const onError = (err) => finish(Object.assign(new Error('request stream failed'), { cause: err, aborted: true }));
-    const onAborted = () => finish(Object.assign(new Error('client went away'), { aborted: true }));
-    req.on('data', onData);
-    req.on('end', onEnd);
-    req.on('error', onError);
-    req.on('aborted', onAborted);
-  });
-}
-
-function isImageType(type) {
-  return type.startsWith('image/');
-}
-
-/** The bytes of multipart field `image` (a file part), or null. */
-function multipartImage(headers, body) {
-  return new Promise((resolve) => {
-    let parser;
-    try {
-      parser = busboy({ headers, limits: { files: 8, fields: 64, parts: 72 } });
-    } catch {
-      resolve(null);
-      return;
-    }
-    let found = null;
-    parser.on('file', (name, stream) => {
-      if (name !== 'image' || found) {
-        stream.resume();
-        return;
-      }
-      const parts = [];
-      stream.on('data', (chunk) => parts.push(chunk));
-      stream.on('end', () => {
-        found = Buffer.concat(parts);
-      });
-    });
-    parser.on('close', () => resolve(found));
-    parser.on('error', () => resolve(null));
-    parser.end(body);
-  });
-}
-
-// ---------------------------------------------------------------- self-check
-
-const SELF_CHECK_PIXELS = Buffer.from([255, 0, 0, 0, 255, 0, 0, 0, 255, 200, 100, 50]);
-
-/** One tiny PNG through decode, the primary op and encode; resolves null when healthy. */
-async function defaultSelfCheck() {
-  const tiny = { width: 2, height: 2, data: Buffer.from(SELF_CHECK_PIXELS) };
-  const png = await image.encodeImage(tiny, 'png', {});
-  const result = await image.processImage(png, { op: PRIMARY_OP, format: 'png', maxPixels: 4 });
-  const roundTrip = await image.decodeImage(Buffer.concat(result.parts), { maxPixels: 4 });
-  const expected = image.sepiaInPlace(Buffer.from(SELF_CHECK_PIXELS));
-  if (!roundTrip.data.equals(expected)) return 'self-check image came back with wrong pixels';
   return null;
 }
 
-// ---------------------------------------------------------------- the app
+const busy = (message) => Object.assign(new HttpError(503, 'busy', message),
+  { headers: { 'Retry-After': String(BUSY_RETRY_AFTER_S) } });
 
-/**
- * The Express app. `options.logger` is required; `options.selfCheck` (async () => reason|null)
- * replaces the built-in one in tests; `options.afterLargeRequest` runs once a request that
- * moved megabytes is over (server.js uses it to return big buffers to the OS promptly).
- * app.locals.worker holds the live state that server.js drives: startDraining(),
- * whenIdle() and the in-flight count.
- */
-function buildApp(config, {
-  logger, selfCheck = defaultSelfCheck, now = () => Date.now(), afterLargeRequest = () => {},
-} = {}) {
-  if (!logger) throw new Error('buildApp needs a logger');
-  const app = express();
-  app.disable('x-powered-by');
-  app.disable('etag'); // hashing a large image body per response buys nothing here
-
-  const idleWaiters = [];
-  const state = {
-    draining: false,
-    inflight: 0,
-    startDraining() {
-      state.draining = true;
-    },
-    /** Resolves once no /process request is in flight. */
-    whenIdle() {
-      if (state.inflight === 0) return Promise.resolve();
-      return new Promise((resolve) => idleWaiters.push(resolve));
-    },
-  };
-  app.locals.worker = state;
-
-  let health = { checkedAt: -Infinity, reason: null, running: null };
-  async function currentHealthProblem() {
-    if (now() - health.checkedAt < SELF_CHECK_EVERY_MS) return health.reason;
-    if (!health.running) {
-      health.running = (async () => {
-        let reason;
-        try {
-          reason = await selfCheck();
-        } catch (err) {
-          reason = `self-check failed: ${oneLine(err && err.message)}`;
-        }
-        health = { checkedAt: now(), reason, running: null };
-        if (reason) logger.error('self-check failed', { reason });
-        return reason;
-      })();
-    }
-    return health.running;
-  }
-
-  // Request id and the one log line per request, for every route.
-  app.use((req, res, next) => {
+/** The request log line, once the response is over, for every route. */
+function requestLog(logger, afterLargeRequest) {
+  return (req, res, next) => {
     const started = process.hrtime.bigint();
     const given = req.get('x-request-id');
     req.id = given && REQUEST_ID_PATTERN.test(given) ? given : crypto.randomUUID();
@@ -311,10 +83,34 @@ function buildApp(config, {
       else logger.info('request', fields);
     });
     next();
-  });
+  };
+}
 
-  app.get('/healthz', async (req, res) => {
-    const problem = state.draining ? 'draining after SIGTERM' : await currentHealthProblem();
+/**
+ * The Express app. `options.logger` is required; `options.selfCheck` (async () => reason|null)
+ * replaces the built-in one in tests; `options.afterLargeRequest` runs once a request that
+ * moved megabytes is over (server.js uses it to return big buffers to the OS promptly);
+ * `options.replyPacing` ({allowanceMs, minBytesPerSecond}) overrides the reply rate bound.
+ * app.locals.worker holds the live state that server.js drives: startDraining(),
+ * whenIdle() and the in-flight counts.
+ */
+function buildApp(config, {
+  logger, selfCheck, now = () => Date.now(), afterLargeRequest = () => {}, replyPacing = {},
+} = {}) {
+  if (!logger) throw new Error('buildApp needs a logger');
+  const app = express();
+  app.disable('x-powered-by');
+  app.disable('etag'); // hashing a large image body per response buys nothing here
+
+  const state = createAdmission(config);
+  app.locals.worker = state;
+  const health = createHealth({ selfCheck, now, logger, timeoutSeconds: WORK_TIMEOUT_S });
+
+  app.use(requestLog(logger, afterLargeRequest));
+
+  app.get('/healthz', (req, res) => {
+    // Answered from memory: the self-check runs in the background (health.js).
+    const problem = state.draining ? 'draining after SIGTERM' : health.problem();
     let status = 'ok';
     if (state.draining) status = 'draining';
     else if (problem) status = 'unhealthy';
@@ -329,6 +125,8 @@ function buildApp(config, {
       formats: FORMATS,
       inflight: state.inflight,
       max_inflight: config.maxInflight,
+      inflight_pixels: state.inflightPixels,
+      max_inflight_pixels: config.maxInflightPixels,
       max_bytes: config.maxBytes,
       max_pixels: config.maxPixels,
     };
@@ -339,73 +137,77 @@ function buildApp(config, {
 
   app.post('/process', async (req, res) => {
     if (state.draining) {
-      sendError(res, 503, 'draining', 'worker is shutting down; retry on another worker',
-        { 'Retry-After': String(DRAINING_RETRY_AFTER_S), Connection: 'close' });
+      refuse(req, res, 503, 'draining', 'worker is shutting down; retry on another worker',
+        { 'Retry-After': String(DRAINING_RETRY_AFTER_S) });
       return;
     }
     if (config.token) {
-      const presented = bearerToken(req);
+      const presented = bearerToken(req.get('authorization'));
       if (presented === null || !tokenMatches(presented, config.token)) {
-        sendError(res, 401, 'unauthorized', 'missing or wrong bearer token', { 'WWW-Authenticate': 'Bearer' });
+        refuse(req, res, 401, 'unauthorized', 'missing or wrong bearer token', { 'WWW-Authenticate': 'Bearer' });
         return;
       }
     }
-    if (state.inflight >= config.maxInflight) {
-      sendError(res, 503, 'busy', `${config.maxInflight} requests already in flight`,
+    const slot = state.enter();
+    if (!slot) {
+      refuse(req, res, 503, 'busy', `${config.maxInflight} requests already in flight`,
         { 'Retry-After': String(BUSY_RETRY_AFTER_S) });
       return;
     }
-    // The slot is taken now, when the headers have arrived, and freed when the response is
-    // handed to the socket or the connection drops, whichever comes first.
-    state.inflight += 1;
-    let released = false;
-    const release = () => {
-      if (!released) {
-        released = true;
-        state.inflight -= 1;
-        if (state.inflight === 0) idleWaiters.splice(0).forEach((resolve) => resolve());
-      }
+    // The slot (and the pixels it claims) is held until both the work has ended and the
+    // reply is fully written or the connection is gone: memory follows the admission bound.
+    const work = new AbortController();
+    let holders = 2;
+    const letGo = () => {
+      holders -= 1;
+      if (holders === 0) slot.leave();
     };
-    res.on('close', release);
-
+    res.once('close', () => {
+      work.abort();
+      letGo();
+    });
     try {
-      await handleProcess(req, res, release);
+      await handleProcess(req, res, slot, work.signal);
     } catch (err) {
-      // The work is over: free the slot before answering, so a client that sends its next
-      // request the moment it has read this answer never finds its own slot still taken.
-      release();
-      if (err.aborted) return;
-      if (err instanceof HttpError || err instanceof image.ImageError) {
-        const headers = err.code === 'too_large' ? { Connection: 'close' } : {};
-        sendError(res, err.status, err.code, err.message, headers);
-        return;
-      }
-      logger.error('unexpected error', { request_id: req.id, error: oneLine(err && err.stack) });
-      sendError(res, 500, 'internal', 'unexpected worker error');
+      answerFailure(req, res, err);
+    } finally {
+      letGo();
     }
   });
 
-  async function handleProcess(req, res, release) {
-    const body = await readBody(req, config.maxBytes);
-    res.locals.bytesIn = body.length;
-    const type = (req.get('content-type') || '').split(';')[0].trim().toLowerCase();
-    const isMultipart = type === 'multipart/form-data';
-    if (!isMultipart && !isImageType(type)) {
-      throw new HttpError(415, 'unsupported_type',
-        `content type ${JSON.stringify(type || 'none')} is neither image/* nor multipart/form-data`);
+  async function handleProcess(req, res, slot, signal) {
+    const early = refusalBeforeBody(req, config);
+    if (early) {
+      refuse(req, res, early.status, early.code, early.message);
+      return;
     }
-    const job = parseJob(req);
+    const job = parseJob(req.query, req.get('accept'));
     res.locals.op = job.op;
+    let body;
+    try {
+      body = await readBody(req, config.maxBytes);
+    } catch (err) {
+      if (err.code !== 'too_large') throw err;
+      refuse(req, res, err.status, err.code, err.message);
+      return;
+    }
+    res.locals.bytesIn = body.length;
+    const isMultipart = contentType(req) === 'multipart/form-data';
     const input = isMultipart ? await multipartImage(req.headers, body) : body;
     if (!input || input.length === 0) {
-      throw new HttpError(400, 'missing_image', isMultipart ? 'multipart body has no file field "image"' : 'request body is empty');
+      throw new HttpError(400, 'missing_image', isMultipart ? 'multipart body has no part "image"' : 'request body is empty');
+    }
+    const header = await image.inspect(input, { maxPixels: config.maxPixels, timeoutSeconds: WORK_TIMEOUT_S });
+    if (!slot.claimPixels(header.width * header.height)) {
+      throw busy(`${state.inflightPixels} pixels already in flight, limit is ${config.maxInflightPixels}`);
     }
     const started = process.hrtime.bigint();
     // The body is ours alone, so the image code may work inside it.
-    const result = await image.processImage(input, { ...job, maxPixels: config.maxPixels, reuseInput: true });
+    const result = await image.processImage(input, {
+      ...job, maxPixels: config.maxPixels, reuseInput: true, header, signal, timeoutSeconds: WORK_TIMEOUT_S,
+    });
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
     if (res.destroyed) return;
-    release(); // as for errors: the slot is free before the client can have the answer
     if (state.draining) res.set('Connection', 'close');
     res.status(200);
     res.set({
@@ -413,18 +215,29 @@ function buildApp(config, {
       'Content-Length': String(result.length),
       'X-Processing-Ms': ms.toFixed(2),
     });
-    const last = result.parts.length - 1;
-    result.parts.forEach((part, index) => (index === last ? res.end(part) : res.write(part)));
+    await writeReply(res, result.parts, replyPacing);
+  }
+
+  function answerFailure(req, res, err) {
+    if (err.aborted || res.destroyed) return;
+    if (err instanceof HttpError || err instanceof image.ImageError) {
+      const headers = { ...(err.headers || {}) };
+      if (state.draining) headers.Connection = 'close';
+      sendError(res, err.status, err.code, err.message, headers);
+      return;
+    }
+    logger.error('unexpected error', { request_id: req.id, error: oneLine(err && err.stack) });
+    sendError(res, 500, 'internal', 'unexpected worker error');
   }
 
   app.all('/healthz', (req, res) => {
-    sendError(res, 405, 'method_not_allowed', `${req.method} is not allowed on /healthz`, { Allow: 'GET, HEAD' });
+    refuse(req, res, 405, 'method_not_allowed', `${req.method} is not allowed on /healthz`, { Allow: 'GET, HEAD' });
   });
   app.all('/process', (req, res) => {
-    sendError(res, 405, 'method_not_allowed', `${req.method} is not allowed on /process`, { Allow: 'POST' });
+    refuse(req, res, 405, 'method_not_allowed', `${req.method} is not allowed on /process`, { Allow: 'POST' });
   });
   app.use((req, res) => {
-    sendError(res, 404, 'not_found', `no route ${req.method} ${req.path}`);
+    refuse(req, res, 404, 'not_found', `no route ${req.method} ${req.path}`);
   });
   // Express reaches here only for errors outside the handlers above (e.g. a malformed URL).
   app.use((err, req, res, _next) => {
@@ -436,4 +249,6 @@ function buildApp(config, {
   return app;
 }
 
-module.exports = { buildApp, PRIMARY_OP, OPERATIONS, FORMATS, tokenMatches, formatFromAccept };
+module.exports = {
+  buildApp, createServer, PRIMARY_OP, OPERATIONS, FORMATS, tokenMatches, formatFromAccept,
+};

@@ -60,6 +60,8 @@ function loadConfig(env = process.env) {
     maxBytes: readInteger(env, 'WORKER_MAX_BYTES', 50_000_000, 1, Number.MAX_SAFE_INTEGER),
     maxPixels: readInteger(env, 'WORKER_MAX_PIXELS', 50_000_000, 1, Number.MAX_SAFE_INTEGER),
     maxInflight: readInteger(env, 'WORKER_MAX_INFLIGHT', 4, 1, 10_000),
+    // The sum of the declared pixels of requests in flight (a lone request is always admitted).
+    maxInflightPixels: readInteger(env, 'WORKER_MAX_INFLIGHT_PIXELS', 100_000_000, 1, Number.MAX_SAFE_INTEGER),
     graceSeconds: readNumber(env, 'WORKER_GRACE_SECONDS', 20, 0, 3600),
     build: readText(env, 'WORKER_BUILD', 'dev'),
     logLevel: readChoice(env, 'WORKER_LOG_LEVEL', 'info', LOG_LEVELS),

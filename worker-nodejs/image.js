@@ -3,7 +3,9 @@
 // An "image" here is { width, height, data } with data = width*height*3 bytes of 8-bit RGB.
 
 const sharp = require('sharp');
-const decodeBmpLib = require('bmp-js').decode;
+
+const bmp = require('./bmp');
+const { decodeBomb } = require('./guards');
 
 /** A failure caused by the input; `code` and `status` go straight into the HTTP error. */
 class ImageError extends Error {
@@ -72,6 +74,31 @@ function sniffFormat(buf) {
   throw badImage('not a recognised image (expected JPEG, PNG, WebP, BMP, TIFF, GIF or PPM)');
 }
 
+// ---------------------------------------------------------------- steps
+// Pixel loops run in steps of about a millisecond, awaiting `pause` between steps, so the
+// event loop (health probes, admission, other requests) is never held for long. A `pause`
+// may throw to stop the work, e.g. when the client has gone.
+
+const STEP_BYTES = 3 * (1 << 18); // a whole number of RGB pixels
+
+const nextTurn = () => new Promise((resolve) => setImmediate(resolve));
+
+/** A pause that yields a turn of the event loop and throws once `signal` is aborted. */
+function pauseFor(signal) {
+  return async () => {
+    await nextTurn();
+    if (signal && signal.aborted) throw Object.assign(new Error('work cancelled: the client went away'), { aborted: true });
+  };
+}
+
+/** fn(start, end) over 0..total in steps of `step`, pausing between steps. */
+async function inSteps(total, step, fn, pause = nextTurn) {
+  for (let at = 0; at < total; at += step) {
+    fn(at, Math.min(total, at + step));
+    if (at + step < total) await pause();
+  }
+}
+
 // ---------------------------------------------------------------- PPM (P6, and P5 gray)
 
 /** Parses a binary Netpbm header; returns { magic, width, height, maxval, offset } or throws. */
@@ -106,40 +133,52 @@ function parsePnmHeader(buf) {
   return { magic, width, height, maxval, offset: pos + 1 };
 }
 
-function decodePnm(buf, header, reuseInput) {
+/** PNM samples (any maxval, 8 or 16 bits) scaled to 8-bit, for samples start..end. */
+function scaleSamples(buf, offset, samples, maxval, start, end) {
+  const wide = maxval > 255;
+  for (let i = start; i < end; i += 1) {
+    const v = wide ? buf.readUInt16BE(offset + 2 * i) : buf[offset + i];
+    const clamped = Math.min(v, maxval);
+    samples[i] = maxval === 65535 ? clamped >> 8 : Math.round((clamped * 255) / maxval);
+  }
+}
+
+async function decodePnm(buf, header, reuseInput, pause) {
   const { magic, width, height, maxval, offset } = header;
   const samplesPerPixel = magic === 'P6' ? 3 : 1;
   const bytesPerSample = maxval > 255 ? 2 : 1;
   const count = width * height * samplesPerPixel;
   if (buf.length - offset < count * bytesPerSample) throw badImage('PPM pixel data is truncated');
-  const direct = bytesPerSample === 1 && maxval === 255 ? buf.subarray(offset, offset + count) : null;
-  let samples;
-  if (direct) {
-    samples = direct;
-  } else {
-    samples = Buffer.allocUnsafe(count);
-    for (let i = 0; i < count; i += 1) {
-      const v = bytesPerSample === 2 ? buf.readUInt16BE(offset + 2 * i) : buf[offset + i];
-      const clamped = Math.min(v, maxval);
-      samples[i] = maxval === 65535 ? clamped >> 8 : Math.round((clamped * 255) / maxval);
-    }
-  }
-  if (samplesPerPixel === 3) {
-    if (samples !== direct) return { width, height, data: samples };
+  if (samplesPerPixel === 3 && maxval === 255) {
+    const direct = buf.subarray(offset, offset + count);
     // With reuseInput the op works on the caller's bytes in place: no 18 MB copy per strip.
-    return { width, height, data: reuseInput ? samples : Buffer.from(samples) };
+    return { width, height, data: reuseInput ? direct : await copyInSteps(direct, pause) };
   }
-  return { width, height, data: grayToRgb(samples) };
+  let samples = buf.subarray(offset, offset + count);
+  if (maxval !== 255) {
+    samples = Buffer.allocUnsafe(count);
+    await inSteps(count, STEP_BYTES, (start, end) => scaleSamples(buf, offset, samples, maxval, start, end), pause);
+  }
+  if (samplesPerPixel === 3) return { width, height, data: samples };
+  return { width, height, data: await grayToRgb(samples, pause) };
 }
 
-function grayToRgb(gray) {
+async function grayToRgb(gray, pause) {
   const out = Buffer.allocUnsafe(gray.length * 3);
-  for (let i = 0, j = 0; i < gray.length; i += 1, j += 3) {
-    const v = gray[i];
-    out[j] = v;
-    out[j + 1] = v;
-    out[j + 2] = v;
-  }
+  await inSteps(gray.length, STEP_BYTES, (start, end) => {
+    for (let i = start, j = start * 3; i < end; i += 1, j += 3) {
+      const v = gray[i];
+      out[j] = v;
+      out[j + 1] = v;
+      out[j + 2] = v;
+    }
+  }, pause);
+  return out;
+}
+
+async function copyInSteps(src, pause) {
+  const out = Buffer.allocUnsafe(src.length);
+  await inSteps(src.length, 8 * STEP_BYTES, (start, end) => src.copy(out, start, start, end), pause);
   return out;
 }
 
@@ -151,93 +190,6 @@ function ppmHeader({ width, height }) {
 function encodePpm(image) {
   const header = ppmHeader(image);
   return Buffer.concat([header, image.data], header.length + image.data.length);
-}
-
-// ---------------------------------------------------------------- BMP
-
-const BI_RGB = 0;
-const BI_RLE8 = 1;
-const BI_RLE4 = 2;
-const BI_BITFIELDS = 3;
-
-function readBmpHeader(buf) {
-  if (buf.length < 30) throw badImage('BMP header is truncated');
-  const headerSize = buf.readUInt32LE(14);
-  if (headerSize < 40 || buf.length < 14 + 40) {
-    throw unsupported(`BMP with a ${headerSize}-byte info header is not supported`);
-  }
-  const width = buf.readInt32LE(18);
-  const signedHeight = buf.readInt32LE(22);
-  return {
-    headerSize,
-    dataOffset: buf.readUInt32LE(10),
-    width,
-    height: Math.abs(signedHeight),
-    bitsPerPixel: buf.readUInt16LE(28),
-    compression: buf.readUInt32LE(30),
-    colors: buf.readUInt32LE(46),
-  };
-}
-
-/**
- * bmp-js reads the palette and pixels straight after a 40-byte info header and ignores the
- * pixel-data offset, and it reads 32-bit BITFIELDS as A,B,G,R. Rebuild the layout it expects.
- */
-function normaliseBmpForLib(buf, header) {
-  const { headerSize, dataOffset, bitsPerPixel, compression } = header;
-  let masks = null;
-  let newCompression = compression;
-  if (compression === BI_BITFIELDS) {
-    if (buf.length < 14 + 40 + 12) throw badImage('BMP header is truncated');
-    const [r, g, b] = [0, 4, 8].map((o) => buf.readUInt32LE(54 + o));
-    if (bitsPerPixel === 32 && r === 0xff0000 && g === 0xff00 && b === 0xff) {
-      newCompression = BI_RGB; // same bytes as plain B,G,R,X
-    } else if (bitsPerPixel === 16) {
-      masks = buf.subarray(54, 54 + 12);
-    } else {
-      throw unsupported('BMP with these BITFIELDS masks is not supported');
-    }
-  } else if (![BI_RGB, BI_RLE8, BI_RLE4].includes(compression)) {
-    throw unsupported(`BMP compression ${compression} is not supported`);
-  }
-  const paletteEntries = bitsPerPixel < 15 ? header.colors || 2 ** bitsPerPixel : 0;
-  const paletteStart = 14 + headerSize + (compression === BI_BITFIELDS && headerSize === 40 ? 12 : 0);
-  const palette = buf.subarray(paletteStart, paletteStart + paletteEntries * 4);
-  if (palette.length < paletteEntries * 4 || dataOffset > buf.length) {
-    throw badImage('BMP data is truncated');
-  }
-  const info = Buffer.from(buf.subarray(14, 54));
-  info.writeUInt32LE(40, 0);
-  info.writeUInt32LE(newCompression, 16);
-  const maskBlock = masks ? Buffer.concat([masks, Buffer.alloc(4)]) : Buffer.alloc(0);
-  const pixels = buf.subarray(dataOffset);
-  const fileHeader = Buffer.from(buf.subarray(0, 14));
-  const offset = 14 + 40 + maskBlock.length + palette.length;
-  fileHeader.writeUInt32LE(offset, 10);
-  return Buffer.concat([fileHeader, info, maskBlock, palette, pixels]);
-}
-
-function decodeBmp(buf, header) {
-  const { bitsPerPixel } = header;
-  if (![1, 4, 8, 16, 24, 32].includes(bitsPerPixel)) {
-    throw unsupported(`BMP with ${bitsPerPixel} bits per pixel is not supported`);
-  }
-  const normalised = normaliseBmpForLib(buf, header);
-  let decoded;
-  try {
-    decoded = decodeBmpLib(normalised);
-  } catch {
-    throw badImage('BMP data is truncated or corrupt');
-  }
-  const { width, height } = header;
-  const abgr = decoded.data;
-  const data = Buffer.allocUnsafe(width * height * 3);
-  for (let i = 0, j = 0; j < data.length; i += 4, j += 3) {
-    data[j] = abgr[i + 3];
-    data[j + 1] = abgr[i + 2];
-    data[j + 2] = abgr[i + 1];
-  }
-  return { width, height, data };
 }
 
 // ---------------------------------------------------------------- decoding
@@ -298,87 +250,112 @@ const sharpInputOptions = (maxPixels) => ({
   failOn: 'warning',
 });
 
-/** Width, height and format from the header only, without decoding pixels. */
-async function readHeader(buf) {
-  const format = sniffFormat(buf);
-  if (format === 'ppm') {
-    const { width, height } = parsePnmHeader(buf);
-    return { format, width, height };
+/** bmp.js reports input faults with a kind; give them their HTTP meaning. */
+function fromBmpError(err) {
+  if (!(err instanceof bmp.BmpError)) return err;
+  return err.kind === 'unsupported' ? unsupported(err.message) : badImage(err.message);
+}
+
+function bmpHeader(buf) {
+  try {
+    return bmp.readBmpHeader(buf);
+  } catch (err) {
+    throw fromBmpError(err);
   }
-  if (format === 'bmp') {
-    const { width, height } = readBmpHeader(buf);
-    if (width < 1 || height < 1) throw badImage('BMP width and height must be positive');
-    return { format, width, height };
-  }
+}
+
+/** Width and height from the header, by hand where we can, else libvips' header reader. */
+async function headerSize(buf, format, timeoutSeconds) {
+  if (format === 'ppm') return parsePnmHeader(buf);
+  if (format === 'bmp') return bmpHeader(buf);
   const declared = declaredSize(buf, format);
-  if (declared) {
-    if (declared.width < 1 || declared.height < 1) {
-      throw badImage(`${format.toUpperCase()} width and height must be positive`);
-    }
-    return { format, ...declared };
-  }
+  if (declared) return declared;
   let meta;
   try {
-    meta = await sharp(buf, { failOn: 'none' }).metadata();
+    meta = await sharp(buf, { failOn: 'none' }).timeout({ seconds: timeoutSeconds }).metadata();
   } catch {
     throw badImage(`${format.toUpperCase()} header is truncated or corrupt`);
   }
-  if (!meta.width || !meta.height) throw badImage(`${format.toUpperCase()} has no size`);
-  const height = meta.pageHeight || meta.height;
-  return { format, width: meta.width, height };
+  return { width: meta.width, height: meta.pageHeight || meta.height };
+}
+
+/** Width, height and format from the header only, without decoding pixels. */
+async function readHeader(buf, { timeoutSeconds = 0 } = {}) {
+  const format = sniffFormat(buf);
+  const { width, height } = await headerSize(buf, format, timeoutSeconds);
+  if (!(width >= 1 && height >= 1)) throw badImage(`${format.toUpperCase()} width and height must be positive`);
+  return { format, width, height };
 }
 
 /**
- * Decodes any accepted format to 8-bit RGB, refusing images whose header declares more than
- * maxPixels before any pixel is decoded. EXIF orientation applied, alpha dropped, 16-bit
- * scaled by >> 8, gray expanded to three channels, first frame only. With reuseInput, a
- * binary PPM is worked on in place inside `buf` (the caller gives the bytes up).
+ * The header (readHeader) of an image the worker will decode: 413 too_many_pixels when it
+ * declares more than maxPixels, 415/400 for refused or unreadable formats.
  */
-async function decodeImage(buf, { maxPixels, reuseInput = false }) {
-  const header = await readHeader(buf);
-  if (header.width * header.height > maxPixels) {
-    throw new ImageError(
-      'too_many_pixels', 413,
-      `image is ${header.width}x${header.height} = ${header.width * header.height} pixels, limit is ${maxPixels}`,
-    );
+async function inspect(buf, { maxPixels, timeoutSeconds = 0 }) {
+  const header = await readHeader(buf, { timeoutSeconds });
+  const pixels = header.width * header.height;
+  if (pixels > maxPixels) {
+    throw new ImageError('too_many_pixels', 413,
+      `image is ${header.width}x${header.height} = ${pixels} pixels, limit is ${maxPixels}`);
   }
-  if (header.format === 'ppm') return decodePnm(buf, parsePnmHeader(buf), reuseInput);
-  if (header.format === 'bmp') return decodeBmp(buf, readBmpHeader(buf));
-  let result;
+  return header;
+}
+
+async function decodeWithSharp(buf, format, maxPixels, timeoutSeconds) {
   try {
-    result = await sharp(buf, sharpInputOptions(maxPixels))
+    const { data, info } = await sharp(buf, sharpInputOptions(maxPixels))
+      .timeout({ seconds: timeoutSeconds })
       .rotate()
       .removeAlpha()
       .toColourspace('srgb')
       .raw({ depth: 'uchar' })
       .toBuffer({ resolveWithObject: true });
+    if (info.channels !== 3) throw badImage(`unexpected ${info.channels}-channel image`);
+    return { width: info.width, height: info.height, data };
   } catch (err) {
-    if (/pixel limit/i.test(String(err && err.message))) {
-      throw new ImageError('too_many_pixels', 413, `image has more than ${maxPixels} pixels`);
-    }
-    throw badImage(`${header.format.toUpperCase()} data is truncated or corrupt`);
+    if (err instanceof ImageError) throw err;
+    const text = String(err && err.message);
+    if (/pixel limit/i.test(text)) throw new ImageError('too_many_pixels', 413, `image has more than ${maxPixels} pixels`);
+    if (/timeout/i.test(text)) throw badImage(`${format.toUpperCase()} took more than ${timeoutSeconds} s to decode`);
+    throw badImage(`${format.toUpperCase()} data is truncated or corrupt`);
   }
-  const { data, info } = result;
-  if (info.channels !== 3) throw badImage(`unexpected ${info.channels}-channel image`);
-  return { width: info.width, height: info.height, data };
+}
+
+/**
+ * Decodes any accepted format to 8-bit RGB, refusing images whose header declares more than
+ * maxPixels before any pixel is decoded, and decode bombs (guards.js) before any decoder
+ * runs. EXIF orientation applied, alpha dropped, 16-bit scaled by >> 8, gray expanded to
+ * three channels, first frame only. With reuseInput, a binary PPM is worked on in place
+ * inside `buf` (the caller gives the bytes up). `header` skips a second header read;
+ * `signal` stops the JS steps once aborted; `timeoutSeconds` bounds each libvips pipeline.
+ */
+async function decodeImage(buf, {
+  maxPixels, reuseInput = false, header = null, signal = null, timeoutSeconds = 0,
+}) {
+  const { format } = header || await inspect(buf, { maxPixels, timeoutSeconds });
+  const bomb = decodeBomb(buf, format);
+  if (bomb) throw badImage(bomb);
+  const pause = pauseFor(signal);
+  if (format === 'ppm') return decodePnm(buf, parsePnmHeader(buf), reuseInput, pause);
+  if (format === 'bmp') return bmp.decodeBmp(buf, pause).catch((err) => { throw fromBmpError(err); });
+  return decodeWithSharp(buf, format, maxPixels, timeoutSeconds);
 }
 
 // ---------------------------------------------------------------- operations (in place)
 
 /** Pillow's convert("L"): L = (19595 R + 38470 G + 7471 B + 32768) >> 16, written as R=G=B=L. */
-function grayscaleInPlace(data) {
-  for (let i = 0; i < data.length; i += 3) {
+function grayscaleRange(data, start, end) {
+  for (let i = start; i < end; i += 3) {
     const l = (19595 * data[i] + 38470 * data[i + 1] + 7471 * data[i + 2] + 32768) >> 16;
     data[i] = l;
     data[i + 1] = l;
     data[i + 2] = l;
   }
-  return data;
 }
 
 /** The classic sepia matrix in integer thousandths, rounded half up, clamped to 255. */
-function sepiaInPlace(data) {
-  for (let i = 0; i < data.length; i += 3) {
+function sepiaRange(data, start, end) {
+  for (let i = start; i < end; i += 3) {
     const r = data[i];
     const g = data[i + 1];
     const b = data[i + 2];
@@ -389,13 +366,22 @@ function sepiaInPlace(data) {
     data[i + 1] = ng > 255 ? 255 : ng;
     data[i + 2] = nb > 255 ? 255 : nb;
   }
-  return data;
 }
 
-function invertInPlace(data) {
-  for (let i = 0; i < data.length; i += 1) data[i] = 255 - data[i];
-  return data;
+function invertRange(data, start, end) {
+  for (let i = start; i < end; i += 1) data[i] = 255 - data[i];
 }
+
+// Per-pixel ops over a byte range (whole pixels) of an RGB buffer, in place.
+const PIXEL_OPS = { grayscale: grayscaleRange, sepia: sepiaRange, invert: invertRange };
+
+const wholeBuffer = (range) => (data) => {
+  range(data, 0, data.length);
+  return data;
+};
+const grayscaleInPlace = wholeBuffer(grayscaleRange);
+const sepiaInPlace = wholeBuffer(sepiaRange);
+const invertInPlace = wholeBuffer(invertRange);
 
 // ---------------------------------------------------------------- Gaussian blur (Pillow port)
 // A port of Pillow's src/libImaging/BoxBlur.c: GaussianBlur = three extended box blurs with a
@@ -497,9 +483,9 @@ function boxPassColumns(src, srcAt, srcStride, dst, dstAt, dstStride, bandBytes,
 
 const BLUR_BAND_PIXELS = 256;
 
-// Rows (or one column band) blurred between pauses when run asynchronously: a few ms each,
-// so a 6 MP blur never holds the event loop (and /healthz) for long.
-const BLUR_ROWS_PER_STEP = 128;
+// Pixels of rows blurred between pauses when run asynchronously (one column band is a step
+// too): a few ms each, so a 50 MP blur never holds the event loop (and /healthz) for long.
+const BLUR_STEP_PIXELS = 1 << 17;
 
 /**
  * Pillow's ImageFilter.GaussianBlur(sigma) on an RGB image, in place in `data`: three
@@ -512,13 +498,14 @@ function* gaussianBlurSteps({ width, height, data }, sigma) {
   const rowBytes = width * 3;
 
   const across = slidingIndices(width, weights.radius);
+  const rowsPerStep = Math.max(1, Math.floor(BLUR_STEP_PIXELS / width));
   const rowA = new Uint8Array(rowBytes);
   const rowB = new Uint8Array(rowBytes);
   for (let y = 0, at = 0; y < height; y += 1, at += rowBytes) {
     boxPassRow(data, at, rowA, 0, width, weights, across);
     boxPassRow(rowA, 0, rowB, 0, width, weights, across);
     boxPassRow(rowB, 0, data, at, width, weights, across);
-    if (y % BLUR_ROWS_PER_STEP === BLUR_ROWS_PER_STEP - 1) yield;
+    if (y % rowsPerStep === rowsPerStep - 1) yield;
   }
 
   const down = slidingIndices(height, weights.radius);
@@ -540,12 +527,24 @@ function gaussianBlurInPlace(image, sigma) {
   return image.data;
 }
 
-/** The same blur, letting other callbacks (other requests, /healthz) run between steps. */
-async function gaussianBlurInPlaceAsync(image, sigma) {
+/** The same blur, awaiting `pause` (other requests, /healthz run) between steps. */
+async function gaussianBlurInPlaceAsync(image, sigma, pause = nextTurn) {
   for (const _ of gaussianBlurSteps(image, sigma)) { // eslint-disable-line no-unused-vars
-    await new Promise((resolve) => setImmediate(resolve));
+    await pause();
   }
   return image.data;
+}
+
+/** applyOperation in steps, awaiting `pause` between them; the result is the same. */
+async function applyOperationAsync(image, op, { radius = 2 } = {}, pause = nextTurn) {
+  if (op === 'blur') {
+    await gaussianBlurInPlaceAsync(image, radius, pause);
+    return image;
+  }
+  const range = PIXEL_OPS[op];
+  if (!range) throw new ImageError('unknown_op', 400, `unknown op ${JSON.stringify(op)}`);
+  await inSteps(image.data.length, STEP_BYTES, (start, end) => range(image.data, start, end), pause);
+  return image;
 }
 
 /** Applies one op to image.data in place and returns the image. */
@@ -576,9 +575,11 @@ function grayReply(op, format, channels) {
 }
 
 /** The first channel of an RGB buffer whose channels are equal: width*height bytes. */
-function firstChannel(data) {
+async function firstChannel(data, pause) {
   const gray = Buffer.allocUnsafe(data.length / 3);
-  for (let i = 0, j = 0; i < gray.length; i += 1, j += 3) gray[i] = data[j];
+  await inSteps(gray.length, STEP_BYTES, (start, end) => {
+    for (let i = start, j = start * 3; i < end; i += 1, j += 3) gray[i] = data[j];
+  }, pause);
   return gray;
 }
 
@@ -588,13 +589,15 @@ function firstChannel(data) {
  * libpng's adaptive filtering: on a 4000x1500 photo strip at level 2 it gives 2.83 MB for
  * 3.77 MB (+0.1 s); on RGB photos it makes files larger and 2-3x slower, so it stays off.
  */
-async function encodeImage(image, format, { quality = 90, lossless = false, compression = 6 } = {}) {
+async function encodeImage(image, format, {
+  quality = 90, lossless = false, compression = 6, timeoutSeconds = 0,
+} = {}) {
   if (format === 'raw') return encodePpm(image);
   const channels = image.channels || 3;
   let pipeline = sharp(image.data, {
     raw: { width: image.width, height: image.height, channels },
     limitInputPixels: false,
-  });
+  }).timeout({ seconds: timeoutSeconds });
   if (channels === 1) pipeline = pipeline.toColourspace('b-w');
   switch (format) {
     case 'png':
@@ -611,22 +614,24 @@ async function encodeImage(image, format, { quality = 90, lossless = false, comp
 
 /**
  * Decode, apply `op`, encode: the whole job for one request body (see decodeImage for
- * reuseInput). The file comes back as `parts`, Buffers to send in order: raw output is its
- * header and the pixels, so 18 MB of pixels are not copied just to prepend 20 bytes.
+ * reuseInput, header, signal and timeoutSeconds). The file comes back as `parts`, Buffers to
+ * send in order: raw output is its header and the pixels, so 18 MB of pixels are not copied
+ * just to prepend 20 bytes. Every JS pixel loop runs in steps (see inSteps).
  */
 async function processImage(buf, {
-  op, format = 'png', maxPixels, reuseInput = false, channels = '3', ...params
+  op, format = 'png', maxPixels, reuseInput = false, channels = '3', header = null, signal = null,
+  timeoutSeconds = 0, ...params
 }) {
-  const decoded = await decodeImage(buf, { maxPixels, reuseInput });
-  let processed = decoded;
-  if (op === 'blur') await gaussianBlurInPlaceAsync(decoded, params.radius ?? 2);
-  else processed = applyOperation(decoded, op, params);
+  const pause = pauseFor(signal);
+  const decoded = await decodeImage(buf, { maxPixels, reuseInput, header, signal, timeoutSeconds });
+  let processed = await applyOperationAsync(decoded, op, params, pause);
   if (grayReply(op, format, channels)) {
-    processed = { width: processed.width, height: processed.height, data: firstChannel(processed.data), channels: 1 };
+    const gray = await firstChannel(processed.data, pause);
+    processed = { width: processed.width, height: processed.height, data: gray, channels: 1 };
   }
   const parts = format === 'raw'
     ? [ppmHeader(processed), processed.data]
-    : [await encodeImage(processed, format, params)];
+    : [await encodeImage(processed, format, { ...params, timeoutSeconds })];
   return {
     parts,
     length: parts.reduce((sum, part) => sum + part.length, 0),
@@ -645,6 +650,7 @@ module.exports = {
   grayReply,
   sniffFormat,
   readHeader,
+  inspect,
   decodeImage,
   parsePnmHeader,
   encodePpm,
@@ -656,6 +662,7 @@ module.exports = {
   gaussianBlurInPlace,
   gaussianBlurInPlaceAsync,
   applyOperation,
+  applyOperationAsync,
   encodeImage,
   processImage,
 };

@@ -1,14 +1,13 @@
 'use strict';
 // The entry point and the only place that binds a port.
 
-const http = require('node:http');
 const v8 = require('node:v8');
 const vm = require('node:vm');
 const sharp = require('sharp');
 
 const { loadConfig, ConfigError } = require('./config');
 const { createLogger } = require('./log');
-const { buildApp } = require('./app');
+const { buildApp, createServer } = require('./app');
 
 /**
  * A full GC after a request that moved megabytes. Its Buffers live outside the V8 heap, so
@@ -25,6 +24,20 @@ function collectGarbage() {
   }
 }
 
+/**
+ * Last resort only: every stream and promise in the worker has its own error handling. An
+ * unhandled rejection is logged and the worker goes on; an uncaught exception leaves the
+ * process in an unknown state, so it is logged and the process exits 1 (systemd restarts it).
+ */
+function lastResortLogging(logger) {
+  const line = (err) => String(err && err.stack ? err.stack : err).replace(/\s+/g, ' ').slice(0, 2000);
+  process.on('unhandledRejection', (err) => logger.error('unhandled rejection', { error: line(err) }));
+  process.on('uncaughtException', (err) => {
+    logger.error('uncaught exception, exiting', { error: line(err) });
+    process.exit(1);
+  });
+}
+
 function main() {
   let config;
   try {
@@ -35,6 +48,11 @@ function main() {
     process.exit(2);
   }
   const logger = createLogger({ level: config.logLevel });
+  // Each request's libvips pipelines run on libuv's thread pool (default 4 threads): leave
+  // room beyond WORKER_MAX_INFLIGHT for the health self-check, so it is never queued behind
+  // every request. Read by libuv when the pool first starts, i.e. after this line.
+  process.env.UV_THREADPOOL_SIZE ??= String(Math.min(1024, Math.max(4, config.maxInflight + 2)));
+  lastResortLogging(logger);
 
   // A t2.micro has 1 GiB: libvips' operation cache only holds memory we never reuse,
   // and one libvips thread per request keeps concurrent requests from multiplying buffers.
@@ -42,8 +60,7 @@ function main() {
   sharp.concurrency(1);
 
   const app = buildApp(config, { logger, afterLargeRequest: collectGarbage() });
-  const server = http.createServer(app);
-  server.requestTimeout = 120_000;
+  const server = createServer(app);
 
   server.on('error', (err) => {
     process.stderr.write(`error: cannot listen on ${config.host}:${config.port}: ${err.message}\n`);
@@ -54,7 +71,8 @@ function main() {
     const { port } = server.address();
     logger.info('listening', {
       host: config.host, port, build: config.build, max_inflight: config.maxInflight,
-      max_bytes: config.maxBytes, max_pixels: config.maxPixels, token_required: Boolean(config.token),
+      max_bytes: config.maxBytes, max_pixels: config.maxPixels, max_inflight_pixels: config.maxInflightPixels,
+      token_required: Boolean(config.token),
     });
   });
 

@@ -6,7 +6,7 @@ const assert = require('node:assert/strict');
 const http = require('node:http');
 const net = require('node:net');
 
-const { buildApp } = require('../app');
+const { buildApp, createServer } = require('../app');
 const { loadConfig } = require('../config');
 const { createLogger } = require('../log');
 const image = require('../image');
@@ -15,7 +15,7 @@ async function startWorker(env = {}, options = {}) {
   const lines = [];
   const logger = createLogger({ level: 'debug', write: (line) => lines.push(line) });
   const app = buildApp(loadConfig(env), { logger, ...options });
-  const server = http.createServer(app);
+  const server = createServer(app);
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address();
   return {
@@ -109,18 +109,19 @@ test('healthz is 503 when the self-check fails, and the check is cached for 10 s
   let calls = 0;
   let reason = 'decoder broke';
   const worker = await startWorker({}, { now: () => clock, selfCheck: async () => { calls += 1; return reason; } });
+  const healthz = () => fetch(`${worker.url}/healthz`);
   try {
-    const first = await fetch(`${worker.url}/healthz`);
-    assert.equal(first.status, 503);
-    const body = await first.json();
+    // The check runs in the background from start-up; /healthz reports its last result.
+    await waitFor(async () => (await healthz()).status === 503, 'the first check to fail');
+    const body = await (await healthz()).json();
     assert.equal(body.status, 'unhealthy');
     assert.equal(body.reason, 'decoder broke');
     reason = null;
     clock = 9_999;
-    assert.equal((await fetch(`${worker.url}/healthz`)).status, 503, 'still the cached result');
+    assert.equal((await healthz()).status, 503, 'still the cached result');
     assert.equal(calls, 1);
     clock = 10_000;
-    assert.equal((await fetch(`${worker.url}/healthz`)).status, 200, 're-checked after 10 s');
+    await waitFor(async () => (await healthz()).status === 200, 're-checked after 10 s');
     assert.equal(calls, 2);
   } finally {
     await worker.close();
@@ -130,8 +131,8 @@ test('healthz is 503 when the self-check fails, and the check is cached for 10 s
 test('a self-check that throws makes healthz 503, not 500', async () => {
   const worker = await startWorker({}, { selfCheck: async () => { throw new Error('libvips gone'); } });
   try {
+    await waitFor(async () => (await fetch(`${worker.url}/healthz`)).status === 503, 'the check to fail');
     const response = await fetch(`${worker.url}/healthz`);
-    assert.equal(response.status, 503);
     assert.match((await response.json()).reason, /libvips gone/);
   } finally {
     await worker.close();

@@ -10,7 +10,7 @@ const { loadConfig, ConfigError } = require('../config');
 test('defaults make the worker run with no config at all', () => {
   assert.deepEqual({ ...loadConfig({}) }, {
     host: '127.0.0.1', port: 5002, token: null, maxBytes: 50_000_000, maxPixels: 50_000_000,
-    maxInflight: 4, graceSeconds: 20, build: 'dev', logLevel: 'info',
+    maxInflight: 4, maxInflightPixels: 100_000_000, graceSeconds: 20, build: 'dev', logLevel: 'info',
   });
 });
 
@@ -18,6 +18,7 @@ test('values are read from WORKER_* variables', () => {
   const config = loadConfig({
     WORKER_HOST: '0.0.0.0', WORKER_PORT: '0', WORKER_TOKEN: 't0k', WORKER_MAX_BYTES: '1000',
     WORKER_MAX_PIXELS: '64', WORKER_MAX_INFLIGHT: '1', WORKER_GRACE_SECONDS: '0.5',
+    WORKER_MAX_INFLIGHT_PIXELS: '128',
     WORKER_BUILD: 'abc123', WORKER_LOG_LEVEL: 'DEBUG',
   });
   assert.equal(config.host, '0.0.0.0');
@@ -26,6 +27,7 @@ test('values are read from WORKER_* variables', () => {
   assert.equal(config.maxBytes, 1000);
   assert.equal(config.maxPixels, 64);
   assert.equal(config.maxInflight, 1);
+  assert.equal(config.maxInflightPixels, 128);
   assert.equal(config.graceSeconds, 0.5);
   assert.equal(config.build, 'abc123');
   assert.equal(config.logLevel, 'debug');

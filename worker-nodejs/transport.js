@@ -1,0 +1,254 @@
+'use strict';
+// The wire: the HTTP server's timeouts and its own errors, reading bodies and multipart,
+// refusing early and closing, writing replies at a minimum rate. No routes, no pixels.
+
+const http = require('node:http');
+const busboy = require('busboy');
+
+const { HttpError } = require('./params');
+
+const HEADERS_TIMEOUT_MS = 5_000;
+const KEEP_ALIVE_TIMEOUT_MS = 5_000;
+const REQUEST_TIMEOUT_MS = 120_000;
+// A refused request: at most this much more of its body is read, then the socket is closed.
+const LINGER_BYTES = 64 * 1024;
+const LINGER_MS = 1_000;
+// A reply must be read at this rate on average after the allowance, else it is cut off.
+const REPLY_ALLOWANCE_MS = 10_000;
+const REPLY_MIN_BYTES_PER_S = 64 * 1024;
+const REPLY_CHUNK_BYTES = 256 * 1024;
+
+const oneLine = (text) => String(text).replace(/\s+/g, ' ').trim().slice(0, 500);
+
+function sendError(res, status, code, message, headers = {}) {
+  if (res.headersSent || res.destroyed) return;
+  res.set(headers);
+  res.status(status).json({ error: { code, message: oneLine(message) } });
+}
+
+/**
+ * Answers at once with `Connection: close`, then reads at most LINGER_BYTES or LINGER_MS more
+ * of the body (so the client can still read the answer) and closes. An unauthenticated
+ * client can never make the worker read a large body.
+ */
+function refuse(req, res, status, code, message, headers = {}) {
+  const socket = req.socket;
+  if (socket && !socket.destroyed) lingerThenClose(req, res, socket);
+  sendError(res, status, code, message, { ...headers, Connection: 'close' });
+}
+
+function lingerThenClose(req, res, socket) {
+  let seen = 0;
+  let bodyDone = req.complete;
+  let replyDone = false;
+  const close = () => {
+    clearTimeout(timer);
+    socket.destroy();
+  };
+  const timer = setTimeout(close, LINGER_MS);
+  // Node would destroy the socket the moment the reply is flushed (a reset if body bytes are
+  // still unread) or, without Connection: close, read the whole body to reuse it.
+  socket.destroySoon = function halfClose() {
+    if (this.writable) this.end();
+  };
+  req.on('data', (chunk) => {
+    seen += chunk.length;
+    if (seen > LINGER_BYTES) close();
+  });
+  req.on('end', () => {
+    bodyDone = true;
+    if (replyDone) close();
+  });
+  req.on('error', close);
+  res.on('finish', () => {
+    replyDone = true;
+    if (bodyDone) close();
+  });
+  socket.once('close', () => clearTimeout(timer));
+}
+
+const tooLarge = (size, maxBytes) => new HttpError(413, 'too_large', `body of ${size} bytes is over the ${maxBytes} byte limit`);
+
+/** A 413 from Content-Length alone, before any of the body is read; null when it fits. */
+function declaredTooLarge(req, maxBytes) {
+  const declared = req.get('content-length');
+  const length = declared === undefined ? null : Number(declared);
+  return length !== null && length > maxBytes ? tooLarge(length, maxBytes) : null;
+}
+
+/**
+ * Reads the request body, failing with 413 as soon as the counted size passes maxBytes.
+ * With a Content-Length the buffer is allocated once, so nothing is copied twice.
+ */
+function readBody(req, maxBytes) {
+  return new Promise((resolve, reject) => {
+    const declared = Number(req.get('content-length'));
+    const preallocated = Number.isSafeInteger(declared) && declared <= maxBytes ? Buffer.allocUnsafe(declared) : null;
+    const chunks = [];
+    let received = 0;
+    let done = false;
+    const finish = (err, value) => {
+      if (done) return;
+      done = true;
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('error', onError);
+      req.off('aborted', onAborted);
+      if (err) reject(err);
+      else resolve(value);
+    };
+    const onData = (chunk) => {
+      if (received + chunk.length > maxBytes) {
+        finish(tooLarge(received + chunk.length, maxBytes));
+        return;
+      }
+      if (preallocated && received + chunk.length <= preallocated.length) chunk.copy(preallocated, received);
+      else chunks.push(chunk);
+      received += chunk.length;
+    };
+    const onEnd = () => {
+      if (preallocated && chunks.length === 0) finish(null, preallocated.subarray(0, received));
+      else finish(null, Buffer.concat(preallocated ? [preallocated.subarray(0, received), ...chunks] : chunks));
+    };
+    const onError = (err) => finish(Object.assign(new Error('request stream failed'), { cause: err, aborted: true }));
+    const onAborted = () => finish(Object.assign(new Error('client went away'), { aborted: true }));
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('error', onError);
+    req.on('aborted', onAborted);
+  });
+}
+
+/**
+ * The bytes of the multipart part named `image` (with or without a filename); null when
+ * there is none. Two `image` parts: 400 bad_param; a body that ends inside a part or has no
+ * closing boundary: 400 bad_image. Every stream busboy hands over has an error listener.
+ */
+function multipartImage(headers, body) {
+  return new Promise((resolve, reject) => {
+    let parser;
+    try {
+      parser = busboy({
+        headers,
+        limits: { files: 8, fields: 64, parts: 72 },
+        isPartAFile: (name, _type, filename) => name === 'image' || filename !== undefined,
+      });
+    } catch (err) {
+      reject(new HttpError(400, 'bad_image', `multipart body cannot be read: ${oneLine(err.message)}`));
+      return;
+    }
+    let found = null;
+    let images = 0;
+    let failed = null;
+    const fail = (err) => {
+      failed ??= err;
+    };
+    parser.on('file', (name, stream) => {
+      stream.on('error', (err) => fail(new HttpError(400, 'bad_image', `multipart part ends early: ${oneLine(err.message)}`)));
+      if (name !== 'image') {
+        stream.resume();
+        return;
+      }
+      images += 1;
+      if (images > 1) fail(new HttpError(400, 'bad_param', 'multipart body has more than one "image" part'));
+      const parts = [];
+      stream.on('data', (chunk) => parts.push(chunk));
+      stream.on('end', () => {
+        found = Buffer.concat(parts);
+      });
+    });
+    parser.on('close', () => (failed ? reject(failed) : resolve(found)));
+    parser.on('error', (err) => {
+      fail(new HttpError(400, 'bad_image', `multipart body is malformed: ${oneLine(err.message)}`));
+      // 'close' may never come after an error; settle once the part streams' errors are in.
+      setImmediate(() => reject(failed));
+    });
+    parser.end(body);
+  });
+}
+
+/**
+ * Writes `parts` (Buffers, in order) as the body and resolves once the reply is fully
+ * handed to the kernel (true) or the connection is gone (false). A client that has not
+ * taken `minBytesPerSecond` on average since `allowanceMs` after the start is cut off.
+ */
+function writeReply(res, parts, { allowanceMs = REPLY_ALLOWANCE_MS, minBytesPerSecond = REPLY_MIN_BYTES_PER_S } = {}) {
+  return new Promise((resolve) => {
+    const started = Date.now();
+    let flushed = 0;
+    const check = setInterval(() => {
+      const late = Date.now() - started - allowanceMs;
+      if (late > 0 && flushed < (late / 1000) * minBytesPerSecond) res.destroy();
+    }, Math.min(1000, Math.max(50, allowanceMs / 4)));
+    res.once('close', () => {
+      clearInterval(check);
+      resolve(res.writableFinished);
+    });
+    const chunks = parts.flatMap((part) => slices(part, REPLY_CHUNK_BYTES));
+    let next = 0;
+    const pump = () => {
+      while (next < chunks.length && !res.destroyed) {
+        const chunk = chunks[next];
+        next += 1;
+        const counted = () => { flushed += chunk.length; };
+        if (next === chunks.length) {
+          res.end(chunk, counted);
+          return;
+        }
+        if (!res.write(chunk, counted)) {
+          res.once('drain', pump);
+          return;
+        }
+      }
+      if (chunks.length === 0) res.end();
+    };
+    pump();
+  });
+}
+
+function slices(buf, size) {
+  const out = [];
+  for (let at = 0; at < buf.length; at += size) out.push(buf.subarray(at, at + size));
+  return out;
+}
+
+// ---------------------------------------------------------------- the server's own errors
+
+const CHUNK_ERRORS = ['HPE_INVALID_CHUNK_SIZE', 'HPE_CHUNK_EXTENSIONS_OVERFLOW', 'HPE_STRICT', 'HPE_INVALID_EOF_STATE'];
+
+function classifyClientError(err) {
+  if (err.code === 'HPE_HEADER_OVERFLOW') return [431, 'too_large', 'the request headers are too large'];
+  if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') return [408, 'bad_param', 'the request did not arrive in time'];
+  if (CHUNK_ERRORS.includes(err.code)) return [400, 'bad_image', 'the chunked body is malformed'];
+  return [400, 'bad_param', 'the request is not valid HTTP/1.1'];
+}
+
+/** Node's parse errors as the contract's JSON (never quoting the request: it may hold a token). */
+function answerClientError(err, socket) {
+  if (err.code === 'ECONNRESET' || !socket.writable || socket.bytesWritten > 0) {
+    socket.destroy();
+    return;
+  }
+  const [status, code, message] = classifyClientError(err);
+  const body = JSON.stringify({ error: { code, message } });
+  socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\n`
+    + `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  setTimeout(() => socket.destroy(), LINGER_MS).unref();
+}
+
+/**
+ * An http.Server for `app` with the contract's bounds: headers within 5 s, idle keep-alive
+ * connections closed after 5 s (checked every second), and JSON for Node's own errors.
+ */
+function createServer(app) {
+  const server = http.createServer({ connectionsCheckingInterval: 1_000 }, app);
+  server.headersTimeout = HEADERS_TIMEOUT_MS;
+  server.requestTimeout = REQUEST_TIMEOUT_MS;
+  server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
+  server.on('clientError', answerClientError);
+  return server;
+}
+
+module.exports = {
+  oneLine, sendError, refuse, declaredTooLarge, readBody, multipartImage, writeReply, createServer,
+};
