@@ -1,27 +1,55 @@
-"""Command line: `python -m coordinator process ...` and `python -m coordinator workers`.
+"""Command line: `stripes process ...` and `stripes workers` (or `python -m coordinator ...`).
 
-Exit codes: 0 ok; 2 bad usage, config or input; 3 no worker could do it; 1 anything else.
-Every error is one line on stderr starting with "error:".
+Exit codes: 0 ok; 2 bad usage, config or input; 3 no worker could do it; 1 anything else;
+130 interrupted. Every error is one line on stderr starting with "error:". A flag that could
+not take effect (say --radius with no blur in the plan) is refused with exit 2, never ignored.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
+import secrets
 import sys
-import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+import coordinator
 from coordinator import imaging
 from coordinator.config import TRANSPORTS, WIRE_QUALITIES, CoordinatorConfig, load_config
 from coordinator.discovery import WorkerStatus, discover
-from coordinator.engine import JobResult, StripEvent, make_session, run_job
+from coordinator.engine import StripEvent, StripResult, cancel_on_interrupt, make_session, run_job
 from coordinator.errors import CoordinatorError, InputError
-from coordinator.plan import BLUR_RADIUS_DEFAULT
+from coordinator.plan import BLUR_RADIUS_DEFAULT, BLUR_RADIUS_MAX, OPERATIONS, SEED_OPS, check_params, parse_plan
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_NO_WORKER = 0, 1, 2, 3
+STDIO = "-"
+QUALITY_DEFAULT = 90
+QUALITY_FORMATS = ("jpeg", "webp")
+# --format value -> file extension (jpeg and tiff are accepted spellings)
+FORMAT_CHOICES = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp", "tif": "tif", "tiff": "tif",
+                  "bmp": "bmp", "ppm": "ppm"}
+# A batch admits images while the pixels in flight stay within this many largest-allowed
+# images (COORDINATOR_MAX_PIXELS each); one image is always admitted, however large.
+BATCH_BUDGET_IMAGES = 2
+EXAMPLES = """\
+examples:
+  %(prog)s process photo.jpg -o out.png  # seed plan, 2 strips
+  %(prog)s process photo.jpg -o out.webp --plan sepia --strips 4 --quality 85
+  %(prog)s process logo.png -o out.png --plan blur --radius 4  # alpha kept in PNG, WebP, TIFF
+  %(prog)s process *.jpg -o results/ --plan grayscale,sepia,invert --jobs 2
+  %(prog)s process - -o - --format jpg < in.png > out.jpg  # stdin to stdout
+  %(prog)s workers --workers 10.0.0.5:5001,10.0.0.6:5002
+
+exit codes:
+  0 ok; 2 bad usage, config or input (refused before any work where it can be);
+  3 no worker could do a strip; 1 anything else; 130 interrupted.
+  Errors are one line on stderr starting with "error:"; warnings start with "warning:".
+"""
 
 
 class Parser(argparse.ArgumentParser):
@@ -31,49 +59,67 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> Parser:
-    parser = Parser(prog="python -m coordinator",
-                    description="Split images into strips, process them on the workers, stitch the result.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+def add_worker_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--workers", metavar="URLS",
+                         help="comma-separated worker URLs, http://host:port or host:port "
+                              "(beats every other source; default: COORDINATOR_WORKERS, ..., 127.0.0.1:5001,5002)")
+    command.add_argument("--workers-file", metavar="PATH",
+                         help="JSON of `pulumi stack output --json --show-secrets` (workers[].url, worker_token)")
 
-    def add_worker_options(command: argparse.ArgumentParser) -> None:
-        command.add_argument("--workers", metavar="URLS",
-                             help="comma-separated worker base URLs (beats every other source)")
-        command.add_argument("--workers-file", metavar="PATH",
-                             help="JSON of `pulumi stack output --json --show-secrets` (workers[].url, worker_token)")
 
-    process = commands.add_parser("process", help="process one or more images",
-                                  description="Process images on the workers. OUT is a file for one input "
-                                              "(its extension picks the format) or a directory for several.")
-    process.add_argument("inputs", nargs="+", metavar="IN", help="input image files")
-    process.add_argument("-o", "--output", required=True, metavar="OUT", help="output file, or directory for a batch")
+def add_process_options(process: argparse.ArgumentParser) -> None:
+    process.add_argument("inputs", nargs="+", metavar="IN", help="input images; - reads one from stdin")
+    process.add_argument("-o", "--output", required=True, metavar="OUT",
+                         help="an output file (its extension picks the format: .png .jpg .jpeg .webp .tif .bmp "
+                              ".ppm); a directory (ends with / or exists; created if missing; needed for several "
+                              "inputs); or - for stdout")
+    process.add_argument("--overwrite", action="store_true",
+                         help="replace existing output files (an input is never overwritten)")
     process.add_argument("--plan", default="seed",
-                         help="seed (grayscale/sepia alternating), one op for all strips, "
-                              "or a comma list, one per strip")
+                         help=f"seed ({' and '.join(SEED_OPS)} alternating), one op for every strip, or a comma "
+                              f"list with one op per strip; ops: {', '.join(OPERATIONS)} (default: seed)")
     process.add_argument("--strips", type=int, default=None,
-                         help="number of horizontal strips (default 2, or the length of a comma-list plan)")
-    process.add_argument("--radius", type=float, default=BLUR_RADIUS_DEFAULT, help="blur radius, 0 < r <= 50")
-    process.add_argument("--quality", type=int, default=90, help="JPEG/WebP output quality 1-100")
-    process.add_argument("--format", default="png", choices=("png", "jpg", "webp", "tif", "bmp"),
-                         help="output format in a batch written to a directory (default png)")
+                         help="horizontal strips, at most the image's rows (default: 2, or the length of a "
+                              "comma-list plan)")
+    process.add_argument("--radius", type=float, default=None,
+                         help=f"blur radius, 0 < r <= {BLUR_RADIUS_MAX:g}; only with a plan that blurs "
+                              f"(default: {BLUR_RADIUS_DEFAULT})")
+    process.add_argument("--quality", type=int, default=None,
+                         help=f"JPEG/WebP output quality 1-100; only for those formats (default: {QUALITY_DEFAULT})")
+    process.add_argument("--format", default=None, choices=FORMAT_CHOICES, metavar="{png,jpg,webp,tif,bmp,ppm}",
+                         help="format of outputs written into a directory or to stdout (default: png); "
+                              "jpeg and tiff are accepted too")
     process.add_argument("--transport", choices=TRANSPORTS, default=None,
-                         help="wire format to the workers (default COORDINATOR_TRANSPORT or auto: raw on loopback, "
+                         help="wire format to the workers (default: COORDINATOR_TRANSPORT or auto: raw on loopback, "
                               "else the JPEG's own rows cut by jpegtran, or PNG)")
     process.add_argument("--wire-quality", choices=WIRE_QUALITIES, default=None,
                          help="replies from the workers: lossless (default, COORDINATOR_WIRE_QUALITY) or high "
                               "(JPEG q95, PSNR >= 45 dB, about 6x fewer bytes)")
-    process.add_argument("--jobs", type=int, default=2, help="images processed at once in a batch (default 2)")
-    process.add_argument("--quiet", action="store_true", help="no per-strip summary lines")
+    process.add_argument("--jobs", type=int, default=2,
+                         help="images processed at once in a batch; also bounded to "
+                              f"{BATCH_BUDGET_IMAGES} x COORDINATOR_MAX_PIXELS of pixels at once (default: 2)")
+    process.add_argument("--quiet", action="store_true",
+                         help="only errors and warnings: no per-strip lines, wrote lines or progress bar")
     add_worker_options(process)
 
+
+def build_parser(prog: str = "stripes") -> Parser:
+    parser = Parser(prog=prog, epilog=EXAMPLES % {"prog": prog}, formatter_class=argparse.RawDescriptionHelpFormatter,
+                    description="Split images into strips, process them on the workers, stitch the result.")
+    parser.add_argument("--version", action="version", version=f"stripes {coordinator.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+    process = commands.add_parser("process", help="process one or more images", epilog=EXAMPLES % {"prog": prog},
+                                  formatter_class=argparse.RawDescriptionHelpFormatter,
+                                  description="Process images on the workers and write the results.")
+    add_process_options(process)
     workers = commands.add_parser("workers", help="show each worker's health",
                                   description="GET /healthz on every worker; exits 3 when none is healthy.")
     add_worker_options(workers)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "stripes") -> int:
+    args = build_parser(prog).parse_args(argv)
     try:
         config = load_config(args.workers, args.workers_file, os.environ, getattr(args, "transport", None),
                              getattr(args, "wire_quality", None))
@@ -112,48 +158,191 @@ def show_workers(config: CoordinatorConfig) -> int:
     return EXIT_OK
 
 
-def output_paths(inputs: list[str], output: str, fmt: str) -> list[Path]:
-    """Where each input's result goes; InputError for clashes or a bad extension."""
-    out = Path(output)
-    if len(inputs) == 1 and not out.is_dir():
-        imaging.format_for_path(out)
-        if not out.parent.is_dir():
-            raise InputError(f"output directory {out.parent} does not exist")
-        return [out]
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{len(inputs)} inputs need -o to be a directory, and {out} is a file")
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{Path(name).stem}.{fmt}" for name in inputs]
-    seen: dict[Path, str] = {}
-    for name, path in zip(inputs, paths):
-        if path in seen:
-            raise InputError(f"{seen[path]} and {name} would both be written to {path}")
-        seen[path] = name
-    return paths
+# -- what the flags ask for, checked before any work -------------------------------------------
+
+@dataclass(frozen=True)
+class Target:
+    path: Path | None  # None: stdout
+    fmt: str  # imaging.OUTPUT_FORMATS value
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path is not None else "stdout"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write beside the target, then rename: readers never see a half-written file."""
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+def check_flags(args: argparse.Namespace) -> tuple[int, dict]:
+    """Strips and op parameters; InputError for a flag out of range or one that could not take effect."""
+    if args.jobs < 1:
+        raise InputError(f"--jobs must be >= 1, not {args.jobs}")
+    if args.strips is not None and args.strips < 1:
+        raise InputError(f"--strips must be >= 1, not {args.strips}")
+    if args.quality is not None and not 1 <= args.quality <= 100:
+        raise InputError(f"--quality {args.quality} is out of range 1..100")
+    listed = [op for op in args.plan.split(",") if op.strip()]
+    strips = args.strips if args.strips is not None else (len(listed) if len(listed) > 1 else 2)
+    ops = parse_plan(args.plan, strips)
+    if args.radius is not None and "blur" not in ops:
+        raise InputError(f"--radius applies to blur, and the plan ({args.plan}) has no blur strip")
+    if "-" in args.inputs and len(args.inputs) > 1:
+        raise InputError("- (stdin) can only be the one input")
+    return strips, check_params(ops, {"radius": args.radius})
+
+
+def plan_targets(inputs: list[str], output: str, format_flag: str | None) -> list[Target]:
+    """Where each input's result goes: a file, a directory (trailing / or existing) or stdout."""
+    directory = output != STDIO and (output.endswith(("/", os.sep)) or Path(output).is_dir())
+    if len(inputs) > 1 and not directory:
+        where = "stdout" if output == STDIO else output
+        raise InputError(f"{len(inputs)} inputs need -o to be a directory, not {where}: end it with / "
+                         f"(e.g. -o {output.rstrip('/') if output != STDIO else 'results'}/)")
+    extension = FORMAT_CHOICES[format_flag or "png"]
+    if output == STDIO:
+        return [Target(None, imaging.format_for_path(f"out.{extension}"))]
+    if directory:
+        paths = [Path(output) / f"{'stdin' if name == STDIO else Path(name).stem}.{extension}" for name in inputs]
+        seen: dict[Path, str] = {}
+        for name, path in zip(inputs, paths):
+            if path in seen:
+                raise InputError(f"{seen[path]} and {name} would both be written to {path}")
+            seen[path] = name
+        return [Target(path, imaging.format_for_path(path)) for path in paths]
+    path = Path(output)
+    fmt = imaging.format_for_path(path)
+    if format_flag and imaging.format_for_path(f"out.{extension}") != fmt:
+        raise InputError(f"--format {format_flag} contradicts -o {path.name}: an output file's extension "
+                         "picks its format (--format is for a directory or stdout)")
+    if not path.parent.is_dir():
+        raise InputError(f"output directory {path.parent} does not exist (end -o with / to create it)")
+    return [Target(path, fmt)]
+
+
+def file_key(path: str | Path) -> tuple[int, int] | None:
     try:
-        with handle:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def check_targets(inputs: list[str], targets: list[Target], overwrite: bool, quality: int | None) -> None:
+    """Never over an input; over an existing file only with --overwrite; --quality only where it counts."""
+    sources = {file_key(name): name for name in inputs if name != STDIO}
+    existing = []
+    for target in targets:
+        key = file_key(target.path) if target.path is not None else None
+        if key is not None and key in sources:
+            raise InputError(f"refusing to write {target.path} over its input {sources[key]}")
+        if key is not None:
+            existing.append(target.path)
+    if existing and not overwrite:
+        what = f"{existing[0]} exists" if len(existing) == 1 else f"{len(existing)} outputs exist ({existing[0]}, ...)"
+        raise InputError(f"{what}; pass --overwrite to replace {'it' if len(existing) == 1 else 'them'}")
+    unqualified = sorted({target.fmt for target in targets} - set(QUALITY_FORMATS))
+    if quality is not None and unqualified:
+        raise InputError(f"--quality applies to JPEG and WebP outputs, not {unqualified[0].upper()}")
+    if targets[0].path is None and sys.stdout.isatty():
+        raise InputError("-o - writes image bytes to stdout, which is a terminal: redirect it to a file or pipe")
+
+
+def prepare_outputs(targets: list[Target]) -> None:
+    """Create the output directory once every check has passed."""
+    directory = targets[0].path.parent if targets[0].path is not None else None
+    if directory is not None and not directory.is_dir():
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create output directory {directory}: {exc.strerror or exc}") from None
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+def write_atomic(path: Path, data: bytes, replace: bool = True) -> None:
+    """Write beside the target, then rename: readers never see a half-written file. The file is
+    created by the umask like any other. With replace=False an existing target is kept, even one
+    that appeared during the run (FileExistsError)."""
+    temp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(descriptor, "wb") as handle:
             handle.write(data)
-        os.replace(handle.name, path)
+        publish(temp, path, replace)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(handle.name)
+            os.unlink(temp)
         raise
 
 
-def strip_summary(name: str, result: JobResult) -> list[str]:
+def publish(temp: Path, path: Path, replace: bool) -> None:
+    if replace:
+        os.replace(temp, path)
+        return
+    try:
+        os.link(temp, path)  # atomic, and fails if the target exists
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP) or path.exists():
+            raise
+        os.replace(temp, path)  # a file system without hard links
+        return
+    os.unlink(temp)
+
+
+def write_output(target: Target, data: bytes, replace: bool) -> None:
+    if target.path is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        write_atomic(target.path, data, replace)
+
+
+def read_input(name: str) -> bytes:
+    if name == STDIO:
+        if sys.stdin.isatty():
+            raise InputError("- reads the image from stdin, which is a terminal: pipe or redirect a file into it")
+        return sys.stdin.buffer.read()
+    try:
+        return Path(name).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {name}: {exc.strerror or exc}") from None
+
+
+def human_size(size: int) -> str:
+    if size < 1000:
+        return f"{size} bytes"
+    return f"{size / 1e3:.1f} kB" if size < 1_000_000 else f"{size / 1e6:.1f} MB"
+
+
+def strip_summary(name: str, strips: list[StripResult]) -> list[str]:
     lines = []
-    for strip in result.strips:
+    for strip in strips:
         worker_ms = f", worker {strip.worker_ms:.0f} ms" if strip.worker_ms is not None else ""
         failover = f", after {'; '.join(strip.failovers)}" if strip.failovers else ""
-        lines.append(f"{name}: strip {strip.index + 1}/{len(result.strips)} rows {strip.top}-{strip.bottom - 1} "
+        lines.append(f"{name}: strip {strip.index + 1}/{len(strips)} rows {strip.top}-{strip.bottom - 1} "
                      f"{strip.op} on {strip.worker_url} ({strip.runtime}) {strip.total_ms:.0f} ms{worker_ms}"
                      f" via {strip.wire} [request {strip.request_id}]{failover}")
     return lines
+
+
+# -- running ------------------------------------------------------------------------------------
+
+class PixelBudget:
+    """Admits jobs while the pixels in flight stay within `budget`; one job always runs, however
+    large, so a batch can never stall."""
+
+    def __init__(self, budget: int):
+        self.budget, self.used = budget, 0
+        self.changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int):
+        with self.changed:
+            self.changed.wait_for(lambda: self.used == 0 or self.used + pixels <= self.budget)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.used -= pixels
+                self.changed.notify_all()
 
 
 class Progress:
@@ -177,6 +366,7 @@ class Progress:
 
     def __exit__(self, *exc_info):
         if self.bar:
+            self.bar.refresh()
             self.bar.stop()
 
     def line(self, text: str) -> None:
@@ -185,6 +375,11 @@ class Progress:
             self.bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:
             print(text, file=sys.stderr)
+
+    def advance(self, strips: int) -> None:
+        """Count strips that will not come (their input failed, or had fewer rows than strips)."""
+        if self.bar and strips > 0:
+            self.bar.advance(self.task, strips)
 
     def on_event(self, event: StripEvent) -> None:
         if not self.bar:
@@ -195,57 +390,110 @@ class Progress:
             self.bar.update(self.task, description=f"strip {event.index + 1} retrying: {event.message}"[:60])
 
 
+@dataclass
+class Batch:
+    """What every input of one `process` run shares."""
+    args: argparse.Namespace
+    config: CoordinatorConfig
+    strips: int
+    params: dict
+    statuses: list[WorkerStatus]
+    session: object
+    budget: PixelBudget
+    progress: Progress
+    lock: threading.Lock
+
+
+def check_input(batch: Batch, size: tuple[int, int] | None, target: Target) -> None:
+    """Refuse before any work what the output format or --strips cannot do with this image."""
+    if size is None:
+        return  # unreadable header: decoding says why
+    width, height = size
+    imaging.check_output_size(target.fmt, width, height)
+    if batch.args.strips is not None and batch.args.strips > height:
+        raise InputError(f"--strips {batch.args.strips} is more than the {height} rows of the image")
+
+
+def produce(batch: Batch, name: str, data: bytes, target: Target, on_event) -> tuple[int, list[StripResult]]:
+    """Decode, process, encode and write one image; returns the bytes written and the strips."""
+    pixels, alpha = imaging.decode_with_alpha(data, batch.config.max_pixels)
+    imaging.check_output_size(target.fmt, pixels.shape[1], pixels.shape[0])
+    result = run_job(data, batch.config, plan=batch.args.plan, strips=batch.strips, params=batch.params,
+                     on_event=on_event, workers=batch.statuses, session=batch.session, pixels=pixels)
+    del pixels
+    output = imaging.with_alpha(result.pixels, alpha, result.strips, batch.params.get("radius"))
+    if alpha is not None and target.fmt not in imaging.ALPHA_FORMATS:
+        with batch.lock:
+            batch.progress.line(f"warning: {name} has transparency and {target.fmt.upper()} has none: "
+                                "the result is flattened onto white (PNG, WebP and TIFF keep it)")
+    encoded = imaging.encode_output(output, target.fmt, batch.args.quality or QUALITY_DEFAULT,
+                                    batch.config.png_level)
+    write_output(target, encoded, replace=batch.args.overwrite)
+    return len(encoded), result.strips
+
+
+def process_one(batch: Batch, name: str, target: Target) -> int:
+    """One input to one output; its errors are reported here and the batch goes on."""
+    started, done = time.perf_counter(), [0]
+
+    def on_event(event: StripEvent) -> None:
+        done[0] += event.kind == "done"
+        batch.progress.on_event(event)
+
+    prefix = f"{name}: " if len(batch.args.inputs) > 1 else ""
+    try:
+        data = read_input(name)
+        size = imaging.probe_size(data)
+        check_input(batch, size, target)
+        with batch.budget.hold(size[0] * size[1] if size else 0):
+            written, strips = produce(batch, name, data, target, on_event)
+    except CoordinatorError as exc:
+        with batch.lock:
+            return fail(exc, prefix=prefix)
+    except OSError as exc:  # e.g. the output disk is full: this input fails, the batch goes on
+        with batch.lock:
+            print(f"error: {prefix}cannot write {target.name}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_UNEXPECTED
+    finally:
+        batch.progress.advance(batch.strips - done[0])
+    if not batch.args.quiet:
+        with batch.lock:
+            for line in strip_summary(name, strips):
+                batch.progress.line(line)
+            batch.progress.line(f"wrote {target.name} ({human_size(written)}, "
+                                f"{(time.perf_counter() - started) * 1000:.0f} ms)")
+    return EXIT_OK
+
+
 def process_command(args: argparse.Namespace, config: CoordinatorConfig) -> int:
-    if args.jobs < 1:
-        raise InputError(f"--jobs must be >= 1, not {args.jobs}")
-    if args.strips is not None and args.strips < 1:
-        raise InputError(f"--strips must be >= 1, not {args.strips}")
-    if not 1 <= args.quality <= 100:
-        raise InputError(f"--quality {args.quality} is out of range 1..100")
-    plan_ops = [op for op in args.plan.split(",") if op.strip()]
-    strips = args.strips if args.strips is not None else (len(plan_ops) if len(plan_ops) > 1 else 2)
-    paths = output_paths(args.inputs, args.output, args.format)
-    session = make_session(strips * max(1, args.jobs))
+    strips, params = check_flags(args)
+    targets = plan_targets(args.inputs, args.output, args.format)
+    check_targets(args.inputs, targets, args.overwrite, args.quality)
+    prepare_outputs(targets)
+    session = make_session(strips * max(1, min(args.jobs, len(args.inputs))))
     statuses: list[WorkerStatus] = discover(config, session)
     if any(status.ok for status in statuses) and not args.quiet:
         for status in statuses:  # reported, not fatal: the healthy ones take the strips
             if not status.ok:
                 print(f"warning: worker {status.url} skipped: {status.error}", file=sys.stderr)
-    lock = threading.Lock()
     interactive = sys.stderr.isatty() and not args.quiet
-
-    def one(name: str, target: Path, progress: Progress) -> int:
-        try:
-            try:
-                data = Path(name).read_bytes()
-            except OSError as exc:
-                raise InputError(f"cannot read {name}: {exc.strerror or exc}") from None
-            result = run_job(data, config, plan=args.plan, strips=strips, params={"radius": args.radius},
-                             on_event=progress.on_event, workers=statuses, session=session)
-            encoded = imaging.encode_output(result.pixels, imaging.format_for_path(target), args.quality,
-                                            config.png_level)
-            write_atomic(target, encoded)
-        except CoordinatorError as exc:
-            with lock:
-                return fail(exc, prefix=f"{name}: " if len(args.inputs) > 1 else "")
-        except OSError as exc:  # e.g. the output disk is full: this input fails, the batch goes on
-            with lock:
-                print(f"error: {name}: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
-            return EXIT_UNEXPECTED
-        if not args.quiet:
-            with lock:
-                for line in strip_summary(name, result):
-                    progress.line(line)
-        return EXIT_OK
-
     with Progress(interactive, strips * len(args.inputs)) as progress:
+        batch = Batch(args, config, strips, params, statuses, session,
+                      PixelBudget(BATCH_BUDGET_IMAGES * config.max_pixels), progress, threading.Lock())
         if len(args.inputs) == 1:
-            codes = [one(args.inputs[0], paths[0], progress)]
+            codes = [process_one(batch, args.inputs[0], targets[0])]
         else:
-            with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-                codes = list(pool.map(lambda pair: one(pair[0], pair[1], progress), zip(args.inputs, paths)))
+            with ThreadPoolExecutor(max_workers=args.jobs) as pool, cancel_on_interrupt():  # Ctrl-C ends all
+                codes = list(pool.map(lambda pair: process_one(batch, *pair), zip(args.inputs, targets)))
     session.close()
+    return summarise(codes, args.quiet)
+
+
+def summarise(codes: list[int], quiet: bool) -> int:
+    """The batch's exit code: the first failure's; one summary line for a batch."""
     failed = [code for code in codes if code != EXIT_OK]
-    if failed and len(codes) > 1:
-        print(f"error: {len(failed)} of {len(codes)} inputs failed", file=sys.stderr)
-    return failed[0] if failed else EXIT_OK
+    code = failed[0] if failed else EXIT_OK
+    if len(codes) > 1 and (failed or not quiet):
+        line = f"{len(codes)} inputs: {len(codes) - len(failed)} written, {len(failed)} failed (exit {code})"
+        print(f"error: {line}" if failed else line, file=sys.stderr)
+    return code
