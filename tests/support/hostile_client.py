@@ -189,6 +189,7 @@ class IdleConnections(_Attack):
         self.target, self.count, self.renew_every = target, min(count, MAX_SOCKETS), renew_every
         self.opened = 0
         self.refused = 0
+        self.renewed = 0    # connections the server closed, noticed and replaced
 
     def _open(self) -> None:
         try:
@@ -208,6 +209,7 @@ class IdleConnections(_Attack):
             for sock in gone:
                 self.sockets.remove(sock)
                 sock.close()
+                self.renewed += 1
                 self._open()
 
     def closed_by_server(self) -> int:
@@ -302,7 +304,7 @@ class PushResult:
 
 
 def push_body(target: Target, headers: dict, total: int = 10_000_000, limit: float = 5,
-              sndbuf: int = 65536, path: str = "/process") -> PushResult:
+              sndbuf: int = 65536, method: str = "POST", path: str = "/process") -> PushResult:
     """POST `total` declared bytes as fast as the server takes them, while reading its reply.
 
     `accepted` bounds what the server read from above: it is what the server read plus what sat
@@ -314,7 +316,7 @@ def push_body(target: Target, headers: dict, total: int = 10_000_000, limit: flo
     reading = sock.dup()   # its own timeout; the pusher's short timeouts must not cut the read
     reader = threading.Thread(target=lambda: replies.append(_read_quietly(reading, limit)), daemon=True)
     try:
-        sock.sendall(head("POST", path, target, {"Content-Type": "image/png", "Content-Length": str(total),
+        sock.sendall(head(method, path, target, {"Content-Type": "image/png", "Content-Length": str(total),
                                                  **headers}))
         reader.start()
         result.accepted, result.closed = _push(sock, total, started + limit)
