@@ -3,6 +3,9 @@
 Run from the repo root: `streamlit run coordinator/app.py` (or `make run`). The page is thin: the
 engine (coordinator.engine / plan / discovery / imaging) does the planning, dispatch and stitching
 for the page and the CLI alike; this file only asks for input and shows what came back.
+Anything a worker sent (health fields, runtime names, error reasons) is shown as plain text
+(st.text, or page_text.safe_name inside our own Markdown): a worker cannot put a link, an
+image or styling on this page.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import io
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 # `streamlit run coordinator/app.py` puts coordinator/ on sys.path, not the repo root.
@@ -19,23 +23,28 @@ if _ROOT not in sys.path:
 
 import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, StopException  # noqa: E402
 
 from coordinator import discovery, engine, imaging, plan  # noqa: E402
 from coordinator.config import CoordinatorConfig, load_config  # noqa: E402
 from coordinator.errors import ConfigError, InputError, NoWorkerError  # noqa: E402
-from coordinator.page_chart import (PARTS, chart_height, strip_table, timing_frame,  # noqa: E402
-                                    worker_host)
+from coordinator.page_chart import COLOURS, PARTS, chart_height, strip_table, timing_frame, worker_host  # noqa: E402
 from coordinator.page_log import page_logger  # noqa: E402
 from coordinator.page_overlay import StripBox, draw_strip_overlay  # noqa: E402
-from coordinator.page_text import (escape_markdown, event_line, image_summary, no_worker_message,  # noqa: E402
-                                   plan_caption, status_label)
+from coordinator.page_workers import draw_workers  # noqa: E402
+from coordinator.page_text import (cancelled_message, changed_settings, done_label,  # noqa: E402
+                                   escape_markdown, event_line, image_summary, input_problem,
+                                   missing_workers, no_worker_message, plan_caption, plural,
+                                   runtimes_note, safe_name, status_label, too_many_pixels)
 
 log = page_logger()
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"]
 MAX_STRIPS = 16
 PREVIEW_WIDTH = 1200  # previews are 1200-2400 px wide copies; the download is full size
+SHOWN_WIDTH = 600  # about how wide a preview is drawn (half the page)
+MIN_SHOWN_HEIGHT = 24  # a 3000x3 image would be a 1 px line: its rows are stretched to this
 PLAN_SEED = "Original demo: grayscale and sepia, alternating from the top"
 PLAN_ONE = "One operation for every strip"
 PLAN_PER_STRIP = "An operation per strip"
@@ -46,6 +55,12 @@ NO_WORKER_HELP = (
     "On AWS, after `pulumi up`, check that the security group's `clientCidr` includes this "
     "machine's address, and that the instances passed their health checks."
 )
+# Session keys that hold image-sized data: at most one of each per session, dropped together.
+IMAGE_KEYS = ("upload", "outcome", "encoded")
+
+
+class UploadRefused(Exception):
+    """An upload the page will not decode; the message is written for the page's user."""
 
 
 # ---------------------------------------------------------------- workers
@@ -64,38 +79,42 @@ def shared_session():
     return engine.make_session(MAX_STRIPS)
 
 
-def workers_panel(config: CoordinatorConfig) -> list:
+@st.cache_resource(show_spinner=False)
+def favicon() -> Image.Image:
+    """Three strips, drawn here: an emoji or :material: icon makes the browser fetch it from a CDN."""
+    icon = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(icon)
+    for row, colour in enumerate(((55, 118, 171), (67, 160, 71), (230, 81, 0))):
+        draw.rounded_rectangle((4, 4 + row * 20, 59, 19 + row * 20), radius=4, fill=colour)
+    return icon
+
+
+def workers_panel(config: CoordinatorConfig):
+    """(statuses, the panel's placeholder): the panel is redrawn after a job that saw a failure."""
     with st.sidebar:
         st.header("Workers")
         if st.button("Refresh", icon=":material/refresh:", key="refresh_workers"):
             cached_discover.clear()
-        statuses = cached_discover(config)
-        st.caption(f"{len(config.workers)} configured, from {escape_markdown(config.source)}")
-        for status in statuses:
-            with st.container(border=True):
-                host = worker_host(status.url)
-                if status.ok:
-                    st.markdown(f":green[:material/check_circle:] **{status.runtime or status.service}** "
-                                f"`{host}`")
-                    st.caption(f"{status.service} {status.version or ''} · "
-                               f"{status.latency_ms:.0f} ms · primary {status.primary}  \n"
-                               f"ops: {', '.join(status.operations) or 'none'}")
-                else:
-                    st.markdown(f":red[:material/error:] `{host}`")
-                    st.caption(escape_markdown(status.error or "no answer"))
-        if not any(status.ok for status in statuses):
-            st.caption(":material/cloud_off: None reachable: see the note on the page.")
-    return statuses
+        box = st.empty()
+    statuses = cached_discover(config)
+    draw_workers(box, config, statuses)
+    return statuses, box
 
 
 # ---------------------------------------------------------------- upload
 
 
-def preview_of(image: Image.Image) -> Image.Image:
-    """A screen-sized copy: the browser gets a small JPEG instead of megapixels (and TIFF shows).
-    Image.reduce averages whole blocks in C: a 12 MP result shrinks in tens of milliseconds."""
+def preview_of(image: Image.Image) -> tuple[Image.Image, bool]:
+    """(a screen-sized copy, whether its rows were stretched). The browser gets a small JPEG
+    instead of megapixels (and TIFF shows). Image.reduce averages whole blocks in C: a 12 MP
+    result shrinks in tens of milliseconds. A very wide, thin image is stretched in height so it
+    shows as more than a line."""
     factor = image.width // PREVIEW_WIDTH
-    return image.reduce(factor) if factor >= 2 else image
+    small = image.reduce(factor) if factor >= 2 else image
+    min_rows = -(-MIN_SHOWN_HEIGHT * small.width // SHOWN_WIDTH)
+    if small.height >= min_rows:
+        return small, False
+    return small.resize((small.width, min_rows), Image.Resampling.NEAREST), True
 
 
 def jpeg_bytes(image: Image.Image) -> bytes:
@@ -105,26 +124,42 @@ def jpeg_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def forget_images() -> None:
+    """Drop this session's image-sized data before new data is made (one image per session)."""
+    for key in IMAGE_KEYS:
+        st.session_state.pop(key, None)
+
+
+def decode_upload(uploaded, config: CoordinatorConfig) -> dict:
+    data = uploaded.getvalue()
+    size = imaging.probe_size(data)
+    if size is not None and size[0] * size[1] > config.max_pixels:
+        raise UploadRefused(too_many_pixels(size[0], size[1], config.max_pixels))
+    try:
+        pixels = imaging.decode_pixels(data, config.max_pixels)  # once: run_job reuses it
+    except InputError as exc:
+        raise UploadRefused(input_problem(str(exc))) from None
+    preview, stretched = preview_of(Image.fromarray(pixels))
+    # The raw bytes are not kept: Streamlit holds the upload already (uploaded.getvalue()).
+    return {"file_id": uploaded.file_id, "name": uploaded.name, "size": len(data), "pixels": pixels,
+            "width": pixels.shape[1], "height": pixels.shape[0], "preview": jpeg_bytes(preview),
+            "stretched": stretched}
+
+
 def read_upload(config: CoordinatorConfig):
-    """The uploaded image as a dict (bytes, size, preview), decoded once per upload; None if none.
-    Raises InputError for a file that is not an image the engine accepts."""
+    """(the decoded upload as a dict, the uploaded file), decoded once per upload; (None, None)
+    if none. Raises UploadRefused for a file the page will not use."""
     uploaded = st.file_uploader("Image", type=UPLOAD_TYPES,
                                 help="JPEG, PNG, WebP, BMP, TIFF or GIF (first frame).")
     if uploaded is None:
-        st.session_state.pop("upload", None)
-        return None
+        forget_images()
+        return None, None
     upload = st.session_state.get("upload")
     if upload is None or upload["file_id"] != uploaded.file_id:
-        st.session_state.pop("upload", None)
-        st.session_state.pop("outcome", None)  # a result belongs to the image it came from
-        data = uploaded.getvalue()
-        pixels = imaging.decode_pixels(data, config.max_pixels)  # once: run_job reuses it
-        image = Image.fromarray(pixels)
-        preview = jpeg_bytes(preview_of(image))
-        upload = {"file_id": uploaded.file_id, "name": uploaded.name, "data": data, "pixels": pixels,
-                  "width": image.width, "height": image.height, "preview": preview}
+        forget_images()  # a result belongs to the image it came from
+        upload = decode_upload(uploaded, config)
         st.session_state["upload"] = upload
-    return upload
+    return upload, uploaded
 
 
 # ---------------------------------------------------------------- controls
@@ -138,173 +173,285 @@ def op_label(offered: set[str]):
     return lambda op: op if op in offered else f"{op} (no reachable worker offers it)"
 
 
-def controls(upload: dict, statuses: list) -> dict:
+def output_formats(width: int, height: int) -> tuple[list[str], str | None]:
+    """(format labels that can store width x height, a note on those that cannot or None)."""
+    fits, notes = [], []
+    for label, fmt in FORMATS.items():
+        try:
+            imaging.check_output_size(fmt, width, height)
+            fits.append(label)
+        except InputError:
+            notes.append(f"{label} stores at most {imaging.MAX_SIDE[fmt]:,} px a side")
+    if not notes:
+        return fits, None
+    return fits, (f"{' and '.join(notes)}, and this image is {width:,}×{height:,} px: "
+                  f"download it as {' or '.join(fits)}.")
+
+
+def strip_controls(strips: int, ops: list[str], fmt) -> str:
+    chosen = []
+    columns = st.columns(4)
+    for index in range(strips):
+        default = plan.SEED_OPS[index % len(plan.SEED_OPS)]  # as the demo, until changed
+        with columns[index % 4]:
+            chosen.append(st.selectbox(f"Strip {index + 1}", ops, key=f"strip_op_{index}",
+                                       index=ops.index(default) if default in ops else 0,
+                                       format_func=fmt))
+    return ",".join(chosen)
+
+
+def plan_controls(upload: dict, statuses: list) -> dict:
     ops = list(plan.OPERATIONS)
     fmt = op_label(offered_ops(statuses))
     max_strips = max(1, min(MAX_STRIPS, upload["height"]))
+    mode = st.radio("Plan", [PLAN_SEED, PLAN_ONE, PLAN_PER_STRIP], key="plan_mode")
+    if max_strips == 1:  # a slider cannot range over one value
+        strips = 1
+        st.caption("1 strip: the image is one row high.")
+    else:
+        strips = st.slider("Strips", 1, max_strips, min(2, max_strips), key="strips",
+                           help="Horizontal strips, sent to the workers concurrently.")
+    if mode == PLAN_SEED:
+        spec = "seed"
+    elif mode == PLAN_ONE:
+        spec = st.selectbox("Operation", ops, key="one_op", format_func=fmt)
+    else:
+        spec = strip_controls(strips, ops, fmt)
+    params = {}
+    if "blur" in spec.split(","):  # right under the control that asked for it
+        params["radius"] = st.slider("Blur radius", 0.5, 50.0, 2.0, step=0.5, key="blur_radius",
+                                     format="%g", help="Gaussian blur radius in pixels.")
+    return {"spec": spec, "strips": strips, "params": params}
+
+
+def format_controls(upload: dict) -> dict:
+    labels, note = output_formats(upload["width"], upload["height"])
+    label = st.segmented_control("Output format", labels, default="PNG", key="out_format", required=True)
+    if note:
+        st.caption(note)
+    out_format = FORMATS[label if label in labels else "PNG"]
+    quality = 90
+    if out_format in ("jpeg", "webp"):
+        quality = st.slider("Quality", 1, 100, 90, key="quality")
+    return {"format": out_format, "quality": quality}
+
+
+def controls(upload: dict, statuses: list) -> dict:
     left, right = st.columns([3, 2], gap="large")
     with left:
-        mode = st.radio("Plan", [PLAN_SEED, PLAN_ONE, PLAN_PER_STRIP], key="plan_mode")
-        if max_strips == 1:  # a slider cannot range over one value
-            strips = 1
-            st.caption("1 strip: the image is one row high.")
-        else:
-            strips = st.slider("Strips", 1, max_strips, min(2, max_strips), key="strips",
-                               help="Horizontal strips, sent to the workers concurrently.")
-        if mode == PLAN_SEED:
-            spec = "seed"
-        elif mode == PLAN_ONE:
-            spec = st.selectbox("Operation", ops, key="one_op", format_func=fmt)
-        else:
-            chosen = []
-            columns = st.columns(4)
-            for index in range(strips):
-                default = plan.SEED_OPS[index % len(plan.SEED_OPS)]  # as the demo, until changed
-                with columns[index % 4]:
-                    chosen.append(st.selectbox(f"Strip {index + 1}", ops, key=f"strip_op_{index}",
-                                               index=ops.index(default) if default in ops else 0,
-                                               format_func=fmt))
-            spec = ",".join(chosen)
+        choice = plan_controls(upload, statuses)
     with right:
-        params = {}
-        if "blur" in spec.split(","):
-            params["radius"] = st.slider("Blur radius", 0.5, 50.0, 2.0, step=0.5, key="blur_radius")
-        label = st.segmented_control("Output format", list(FORMATS), default="PNG",
-                                     key="out_format", required=True)
-        out_format = FORMATS[label or "PNG"]
-        quality = 90
-        if out_format in ("jpeg", "webp"):
-            quality = st.slider("Quality", 1, 100, 90, key="quality")
-    return {"spec": spec, "strips": strips, "params": params, "format": out_format, "quality": quality}
+        choice.update(format_controls(upload))
+    return choice
 
 
 # ---------------------------------------------------------------- processing
 
 
-def process(upload: dict, config: CoordinatorConfig, choice: dict) -> None:
-    """Run the job, showing each strip as it comes back; keep the outcome in the session."""
-    total = choice["strips"]
-    lines: list[str] = []
-    done = 0
-    status = st.status(status_label(0, total), expanded=True)
+def store_failure(exc: NoWorkerError, total: int, lines: list[str], status) -> None:
+    head, reasons = no_worker_message(exc, total)
+    where = "the plan" if exc.strip_index is None else f"strip {exc.strip_index + 1}"
+    status.update(label=f"Failed at {where}", state="error", expanded=bool(lines))
+    st.session_state["outcome"] = {"error": head, "reasons": reasons, "lines": lines}
+    log.warning("job failed", extra={"fields": {"error": str(exc), "strip": exc.strip_index, "op": exc.op}})
+
+
+def run_with_progress(upload: dict, uploaded, config: CoordinatorConfig, choice: dict, status, lines: list):
+    """engine.run_job with each event shown as it comes; a rerun (a control changed) or Stop
+    cancels the job: that is recorded, so the next run says so instead of dropping it silently."""
+    total, done = choice["strips"], [0]
 
     def on_event(event) -> None:  # the engine calls this on this (the script's) thread
-        nonlocal done
-        done += event.kind == "done"
+        done[0] += event.kind == "done"
         line = event_line(event)
         if line:
             lines.append(line)
-            status.markdown(line)
-        status.update(label=status_label(done, total, event))
+            status.text(line)
+        status.update(label=status_label(done[0], total, event))
 
+    try:
+        return engine.run_job(uploaded.getvalue(), config, plan=choice["spec"], strips=total,
+                              params=choice["params"] or None, on_event=on_event,
+                              session=shared_session(), pixels=upload["pixels"])
+    except (RerunException, StopException):
+        st.session_state["cancelled"] = {"done": done[0], "total": total}
+        log.info("job cancelled", extra={"fields": {"done": done[0], "strips": total}})
+        raise
+
+
+def process(upload: dict, uploaded, config: CoordinatorConfig, choice: dict, known_runtimes: dict) -> bool:
+    """Run the job and keep its outcome in the session; True when some worker failed (the
+    workers panel is then out of date)."""
+    lines: list[str] = []
+    status = st.status(status_label(0, choice["strips"]), expanded=True)
+    st.session_state.pop("cancelled", None)
     started = time.perf_counter()
     try:
-        result = engine.run_job(upload["data"], config, plan=choice["spec"], strips=total,
-                                params=choice["params"] or None, on_event=on_event,
-                                session=shared_session(), pixels=upload["pixels"])
+        result = run_with_progress(upload, uploaded, config, choice, status, lines)
     except NoWorkerError as exc:
-        message = no_worker_message(exc, total)
-        where = "the plan" if exc.strip_index is None else f"strip {exc.strip_index + 1}"
-        status.update(label=f"Failed at {where}", state="error", expanded=bool(lines))
-        st.session_state["outcome"] = {"error": message, "lines": lines}
-        log.warning("job failed", extra={"fields": {"error": str(exc), "strip": exc.strip_index, "op": exc.op}})
-        return
+        store_failure(exc, choice["strips"], lines, status)
+        return True
     except InputError as exc:
         log.info("job refused", extra={"fields": {"error": str(exc)}})
         status.update(label="Not processed", state="error", expanded=False)
-        st.session_state["outcome"] = {"error": str(exc), "lines": lines}
-        return
+        st.session_state["outcome"] = {"error": input_problem(str(exc)), "reasons": [], "lines": lines}
+        return False
     job_ms = (time.perf_counter() - started) * 1000
     retries = sum(strip.attempts - 1 for strip in result.strips)
-    summary = (f"Done: {len(result.strips)} strips in {result.elapsed_ms:.0f} ms"
-               + (f" · {retries} retried" if retries else ""))
+    summary = done_label(len(result.strips), result.elapsed_ms, retries)
     status.update(label=summary, state="complete", expanded=False)
+    st.session_state.pop("outcome", None)  # the old result goes before the new preview is made
+    st.session_state.pop("encoded", None)
     # frombuffer shares the result's memory (fromarray would copy 36 MB for 12 MP); only read.
     pixels = np.ascontiguousarray(result.pixels)
-    preview_image = preview_of(Image.frombuffer("RGB", (result.width, result.height), pixels, "raw", "RGB", 0, 1))
+    preview_image, stretched = preview_of(
+        Image.frombuffer("RGB", (result.width, result.height), pixels, "raw", "RGB", 0, 1))
+    missing = missing_workers(result.workers, result.strips, known_runtimes)
     st.session_state["outcome"] = {
-        "result": result, "preview": jpeg_bytes(preview_image), "preview_image": preview_image,
-        "lines": lines, "summary": summary,
-        "caption": plan_caption(result.ops, choice["params"]),
+        "job": uuid.uuid4().hex, "result": result, "preview": jpeg_bytes(preview_image),
+        "preview_image": preview_image, "stretched": stretched, "lines": lines, "summary": summary,
+        "caption": plan_caption(result.ops, choice["params"]), "missing": missing,
+        "choice": {key: choice[key] for key in ("spec", "strips", "params")},
     }
     log.info("job done", extra={"fields": {
         "strips": len(result.strips), "ops": result.ops, "ms": round(result.elapsed_ms, 1),
         "job_ms": round(job_ms, 1), "preview_ms": round((time.perf_counter() - started) * 1000 - job_ms, 1),
         **{name: round(value, 1) for name, value in result.timings.items()},
-        "retries": retries, "width": result.width, "height": result.height}})
+        "retries": retries, "width": result.width, "height": result.height, "missing": len(missing)}})
+    return bool(missing) or retries > 0
 
 
 # ---------------------------------------------------------------- result
 
 
-def show_outcome(upload: dict, config: CoordinatorConfig, choice: dict, replay_log: bool) -> None:
-    """Original and result side by side, plus timing and download; reruns reuse the stored outcome."""
-    outcome = st.session_state.get("outcome") or {}
-    original_caption = f"Original · {image_summary(upload['width'], upload['height'], len(upload['data']))}"
+def show_notes(outcome: dict, choice: dict, replay_log: bool) -> None:
+    """The cancelled-job note, a failed job's error, the progress log replayed, and a warning
+    on a result whose settings no longer match the controls."""
+    cancelled = st.session_state.pop("cancelled", None)
+    if cancelled:
+        st.warning(cancelled_message(cancelled), icon=":material/cancel:")
     replay_log = replay_log and bool(outcome.get("lines"))
     if "error" in outcome:
         if replay_log:
             with st.status("Failed", state="error", expanded=False):
-                for line in outcome["lines"]:
-                    st.markdown(line)
+                st.text("\n".join(outcome["lines"]))
         st.error(outcome["error"], icon=":material/error:")
-    result = outcome.get("result")
-    if result is not None and replay_log:
+        if outcome["reasons"]:
+            st.text("\n".join(f"- {reason}" for reason in outcome["reasons"]))
+    if outcome.get("result") is None:
+        return
+    if replay_log:
         with st.status(outcome["summary"], state="complete", expanded=False):
-            for line in outcome["lines"]:
-                st.markdown(line)
+            st.text("\n".join(outcome["lines"]))
+    note = runtimes_note(outcome["result"].strips, outcome["missing"])
+    if note:
+        st.warning(note, icon=":material/dns:")
+        st.text("\n".join(f"- {line}" for _, line in outcome["missing"]))
+    changes = changed_settings(outcome["choice"], choice)
+    if changes:
+        st.warning(f"**Out of date:** this result and its download were made before you changed "
+                   f"{'; '.join(changes)}. Press **Process** to apply the new settings.",
+                   icon=":material/history:")
+
+
+def result_image(outcome: dict, overlay: bool, stale: bool) -> None:
+    result = outcome["result"]
+    shown = outcome["preview"]
+    if overlay:
+        boxes = [StripBox(strip.top, strip.bottom,
+                          f"{strip.index + 1} · {strip.op} · {safe_name(strip.runtime, worker_host(strip.worker_url))}"
+                          f" · {strip.total_ms:,.0f} ms", safe_name(strip.runtime, "")) for strip in result.strips]
+        shown = jpeg_bytes(draw_strip_overlay(outcome["preview_image"], boxes, result.height))
+    caption = (f"{'Earlier result (out of date)' if stale else 'Result'} · "
+               f"{result.width:,}×{result.height:,} px · {outcome['caption']}"
+               + (" · rows stretched to show" if outcome["stretched"] else ""))
+    st.image(shown, width="stretch", caption=caption)
+
+
+def metrics(result) -> None:
+    used = len({strip.worker_url for strip in result.strips})
+    columns = st.columns(4)
+    columns[0].metric("Total", f"{result.elapsed_ms:,.0f} ms")
+    columns[1].metric("Strips", len(result.strips))
+    columns[2].metric("Workers used", f"{used} of {len(result.workers)}")
+    columns[3].metric("Retries", sum(strip.attempts - 1 for strip in result.strips))
+
+
+def download_bytes(outcome: dict, out_format: str, quality: int, png_level: int) -> bytes:
+    """The result encoded once per (job, format, quality) and kept until either changes.
+    Encoded now, not in a deferred callable: Streamlit gives a callable a new file id on every
+    rerun and drops the old one, so a click that itself caused a rerun (a slider still focused
+    from the keyboard commits on blur) asked for an id already gone and did nothing (issue 12.4).
+    Bytes get an id from their content, the same across reruns."""
+    key = (outcome["job"], out_format, quality if out_format != "png" else None)
+    cached = st.session_state.get("encoded")
+    if cached and cached["key"] == key:
+        return cached["data"]
+    st.session_state.pop("encoded", None)  # one encoded copy per session
+    with st.spinner(f"Encoding the full-size {out_format.upper()}…"):
+        data = imaging.encode_output(outcome["result"].pixels, out_format, quality, png_level)
+    st.session_state["encoded"] = {"key": key, "data": data}
+    return data
+
+
+def download(upload: dict, outcome: dict, choice: dict, config: CoordinatorConfig) -> None:
+    out_format, quality = choice["format"], choice["quality"]
+    st.markdown("**Download**")
+    st.caption(f"Full size, {out_format.upper()}"
+               + (f", quality {quality}" if out_format != "png" else "")
+               + ". Change the format above; no need to process again.")
+    data = download_bytes(outcome, out_format, quality, config.png_level)
+    stem = Path(upload["name"]).stem or "image"
+    st.download_button(
+        f"Download {out_format.upper()}", data=data,
+        file_name=f"{stem}-processed.{'jpg' if out_format == 'jpeg' else out_format}",
+        mime=MIME[out_format], type="primary", icon=":material/download:", on_click="ignore",
+        key="download")
+
+
+def timings(result) -> None:
+    runtime = lambda strip: safe_name(strip.runtime, "")  # noqa: E731
+    st.markdown("**Time per strip**")
+    st.caption("In the worker (its own timing), on the network (sending, the reply, reading it), "
+               "encoding the strip here, and waiting for a free slot on that worker.")
+    st.bar_chart(timing_frame(result.strips, runtime), x="strip", y=list(PARTS), horizontal=True,
+                 stack=True, sort=False, color=COLOURS, x_label="", y_label="ms",
+                 height=chart_height(len(result.strips)))
+
+
+def show_outcome(upload: dict, config: CoordinatorConfig, choice: dict, replay_log: bool) -> None:
+    """Original and result side by side, plus timing and download; reruns reuse the stored outcome."""
+    outcome = st.session_state.get("outcome") or {}
+    show_notes(outcome, choice, replay_log)
+    result = outcome.get("result")
     overlay = st.checkbox("Outline strips with their worker and time", key="overlay",
                           disabled=result is None)
     original_col, result_col = st.columns(2)
     with original_col:
-        st.image(upload["preview"], width="stretch", caption=original_caption)
+        st.image(upload["preview"], width="stretch",
+                 caption=f"Original · {image_summary(upload['width'], upload['height'], upload['size'])}"
+                         + (" · rows stretched to show" if upload["stretched"] else ""))
     with result_col:
         if result is None:
             st.info("The result appears here after **Process**.", icon=":material/hourglass_empty:")
             return
-        shown = outcome["preview"]
-        if overlay:
-            boxes = [StripBox(strip.top, strip.bottom,
-                              f"{strip.index + 1} · {strip.op} · {strip.runtime or worker_host(strip.worker_url)}"
-                              f" · {strip.total_ms:.0f} ms", strip.runtime or "") for strip in result.strips]
-            shown = jpeg_bytes(draw_strip_overlay(outcome["preview_image"], boxes, result.height))
-        st.image(shown, width="stretch",
-                 caption=f"Result · {result.width}×{result.height} px · {outcome['caption']}")
-    metrics = st.columns(4)
-    metrics[0].metric("Total", f"{result.elapsed_ms:.0f} ms")
-    metrics[1].metric("Strips", len(result.strips))
-    metrics[2].metric("Workers used", len({strip.worker_url for strip in result.strips}))
-    metrics[3].metric("Retries", sum(strip.attempts - 1 for strip in result.strips))
+        result_image(outcome, overlay, stale=bool(changed_settings(outcome["choice"], choice)))
+    metrics(result)
     chart_col, side_col = st.columns([3, 2], gap="large")
     with chart_col:
-        st.markdown("**Time per strip**")
-        st.bar_chart(timing_frame(result.strips), x="strip", y=list(PARTS), horizontal=True,
-                     stack=True, sort=False, color=["#1f77b4", "#ffbf00"], x_label="", y_label="ms",
-                     height=chart_height(len(result.strips)))
+        timings(result)
     with side_col:
-        out_format, quality = choice["format"], choice["quality"]
-        stem = Path(upload["name"]).stem or "image"
-        pixels, png_level = result.pixels, config.png_level
-        st.markdown("**Download**")
-        st.caption(f"Full size, {out_format.upper()}"
-                   + (f", quality {quality}" if out_format != "png" else "")
-                   + ". Change the format above; no need to process again.")
-        st.download_button(
-            f"Download {out_format.upper()}",
-            data=lambda: imaging.encode_output(pixels, out_format, quality, png_level),  # encoded on click
-            file_name=f"{stem}-processed.{'jpg' if out_format == 'jpeg' else out_format}",
-            mime=MIME[out_format], type="primary", icon=":material/download:", on_click="ignore",
-            key="download")
+        download(upload, outcome, choice, config)
     st.markdown("**Strips**")
-    st.dataframe(strip_table(result.strips), hide_index=True, width="stretch")
+    st.dataframe(strip_table(result.strips, lambda strip: safe_name(strip.runtime, "")), hide_index=True,
+                 width="stretch", column_config={"failed attempts": st.column_config.TextColumn(width="large")})
 
 
 # ---------------------------------------------------------------- page
 
 
 def main() -> None:
-    st.set_page_config(page_title="Distributed image processor", page_icon=":material/view_agenda:",
-                       layout="wide")
+    st.set_page_config(page_title="Distributed image processor", page_icon=favicon(), layout="wide")
     st.title("Distributed image processor")
     st.caption("The image is cut into horizontal strips; each strip goes to a worker (Python or "
                "Node.js) that offers its operation, and the results are stitched back together.")
@@ -313,23 +460,29 @@ def main() -> None:
     except ConfigError as exc:
         st.error(f"Configuration: {exc}", icon=":material/settings:")
         return
-    statuses = workers_panel(config)
-    if not any(status.ok for status in statuses):
+    statuses, panel = workers_panel(config)
+    reachable = any(status.ok for status in statuses)
+    if not reachable:
         st.warning(NO_WORKER_HELP, icon=":material/cloud_off:")
     try:
-        upload = read_upload(config)
-    except InputError as exc:
-        st.error(f"That file can't be used: {exc}", icon=":material/broken_image:")
+        upload, uploaded = read_upload(config)
+    except UploadRefused as exc:
+        st.error(str(exc), icon=":material/broken_image:")
         return
     if upload is None:
         st.info("Upload an image to start.", icon=":material/upload:")
         return
     st.caption(f"**{escape_markdown(upload['name'])}** · "
-               f"{image_summary(upload['width'], upload['height'], len(upload['data']))}")
+               f"{image_summary(upload['width'], upload['height'], upload['size'])}")
     choice = controls(upload, statuses)
-    processed_now = st.button("Process", type="primary", icon=":material/play_arrow:", key="process")
+    processed_now = st.button("Process", type="primary", icon=":material/play_arrow:", key="process",
+                              disabled=not reachable,
+                              help=None if reachable else "No worker is reachable: see the note above.")
     if processed_now:
-        process(upload, config, choice)
+        known = {status.url: status.runtime for status in statuses if status.runtime}
+        if process(upload, uploaded, config, choice, known):
+            cached_discover.clear()  # a worker failed during the job: show the panel as it is now
+            draw_workers(panel, config, cached_discover(config))
     show_outcome(upload, config, choice, replay_log=not processed_now)
 
 
@@ -338,5 +491,5 @@ try:
 except Exception as exc:  # last resort: one line on the page, the traceback in the log
     log.exception("page error")
     first_line = (str(exc).splitlines() or [""])[0]
-    st.error(f"Something went wrong ({type(exc).__name__}: {first_line}). "
+    st.error(f"Something went wrong ({type(exc).__name__}: {escape_markdown(first_line)}). "
              "The details are in the page's log; the page still works.", icon=":material/bug_report:")

@@ -17,7 +17,10 @@ from streamlit.testing.v1 import AppTest
 
 from coordinator.page_chart import strip_table, timing_frame
 from coordinator.page_overlay import StripBox, draw_strip_overlay, runtime_colour
-from coordinator.page_text import event_line, human_bytes, no_worker_message, plan_caption
+from coordinator.page_text import (changed_settings, event_line, human_bytes, input_problem,
+                                   missing_workers, no_worker_message, plan_caption, runtimes_note,
+                                   safe_name)
+from tests.support.hostile_worker import HostileWorker
 from tests.support.procs import ROOT, free_port
 
 APP = str(ROOT / "coordinator" / "app.py")
@@ -81,7 +84,7 @@ def dead_url() -> str:
 
 def test_default_run_processes_top_grayscale_bottom_sepia(monkeypatch, local_fleet):
     page = open_page(monkeypatch, local_fleet)
-    assert "2 configured, from COORDINATOR\\_WORKERS" in texts(page.sidebar.caption)
+    assert "2 configured, from COORDINATOR_WORKERS" in texts(page.sidebar.text)
     assert "Upload an image" in texts(page.info)
     upload(page, "colour.png", colourful_png())
     assert "240×160 px" in texts(page.caption)
@@ -99,7 +102,8 @@ def test_default_run_processes_top_grayscale_bottom_sepia(monkeypatch, local_fle
     assert "Result · 240×160 px · strip 1 grayscale · strip 2 sepia" in captions(page)
     assert "Original · 240×160 px" in captions(page)
     assert len(page.download_button) == 1
-    assert "done by python" in texts(page.markdown) and "done by nodejs" in texts(page.markdown)
+    assert "done by python" in texts(page.text) and "done by nodejs" in texts(page.text)
+    assert page.status[0].label.startswith("Done: 2 strips in ")
 
     # Toggling the overlay, changing the output format or refreshing the workers reruns the
     # page but not the job: the same result object stays.
@@ -139,22 +143,27 @@ def test_failover_is_shown_when_a_worker_rejects_the_strip(monkeypatch, worker_f
     assert not page.error, texts(page.error)
     first = page.session_state["outcome"]["result"].strips[0]
     assert first.op == "grayscale" and first.runtime == "nodejs" and first.attempts == 2
-    assert "failed on attempt 1" in texts(page.markdown)
-    assert "token rejected" in texts(page.markdown)
+    assert "failed on attempt 1" in texts(page.text)
+    assert "token rejected" in texts(page.text)
 
 
-def test_no_worker_reachable_shows_guidance_and_a_named_strip(monkeypatch):
+def test_no_worker_reachable_shows_guidance_and_process_is_disabled(monkeypatch):
     page = open_page(monkeypatch, [dead_url(), dead_url()])
     warnings = texts(page.warning)
     assert "make workers" in warnings and "clientCidr" in warnings
-    assert "unreachable: connection refused" in texts(page.sidebar.caption)
+    assert "unreachable: connection refused" in texts(page.sidebar.text)
     upload(page, "colour.png", colourful_png())
+    assert page.button(key="process").disabled  # nothing could run it
+    assert page.slider(key="strips").value == 2  # the controls stay usable
+
+
+def test_a_strip_no_worker_can_do_is_named_with_each_reason(monkeypatch, worker_factory):
+    locked = worker_factory("python", env={"WORKER_TOKEN": "only-for-someone-else"})
+    page = upload(open_page(monkeypatch, [locked.url, dead_url()]), "colour.png", colourful_png())
     process(page)
-    errors = texts(page.error)
-    assert "Strip 1 of 2 (**grayscale**) could not be done by any worker" in errors
-    assert "connection refused" in errors
+    assert "Strip 1 of 2 (**grayscale**) could not be done by any worker" in texts(page.error)
+    assert "token rejected" in texts(page.text) and "connection refused" in texts(page.text)
     assert "result" not in page.session_state["outcome"]
-    # Still usable: the controls and the Process button are there for another try.
     assert page.button(key="process") is not None and page.slider(key="strips").value == 2
 
 
@@ -169,7 +178,7 @@ def test_one_row_image_is_one_strip(monkeypatch, local_fleet):
 def test_bad_upload_gets_one_clear_message(monkeypatch, local_fleet):
     page = upload(open_page(monkeypatch, local_fleet), "broken.png", b"this is not a picture at all")
     errors = texts(page.error)
-    assert "That file can't be used: input is not an image" in errors
+    assert "This file is not an image the page can read" in errors
     assert "Traceback" not in errors
     assert not page.image
 
@@ -177,7 +186,9 @@ def test_bad_upload_gets_one_clear_message(monkeypatch, local_fleet):
 def test_upload_over_the_pixel_limit_is_refused_before_processing(monkeypatch, local_fleet):
     monkeypatch.setenv("COORDINATOR_MAX_PIXELS", "10000")
     page = upload(open_page(monkeypatch, local_fleet), "colour.png", colourful_png())
-    assert "over the limit of 10000 (COORDINATOR_MAX_PIXELS)" in texts(page.error)
+    error = texts(page.error)
+    assert "This image is 240×160 px, 38,400 pixels; this page takes images up to 10,000 pixels." in error
+    assert "Scale it down or crop it" in error and "COORDINATOR_MAX_PIXELS" not in error
     assert [button.key for button in page.button] == ["refresh_workers"]  # no Process button
 
 
@@ -198,6 +209,86 @@ def test_bad_config_names_the_setting(monkeypatch):
     page = open_page(monkeypatch, ["ftp://nowhere"])
     assert "COORDINATOR_WORKERS" in texts(page.error)
     assert not page.file_uploader
+
+
+def test_a_result_is_marked_out_of_date_when_its_settings_change(monkeypatch, local_fleet):
+    page = upload(open_page(monkeypatch, local_fleet), "colour.png", colourful_png())
+    page.radio(key="plan_mode").set_value("One operation for every strip").run()
+    page.selectbox(key="one_op").set_value("blur").run()
+    page.slider(key="blur_radius").set_value(5.0).run()
+    process(page)
+    assert not page.warning and "Result · 240×160 px" in captions(page)
+    page.slider(key="blur_radius").set_value(20.0).run()
+    page.slider(key="strips").set_value(3).run()
+    warning = texts(page.warning)
+    assert "Out of date" in warning and "strips 2 → 3; blur radius 5 → 20" in warning
+    assert "Earlier result (out of date) · 240×160 px · all 2 strips blur (radius 5)" in captions(page)
+    page.button_group(key="out_format").set_value("JPEG").run()  # the download re-encodes: no note
+    page.slider(key="strips").set_value(2).run()
+    page.slider(key="blur_radius").set_value(5.0).run()
+    assert not page.warning and "Result · 240×160 px" in captions(page)
+
+
+def hostile_cards():
+    """Run by AppTest.from_function: worker cards for health replies full of Markdown and HTML,
+    as a worker could send them if discovery let them through."""
+    from coordinator.discovery import WorkerStatus
+    from coordinator.page_workers import worker_card
+
+    evil = "http://evil.example"
+    worker_card(WorkerStatus("http://127.0.0.1:9", True, "**svc**", f"python]({evil}/phish)",
+                             f"[update now]({evil}/)", f"![x]({evil}/pixel.png)",
+                             ("grayscale", f"[sepia]({evil}/)"), 2.0))
+    worker_card(WorkerStatus("http://127.0.0.1:9", False, error=f"unhealthy: <img src={evil}/t.png> :red[x]"))
+
+
+def test_worker_supplied_text_is_never_markdown(monkeypatch, local_fleet):
+    page = AppTest.from_function(hostile_cards, default_timeout=RUN_TIMEOUT).run()
+    assert not page.exception, page.exception
+    markdown = texts(page.markdown)
+    # our Markdown holds worker text only cut to safe characters: no link, image, tag or directive
+    assert not any(mark in markdown for mark in ("](", "://", "<", ":red[x]", "**svc**"))
+    assert "**pythonhttpevil.exampleph**" in markdown  # 24 characters at most
+    plain = texts(page.text)
+    assert "[update now](http://evil.example/)" in plain and "![x](http://evil.example/pixel.png)" in plain
+    assert "<img src=http://evil.example/t.png> :red[x]" in plain and "[sepia](http://evil.example/)" in plain
+    # and through the whole page, with a hostile worker configured beside real ones
+    with HostileWorker(health="markdown") as hostile:
+        page = open_page(monkeypatch, [hostile.url, *local_fleet])
+    assert "evil" not in texts(page.sidebar.markdown) + texts(page.sidebar.caption)
+
+
+def test_a_worker_down_at_job_time_is_named_and_the_panel_refreshed(monkeypatch, worker_factory, python_worker):
+    doomed = worker_factory("nodejs")
+    page = upload(open_page(monkeypatch, [python_worker.url, doomed.url]), "colour.png", colourful_png())
+    assert "Not available" not in texts(page.sidebar.markdown)  # green, and cached for 5 s
+    doomed.stop()
+    process(page)
+    assert not page.error, texts(page.error)
+    assert "This job ran on **python** only: 1 configured worker could not be used" in texts(page.warning)
+    assert f"nodejs at {doomed.url.split('//')[1]}: unreachable: connection refused" in texts(page.text)
+    assert "Not available" in texts(page.sidebar.markdown)  # redrawn after the job
+    assert page.metric[2].value == "1 of 2"
+
+
+def test_wide_image_offers_only_formats_that_fit_and_shows_a_visible_preview(monkeypatch, local_fleet):
+    page = upload(open_page(monkeypatch, local_fleet), "wide.bmp", encoded_bmp(17_000, 3), "image/bmp")
+    assert page.button_group(key="out_format").options == ["PNG", "JPEG"]
+    assert "WebP stores at most 16,383 px a side, and this image is 17,000×3 px: download it as PNG or JPEG" \
+        in texts(page.caption)
+    preview = Image.open(io.BytesIO(page.session_state["upload"]["preview"]))
+    assert preview.height * 600 / preview.width >= 24  # at least 24 px high where it is drawn
+    assert "rows stretched to show" in captions(page)
+
+
+def test_a_new_upload_drops_the_old_image_and_result(monkeypatch, local_fleet):
+    page = upload(open_page(monkeypatch, local_fleet), "first.png", colourful_png())
+    process(page)
+    assert page.session_state["outcome"]["result"] is not None and "encoded" in page.session_state
+    assert "data" not in page.session_state["upload"]  # raw bytes stay with Streamlit's uploader only
+    upload(page, "second.png", colourful_png(120, 80))
+    assert "outcome" not in page.session_state and "encoded" not in page.session_state
+    assert page.session_state["upload"]["width"] == 120
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -221,11 +312,20 @@ def test_plan_caption_groups_runs_of_the_same_op():
 def test_sizes_and_messages_are_plain_text():
     assert human_bytes(512) == "512 bytes" and human_bytes(2_500_000) == "2.5 MB"
     error = SimpleNamespace(strip_index=1, op="sepia", attempts=["http://a:1: connection refused"])
-    message = no_worker_message(error, 4)
-    assert message.startswith("Strip 2 of 4 (**sepia**)") and "connection refused" in message
-    event = SimpleNamespace(kind="retry", index=0, op="blur", worker_url="http://h:1", runtime="nodejs",
-                            attempt=1, message="HTTP 503 busy: *try* later", elapsed_ms=3.0)
-    assert "\\*try\\*" in event_line(event)  # worker text is not Markdown
+    head, reasons = no_worker_message(error, 4)
+    assert head.startswith("Strip 2 of 4 (**sepia**)") and reasons == ["http://a:1: connection refused"]
+    event = SimpleNamespace(kind="retry", index=0, op="blur", worker_url="http://h:1",
+                            runtime="nodejs](http://evil.example)", attempt=1,
+                            message="HTTP 503 busy: *try* later", elapsed_ms=3.0)
+    # shown with st.text, so kept literally; a runtime name is cut to safe characters
+    assert "(HTTP 503 busy: *try* later)" in event_line(event)
+    assert event_line(event).startswith("⚠ Strip 1 (blur): nodejshttpevil.example at h:1 failed")
+    assert safe_name("![x](http://e/p.png)") == "xhttpep.png" and safe_name("") == "worker"
+    assert "cut short" in input_problem("image is truncated or corrupt (JPEG): image file is truncated "
+                                        "(54 bytes not processed)")
+    assert "54 bytes" not in input_problem("image is truncated or corrupt (JPEG): (54 bytes not processed)")
+    assert "120,000,000 pixels (120 MP)" in input_problem("image has 120000000 pixels, over the limit of "
+                                                         "50000000 (COORDINATOR_MAX_PIXELS)")
     assert event_line(SimpleNamespace(kind="start", index=0, op="x", worker_url=None, runtime=None,
                                       attempt=1, message="", elapsed_ms=0.0)) is None
 
@@ -234,7 +334,7 @@ def test_timing_frame_orders_strips_and_tolerates_missing_worker_time():
     strips = [strip(1, 50, 100, "nodejs", worker_ms=None, total_ms=40.0), strip(0, 0, 50)]
     frame = timing_frame(strips)
     assert list(frame["strip"]) == ["strip 1 · python", "strip 2 · nodejs"]
-    assert list(frame["processing ms"]) == [10.0, 0.0] and list(frame["transfer ms"]) == [15.0, 40.0]
+    assert list(frame["in worker ms"]) == [10.0, 0.0] and list(frame["network ms"]) == [15.0, 40.0]
     table = strip_table(strips + [strip(2, 100, 120, failovers=["http://x:1: token rejected"])])
     assert list(table["rows"]) == ["0–49", "50–99", "100–119"]
     assert table["failed attempts"].iloc[2] == "http://x:1: token rejected"
@@ -248,3 +348,29 @@ def test_overlay_outlines_each_strip_in_its_runtime_colour():
     assert out.getpixel((299, 50)) == runtime_colour("python")  # right edge of strip 1
     assert out.getpixel((299, 150)) == runtime_colour("nodejs")  # right edge of strip 2
     assert out.getpixel((150, 50)) == (255, 255, 255)  # the middle stays visible
+
+
+def test_timing_frame_keeps_encoding_and_waiting_out_of_the_network_part():
+    queued = SimpleNamespace(**vars(strip(0, 0, 50, worker_ms=100.0, total_ms=1000.0)), encode_ms=250.0,
+                             queue_ms=600.0)
+    frame = timing_frame([queued])
+    row = frame.iloc[0]
+    assert (row["in worker ms"], row["network ms"], row["encoding ms"], row["waiting ms"]) == (100, 50, 250, 600)
+
+
+def test_changed_settings_name_what_changed():
+    before = {"spec": "blur", "strips": 2, "params": {"radius": 5.0}}
+    assert changed_settings(before, {"spec": "blur", "strips": 2, "params": {"radius": 5.0}}) == []
+    assert changed_settings(before, {"spec": "blur", "strips": 3, "params": {"radius": 20.0}}) == [
+        "strips 2 → 3", "blur radius 5 → 20"]
+    assert changed_settings(before, {"spec": "seed", "strips": 2, "params": {}}) == ["operations blur → seed"]
+
+
+def test_missing_workers_name_the_runtime_and_reason():
+    down = SimpleNamespace(url="http://127.0.0.1:5002", ok=False, runtime=None, error="unreachable: connection refused")
+    used = SimpleNamespace(url="http://127.0.0.1:5000", ok=True, runtime="python", error=None)
+    lines = missing_workers([used, down], [strip(0, 0, 10)], {"http://127.0.0.1:5002": "nodejs"})
+    assert lines == [("nodejs", "nodejs at 127.0.0.1:5002: unreachable: connection refused")]
+    assert runtimes_note([strip(0, 0, 10)], lines).startswith("This job ran on **python** only: 1 configured")
+    assert runtimes_note([strip(0, 0, 10)], [("python", "python at h:1: down")]).startswith(
+        "This job ran without 1 configured worker (below), on **python**.")

@@ -1,0 +1,33 @@
+"""The sidebar's worker cards (page only). A worker's own words (runtime, service, version,
+operations, error) are shown with st.text: no Markdown, no HTML, so a worker cannot put a link,
+an image or styling on the page (issue 11.12); only our status line is Markdown, with the
+runtime cut to safe characters."""
+from __future__ import annotations
+
+import streamlit as st
+
+from coordinator.page_chart import worker_host
+from coordinator.page_text import safe_name
+
+
+def worker_card(status) -> None:
+    """One worker; its own words (runtime, service, version, ops, error) as plain text only."""
+    with st.container(border=True):
+        if status.ok:
+            st.markdown(f":green[:material/check_circle:] **{safe_name(status.runtime or status.service)}**")
+            st.text(f"{worker_host(status.url)}\n{status.service or '?'} {status.version or ''} · "
+                    f"{status.latency_ms:,.0f} ms · primary {status.primary or '?'}\n"
+                    f"ops: {', '.join(status.operations) or 'none'}")
+        else:
+            st.markdown(":red[:material/error:] **Not available**")
+            st.text(f"{worker_host(status.url)}\n{status.error or 'no answer'}")
+
+
+def draw_workers(box, config, statuses: list) -> None:
+    """The cards into `box` (an st.empty), replacing what it showed."""
+    with box.container():
+        st.text(f"{len(config.workers)} configured, from {config.source}")
+        for status in statuses:
+            worker_card(status)
+        if not any(status.ok for status in statuses):
+            st.caption(":material/cloud_off: None reachable: see the note on the page.")
