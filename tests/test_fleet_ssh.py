@@ -24,6 +24,7 @@ import requests
 from infra.bundle import build_id, bundle_files
 from tests.conftest import skip_or_fail
 from tests.support.fleet_cli import assert_one_error_line, run_fleet
+from tests.support.moto_server import aws_env, run_tagged_instance, start_moto_server
 from tests.support.procs import ROOT, free_port
 from tests.support.sshd import make_key, sshd_available, start_sshd
 
@@ -365,3 +366,111 @@ def test_redeploy_without_a_previous_release_says_it_cannot_roll_back(host):
 
 def test_redeploy_needs_a_name_or_all(host):
     assert_one_error_line(fleet("redeploy", *host.flags()), 2, "needs a worker NAME or --all")
+
+
+# --- a failed first boot, as cloud-init reports it ----------------------------------------
+# `status` and `wait` read `cloud-init status` over SSH (on by default with --ssh-key); the
+# stand-in cloud-init (tests/fixtures/fleet/bin/cloud-init) answers from files under the host.
+
+RUNCMD_ERROR = "('scripts_user', RuntimeError('Runparts: 1 failures (runcmd) in 1 attempted commands'))"
+# What cloud-init 24.x prints for a first boot whose runcmd failed (trimmed to the keys read).
+FAILED_REPORT = {"boot_status_code": "enabled-by-generator", "datasource": "ec2",
+                 "detail": "DataSourceEc2Local", "errors": [RUNCMD_ERROR],
+                 "extended_status": "error - done", "recoverable_errors": {}, "status": "error",
+                 "modules-final": {"errors": [RUNCMD_ERROR], "recoverable_errors": {}}}
+# cloud-init 22.x (Debian 12) has no --format; its --long text:
+OLD_LONG_TEXT = f"status: error\ntime: Mon, 30 Nov 2026 01:00:00 +0000\ndetail:\n{RUNCMD_ERROR}\n"
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    server = start_moto_server(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def booted(host, moto):
+    """The host as a running, tagged EC2 instance in moto, its real worker healthy."""
+    moto.reset()
+    run_tagged_instance(moto.ec2(), host.name, ROLE, "hdtp", "fleet-test")
+    host.install(bundle_files(ROLE))
+    return host
+
+
+def cloud_init_says(host: Host, report: dict | None = None, long_text: str = "", code: int = 0) -> None:
+    folder = host.root / "cloud-init"
+    folder.mkdir(exist_ok=True)
+    if report is not None:
+        (folder / "status.json").write_text(json.dumps(report))
+    (folder / "status.txt").write_text(long_text)
+    (folder / "exit").write_text(str(code))
+
+
+def status_row(host: Host, moto, *extra: str) -> dict:
+    result = fleet("status", "--json", *extra, *host.flags(), env=aws_env(moto.url))
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)
+    return row
+
+
+def test_status_shows_a_failed_first_boot_though_healthz_answers(booted, moto):
+    cloud_init_says(booted, FAILED_REPORT, code=1)
+    row = status_row(booted, moto)
+    assert row["health"]["status"] == "ok"  # the worker answers, yet the boot did not finish
+    assert row["boot"] == {"state": "error", "detail": RUNCMD_ERROR}
+    assert row["ready"] is False and row["missing"] == [f"boot failed: {RUNCMD_ERROR}"]
+    assert booted.calls("cloud-init") == ["status --format json"]
+    table = fleet("status", *booted.flags(), env=aws_env(moto.url))
+    assert "boot failed: ('scripts_user'" in table.stdout
+
+
+def test_status_reads_an_older_cloud_init_without_json(booted, moto):
+    cloud_init_says(booted, long_text=OLD_LONG_TEXT, code=1)
+    row = status_row(booted, moto)
+    assert row["boot"] == {"state": "error", "detail": RUNCMD_ERROR}
+    assert booted.calls("cloud-init") == ["status --format json", "status --long"]
+
+
+def test_wait_stops_at_once_with_exit_6_when_a_boot_failed(booted, moto):
+    cloud_init_says(booted, FAILED_REPORT, code=1)
+    started = time.monotonic()
+    result = fleet("wait", "--timeout", "300", "--interval", "1", *booted.flags(),
+                   env=aws_env(moto.url))
+    line = assert_one_error_line(result, 6, f"boot failed on {NAME}: {RUNCMD_ERROR}")
+    assert "/var/log/cloud-init-output.log" in line
+    assert time.monotonic() - started < 120  # far from the 300 s timeout: it did not wait
+
+
+def test_wait_waits_for_a_running_boot_and_passes_once_it_is_done(booted, moto):
+    cloud_init_says(booted, {"status": "running", "errors": []})
+    result = fleet("wait", "--timeout", "2", "--interval", "0.5", *booted.flags(),
+                   env=aws_env(moto.url))
+    assert_one_error_line(result, 3, f"{NAME} (boot running)")
+    cloud_init_says(booted, {"status": "done", "errors": [], "extended_status": "degraded done"},
+                    code=2)
+    result = fleet("wait", "--timeout", "60", "--interval", "0.5", *booted.flags(),
+                   env=aws_env(moto.url))
+    assert result.returncode == 0, result.stderr
+    assert "all 1 workers ready" in result.stdout
+
+
+def test_a_hostile_report_is_shown_as_one_short_printable_line(booted, moto):
+    hostile = "\x1b[2J[link=http://evil.example]click[/link]\nProxyCommand x " + "A" * 500
+    cloud_init_says(booted, {"status": "error", "errors": [hostile]}, code=1)
+    detail = status_row(booted, moto)["boot"]["detail"]
+    assert len(detail) <= 200 and detail.isprintable() and "\x1b" not in detail
+    assert detail.startswith("[2J[link=http://evil.example]click[/link] ProxyCommand x AAA")
+
+
+def test_without_an_ssh_key_or_with_no_boot_check_cloud_init_is_not_asked(booted, moto):
+    cloud_init_says(booted, FAILED_REPORT, code=1)
+    row = status_row(booted, moto, "--no-boot-check")
+    assert row["boot"] is None and row["ready"] is True
+    flags = booted.flags()
+    without_key = flags[:2] + flags[4:]  # drops --ssh-key PATH
+    assert "--ssh-key" not in without_key
+    result = fleet("status", "--json", *without_key, env={**aws_env(moto.url), "FLEET_SSH_KEY": ""})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["boot"] is None
+    assert booted.calls("cloud-init") == []

@@ -14,7 +14,8 @@ from scripts.fleet.config import FleetConfig, Worker, load_config
 from scripts.fleet.errors import FleetError
 
 EXIT_CODES = """exit codes: 0 ok, 1 failure (AWS, SSH, remote command), 2 bad usage or outputs file,
-3 wait timed out, 4 redeploy failed and the previous release runs, 5 redeploy and rollback failed"""
+3 wait timed out, 4 redeploy failed and the previous release runs, 5 redeploy and rollback failed,
+6 wait: a host's first boot failed (cloud-init error)"""
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Row:
     url: str = ""
     expected_runtime: str = ""
     health: object = None
+    boot: object = None        # scripts.fleet.boot.Boot when cloud-init was asked, else None
 
     def missing(self) -> list[str]:
         """Everything that keeps this worker from being ready, in the order it is needed."""
@@ -39,6 +41,8 @@ class Row:
             gaps.append(f"state {self.state}")
         elif self.checks != "ok":
             gaps.append(f"status checks: {self.checks}")
+        if self.boot is not None and self.boot.problem():
+            gaps.append(self.boot.problem())
         if self.health is None:
             gaps.append("no url in the outputs file")
         else:
@@ -57,21 +61,16 @@ class Row:
                     "status": health.status, "runtime": health.runtime,
                     "version": health.version, "build": health.build,
                     "operations": list(health.operations)},
+                "boot": None if self.boot is None else {"state": self.boot.state,
+                                                        "detail": self.boot.detail},
                 "ready": not self.missing(), "missing": self.missing()}
 
 
-def collect(config: FleetConfig) -> list[Row]:
-    """EC2 state and status checks for the stack's instances, joined with each worker's /healthz.
-
-    Health uses the URL from the outputs file (what the coordinator uses), not EC2's IP.
-    """
-    from scripts.fleet.aws import fleet_instances
-    from scripts.fleet.health import check_health
-
-    instances = fleet_instances(config)
+def _join(config: FleetConfig, instances: list) -> tuple[list[Row], dict[str, Worker]]:
+    """A row per worker of the outputs file, then one per tagged instance the file lacks."""
     by_id = {i.instance_id: i for i in instances}
     by_name = {i.name: i for i in instances}
-    rows, seen = [], set()
+    rows, seen, workers = [], set(), {}
     for worker in config.workers:
         instance = by_id.get(worker.instance_id) or by_name.get(worker.name)
         row = Row(worker.name, worker.role, url=worker.url, expected_runtime=worker.runtime)
@@ -80,31 +79,57 @@ def collect(config: FleetConfig) -> list[Row]:
             row.instance_id, row.state, row.checks = instance.instance_id, instance.state, instance.checks
             row.public_ip = instance.public_ip
         rows.append(row)
+        workers[row.name] = worker
     for instance in instances:
         if instance.instance_id not in seen:  # tagged for this stack, absent from the outputs
             rows.append(Row(instance.name or instance.instance_id, instance.role,
                             instance.instance_id, instance.state, instance.checks, instance.public_ip))
+    return rows, workers
+
+
+def collect(config: FleetConfig, boot_done: frozenset[str] = frozenset()) -> list[Row]:
+    """EC2 state and status checks for the stack's instances, joined with each worker's /healthz
+    and, with config.boot_check, cloud-init's verdict read over SSH (skipped for `boot_done`).
+
+    Health uses the URL from the outputs file (what the coordinator uses), not EC2's IP.
+    """
+    from scripts.fleet.aws import fleet_instances
+    from scripts.fleet.boot import Boot, read_boot
+    from scripts.fleet.health import check_health
+
+    rows, workers = _join(config, fleet_instances(config))
+
+    def boot_of(row: Row):
+        worker = workers.get(row.name)
+        if not config.boot_check or worker is None or row.state != "running":
+            return None
+        return Boot("done") if row.name in boot_done else read_boot(config, worker)
+
     with ThreadPoolExecutor(max_workers=8) as pool:
         healths = pool.map(lambda r: check_health(r.url) if r.url else None, rows)
-        for row, health in zip(rows, healths):
-            row.health = health
+        boots = pool.map(boot_of, rows)
+        for row, health, boot in zip(rows, healths, boots):
+            row.health, row.boot = health, boot
     return rows
 
 
 def _render_table(rows: list[Row]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="fleet")
-    for column in ("name", "role", "instance", "state", "checks", "public ip", "healthz",
+    for column in ("name", "role", "instance", "state", "checks", "public ip", "boot", "healthz",
                    "runtime", "version", "build", "ops"):
         table.add_column(column)
     for row in rows:
         h = row.health
         healthz = "-" if h is None else (h.error or f"{h.http_status} {h.status}")
-        table.add_row(row.name, row.role, row.instance_id or "-", row.state, row.checks,
-                      row.public_ip or "-", healthz, h.runtime if h else "", h.version if h else "",
-                      h.build if h else "", ",".join(h.operations) if h else "")
+        boot = "-" if row.boot is None else (row.boot.problem() or "done")
+        cells = (row.name, row.role, row.instance_id or "-", row.state, row.checks,
+                 row.public_ip or "-", boot, healthz, h.runtime if h else "",
+                 h.version if h else "", h.build if h else "", ",".join(h.operations) if h else "")
+        table.add_row(*(Text(str(cell)) for cell in cells))  # Text: host replies are not markup
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
@@ -117,12 +142,23 @@ def cmd_status(config: FleetConfig, args) -> int:
     return errors.OK
 
 
+def _stop_on_failed_boot(rows: list[Row]) -> None:
+    failed = [row for row in rows if row.boot is not None and row.boot.failed]
+    if failed:
+        names = "; ".join(f"{row.name}: {row.boot.detail}" for row in failed)
+        raise FleetError(f"boot failed on {names} (cloud-init error; the boot log is "
+                         "/var/log/cloud-init-output.log on the host)", errors.BOOT_FAILED)
+
+
 def cmd_wait(config: FleetConfig, args) -> int:
     deadline = time.monotonic() + args.timeout
     started = time.monotonic()
     last_report = None
+    booted: frozenset[str] = frozenset()
     while True:
-        rows = [row for row in collect(config) if row.url]
+        rows = [row for row in collect(config, booted) if row.url]
+        _stop_on_failed_boot(rows)  # a failed first boot never becomes ready: say so now
+        booted |= {row.name for row in rows if row.boot is not None and row.boot.state == "done"}
         lagging = {row.name: row.missing() for row in rows if row.missing()}
         if not lagging:
             print(f"all {len(rows)} workers ready after {time.monotonic() - started:.0f}s", flush=True)
@@ -212,6 +248,12 @@ def _at_least_two(value: str) -> int:
     return int(value)
 
 
+def _boot_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--boot-check", action=argparse.BooleanOptionalAction, default=None,
+                        help="also read `cloud-init status` over SSH and show a failed first boot "
+                             "(default: on when --ssh-key / FLEET_SSH_KEY is set)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("fleet settings")
@@ -239,15 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="instances, status checks and /healthz as a table",
                                  description="Show each worker's EC2 state, status checks, IP and /healthz.")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _boot_flag(status)
     status.set_defaults(run=cmd_status)
 
     wait = commands.add_parser("wait", parents=[common], epilog=EXIT_CODES,
                                help="block until every worker is running, checked and healthy",
                                description="Wait until every worker in the outputs file is running, "
                                            "passes both EC2 status checks and answers /healthz with "
-                                           "its runtime. Exit 3 on timeout, naming the laggards.")
+                                           "its runtime (and, with --boot-check, whose cloud-init is "
+                                           "done). Exit 3 on timeout, naming the laggards; exit 6 "
+                                           "at once when a host's first boot failed.")
     wait.add_argument("--timeout", type=_positive, default=600, help="seconds (default 600)")
     wait.add_argument("--interval", type=_positive, default=5, help="seconds between polls (default 5)")
+    _boot_flag(wait)
     wait.set_defaults(run=cmd_wait)
 
     logs = commands.add_parser("logs", parents=[common], epilog=EXIT_CODES,

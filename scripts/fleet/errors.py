@@ -8,6 +8,7 @@ USAGE = 2           # bad flags or a bad/missing outputs file
 WAIT_TIMEOUT = 3    # `wait` gave up: some worker is still not ready
 ROLLED_BACK = 4     # `redeploy` failed; the previous release is running again (or was never left)
 ROLLBACK_FAILED = 5  # `redeploy` failed and so did the rollback: the worker needs a person
+BOOT_FAILED = 6     # `wait`: cloud-init reports a host's first boot failed; waiting cannot help
 
 
 class FleetError(Exception):
