@@ -86,7 +86,7 @@ def status_from(url: str, http_status: int, body: dict, latency: float) -> Worke
                           max_inflight=bounded_int(body.get("max_inflight"), 4, MAX_INFLIGHT_CAP),
                           max_bytes=bounded_int(body.get("max_bytes"), DEFAULT_MAX_BYTES, 1 << 40),
                           max_pixels=bounded_int(body.get("max_pixels"), DEFAULT_MAX_PIXELS, 1 << 40))
-    bad = [key for key in ("service", "runtime", "version") if names[key] is None]
+    bad = [key for key in ("service", "runtime") if names[key] is None]  # routing needs these
     if bad:
         status.error = f"not a worker: /healthz field {bad[0]!r} is missing or not a short name"
     elif http_status != 200 or body.get("status") != "ok":

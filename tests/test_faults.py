@@ -400,3 +400,143 @@ def test_slow_link_via_tbf_completes_then_times_out_cleanly(tmp_path):
         pytest.skip(f"tbf slow link: {reason}")
     passed, what = tbf_slow_link(tmp_path)
     assert passed, what
+
+
+# -- a hostile worker (tests/support/hostile_worker.py): issue 11 items 9-12 -------------------
+
+def hostile_job(bad, good_url: str, image=None, environ: dict | None = None):
+    """A grayscale job on [bad, good]: the hostile worker says it is python with grayscale
+    primary, so it gets the strips first and failover is what saves the job."""
+    image = image or sample_rgb(96, 64, seed=11)
+    started = time.monotonic()
+    result, error, diff, _ = run_and_check([bad.url, good_url], image, environ=environ)
+    return result, error, diff, time.monotonic() - started
+
+
+@pytest.mark.parametrize("where", ["health", "process"])
+def test_a_worker_that_drips_its_headers_fails_over_within_the_deadline(fleet, where):
+    """11.9: `HTTP/1.1 200 OK` then a byte a second beats every per-read timeout; only a
+    deadline on the whole exchange ends it (before the fix the job never ended)."""
+    from tests.support.hostile_worker import HostileWorker
+
+    _, nodejs = fleet
+    modes = {"health": "drip_headers"} if where == "health" else {"process": "drip_headers"}
+    with HostileWorker(delay=0.2, **modes) as bad:
+        box = {}
+        job = threading.Thread(target=lambda: box.update(out=hostile_job(bad, nodejs.url)), daemon=True)
+        job.start()
+        job.join(40)
+        hung = job.is_alive()
+    assert not hung, "the job still waits on a worker that drips its headers"
+    result, error, diff, seconds = box["out"]
+    assert error is None and diff <= 1, error
+    assert {strip.worker_url for strip in result.strips} == {nodejs.url}
+    if where == "process":
+        reasons = [reason for strip in result.strips for reason in strip.failovers]
+        assert reasons and all("timed out" in reason for reason in reasons), reasons
+    # connect 1 + read 2 + transfer allowance, per attempt; generous for a loaded machine
+    assert seconds < 30, f"took {seconds:.0f} s"
+
+
+def test_a_redirect_is_a_failed_attempt_never_followed(fleet):
+    """11.12: a 302 from /process is not followed (the strip would go to another host, without
+    our token); it is a failed attempt with its reason, and the strip moves on."""
+    from tests.support.hostile_worker import HostileWorker
+
+    _, nodejs = fleet
+    with HostileWorker(health="html") as elsewhere, \
+            HostileWorker(process="redirect", location=f"{elsewhere.url}/process") as bad:
+        result, error, diff, _ = hostile_job(bad, nodejs.url)
+        assert bad.requests["/process"] >= 1
+        assert elsewhere.requests == {"/healthz": 0, "/process": 0, "other": 0}, "the redirect was followed"
+    assert error is None and diff <= 1, error
+    reasons = [reason for strip in result.strips for reason in strip.failovers]
+    assert any("redirected (HTTP 302" in reason and "not followed" in reason for reason in reasons), reasons
+
+
+FAKE_GS = """#!/bin/sh
+echo "gs ran with: $*" >> "{marker}"
+exit 1
+"""
+
+
+def fake_ghostscript(tmp_path: Path) -> tuple[dict, Path]:
+    """A `gs` first on PATH that leaves a marker file when anything runs it."""
+    bin_dir, marker = tmp_path / "bin", tmp_path / "gs-ran"
+    bin_dir.mkdir()
+    (bin_dir / "gs").write_text(FAKE_GS.format(marker=marker))
+    (bin_dir / "gs").chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}, marker
+
+
+def test_an_eps_reply_never_runs_ghostscript(fleet, tmp_path):
+    """11.10: a worker replying EPS (declaring the strip's exact size) is a bad reply; the
+    decoder's format allow-list means Ghostscript is never started."""
+    from tests.support.hostile_worker import HostileWorker
+
+    _, nodejs = fleet
+    env, marker = fake_ghostscript(tmp_path)
+    image = sample_rgb(64, 48, seed=12)
+    source, out = tmp_path / "in.png", tmp_path / "out.png"
+    source.write_bytes(png_bytes(image))
+    with HostileWorker(process="eps") as bad:
+        done = run_cli(["process", str(source), "-o", str(out), "--plan", OP, "--strips", "2",
+                        "--workers", f"{bad.url},{nodejs.url}"], env)
+        assert bad.requests["/process"] >= 1
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists(), f"Ghostscript ran: {marker.read_text()}"
+    assert "bad reply" in done.stderr  # the EPS strip was refused and redone on nodejs
+    from PIL import Image
+
+    assert max_pixel_diff(Image.open(out), expected_pixels(image, OP)) <= 1
+
+
+def test_an_eps_input_named_png_never_runs_ghostscript(fleet, tmp_path):
+    """11.10: an EPS file named holiday.png is not an image we accept: exit 2, no gs."""
+    from tests.support.hostile_worker import EPS
+
+    python, nodejs = fleet
+    env, marker = fake_ghostscript(tmp_path)
+    source = tmp_path / "holiday.png"
+    source.write_bytes(EPS.format(w=64, h=48).encode())
+    done = run_cli(["process", str(source), "-o", str(tmp_path / "out.png"),
+                    "--workers", f"{python.url},{nodejs.url}"], env)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "not an image" in done.stderr, done.stderr
+    assert not marker.exists(), f"Ghostscript ran: {marker.read_text()}"
+
+
+@pytest.mark.parametrize("inputs", [1, 2])
+def test_ctrl_c_ends_the_cli_while_a_worker_drips(tmp_path, inputs):
+    """11.9: Ctrl-C while strips wait on a dripping worker ends the CLI at once (exit 130),
+    single input and batch; before, the strip threads kept the process alive."""
+    from tests.support.hostile_worker import HostileWorker
+
+    names = []
+    for number in range(inputs):
+        names.append(str(tmp_path / f"in{number}.png"))
+        Path(names[-1]).write_bytes(png_bytes(sample_rgb(40, 30, seed=number)))
+    out = str(tmp_path / "out.png") if inputs == 1 else f"{tmp_path / 'outdir'}{os.sep}"
+    (tmp_path / "outdir").mkdir()
+    with HostileWorker(process="drip_headers", delay=0.2) as bad:
+        env = {**os.environ, "COORDINATOR_READ_TIMEOUT": "60", "COORDINATOR_WORKERS": bad.url}
+        proc = subprocess.Popen([sys.executable, "-m", "coordinator", "process", *names, "-o", out,
+                                 "--plan", OP, "--jobs", "2"], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while bad.requests["/process"] < 1 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert bad.requests["/process"] >= 1, "no strip reached the dripping worker"
+        time.sleep(0.3)
+        interrupted = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, stderr = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail("the CLI still runs 10 s after Ctrl-C")
+        seconds = time.monotonic() - interrupted
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr, stderr
+    assert seconds < 5, f"Ctrl-C took {seconds:.1f} s"  # aim is < 1 s; generous for a loaded machine

@@ -11,8 +11,11 @@
 - redirect        302 to `location` (default: the same path on 127.0.0.1:9)
 - huge            200 application/json with no length, up to 2 GB streamed until the client
                   hangs up (only a cap on bytes read protects the client)
-- markdown        /healthz: a health reply whose fields hold Markdown/HTML (links, images)
-- eps             200 `image/png` whose body is an EPS file (would run Ghostscript if opened)
+- markdown        /healthz: a valid-looking health reply whose version, build, primary and
+                  one op hold Markdown/HTML (links, images, a tag)
+- eps             200 `image/png` whose body is an EPS file declaring the size of the strip it
+                  was sent (read from the request's PPM header), so only a format allow-list
+                  keeps the client from rendering it with Ghostscript
 - html            200 `text/html` page, as a web server that is not a worker would answer
 Every connection is closed after one exchange; a dripping or streaming reply stops at
 `stop()` or after `max_seconds`, whichever is first. `sent` counts body bytes written.
@@ -20,6 +23,7 @@ Every connection is closed after one exchange; a dripping or streaming reply sto
 from __future__ import annotations
 
 import json
+import re
 import socket
 import socketserver
 import threading
@@ -30,13 +34,13 @@ OPS = ["grayscale", "sepia", "invert", "blur"]
 HEALTH = {"status": "ok", "service": "worker-python", "runtime": "python", "version": "9.9.9",
           "build": "hostile", "primary": "grayscale", "operations": OPS, "max_inflight": 4,
           "max_bytes": 50_000_000, "max_pixels": 50_000_000}
-MARKDOWN_HEALTH = {**HEALTH, "runtime": "python](http://evil.example/phish)",
-                   "version": "[update now](http://evil.example/)",
+MARKDOWN_HEALTH = {**HEALTH, "version": "[update now](http://evil.example/)",
                    "build": "<img src=http://evil.example/t.png>",
                    "primary": "![x](http://evil.example/pixel.png)",
                    "operations": ["grayscale", "[sepia](http://evil.example/)", "invert"]}
-EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n"
-       b"newpath 0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n")
+EPS = ("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 {w} {h}\n%%EndComments\n"
+       "newpath 0 0 moveto {w} {h} lineto stroke\nshowpage\n%%EOF\n")
+PPM_SIZE = re.compile(rb"P6\s+(\d+)\s+(\d+)\s")
 HTML = b"<!doctype html><html><head><title>Not a worker</title></head><body>hello</body></html>"
 HUGE_DECLARED = 2_000_000_000
 
@@ -88,19 +92,20 @@ class HostileWorker:
     def _handle(self, client: socket.socket) -> None:
         client.settimeout(10)
         try:
-            path = self._read_request(client)
+            path, head = self._read_request(client)
             with self._lock:
                 self.requests[path if path in self.requests else "other"] += 1
             mode = self.modes.get(path, "html")
-            getattr(self, f"_{mode}")(client, path)
+            getattr(self, f"_{mode}")(client, path, head)
         except OSError:
             pass
         finally:
             client.close()
 
     @staticmethod
-    def _read_request(client: socket.socket) -> str:
-        """The path of the request; its body is read (bounded) so the client can finish sending."""
+    def _read_request(client: socket.socket) -> tuple[str, bytes]:
+        """The path of the request and the first bytes of its body; the body is read (bounded)
+        so the client can finish sending."""
         data = b""
         while b"\r\n\r\n" not in data and len(data) < 65536:
             chunk = client.recv(4096)
@@ -115,13 +120,15 @@ class HostileWorker:
             if name.strip().lower() == "content-length" and value.strip().isdigit():
                 length = int(value.strip())
         remaining = min(length, 200_000_000) - len(rest)
+        head_of_body = rest[:64]
         while remaining > 0:
             chunk = client.recv(min(remaining, 1 << 20))
             if not chunk:
                 break
+            head_of_body = (head_of_body + chunk)[:64]
             remaining -= len(chunk)
         target = lines[0].split(" ")[1] if len(lines[0].split(" ")) > 1 else "/"
-        return target.split("?")[0]
+        return target.split("?")[0], head_of_body
 
     def _reply(self, client: socket.socket, status: str, content_type: str, body: bytes,
                extra: str = "") -> None:
@@ -131,27 +138,29 @@ class HostileWorker:
         with self._lock:
             self.sent += len(body)
 
-    def _ok(self, client, path):
+    def _ok(self, client, path, head):
         if path == "/healthz":
             self._reply(client, "200 OK", "application/json", json.dumps(HEALTH).encode())
         else:
             body = json.dumps({"error": {"code": "internal", "message": "hostile worker"}}).encode()
             self._reply(client, "500 Internal Server Error", "application/json", body)
 
-    def _markdown(self, client, path):
+    def _markdown(self, client, path, head):
         self._reply(client, "200 OK", "application/json", json.dumps(MARKDOWN_HEALTH).encode())
 
-    def _eps(self, client, path):
-        self._reply(client, "200 OK", "image/png", EPS)
+    def _eps(self, client, path, head):
+        size = PPM_SIZE.match(head)
+        width, height = (int(size.group(1)), int(size.group(2))) if size else (8, 8)
+        self._reply(client, "200 OK", "image/png", EPS.format(w=width, h=height).encode())
 
-    def _html(self, client, path):
+    def _html(self, client, path, head):
         self._reply(client, "200 OK", "text/html; charset=utf-8", HTML)
 
-    def _redirect(self, client, path):
+    def _redirect(self, client, path, head):
         location = self.location or f"http://127.0.0.1:9{path}"
         self._reply(client, "302 Found", "text/plain", b"moved", extra=f"Location: {location}\r\n")
 
-    def _drip_headers(self, client, path):
+    def _drip_headers(self, client, path, head):
         client.sendall(b"HTTP/1.1 200 OK\r\n")
         started = time.monotonic()
         while not self._stopping.is_set() and time.monotonic() - started < self.max_seconds:
@@ -159,7 +168,7 @@ class HostileWorker:
             if self._stopping.wait(self.delay):
                 break
 
-    def _huge(self, client, path):
+    def _huge(self, client, path, head):
         client.sendall(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                        f"Connection: close\r\n\r\n".encode())
         block = b"[" * 65536
