@@ -59,7 +59,7 @@ for role, release in releases.items():
         nodes.append(WorkerNode(f"{role}-{index}", WorkerNodeArgs(
             spec=spec, port=port, ami_id=ami_id, instance_type=settings.instance_type,
             security_group_id=security.security_group_id, user_data=user_data,
-            instance_profile=store.instance_profile_name, subnet_id=settings.subnet_id,
+            instance_profile=store.instance_profile_names[role], subnet_id=settings.subnet_id,
             key_name=security.key_name, tags=tags,
         )))
 

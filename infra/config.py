@@ -15,8 +15,10 @@ from typing import Mapping, Optional
 import pulumi
 
 MAX_WORKERS_PER_ROLE = 10  # a typo like 100 should not start 100 instances
-# The smallest prefix we accept for any ingress source: anything wider is "the internet".
-MIN_PREFIX_LENGTH = 8
+# Who may reach plain-HTTP, token-guarded ports (infra/README.md "Choices and why"):
+MIN_PREFIX_LENGTH = 8     # never wider, whatever the config says: that is "the internet"
+WIDE_PREFIX_LENGTH = 16   # wider than this only with allowWideCidr: true
+WARN_PREFIX_LENGTH = 24   # wider than this is allowed, with a warning on every `pulumi up`
 
 # Keys and defaults exactly as declared in Pulumi.yaml (a test keeps the two in step).
 DEFAULTS: dict[str, str] = {
@@ -31,6 +33,7 @@ DEFAULTS: dict[str, str] = {
     "workerToken": "",
     "amiId": "",
     "subnetId": "",
+    "allowWideCidr": "false",
 }
 
 CLIENT_CIDR_HINT = 'pulumi config set clientCidr "$(curl -s https://checkip.amazonaws.com)/32"'
@@ -57,6 +60,7 @@ class FleetSettings:
     worker_token: Optional[str]   # None: the program generates one (RandomPassword)
     ami_id: Optional[str]         # None: latest Ubuntu 24.04 LTS
     subnet_id: Optional[str]      # None: the default VPC's default subnet
+    warnings: tuple[str, ...] = ()  # load_settings shows them with pulumi.log.warn
 
     @property
     def ssh_enabled(self) -> bool:
@@ -80,7 +84,7 @@ def _int_setting(raw: Mapping[str, str], key: str, low: int, high: int) -> int:
     return number
 
 
-def parse_cidr(key: str, value: str, hint: str) -> str:
+def parse_cidr(key: str, value: str, hint: str, allow_wide: bool = False) -> str:
     """An IPv4 network in canonical form; a bare address means that one host (/32)."""
     try:
         network = ipaddress.ip_network(value.strip(), strict=True)
@@ -92,7 +96,28 @@ def parse_cidr(key: str, value: str, hint: str) -> str:
     if network.prefixlen < MIN_PREFIX_LENGTH:
         raise ConfigError(f"{key} {value!r} opens the port to the whole internet (or most of it); "
                           f"refused. Use your own address: {hint}")
+    if network.prefixlen < WIDE_PREFIX_LENGTH and not allow_wide:
+        raise ConfigError(f"{key} {value!r} admits {network.num_addresses:,} addresses, wider than "
+                          f"/{WIDE_PREFIX_LENGTH}; refused. Use your own address ({hint}), or, if "
+                          "you really mean it: pulumi config set allowWideCidr true")
     return str(network)
+
+
+def cidr_warning(key: str, cidr: str) -> Optional[str]:
+    """A loud note for a network wider than /24 (None for narrower ones)."""
+    network = ipaddress.ip_network(cidr)
+    if network.prefixlen >= WARN_PREFIX_LENGTH:
+        return None
+    return (f"{key} {cidr} admits {network.num_addresses:,} addresses to plain-HTTP ports "
+            f"(wider than /{WARN_PREFIX_LENGTH}); anyone there can sniff the token. Narrow it "
+            "to your own address unless this network is yours alone")
+
+
+def _bool_setting(raw: Mapping[str, str], key: str) -> bool:
+    value = (raw.get(key) or DEFAULTS[key]).strip().lower()
+    if value not in ("true", "false"):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value == "true"
 
 
 _INSTANCE_TYPE = re.compile(r"^(?P<family>[a-z]+)(?P<generation>\d+)(?P<options>[a-z-]*)\.[a-z0-9]+$")
@@ -127,6 +152,28 @@ def parse_ssh_public_key(value: str) -> str:
     return " ".join(parts[:3])
 
 
+def _network_settings(raw: Mapping[str, str]) -> tuple[str, Optional[str], Optional[str]]:
+    """clientCidr, and adminCidr + sshPublicKey (both or neither), checked."""
+    def text(key: str) -> str:
+        return (raw.get(key) or DEFAULTS[key]).strip()
+
+    if not text("clientCidr"):
+        raise ConfigError("clientCidr is required: the address allowed to reach the workers. "
+                          f"Set it to your public IP with: {CLIENT_CIDR_HINT}")
+    allow_wide = _bool_setting(raw, "allowWideCidr")
+    client_cidr = parse_cidr("clientCidr", text("clientCidr"), CLIENT_CIDR_HINT, allow_wide)
+    admin_cidr = text("adminCidr") or None
+    ssh_public_key = text("sshPublicKey") or None
+    if (admin_cidr is None) != (ssh_public_key is None):
+        missing = "adminCidr" if admin_cidr is None else "sshPublicKey"
+        raise ConfigError(f"SSH needs both sshPublicKey and adminCidr, and {missing} is not set; "
+                          "set both to allow SSH, or neither to keep port 22 closed")
+    if admin_cidr is not None:
+        admin_cidr = parse_cidr("adminCidr", admin_cidr, ADMIN_CIDR_HINT, allow_wide)
+        ssh_public_key = parse_ssh_public_key(ssh_public_key)
+    return client_cidr, admin_cidr, ssh_public_key
+
+
 def parse_settings(raw: Mapping[str, str], *, project: str, stack: str, region: Optional[str],
                    token_is_secret: bool = True) -> FleetSettings:
     """Validate raw config strings (unset keys may be missing or empty) into FleetSettings."""
@@ -145,20 +192,7 @@ def parse_settings(raw: Mapping[str, str], *, project: str, stack: str, region: 
     if python_port == nodejs_port:
         raise ConfigError(f"pythonPort and nodejsPort are both {python_port}; they must differ")
 
-    if not text("clientCidr"):
-        raise ConfigError("clientCidr is required: the address allowed to reach the workers. "
-                          f"Set it to your public IP with: {CLIENT_CIDR_HINT}")
-    client_cidr = parse_cidr("clientCidr", text("clientCidr"), CLIENT_CIDR_HINT)
-
-    admin_cidr = text("adminCidr") or None
-    ssh_public_key = text("sshPublicKey") or None
-    if (admin_cidr is None) != (ssh_public_key is None):
-        missing = "adminCidr" if admin_cidr is None else "sshPublicKey"
-        raise ConfigError(f"SSH needs both sshPublicKey and adminCidr, and {missing} is not set; "
-                          "set both to allow SSH, or neither to keep port 22 closed")
-    if admin_cidr is not None:
-        admin_cidr = parse_cidr("adminCidr", admin_cidr, ADMIN_CIDR_HINT)
-        ssh_public_key = parse_ssh_public_key(ssh_public_key)
+    client_cidr, admin_cidr, ssh_public_key = _network_settings(raw)
 
     worker_token = text("workerToken") or None
     if worker_token is not None:
@@ -182,6 +216,8 @@ def parse_settings(raw: Mapping[str, str], *, project: str, stack: str, region: 
         python_port=python_port, nodejs_port=nodejs_port,
         client_cidr=client_cidr, admin_cidr=admin_cidr, ssh_public_key=ssh_public_key,
         worker_token=worker_token, ami_id=ami_id, subnet_id=subnet_id,
+        warnings=tuple(w for w in (cidr_warning("clientCidr", client_cidr),
+                                   admin_cidr and cidr_warning("adminCidr", admin_cidr)) if w),
     )
 
 
@@ -189,10 +225,13 @@ def load_settings() -> FleetSettings:
     """Read this stack's config (the program's only pulumi.Config reads)."""
     config = pulumi.Config()
     raw = {key: config.get(key) or "" for key in DEFAULTS}
-    return parse_settings(
+    settings = parse_settings(
         raw,
         project=pulumi.get_project(),
         stack=pulumi.get_stack(),
         region=pulumi.Config("aws").get("region"),
         token_is_secret=pulumi.runtime.is_config_secret(config.full_key("workerToken")),
     )
+    for warning in settings.warnings:
+        pulumi.log.warn(warning)
+    return settings

@@ -40,9 +40,35 @@ class ReleaseStoreArgs:
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
+def host_read_policy(bucket_arn: str, role: str) -> str:
+    """The only permission a role's hosts get: read that role's releases, nothing else."""
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:GetObject",
+                       "Resource": f"{bucket_arn}/{role}/*"}],
+    })
+
+
+def tls_only_policy(bucket_arn: str) -> str:
+    """Refuse every request to the bucket that does not come over TLS, whoever makes it."""
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Sid": "DenyPlainHttp", "Effect": "Deny", "Principal": "*",
+                       "Action": "s3:*", "Resource": [bucket_arn, f"{bucket_arn}/*"],
+                       "Condition": {"Bool": {"aws:SecureTransport": "false"}}}],
+    })
+
+
+EC2_TRUST = json.dumps({
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                   "Principal": {"Service": "ec2.amazonaws.com"}}],
+})
+
+
 class ReleaseStore(pulumi.ComponentResource):
     bucket_name: pulumi.Output[str]
-    instance_profile_name: pulumi.Output[str]
+    instance_profile_names: dict[str, pulumi.Output[str]]   # worker role -> its hosts' profile
 
     def __init__(self, name: str, args: ReleaseStoreArgs,
                  opts: Optional[pulumi.ResourceOptions] = None) -> None:
@@ -55,15 +81,21 @@ class ReleaseStore(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        aws.s3.BucketPublicAccessBlock(
+        private = aws.s3.BucketPublicAccessBlock(
             f"{name}-private",
             bucket=bucket.id,
             block_public_acls=True, block_public_policy=True,
             ignore_public_acls=True, restrict_public_buckets=True,
             opts=child,
         )
-        objects = [
-            aws.s3.BucketObjectv2(
+        aws.s3.BucketPolicy(
+            f"{name}-tls-only", bucket=bucket.id, policy=bucket.arn.apply(tls_only_policy),
+            # S3 refuses concurrent bucket-level changes; a Deny policy is never "public".
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[private]))
+        self.bucket_name = bucket.bucket
+        self.instance_profile_names = {}
+        for role, release in sorted(args.releases.items()):
+            obj = aws.s3.BucketObjectv2(
                 f"{name}-{role}",
                 bucket=bucket.id,
                 key=release.key,
@@ -73,34 +105,23 @@ class ReleaseStore(pulumi.ComponentResource):
                 tags=tags,
                 opts=child,
             )
-            for role, release in sorted(args.releases.items())
-        ]
-        role_resource = aws.iam.Role(
-            f"{name}-host-role",
-            description="Worker hosts: read their release from the release bucket, nothing else",
-            assume_role_policy=json.dumps({
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
-                               "Principal": {"Service": "ec2.amazonaws.com"}}],
-            }),
-            tags=tags,
-            opts=child,
-        )
-        read_policy = aws.iam.RolePolicy(
-            f"{name}-read-releases",
-            role=role_resource.id,
-            policy=bucket.arn.apply(lambda arn: json.dumps({
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": "s3:GetObject",
-                               "Resource": [f"{arn}/{role}/*" for role in sorted(args.releases)]}],
-            })),
-            opts=child,
-        )
-        # Instances wait for the profile; the profile waits until the releases are readable.
-        profile = aws.iam.InstanceProfile(
-            f"{name}-host-profile", role=role_resource.name, tags=tags,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[read_policy, *objects]))
-        self.bucket_name = bucket.bucket
-        self.instance_profile_name = profile.name
+            self.instance_profile_names[role] = self._host_profile(name, role, bucket, obj, tags)
         self.register_outputs({"bucket_name": self.bucket_name,
-                               "instance_profile_name": self.instance_profile_name})
+                               "instance_profile_names": self.instance_profile_names})
+
+    def _host_profile(self, name: str, role: str, bucket: aws.s3.Bucket,
+                      release: aws.s3.BucketObjectv2, tags: dict) -> pulumi.Output[str]:
+        """One IAM role + instance profile per worker role, reading that role's prefix only."""
+        child = pulumi.ResourceOptions(parent=self)
+        host_role = aws.iam.Role(
+            f"{name}-{role}-host-role",
+            description=f"{role} hosts: read {role} releases from the release bucket, nothing else",
+            assume_role_policy=EC2_TRUST, tags={**tags, "Role": role}, opts=child)
+        read_policy = aws.iam.RolePolicy(
+            f"{name}-{role}-read-release", role=host_role.id,
+            policy=bucket.arn.apply(lambda arn: host_read_policy(arn, role)), opts=child)
+        # Instances wait for the profile; the profile waits until the release is readable.
+        profile = aws.iam.InstanceProfile(
+            f"{name}-{role}-host-profile", role=host_role.name, tags={**tags, "Role": role},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[read_policy, release]))
+        return profile.name

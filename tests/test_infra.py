@@ -21,6 +21,7 @@ import yaml
 
 from infra import bundle
 from infra.config import DEFAULTS, MIN_PREFIX_LENGTH, ConfigError, parse_settings
+from infra.releases import host_read_policy
 from infra.roles import ROLE_SPECS
 from tests.infra_harness import (LAST_MOCKS, MOCK_AMI, MOCK_TOKEN, MOCK_VPC, PROJECT, REGION, ROOT,
                                  STACK, is_secret_input, reveal, run_program)
@@ -65,10 +66,11 @@ def test_default_config_declares_one_worker_per_role(default_run):
         "htp:infra:ReleaseStore": 1,
         "aws:s3/bucket:Bucket": 1,
         "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": 1,
+        "aws:s3/bucketPolicy:BucketPolicy": 1,
         "aws:s3/bucketObjectv2:BucketObjectv2": 2,
-        "aws:iam/role:Role": 1,
-        "aws:iam/rolePolicy:RolePolicy": 1,
-        "aws:iam/instanceProfile:InstanceProfile": 1,
+        "aws:iam/role:Role": 2,               # one per worker role: each reads its own releases
+        "aws:iam/rolePolicy:RolePolicy": 2,
+        "aws:iam/instanceProfile:InstanceProfile": 2,
         "htp:infra:WorkerNode": 2,
         INSTANCE: 2,
     }
@@ -94,6 +96,7 @@ def test_a_role_with_zero_workers_gets_no_port_and_no_release():
     assert [r.inputs["key"].split("/")[0] for r in run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")] == [
         "worker-nodejs"]
     assert run.outputs["python_worker_url"] is None
+    assert [r.name for r in run.of_type("aws:iam/role:Role")] == ["releases-worker-nodejs-host-role"]
 
 
 def test_child_resources_are_named_after_their_component(big_run):
@@ -217,10 +220,10 @@ def test_user_data_is_secret_because_it_holds_the_token():
                              namespace["worker_token"].is_secret()).apply(check)
 
 
-def test_instances_use_the_release_profile_and_burst_without_surprise_bills(default_run):
-    (profile,) = default_run.of_type("aws:iam/instanceProfile:InstanceProfile")
-    for instance in default_run.of_type(INSTANCE):
-        assert instance.inputs["iamInstanceProfile"] == f"{profile.name}-0001"
+def test_instances_use_the_release_profile_and_burst_without_surprise_bills(big_run):
+    for instance in big_run.of_type(INSTANCE):
+        role = instance.inputs["tags"]["Role"]
+        assert instance.inputs["iamInstanceProfile"] == f"releases-{role}-host-profile-0001"
         assert instance.inputs["instanceType"] == "t2.micro"
         assert instance.inputs["creditSpecification"] == {"cpuCredits": "standard"}
         assert instance.inputs["associatePublicIpAddress"] is True
@@ -251,15 +254,39 @@ def test_release_bucket_is_private_and_hosts_read_only_their_releases(default_ru
     (block,) = default_run.of_type("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
     assert all(block.inputs[k] is True for k in ("blockPublicAcls", "blockPublicPolicy",
                                                   "ignorePublicAcls", "restrictPublicBuckets"))
-    (role,) = default_run.of_type("aws:iam/role:Role")
-    trust = json.loads(role.inputs["assumeRolePolicy"])
-    assert [s["Principal"] for s in trust["Statement"]] == [{"Service": "ec2.amazonaws.com"}]
-    (policy,) = default_run.of_type("aws:iam/rolePolicy:RolePolicy")
-    statements = json.loads(policy.inputs["policy"])["Statement"]
-    assert [(s["Effect"], s["Action"]) for s in statements] == [("Allow", "s3:GetObject")]
-    assert sorted(statements[0]["Resource"]) == [
-        "arn:aws:s3:::releases-bucket-0001/worker-nodejs/*",
-        "arn:aws:s3:::releases-bucket-0001/worker-python/*"]
+    roles = {r.name: r for r in default_run.of_type("aws:iam/role:Role")}
+    assert sorted(roles) == ["releases-worker-nodejs-host-role", "releases-worker-python-host-role"]
+    for role in roles.values():
+        trust = json.loads(role.inputs["assumeRolePolicy"])
+        assert [s["Principal"] for s in trust["Statement"]] == [{"Service": "ec2.amazonaws.com"}]
+    policies = {p.inputs["role"]: json.loads(p.inputs["policy"])
+                for p in default_run.of_type("aws:iam/rolePolicy:RolePolicy")}
+    # Each host role may read its own role's prefix and nothing else (not the other role's).
+    assert policies == {
+        f"releases-{role}-host-role-id": {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": "s3:GetObject",
+            "Resource": f"arn:aws:s3:::releases-bucket-0001/{role}/*"}]}
+        for role in ("worker-python", "worker-nodejs")}
+    profiles = {p.name: p.inputs["role"] for p in default_run.of_type("aws:iam/instanceProfile:InstanceProfile")}
+    assert profiles == {f"releases-{r}-host-profile": f"releases-{r}-host-role-0001"
+                        for r in ("worker-python", "worker-nodejs")}
+
+
+def test_one_roles_policy_does_not_match_the_other_roles_release(default_run):
+    keys = {o.inputs["key"] for o in default_run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")}
+    python_only = json.loads(host_read_policy("arn:aws:s3:::b", "worker-python"))
+    (resource,) = [s["Resource"] for s in python_only["Statement"]]
+    readable = {k for k in keys if f"arn:aws:s3:::b/{k}".startswith(resource.rstrip("*"))}
+    assert readable == {k for k in keys if k.startswith("worker-python/")} and len(keys) == 2
+
+
+def test_release_bucket_refuses_plain_http(default_run):
+    (bucket_policy,) = default_run.of_type("aws:s3/bucketPolicy:BucketPolicy")
+    assert bucket_policy.inputs["bucket"] == "releases-bucket-id"
+    assert json.loads(bucket_policy.inputs["policy"])["Statement"] == [{
+        "Sid": "DenyPlainHttp", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+        "Resource": ["arn:aws:s3:::releases-bucket-0001", "arn:aws:s3:::releases-bucket-0001/*"],
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]
 
 
 def test_release_objects_are_the_bundle_tarballs(default_run):
@@ -359,6 +386,11 @@ def settings(**raw):
 @pytest.mark.parametrize("raw, message", [
     ({"clientCidr": "0.0.0.0/0"}, "whole internet"),
     ({"clientCidr": "10.0.0.0/7"}, "whole internet"),
+    ({"clientCidr": "10.0.0.0/7", "allowWideCidr": "true"}, "whole internet"),
+    ({"clientCidr": "10.0.0.0/8"}, "16,777,216 addresses, wider than /16; refused"),
+    ({"clientCidr": "10.0.0.0/15"}, "pulumi config set allowWideCidr true"),
+    ({"adminCidr": "172.16.0.0/12", "sshPublicKey": SSH_KEY}, "adminCidr '172.16.0.0/12' admits"),
+    ({"allowWideCidr": "yes"}, "allowWideCidr must be true or false"),
     ({"clientCidr": "198.51.100.7/24"}, "host bits"),
     ({"clientCidr": "my-laptop"}, "not an IPv4 CIDR"),
     ({"clientCidr": "2001:db8::/64"}, "IPv6"),
@@ -387,6 +419,28 @@ def test_bad_settings_are_refused_with_one_line(raw, message):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("raw, warned", [
+    ({"clientCidr": "198.51.100.0/24"}, []),
+    ({"clientCidr": "198.51.96.0/20"}, ["clientCidr 198.51.96.0/20 admits 4,096 addresses"]),
+    ({"clientCidr": "10.0.0.0/16", "adminCidr": "10.1.0.0/23", "sshPublicKey": SSH_KEY},
+     ["clientCidr 10.0.0.0/16 admits 65,536", "adminCidr 10.1.0.0/23 admits 512"]),
+    ({"clientCidr": "10.0.0.0/8", "allowWideCidr": "true"}, ["clientCidr 10.0.0.0/8 admits 16,777,216"]),
+])
+def test_networks_wider_than_24_are_warned_about(raw, warned):
+    parsed = settings(**raw)
+    assert [w.split(" addresses")[0] for w in parsed.warnings] == [
+        w.split(" addresses")[0] for w in warned]
+    assert all("sniff the token" in w and "\n" not in w for w in parsed.warnings)
+
+
+def test_pulumi_up_shows_the_wide_network_warning(monkeypatch):
+    shown = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *a, **k: shown.append(message))
+    run = run_program({**BASE, "clientCidr": "10.0.0.0/12", "allowWideCidr": "true"})
+    assert {r.inputs["cidrIpv4"] for r in run.of_type(INGRESS)} == {"10.0.0.0/12"}
+    assert [m for m in shown if "clientCidr 10.0.0.0/12 admits 1,048,576 addresses" in m]
+
+
 def test_good_settings_are_normalised():
     parsed = settings(clientCidr=" 198.51.100.7 ", instanceType="t3.micro", adminCidr="192.0.2.0/28",
                       sshPublicKey=f"  {SSH_KEY}  ", workerToken="x" * 16)
@@ -406,8 +460,10 @@ def test_pulumi_yaml_declares_every_setting_with_the_code_defaults():
     assert set(declared) == set(DEFAULTS)
     for key, spec in declared.items():
         assert spec["description"], key
-        assert str(spec["default"]) == DEFAULTS[key], key
-        assert spec["type"] == ("integer" if DEFAULTS[key].isdigit() else "string"), key
+        assert str(spec["default"]).lower() == DEFAULTS[key], key
+        kind = ("integer" if DEFAULTS[key].isdigit()
+                else "boolean" if DEFAULTS[key] in ("true", "false") else "string")
+        assert spec["type"] == kind, key
         # A secret-typed key with a plain default fails the engine's check ("must be encrypted").
         assert "secret" not in spec, key
 
