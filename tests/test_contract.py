@@ -297,10 +297,11 @@ def test_empty_body_is_missing_image(any_worker):
     assert_error(post(any_worker, b"", params={"op": "invert"}), 400, "missing_image")
 
 
-def test_multipart_body_without_its_boundary_is_missing_image(any_worker):
+def test_multipart_body_without_its_boundary_is_bad_image(any_worker):
+    """Round-2 rule 6: a multipart body with no closing boundary (here none at all) is bad_image."""
     response = post(any_worker, b"this body has no parts at all", "multipart/form-data; boundary=xyz123",
                     params={"op": "invert"})
-    assert_error(response, 400, "missing_image")
+    assert_error(response, 400, "bad_image")
 
 
 def test_bytes_decide_the_input_format_not_the_content_type(any_worker):
