@@ -490,3 +490,352 @@ def test_headers_in_pieces_keepalive_and_pipelining(python_worker):
         for _ in range(2):
             assert session.post(python_worker.url + "/process", data=body,
                                 headers={"Content-Type": "image/png"}, timeout=10).status_code == 200
+
+
+# ---------------------------------------------------------------- round-2 rules (issue 11), test client
+
+RULE_VECTORS = json.loads((VECTORS / "manifest.json").read_text())["rules"]
+MULTIPART = "multipart/form-data; boundary=XyZ"
+
+
+def post(app, query: str = "", data: bytes = b"", content_type: str = "image/png", **headers):
+    """One /process exchange on the test client, closed at once so the slot is free again."""
+    response = app.test_client().post(f"/process{query}", data=data, content_type=content_type, headers=headers)
+    response.get_data()
+    response.close()
+    return response
+
+
+def error_code(response) -> str | None:
+    return response.json["error"]["code"] if response.status_code != 200 else None
+
+
+@pytest.mark.parametrize("vector", RULE_VECTORS, ids=[v["input"] for v in RULE_VECTORS])
+def test_rule_vectors_formats_and_bombs(vector):
+    """Rules 4 and 5: P5 PGM accepted, other formats 415, scan and inflation bombs 400."""
+    data = (VECTORS / "inputs" / vector["input"]).read_bytes()
+    response = post(create_app(Settings()), "?op=invert", data, vector["content_type"])
+    assert (response.status_code, error_code(response)) == (vector["status"], vector["code"])
+
+
+def test_p5_pgm_is_gray_as_rgb():
+    gray = np.array([[0, 7, 255]], np.uint8)
+    image = imaging.decode(b"P5\n3 1\n255\n" + gray.tobytes(), 10)
+    assert np.array_equal(pixels(image), np.repeat(gray[..., None], 3, 2))
+    sixteen = imaging.decode(b"P5\n2 1\n65535\n\x12\x34\xff\x01", 10)
+    assert pixels(sixteen)[0].tolist() == [[0x12] * 3, [0xFF] * 3]
+
+
+@pytest.mark.parametrize("query", ["?op=invert&op=invert", "?format=png&format=png", "?quality=5&quality=6",
+                                   "?lossless=1&lossless=1", "?radius=2&radius=2", "?channels=3&channels=3",
+                                   "?compression=1&compression=1"])
+def test_repeated_known_key_is_bad_param(query):
+    data = (VECTORS / "inputs" / "photo.png").read_bytes()
+    response = post(create_app(Settings()), query, data)
+    assert (response.status_code, error_code(response)) == (400, "bad_param")
+
+
+@pytest.mark.parametrize("query", ["?format=webp&lossless=1", "?format=webp&lossless=0",
+                                   "?Op=bogus&OP=x", "?unknown=1&unknown=2"])
+def test_lossless_digits_and_unknown_keys_are_fine(query):
+    data = (VECTORS / "inputs" / "photo.png").read_bytes()
+    assert post(create_app(Settings()), query, data).status_code == 200
+
+
+@pytest.mark.parametrize("header, allowed", [
+    ("Bearer s3cret", True), ("bearer s3cret", True), ("BEARER    s3cret", True),
+    ("Bearer\ts3cret", False), ("Bearer", False), ("Bearer ", False), ("Basic s3cret", False),
+    ("Bearers3cret", False), ("Bearer s3cre", False), ("Bearer " + " " * 4100 + "s3cret", False),
+    ("Bearer \ts3cret", False), ("", False),
+])
+def test_bearer_parsing(header, allowed):
+    response = post(create_app(Settings(token="s3cret")), "", b"", Authorization=header)
+    assert (response.status_code != 401) is allowed
+    if not allowed:
+        assert response.json["error"]["code"] == "unauthorized"
+
+
+def multipart(*parts: tuple[str, str | None, bytes], close: bool = True) -> bytes:
+    body = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--XyZ\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return body + (b"--XyZ--\r\n" if close else b"")
+
+
+def test_multipart_image_with_or_without_filename():
+    data = (VECTORS / "inputs" / "photo.png").read_bytes()
+    app = create_app(Settings())
+    for filename in ("photo.png", None):
+        response = post(app, "?format=raw", multipart(("note", None, b"hi"), ("image", filename, data)), MULTIPART)
+        assert response.status_code == 200
+        assert response.data == imaging.encode(imaging.grayscale(imaging.decode(data, 10**8)), "raw")
+
+
+@pytest.mark.parametrize("body, status, code", [
+    (multipart(("image", "a.png", b"x"), ("image", None, b"y")), 400, "bad_param"),
+    (multipart(("other", "a.png", b"x")), 400, "missing_image"),
+    (multipart(("image", "a.bmp", b"BM"), close=False)[:-2], 400, "bad_image"),
+    (b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\nBM", 400, "bad_image"),
+    (b"\x00garbage", 400, "bad_image"),
+])
+def test_multipart_refusals(body, status, code):
+    response = post(create_app(Settings()), "", body, MULTIPART)
+    assert (response.status_code, error_code(response)) == (status, code)
+
+
+def test_413_wording_and_refusals_close_the_connection():
+    response = post(create_app(Settings(max_bytes=10)), "", b"x" * 11)
+    assert response.status_code == 413
+    assert response.json["error"]["message"] == "body of 11 bytes is over the 10 byte limit"
+    assert response.headers["Connection"] == "close"
+    fine = post(create_app(Settings()), "", (VECTORS / "inputs" / "photo.png").read_bytes())
+    assert fine.status_code == 200 and "Connection" not in fine.headers
+
+
+def test_options_and_other_methods_on_process_are_405():
+    client = create_app(Settings()).test_client()
+    for method in ("OPTIONS", "GET", "PUT", "DELETE", "PATCH", "HEAD"):
+        response = client.open("/process", method=method)
+        assert response.status_code == 405, method
+        assert response.headers["Allow"] == "POST", method
+
+
+def test_pixel_admission_by_declared_pixels():
+    """Rule 9: the sum of declared pixels in flight is bounded; a lone request always goes."""
+    data = (VECTORS / "inputs" / "photo.png").read_bytes()
+    pixels_in_photo = Image.open(io.BytesIO(data)).width * Image.open(io.BytesIO(data)).height
+    app = create_app(Settings(max_inflight_pixels=pixels_in_photo + 1))
+    state = app.extensions["worker_python"]
+    assert post(app, "", data).status_code == 200 and state.inflight_pixels == 0  # lone: admitted
+    state.inflight_pixels = 2  # another request in flight
+    busy = post(app, "", data)
+    assert (busy.status_code, error_code(busy)) == (503, "busy") and busy.headers["Retry-After"] == "1"
+    assert state.inflight == 0 and state.inflight_pixels == 2
+    health = app.test_client().get("/healthz").json
+    assert (health["inflight_pixels"], health["max_inflight_pixels"]) == (2, pixels_in_photo + 1)
+    small = create_app(Settings(max_inflight_pixels=10))
+    assert post(small, "", data).status_code == 200  # over the bound, but nothing else in flight
+
+
+def test_pixels_are_held_until_the_reply_closes():
+    data = (VECTORS / "inputs" / "photo.png").read_bytes()
+    app = create_app(Settings())
+    state = app.extensions["worker_python"]
+    response = app.test_client().post("/process?format=raw", data=data, content_type="image/png", buffered=False)
+    assert response.status_code == 200 and state.inflight_pixels > 0
+    response.close()
+    assert state.inflight_pixels == 0 and state.inflight == 0
+
+
+@pytest.mark.parametrize("op", ["grayscale", "sepia", "invert", "blur"])
+def test_in_place_ops_match_the_plain_ops(op, monkeypatch):
+    monkeypatch.setattr(imaging, "BAND_BYTES", 3 * 37 * 5)  # many bands of a 37 px wide image
+    rgb = np.random.default_rng(3).integers(0, 256, (301, 37, 3), dtype=np.uint8)
+    for radius in ((0.5, 2.0, 11.3, 50.0) if op == "blur" else (2.0,)):
+        plain = imaging.apply(op, Image.fromarray(rgb), radius)
+        in_place = imaging.apply(op, Image.fromarray(rgb), radius, in_place=True)
+        assert np.array_equal(pixels(in_place), pixels(plain)), radius
+
+
+def test_raw_reply_is_streamed_in_pieces(monkeypatch):
+    monkeypatch.setattr(imaging, "BAND_BYTES", 3 * 20 * 4)
+    image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (9, 20, 3), dtype=np.uint8))
+    pieces = list(imaging.raw_chunks(image))
+    assert len(pieces) == 1 + 3 and b"".join(pieces) == b"P6\n20 9\n255\n" + image.tobytes()
+    assert imaging.raw_length(image) == len(b"".join(pieces))
+
+
+def test_every_decode_names_exactly_one_allowed_format(monkeypatch):
+    """Rule 4: Pillow only ever runs the decoder the magic bytes chose (no EPS via Ghostscript)."""
+    calls = []
+    real_open = imaging.Image.open
+
+    def spy(fp, mode="r", formats=None):
+        calls.append(formats)
+        return real_open(fp, mode, formats)
+
+    monkeypatch.setattr(imaging.Image, "open", spy)
+    for name in ("photo.png", "oriented6.jpg", "photo.bmp", "photo.tiff", "two_frames.gif", "lossless.webp",
+                 "photo.ppm", "gray8.pgm"):
+        imaging.decode((VECTORS / "inputs" / name).read_bytes(), 10**8)
+    assert len(calls) == 8 and all(len(f) == 1 and f[0] in imaging.ACCEPTED_PILLOW_FORMATS for f in calls), calls
+
+
+# ---------------------------------------------------------------- round-2 rules, real process and raw sockets
+
+def connect(worker) -> socket.socket:
+    host, port = worker.url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def read_until_closed(sock: socket.socket, seconds: float) -> tuple[bytes, float]:
+    """Everything the worker sends until it closes (or `seconds` pass), and when it closed."""
+    started, answer = time.monotonic(), b""
+    sock.settimeout(0.2)
+    while time.monotonic() - started < seconds:
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        answer += data
+    return answer, time.monotonic() - started
+
+
+def health_seconds(worker) -> float:
+    started = time.monotonic()
+    assert requests.get(worker.url + "/healthz", timeout=10).status_code == 200
+    return time.monotonic() - started
+
+
+def test_unauthorised_big_body_is_refused_and_closed_at_once(worker_factory):
+    """Rule 3 (issue 11.2a): 8 clients announcing 10 MB without a token, then trickling."""
+    worker = worker_factory("python", {"WORKER_TOKEN": "s3cret"})
+    head = b"POST /process HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 10000000\r\n\r\nx"
+    socks = [connect(worker) for _ in range(8)]
+    try:
+        for sock in socks:
+            sock.sendall(head)
+        slowest_health = max(health_seconds(worker) for _ in range(3))
+        for sock in socks:
+            answer, closed_after = read_until_closed(sock, 6)
+            assert answer.startswith(b"HTTP/1.1 401") and b"Connection: close" in answer
+            assert b"\r\nServer:" not in answer and closed_after < 4
+        assert slowest_health < 2.5  # rule 10 says < 1 s; generous for a shared machine
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_a_thousand_idle_connections_do_not_lock_the_worker_out(worker_factory):
+    """Rule 10 (issue 11.2b): gunicorn stopped accepting at 1000 connections; now the oldest
+    idle one is evicted, so a health probe still gets in."""
+    worker = worker_factory("python")
+    idle = []
+    try:
+        for _ in range(1100):
+            idle.append(connect(worker))
+        assert health_seconds(worker) < 2.5
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_half_sent_headers_are_closed_after_5_seconds(python_worker):
+    with connect(python_worker) as sock:
+        sock.sendall(b"POST /process HTTP/1.1\r\nHost: x\r\n")
+        answer, closed_after = read_until_closed(sock, 12)
+    assert answer == b"" and 4.5 < closed_after < 8
+
+
+def test_slow_body_is_cut_off_and_its_slot_freed(worker_factory):
+    """Rule 10: a body must arrive at 64 KiB/s after a 10 s allowance; a trickle is answered 400."""
+    worker = worker_factory("python", {"WORKER_MAX_INFLIGHT": "1"})
+    with connect(worker) as sock:
+        sock.sendall(b"POST /process HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Content-Length: 1000000\r\n\r\n")
+        started, answer = time.monotonic(), b""
+        sock.settimeout(0.5)
+        while time.monotonic() - started < 16 and not answer:
+            sock.sendall(b"x")
+            try:
+                answer = sock.recv(65536)
+            except socket.timeout:
+                pass
+            if time.monotonic() - started < 2:
+                assert requests.get(worker.url + "/healthz", timeout=5).json()["inflight"] == 1
+    assert answer.startswith(b"HTTP/1.1 400") and b'"bad_image"' in answer, answer[:200]
+    assert 9 < time.monotonic() - started < 16
+    assert requests.get(worker.url + "/healthz", timeout=5).json()["inflight"] == 0
+
+
+def reply_parts(answer: bytes) -> tuple[int, bytes, dict]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, head, json.loads(body) if body.startswith(b"{") else {}
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"POST /process HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"zz\r\nabc\r\n0\r\n\r\n", 400),
+    (b"POST /process HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"5;" + b"e" * 20000, 400),  # an extension past the 8190-byte line limit, never terminated
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+    (b"GET /process HTTP/1.1\r\nHost: x\r\nAuthorization Bearer s3cret-in-a-bad-line\r\n\r\n", 400),
+])
+def test_server_level_errors_are_contract_json_and_quote_nothing(python_worker, request_bytes, status):
+    """Rule 8 (issue 11.7): gunicorn's own errors were HTML or a 500, and logged the token."""
+    answer = raw_exchange(python_worker.url, [request_bytes])
+    got, head, body = reply_parts(answer)
+    assert got == status and set(body["error"]) == {"code", "message"}, answer[:300]
+    assert b"\r\nServer:" not in head and b"Connection: close" in head
+    assert b"s3cret-in-a-bad-line" not in answer
+    time.sleep(0.2)
+    log = python_worker.log_text()
+    assert "s3cret-in-a-bad-line" not in log and "Traceback" not in log and '"internal"' not in log
+
+
+def test_replies_name_no_framework(python_worker):
+    for response in (requests.get(python_worker.url + "/healthz", timeout=5),
+                     requests.options(python_worker.url + "/process", timeout=5)):
+        assert "Server" not in response.headers and "X-Powered-By" not in response.headers
+    assert response.status_code == 405 and response.headers["Allow"] == "POST"
+
+
+def test_client_leaving_mid_chunked_body_is_a_quiet_400(python_worker):
+    marker = "left-mid-chunk"
+    with connect(python_worker) as sock:
+        sock.sendall(b"POST /process HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nX-Request-Id: "
+                     + marker.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n100\r\nabc")
+    deadline = time.monotonic() + 10
+    while marker not in python_worker.log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = [json.loads(line) for line in python_worker.log_text().splitlines() if marker in line]
+    assert [(line["status"], line["code"]) for line in lines] == [(400, "bad_image")]
+    assert "NoMoreData" not in python_worker.log_text()
+
+
+def test_eps_never_starts_ghostscript(worker_factory, tmp_path):
+    """Rule 4 (issue 11.10): a fake `gs` first on PATH would leave a marker if anything ran it."""
+    marker = tmp_path / "gs-ran"
+    fake_gs = tmp_path / "bin" / "gs"
+    fake_gs.parent.mkdir()
+    fake_gs.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    fake_gs.chmod(0o755)
+    worker = worker_factory("python", {"PATH": f"{fake_gs.parent}:/usr/bin:/bin"})
+    eps = (VECTORS / "inputs" / "photo.eps").read_bytes()
+    for content_type in ("image/png", "image/x-eps", "application/postscript"):
+        response = requests.post(worker.url + "/process", data=eps, headers={"Content-Type": content_type}, timeout=10)
+        assert response.status_code == 415 and response.json()["error"]["code"] == "unsupported_type"
+    assert not marker.exists()
+    assert subprocess.run([str(fake_gs)], env={"PATH": "/usr/bin:/bin"}).returncode == 1 and marker.exists()
+
+
+def test_reply_holds_its_pixels_until_written_or_gone(worker_factory):
+    """Rule 9: a client that does not read its reply keeps its slot; leaving frees it."""
+    worker = worker_factory("python")
+    body = encoded(Image.new("RGB", (2000, 2000), (9, 99, 199)), "PNG")
+    head = (f"POST /process?format=raw HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    sock = connect(worker)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(head + body)
+    try:
+        deadline, health = time.monotonic() + 10, {}
+        while time.monotonic() < deadline and health.get("inflight_pixels") != 4_000_000:
+            health = requests.get(worker.url + "/healthz", timeout=5).json()
+            time.sleep(0.2)
+        assert (health["inflight"], health["inflight_pixels"]) == (1, 4_000_000)
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # reset: the reply can no longer be written
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and health["inflight"]:
+        health = requests.get(worker.url + "/healthz", timeout=5).json()
+        time.sleep(0.2)
+    assert (health["inflight"], health["inflight_pixels"]) == (0, 0)

@@ -70,6 +70,8 @@ class CannotEncode(ImageError):
 
 # ---------------------------------------------------------------- format sniffing
 
+# The only Pillow decoders ever run (contract rule 4): Image.open gets exactly one of these.
+ACCEPTED_PILLOW_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 _ACCEPTED_MAGIC = (
     (b"\xff\xd8\xff", "JPEG"),
     (b"\x89PNG\r\n\x1a\n", "PNG"),
@@ -320,6 +322,8 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
 def open_checked(data: bytes, max_pixels: int) -> Image.Image:
     """Open lazily (header only) and refuse more than max_pixels before any pixel is decoded."""
     fmt = sniff_format(data)
+    if fmt not in ACCEPTED_PILLOW_FORMATS:  # a sniffing bug must not reach another decoder
+        raise UnsupportedFormat(f"{fmt} images are not accepted")
     size = declared_size(data, fmt)
     if size:
         _check_pixels(*size, max_pixels)
