@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import re
 import signal
 import threading
 
@@ -255,3 +256,78 @@ def test_many_strips_on_a_tall_narrow_image(local_fleet):
     pixels = photo(300, 5)
     result = run_job(png(pixels), config_for(local_fleet), plan="invert", strips=100)
     assert len(result.strips) == 100 and np.array_equal(result.pixels, 255 - pixels)
+
+
+# -- discovery against a hostile worker (tests/support/hostile_worker.py) ----------------------
+
+def hostile_status(**modes):
+    from tests.support.hostile_worker import HostileWorker
+
+    with HostileWorker(**modes) as bad:
+        [status] = discover(config_for([bad.url], health_timeout=2))
+        return status, bad
+
+
+def test_a_huge_health_reply_is_cut_off_at_the_cap():
+    """11.12: a /healthz body with no end (2 GB before) is read only up to 64 KiB."""
+    status, bad = hostile_status(health="huge")
+    assert not status.ok and "over the 65536 byte limit" in status.error, status.error
+    assert bad.sent < 32_000_000, f"the worker got {bad.sent} bytes out of us"  # socket buffers, not 2 GB
+
+
+def test_a_health_redirect_is_not_followed():
+    from tests.support.hostile_worker import HostileWorker
+
+    with HostileWorker(health="html") as elsewhere:
+        status, _ = hostile_status(health="redirect", location=f"{elsewhere.url}/healthz")
+        assert elsewhere.requests["/healthz"] == 0
+    assert not status.ok and f"redirected (HTTP 302 to {elsewhere.url}/healthz)" in status.error
+
+
+def test_a_web_page_is_not_a_worker():
+    """12.11: before, `unreachable: JSONDecodeError: Expecting value ...`."""
+    status, bad = hostile_status(health="html")
+    assert status.error == f"not a worker: {bad.url} answered /healthz with HTTP 200 text/html"
+
+
+def test_markup_in_health_fields_never_reaches_a_status():
+    """11.12: fields are short names in a safe charset and ops from the known set; the rest is
+    dropped, so no link, image or tag can reach the page's sidebar or the CLI table."""
+    status, _ = hostile_status(health="markdown")
+    assert status.ok  # service and runtime are fine; the cosmetic fields are dropped
+    assert status.version is None and status.build is None and status.primary is None
+    assert status.operations == ("grayscale", "invert")
+    shown = [status.service, status.runtime, *status.operations]
+    assert all(re.fullmatch(r"[A-Za-z0-9._+-]+", text) for text in shown), shown
+
+
+def test_health_field_rules():
+    from coordinator.discovery import status_from
+
+    good = {"status": "ok", "service": "worker-python", "runtime": "python", "version": "1.0.0",
+            "operations": ["grayscale", "sepia"], "max_inflight": 2, "max_bytes": 1000, "max_pixels": 300}
+    status = status_from("http://w", 200, good, 1.0)
+    assert status.ok and (status.max_inflight, status.max_bytes, status.max_pixels) == (2, 1000, 300)
+    bad_runtime = status_from("http://w", 200, {**good, "runtime": "py](http://x)"}, 1.0)
+    assert not bad_runtime.ok and "field 'runtime'" in bad_runtime.error
+    absurd = status_from("http://w", 200, {**good, "max_inflight": 10**9, "max_bytes": True, "max_pixels": -5}, 1.0)
+    assert (absurd.max_inflight, absurd.max_bytes, absurd.max_pixels) == (64, 50_000_000, 50_000_000)
+    sick = status_from("http://w", 503, {**good, "status": "draining", "reason": "[x](http://evil)"}, 1.0)
+    assert not sick.ok and "http" not in sick.error and "unsafe text" in sick.error
+    many = status_from("http://w", 200, {**good, "operations": ["grayscale"] * 10**5}, 1.0)
+    assert many.operations == ("grayscale",)
+
+
+def test_a_worker_that_reads_the_upload_late_is_not_failed_by_the_connect_timeout():
+    """11.11: the body is sent under the read (silence) timeout, not the connect timeout: a
+    busy but healthy worker that starts reading 2.5 s late still gets the strip (before: urllib3
+    sent the 12 MB body under the 1 s connect timeout, the strip failed, the worker was marked down)."""
+    from tests.support.hostile_worker import HostileWorker
+
+    pixels = photo(1000, 4000, seed=21)
+    with HostileWorker(process="late_reader", delay=2.5) as late:
+        config = config_for([late.url], connect_timeout=1, read_timeout=10)
+        result = run_job(b"", config, plan="invert", strips=1, pixels=pixels)
+        assert late.requests["/process"] == 1
+    assert np.array_equal(result.pixels, 255 - pixels)
+    assert result.strips[0].attempts == 1 and not result.strips[0].failovers

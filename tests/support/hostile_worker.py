@@ -17,6 +17,8 @@
                   was sent (read from the request's PPM header), so only a format allow-list
                   keeps the client from rendering it with Ghostscript
 - html            200 `text/html` page, as a web server that is not a worker would answer
+- late_reader     /process: reads nothing for `delay` seconds (a busy worker), then reads the
+                  raw PPM strip and answers its `invert` correctly; /healthz as ok
 Every connection is closed after one exchange; a dripping or streaming reply stops at
 `stop()` or after `max_seconds`, whichever is first. `sent` counts body bytes written.
 """
@@ -29,7 +31,8 @@ import socketserver
 import threading
 import time
 
-MODES = ("ok", "drip_headers", "redirect", "huge", "markdown", "eps", "html")
+MODES = ("ok", "drip_headers", "redirect", "huge", "markdown", "eps", "html", "late_reader")
+MAX_BODY = 200_000_000
 OPS = ["grayscale", "sepia", "invert", "blur"]
 HEALTH = {"status": "ok", "service": "worker-python", "runtime": "python", "version": "9.9.9",
           "build": "hostile", "primary": "grayscale", "operations": OPS, "max_inflight": 4,
@@ -40,7 +43,7 @@ MARKDOWN_HEALTH = {**HEALTH, "version": "[update now](http://evil.example/)",
                    "operations": ["grayscale", "[sepia](http://evil.example/)", "invert"]}
 EPS = ("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 {w} {h}\n%%EndComments\n"
        "newpath 0 0 moveto {w} {h} lineto stroke\nshowpage\n%%EOF\n")
-PPM_SIZE = re.compile(rb"P6\s+(\d+)\s+(\d+)\s")
+PPM_SIZE = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+255\s")
 HTML = b"<!doctype html><html><head><title>Not a worker</title></head><body>hello</body></html>"
 HUGE_DECLARED = 2_000_000_000
 
@@ -68,7 +71,12 @@ class HostileWorker:
             daemon_threads = True
             allow_reuse_address = True
 
-        self._server = Server(("127.0.0.1", 0), Handler)
+        self._server = Server(("127.0.0.1", 0), Handler, bind_and_activate=False)
+        # A small receive buffer (inherited by accepted sockets), so a client's upload really
+        # waits while we do not read, instead of landing in up to 32 MB of kernel buffer.
+        self._server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        self._server.server_bind()
+        self._server.server_activate()
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
@@ -92,20 +100,22 @@ class HostileWorker:
     def _handle(self, client: socket.socket) -> None:
         client.settimeout(10)
         try:
-            path, head = self._read_request(client)
+            path, length, body = self._read_head(client)
+            mode = self.modes.get(path, "html")
             with self._lock:
                 self.requests[path if path in self.requests else "other"] += 1
-            mode = self.modes.get(path, "html")
-            getattr(self, f"_{mode}")(client, path, head)
+            if mode == "late_reader" and path == "/process" and self._stopping.wait(self.delay):
+                return
+            body = self._read_body(client, length, body, keep=mode == "late_reader")
+            getattr(self, f"_{mode}")(client, path, body)
         except OSError:
             pass
         finally:
             client.close()
 
     @staticmethod
-    def _read_request(client: socket.socket) -> tuple[str, bytes]:
-        """The path of the request and the first bytes of its body; the body is read (bounded)
-        so the client can finish sending."""
+    def _read_head(client: socket.socket) -> tuple[str, int, bytes]:
+        """The path, the Content-Length and the body bytes that came with the headers."""
         data = b""
         while b"\r\n\r\n" not in data and len(data) < 65536:
             chunk = client.recv(4096)
@@ -119,16 +129,34 @@ class HostileWorker:
             name, _, value = line.partition(":")
             if name.strip().lower() == "content-length" and value.strip().isdigit():
                 length = int(value.strip())
-        remaining = min(length, 200_000_000) - len(rest)
-        head_of_body = rest[:64]
-        while remaining > 0:
-            chunk = client.recv(min(remaining, 1 << 20))
+        target = lines[0].split(" ")[1] if len(lines[0].split(" ")) > 1 else "/"
+        return target.split("?")[0], min(length, MAX_BODY), rest
+
+    @staticmethod
+    def _read_body(client: socket.socket, length: int, body: bytes, keep: bool) -> bytes:
+        """The rest of the body (so the client can finish sending): all of it when keep, else
+        its first 64 bytes."""
+        parts, size = [body], len(body)
+        while size < length:
+            chunk = client.recv(min(length - size, 1 << 20))
             if not chunk:
                 break
-            head_of_body = (head_of_body + chunk)[:64]
-            remaining -= len(chunk)
-        target = lines[0].split(" ")[1] if len(lines[0].split(" ")) > 1 else "/"
-        return target.split("?")[0], head_of_body
+            size += len(chunk)
+            if keep:
+                parts.append(chunk)
+            elif len(parts[0]) < 64:
+                parts[0] += chunk[:64]
+        return b"".join(parts) if keep else parts[0][:64]
+
+    def _late_reader(self, client, path, body):
+        """After the pause: a correct `invert` of a raw PPM strip, as a busy real worker would."""
+        if path == "/healthz":
+            return self._ok(client, path, body)
+        size = PPM_SIZE.match(body)
+        width, height = int(size.group(1)), int(size.group(2))
+        pixels = body[size.end():size.end() + width * height * 3]
+        inverted = pixels.translate(bytes(range(255, -1, -1)))
+        self._reply(client, "200 OK", "image/x-portable-pixmap", b"P6\n%d %d\n255\n" % (width, height) + inverted)
 
     def _reply(self, client: socket.socket, status: str, content_type: str, body: bytes,
                extra: str = "") -> None:
