@@ -99,7 +99,11 @@ function unpackRow(src, at, dst, out, width, bits, layout, palette) {
     } else {
       index = (src[at + (x >> 3)] >> (7 - (x & 7))) & 1;
     }
-    if (index >= 0) palette.copy(dst, out, index * 3, index * 3 + 3);
+    if (index >= 0) {
+      dst[out] = palette[index * 3];
+      dst[out + 1] = palette[index * 3 + 1];
+      dst[out + 2] = palette[index * 3 + 2];
+    }
   }
 }
 
@@ -189,7 +193,10 @@ async function decodeRle(buf, header, palette, pause) {
   for (let y = 0; y < height; y += 1) {
     const fileRow = bottomUp ? height - 1 - y : y;
     for (let x = 0, i = fileRow * width, out = y * width * 3; x < width; x += 1, i += 1, out += 3) {
-      palette.copy(data, out, indices[i] * 3, indices[i] * 3 + 3);
+      const p = indices[i] * 3;
+      data[out] = palette[p];
+      data[out + 1] = palette[p + 1];
+      data[out + 2] = palette[p + 2];
     }
     if (y % rowsPerStep === rowsPerStep - 1) await pause();
   }

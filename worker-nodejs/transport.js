@@ -128,11 +128,8 @@ function multipartImage(headers, body) {
   return new Promise((resolve, reject) => {
     let parser;
     try {
-      parser = busboy({
-        headers,
-        limits: { files: 8, fields: 64, parts: 72 },
-        isPartAFile: (name, _type, filename) => name === 'image' || filename !== undefined,
-      });
+      // busboy gives a part without a filename as a string: latin1 keeps its bytes intact.
+      parser = busboy({ headers, defCharset: 'latin1', limits: { files: 8, fields: 64, parts: 72, fieldSize: body.length } });
     } catch (err) {
       reject(new HttpError(400, 'bad_image', `multipart body cannot be read: ${oneLine(err.message)}`));
       return;
@@ -143,19 +140,23 @@ function multipartImage(headers, body) {
     const fail = (err) => {
       failed ??= err;
     };
+    const take = (bytes) => {
+      images += 1;
+      if (images > 1) fail(new HttpError(400, 'bad_param', 'multipart body has more than one "image" part'));
+      found = bytes;
+    };
     parser.on('file', (name, stream) => {
       stream.on('error', (err) => fail(new HttpError(400, 'bad_image', `multipart part ends early: ${oneLine(err.message)}`)));
       if (name !== 'image') {
         stream.resume();
         return;
       }
-      images += 1;
-      if (images > 1) fail(new HttpError(400, 'bad_param', 'multipart body has more than one "image" part'));
       const parts = [];
       stream.on('data', (chunk) => parts.push(chunk));
-      stream.on('end', () => {
-        found = Buffer.concat(parts);
-      });
+      stream.on('end', () => take(Buffer.concat(parts)));
+    });
+    parser.on('field', (name, value) => {
+      if (name === 'image') take(Buffer.from(value, 'latin1'));
     });
     parser.on('close', () => (failed ? reject(failed) : resolve(found)));
     parser.on('error', (err) => {

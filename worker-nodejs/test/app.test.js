@@ -3,52 +3,14 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const http = require('node:http');
 const net = require('node:net');
 
-const { buildApp, createServer } = require('../app');
-const { loadConfig } = require('../config');
-const { createLogger } = require('../log');
 const image = require('../image');
-
-async function startWorker(env = {}, options = {}) {
-  const lines = [];
-  const logger = createLogger({ level: 'debug', write: (line) => lines.push(line) });
-  const app = buildApp(loadConfig(env), { logger, ...options });
-  const server = createServer(app);
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address();
-  return {
-    url: `http://127.0.0.1:${port}`,
-    port,
-    app,
-    lines,
-    close: () => new Promise((resolve) => {
-      server.closeAllConnections();
-      server.close(resolve);
-    }),
-  };
-}
+const { startWorker, post, assertError, waitFor, inflight } = require('./helpers');
 
 const PIXELS = Buffer.from([200, 100, 50, 0, 0, 0, 255, 255, 255, 10, 20, 30, 1, 22, 1, 90, 90, 90]);
 let pngPromise;
 const smallPng = () => (pngPromise ??= image.encodeImage({ width: 3, height: 2, data: Buffer.from(PIXELS) }, 'png'));
-
-async function post(worker, body, { query = '', type = 'image/png', headers = {} } = {}) {
-  const all = { ...headers };
-  if (type) all['content-type'] = type;
-  return fetch(`${worker.url}/process${query}`, { method: 'POST', body, headers: all });
-}
-
-async function assertError(response, status, code) {
-  assert.equal(response.status, status, await response.clone().text());
-  assert.match(response.headers.get('content-type'), /^application\/json/);
-  const body = await response.json();
-  assert.equal(body.error.code, code);
-  assert.ok(body.error.message && !body.error.message.includes('\n'));
-  if (status === 503) assert.match(response.headers.get('retry-after') || '', /^\d+$/);
-  return body;
-}
 
 /** A /process request whose body is only partly sent, so it holds its in-flight slot. */
 function holdRequest(worker, body, headers = {}) {
@@ -72,16 +34,6 @@ function holdRequest(worker, body, headers = {}) {
     drop: () => socket.destroy(),
   };
 }
-
-async function waitFor(predicate, what, limitMs = 5000) {
-  const deadline = Date.now() + limitMs;
-  while (!(await predicate())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
-
-const inflight = async (worker) => (await (await fetch(`${worker.url}/healthz`)).json()).inflight;
 
 test('healthz reports capabilities, limits, version and build', async () => {
   const worker = await startWorker({ WORKER_BUILD: 'abc123', WORKER_MAX_INFLIGHT: '3' });
