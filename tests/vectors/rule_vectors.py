@@ -82,17 +82,19 @@ def many_scan_jpeg(scans: int, size: int = 16) -> bytes:
 
 # ---- RLE BMP ----
 
-def rle_bmp(index: np.ndarray, palette: np.ndarray, bits: int, rows: int | None = None) -> bytes:
+def rle_bmp(index: np.ndarray, palette: np.ndarray, bits: int, rows: int | None = None,
+            end_mark: bool | None = None) -> bytes:
     """An RLE8 (bits=8) or RLE4 (bits=4) BMP of `index` (bottom-up, one run per row).
 
-    rows=None writes every row and the end-of-bitmap mark; rows=k stops after k rows with no
-    end mark: the data ends before the bitmap is complete."""
+    rows=None writes every row; rows=k stops after k rows, so the data ends before the bitmap
+    is complete. The end-of-bitmap mark is written when the bitmap is complete, unless
+    end_mark says otherwise (an early mark: a decoder may not fill the rest in)."""
     height, width = index.shape
     data = b""
     for y in range(height - 1, height - 1 - (height if rows is None else rows), -1):
         value = int(index[y, 0])
         data += bytes([width, value if bits == 8 else (value << 4) | value]) + b"\x00\x00"
-    if rows is None:
+    if (rows is None) if end_mark is None else end_mark:
         data += b"\x00\x01"
     colours = len(palette)
     info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, bits, 1 if bits == 8 else 2, len(data),
@@ -212,4 +214,8 @@ def build_rule_vectors(photo: np.ndarray, photo_png: bytes) -> dict:
                                       "RLE8 data ends after 3 of 11 rows, no end-of-bitmap mark"),
         "truncated_rle4.bmp": refused(rle_bmp(index, palette, 4, rows=3), 400, "bad_image", 5,
                                       "RLE4 data ends after 3 of 11 rows, no end-of-bitmap mark"),
+        "rle8_early_end.bmp": refused(rle_bmp(index, palette, 8, rows=3, end_mark=True), 400, "bad_image", 5,
+                                      "RLE8: 3 of 11 rows, then an end-of-bitmap mark"),
+        "rle8_end_only.bmp": refused(rle_bmp(index, palette, 8, rows=0, end_mark=True), 400, "bad_image", 5,
+                                     "RLE8 whose data is only the end-of-bitmap mark (issue 11 item 5)"),
     }
