@@ -246,3 +246,30 @@ def test_an_outputs_file_that_is_not_text_json_or_sane_size_is_exit_2(content, f
     path = tmp_path / "out.json"
     path.write_bytes(content)
     assert_one_error_line(fleet("status", "--outputs", str(path), env=aws_env(None)), 2, fragment)
+
+
+# --- a hostile /healthz cannot hang the tool, fill its memory, send it elsewhere or mark up output
+
+def test_hostile_health_replies_are_bounded_and_shown_as_text(ec2, moto, python_worker, tmp_path):
+    from tests.support.hostile_worker import HostileWorker
+    instance = run_tagged_instance(ec2, "worker-python-0", "worker-python", PROJECT, STACK)
+    with HostileWorker(health="huge") as huge, HostileWorker(health="drip_headers") as drip, \
+            HostileWorker(health="redirect", location=f"{python_worker.url}/healthz") as redirect, \
+            HostileWorker(health="markdown") as markdown:
+        outputs = write_outputs(tmp_path / "out.json", [
+            worker_entry("worker-python-0", "worker-python", python_worker.url, instance),
+            worker_entry("worker-python-1", "worker-python", huge.url),
+            worker_entry("worker-python-2", "worker-python", drip.url),
+            worker_entry("worker-python-3", "worker-python", redirect.url),
+            worker_entry("worker-python-4", "worker-python", markdown.url)])
+        result = fleet("status", "--json", "--outputs", str(outputs), env=aws_env(moto.url))
+        table = fleet("status", "--outputs", str(outputs), env=aws_env(moto.url))
+        assert huge.sent < 10_000_000  # the tool hung up long before the 2 GB
+    assert result.returncode == 0, result.stderr
+    errors = {row["name"]: row["health"]["error"] for row in json.loads(result.stdout)}
+    assert errors["worker-python-0"] == ""
+    assert errors["worker-python-1"] == "HTTP 200 a body over 65536 bytes"
+    assert errors["worker-python-2"] == "no complete answer within 4s"
+    assert errors["worker-python-3"] == "HTTP 302 redirect (not followed)"
+    assert table.returncode == 0, table.stderr
+    assert "[update" in table.stdout and "[sepia]" in table.stdout  # shown, not taken as markup

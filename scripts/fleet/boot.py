@@ -18,6 +18,7 @@ from scripts.fleet.errors import FleetError
 JSON_COMMAND = "cloud-init status --format json"
 LONG_COMMAND = "cloud-init status --long"
 MAX_DETAIL = 200  # one line in a table or an error message
+MAX_REPORT = 1_000_000  # a real report is a few KB
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
 
 
@@ -102,10 +103,10 @@ def read_boot(config: FleetConfig, worker: Worker) -> Boot:
     except FleetError as exc:
         return Boot("unknown", one_line(exc.message))
     try:
-        code, out, err = ssh.run(client, JSON_COMMAND, timeout=config.ssh_timeout)
+        code, out, err = ssh.run(client, JSON_COMMAND, config.ssh_timeout, MAX_REPORT)
         boot = from_json(out)
         if boot is None:
-            code, out, err = ssh.run(client, LONG_COMMAND, timeout=config.ssh_timeout)
+            code, out, err = ssh.run(client, LONG_COMMAND, config.ssh_timeout, MAX_REPORT)
             if code == 127 or "not found" in err:
                 return Boot("unknown", "cloud-init is not installed on the host")
             boot = from_long(out)

@@ -1,6 +1,8 @@
 """A worker's GET /healthz, read as the contract defines it (tests/contract/openapi.json)."""
 from __future__ import annotations
 
+import json
+import threading
 from dataclasses import dataclass, field
 
 import requests
@@ -29,10 +31,44 @@ class Health:
         return None
 
 
+MAX_HEALTH_BYTES = 64 * 1024  # a real /healthz is under 1 KB; a hostile one must not fill memory
+
+
+def _bounded_json(response: requests.Response):
+    """The body as JSON, read up to MAX_HEALTH_BYTES; ValueError when larger or not JSON."""
+    body = bytearray()
+    for chunk in response.iter_content(16384):
+        body += chunk
+        if len(body) > MAX_HEALTH_BYTES:
+            raise ValueError(f"a body over {MAX_HEALTH_BYTES} bytes")
+    return json.loads(body.decode("utf-8"))
+
+
 def check_health(url: str, timeout: float = 3) -> Health:
-    """One bounded GET of `url`/healthz; never raises for network or body faults."""
+    """GET `url`/healthz, the whole exchange within `timeout` + 1 seconds (a reply that drips
+    a byte at a time beats any per-read timeout); never raises for network or body faults.
+    A host that drips keeps a daemon thread until it stops; the caller moves on."""
+    result: list[Health] = []
+    probe = threading.Thread(target=lambda: result.append(_get_health(url, timeout)), daemon=True)
+    probe.start()
+    probe.join(timeout + 1)
+    return result[0] if result else Health(error=f"no complete answer within {timeout + 1:g}s")
+
+
+def _get_health(url: str, timeout: float) -> Health:
+    """One GET with per-read timeouts and a capped body. Redirects are not followed: a worker
+    answers its own /healthz."""
     try:
-        response = requests.get(f"{url}/healthz", timeout=timeout)
+        with requests.get(f"{url}/healthz", timeout=timeout, stream=True,
+                          allow_redirects=False) as response:
+            status = response.status_code
+            if response.is_redirect:
+                return Health(error=f"HTTP {status} redirect (not followed)")
+            try:
+                body = _bounded_json(response)
+            except (ValueError, RecursionError) as exc:
+                detail = str(exc) if str(exc).startswith("a body over") else "without a JSON body"
+                return Health(error=f"HTTP {status} {detail}")
     except requests.ConnectionError as exc:
         refused = "refused" in str(exc).lower()
         return Health(error="connection refused" if refused else "unreachable")
@@ -40,14 +76,10 @@ def check_health(url: str, timeout: float = 3) -> Health:
         return Health(error=f"no answer within {timeout:g}s")
     except requests.RequestException as exc:
         return Health(error=type(exc).__name__)
-    try:
-        body = response.json()
-    except ValueError:
-        return Health(error=f"HTTP {response.status_code} without a JSON body")
     if not isinstance(body, dict):
-        return Health(error=f"HTTP {response.status_code} with a non-object body")
+        return Health(error=f"HTTP {status} with a non-object body")
     operations = body.get("operations")
-    return Health(http_status=response.status_code, status=str(body.get("status", "")),
+    return Health(http_status=status, status=str(body.get("status", "")),
                   runtime=str(body.get("runtime", "")), version=str(body.get("version", "")),
                   build=str(body.get("build", "")),
                   operations=tuple(operations) if isinstance(operations, list) else ())

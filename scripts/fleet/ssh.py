@@ -126,8 +126,10 @@ def _open(client: paramiko.SSHClient, command: str) -> paramiko.Channel:
     return channel
 
 
-def run(client: paramiko.SSHClient, command: str, timeout: float = 120) -> tuple[int, str, str]:
-    """Run to completion within `timeout` seconds; returns (exit status, stdout, stderr)."""
+def run(client: paramiko.SSHClient, command: str, timeout: float = 120,
+        max_bytes: int | None = None) -> tuple[int, str, str]:
+    """Run to completion within `timeout` seconds; returns (exit status, stdout, stderr).
+    With `max_bytes`, more output than that ends the command (a host must not fill our memory)."""
     channel = _open(client, command)
     out, err = bytearray(), bytearray()
     deadline = time.monotonic() + timeout
@@ -141,6 +143,9 @@ def run(client: paramiko.SSHClient, command: str, timeout: float = 120) -> tuple
             busy = True
         if not busy and channel.exit_status_ready():
             break
+        if max_bytes is not None and len(out) + len(err) > max_bytes:
+            channel.close()
+            raise FleetError(f"remote command printed over {max_bytes} bytes: {command[:80]}")
         if time.monotonic() > deadline:
             channel.close()
             raise FleetError(f"remote command timed out after {timeout:g}s: {command[:80]}")
