@@ -330,7 +330,7 @@ def test_long_authorization_header_is_refused_fast(token_worker):
     for reply in replies:
         check_error(reply, (401, 431))
     slowest = max(reply.seconds for reply in replies)
-    assert slowest < 0.5, f"a long Authorization header took {slowest:.2f} s to refuse"
+    assert slowest < 1.0, f"a long Authorization header took {slowest:.2f} s to refuse"
 
 
 # ---------------------------------------------------------------- rules 4 and 5: magic bytes and bombs
