@@ -11,6 +11,7 @@ import json
 
 import pytest
 
+from scripts.fleet.boot import Boot
 from scripts.fleet.cli import main
 from tests.support.moto_server import REGION, aws_env, run_tagged_instance, start_moto_server
 from tests.support.fleet_cli import assert_one_error_line, run_fleet
@@ -273,3 +274,41 @@ def test_hostile_health_replies_are_bounded_and_shown_as_text(ec2, moto, python_
     assert errors["worker-python-3"] == "HTTP 302 redirect (not followed)"
     assert table.returncode == 0, table.stderr
     assert "[update" in table.stdout and "[sepia]" in table.stdout  # shown, not taken as markup
+
+
+# --- cloud-init reports, as each version prints them (the SSH path is in test_fleet_ssh.py)
+
+RUNCMD = "('scripts_user', RuntimeError('Runparts: 1 failures (runcmd) in 1 attempted commands'))"
+
+
+@pytest.mark.parametrize("text, state, detail", [
+    (json.dumps({"status": "error", "errors": [RUNCMD], "detail": "DataSourceEc2"}), "error", RUNCMD),
+    (json.dumps({"status": "error", "errors": [], "init": {"errors": ["stage error"]}}), "error",
+     "stage error"),
+    (json.dumps({"status": "error", "errors": []}), "error", "cloud-init reported an error, with no message"),
+    (json.dumps({"status": "done", "extended_status": "degraded done"}), "done", ""),
+    (json.dumps({"status": "running"}), "running", ""),
+    (json.dumps({"status": "not run"}), "not started", ""),
+    (json.dumps({"status": "disabled"}), "disabled", ""),
+    (json.dumps({"status": "weird\nvalue"}), "unknown", "cloud-init status 'weird value'"),
+])
+def test_cloud_init_json_reports(text, state, detail):
+    from scripts.fleet.boot import from_json
+    assert from_json(text) == Boot(state, detail)
+
+
+@pytest.mark.parametrize("text, state, detail", [
+    (f"status: error\ntime: Mon, 30 Nov 2026 01:00:00 +0000\ndetail:\n{RUNCMD}\n", "error", RUNCMD),
+    (f"status: error\nextended_status: error - done\ndetail: DataSourceEc2\nerrors:\n\t- {RUNCMD}\n"
+     "recoverable_errors: {}\n", "error", RUNCMD),
+    ("status: done\ntime: x\ndetail:\nDataSourceEc2\n", "done", ""),
+    ("", "unknown", "cloud-init status printed no status line"),
+])
+def test_cloud_init_long_reports(text, state, detail):
+    from scripts.fleet.boot import from_long
+    assert from_long(text) == Boot(state, detail)
+
+
+def test_not_json_is_not_a_report():
+    from scripts.fleet.boot import from_json
+    assert [from_json(t) for t in ("", "[]", '{"status": 1}', "[" * 100_000)] == [None] * 4

@@ -64,7 +64,7 @@ def _state(state: str) -> Boot:
         return Boot(state)
     if state == "not run":  # cloud-init before 23.x
         return Boot("not started")
-    return Boot("unknown", one_line(f"cloud-init status {state!r}"))
+    return Boot("unknown", f"cloud-init status {one_line(state)!r}")
 
 
 def from_json(text: str) -> Boot | None:
