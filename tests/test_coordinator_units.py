@@ -79,6 +79,52 @@ def test_config_bad_outputs_file(tmp_path, content):
         load_config(None, str(path), {})
 
 
+@pytest.mark.parametrize("content, words", [
+    (b"\xff\xfe{not utf-8", "is not UTF-8"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b" " * (2 << 20), "is over 1048576 bytes"),
+])
+def test_config_outputs_file_read_is_bounded(tmp_path, content, words):
+    """11.15: each was an uncaught UnicodeDecodeError / RecursionError / unbounded read (exit 1)."""
+    path = tmp_path / "outputs.json"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=words):
+        load_config(None, str(path), {})
+
+
+def test_config_outputs_file_that_is_a_device_is_refused():
+    with pytest.raises(ConfigError, match="/dev/zero is not a regular file"):
+        load_config(None, "/dev/zero", {})
+
+
+TOKEN_SECRET = "s3cret-value"
+
+
+@pytest.mark.parametrize("token", [f"{TOKEN_SECRET}\nX-Evil: 1", f"{TOKEN_SECRET}\r\nX: y", f"{TOKEN_SECRET} two",
+                                   f"{TOKEN_SECRET}\u00e9", TOKEN_SECRET * 400])
+def test_a_token_that_cannot_be_a_header_is_refused_without_echo(tmp_path, token):
+    """11.13: before, requests' InvalidHeader printed `Bearer s3cret\nX-...` on the CLI and the page."""
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={"COORDINATOR_WORKER_TOKEN": token})
+    assert "COORDINATOR_WORKER_TOKEN" in str(info.value) and TOKEN_SECRET not in str(info.value)
+    path = outputs_file(tmp_path, ["http://a:1"], token=token)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, path, {})
+    assert "worker_token" in str(info.value) and TOKEN_SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["http://user:pw-secret@10.0.0.1:5001", "http://pw-secret@10.0.0.1:5001/x",
+                                 "ftp://user:pw-secret@host:1"])
+def test_url_credentials_are_refused_and_never_shown(tmp_path, url):
+    """11.13: a user:pw@ worker URL was printed in full; workers take a bearer token, so the
+    URL is refused, and the message shows it redacted."""
+    for where, call in (("COORDINATOR_WORKERS", lambda: load_config(environ={"COORDINATOR_WORKERS": url})),
+                        ("--workers-file", lambda: load_config(None, outputs_file(tmp_path, [url]), {}))):
+        with pytest.raises(ConfigError) as info:
+            call()
+        assert where in str(info.value) and "pw-secret" not in str(info.value) and "***@" in str(info.value)
+
+
 def test_config_reads_pulumi_stack_when_the_cli_is_there(tmp_path):
     # A stand-in `pulumi` on PATH prints what `pulumi stack output --json --show-secrets` prints.
     fake = tmp_path / "bin" / "pulumi"
