@@ -407,19 +407,17 @@ class HealthProbe:
 # ---------------------------------------------------------------- socket helpers
 
 def _closed_by_peer(sock: socket.socket, statuses: list | None = None) -> bool:
-    """True when the peer has closed or reset; records a reply's status line when one arrived."""
+    """True when the peer has closed or reset. Whatever it sent first (a 408 or 401 reply, say)
+    is read and dropped, recording each reply's status in `statuses` when given."""
     try:
-        readable = select.select([sock], [], [], 0)[0]
-        if not readable:
-            return False
-        data = sock.recv(65536, socket.MSG_PEEK)
+        while select.select([sock], [], [], 0)[0]:
+            data = sock.recv(65536)
+            if not data:
+                return True
+            if statuses is not None and data.startswith(b"HTTP/1.") and len(data) >= 12:
+                statuses.append(int(data[9:12]))
     except (OSError, ValueError):
         return True
-    if not data:
-        return True
-    if statuses is not None and data.startswith(b"HTTP/1.") and len(data) >= 12:
-        statuses.append(int(data[9:12]))
-        sock.recv(65536)   # consume it, so the next peek sees only EOF
     return False
 
 
