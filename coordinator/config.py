@@ -25,6 +25,7 @@ TRANSPORTS = ("auto", "raw", "png", "webp-lossless", "jpeg-cut")
 WIRE_QUALITIES = ("lossless", "high")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OUTPUTS_MAX_BYTES = 1 << 20  # a stack-outputs file is a few KB
+HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+")  # a name, IPv4, or IPv6 (urlsplit drops its brackets)
 USERINFO = re.compile(r"(//)[^/@\s]*@")
 TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what an HTTP header value can carry as is
 TOKEN_MAX_CHARS = 4000  # the workers refuse an Authorization header over 4096 bytes
@@ -94,7 +95,7 @@ def normalize_url(url: str, where: str) -> str:
         parts.port
     except ValueError:
         raise ConfigError(f"{where}: {shown} has a bad port or host") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not HOST.fullmatch(parts.hostname or ""):
         raise ConfigError(f"{where}: {shown} is not an http(s)://host:port URL")
     if "@" in parts.netloc:
         raise ConfigError(f"{where}: {shown} holds a user:password@ part; workers take a bearer token "

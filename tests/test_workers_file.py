@@ -77,3 +77,23 @@ def test_a_broken_outputs_file_is_a_usage_error(tmp_path):
     path.write_text('{"workers": [{"url": "not a url"}]}')
     done = run_cli("workers", "--workers-file", str(path))
     assert_one_error_line(done, 2, "--workers-file")
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe not utf-8", b"[" * 100_000, None])
+def test_an_unreadable_outputs_file_is_a_usage_error_not_a_crash(tmp_path, content):
+    """11.15: non-UTF-8, nested 100k deep, /dev/zero: each was exit 1 with a Python error name."""
+    path = "/dev/zero" if content is None else str(tmp_path / "stack-outputs.json")
+    if content is not None:
+        (tmp_path / "stack-outputs.json").write_bytes(content)
+    done = run_cli("workers", "--workers-file", path)
+    assert_one_error_line(done, 2, "--workers-file")
+
+
+def test_a_token_with_a_line_break_is_refused_and_never_printed(outputs, tmp_path):
+    """11.13: before, requests' InvalidHeader message printed the token on the CLI."""
+    local = {**outputs, "worker_token": "tok-secret\nX-Injected: 1"}
+    path = tmp_path / "stack-outputs.json"
+    path.write_text(json.dumps(local))
+    done = run_cli("workers", "--workers-file", str(path))
+    assert_one_error_line(done, 2, "worker_token")
+    assert "tok-secret" not in done.stderr + done.stdout
