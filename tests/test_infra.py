@@ -267,7 +267,8 @@ def test_release_bucket_is_private_and_hosts_read_only_their_releases(default_ru
             "Effect": "Allow", "Action": "s3:GetObject",
             "Resource": f"arn:aws:s3:::releases-bucket-0001/{role}/*"}]}
         for role in ("worker-python", "worker-nodejs")}
-    profiles = {p.name: p.inputs["role"] for p in default_run.of_type("aws:iam/instanceProfile:InstanceProfile")}
+    profiles = {p.name: p.inputs["role"]
+                for p in default_run.of_type("aws:iam/instanceProfile:InstanceProfile")}
     assert profiles == {f"releases-{r}-host-profile": f"releases-{r}-host-role-0001"
                         for r in ("worker-python", "worker-nodejs")}
 

@@ -88,4 +88,5 @@ def test_the_page_is_pointed_at_the_chosen_ports_unless_a_worker_list_is_set():
         "http://127.0.0.1:6011,http://127.0.0.1:6012")
     fleet = {"COORDINATOR_WORKERS_FILE": "stack-outputs.json"}
     assert "COORDINATOR_WORKERS" not in local.page_env(fleet, chosen)
-    assert local.page_env({"COORDINATOR_WORKERS": "http://x:1"}, chosen)["COORDINATOR_WORKERS"] == "http://x:1"
+    chosen_by_user = local.page_env({"COORDINATOR_WORKERS": "http://x:1"}, chosen)
+    assert chosen_by_user["COORDINATOR_WORKERS"] == "http://x:1"
