@@ -498,6 +498,7 @@ def assert_refused_early(worker, method: str, path: str, headers: dict, status: 
     check_error(result.reply, status)
     assert result.reply.headers.get("connection", "").lower() == "close", result.reply.headers
     assert result.closed, f"the server never closed; it took all {result.accepted} bytes"
+    assert result.seconds < 3.0, f"the refused connection stayed open {result.seconds:.1f} s (rule: 1 s)"
     assert result.accepted <= EARLY_CLOSE_BOUND, (
         f"the server took {result.accepted} bytes of a refused body (bound {EARLY_CLOSE_BOUND})")
 
