@@ -6,9 +6,12 @@ developer's own `make run` is never touched; every run is bounded by a timeout.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -90,3 +93,42 @@ def test_the_page_is_pointed_at_the_chosen_ports_unless_a_worker_list_is_set():
     assert "COORDINATOR_WORKERS" not in local.page_env(fleet, chosen)
     chosen_by_user = local.page_env({"COORDINATOR_WORKERS": "http://x:1"}, chosen)
     assert chosen_by_user["COORDINATOR_WORKERS"] == "http://x:1"
+
+
+def test_run_points_the_page_at_the_chosen_worker_ports_and_ctrl_c_stops_all(tmp_path):
+    python_port, nodejs_port, page_port = free_port(), free_port(), free_port()
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("WORKER_PORT", "WORKER_TOKEN", *local.WORKER_SOURCES)}
+    env.update({"LOCAL_RUN_DIR": str(tmp_path / "run"), "PYTHON_WORKER_PORT": str(python_port),
+                "NODEJS_WORKER_PORT": str(nodejs_port), "COORDINATOR_PAGE_PORT": str(page_port)})
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.local", "run"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        page_pid = _wait_for_page(tmp_path / "run" / "page.pid", page_port, proc)
+        environ = Path(f"/proc/{page_pid}/environ").read_bytes().split(b"\0")
+        assert (f"COORDINATOR_WORKERS=http://127.0.0.1:{python_port},"
+                f"http://127.0.0.1:{nodejs_port}").encode() in environ
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+            runner("stop", tmp_path, timeout=60)
+    assert not list((tmp_path / "run").glob("*.pid"))
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{nodejs_port}/healthz", timeout=5)
+
+
+def _wait_for_page(pid_file: Path, port: int, proc: subprocess.Popen, timeout: float = 90) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        if pid_file.exists():
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).ok:
+                    return int(pid_file.read_text())
+            except requests.RequestException:
+                pass
+        time.sleep(0.3)
+    raise AssertionError(f"the page did not answer on {port} within {timeout}s")
