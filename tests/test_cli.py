@@ -411,11 +411,11 @@ def test_output_format_limits_refused_before_any_work(tmp_path, size, out, words
 
 
 def test_concurrent_jobs_are_bounded_by_pixels(python_worker, tmp_path):
-    """--jobs 4 of images each 0.8 x COORDINATOR_MAX_PIXELS: only two are admitted at once
-    (the budget is 2 x COORDINATOR_MAX_PIXELS). The worker never answers, so none finishes."""
+    """--jobs 4 of images each 0.4 x COORDINATOR_MAX_PIXELS: only two are admitted at once
+    (the budget is COORDINATOR_MAX_PIXELS). The worker never answers, so none finishes."""
     names = [str(tmp_path / f"in{index}.png") for index in range(4)]
     for name in names:
-        picture(name, 100, 80)
+        picture(name, 50, 80)
     with FaultProxy(python_worker.url, mode="blackhole") as proxy:
         proc = subprocess.Popen([sys.executable, "-m", "coordinator", "process", *names, "-o", f"{tmp_path}/out/",
                                  "--plan", "invert", "--strips", "1", "--jobs", "4", "--quiet", "--workers", proxy.url],
