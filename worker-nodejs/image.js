@@ -45,6 +45,7 @@ function refusedFormat(buf) {
   if (startsWith(buf, ascii('jP  '), 4)) return 'JPEG 2000';
   if (startsWith(buf, ascii('8BPS'))) return 'PSD';
   if (startsWith(buf, ascii('%PDF'))) return 'PDF';
+  if (startsWith(buf, ascii('%!PS')) || startsWith(buf, [0xc5, 0xd0, 0xd3, 0xc6])) return 'PostScript/EPS';
   if (startsWith(buf, ascii('qoif'))) return 'QOI';
   if (startsWith(buf, ascii('#?RADIANCE'))) return 'HDR';
   if (startsWith(buf, [0x76, 0x2f, 0x31, 0x01])) return 'EXR';

@@ -211,6 +211,10 @@ test('format sniffing: refused formats are 415, junk and truncation are 400', as
   const avif = Buffer.concat([Buffer.from([0, 0, 0, 0x1c]), Buffer.from('ftypavif')]);
   await assert.rejects(image.decodeImage(avif, { maxPixels: 100 }), { code: 'unsupported_type' });
   await assert.rejects(image.decodeImage(Buffer.from('plain text'), { maxPixels: 100 }), { code: 'bad_image', status: 400 });
+  // rule 4: PostScript, plain or DOS-EPS binary, is refused by magic bytes (Ghostscript is never run)
+  for (const eps of [Buffer.from('%!PS-Adobe-3.0 EPSF-3.0\n'), Buffer.from([0xc5, 0xd0, 0xd3, 0xc6, 0, 0, 0, 0])]) {
+    await assert.rejects(image.decodeImage(eps, { maxPixels: 100 }), { code: 'unsupported_type', status: 415 });
+  }
   const png = await sharp(Buffer.alloc(300, 9), { raw: { width: 10, height: 10, channels: 3 } }).png().toBuffer();
   await assert.rejects(image.decodeImage(png.subarray(0, png.length - 20), { maxPixels: 100 }), { code: 'bad_image' });
 });
