@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from coordinator import imaging
 from coordinator.config import CoordinatorConfig
 from coordinator.discovery import discover
 from coordinator.engine import run_job
@@ -331,3 +332,92 @@ def test_a_worker_that_reads_the_upload_late_is_not_failed_by_the_connect_timeou
         assert late.requests["/process"] == 1
     assert np.array_equal(result.pixels, 255 - pixels)
     assert result.strips[0].attempts == 1 and not result.strips[0].failovers
+
+
+# -- the largest accepted input, on every transport (issue 12, item 1) -------------------------
+
+LARGEST = (5000, 10000)  # 50 MP: COORDINATOR_MAX_PIXELS and the workers' WORKER_MAX_PIXELS
+
+
+def flat_rows(height: int, width: int) -> np.ndarray:
+    """Each row one colour: cheap to make and to compress with every codec, yet every row differs."""
+    rows = np.arange(height, dtype=np.uint32)
+    colours = np.stack([rows % 251, (rows * 7) % 253, (rows * 13) % 255], axis=1).astype(np.uint8)
+    return np.broadcast_to(colours[:, None, :], (height, width, 3))
+
+
+@pytest.mark.parametrize("transport", ["raw", "png", "webp-lossless", "jpeg-cut"])
+def test_the_largest_input_goes_through_at_the_default_strips(local_fleet, transport):
+    """12.1: at 2 strips a 50 MP strip's raw body is 75 MB, over the workers' advertised 50 MB:
+    before, HTTP 413 and exit 3. Now every request is sized from the workers' max_bytes and
+    max_pixels, so nothing is refused, on every transport."""
+    from coordinator import codecs
+
+    height, width = LARGEST
+    pixels = flat_rows(height, width)
+    if transport == "jpeg-cut":
+        if codecs.jpegtran_path() is None:
+            from tests.conftest import skip_or_fail
+            skip_or_fail("jpegtran not installed (Debian package libjpeg-turbo-progs)")
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, "JPEG", quality=90)
+        data, pixels = buffer.getvalue(), None
+        decoded = imaging.decode_pixels(data, 50_000_000)
+    else:
+        data, decoded = b"", np.ascontiguousarray(pixels)
+    statuses = discover(config_for(local_fleet))
+    assert all(s.max_bytes == 50_000_000 and s.max_pixels == 50_000_000 for s in statuses)
+    result = run_job(data, config_for(local_fleet, transport=transport, read_timeout=120), plan="invert",
+                     strips=2, pixels=None if transport == "jpeg-cut" else decoded, workers=statuses)
+    assert len(result.strips) == 2 and all(s.attempts == 1 and not s.failovers for s in result.strips)
+    assert max(s.bytes_sent for s in result.strips) > 0
+    assert np.array_equal(result.pixels, 255 - decoded)
+
+
+@pytest.mark.parametrize("transport", ["raw", "png", "webp-lossless", "jpeg-cut"])
+def test_no_request_is_over_a_small_workers_advertised_limits(worker_factory, transport):
+    """12.1 at small scale: a worker advertising 200 KB / 100 kpx gets pieces it accepts, on
+    every transport, with a blur halo too (noise, so a compressed piece may come out bigger
+    than raw and must fall back). Before: one 720 KB body and HTTP 413."""
+    from coordinator import codecs
+
+    small = worker_factory("python", {"WORKER_MAX_BYTES": "200000", "WORKER_MAX_PIXELS": "100000"})
+    pixels = np.random.default_rng(4).integers(0, 256, (600, 400, 3), dtype=np.uint8)
+    data = b""
+    if transport == "jpeg-cut":
+        if codecs.jpegtran_path() is None:
+            from tests.conftest import skip_or_fail
+            skip_or_fail("jpegtran not installed (Debian package libjpeg-turbo-progs)")
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
+        data = buffer.getvalue()
+        pixels = imaging.decode_pixels(data, 10**6)
+    config = config_for([small.url], transport=transport)
+    for plan, wanted in (("invert", 255 - pixels),
+                         ("blur", np.asarray(Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(2))))):
+        result = run_job(data, config, plan=plan, strips=1, pixels=None if data else pixels)
+        assert np.array_equal(result.pixels, wanted), plan
+        assert result.strips[0].attempts == 1 and not result.strips[0].failovers
+    assert "too_large" not in small.log_text() and "too_many_pixels" not in small.log_text()
+
+
+def test_piece_ranges_follow_the_worker_limits_and_carry_their_halo():
+    from coordinator.discovery import WorkerStatus
+    from coordinator.engine import StripFailed, piece_ranges
+    from coordinator.plan import Strip
+
+    strip = Strip(1, 100, 400, 6, 6, "blur")
+    worker = WorkerStatus("http://w", True, max_bytes=32 + 3 * 10 * 62, max_pixels=10**6)  # 62 rows of 10 px
+    pieces = piece_ranges(strip, "raw", width=10, height=500, worker=worker, halo=6)
+    assert [p.fill_top for p in pieces][0] == 100 and pieces[-1].fill_bottom == 400
+    assert all(a.fill_bottom == b.fill_top for a, b in zip(pieces, pieces[1:]))  # every row once
+    assert all((p.send_top, p.send_bottom) == (p.fill_top - 6, p.fill_bottom + 6) for p in pieces)
+    assert all(p.send_bottom - p.send_top <= 62 for p in pieces) and len(pieces) == 6
+    tiny = WorkerStatus("http://w", True, max_bytes=100, max_pixels=10**6)
+    with pytest.raises(StripFailed, match="too small"):
+        piece_ranges(strip, "raw", width=10, height=500, worker=tiny, halo=6)
+    # over a compressed wire a pointwise strip is split for overlap; raw and halo ops are not
+    point = Strip(0, 0, 3000, 0, 0, "invert")
+    roomy = WorkerStatus("http://w", True)
+    assert len(piece_ranges(point, "png", 10, 3000, roomy)) == 3
+    assert len(piece_ranges(point, "raw", 10, 3000, roomy)) == 1
