@@ -3,11 +3,9 @@
 
 const v8 = require('node:v8');
 const vm = require('node:vm');
-const sharp = require('sharp');
 
 const { loadConfig, ConfigError } = require('./config');
 const { createLogger } = require('./log');
-const { buildApp, createServer } = require('./app');
 
 /**
  * A full GC after a request that moved megabytes. Its Buffers live outside the V8 heap, so
@@ -50,8 +48,11 @@ function main() {
   const logger = createLogger({ level: config.logLevel });
   // Each request's libvips pipelines run on libuv's thread pool (default 4 threads): leave
   // room beyond WORKER_MAX_INFLIGHT for the health self-check, so it is never queued behind
-  // every request. Read by libuv when the pool first starts, i.e. after this line.
+  // every request. libuv reads this when the pool starts, which loading sharp does: so sharp
+  // and the app (which loads it) are required only after this line.
   process.env.UV_THREADPOOL_SIZE ??= String(Math.min(1024, Math.max(4, config.maxInflight + 2)));
+  const sharp = require('sharp');
+  const { buildApp, createServer } = require('./app');
   lastResortLogging(logger);
 
   // A t2.micro has 1 GiB: libvips' operation cache only holds memory we never reuse,
