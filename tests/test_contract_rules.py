@@ -22,7 +22,7 @@ from referencing.jsonschema import DRAFT7
 
 from tests.support import hostile_client as hostile
 from tests.support.hostile_client import HealthProbe, Reply, Target
-from tests.support.procs import ROOT, RUNTIMES
+from tests.support.procs import ROOT, RUNTIMES, start_worker
 
 SPEC = json.loads((ROOT / "tests" / "contract" / "openapi.json").read_text())
 SCHEMAS = Registry().with_resource("urn:openapi", DRAFT7.create_resource(SPEC))
@@ -524,6 +524,19 @@ def test_healthz_shows_pixel_admission_defaults(any_worker):
     assert body.get("inflight_pixels") == 0, body
 
 
+@pytest.mark.parametrize("value", ["0", "lots", "-5"])
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_bad_inflight_pixels_setting_stops_start_up(tmp_path, runtime, value):
+    worker = start_worker(runtime, tmp_path, {"WORKER_MAX_INFLIGHT_PIXELS": value}, wait=False)
+    try:
+        code = worker.proc.wait(timeout=20)
+    finally:
+        worker.stop()
+    lines = [line for line in worker.log_text().splitlines() if line.strip()]
+    assert code == 2, worker.log_text()[-500:]
+    assert len(lines) == 1 and "WORKER_MAX_INFLIGHT_PIXELS" in lines[0], lines
+
+
 class HeldReply:
     """An admitted request whose big raw reply we do not read (a tiny receive window), so the
     worker must keep its slot and pixels while it waits to write the rest."""
@@ -559,6 +572,7 @@ def test_pixel_admission_holds_until_the_reply_is_gone(admission_worker):
         body = health(admission_worker)
         assert body.get("max_inflight_pixels") == 6_000_000, body
         assert body.get("inflight_pixels") == width * height, body
+        check_error(post_query(admission_worker, "op=invert", flat_png(width, height)), 503, "busy")
         check_error(post_query(admission_worker, "op=invert", vector("photo.png")), 503, "busy")
     finally:
         held.close()
