@@ -12,6 +12,7 @@ import ctypes
 import errno
 import os
 import secrets
+import stat
 import sys
 import threading
 import time
@@ -264,12 +265,16 @@ def prepare_outputs(targets: list[Target]) -> None:
 # -- writing ------------------------------------------------------------------------------------
 
 def write_atomic(path: Path, data: bytes, replace: bool = True) -> None:
-    """Write beside the target, then rename: readers never see a half-written file. The file is
-    created by the umask like any other. With replace=False an existing target is kept, even one
-    that appeared during the run (FileExistsError)."""
+    """Write beside the target, then rename: readers never see a half-written file. A new file
+    gets its mode from the umask like any other; a replaced one keeps its mode. With
+    replace=False an existing target is kept, even one that appeared during the run
+    (FileExistsError)."""
     temp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
+        with contextlib.suppress(FileNotFoundError):
+            if replace:
+                os.fchmod(descriptor, stat.S_IMODE(os.stat(path).st_mode))
         with open(descriptor, "wb") as handle:
             handle.write(data)
         publish(temp, path, replace)

@@ -273,10 +273,12 @@ def test_an_existing_output_needs_overwrite(local_fleet, tmp_path):
     done = run_cli("process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), *fleet_args(local_fleet))
     assert_one_error_line(done, 2, "exists; pass --overwrite")
     assert (tmp_path / "out.png").read_bytes() == b"precious"
+    (tmp_path / "out.png").chmod(0o640)
     done = run_cli("process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--overwrite",
-                   "--plan", "invert", *fleet_args(local_fleet))
+                   "--plan", "invert", *fleet_args(local_fleet), preexec_fn=lambda: os.umask(0o022))
     assert done.returncode == 0, done.stderr
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), 255 - pixels)
+    assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == 0o640  # a replaced file keeps its mode
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
@@ -471,3 +473,12 @@ def test_progress_bar_reaches_the_total_when_an_input_fails(local_fleet, tmp_pat
         os.close(controller)
     text = shown.decode(errors="replace")
     assert "8/8" in text and "Traceback" not in text, text
+
+
+def test_pixel_budget_always_admits_one_job():
+    budget = cli.PixelBudget(10)
+    with budget.hold(100):  # over the budget alone: runs rather than waits forever
+        assert budget.used == 100
+    with budget.hold(6), budget.hold(4):
+        assert budget.used == 10
+    assert budget.used == 0
