@@ -18,6 +18,10 @@ ALPHA_FORMATS = ("png", "webp", "tiff")  # the others get the result flattened o
 # Largest width or height a format can store: WebP keeps 14 bits per side, JPEG 16.
 MAX_SIDE = {"webp": 16383, "jpeg": 65535}
 ORIENTATION_TAG = 0x0112
+# The worker contract's input formats; Image.open tries no other plugin (an EPS named .png must
+# never reach Ghostscript). Replies come back as PPM (read by decode_ppm), PNG, JPEG or WebP.
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF", "PPM")
+REPLY_FORMATS = ("PNG", "JPEG", "WEBP")
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # One whitespace byte ends the header; workers write no comments.
 PPM_HEADER = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+(\d+)\s")
@@ -47,7 +51,7 @@ def load_image(data: bytes, max_pixels: int) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
         except Image.DecompressionBombError as exc:
             found = re.search(r"\((\d+) pixels\)", str(exc))
             count = found.group(1) if found else "far more"
@@ -98,7 +102,7 @@ def probe_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) as displayed (EXIF orientation applied), read from the header without
     decoding; None when the header is unreadable (decoding then says why)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=INPUT_FORMATS) as image:
             width, height = image.size
             try:
                 turned = image.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8)
@@ -171,7 +175,7 @@ def decode_any(data: bytes, expected_size: tuple[int, int] | None = None, gray_o
     if data[:2] == b"P6":
         return decode_ppm(data)
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=REPLY_FORMATS) as image:
             if expected_size is not None and image.size != tuple(expected_size):
                 width, height = image.size
                 raise ValueError(f"reply declares {width}x{height}, expected {expected_size[0]}x{expected_size[1]}")
