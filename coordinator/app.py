@@ -89,8 +89,8 @@ def favicon() -> Image.Image:
     return icon
 
 
-def workers_panel(config: CoordinatorConfig):
-    """(statuses, the panel's placeholder): the panel is redrawn after a job that saw a failure."""
+def workers_panel(config: CoordinatorConfig) -> list:
+    """The sidebar's worker cards; the page reruns with a fresh check after a job that saw a failure."""
     with st.sidebar:
         st.header("Workers")
         if st.button("Refresh", icon=":material/refresh:", key="refresh_workers"):
@@ -98,7 +98,7 @@ def workers_panel(config: CoordinatorConfig):
         box = st.empty()
     statuses = cached_discover(config)
     draw_workers(box, config, statuses)
-    return statuses, box
+    return statuses
 
 
 # ---------------------------------------------------------------- upload
@@ -419,10 +419,9 @@ def timings(result) -> None:
                  height=chart_height(len(result.strips)))
 
 
-def show_outcome(upload: dict, config: CoordinatorConfig, choice: dict, replay_log: bool) -> None:
+def show_outcome(upload: dict, config: CoordinatorConfig, choice: dict) -> None:
     """Original and result side by side, plus timing and download; reruns reuse the stored outcome."""
     outcome = st.session_state.get("outcome") or {}
-    show_notes(outcome, choice, replay_log)
     result = outcome.get("result")
     overlay = st.checkbox("Outline strips with their worker and time", key="overlay",
                           disabled=result is None)
@@ -460,9 +459,10 @@ def main() -> None:
     except ConfigError as exc:
         st.error(f"Configuration: {exc}", icon=":material/settings:")
         return
-    statuses, panel = workers_panel(config)
-    reachable = any(status.ok for status in statuses)
-    if not reachable:
+    if st.session_state.pop("refresh_workers_now", False):
+        cached_discover.clear()
+    statuses = workers_panel(config)
+    if not any(status.ok for status in statuses):
         st.warning(NO_WORKER_HELP, icon=":material/cloud_off:")
     try:
         upload, uploaded = read_upload(config)
@@ -474,22 +474,49 @@ def main() -> None:
         return
     st.caption(f"**{escape_markdown(upload['name'])}** · "
                f"{image_summary(upload['width'], upload['height'], upload['size'])}")
+    workbench(upload, uploaded, config, statuses)
+
+
+@st.fragment
+def workbench(upload: dict, uploaded, config: CoordinatorConfig, statuses: list) -> None:
+    """Controls, Process and the result, as a fragment: a control change reruns only this part.
+    That is what keeps Download working on the first click (issue 12.4): every full run drops
+    the previous run's media references, and a run cut short by the next keypress (a keyboard
+    slider reruns on every step) never registers the download again, so two such runs in a row
+    deleted the file the button still pointed at; a fragment run keeps the references."""
+    try:
+        workbench_body(upload, uploaded, config, statuses)
+    except Exception as exc:  # noqa: BLE001 - a fragment rerun is not inside main()'s catch
+        last_resort(exc)
+
+
+def workbench_body(upload: dict, uploaded, config: CoordinatorConfig, statuses: list) -> None:
+    reachable = any(status.ok for status in statuses)
     choice = controls(upload, statuses)
     processed_now = st.button("Process", type="primary", icon=":material/play_arrow:", key="process",
                               disabled=not reachable,
                               help=None if reachable else "No worker is reachable: see the note above.")
-    if processed_now:
-        known = {status.url: status.runtime for status in statuses if status.runtime}
-        if process(upload, uploaded, config, choice, known):
-            cached_discover.clear()  # a worker failed during the job: show the panel as it is now
-            draw_workers(panel, config, cached_discover(config))
-    show_outcome(upload, config, choice, replay_log=not processed_now)
+    with st.container():  # what varies from run to run (progress, notes): later elements keep their place
+        if processed_now:
+            known = {status.url: status.runtime for status in statuses if status.runtime}
+            if process(upload, uploaded, config, choice, known):
+                # A worker failed during the job: redraw the whole page, the workers panel
+                # from a fresh health check (the panel is outside this fragment).
+                st.session_state["refresh_workers_now"] = True
+                st.rerun(scope="app")
+        show_notes(st.session_state.get("outcome") or {}, choice, replay_log=not processed_now)
+    show_outcome(upload, config, choice)
 
 
-try:
-    main()
-except Exception as exc:  # last resort: one line on the page, the traceback in the log
+def last_resort(exc: Exception) -> None:
+    """One line on the page, the traceback in the log."""
     log.exception("page error")
     first_line = (str(exc).splitlines() or [""])[0]
     st.error(f"Something went wrong ({type(exc).__name__}: {escape_markdown(first_line)}). "
              "The details are in the page's log; the page still works.", icon=":material/bug_report:")
+
+
+try:
+    main()
+except Exception as exc:  # noqa: BLE001 - last resort
+    last_resort(exc)
