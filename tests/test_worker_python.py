@@ -839,3 +839,33 @@ def test_reply_holds_its_pixels_until_written_or_gone(worker_factory):
         health = requests.get(worker.url + "/healthz", timeout=5).json()
         time.sleep(0.2)
     assert (health["inflight"], health["inflight_pixels"]) == (0, 0)
+
+
+def test_paced_socket_bounds_reads_and_writes():
+    """Rule 9/10: a body or a reply slower than 64 KiB/s after 10 s is cut off."""
+    from worker_python import wire
+
+    clock = FakeClock()
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        paced = wire.PacedSocket(ours, clock)
+        theirs.sendall(b"abc")
+        assert paced.recv(10) == b"abc"
+        clock.now += wire.ALLOWANCE_SECONDS + 1
+        theirs.sendall(b"late")
+        assert paced.recv(10) == b""  # past the bound: seen as the end of the body
+        fresh = wire.PacedSocket(ours, clock)
+        fresh.sendall(b"x" * 1000)  # inside the allowance
+        clock.now += wire.ALLOWANCE_SECONDS + (8 << 20) / wire.MIN_BYTES_PER_SECOND + 1
+        started = time.monotonic()
+        with pytest.raises(wire.ReplyTooSlow):
+            fresh.sendall(b"x" * (8 << 20))  # nobody reads: the kernel buffers fill
+        assert time.monotonic() - started < 5
+        assert ours.gettimeout() is None
+
+
+def test_healthz_with_a_body_closes_instead_of_draining(python_worker):
+    with connect(python_worker) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\nx")
+        answer, closed_after = read_until_closed(sock, 8)
+    assert answer.startswith(b"HTTP/1.1 200") and b"Connection: close" in answer and closed_after < 4

@@ -178,6 +178,8 @@ def create_app(settings: Settings, self_check: Callable[[], None] = imaging.self
             body["reason"] = reason
         response = jsonify(body)
         response.status_code = 200 if status == "ok" else 503
+        if request.content_length or "Transfer-Encoding" in request.headers:
+            response.headers["Connection"] = "close"  # never hold a health thread draining a body
         return response
 
     # no automatic OPTIONS: rule 7, any method but POST is 405 with Allow: POST

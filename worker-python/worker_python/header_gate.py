@@ -100,6 +100,9 @@ class HeaderGatedThreadWorker(ThreadWorker):
         conn.sock = conn.parser.unreader.sock = paced
         try:
             return super().handle_request(req, conn)
+        except wire.ReplyTooSlow:  # the slot was freed when the reply closed
+            get_logger().info("reply read too slowly; connection closed")
+            return False
         finally:
             conn.sock = conn.parser.unreader.sock = raw
 

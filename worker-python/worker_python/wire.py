@@ -29,6 +29,10 @@ _PARSE_ERRORS = (
 )
 
 
+class ReplyTooSlow(OSError):
+    """The client read its reply slower than the contract's bound; the connection is closed."""
+
+
 def json_error_reply(status: int, code: str, message: str) -> bytes:
     """A whole HTTP/1.1 error reply with the contract's JSON body, closing the connection."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
@@ -50,7 +54,7 @@ def classify_parse_error(exc: BaseException) -> tuple[int, str, str]:
 class PacedSocket:
     """The connection's socket, with the contract's rate bounds on reading the body and on
     writing the reply. Reads past the bound see end-of-file (the parser then reports a body
-    that ended early); a write past it raises socket.timeout, which closes the connection."""
+    that ended early); a write past it raises ReplyTooSlow, which closes the connection."""
 
     def __init__(self, sock: socket.socket, clock=time.monotonic):
         self._sock, self._clock = sock, clock
@@ -86,6 +90,8 @@ class PacedSocket:
         self._sock.settimeout(max(remaining, 0.001))
         try:
             self._sock.sendall(data)
+        except (socket.timeout, TimeoutError):
+            raise ReplyTooSlow(f"reply not read at {MIN_BYTES_PER_SECOND} bytes/s") from None
         finally:
             self._sock.settimeout(None)
         self._sent += len(data)
