@@ -196,3 +196,31 @@ def test_a_worker_that_died_is_named_in_the_result_and_the_panel(worker_factory,
             shot(page, "page-worker-died.png")
     finally:
         server.stop()
+
+
+def test_a_control_changed_while_a_job_runs_keeps_the_job(page_server):
+    """Issue 12.6: the controls live in a fragment, whose reruns wait for the running job (a full
+    rerun used to stop it silently). The job finishes, and its result is marked out of date."""
+    with chromium_page(viewport=(1400, 2200)) as page:
+        page.goto(page_server.url)
+        page.get_by_text("Upload an image to start").wait_for(timeout=30_000)
+        page.locator('input[type="file"]').set_input_files(files=[{
+            "name": "slow.png", "mimeType": "image/png", "buffer": encoded(colourful_image(3000, 2000), "PNG")}])
+        page.get_by_text("One operation for every strip").click()
+        page.get_by_test_id("stSelectbox").first.click()
+        page.get_by_role("option", name="blur").click()
+        radius = page.get_by_role("slider").nth(1)  # strips, then the blur radius under the op
+        radius.wait_for(timeout=30_000)
+        radius.focus()
+        page.keyboard.press("End")  # radius 50: a job of a few seconds
+        page.get_by_role("button", name=re.compile("Process")).click()
+        page.get_by_text(re.compile(r"^Processing: ")).first.wait_for(timeout=30_000)
+        strips = page.get_by_role("slider").first
+        strips.focus()
+        page.keyboard.press("ArrowRight")
+        page.get_by_text(re.compile(r"^Out of date: .*you changed strips 2 → 3")).wait_for(timeout=RESULT_TIMEOUT_MS)
+        page.get_by_text(re.compile(r"^Earlier result \(out of date\) · 3,000×2,000 px · all 2 strips blur "
+                                    r"\(radius 50\)")).wait_for(timeout=10_000)
+        assert page.get_by_text("was cancelled").count() == 0
+        wait_until_idle(page)
+        shot(page, "page-changed-while-running.png")
