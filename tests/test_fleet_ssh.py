@@ -408,10 +408,7 @@ def cloud_init_says(host: Host, report: dict | None = None, long_text: str = "",
 
 
 def status_row(host: Host, moto, *extra: str) -> dict:
-    result = fleet("status", "--json", *extra, *host.flags(), env=aws_env(moto.url))
-    assert result.returncode == 0, result.stderr
-    (row,) = json.loads(result.stdout)
-    return row
+    return status_row_with(host, moto, [*extra, *host.flags()])
 
 
 def test_status_shows_a_failed_first_boot_though_healthz_answers(booted, moto):
@@ -474,3 +471,21 @@ def test_without_an_ssh_key_or_with_no_boot_check_cloud_init_is_not_asked(booted
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["boot"] is None
     assert booted.calls("cloud-init") == []
+
+
+def test_an_unreachable_ssh_port_is_forgiven_unless_the_boot_check_was_asked_for(booted, moto):
+    closed = booted.flags(port=free_port())
+    row = status_row_with(booted, moto, closed)
+    assert row["boot"]["state"] == "unknown" and "connection refused" in row["boot"]["detail"]
+    assert row["ready"] is True  # default (key given): shown, but /healthz decides
+    strict = status_row_with(booted, moto, ["--boot-check", *closed])
+    assert strict["ready"] is False
+    first_gap = strict["missing"][0]
+    assert first_gap.startswith("boot unknown: ssh ") and "connection refused" in first_gap
+
+
+def status_row_with(host: Host, moto, flags: list[str]) -> dict:
+    result = fleet("status", "--json", *flags, env=aws_env(moto.url))
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)
+    return row

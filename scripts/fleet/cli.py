@@ -31,6 +31,7 @@ class Row:
     expected_runtime: str = ""
     health: object = None
     boot: object = None        # scripts.fleet.boot.Boot when cloud-init was asked, else None
+    boot_strict: bool = False  # an unknown boot counts as a gap (--boot-check given)
 
     def missing(self) -> list[str]:
         """Everything that keeps this worker from being ready, in the order it is needed."""
@@ -42,7 +43,8 @@ class Row:
         elif self.checks != "ok":
             gaps.append(f"status checks: {self.checks}")
         if self.boot is not None and self.boot.problem():
-            gaps.append(self.boot.problem())
+            if self.boot.state != "unknown" or self.boot_strict:
+                gaps.append(self.boot.problem())
         if self.health is None:
             gaps.append("no url in the outputs file")
         else:
@@ -109,7 +111,7 @@ def collect(config: FleetConfig, boot_done: frozenset[str] = frozenset()) -> lis
         healths = pool.map(lambda r: check_health(r.url) if r.url else None, rows)
         boots = pool.map(boot_of, rows)
         for row, health, boot in zip(rows, healths, boots):
-            row.health, row.boot = health, boot
+            row.health, row.boot, row.boot_strict = health, boot, config.boot_strict
     return rows
 
 
@@ -250,8 +252,9 @@ def _at_least_two(value: str) -> int:
 
 def _boot_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--boot-check", action=argparse.BooleanOptionalAction, default=None,
-                        help="also read `cloud-init status` over SSH and show a failed first boot "
-                             "(default: on when --ssh-key / FLEET_SSH_KEY is set)")
+                        help="also read `cloud-init status` over SSH and show a failed first boot; "
+                             "given, a host SSH cannot reach is not ready (default: on when "
+                             "--ssh-key / FLEET_SSH_KEY is set, forgiving unreachable hosts)")
 
 
 def build_parser() -> argparse.ArgumentParser:

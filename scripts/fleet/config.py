@@ -53,7 +53,8 @@ class FleetConfig:
     endpoint_url: str | None
     remote_root: str
     source_root: Path | None
-    boot_check: bool = False  # also ask cloud-init over SSH (status, wait)
+    boot_check: bool = False   # also ask cloud-init over SSH (status, wait)
+    boot_strict: bool = False  # an unknown boot (SSH failed) keeps a worker from being ready
 
     def worker(self, name: str) -> Worker:
         for worker in self.workers:
@@ -151,10 +152,11 @@ def _local_path(value: str, where: str) -> Path:
     return Path(values.path_text(value, where)).expanduser()
 
 
-def _boot_check(args, ssh_key) -> bool:
-    """Ask cloud-init over SSH: when told to, else whenever an SSH key is configured."""
+def _boot_check(args, ssh_key) -> tuple[bool, bool]:
+    """(ask cloud-init over SSH, and count a host SSH cannot reach as not ready): both when
+    --boot-check is given; with an SSH key alone, ask but forgive an unreachable host."""
     chosen = getattr(args, "boot_check", None)
-    return bool(ssh_key) if chosen is None else chosen
+    return (bool(ssh_key), False) if chosen is None else (chosen, chosen)
 
 
 def load_config(args, environ=os.environ) -> FleetConfig:
@@ -195,5 +197,6 @@ def load_config(args, environ=os.environ) -> FleetConfig:
         endpoint_url=getattr(args, "endpoint_url", None) or environ.get("AWS_ENDPOINT_URL") or None,
         remote_root=remote_root,
         source_root=Path(source_root).resolve() if source_root else None,
-        boot_check=_boot_check(args, ssh_key),
+        boot_check=_boot_check(args, ssh_key)[0],
+        boot_strict=_boot_check(args, ssh_key)[1],
     )
