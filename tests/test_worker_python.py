@@ -869,3 +869,20 @@ def test_healthz_with_a_body_closes_instead_of_draining(python_worker):
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\nx")
         answer, closed_after = read_until_closed(sock, 8)
     assert answer.startswith(b"HTTP/1.1 200") and b"Connection: close" in answer and closed_after < 4
+
+
+def test_pipelined_half_request_waits_at_the_gate_not_in_a_thread(worker_factory):
+    """A whole request followed by half of the next one: the half must not hold a thread."""
+    worker = worker_factory("python", {"WORKER_MAX_INFLIGHT": "1"})  # 3 threads
+    socks = [connect(worker) for _ in range(6)]
+    try:
+        for sock in socks:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(0.5)
+        assert health_seconds(worker) < 2.5
+        body = (VECTORS / "inputs" / "photo.png").read_bytes()
+        response = requests.post(worker.url + "/process", data=body, headers={"Content-Type": "image/png"}, timeout=4)
+        assert response.status_code == 200
+    finally:
+        for sock in socks:
+            sock.close()

@@ -82,7 +82,15 @@ class HeaderGatedThreadWorker(ThreadWorker):
         self._wait_for_headers(conn)
 
     def enqueue_req(self, conn) -> None:
-        pool = self.health_pool if getattr(conn, "for_health", False) else self.tpool
+        """Hand a connection whose next request's headers are buffered to a thread: /healthz
+        to the health pool, anything else to gunicorn's. A pipelined request with incomplete
+        headers goes back to the gate instead (a thread would block reading them)."""
+        buffered = conn.parser.unreader.buf.getvalue() if conn.parser is not None else b""
+        if buffered and len(buffered) < HEADER_LIMIT_BYTES and not any(end in buffered for end in _HEADER_ENDS):
+            self._wait_for_headers(conn, conn.parser.unreader.take_buffered())
+            return
+        conn.for_health = buffered[:16].startswith(_HEALTH_REQUESTS)
+        pool = self.health_pool if conn.for_health else self.tpool
         future = pool.submit(self.handle, conn)
         future.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
 
@@ -124,9 +132,9 @@ class HeaderGatedThreadWorker(ThreadWorker):
 
     # ------------------------------------------------------------ header gate
 
-    def _wait_for_headers(self, conn: TConn) -> None:
+    def _wait_for_headers(self, conn: TConn, received: bytes = b"") -> None:
         conn.sock.setblocking(False)
-        self.header_waiting[conn] = (time.monotonic() + HEADER_TIMEOUT_SECONDS, bytearray())
+        self.header_waiting[conn] = (time.monotonic() + HEADER_TIMEOUT_SECONDS, bytearray(received))
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_header_bytes, conn))
 
     def _on_header_bytes(self, conn: TConn, sock) -> None:
@@ -145,7 +153,6 @@ class HeaderGatedThreadWorker(ThreadWorker):
             return
         self.poller.unregister(sock)
         del self.header_waiting[conn]
-        conn.for_health = bytes(received[:16]).startswith(_HEALTH_REQUESTS)
         # the parser's buffer is empty here: gunicorn re-queues a connection with buffered
         # bytes directly (finish_request), without waiting for the socket to be readable
         conn.parser.unreader.unread(bytes(received))
