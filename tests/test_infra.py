@@ -212,6 +212,14 @@ def test_new_user_data_replaces_the_instance(nodes):
 
 
 @pulumi.runtime.test
+def test_each_instance_gets_the_profile_of_its_own_role(nodes):
+    def check(profiles):
+        assert profiles == [f"releases-{n.role}-host-profile-0001" for n in nodes]
+        assert len(set(profiles)) == 2  # two roles, two profiles: none shared
+    return pulumi.Output.all(*[n.instance.iam_instance_profile for n in nodes]).apply(check)
+
+
+@pulumi.runtime.test
 def test_user_data_is_secret_because_it_holds_the_token():
     namespace = run_program(BASE).namespace
     def check(flags):
