@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 READ_CHUNK = 1 << 20
+SEND_CHUNK = 1 << 16  # each piece's sendall waits at most the silence bound
 
 
 @dataclass(frozen=True)
@@ -189,9 +190,12 @@ class Transport:
         try:
             if connection.sock is None:
                 connection.connect()
-                connection.sock.settimeout(limits.idle)  # sending is bounded by silence, not connect
+            connection.sock.settimeout(limits.idle)  # sending is bounded by silence, not connect
             live.attach(connection.sock)
-            connection.request(method, target, body=body, headers=headers or {})
+            headers = dict(headers or {})
+            if body is not None:  # in pieces: one sendall's timeout bounds all of it, not silence
+                headers["Content-Length"] = str(len(body))
+            connection.request(method, target, body=None if body is None else _pieces(body), headers=headers)
             response = connection.getresponse()
             started = True
             data = self._read_body(response, limits.max_body)
@@ -259,7 +263,7 @@ class Transport:
         if isinstance(exc, _ConnectFailed):
             return TransportError(exc.reason, "connect")
         if isinstance(exc, (socket.timeout, TimeoutError)):
-            return TransportError(f"read timed out (silent for {limits.idle:g} s)", "timeout")
+            return TransportError(f"timed out: no bytes moved for {limits.idle:g} s", "timeout")
         if isinstance(exc, (http.client.RemoteDisconnected, http.client.IncompleteRead)):
             return TransportError(_closed_reason(exc), "closed")
         if isinstance(exc, http.client.HTTPException):
@@ -303,6 +307,12 @@ class _TimedHTTPS(http.client.HTTPSConnection):
             raise _ConnectFailed(f"TLS failed: {exc.reason or exc}") from None
         except OSError as exc:
             raise _ConnectFailed(_connect_reason(exc)) from None
+
+
+def _pieces(body: bytes):
+    view = memoryview(body)
+    for start in range(0, len(view), SEND_CHUNK):
+        yield view[start:start + SEND_CHUNK]
 
 
 def _usable(connection: http.client.HTTPConnection) -> bool:

@@ -421,3 +421,17 @@ def test_piece_ranges_follow_the_worker_limits_and_carry_their_halo():
     roomy = WorkerStatus("http://w", True)
     assert len(piece_ranges(point, "png", 10, 3000, roomy)) == 3
     assert len(piece_ranges(point, "raw", 10, 3000, roomy)) == 1
+
+
+def test_an_upload_that_keeps_moving_is_not_cut_by_the_read_timeout():
+    """The read timeout bounds silence, not the upload: a 12 MB strip read at 2 MB/s takes
+    ~6 s, twice the 3 s read timeout, and must still go through (one sendall of the whole body
+    would have had 3 s in all)."""
+    from tests.support.hostile_worker import HostileWorker
+
+    pixels = photo(2000, 2000, seed=22)
+    with HostileWorker(process="late_reader", delay=0, read_rate=2_000_000) as slow:
+        config = config_for([slow.url], connect_timeout=1, read_timeout=3)
+        result = run_job(b"", config, plan="invert", strips=1, pixels=pixels)
+    assert np.array_equal(result.pixels, 255 - pixels)
+    assert result.strips[0].attempts == 1 and result.strips[0].total_ms > 3000

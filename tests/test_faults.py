@@ -201,7 +201,7 @@ ALL_FAULTS = {
 
 # Known bugs, kept visible; strict, so a fix turns these red until the entry is removed.
 FAULT_BUGS: dict[str, str] = {
-    # Fixed: "slow-drip reply" (engine.read_reply has a deadline and a size cap) and
+    # Fixed: "slow-drip reply" (every exchange has a deadline and a size cap, transport.py) and
     # "decompression-bomb reply" (imaging.decode_any checks the declared size first).
     # Fixed in a5d352e (coordinator checks the reply's width): "one-column image" was stitched
     # by numpy broadcasting (wrong pixels, 200), "one column short" raised a ValueError.

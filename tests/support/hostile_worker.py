@@ -18,7 +18,8 @@
                   keeps the client from rendering it with Ghostscript
 - html            200 `text/html` page, as a web server that is not a worker would answer
 - late_reader     /process: reads nothing for `delay` seconds (a busy worker), then reads the
-                  raw PPM strip and answers its `invert` correctly; /healthz as ok
+                  raw PPM strip (at `read_rate` bytes/s when given: a slow link) and answers
+                  its `invert` correctly; /healthz as ok
 Every connection is closed after one exchange; a dripping or streaming reply stops at
 `stop()` or after `max_seconds`, whichever is first. `sent` counts body bytes written.
 """
@@ -50,12 +51,12 @@ HUGE_DECLARED = 2_000_000_000
 
 class HostileWorker:
     def __init__(self, health: str = "ok", process: str = "ok", delay: float = 1.0,
-                 location: str | None = None, max_seconds: float = 60.0):
+                 location: str | None = None, max_seconds: float = 60.0, read_rate: int | None = None):
         for mode in (health, process):
             if mode not in MODES:
                 raise ValueError(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
         self.modes = {"/healthz": health, "/process": process}
-        self.delay, self.max_seconds = delay, max_seconds
+        self.delay, self.max_seconds, self.read_rate = delay, max_seconds, read_rate
         self.location = location
         self.requests = {"/healthz": 0, "/process": 0, "other": 0}
         self.sent = 0
@@ -106,7 +107,8 @@ class HostileWorker:
                 self.requests[path if path in self.requests else "other"] += 1
             if mode == "late_reader" and path == "/process" and self._stopping.wait(self.delay):
                 return
-            body = self._read_body(client, length, body, keep=mode == "late_reader")
+            body = self._read_body(client, length, body, keep=mode == "late_reader",
+                                   rate=self.read_rate if mode == "late_reader" else None)
             getattr(self, f"_{mode}")(client, path, body)
         except OSError:
             pass
@@ -133,12 +135,14 @@ class HostileWorker:
         return target.split("?")[0], min(length, MAX_BODY), rest
 
     @staticmethod
-    def _read_body(client: socket.socket, length: int, body: bytes, keep: bool) -> bytes:
+    def _read_body(client: socket.socket, length: int, body: bytes, keep: bool, rate: int | None = None) -> bytes:
         """The rest of the body (so the client can finish sending): all of it when keep, else
-        its first 64 bytes."""
+        its first 64 bytes; at `rate` bytes/s when given."""
         parts, size = [body], len(body)
         while size < length:
-            chunk = client.recv(min(length - size, 1 << 20))
+            if rate:
+                time.sleep(65536 / rate)
+            chunk = client.recv(min(length - size, 65536 if rate else 1 << 20))
             if not chunk:
                 break
             size += len(chunk)
