@@ -430,30 +430,55 @@ function slidingIndices(length, radius) {
   return { leave, enter, beyond, initial };
 }
 
-/** One box pass along a row of RGB pixels: src[srcAt..] -> dst[dstAt..], `width` pixels. */
+/**
+ * One box pass along a row of RGB pixels: src[srcAt..] -> dst[dstAt..], `width` pixels.
+ * Pillow computes (acc * inner + (left + right) * edge + 2^23) >> 24 in uint32, and the true
+ * value is below 2^32: Math.imul's wrapped products, summed and taken mod 2^32 by `>>> 24`,
+ * give exactly that, in 32-bit integer arithmetic V8 keeps off the float path.
+ */
 function boxPassRow(src, srcAt, dst, dstAt, width, weights, indices) {
-  const { inner, edge } = weights;
+  const { inner, edge, radius } = weights;
   const { leave, enter, beyond, initial } = indices;
-  let acc0 = 0;
-  let acc1 = 0;
-  let acc2 = 0;
+  const acc = [0, 0, 0];
   for (const i of initial) {
     const p = srcAt + i * 3;
-    acc0 += src[p];
-    acc1 += src[p + 1];
-    acc2 += src[p + 2];
+    acc[0] += src[p];
+    acc[1] += src[p + 1];
+    acc[2] += src[p + 2];
   }
-  for (let x = 0, out = dstAt; x < width; x += 1, out += 3) {
+  // Where no index is clamped (x-r-1 >= 0, x+r+1 <= width-1) they are plain offsets.
+  const firstInner = Math.min(width, radius + 1);
+  const lastInner = Math.max(firstInner, width - radius - 1);
+  boxRowClamped(src, srcAt, dst, dstAt, 0, firstInner, inner, edge, leave, enter, beyond, acc);
+  let a0 = acc[0];
+  let a1 = acc[1];
+  let a2 = acc[2];
+  let l = srcAt + (firstInner - radius - 1) * 3;
+  let e = l + (2 * radius + 1) * 3;
+  for (let out = dstAt + firstInner * 3, end = dstAt + lastInner * 3; out < end; out += 3, l += 3, e += 3) {
+    a0 += src[e] - src[l];
+    a1 += src[e + 1] - src[l + 1];
+    a2 += src[e + 2] - src[l + 2];
+    dst[out] = (Math.imul(a0, inner) + Math.imul(src[l] + src[e + 3], edge) + 8388608) >>> 24;
+    dst[out + 1] = (Math.imul(a1, inner) + Math.imul(src[l + 1] + src[e + 4], edge) + 8388608) >>> 24;
+    dst[out + 2] = (Math.imul(a2, inner) + Math.imul(src[l + 2] + src[e + 5], edge) + 8388608) >>> 24;
+  }
+  acc[0] = a0;
+  acc[1] = a1;
+  acc[2] = a2;
+  boxRowClamped(src, srcAt, dst, dstAt, lastInner, width, inner, edge, leave, enter, beyond, acc);
+}
+
+/** boxPassRow for positions from..to, where indices may be clamped at the row's ends. */
+function boxRowClamped(src, srcAt, dst, dstAt, from, to, inner, edge, leave, enter, beyond, acc) {
+  for (let x = from, out = dstAt + from * 3; x < to; x += 1, out += 3) {
     const l = srcAt + leave[x] * 3;
     const e = srcAt + enter[x] * 3;
     const b = srcAt + beyond[x] * 3;
-    acc0 += src[e] - src[l];
-    acc1 += src[e + 1] - src[l + 1];
-    acc2 += src[e + 2] - src[l + 2];
-    // Pillow: (acc * ww + (left + right) * fw + 2^23) >> 24, all below 2^32.
-    dst[out] = (acc0 * inner + (src[l] + src[b]) * edge + 8388608) >>> 24;
-    dst[out + 1] = (acc1 * inner + (src[l + 1] + src[b + 1]) * edge + 8388608) >>> 24;
-    dst[out + 2] = (acc2 * inner + (src[l + 2] + src[b + 2]) * edge + 8388608) >>> 24;
+    for (let c = 0; c < 3; c += 1) {
+      acc[c] += src[e + c] - src[l + c];
+      dst[out + c] = (Math.imul(acc[c], inner) + Math.imul(src[l + c] + src[b + c], edge) + 8388608) >>> 24;
+    }
   }
 }
 
@@ -477,7 +502,7 @@ function boxPassColumns(src, srcAt, srcStride, dst, dstAt, dstStride, bandBytes,
     for (let k = 0; k < bandBytes; k += 1) {
       const sum = acc[k] + src[e + k] - src[l + k];
       acc[k] = sum;
-      dst[out + k] = (sum * inner + (src[l + k] + src[b + k]) * edge + 8388608) >>> 24;
+      dst[out + k] = (Math.imul(sum, inner) + Math.imul(src[l + k] + src[b + k], edge) + 8388608) >>> 24;
     }
   }
 }

@@ -274,3 +274,40 @@ test('async blur gives the same bytes as the sync one and lets other callbacks r
   assert.ok(!asyncCopy.equals(data), 'the image did change');
   assert.ok(ticks > 0, 'the event loop ran during the blur');
 });
+
+/** Pillow's extended box blur written the slow, obvious way: the reference for the fast one. */
+function referenceBlur({ width, height, data }, sigma) {
+  const { radius, inner, edge } = image.boxWeights(image.boxRadiusForGaussian(sigma));
+  const pass = (get, set, length, lines) => {
+    for (let line = 0; line < lines; line += 1) {
+      const row = Array.from({ length }, (_, i) => get(line, i));
+      const at = (i) => row[Math.min(length - 1, Math.max(0, i))];
+      for (let x = 0; x < length; x += 1) {
+        let sum = 0;
+        for (let i = x - radius; i <= x + radius; i += 1) sum += at(i);
+        set(line, x, Math.floor((sum * inner + (at(x - radius - 1) + at(x + radius + 1)) * edge + 8388608) / 16777216));
+      }
+    }
+  };
+  const out = Buffer.from(data);
+  for (let c = 0; c < 3; c += 1) {
+    const across = [(y, x) => out[(y * width + x) * 3 + c], (y, x, v) => { out[(y * width + x) * 3 + c] = v; }];
+    const down = [(x, y) => out[(y * width + x) * 3 + c], (x, y, v) => { out[(y * width + x) * 3 + c] = v; }];
+    for (let p = 0; p < 3; p += 1) pass(...across, width, height);
+    for (let p = 0; p < 3; p += 1) pass(...down, height, width);
+  }
+  return out;
+}
+
+test('blur equals the obvious extended-box reference at every width around the kernel size', () => {
+  let seed = 11;
+  const random = () => { seed = (seed * 1103515245 + 12345) >>> 0; return seed >>> 24; };
+  for (const sigma of [0.4, 1, 2, 3.3]) {
+    for (let width = 1; width <= 16; width += 1) {
+      const data = Buffer.from(Array.from({ length: width * 3 * 3 }, random));
+      const want = referenceBlur({ width, height: 3, data }, sigma);
+      const got = image.gaussianBlurInPlace({ width, height: 3, data: Buffer.from(data) }, sigma);
+      assert.deepEqual([...got], [...want], `sigma ${sigma} width ${width}`);
+    }
+  }
+});
