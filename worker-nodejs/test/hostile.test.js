@@ -138,6 +138,25 @@ test('rule 10: a connection that does not finish its headers within 5 s is close
   }
 });
 
+test('rule 10: a silent connection and an idle keep-alive connection are both closed after about 5 s', async () => {
+  const worker = await startWorker();
+  try {
+    const silent = rawConnection(worker, { limitMs: 15_000 });
+    const kept = rawConnection(worker, { limitMs: 15_000 });
+    await kept.send(requestHead(worker, { method: 'GET', path: '/healthz' }));
+    const started = Date.now();
+    const closedAfter = async (connection) => {
+      await connection.closed;
+      return Date.now() - started;
+    };
+    const [silentMs, keptMs] = await Promise.all([closedAfter(silent), closedAfter(kept)]);
+    assert.match(kept.statusLine(), /^HTTP\/1\.1 200 /);
+    for (const ms of [silentMs, keptMs]) assert.ok(ms > 3000 && ms < 12_000, `closed after ${ms} ms`);
+  } finally {
+    await worker.close();
+  }
+});
+
 /** A complete RLE8 BMP of runs of 250 pixels: ~8 bytes per 1000 pixels on the wire. */
 function rle8Runs(width, height) {
   const palette = Buffer.alloc(256 * 4);
