@@ -226,8 +226,15 @@ function classifyClientError(err) {
 
 /** Node's parse errors as the contract's JSON (never quoting the request: it may hold a token). */
 function answerClientError(err, socket) {
-  if (err.code === 'ECONNRESET' || !socket.writable || socket.bytesWritten > 0) {
+  if (err.code === 'ECONNRESET' || !socket.writable) {
     socket.destroy();
+    return;
+  }
+  // A pipelined request's reply still being written on this connection goes first.
+  const current = socket._httpMessage;
+  if (current && current.headersSent && !current.writableFinished) {
+    current.once('finish', () => answerClientError(err, socket));
+    current.once('close', () => current.writableFinished || socket.destroy());
     return;
   }
   const [status, code, message] = classifyClientError(err);

@@ -9,7 +9,7 @@ const assert = require('node:assert/strict');
 const image = require('../image');
 const { bearerToken } = require('../params');
 const {
-  startWorker, post, assertError, exchange, requestHead,
+  startWorker, post, assertError, exchange, requestHead, waitFor, health,
 } = require('./helpers');
 
 const PIXELS = Buffer.from([200, 100, 50, 0, 0, 0, 255, 255, 255, 10, 20, 30]);
@@ -147,12 +147,16 @@ test('rule 8: the 413 wording, no X-Powered-By, and Node\'s own parse errors as 
       [`${requestHead(worker, { headers: { 'Transfer-Encoding': 'chunked', 'Content-Type': 'image/png' } })}5;${'x'.repeat(20_000)}\r\n`, 400],
       [requestHead(worker, { headers: { 'X-Big': 'y'.repeat(20_000) } }), 431],
     ];
+    // after a good request on the same connection, too
+    cases.push([`${requestHead(worker, { method: 'GET', path: '/healthz' })}GARBAGE\r\n\r\n`, 200]);
     for (const [request, status] of cases) {
       const reply = await exchange(worker, request);
       assert.match(reply.statusLine(), new RegExp(`^HTTP/1\\.1 ${status} `), JSON.stringify(request.slice(0, 40)));
-      assert.ok(reply.jsonBody().error.code, reply.received());
+      const last = reply.received().split(/(?=HTTP\/1\.1 )/).at(-1);
+      assert.match(last, /^HTTP\/1\.1 4\d\d .*\r\n\r\n\{"error":\{"code":"\w+"/s, reply.received());
       assert.doesNotMatch(reply.received(), /x{100}|y{100}/, 'the request is never echoed');
     }
+    await waitFor(async () => (await health(worker)).inflight === 0, 'the broken uploads to give their slots back');
   } finally {
     await worker.close();
   }
