@@ -434,8 +434,9 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
         retry_after: dict[str, float] = {}
         failures: list[str] = []
         for attempt in range(1, config.max_attempts + 1):
-            if abort.is_set():
-                raise NoWorkerError(strip.index, strip.op, failures, summary="job aborted")
+            if abort.is_set() or cancel.event.is_set():
+                summary = "interrupted" if cancel.event.is_set() else "job aborted"
+                raise NoWorkerError(strip.index, strip.op, [], summary=summary)
             worker = router.choose(strip.op, tried, excluded)
             if worker is None:
                 break

@@ -35,5 +35,7 @@ class NoWorkerError(CoordinatorError):
         self.attempts = list(attempts)
         where = f"strip {strip_index + 1}" if strip_index is not None else "the plan"
         head = summary or f"no worker could do {where} (op {op})"
-        detail = "; ".join(self.attempts) if self.attempts else "no workers configured"
-        super().__init__(f"{head}: {detail}")
+        if self.attempts:
+            super().__init__(f"{head}: {'; '.join(self.attempts)}")
+        else:  # a summary says it all ("interrupted"); without one, nobody was asked
+            super().__init__(head if summary else f"{head}: no workers configured")
