@@ -328,7 +328,7 @@ async function decodeWithSharp(buf, format, maxPixels, timeoutSeconds) {
  * runs. EXIF orientation applied, alpha dropped, 16-bit scaled by >> 8, gray expanded to
  * three channels, first frame only. With reuseInput, a binary PPM is worked on in place
  * inside `buf` (the caller gives the bytes up). `header` skips a second header read;
- * `signal` stops the JS steps once aborted; `timeoutSeconds` bounds each libvips pipeline.
+ * `signal` stops the JS steps once aborted; `timeoutSeconds` bounds libvips' header read and decode.
  */
 async function decodeImage(buf, {
   maxPixels, reuseInput = false, header = null, signal = null, timeoutSeconds = 0,
@@ -640,9 +640,10 @@ async function encodeImage(image, format, {
 
 /**
  * Decode, apply `op`, encode: the whole job for one request body (see decodeImage for
- * reuseInput, header, signal and timeoutSeconds). The file comes back as `parts`, Buffers to
- * send in order: raw output is its header and the pixels, so 18 MB of pixels are not copied
- * just to prepend 20 bytes. Every JS pixel loop runs in steps (see inSteps).
+ * reuseInput, header, signal and timeoutSeconds, which bounds decoding only). The file comes
+ * back as `parts`, Buffers to send in order: raw output is its header and the pixels, so
+ * 18 MB of pixels are not copied just to prepend 20 bytes. Every JS pixel loop runs in steps
+ * (see inSteps).
  */
 async function processImage(buf, {
   op, format = 'png', maxPixels, reuseInput = false, channels = '3', header = null, signal = null,
@@ -657,7 +658,9 @@ async function processImage(buf, {
   }
   const parts = format === 'raw'
     ? [ppmHeader(processed), processed.data]
-    : [await encodeImage(processed, format, { ...params, timeoutSeconds })];
+    // No timeout on encoding: its cost is linear in pixels already bounded by maxPixels, and a
+    // 50 MP PNG at level 9 may rightly take long on a small instance.
+    : [await encodeImage(processed, format, params)];
   return {
     parts,
     length: parts.reduce((sum, part) => sum + part.length, 0),
