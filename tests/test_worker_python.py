@@ -886,3 +886,15 @@ def test_pipelined_half_request_waits_at_the_gate_not_in_a_thread(worker_factory
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_decode_has_a_deadline():
+    """Issue 11.3: past its deadline a decode stops at Pillow's next read, as 400 bad_image."""
+    from tests.vectors.rule_vectors import many_scan_jpeg
+
+    data = many_scan_jpeg(100, 2000)
+    assert imaging.load_rgb(imaging.open_checked(data, 10**8), data).size == (2000, 2000)
+    started = time.monotonic()
+    with pytest.raises(imaging.BadImage, match="decoding took longer"):
+        imaging.load_rgb(imaging.open_checked(data, 10**8), data, seconds=0.0)
+    assert time.monotonic() - started < 2

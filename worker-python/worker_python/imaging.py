@@ -9,6 +9,7 @@ import io
 import math
 import re
 import struct
+import time
 import zlib
 
 from PIL import Image, ImageFilter, ImageOps
@@ -30,6 +31,7 @@ PNG_RLE_LEVELS_RGB = range(3, 7)
 CHANNELS = ("3", "auto")
 WEBP_MAX_SIDE = 16383
 MAX_JPEG_SCANS = 100  # contract rule 5: libjpeg decodes every scan over the whole image
+DECODE_SECONDS = 30.0  # a backstop: the worst accepted input (49 MP, 100 scans) takes ~3.5 s
 BAND_BYTES = 4 << 20  # ops run in place, a band of rows at a time: one full-size image per request
 JPEG_MAX_SIDE = 65535
 
@@ -66,6 +68,20 @@ class TooManyPixels(ImageError):
 
 class CannotEncode(ImageError):
     status, code = 400, "bad_param"
+
+
+class _DeadlineBytes(io.BytesIO):
+    """The input as Pillow reads it while decoding: once armed, no more bytes after the
+    deadline. Pillow feeds its decoders 64 KiB at a time, so a decode that has run too long
+    stops at its next read (decoders that read the file themselves, like libtiff, are not
+    bounded this way; the pixel limit and the JPEG scan cap bound their work)."""
+
+    deadline: float | None = None
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise BadImage(f"decoding took longer than {DECODE_SECONDS:g} s; refused")
+        return super().read(size)
 
 
 # ---------------------------------------------------------------- format sniffing
@@ -328,7 +344,7 @@ def open_checked(data: bytes, max_pixels: int) -> Image.Image:
     if size:
         _check_pixels(*size, max_pixels)
     try:
-        image = Image.open(io.BytesIO(data), formats=[fmt])
+        image = Image.open(_DeadlineBytes(data), formats=[fmt])
     except Image.DecompressionBombError as exc:
         raise TooManyPixels(f"image declares too many pixels ({exc})") from None
     except Image.UnidentifiedImageError:
@@ -363,8 +379,11 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
     return load_rgb(open_checked(data, max_pixels), data)
 
 
-def load_rgb(image: Image.Image, data: bytes) -> Image.Image:
-    """The pixels of an image from open_checked(data), as decode() returns them."""
+def load_rgb(image: Image.Image, data: bytes, seconds: float = DECODE_SECONDS) -> Image.Image:
+    """The pixels of an image from open_checked(data), as decode() returns them; BadImage if
+    decoding runs past `seconds` (checked between Pillow's reads)."""
+    if isinstance(image.fp, _DeadlineBytes):
+        image.fp.deadline = time.monotonic() + seconds
     if image.format == "PPM":
         high = _ppm16_high_bytes(data)
         if high is not None:
