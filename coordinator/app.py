@@ -25,17 +25,19 @@ import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, StopException  # noqa: E402
+from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx  # noqa: E402
 
 from coordinator import discovery, engine, imaging, plan  # noqa: E402
 from coordinator.config import CoordinatorConfig, load_config  # noqa: E402
 from coordinator.errors import ConfigError, InputError, NoWorkerError  # noqa: E402
 from coordinator.page_chart import COLOURS, PARTS, chart_height, strip_table, timing_frame, worker_host  # noqa: E402
 from coordinator.page_log import page_logger  # noqa: E402
+from coordinator.page_memory import SessionImages, release_freed_memory, start_reaper  # noqa: E402
 from coordinator.page_overlay import StripBox, draw_strip_overlay  # noqa: E402
 from coordinator.page_workers import draw_workers  # noqa: E402
 from coordinator.page_text import (cancelled_message, changed_settings, done_label,  # noqa: E402
                                    escape_markdown, event_line, image_summary, input_problem,
-                                   missing_workers, no_worker_message, plan_caption, plural,
+                                   missing_workers, no_worker_message, plan_caption,
                                    runtimes_note, safe_name, status_label, too_many_pixels)
 
 log = page_logger()
@@ -44,7 +46,7 @@ UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"]
 MAX_STRIPS = 16
 PREVIEW_WIDTH = 1200  # previews are 1200-2400 px wide copies; the download is full size
 SHOWN_WIDTH = 600  # about how wide a preview is drawn (half the page)
-MIN_SHOWN_HEIGHT = 24  # a 3000x3 image would be a 1 px line: its rows are stretched to this
+MIN_SHOWN_HEIGHT = 30  # a 3000x3 image would be a 1 px line: its rows are stretched to this
 PLAN_SEED = "Original demo: grayscale and sepia, alternating from the top"
 PLAN_ONE = "One operation for every strip"
 PLAN_PER_STRIP = "An operation per strip"
@@ -55,8 +57,6 @@ NO_WORKER_HELP = (
     "On AWS, after `pulumi up`, check that the security group's `clientCidr` includes this "
     "machine's address, and that the instances passed their health checks."
 )
-# Session keys that hold image-sized data: at most one of each per session, dropped together.
-IMAGE_KEYS = ("upload", "outcome", "encoded")
 
 
 class UploadRefused(Exception):
@@ -124,10 +124,33 @@ def jpeg_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+@st.cache_resource(show_spinner=False)
+def session_store() -> SessionImages:
+    """Where every session's image-sized data lives, emptied when its browser has gone."""
+    from streamlit import runtime
+
+    if not runtime.exists():  # AppTest: no server, no session outlives its test
+        return SessionImages(lambda session_id: True)
+    store = SessionImages(runtime.get_instance().is_active_session)
+    start_reaper(store)
+    return store
+
+
+def images() -> dict:
+    """This session's "upload", "outcome" and "encoded" (one of each at most); st.session_state
+    holds the same dict, so tests see it as session_state["images"]."""
+    ctx = get_script_run_ctx()
+    held = session_store().for_session(ctx.session_id if ctx else "bare")
+    st.session_state["images"] = held
+    return held
+
+
 def forget_images() -> None:
     """Drop this session's image-sized data before new data is made (one image per session)."""
-    for key in IMAGE_KEYS:
-        st.session_state.pop(key, None)
+    held = images()
+    if held:
+        held.clear()
+        release_freed_memory()
 
 
 def decode_upload(uploaded, config: CoordinatorConfig) -> dict:
@@ -149,16 +172,16 @@ def decode_upload(uploaded, config: CoordinatorConfig) -> dict:
 def read_upload(config: CoordinatorConfig):
     """(the decoded upload as a dict, the uploaded file), decoded once per upload; (None, None)
     if none. Raises UploadRefused for a file the page will not use."""
-    uploaded = st.file_uploader("Image", type=UPLOAD_TYPES,
+    uploaded = st.file_uploader("Image", type=UPLOAD_TYPES, key="image",
                                 help="JPEG, PNG, WebP, BMP, TIFF or GIF (first frame).")
     if uploaded is None:
         forget_images()
         return None, None
-    upload = st.session_state.get("upload")
+    upload = images().get("upload")
     if upload is None or upload["file_id"] != uploaded.file_id:
         forget_images()  # a result belongs to the image it came from
         upload = decode_upload(uploaded, config)
-        st.session_state["upload"] = upload
+        images()["upload"] = upload
     return upload, uploaded
 
 
@@ -252,7 +275,7 @@ def store_failure(exc: NoWorkerError, total: int, lines: list[str], status) -> N
     head, reasons = no_worker_message(exc, total)
     where = "the plan" if exc.strip_index is None else f"strip {exc.strip_index + 1}"
     status.update(label=f"Failed at {where}", state="error", expanded=bool(lines))
-    st.session_state["outcome"] = {"error": head, "reasons": reasons, "lines": lines}
+    images()["outcome"] = {"error": head, "reasons": reasons, "lines": lines}
     log.warning("job failed", extra={"fields": {"error": str(exc), "strip": exc.strip_index, "op": exc.op}})
 
 
@@ -294,20 +317,21 @@ def process(upload: dict, uploaded, config: CoordinatorConfig, choice: dict, kno
     except InputError as exc:
         log.info("job refused", extra={"fields": {"error": str(exc)}})
         status.update(label="Not processed", state="error", expanded=False)
-        st.session_state["outcome"] = {"error": input_problem(str(exc)), "reasons": [], "lines": lines}
+        images()["outcome"] = {"error": input_problem(str(exc)), "reasons": [], "lines": lines}
         return False
     job_ms = (time.perf_counter() - started) * 1000
     retries = sum(strip.attempts - 1 for strip in result.strips)
     summary = done_label(len(result.strips), result.elapsed_ms, retries)
     status.update(label=summary, state="complete", expanded=False)
-    st.session_state.pop("outcome", None)  # the old result goes before the new preview is made
-    st.session_state.pop("encoded", None)
+    images().pop("outcome", None)  # the old result goes before the new preview is made
+    images().pop("encoded", None)
+    release_freed_memory()  # the job's strip bodies and replies, freed in its threads' arenas
     # frombuffer shares the result's memory (fromarray would copy 36 MB for 12 MP); only read.
     pixels = np.ascontiguousarray(result.pixels)
     preview_image, stretched = preview_of(
         Image.frombuffer("RGB", (result.width, result.height), pixels, "raw", "RGB", 0, 1))
     missing = missing_workers(result.workers, result.strips, known_runtimes)
-    st.session_state["outcome"] = {
+    images()["outcome"] = {
         "job": uuid.uuid4().hex, "result": result, "preview": jpeg_bytes(preview_image),
         "preview_image": preview_image, "stretched": stretched, "lines": lines, "summary": summary,
         "caption": plan_caption(result.ops, choice["params"]), "missing": missing,
@@ -384,13 +408,13 @@ def download_bytes(outcome: dict, out_format: str, quality: int, png_level: int)
     from the keyboard commits on blur) asked for an id already gone and did nothing (issue 12.4).
     Bytes get an id from their content, the same across reruns."""
     key = (outcome["job"], out_format, quality if out_format != "png" else None)
-    cached = st.session_state.get("encoded")
+    cached = images().get("encoded")
     if cached and cached["key"] == key:
         return cached["data"]
-    st.session_state.pop("encoded", None)  # one encoded copy per session
+    images().pop("encoded", None)  # one encoded copy per session
     with st.spinner(f"Encoding the full-size {out_format.upper()}…"):
         data = imaging.encode_output(outcome["result"].pixels, out_format, quality, png_level)
-    st.session_state["encoded"] = {"key": key, "data": data}
+    images()["encoded"] = {"key": key, "data": data}
     return data
 
 
@@ -421,7 +445,7 @@ def timings(result) -> None:
 
 def show_outcome(upload: dict, config: CoordinatorConfig, choice: dict) -> None:
     """Original and result side by side, plus timing and download; reruns reuse the stored outcome."""
-    outcome = st.session_state.get("outcome") or {}
+    outcome = images().get("outcome") or {}
     result = outcome.get("result")
     overlay = st.checkbox("Outline strips with their worker and time", key="overlay",
                           disabled=result is None)
@@ -474,16 +498,21 @@ def main() -> None:
         return
     st.caption(f"**{escape_markdown(upload['name'])}** · "
                f"{image_summary(upload['width'], upload['height'], upload['size'])}")
-    workbench(upload, uploaded, config, statuses)
+    workbench(config, statuses)
 
 
 @st.fragment
-def workbench(upload: dict, uploaded, config: CoordinatorConfig, statuses: list) -> None:
+def workbench(config: CoordinatorConfig, statuses: list) -> None:
     """Controls, Process and the result, as a fragment: a control change reruns only this part.
     That is what keeps Download working on the first click (issue 12.4): every full run drops
     the previous run's media references, and a run cut short by the next keypress (a keyboard
     slider reruns on every step) never registers the download again, so two such runs in a row
-    deleted the file the button still pointed at; a fragment run keeps the references."""
+    deleted the file the button still pointed at; a fragment run keeps the references.
+    The image comes from the session, not as an argument: Streamlit keeps a fragment's
+    arguments with the session, where the reaper could not free them."""
+    upload, uploaded = images().get("upload"), st.session_state.get("image")
+    if upload is None or uploaded is None:
+        return
     try:
         workbench_body(upload, uploaded, config, statuses)
     except Exception as exc:  # noqa: BLE001 - a fragment rerun is not inside main()'s catch
@@ -504,7 +533,7 @@ def workbench_body(upload: dict, uploaded, config: CoordinatorConfig, statuses: 
                 # from a fresh health check (the panel is outside this fragment).
                 st.session_state["refresh_workers_now"] = True
                 st.rerun(scope="app")
-        show_notes(st.session_state.get("outcome") or {}, choice, replay_log=not processed_now)
+        show_notes(images().get("outcome") or {}, choice, replay_log=not processed_now)
     show_outcome(upload, config, choice)
 
 

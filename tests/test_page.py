@@ -16,6 +16,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from coordinator.page_chart import strip_table, timing_frame
+from coordinator.page_memory import SessionImages
 from coordinator.page_overlay import StripBox, draw_strip_overlay, runtime_colour
 from coordinator.page_text import (changed_settings, event_line, human_bytes, input_problem,
                                    missing_workers, no_worker_message, plan_caption, runtimes_note,
@@ -91,7 +92,7 @@ def test_default_run_processes_top_grayscale_bottom_sepia(monkeypatch, local_fle
     assert len(page.image) == 1  # the original shows at once
     process(page)
     assert not page.error, texts(page.error)
-    outcome = page.session_state["outcome"]
+    outcome = page.session_state["images"]["outcome"]
     result = outcome["result"]
     assert result.ops == ["grayscale", "sepia"]
     assert [strip.runtime for strip in result.strips] == ["python", "nodejs"]
@@ -112,7 +113,7 @@ def test_default_run_processes_top_grayscale_bottom_sepia(monkeypatch, local_fle
     assert page.slider(key="quality").value == 90  # shown for lossy formats only
     page.button(key="refresh_workers").click().run()
     assert not page.exception
-    assert page.session_state["outcome"]["result"] is result
+    assert page.session_state["images"]["outcome"]["result"] is result
     assert len(page.image) == 2
     assert page.download_button[0].label == "Download JPEG"
 
@@ -127,7 +128,7 @@ def test_per_strip_plan_with_blur_radius(monkeypatch, local_fleet):
     page.slider(key="blur_radius").set_value(3.0).run()  # shown only because a strip blurs
     process(page)
     assert not page.error, texts(page.error)
-    result = page.session_state["outcome"]["result"]
+    result = page.session_state["images"]["outcome"]["result"]
     assert result.ops == ["invert", "blur", "sepia"]
     assert [strip.index for strip in result.strips] == [0, 1, 2]
     original = np.asarray(Image.open(io.BytesIO(colourful_png())).convert("RGB"))
@@ -141,7 +142,7 @@ def test_failover_is_shown_when_a_worker_rejects_the_strip(monkeypatch, worker_f
     page = upload(open_page(monkeypatch, [locked.url, nodejs_worker.url]), "colour.png", colourful_png())
     process(page)
     assert not page.error, texts(page.error)
-    first = page.session_state["outcome"]["result"].strips[0]
+    first = page.session_state["images"]["outcome"]["result"].strips[0]
     assert first.op == "grayscale" and first.runtime == "nodejs" and first.attempts == 2
     assert "failed on attempt 1" in texts(page.text)
     assert "token rejected" in texts(page.text)
@@ -165,7 +166,7 @@ def test_a_strip_no_worker_can_do_is_named_with_each_reason(monkeypatch, worker_
     assert ("Strip 1 of 2 (**grayscale**) could not be done by any worker" in errors
             or "Strip 2 of 2 (**sepia**) could not be done by any worker" in errors), errors
     assert "token rejected" in texts(page.text) and "connection refused" in texts(page.text)
-    assert "result" not in page.session_state["outcome"]
+    assert "result" not in page.session_state["images"]["outcome"]
     assert page.button(key="process") is not None and page.slider(key="strips").value == 2
 
 
@@ -174,7 +175,7 @@ def test_one_row_image_is_one_strip(monkeypatch, local_fleet):
     assert not page.slider and "one row high" in texts(page.caption)
     process(page)
     assert not page.error, texts(page.error)
-    assert page.session_state["outcome"]["result"].ops == ["grayscale"]
+    assert page.session_state["images"]["outcome"]["result"].ops == ["grayscale"]
 
 
 def test_bad_upload_gets_one_clear_message(monkeypatch, local_fleet):
@@ -193,6 +194,15 @@ def test_upload_over_the_pixel_limit_is_refused_before_processing(monkeypatch, l
     assert "Scale it down or crop it" in error and "COORDINATOR_MAX_PIXELS" not in error
     assert [button.key for button in page.button] == ["refresh_workers"]  # no Process button
 
+
+def test_truncated_jpeg_is_explained_for_a_page_user(monkeypatch, local_fleet):
+    whole = io.BytesIO()
+    Image.open(io.BytesIO(colourful_png())).convert("RGB").save(whole, "JPEG", quality=90)
+    page = upload(open_page(monkeypatch, local_fleet), "cut.jpg", whole.getvalue()[:len(whole.getvalue()) // 3],
+                  "image/jpeg")
+    errors = texts(page.error)
+    assert "The file ends before the image does: it looks cut short" in errors
+    assert "bytes not processed" not in errors and "truncated" not in errors
 
 def test_unexpected_error_is_one_line_not_a_traceback(monkeypatch, local_fleet):
     import coordinator.discovery
@@ -278,19 +288,33 @@ def test_wide_image_offers_only_formats_that_fit_and_shows_a_visible_preview(mon
     assert page.button_group(key="out_format").options == ["PNG", "JPEG"]
     assert "WebP stores at most 16,383 px a side, and this image is 17,000×3 px: download it as PNG or JPEG" \
         in texts(page.caption)
-    preview = Image.open(io.BytesIO(page.session_state["upload"]["preview"]))
-    assert preview.height * 600 / preview.width >= 24  # at least 24 px high where it is drawn
+    preview = Image.open(io.BytesIO(page.session_state["images"]["upload"]["preview"]))
+    assert preview.height * 600 / preview.width >= 30  # 30 px high at 600 px wide, 20 px at 400
     assert "rows stretched to show" in captions(page)
 
 
 def test_a_new_upload_drops_the_old_image_and_result(monkeypatch, local_fleet):
     page = upload(open_page(monkeypatch, local_fleet), "first.png", colourful_png())
     process(page)
-    assert page.session_state["outcome"]["result"] is not None and "encoded" in page.session_state
-    assert "data" not in page.session_state["upload"]  # raw bytes stay with Streamlit's uploader only
+    held = page.session_state["images"]
+    assert held["outcome"]["result"] is not None and "encoded" in held
+    assert "data" not in held["upload"]  # raw bytes stay with Streamlit's uploader only
     upload(page, "second.png", colourful_png(120, 80))
-    assert "outcome" not in page.session_state and "encoded" not in page.session_state
-    assert page.session_state["upload"]["width"] == 120
+    assert set(held) == {"upload"} and held["upload"]["width"] == 120
+
+
+def test_a_gone_session_s_images_are_emptied_after_the_grace_period():
+    now, active = [0.0], {"a": True, "b": True}
+    store = SessionImages(lambda session_id: active[session_id], grace=60, clock=lambda: now[0])
+    kept, gone = store.for_session("a"), store.for_session("b")
+    kept["upload"], gone["upload"] = "pixels a", "pixels b"
+    active["b"] = False
+    assert store.reap() == 0  # gone for 0 s
+    now[0] = 59.0
+    assert store.reap() == 0 and gone == {"upload": "pixels b"}
+    now[0] = 60.0
+    assert store.reap() == 1 and gone == {} and kept == {"upload": "pixels a"}
+    assert store.sessions() == 1 and store.for_session("b") == {}  # a reconnect starts empty
 
 
 # ---------------------------------------------------------------- pure helpers

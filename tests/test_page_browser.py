@@ -5,9 +5,9 @@ The time a 12 MP upload takes on the page is a benchmark, not a test: scripts/be
 from __future__ import annotations
 
 import io
-import json
 import re
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -64,11 +64,12 @@ def wait_until_idle(page) -> None:
     page.wait_for_timeout(1000)  # charts and the data grid draw on a canvas after they mount
 
 
-def upload_and_process(page, url: str, name: str, data: bytes, mime: str) -> float:
+def upload_and_process(page, url: str, name: str, data: bytes | Path, mime: str) -> float:
     """Upload, click Process, wait for the result image; returns seconds from click to result."""
     page.goto(url)
     page.get_by_text("Upload an image to start").wait_for(timeout=30_000)
-    page.locator('input[type="file"]').set_input_files(files=[{"name": name, "mimeType": mime, "buffer": data}])
+    upload_file = data if isinstance(data, Path) else {"name": name, "mimeType": mime, "buffer": data}
+    page.locator('input[type="file"]').set_input_files(files=[upload_file])  # a Path over 50 MB
     page.get_by_role("button", name=re.compile("Process")).wait_for(timeout=30_000)
     clicked = time.perf_counter()
     page.get_by_role("button", name=re.compile("Process")).click()
@@ -224,3 +225,18 @@ def test_a_control_changed_while_a_job_runs_keeps_the_job(page_server):
         assert page.get_by_text("was cancelled").count() == 0
         wait_until_idle(page)
         shot(page, "page-changed-while-running.png")
+
+
+def test_a_very_wide_thin_image_is_visible_and_offers_formats_that_fit(page_server):
+    """Issue 11.14 / 12 polish: a 17,000×3 image shows as more than a line, and WebP (16,383 px
+    a side at most) is not offered, with the reason, before anything is processed."""
+    wide = Image.new("RGB", (17_000, 3), (40, 120, 200))
+    with chromium_page(viewport=(1400, 1700)) as page:
+        upload_and_process(page, page_server.url, "wide.bmp", encoded(wide, "BMP"), "image/bmp")
+        page.get_by_text(re.compile(r"^WebP stores at most 16,383 px a side, and this image is 17,000×3 px: "
+                                    r"download it as PNG or JPEG")).wait_for(timeout=10_000)
+        wait_until_idle(page)
+        assert page.get_by_role("button", name="WebP").count() == 0
+        for image in page.locator('[data-testid="stImage"] img').all():
+            assert image.evaluate("img => img.getBoundingClientRect().height") >= 20
+        shot(page, "page-wide-image.png")
