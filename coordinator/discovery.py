@@ -57,7 +57,7 @@ def check_worker(url: str, timeout: float, transport: Transport) -> WorkerStatus
         return WorkerStatus(url, False, error=f"unreachable: {exc.reason}")
     latency = (time.perf_counter() - started) * 1000
     if 300 <= reply.status < 400:
-        location = redact_url(reply.headers.get("Location") or "nowhere")[:100]
+        location = printable(redact_url(reply.headers.get("Location") or "nowhere"), 100)
         return WorkerStatus(url, False, latency_ms=latency,
                             error=f"/healthz redirected (HTTP {reply.status} to {location}); redirects are not followed")
     not_worker = f"not a worker: {url} answered /healthz with HTTP {reply.status}"
@@ -103,6 +103,11 @@ def bounded_int(value: object, default: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         return default
     return min(value, high)
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Worker-supplied text as we show it: printable characters only (no terminal escapes), bounded."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
 
 
 def short(text: str) -> str:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from coordinator import codecs, imaging
 from coordinator.config import CoordinatorConfig, is_loopback, redact_url
-from coordinator.discovery import WorkerStatus, discover
+from coordinator.discovery import WorkerStatus, discover, printable
 from coordinator.errors import NoWorkerError
 from coordinator.plan import OPERATIONS, Strip, no_halo, check_params, parse_plan, plan_strips
 from coordinator.transport import Cancel, Limits, Reply, Transport, TransportError, daemon_map
@@ -247,11 +247,6 @@ def piece_ranges(strip: Strip, wire: str, width: int = 1, height: int | None = N
         count = max(count, needed)
     edges = [top + (bottom - top) * k // count for k in range(count + 1)]
     return [Piece(max(0, a - halo), min(height, b + halo), a, b) for a, b in zip(edges[:-1], edges[1:])]
-
-
-def printable(text: str, limit: int = 200) -> str:
-    """Worker-supplied text as we show it: printable characters only (no terminal escapes), bounded."""
-    return "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
 
 
 def error_reason(status: int, content: bytes) -> str:

@@ -304,3 +304,14 @@ def test_parallel_png_gray():
     pixels = noise(50, 40)[:, :, 0]
     with Image.open(io.BytesIO(pngfast.encode_png(pixels))) as image:
         assert image.mode == "L" and np.array_equal(np.asarray(image), pixels)
+
+
+def test_worker_error_text_is_shown_printable_and_bounded():
+    """A worker's JSON message reaches the CLI's stderr and the page: no terminal escapes, no
+    screenful."""
+    from coordinator.engine import error_reason
+
+    reason = error_reason(500, json.dumps({"error": {"code": "x", "message": "\x1b[2J\x1b]0;owned\x07" + "y" * 5000}}).encode())
+    assert reason.startswith("HTTP 500 x: ") and "\x1b" not in reason and "\x07" not in reason
+    assert len(reason) <= 200
+    assert error_reason(502, b"[" * 100_000) == "HTTP 502"
