@@ -44,8 +44,10 @@ class GatedConn(TConn):
         self.for_health = False
 
     def close(self, graceful: bool = False) -> None:
-        if graceful:
-            self.worker.linger(self.sock)  # called on the event loop (finish_request)
+        if graceful:  # called on the event loop (finish_request)
+            # body bytes the header gate already read count against the 64 KiB (rule 3)
+            already = len(self.parser.unreader.buf.getvalue()) if self.parser is not None else 0
+            self.worker.linger(self.sock, LINGER_BYTES - already)
         else:
             super().close()
 
@@ -187,9 +189,13 @@ class HeaderGatedThreadWorker(ThreadWorker):
 
     # ------------------------------------------------------------ bounded close
 
-    def linger(self, sock: socket.socket) -> None:
-        """Send FIN after the reply, read what the client still sends for a short while so the
-        kernel does not answer it with a reset (which can destroy the reply), then close."""
+    def linger(self, sock: socket.socket, budget: int = LINGER_BYTES) -> None:
+        """Send FIN after the reply, read what the client still sends (at most `budget` bytes,
+        LINGER_SECONDS) so the kernel does not answer it with a reset, which can destroy the
+        reply; then close."""
+        if budget <= 0:
+            sock.close()
+            return
         try:
             sock.shutdown(socket.SHUT_WR)
             sock.setblocking(False)
@@ -197,18 +203,18 @@ class HeaderGatedThreadWorker(ThreadWorker):
         except (OSError, ValueError, KeyError):
             sock.close()
             return
-        self.lingering[sock] = [time.monotonic() + LINGER_SECONDS, 0]
+        self.lingering[sock] = [time.monotonic() + LINGER_SECONDS, budget]
 
     def _on_linger_bytes(self, sock) -> None:
         try:
-            data = sock.recv(LINGER_BYTES)
+            data = sock.recv(self.lingering[sock][1])
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""
         entry = self.lingering[sock]
-        entry[1] += len(data)
-        if not data or entry[1] >= LINGER_BYTES:
+        entry[1] -= len(data)
+        if not data or entry[1] <= 0:
             self._end_linger(sock)
 
     def _end_linger(self, sock) -> None:
