@@ -19,8 +19,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from coordinator.errors import ConfigError
+from stripes.roles import ROLE_SPECS
 
-DEFAULT_WORKERS = ("http://127.0.0.1:5001", "http://127.0.0.1:5002")
+DEFAULT_WORKERS = tuple(f"http://127.0.0.1:{spec.port}" for spec in ROLE_SPECS.values())
 TRANSPORTS = ("auto", "raw", "png", "webp-lossless", "jpeg-cut")
 WIRE_QUALITIES = ("lossless", "high")
 REPO_ROOT = Path(__file__).resolve().parents[1]

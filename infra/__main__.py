@@ -1,25 +1,19 @@
 """Pulumi program: config -> security, releases -> worker nodes -> exports (see infra/README.md)."""
-import sys
-from pathlib import Path
+# `pulumi up` runs this folder as a script in .venv, where `make setup` installed the repo's
+# packages (pyproject.toml), so `infra.*` and `stripes.*` import as in tests.
+import pulumi
+import pulumi_aws as aws
+import pulumi_random as random
 
-# `pulumi up` runs this folder as a script; the repo root makes `infra.*` importable as in tests.
-_REPO_ROOT = str(Path(__file__).resolve().parents[1])
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
-
-import pulumi  # noqa: E402
-import pulumi_aws as aws  # noqa: E402
-import pulumi_random as random  # noqa: E402
-
-from infra.ami import worker_ami_id  # noqa: E402
-from infra.bundle import ROLES, bundle_files  # noqa: E402
-from infra.config import load_settings  # noqa: E402
-from infra.outputs import fleet_outputs  # noqa: E402
-from infra.roles import ROLE_SPECS  # noqa: E402
-from infra.security import FleetSecurity, FleetSecurityArgs  # noqa: E402
-from infra.releases import Release, ReleaseStore, ReleaseStoreArgs  # noqa: E402
-from infra.userdata import render_cloud_config  # noqa: E402
-from infra.worker_node import WorkerNode, WorkerNodeArgs  # noqa: E402
+from infra.ami import worker_ami_id
+from infra.bundle import bundle_files
+from infra.config import load_settings
+from infra.outputs import fleet_outputs
+from infra.security import FleetSecurity, FleetSecurityArgs
+from infra.releases import Release, ReleaseStore, ReleaseStoreArgs
+from infra.userdata import render_cloud_config
+from infra.worker_node import WorkerNode, WorkerNodeArgs
+from stripes.roles import ROLE_SPECS, ROLES
 
 
 def release_of(role: str) -> Release:

@@ -13,16 +13,9 @@ import subprocess
 import tarfile
 from pathlib import Path, PurePosixPath
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from stripes.roles import ROLE_SPECS, ROLES
 
-ROLES = ("worker-python", "worker-nodejs")
-RUNTIME_OF_ROLE = {"worker-python": "python", "worker-nodejs": "nodejs"}
-# The pinned-dependency manifest whose hash decides whether a host must reinstall deps.
-DEPS_MANIFEST = {"worker-python": "requirements.txt", "worker-nodejs": "package-lock.json"}
-REQUIRED_FILES = {
-    "worker-python": ("requirements.txt", "worker_python/__main__.py"),
-    "worker-nodejs": ("package.json", "package-lock.json", "server.js"),
-}
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Never shipped: tests, installed deps, docs, container files, caches.
 EXCLUDED_DIRS = frozenset({"test", "tests", "node_modules", "__pycache__", ".pytest_cache",
@@ -95,7 +88,7 @@ def bundle_files(role: str, root: Path | None = None) -> dict[str, bytes]:
         if not is_shipped(relative) or path.is_symlink() or not path.is_file():
             continue
         files[relative] = path.read_bytes()
-    missing = [name for name in REQUIRED_FILES[role] if name not in files]
+    missing = [name for name in ROLE_SPECS[role].required_files if name not in files]
     if missing:
         raise FileNotFoundError(f"{role} bundle lacks {', '.join(missing)} (looked in {folder})")
     return files
@@ -133,7 +126,7 @@ def tarball(files: dict[str, bytes]) -> bytes:
 def deps_fingerprint(role: str, files: dict[str, bytes]) -> str:
     """sha256 hex of the role's pinned-dependency manifest (requirements.txt / package-lock.json)."""
     _check_role(role)
-    manifest = DEPS_MANIFEST[role]
+    manifest = ROLE_SPECS[role].deps_manifest
     if manifest not in files:
         raise FileNotFoundError(f"{role} bundle lacks {manifest}")
     return hashlib.sha256(files[manifest]).hexdigest()

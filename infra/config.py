@@ -14,6 +14,8 @@ from typing import Mapping, Optional
 
 import pulumi
 
+from stripes.roles import ROLE_SPECS
+
 MAX_WORKERS_PER_ROLE = 10  # a typo like 100 should not start 100 instances
 # Who may reach plain-HTTP, token-guarded ports (infra/README.md "Choices and why"):
 MIN_PREFIX_LENGTH = 8     # never wider, whatever the config says: that is "the internet"
@@ -25,8 +27,8 @@ DEFAULTS: dict[str, str] = {
     "pythonWorkers": "1",
     "nodejsWorkers": "1",
     "instanceType": "t2.micro",
-    "pythonPort": "5001",
-    "nodejsPort": "5002",
+    "pythonPort": "",   # empty: the role's port in stripes/roles.py
+    "nodejsPort": "",
     "clientCidr": "",
     "adminCidr": "",
     "sshPublicKey": "",
@@ -73,8 +75,9 @@ class FleetSettings:
         return {"worker-python": self.python_port, "worker-nodejs": self.nodejs_port}[role]
 
 
-def _int_setting(raw: Mapping[str, str], key: str, low: int, high: int) -> int:
-    value = raw.get(key) or DEFAULTS[key]
+def _int_setting(raw: Mapping[str, str], key: str, low: int, high: int,
+                 default: int | None = None) -> int:
+    value = (raw.get(key) or DEFAULTS[key]).strip() or str(default)
     try:
         number = int(value)
     except ValueError:
@@ -187,8 +190,8 @@ def parse_settings(raw: Mapping[str, str], *, project: str, stack: str, region: 
     nodejs_workers = _int_setting(raw, "nodejsWorkers", 0, MAX_WORKERS_PER_ROLE)
     if python_workers + nodejs_workers == 0:
         raise ConfigError("pythonWorkers and nodejsWorkers are both 0; a fleet needs at least one worker")
-    python_port = _int_setting(raw, "pythonPort", 1024, 65535)
-    nodejs_port = _int_setting(raw, "nodejsPort", 1024, 65535)
+    python_port = _int_setting(raw, "pythonPort", 1024, 65535, ROLE_SPECS["worker-python"].port)
+    nodejs_port = _int_setting(raw, "nodejsPort", 1024, 65535, ROLE_SPECS["worker-nodejs"].port)
     if python_port == nodejs_port:
         raise ConfigError(f"pythonPort and nodejsPort are both {python_port}; they must differ")
 

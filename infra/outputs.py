@@ -6,10 +6,8 @@ from typing import Optional, Sequence
 import pulumi
 
 from infra.config import FleetSettings
-from infra.roles import SSH_USER
+from stripes.roles import SSH_USER
 from infra.worker_node import WorkerNode
-
-SECRET_OUTPUTS = ("worker_token",)
 
 
 def _first_url(nodes: Sequence[WorkerNode], role: str) -> Optional[pulumi.Output[str]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from infra.releases import Release
-from infra.roles import SERVICE_USER, RoleSpec
+from stripes.roles import SERVICE_USER, RoleSpec
 
 USER_DATA_LIMIT = 16384  # bytes: the EC2 API's limit on user-data
 
@@ -131,19 +131,13 @@ def dependency_check(spec: RoleSpec) -> str:
 def _install_dependencies(spec: RoleSpec) -> list[str]:
     current = f"{spec.base_dir}/current"
     if spec.runtime == "python":
-        venv = f"{spec.base_dir}/venv"
-        return [
-            f"python3 -m venv {venv}",
-            f"{venv}/bin/pip install --no-cache-dir --disable-pip-version-check "
-            f"-r {current}/requirements.txt",
-            dependency_check(spec),
-        ]
+        return [*spec.install_steps(current), dependency_check(spec)]
     return [
         *_fetch_tarball(NODE_TARBALL_URL, NODE_TARBALL_SHA256, NODE_DIR),
         *_fetch_tarball(NPM_TARBALL_URL, NPM_TARBALL_SHA256, NPM_DIR),
         f"ln -sfn {NODE_DIR}/bin/node /usr/bin/node",
         f"ln -sfn {NPM_DIR}/bin/npm-cli.js /usr/bin/npm",
-        f"cd {current} && npm ci --omit=dev --no-audit --no-fund",
+        *spec.install_steps(current),
         dependency_check(spec),
     ]
 

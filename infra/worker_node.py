@@ -7,7 +7,7 @@ from typing import Mapping, Optional
 import pulumi
 import pulumi_aws as aws
 
-from infra.roles import RoleSpec
+from stripes.roles import RoleSpec
 
 ROOT_VOLUME_GB = 8  # the Ubuntu image's size; the OS plus Node or a venv fit with room to spare
 

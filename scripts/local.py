@@ -21,15 +21,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from stripes.roles import ROLE_SPECS
+
 ROOT = Path(__file__).resolve().parents[1]
 # LOCAL_RUN_DIR lets tests keep their pid files and logs away from a developer's own `make run`.
 RUN_DIR = Path(os.environ.get("LOCAL_RUN_DIR") or ROOT / ".run")
-WORKERS = {
-    "worker-python": {"cmd": [sys.executable, "-m", "worker_python"], "cwd": ROOT / "worker-python",
-                      "port": 5001, "port_var": "PYTHON_WORKER_PORT"},
-    "worker-nodejs": {"cmd": ["node", "server.js"], "cwd": ROOT / "worker-nodejs",
-                      "port": 5002, "port_var": "NODEJS_WORKER_PORT"},
-}
+WORKERS = ROLE_SPECS  # role -> RoleSpec: command, port and its variable come from the registry
 PAGE_PORT_VAR = "COORDINATOR_PAGE_PORT"
 # Any of these means the user chose the workers the page talks to (e.g. the EC2 fleet).
 WORKER_SOURCES = ("COORDINATOR_WORKERS", "COORDINATOR_WORKERS_FILE", "COORDINATOR_PULUMI_STACK")
@@ -54,18 +51,17 @@ def _port_setting(var: str, default: int, environ=os.environ) -> int:
 
 def ports(environ=os.environ) -> dict[str, int]:
     """name -> port for both workers and the page, from the environment (make passes its variables)."""
-    chosen = {name: _port_setting(spec["port_var"], spec["port"], environ)
+    chosen = {name: _port_setting(spec.port_var, spec.port, environ)
               for name, spec in WORKERS.items()}
     chosen["page"] = _port_setting(PAGE_PORT_VAR, 8501, environ)
     if len(set(chosen.values())) != len(chosen):
-        raise PortError("PYTHON_WORKER_PORT, NODEJS_WORKER_PORT and COORDINATOR_PAGE_PORT must "
-                        f"differ, got {chosen['worker-python']}, {chosen['worker-nodejs']}, "
-                        f"{chosen['page']}", 2)
+        names = ", ".join(_port_var(name) for name in chosen)
+        raise PortError(f"{names} must differ, got {', '.join(map(str, chosen.values()))}", 2)
     return chosen
 
 
 def _port_var(name: str) -> str:
-    return WORKERS[name]["port_var"] if name in WORKERS else PAGE_PORT_VAR
+    return WORKERS[name].port_var if name in WORKERS else PAGE_PORT_VAR
 
 
 def check_free(name: str, port: int) -> None:
@@ -87,6 +83,11 @@ def page_env(environ, chosen: dict[str, int]) -> dict:
     if not any(env.get(var) for var in WORKER_SOURCES):
         env["COORDINATOR_WORKERS"] = ",".join(f"http://127.0.0.1:{chosen[name]}" for name in WORKERS)
     return env
+
+
+def worker_command(name: str) -> tuple[list[str], Path]:
+    """The argv and working directory that start worker `name` from this checkout."""
+    return WORKERS[name].local_command(), ROOT / name
 
 
 def _pid_file(name: str) -> Path:
@@ -139,7 +140,7 @@ def _spawn_workers(chosen: dict[str, int]) -> list[str]:
               "NODEJS_WORKER_PORT", file=sys.stderr)
     for name in pending:
         env = {**os.environ, "WORKER_PORT": str(chosen[name]), **MALLOC_LIMITS}
-        _spawn(name, WORKERS[name]["cmd"], WORKERS[name]["cwd"], env)
+        _spawn(name, *worker_command(name), env)
     return list(WORKERS)
 
 

@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
-from tests.support.procs import ROOT, RUNTIMES, start_worker
-
-sys.path.insert(0, str(ROOT / "worker-python"))
+from scripts.testkit.procs import RUNTIMES, start_worker
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

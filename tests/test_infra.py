@@ -22,7 +22,7 @@ import yaml
 from infra import bundle
 from infra.config import DEFAULTS, MIN_PREFIX_LENGTH, ConfigError, parse_settings
 from infra.releases import host_read_policy
-from infra.roles import ROLE_SPECS
+from stripes.roles import ROLE_SPECS
 from tests.infra_harness import (LAST_MOCKS, MOCK_AMI, MOCK_TOKEN, MOCK_VPC, PROJECT, REGION, ROOT,
                                  STACK, is_secret_input, reveal, run_program)
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 from infra.bundle import bundle_files, tarball
 from infra.releases import Release
-from infra.roles import ROLE_SPECS, SERVICE_USER
+from stripes.roles import ROLE_SPECS, SERVICE_USER
 from infra.userdata import (FETCH_SCRIPT_PATH, FETCH_SCRIPT_SOURCE, MAX_INFLIGHT_PIXELS, MEMORY_MAX,
                             NODE_TARBALL_SHA256, NODE_TARBALL_URL, NODE_VERSION, NPM_TARBALL_SHA256,
                             NPM_TARBALL_URL, USER_DATA_LIMIT, env_file, render_cloud_config)
@@ -126,7 +126,7 @@ def test_host_layout_matches_the_shared_design(role):
 
 def test_python_host_builds_a_venv_from_the_pinned_requirements():
     runcmd = parsed("worker-python")["runcmd"]
-    assert "python3 -m venv /opt/worker-python/venv" in runcmd
+    assert "[ -x /opt/worker-python/venv/bin/pip ] || python3 -m venv /opt/worker-python/venv" in runcmd
     assert ("/opt/worker-python/venv/bin/pip install --no-cache-dir --disable-pip-version-check "
             "-r /opt/worker-python/current/requirements.txt") in runcmd
     assert "python3-venv" in parsed("worker-python")["packages"]

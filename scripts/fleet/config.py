@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # infra.bundle is shared with the Pulumi program
-    sys.path.insert(0, str(REPO_ROOT))
+from scripts.fleet import values
+from scripts.fleet.errors import USAGE, FleetError
+from stripes.roles import RUNTIME_OF_ROLE, SSH_USER
 
-from infra.bundle import RUNTIME_OF_ROLE  # noqa: E402
-from scripts.fleet.errors import USAGE, FleetError  # noqa: E402
-from scripts.fleet import values  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_OUTPUTS = "stack-outputs.json"
 
@@ -186,7 +183,7 @@ def load_config(args, environ=os.environ) -> FleetConfig:
         stack=values.stack_word(_required_text(data, "stack", str(path)), f"{path}: stack"),
         region=_region(args, data, path, environ),
         workers=workers,
-        ssh_user=values.ssh_user(getattr(args, "ssh_user", None) or data.get("ssh_user") or "ubuntu",
+        ssh_user=values.ssh_user(getattr(args, "ssh_user", None) or data.get("ssh_user") or SSH_USER,
                                  "ssh user (--ssh-user, the outputs file's ssh_user)"),
         ssh_key=_local_path(ssh_key, "--ssh-key / FLEET_SSH_KEY") if ssh_key else None,
         known_hosts=_local_path(known_hosts, "--known-hosts / FLEET_KNOWN_HOSTS"),

@@ -1,8 +1,8 @@
 """Redeploy a worker's source to its host, with a health-checked switch and automatic rollback.
 
-Layout on the host (shared with infra/ user-data, see infra/README.md):
-  /opt/<role>/releases/<build_id>/   /opt/<role>/current -> releases/<build_id>
-  /etc/<role>/env (WORKER_BUILD=...)  systemd unit <role>.service
+Layout on the host: the one in stripes/roles.py, which infra's user-data also builds:
+  <base>/releases/<build_id>/   <base>/current -> releases/<build_id>   <base>/venv (python)
+  <env file> (WORKER_BUILD=...)  systemd unit <role>.service
 All paths sit under `remote_root` ('/' in production) so tests can use a temporary tree.
 """
 from __future__ import annotations
@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import paramiko
 
-from infra.bundle import DEPS_MANIFEST, build_id, bundle_files, deps_fingerprint, tarball
+from infra.bundle import build_id, bundle_files, deps_fingerprint, tarball
 from scripts.fleet import ssh
 from scripts.fleet.config import REPO_ROOT, FleetConfig, Worker
 from scripts.fleet.errors import ROLLBACK_FAILED, ROLLED_BACK, FleetError
 from scripts.fleet.health import check_health
+from stripes.roles import ROLE_SPECS, RoleSpec, under
 
 STAGING_DIR = ".hdtp-staging"  # in the SSH user's home, so no sudo is needed to upload
 BUILD_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")  # what may go into the env file and paths
@@ -45,20 +46,31 @@ def make_bundle(config: FleetConfig, role: str) -> Bundle:
 
 @dataclass(frozen=True)
 class HostPaths:
-    base: str       # /opt/<role>
-    env_file: str   # /etc/<role>/env
+    """The registry's host layout for one role, moved under the config's remote root."""
+    spec: RoleSpec
+    root: str
 
     @classmethod
     def of(cls, config: FleetConfig, role: str) -> "HostPaths":
-        root = config.remote_root
-        return cls(posixpath.join(root, "opt", role), posixpath.join(root, "etc", role, "env"))
+        return cls(ROLE_SPECS[role], config.remote_root)
+
+    @property
+    def base(self) -> str:
+        return under(self.root, self.spec.base_dir)
+
+    @property
+    def env_file(self) -> str:
+        return under(self.root, self.spec.env_file)
 
     @property
     def current(self) -> str:
-        return posixpath.join(self.base, "current")
+        return under(self.root, self.spec.current_dir)
 
     def release(self, build: str) -> str:
-        return posixpath.join(self.base, "releases", build)
+        return under(self.root, self.spec.release_dir(build))
+
+    def install_steps(self, release: str) -> str:
+        return "\n".join(self.spec.install_steps(release, self.root))
 
 
 def _say(message: str) -> None:
@@ -90,7 +102,8 @@ class Deployer:
     def current_release(self) -> tuple[str, str, str | None]:
         """(build id of `current`, WORKER_BUILD in the env file, deps fingerprint or None)."""
         q = shlex.quote
-        manifest = posixpath.join(self.paths.current, DEPS_MANIFEST[self.worker.role])
+        manifest_name = self.paths.spec.deps_manifest
+        manifest = posixpath.join(self.paths.current, manifest_name)
         out = self.root("reading the current release", f"""
 readlink {q(self.paths.current)} || true
 echo "#"
@@ -104,7 +117,7 @@ cat {q(manifest)} 2>/dev/null || echo "#missing"
         env_build = env_build.strip() if BUILD_PATTERN.fullmatch(env_build.strip()) else current
         deps = None
         if current and manifest_text.strip() != "#missing":
-            deps = deps_fingerprint(self.worker.role, {DEPS_MANIFEST[self.worker.role]: manifest_text.encode()})
+            deps = deps_fingerprint(self.worker.role, {manifest_name: manifest_text.encode()})
         return current, env_build, deps
 
     # --- steps ------------------------------------------------------------------------
@@ -143,16 +156,11 @@ rm -f {q(staged)}
 """)
 
     def install_python_deps(self, release: str) -> None:
-        q = shlex.quote
-        venv = posixpath.join(self.paths.base, "venv")
-        self.root("installing Python dependencies", f"""
-[ -x {q(venv)}/bin/pip ] || python3 -m venv {q(venv)}
-{q(venv)}/bin/pip install --no-cache-dir --disable-pip-version-check --quiet -r {q(release)}/requirements.txt
-""")
+        self.root("installing Python dependencies", self.paths.install_steps(release))
 
     def install_deps(self, release: str, previous: str | None, reuse: bool) -> None:
         q = shlex.quote
-        if self.worker.role == "worker-python":
+        if self.paths.spec.runtime == "python":
             if reuse:
                 self.log("dependencies unchanged; reusing the shared venv")
                 return
@@ -165,13 +173,12 @@ rm -rf {q(release)}/node_modules
 if [ -d {q(previous)}/node_modules ]; then
   cp -a {q(previous)}/node_modules {q(release)}/node_modules
 else
-  cd {q(release)} && npm ci --omit=dev --no-audit --no-fund --loglevel=error
+  {self.paths.install_steps(release)}
 fi
 """)
         else:
             self.log("dependencies changed; running npm ci")
-            self.root("installing Node dependencies",
-                      f"cd {q(release)}\nnpm ci --omit=dev --no-audit --no-fund --loglevel=error")
+            self.root("installing Node dependencies", self.paths.install_steps(release))
 
     def switch(self, build: str, env_build: str) -> None:
         """Point `current` at releases/<build> and WORKER_BUILD at `env_build`, then restart."""
@@ -275,7 +282,7 @@ mv -T {q(link_new)} {q(self.paths.current)}
             raise FleetError(f"{self.worker.name}: {failure}; no previous release to roll back to",
                              ROLLBACK_FAILED)
         try:
-            if not reuse and self.worker.role == "worker-python":
+            if not reuse and self.paths.spec.runtime == "python":
                 self.log("restoring the previous release's dependencies in the shared venv")
                 self.install_python_deps(previous)
             self.switch(current, env_build)

@@ -1,0 +1,116 @@
+"""The worker roles: every fact about a worker that more than one component needs, once.
+
+Read by infra (bundle, config, user-data, nodes, outputs), the local runner (scripts/local.py),
+the tests' launcher (scripts/testkit/procs.py), the fleet deploy (scripts/fleet/) and the
+coordinator's default worker list. Stdlib only and imports nothing of the project, so every
+component may import it without a cycle. A new runtime is one more ROLE_SPECS entry; a port,
+start command or host path is one line here (tests/test_roles.py proves every consumer follows).
+"""
+from __future__ import annotations
+
+import posixpath
+import shlex
+import sys
+from dataclasses import dataclass
+
+SSH_USER = "ubuntu"  # the Ubuntu AMI's default user; it has sudo, the `worker` user does not
+SERVICE_USER = "worker"
+# Host layout (infra/README.md): code and releases under the base dir, systemd's env file apart.
+HOST_BASE_DIR = "/opt/{role}"
+HOST_ENV_FILE = "/etc/{role}/env"
+# Where each runtime's interpreter is, locally (None: this Python) and on a host.
+LOCAL_INTERPRETER = {"python": None, "nodejs": "node"}
+HOST_NODE = "/usr/bin/node"
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    role: str            # folder name, EC2 Role tag, systemd unit and log `service` name
+    runtime: str         # "python" | "nodejs", as in /healthz and the stack outputs
+    port: int            # default port: local runner, Pulumi config, coordinator default list
+    port_var: str        # the local runner's variable that moves the port (make run X=...)
+    start: tuple[str, ...]   # interpreter arguments that start the server, in the worker folder
+    deps_manifest: str   # pinned dependencies; its hash decides whether a host reinstalls
+    required_files: tuple[str, ...]  # a bundle without them is refused
+    # As the worker lists them in /healthz (a test checks); the coordinator routes by /healthz.
+    operations: tuple[str, ...]
+    apt_packages: tuple[str, ...]
+
+    def local_command(self) -> list[str]:
+        """The argv that starts the worker from a checkout (cwd: the worker folder)."""
+        return [LOCAL_INTERPRETER[self.runtime] or sys.executable, *self.start]
+
+    @property
+    def exec_start(self) -> str:
+        """systemd's ExecStart on a host (cwd: the `current` release)."""
+        interpreter = f"{self.venv_dir}/bin/python" if self.runtime == "python" else HOST_NODE
+        return shlex.join([interpreter, *self.start])
+
+    # --- host layout (under("/srv/test", path) moves a path into a test tree) ---------
+    @property
+    def base_dir(self) -> str:
+        return HOST_BASE_DIR.format(role=self.role)
+
+    @property
+    def env_file(self) -> str:
+        return HOST_ENV_FILE.format(role=self.role)
+
+    @property
+    def current_dir(self) -> str:
+        return posixpath.join(self.base_dir, "current")
+
+    @property
+    def venv_dir(self) -> str:
+        return posixpath.join(self.base_dir, "venv")
+
+    def release_dir(self, build: str) -> str:
+        return posixpath.join(self.base_dir, "releases", build)
+
+    @property
+    def unit_name(self) -> str:
+        return f"{self.role}.service"
+
+    def install_steps(self, release: str, root: str = "/") -> list[str]:
+        """Shell lines that install the pinned dependencies of the release in `release`
+        (python: into the role's shared venv; node: node_modules inside the release)."""
+        q = shlex.quote
+        if self.runtime == "python":
+            venv = q(under(root, self.venv_dir))
+            return [f"[ -x {venv}/bin/pip ] || python3 -m venv {venv}",
+                    f"{venv}/bin/pip install --no-cache-dir --disable-pip-version-check "
+                    f"-r {q(release)}/{self.deps_manifest}"]
+        return [f"cd {q(release)} && npm ci --omit=dev --no-audit --no-fund"]
+
+
+ROLE_SPECS: dict[str, RoleSpec] = {
+    "worker-python": RoleSpec(
+        role="worker-python", runtime="python", port=5001, port_var="PYTHON_WORKER_PORT",
+        start=("-m", "worker_python"),
+        deps_manifest="requirements.txt",
+        required_files=("requirements.txt", "worker_python/__main__.py"),
+        operations=("grayscale", "sepia", "invert", "blur"),
+        apt_packages=("python3-venv",),
+    ),
+    "worker-nodejs": RoleSpec(
+        role="worker-nodejs", runtime="nodejs", port=5002, port_var="NODEJS_WORKER_PORT",
+        start=("server.js",),
+        deps_manifest="package-lock.json",
+        required_files=("package.json", "package-lock.json", "server.js"),
+        operations=("grayscale", "sepia", "invert", "blur"),
+        apt_packages=("ca-certificates", "curl", "xz-utils"),
+    ),
+}
+ROLES = tuple(ROLE_SPECS)
+RUNTIME_OF_ROLE = {spec.role: spec.runtime for spec in ROLE_SPECS.values()}
+ROLE_OF_RUNTIME = {spec.runtime: spec.role for spec in ROLE_SPECS.values()}
+
+
+def under(root: str, path: str) -> str:
+    """A host path moved under `root` ('/' in production; the fleet tests use a temporary tree)."""
+    return posixpath.join(root, path.lstrip("/"))
+
+
+def spec_of_runtime(runtime: str) -> RoleSpec:
+    if runtime not in ROLE_OF_RUNTIME:
+        raise ValueError(f"unknown runtime {runtime!r}; expected one of {', '.join(ROLE_OF_RUNTIME)}")
+    return ROLE_SPECS[ROLE_OF_RUNTIME[runtime]]
