@@ -195,8 +195,16 @@ class Transport:
             headers = dict(headers or {})
             if body is not None:  # in pieces: one sendall's timeout bounds all of it, not silence
                 headers["Content-Length"] = str(len(body))
-            connection.request(method, target, body=None if body is None else _pieces(body), headers=headers)
-            response = connection.getresponse()
+            try:
+                connection.request(method, target, body=None if body is None else _pieces(body), headers=headers)
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                # A worker may answer before reading the whole body (401, 413, 503) and close:
+                # its answer is what we want, if it reached us; else the send error stands.
+                response = _early_answer(connection)
+                if response is None:
+                    raise exc from None
+            else:
+                response = connection.getresponse()
             started = True
             data = self._read_body(response, limits.max_body)
         except (OSError, http.client.HTTPException) as exc:
@@ -307,6 +315,13 @@ class _TimedHTTPS(http.client.HTTPSConnection):
             raise _ConnectFailed(f"TLS failed: {exc.reason or exc}") from None
         except OSError as exc:
             raise _ConnectFailed(_connect_reason(exc)) from None
+
+
+def _early_answer(connection: http.client.HTTPConnection) -> http.client.HTTPResponse | None:
+    try:
+        return connection.getresponse()
+    except (OSError, http.client.HTTPException):
+        return None
 
 
 def _pieces(body: bytes):

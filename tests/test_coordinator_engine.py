@@ -435,3 +435,13 @@ def test_an_upload_that_keeps_moving_is_not_cut_by_the_read_timeout():
         result = run_job(b"", config, plan="invert", strips=1, pixels=pixels)
     assert np.array_equal(result.pixels, 255 - pixels)
     assert result.strips[0].attempts == 1 and result.strips[0].total_ms > 3000
+
+
+@pytest.mark.parametrize("runtime", ["python", "nodejs"])
+def test_an_early_refusal_of_a_big_body_is_read_not_reported_as_a_broken_pipe(worker_factory, runtime):
+    """Workers answer 401 before reading a body and close (contract rule 3): with an 18 MB
+    strip our send breaks first, and the answer waiting in the socket is what we report."""
+    guarded = worker_factory(runtime, {"WORKER_TOKEN": "right"})
+    with pytest.raises(NoWorkerError, match=f"token rejected by {guarded.url}"):
+        run_job(b"", config_for([guarded.url], token="wrong"), plan="invert", strips=1,
+                pixels=np.zeros((2000, 3000, 3), np.uint8))
