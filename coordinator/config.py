@@ -7,25 +7,21 @@ COORDINATOR_WORKERS_FILE, `pulumi stack output` (when COORDINATOR_PULUMI_STACK i
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import re
-import stat
-import shutil
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from coordinator.errors import ConfigError
+from stripes import stack_outputs
 from stripes.roles import ROLE_SPECS
 
 DEFAULT_WORKERS = tuple(f"http://127.0.0.1:{spec.port}" for spec in ROLE_SPECS.values())
 TRANSPORTS = ("auto", "raw", "png", "webp-lossless", "jpeg-cut")
 WIRE_QUALITIES = ("lossless", "high")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-OUTPUTS_MAX_BYTES = 1 << 20  # a stack-outputs file is a few KB
 HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+")  # a name, IPv4, or IPv6 (urlsplit drops its brackets)
 USERINFO = re.compile(r"(//)[^/@\s]*@")
 TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what an HTTP header value can carry as is
@@ -154,44 +150,21 @@ def read_outputs_file(path: str, where: str) -> tuple[tuple[str, ...], str | Non
     """Workers and token from an outputs file, read with a size bound; every failure (missing,
     a device, too big, not UTF-8, not JSON, nested too deep) is one ConfigError."""
     try:
-        with open(path, "rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):  # a pipe: `--workers-file <(pulumi ...)`
-                raise ConfigError(f"{where}: {path} is not a regular file")
-            data = handle.read(OUTPUTS_MAX_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror or exc}") from None
-    if len(data) > OUTPUTS_MAX_BYTES:
-        raise ConfigError(f"{where}: {path} is over {OUTPUTS_MAX_BYTES} bytes; an outputs file is a few KB")
-    try:
-        outputs = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{where}: {path} is not UTF-8 text (bad byte at offset {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{where}: {path} is not JSON ({exc.msg} at line {exc.lineno})") from None
-    except RecursionError:
-        raise ConfigError(f"{where}: {path} is JSON nested too deeply") from None
+        outputs = stack_outputs.read_file(path)
+    except stack_outputs.OutputsError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     return parse_outputs(outputs, f"{where} {path}")
 
 
 def read_pulumi_stack(stack: str, environ: Mapping[str, str]) -> tuple[tuple[str, ...], str | None] | None:
     """Stack outputs straight from the Pulumi CLI; None when the CLI is not installed."""
-    pulumi = shutil.which("pulumi", path=environ.get("PATH"))
-    if pulumi is None:
-        return None
     cwd = environ.get("COORDINATOR_PULUMI_DIR") or str(REPO_ROOT / "infra")
     try:
-        done = subprocess.run([pulumi, "stack", "output", "--json", "--show-secrets", "--stack", stack],
-                              cwd=cwd, capture_output=True, text=True, timeout=60, env=dict(environ))
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ConfigError(f"COORDINATOR_PULUMI_STACK={stack}: pulumi failed: {exc}") from None
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise ConfigError(f"COORDINATOR_PULUMI_STACK={stack}: pulumi exited {done.returncode}: {last}")
-    try:
-        outputs = json.loads(done.stdout)
-    except (json.JSONDecodeError, RecursionError):
-        raise ConfigError(f"COORDINATOR_PULUMI_STACK={stack}: pulumi printed no usable JSON") from None
+        outputs = stack_outputs.run_pulumi(stack, cwd=cwd, env=dict(environ))
+    except stack_outputs.OutputsError as exc:
+        raise ConfigError(f"COORDINATOR_PULUMI_STACK={stack}: {exc}") from None
+    if outputs is None:
+        return None
     return parse_outputs(outputs, f"COORDINATOR_PULUMI_STACK={stack}")
 
 

@@ -9,55 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUTPUT = "stack-outputs.json"
-PULUMI_TIMEOUT_SECONDS = 120
-INSTALL_HINT = "install it (https://www.pulumi.com/docs/iac/download-install/), then `pulumi login`"
+from stripes.stack_outputs import DEFAULT_FILE, INSTALL_HINT, OutputsError, check_complete, run_pulumi
 
 
-class OutputsError(Exception):
-    """A one-line reason the file could not be written."""
-
-
-def fetch_outputs(stack: str | None, pulumi: str | None = None) -> dict:
-    pulumi = pulumi or shutil.which("pulumi")
-    if pulumi is None:
+def fetch_outputs(stack: str | None) -> dict:
+    outputs = run_pulumi(stack)
+    if outputs is None:
         raise OutputsError(f"the pulumi CLI is not on PATH; {INSTALL_HINT}")
-    command = [pulumi, "stack", "output", "--json", "--show-secrets", "--non-interactive"]
-    if stack:
-        command += ["--stack", stack]
-    try:
-        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
-                                timeout=PULUMI_TIMEOUT_SECONDS, check=False)
-    except subprocess.TimeoutExpired:
-        raise OutputsError(f"`pulumi stack output` did not finish in {PULUMI_TIMEOUT_SECONDS}s") from None
-    if result.returncode != 0:
-        detail = (result.stderr.strip().splitlines() or ["no error text"])[-1]
-        raise OutputsError(f"`pulumi stack output` failed (exit {result.returncode}): {detail}")
-    try:
-        outputs = json.loads(result.stdout)
-    except json.JSONDecodeError:
-        raise OutputsError("`pulumi stack output --json` did not print JSON") from None
-    check_outputs(outputs)
-    return outputs
-
-
-def check_outputs(outputs: object) -> None:
-    """The parts every reader relies on: a non-empty worker list with URLs, and the token."""
-    if not isinstance(outputs, dict) or not outputs.get("workers"):
-        raise OutputsError("the stack has no workers in its outputs; run `pulumi up` first")
-    if not all(isinstance(w, dict) and str(w.get("url", "")).startswith("http://")
-               for w in outputs["workers"]):
-        raise OutputsError("a worker in the stack outputs has no http:// url")
-    token = outputs.get("worker_token")
-    if not isinstance(token, str) or not token or token == "[secret]":
-        raise OutputsError("worker_token is missing or still masked in the stack outputs")
+    return check_complete(outputs)
 
 
 def write_private(path: Path, text: str) -> None:
@@ -81,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Write the Pulumi stack outputs file (mode 0600).")
     parser.add_argument("--stack", help="Pulumi stack name (default: the selected stack)")
     parser.add_argument("--output", type=Path,
-                        default=Path(os.environ.get("COORDINATOR_WORKERS_FILE") or DEFAULT_OUTPUT),
+                        default=Path(os.environ.get("COORDINATOR_WORKERS_FILE") or DEFAULT_FILE),
                         help="file to write (default: $COORDINATOR_WORKERS_FILE or stack-outputs.json)")
     args = parser.parse_args(argv)
     try:

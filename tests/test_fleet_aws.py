@@ -239,9 +239,9 @@ def test_ssh_config_prints_only_checked_values_and_quotes_paths(tmp_path):
 
 
 @pytest.mark.parametrize("content, fragment", [
-    (b"\xff\xfe{}", "cannot read outputs file"),
-    (b"[" * 100_000 + b"]" * 100_000, "nests too deeply"),
-    (b" " * 1_000_001, "is over 1000000 bytes"),
+    (b"\xff\xfe{}", "is not UTF-8 text"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b" " * ((1 << 20) + 1), "is over 1048576 bytes"),
 ])
 def test_an_outputs_file_that_is_not_text_json_or_sane_size_is_exit_2(content, fragment, tmp_path):
     path = tmp_path / "out.json"

@@ -580,15 +580,15 @@ def test_stack_outputs_writes_the_file_privately_and_atomically(tmp_path):
     assert target.stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in target.parent.iterdir()) == ["stack-outputs.json"]
     assert (tmp_path / "argv").read_text().split() == [
-        "stack", "output", "--json", "--show-secrets", "--non-interactive", "--stack", "dev"]
+        "stack", "output", "--json", "--show-secrets", "--stack", "dev", "--non-interactive"]
     assert "2 workers" in result.stdout and FIXTURE.name not in result.stderr
     assert json.loads(FIXTURE.read_text())["worker_token"] not in result.stdout
 
 
 @pytest.mark.parametrize("fake, message", [
     (None, "the pulumi CLI is not on PATH"),
-    ("echo 'error: no stack named dev found' >&2; exit 255\n", "failed (exit 255): error: no stack named dev"),
-    ("echo not json\n", "did not print JSON"),
+    ("echo 'error: no stack named dev found' >&2; exit 255\n", "pulumi exited 255: error: no stack named dev"),
+    ("echo not json\n", "printed no usable JSON"),
     ("echo '{}'\n", "run `pulumi up` first"),
     ("""echo '{"workers": [{"url": "http://203.0.113.1:5001"}], "worker_token": "[secret]"}'\n""",
      "still masked"),

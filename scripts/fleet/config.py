@@ -12,11 +12,12 @@ from pathlib import Path
 
 from scripts.fleet import values
 from scripts.fleet.errors import USAGE, FleetError
+from stripes import stack_outputs
 from stripes.roles import RUNTIME_OF_ROLE, SSH_USER
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-DEFAULT_OUTPUTS = "stack-outputs.json"
+DEFAULT_OUTPUTS = stack_outputs.DEFAULT_FILE
 
 
 def default_known_hosts(environ=os.environ) -> Path:
@@ -61,26 +62,14 @@ class FleetConfig:
         raise FleetError(f"no worker named {name!r} in {self.outputs_path} (known: {known})", USAGE)
 
 
-MAX_OUTPUTS_BYTES = 1_000_000  # a real file is a few KB; /dev/zero must not fill the memory
-
-
 def _read_outputs(path: Path) -> dict:
     try:
-        with open(path, "rb") as source:
-            raw = source.read(MAX_OUTPUTS_BYTES + 1)
-        if len(raw) > MAX_OUTPUTS_BYTES:
-            raise FleetError(f"outputs file {path} is over {MAX_OUTPUTS_BYTES} bytes; "
-                             "is it the stack outputs file?", USAGE)
-        data = json.loads(raw.decode("utf-8"))
-    except FileNotFoundError:
-        raise FleetError(f"outputs file {path} not found; write it with `pulumi stack output "
-                         f"--json --show-secrets > {DEFAULT_OUTPUTS}` or pass --outputs", USAGE)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FleetError(f"cannot read outputs file {path}: {exc}", USAGE)
-    except json.JSONDecodeError as exc:
-        raise FleetError(f"outputs file {path} is not JSON: {exc.msg} at line {exc.lineno}", USAGE)
-    except RecursionError:
-        raise FleetError(f"outputs file {path} nests too deeply to be the stack outputs file", USAGE)
+        data = stack_outputs.read_file(path)
+    except stack_outputs.OutputsError as exc:
+        if exc.missing:
+            raise FleetError(f"outputs file {path} not found; write it with `make stack-outputs` "
+                             "or pass --outputs", USAGE) from None
+        raise FleetError(f"outputs file: {exc}", USAGE) from None
     if not isinstance(data, dict):
         raise FleetError(f"outputs file {path} must hold a JSON object", USAGE)
     return data
