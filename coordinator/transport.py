@@ -235,6 +235,8 @@ class Transport:
             if size > max_body:
                 raise TransportError(f"reply is over the {max_body} byte limit", "too_large")
             chunks.append(chunk)
+        if response.length:  # read1 returns b"" at EOF even when Content-Length said more
+            raise http.client.IncompleteRead(b"", response.length)
         response.close()  # fully read: frees the connection for the next request
         return b"".join(chunks)
 
