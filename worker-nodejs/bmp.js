@@ -3,13 +3,15 @@
 // 32-bit BGRX, RLE8 and RLE4. Rows are decoded in steps that yield to the event loop, and an
 // RLE bitmap whose data ends before the last pixel is refused (Pillow: "not enough image data").
 
+const { runSteps } = require('./steps');
+
 const BI_RGB = 0;
 const BI_RLE8 = 1;
 const BI_RLE4 = 2;
 const BI_BITFIELDS = 3;
 const ROWS_PER_STEP_PIXELS = 1 << 18;
 
-/** Raised for input faults; image.js maps `kind` to 400 bad_image or 415 unsupported_type. */
+/** Raised for input faults; decode.js maps `kind` to 400 bad_image or 415 unsupported_type. */
 class BmpError extends Error {
   constructor(kind, message) {
     super(message);
@@ -121,73 +123,93 @@ async function decodeUncompressed(buf, header, layout, palette, pause) {
   return data;
 }
 
+/** An encoded run: `count` pixels of `value` (RLE4: two alternating indices), cut at the row's end. */
+function encodedRun(s, count, value, width, rle4, indices) {
+  const n = Math.max(0, Math.min(count, width - s.x));
+  for (let i = 0; i < n; i += 1) indices[s.len + i] = rle4 ? (i % 2 ? value & 15 : value >> 4) : value;
+  s.len += n;
+  s.x += n;
+}
+
+/** End of line: the rest of the row is index 0. */
+function endOfLine(s, width, total, indices) {
+  const padded = Math.min(total, Math.ceil(s.len / width) * width);
+  indices.fill(0, s.len, padded);
+  s.len = padded;
+  s.x = 0;
+}
+
+/** A delta (right, down) skipping pixels, left as index 0; false when the file ends first. */
+function delta(buf, s, width, total, indices) {
+  if (s.pos + 2 > buf.length) return false;
+  const gap = Math.min(total - s.len, buf[s.pos] + buf[s.pos + 1] * width);
+  s.pos += 2;
+  indices.fill(0, s.len, s.len + gap);
+  s.len += gap;
+  s.x = s.len % width;
+  return true;
+}
+
+/** An absolute run of `value` literal indices, padded to 16 bits; false when decoding stops. */
+function absoluteRun(buf, s, value, total, rle4, indices) {
+  const dataCount = Math.min(total - s.len, value);
+  const byteCount = rle4 ? Math.ceil(dataCount / 2) : dataCount;
+  const available = Math.min(byteCount, buf.length - s.pos);
+  let len = s.len;
+  if (!rle4) {
+    buf.copy(indices, len, s.pos, s.pos + available);
+    len += available;
+  }
+  for (let i = 0; rle4 && i < available; i += 1) {
+    const byte = buf[s.pos + i];
+    indices[len++] = byte >> 4;
+    if (i * 2 + 1 < dataCount) indices[len++] = byte & 15;
+  }
+  s.len = len;
+  s.pos += available;
+  if (available < byteCount || s.len === total) return false;
+  s.x += value;
+  if (s.pos % 2 !== 0) s.pos += 1;
+  return true;
+}
+
+/** An escape (count 0): end of line, end of bitmap, delta or absolute run; false to stop. */
+function escape(buf, s, value, width, total, rle4, indices) {
+  if (value === 0) {
+    endOfLine(s, width, total, indices);
+    return true;
+  }
+  if (value === 1) return false;
+  if (value === 2) return delta(buf, s, width, total, indices);
+  return absoluteRun(buf, s, value, total, rle4, indices);
+}
+
 /**
  * Pillow's BmpRleDecoder: palette indices in file order (bottom row first when bottom-up),
- * gaps filled with index 0. Returns the number of indices written.
+ * gaps filled with index 0. A generator that yields every 4096 codes; returns the number of
+ * indices written.
  */
 function* rleIndices(buf, start, width, total, rle4, indices) {
-  let pos = start;
-  let len = 0;
-  let x = 0;
+  const s = { pos: start, len: 0, x: 0 };
   let steps = 0;
-  while (len < total && pos + 1 < buf.length) {
-    const count = buf[pos];
-    const value = buf[pos + 1];
-    pos += 2;
-    if (count) {
-      const n = Math.max(0, Math.min(count, width - x));
-      for (let i = 0; i < n; i += 1) indices[len + i] = rle4 ? (i % 2 ? value & 15 : value >> 4) : value;
-      len += n;
-      x += n;
-    } else if (value === 0) {
-      const padded = Math.min(total, Math.ceil(len / width) * width);
-      indices.fill(0, len, padded);
-      len = padded;
-      x = 0;
-    } else if (value === 1) {
-      break;
-    } else if (value === 2) {
-      if (pos + 2 > buf.length) break;
-      const gap = Math.min(total - len, buf[pos] + buf[pos + 1] * width);
-      pos += 2;
-      indices.fill(0, len, len + gap);
-      len += gap;
-      x = len % width;
-    } else {
-      const dataCount = Math.min(total - len, value);
-      const byteCount = rle4 ? Math.ceil(dataCount / 2) : dataCount;
-      const available = Math.min(byteCount, buf.length - pos);
-      for (let i = 0; i < available; i += 1) {
-        const byte = buf[pos + i];
-        if (!rle4) {
-          indices[len++] = byte;
-        } else {
-          indices[len++] = byte >> 4;
-          if (i * 2 + 1 < dataCount) indices[len++] = byte & 15;
-        }
-      }
-      pos += available;
-      if (available < byteCount || len === total) break;
-      x += value;
-      if (pos % 2 !== 0) pos += 1;
-    }
+  while (s.len < total && s.pos + 1 < buf.length) {
+    const count = buf[s.pos];
+    const value = buf[s.pos + 1];
+    s.pos += 2;
+    if (count) encodedRun(s, count, value, width, rle4, indices);
+    else if (!escape(buf, s, value, width, total, rle4, indices)) break;
     steps += 1;
     if (steps % 4096 === 0) yield;
   }
-  return len;
+  return s.len;
 }
 
 async function decodeRle(buf, header, palette, pause) {
   const { width, height, dataOffset, bottomUp, compression } = header;
   const total = width * height;
   const indices = Buffer.allocUnsafe(total);
-  const steps = rleIndices(buf, dataOffset, width, total, compression === BI_RLE4, indices);
-  let step = steps.next();
-  while (!step.done) {
-    await pause();
-    step = steps.next();
-  }
-  if (step.value < total) throw bad(`BMP RLE data ends after ${step.value} of ${total} pixels`);
+  const written = await runSteps(rleIndices(buf, dataOffset, width, total, compression === BI_RLE4, indices), pause);
+  if (written < total) throw bad(`BMP RLE data ends after ${written} of ${total} pixels`);
   const data = Buffer.allocUnsafe(total * 3);
   const rowsPerStep = Math.max(1, Math.floor(ROWS_PER_STEP_PIXELS / width));
   for (let y = 0; y < height; y += 1) {

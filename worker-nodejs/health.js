@@ -3,19 +3,23 @@
 // /healthz reads its last result: a health probe never waits for libvips, the thread pool
 // or a decode. A check that has not finished after 30 s is itself a failure.
 
-const image = require('./image');
+const { decodeImage } = require('./decode');
+const { sepiaInPlace, applyOperationAsync } = require('./ops');
+const { encodeImage, encodeReply } = require('./encode');
 
 const SELF_CHECK_EVERY_MS = 10_000;
 const SELF_CHECK_STUCK_MS = 30_000;
 const SELF_CHECK_PIXELS = Buffer.from([255, 0, 0, 0, 255, 0, 0, 0, 255, 200, 100, 50]);
 
-/** One tiny PNG through decode, sepia and encode; resolves null when healthy. */
+/** One tiny PNG through decode, sepia and encode, as a request goes; resolves null when healthy. */
 async function defaultSelfCheck(timeoutSeconds) {
   const tiny = { width: 2, height: 2, data: Buffer.from(SELF_CHECK_PIXELS) };
-  const png = await image.encodeImage(tiny, 'png', { timeoutSeconds });
-  const result = await image.processImage(png, { op: 'sepia', format: 'png', maxPixels: 4, timeoutSeconds });
-  const roundTrip = await image.decodeImage(Buffer.concat(result.parts), { maxPixels: 4, timeoutSeconds });
-  const expected = image.sepiaInPlace(Buffer.from(SELF_CHECK_PIXELS));
+  const png = await encodeImage(tiny, 'png', { timeoutSeconds });
+  const decoded = await decodeImage(png, { maxPixels: 4, timeoutSeconds });
+  await applyOperationAsync(decoded, 'sepia');
+  const reply = await encodeReply(decoded, { op: 'sepia', format: 'png' });
+  const roundTrip = await decodeImage(Buffer.concat(reply.parts), { maxPixels: 4, timeoutSeconds });
+  const expected = sepiaInPlace(Buffer.from(SELF_CHECK_PIXELS));
   if (!roundTrip.data.equals(expected)) return 'self-check image came back with wrong pixels';
   return null;
 }

@@ -1,8 +1,12 @@
 'use strict';
-// What a request asks for, read from its query, Accept and Authorization headers. Pure
-// functions: no I/O, no config. Every parser here is linear in its input (no backtracking).
+// What a request asks for and whether it may ask: its query, Accept, Authorization,
+// Content-Type and Content-Length headers. Pure functions of header values and the query: no
+// I/O, no config read. Every parser here is linear in its input (no backtracking).
 
-const { OPERATIONS, FORMATS, CHANNELS } = require('./image');
+const crypto = require('node:crypto');
+
+const { OPERATIONS } = require('./ops');
+const { FORMATS, CHANNELS } = require('./encode');
 
 const PRIMARY_OP = 'sepia';
 const KNOWN_KEYS = ['op', 'format', 'quality', 'lossless', 'compression', 'radius', 'channels'];
@@ -41,6 +45,56 @@ function bearerToken(header) {
   let start = space;
   while (start < header.length && header.charCodeAt(start) === 0x20) start += 1;
   return start < header.length ? header.slice(start) : null;
+}
+
+/** sha256 both sides first, so the comparison takes the same time whatever the lengths. */
+function tokenMatches(presented, expected) {
+  const a = crypto.createHash('sha256').update(presented, 'utf8').digest();
+  const b = crypto.createHash('sha256').update(expected, 'utf8').digest();
+  return crypto.timingSafeEqual(a, b);
+}
+
+/** True when `Authorization` carries the expected bearer token (or none is required). */
+function authorized(header, token) {
+  if (!token) return true;
+  const presented = bearerToken(header);
+  return presented !== null && tokenMatches(presented, token);
+}
+
+/** The media type of a Content-Type header, lower case, without parameters. */
+function mediaType(header) {
+  return (header || '').split(';')[0].trim().toLowerCase();
+}
+
+const tooLarge = (size, maxBytes) =>
+  new HttpError(413, 'too_large', `body of ${size} bytes is over the ${maxBytes} byte limit`);
+
+/** A 413 from Content-Length alone, before any of the body is read; null when it fits. */
+function declaredTooLarge(contentLength, maxBytes) {
+  const length = contentLength === undefined ? null : Number(contentLength);
+  return length !== null && length > maxBytes ? tooLarge(length, maxBytes) : null;
+}
+
+/**
+ * The refusal a request gets before its body is needed, in the contract's order (413 by
+ * Content-Length, 415, 400 for parameters), or null. `request` holds the query and the
+ * contentLength, contentType and accept header values.
+ */
+function refusalBeforeBody({ query, contentLength, contentType, accept }, maxBytes) {
+  const large = declaredTooLarge(contentLength, maxBytes);
+  if (large) return large;
+  const type = mediaType(contentType);
+  if (type !== 'multipart/form-data' && !type.startsWith('image/')) {
+    const shownType = JSON.stringify(type || 'none');
+    return new HttpError(415, 'unsupported_type', `content type ${shownType} is neither image/* nor multipart/form-data`);
+  }
+  try {
+    parseJob(query, accept);
+  } catch (err) {
+    if (err instanceof HttpError) return err;
+    throw err;
+  }
+  return null;
 }
 
 /** The one value of a known key, or undefined; a key given twice is 400 bad_param. */
@@ -111,4 +165,15 @@ function parseJob(query, accept) {
   };
 }
 
-module.exports = { HttpError, PRIMARY_OP, bearerToken, parseJob, formatFromAccept };
+module.exports = {
+  HttpError,
+  PRIMARY_OP,
+  bearerToken,
+  tokenMatches,
+  authorized,
+  mediaType,
+  tooLarge,
+  refusalBeforeBody,
+  parseJob,
+  formatFromAccept,
+};

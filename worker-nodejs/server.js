@@ -36,60 +36,53 @@ function lastResortLogging(logger) {
   });
 }
 
-function main() {
-  let config;
+/** The settings, or exit 2 with a one-line error naming the bad variable. */
+function configOrExit() {
   try {
-    config = loadConfig(process.env);
+    return loadConfig(process.env);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     process.stderr.write(`error: ${err.message}\n`);
-    process.exit(2);
+    return process.exit(2);
   }
-  const logger = createLogger({ level: config.logLevel });
-  // Each request's libvips pipelines run on libuv's thread pool (default 4 threads): leave
-  // room beyond WORKER_MAX_INFLIGHT for the health self-check, so it is never queued behind
-  // every request. libuv reads this when the pool starts, which loading sharp does: so sharp
-  // and the app (which loads it) are required only after this line.
-  process.env.UV_THREADPOOL_SIZE ??= String(Math.min(1024, Math.max(4, config.maxInflight + 2)));
-  const sharp = require('sharp');
-  const { buildApp, createServer } = require('./app');
-  lastResortLogging(logger);
+}
 
-  // A t2.micro has 1 GiB: libvips' operation cache only holds memory we never reuse,
-  // and one libvips thread per request keeps concurrent requests from multiplying buffers.
-  sharp.cache(false);
-  sharp.concurrency(1);
-
-  const app = buildApp(config, { logger, afterLargeRequest: collectGarbage() });
-  const server = createServer(app);
-
+function listen(server, config, logger) {
   server.on('error', (err) => {
     process.stderr.write(`error: cannot listen on ${config.host}:${config.port}: ${err.message}\n`);
     process.exit(1);
   });
-
   server.listen(config.port, config.host, () => {
     const { port } = server.address();
     logger.info('listening', {
-      host: config.host, port, build: config.build, max_inflight: config.maxInflight,
-      max_bytes: config.maxBytes, max_pixels: config.maxPixels, max_inflight_pixels: config.maxInflightPixels,
+      host: config.host,
+      port,
+      build: config.build,
+      max_inflight: config.maxInflight,
+      max_bytes: config.maxBytes,
+      max_pixels: config.maxPixels,
+      max_inflight_pixels: config.maxInflightPixels,
       token_required: Boolean(config.token),
     });
   });
+}
 
+/**
+ * On SIGTERM/SIGINT: stop admitting, keep listening while requests are in flight (so new
+ * callers get a clear 503 draining, and /healthz says so, instead of a refused connection),
+ * then close and exit 0; exit 1 once the grace period is over.
+ */
+function drainOnSignals(server, worker, config, logger) {
   let stopping = false;
   const stop = async (signal) => {
     if (stopping) return;
     stopping = true;
-    const worker = app.locals.worker;
     worker.startDraining();
     logger.info('draining', { signal, inflight: worker.inflight, grace_seconds: config.graceSeconds });
     const force = setTimeout(() => {
       logger.error('grace period over, exiting with requests still in flight', { inflight: worker.inflight });
       process.exit(1);
     }, config.graceSeconds * 1000);
-    // Keep listening while requests are in flight, so new callers get a clear 503 draining
-    // (and /healthz says so) instead of a refused connection; then stop and exit.
     await worker.whenIdle();
     server.close(() => {
       clearTimeout(force);
@@ -100,6 +93,30 @@ function main() {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+}
+
+function main() {
+  const config = configOrExit();
+  const logger = createLogger({ level: config.logLevel });
+  // Each request's libvips pipelines run on libuv's thread pool (default 4 threads): leave
+  // room beyond WORKER_MAX_INFLIGHT for the health self-check, so it is never queued behind
+  // every request. libuv reads this when the pool starts, which loading sharp does: so sharp
+  // and the app (which loads it) are required only after this line.
+  process.env.UV_THREADPOOL_SIZE ??= String(Math.min(1024, Math.max(4, config.maxInflight + 2)));
+  const sharp = require('sharp');
+  const { buildApp } = require('./app');
+  const { createServer } = require('./transport');
+  lastResortLogging(logger);
+
+  // A t2.micro has 1 GiB: libvips' operation cache only holds memory we never reuse,
+  // and one libvips thread per request keeps concurrent requests from multiplying buffers.
+  sharp.cache(false);
+  sharp.concurrency(1);
+
+  const app = buildApp(config, { logger, afterLargeRequest: collectGarbage() });
+  const server = createServer(app);
+  listen(server, config, logger);
+  drainOnSignals(server, app.locals.worker, config, logger);
 }
 
 main();

@@ -5,7 +5,7 @@
 const http = require('node:http');
 const busboy = require('busboy');
 
-const { HttpError } = require('./params');
+const { HttpError, tooLarge } = require('./params');
 
 const HEADERS_TIMEOUT_MS = 5_000;
 const KEEP_ALIVE_TIMEOUT_MS = 5_000;
@@ -65,15 +65,6 @@ function lingerThenClose(req, res, socket) {
     if (bodyDone) close();
   });
   socket.once('close', () => clearTimeout(timer));
-}
-
-const tooLarge = (size, maxBytes) => new HttpError(413, 'too_large', `body of ${size} bytes is over the ${maxBytes} byte limit`);
-
-/** A 413 from Content-Length alone, before any of the body is read; null when it fits. */
-function declaredTooLarge(req, maxBytes) {
-  const declared = req.get('content-length');
-  const length = declared === undefined ? null : Number(declared);
-  return length !== null && length > maxBytes ? tooLarge(length, maxBytes) : null;
 }
 
 /**
@@ -258,5 +249,5 @@ function createServer(app) {
 }
 
 module.exports = {
-  oneLine, sendError, refuse, declaredTooLarge, readBody, multipartImage, writeReply, createServer,
+  oneLine, sendError, refuse, readBody, multipartImage, writeReply, createServer,
 };

@@ -5,12 +5,14 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const net = require('node:net');
 
-const image = require('../image');
+const { decodeImage } = require('../decode');
+const { invertInPlace, sepiaInPlace } = require('../ops');
+const { encodeImage } = require('../encode');
 const { startWorker, post, assertError, waitFor, inflight } = require('./helpers');
 
 const PIXELS = Buffer.from([200, 100, 50, 0, 0, 0, 255, 255, 255, 10, 20, 30, 1, 22, 1, 90, 90, 90]);
 let pngPromise;
-const smallPng = () => (pngPromise ??= image.encodeImage({ width: 3, height: 2, data: Buffer.from(PIXELS) }, 'png'));
+const smallPng = () => (pngPromise ??= encodeImage({ width: 3, height: 2, data: Buffer.from(PIXELS) }, 'png'));
 
 /** A /process request whose body is only partly sent, so it holds its in-flight slot. */
 function holdRequest(worker, body, headers = {}) {
@@ -115,8 +117,8 @@ test('the original multipart request: field image, no op -> sepia PNG', async ()
     assert.equal(response.headers.get('content-type'), 'image/png');
     assert.equal(response.headers.get('x-worker'), 'worker-nodejs');
     assert.ok(Number(response.headers.get('x-processing-ms')) >= 0);
-    const out = await image.decodeImage(Buffer.from(await response.arrayBuffer()), { maxPixels: 6 });
-    assert.deepEqual(out.data, image.sepiaInPlace(Buffer.from(PIXELS)));
+    const out = await decodeImage(Buffer.from(await response.arrayBuffer()), { maxPixels: 6 });
+    assert.deepEqual(out.data, sepiaInPlace(Buffer.from(PIXELS)));
   } finally {
     await worker.close();
   }
@@ -139,7 +141,7 @@ test('format: ?format= wins over Accept; Accept picks the first known type; PNG 
     }
     const raw = Buffer.from(await (await post(worker, png, { query: '?op=invert&format=raw' })).arrayBuffer());
     assert.equal(raw.toString('latin1', 0, 11), 'P6\n3 2\n255\n');
-    assert.deepEqual(raw.subarray(11), image.invertInPlace(Buffer.from(PIXELS)));
+    assert.deepEqual(raw.subarray(11), invertInPlace(Buffer.from(PIXELS)));
   } finally {
     await worker.close();
   }

@@ -1,5 +1,5 @@
 'use strict';
-// Decode bombs and formats of the round-2 rules (4 and 5) through image.js: JPEG scan count,
+// Decode bombs and formats of the round-2 rules (4 and 5) through sniff.js and decode.js: JPEG scan count,
 // PNG compressed chunks, RLE BMPs (complete, truncated, declared huge with no data), P5 PGM,
 // and the stepped (event-loop friendly) ops giving the same bytes as the plain ones.
 
@@ -8,10 +8,11 @@ const assert = require('node:assert/strict');
 const zlib = require('node:zlib');
 const sharp = require('sharp');
 
-const image = require('../image');
-const { decodeBomb } = require('../guards');
+const { decodeBomb } = require('../sniff');
+const { decodeImage } = require('../decode');
+const { applyOperation, applyOperationAsync } = require('../ops');
 
-const decode = (buf, maxPixels = 50_000_000) => image.decodeImage(buf, { maxPixels });
+const decode = (buf, maxPixels = 50_000_000) => decodeImage(buf, { maxPixels });
 
 /** A progressive JPEG cut into: head (up to the first SOS), the scans, and EOI. */
 async function progressiveJpeg() {
@@ -121,9 +122,9 @@ test('issue 11 item 5: stepped ops give the same bytes as the plain ones, and yi
   const source = Buffer.alloc(width * height * 3);
   for (let i = 0; i < source.length; i += 1) source[i] = (i * 7919) % 251;
   for (const [op, params] of [['grayscale', {}], ['sepia', {}], ['invert', {}], ['blur', { radius: 3 }]]) {
-    const plain = image.applyOperation({ width, height, data: Buffer.from(source) }, op, params);
+    const plain = applyOperation({ width, height, data: Buffer.from(source) }, op, params);
     let pauses = 0;
-    const stepped = await image.applyOperationAsync({ width, height, data: Buffer.from(source) }, op, params, async () => {
+    const stepped = await applyOperationAsync({ width, height, data: Buffer.from(source) }, op, params, async () => {
       pauses += 1;
     });
     assert.ok(stepped.data.equals(plain.data), op);

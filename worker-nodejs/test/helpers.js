@@ -5,7 +5,8 @@
 const assert = require('node:assert/strict');
 const net = require('node:net');
 
-const { buildApp, createServer } = require('../app');
+const { buildApp } = require('../app');
+const { createServer } = require('../transport');
 const { loadConfig } = require('../config');
 const { createLogger } = require('../log');
 

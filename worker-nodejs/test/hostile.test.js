@@ -6,13 +6,13 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 
-const image = require('../image');
+const { encodeImage } = require('../encode');
 const {
   startWorker, post, assertError, waitFor, health, rawConnection, requestHead,
 } = require('./helpers');
 
 /** A flat PNG: tiny on the wire, `width*height` pixels once decoded. */
-const flatPng = (width, height) => image.encodeImage(
+const flatPng = (width, height) => encodeImage(
   { width, height, data: Buffer.alloc(width * height * 3, 77) }, 'png', { compression: 9 },
 );
 

@@ -6,7 +6,8 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 
-const image = require('../image');
+const { invertInPlace } = require('../ops');
+const { encodeImage } = require('../encode');
 const { bearerToken } = require('../params');
 const {
   startWorker, post, assertError, exchange, requestHead, waitFor, health,
@@ -14,7 +15,7 @@ const {
 
 const PIXELS = Buffer.from([200, 100, 50, 0, 0, 0, 255, 255, 255, 10, 20, 30]);
 let pngPromise;
-const smallPng = () => (pngPromise ??= image.encodeImage({ width: 2, height: 2, data: Buffer.from(PIXELS) }, 'png'));
+const smallPng = () => (pngPromise ??= encodeImage({ width: 2, height: 2, data: Buffer.from(PIXELS) }, 'png'));
 
 test('rule 1: exact parameter syntax; repeated known keys are bad_param; unknown keys ignored', async () => {
   const worker = await startWorker();
@@ -103,7 +104,7 @@ test('rule 6: multipart image with or without filename; two image parts bad_para
     for (const filename of ['a.png', undefined]) {
       const response = await post(worker, multipart([{ name: 'image', filename, body: png }]), { type: MULTIPART, query: '?op=invert&format=raw' });
       assert.equal(response.status, 200, `filename ${filename}`);
-      assert.deepEqual(Buffer.from(await response.arrayBuffer()).subarray(11), image.invertInPlace(Buffer.from(PIXELS)));
+      assert.deepEqual(Buffer.from(await response.arrayBuffer()).subarray(11), invertInPlace(Buffer.from(PIXELS)));
     }
     const two = multipart([{ name: 'image', body: png }, { name: 'image', filename: 'b.png', body: png }]);
     await assertError(await post(worker, two, { type: MULTIPART }), 400, 'bad_param');
