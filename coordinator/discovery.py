@@ -58,11 +58,12 @@ def check_worker(url: str, timeout: float, transport: Transport) -> WorkerStatus
     latency = (time.perf_counter() - started) * 1000
     if 300 <= reply.status < 400:
         location = printable(redact_url(reply.headers.get("Location") or "nowhere"), 100)
-        return WorkerStatus(url, False, latency_ms=latency,
-                            error=f"/healthz redirected (HTTP {reply.status} to {location}); redirects are not followed")
+        error = f"/healthz redirected (HTTP {reply.status} to {location}); redirects are not followed"
+        return WorkerStatus(url, False, latency_ms=latency, error=error)
     not_worker = f"not a worker: {url} answered /healthz with HTTP {reply.status}"
     if reply.content_type != "application/json":
-        return WorkerStatus(url, False, latency_ms=latency, error=f"{not_worker} {short(reply.content_type) or 'no type'}")
+        error = f"{not_worker} {short(reply.content_type) or 'no type'}"
+        return WorkerStatus(url, False, latency_ms=latency, error=error)
     try:
         body = json.loads(reply.body)
     except (ValueError, RecursionError):
