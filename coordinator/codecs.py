@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-QUALITIES = ("lossless", "high")
 # `high`: JPEG q95 replies (the workers encode 4:2:0, so chroma sets the error). Measured per
 # image from both runtimes: sepia 46.7-48.9 dB, invert 49-52, grayscale 55-56; a single thin
 # strip of noisy saturated colour can dip to ~44. Promise (and test): >= HIGH_PSNR_DB per image.

@@ -37,20 +37,17 @@ class Setting:
     low: float
     high: float
     integer: bool = False
-    meaning: str = ""
 
 
 NUMERIC_SETTINGS = (
-    Setting("COORDINATOR_CONNECT_TIMEOUT", 2.0, 0.05, 60, meaning="seconds to open a connection to a worker"),
-    Setting("COORDINATOR_READ_TIMEOUT", 30.0, 0.1, 600, meaning="seconds to wait for a worker's bytes"),
-    Setting("COORDINATOR_HEALTH_TIMEOUT", 1.5, 0.05, 30, meaning="seconds for each GET /healthz"),
-    Setting("COORDINATOR_MAX_ATTEMPTS", 4, 1, 20, integer=True,
-            meaning="tries per strip, across workers, before giving up"),
-    Setting("COORDINATOR_RETRY_AFTER_MAX", 2.0, 0, 60, meaning="longest honoured Retry-After, seconds"),
-    Setting("COORDINATOR_BACKOFF", 0.05, 0, 10, meaning="first retry backoff, seconds (doubles, capped at 1 s)"),
-    Setting("COORDINATOR_MAX_PIXELS", 50_000_000, 1, 1_000_000_000, integer=True,
-            meaning="largest input width*height, checked before decoding"),
-    Setting("COORDINATOR_PNG_LEVEL", 2, 0, 9, integer=True, meaning="zlib level of PNG output and PNG transport"),
+    Setting("COORDINATOR_CONNECT_TIMEOUT", 2.0, 0.05, 60),  # seconds to open a connection to a worker
+    Setting("COORDINATOR_READ_TIMEOUT", 30.0, 0.1, 600),  # seconds to wait for a worker's bytes
+    Setting("COORDINATOR_HEALTH_TIMEOUT", 1.5, 0.05, 30),  # seconds for each GET /healthz
+    Setting("COORDINATOR_MAX_ATTEMPTS", 4, 1, 20, integer=True),  # tries per strip, across workers
+    Setting("COORDINATOR_RETRY_AFTER_MAX", 2.0, 0, 60),  # longest honoured Retry-After, seconds
+    Setting("COORDINATOR_BACKOFF", 0.05, 0, 10),  # first retry backoff, seconds (doubles, capped at 1 s)
+    Setting("COORDINATOR_MAX_PIXELS", 50_000_000, 1, 1_000_000_000, integer=True),  # input width*height
+    Setting("COORDINATOR_PNG_LEVEL", 2, 0, 9, integer=True),  # zlib level of PNG output and transport
 )
 
 

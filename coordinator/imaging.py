@@ -27,11 +27,6 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 PPM_HEADER = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+(\d+)\s")
 
 
-def open_input(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode to 8-bit RGB, EXIF orientation applied; InputError for anything else."""
-    return Image.fromarray(decode_pixels(data, max_pixels))
-
-
 def decode_pixels(data: bytes, max_pixels: int) -> np.ndarray:
     """(H, W, 3) uint8 of the input; checks the pixel count from the header before decoding."""
     return to_rgb_array(load_image(data, max_pixels))

@@ -28,32 +28,21 @@ import numpy as np
 import requests
 from PIL import Image, ImageOps
 
-ROOT = Path(__file__).resolve().parents[1]
-WIRE_RUNS = 2
-sys.path.insert(0, str(ROOT / "worker-python"))
+from coordinator import imaging, pngfast
+from coordinator.config import CoordinatorConfig
+from coordinator.engine import make_session, run_job
+from scripts.testkit.images import encoded, photo
+from scripts.testkit.procs import start_worker
+from worker_python import imaging as python_ops
 
-from coordinator import imaging, pngfast  # noqa: E402
-from coordinator.config import CoordinatorConfig  # noqa: E402
-from coordinator.engine import make_session, run_job  # noqa: E402
-from tests.support.procs import start_worker  # noqa: E402
-from worker_python import imaging as python_ops  # noqa: E402
+WIRE_RUNS = 2
 
 
 def photo_jpeg(megapixels: float, seed: int = 12) -> bytes:
-    """A 4:3 photo-like JPEG: smooth colour gradients, soft shapes, sensor-like noise."""
+    """A 4:3 photo-like JPEG (scripts/testkit/images.py's photo)."""
     height = int(round((megapixels * 1e6 * 3 / 4) ** 0.5))
     width = int(round(height * 4 / 3))
-    rng = np.random.default_rng(seed)
-    y = np.linspace(0, 1, height, dtype=np.float32)[:, None]
-    x = np.linspace(0, 1, width, dtype=np.float32)[None, :]
-    red = 120 + 80 * np.sin(5 * x + 2 * y) * np.cos(3 * y)
-    green = 110 + 70 * np.cos(4 * y - 3 * x) + 30 * ((x - 0.6) ** 2 + (y - 0.4) ** 2 < 0.04)
-    blue = 100 + 60 * np.sin(8 * x * y + 1) - 40 * (np.abs(x - y) < 0.05)
-    pixels = np.stack([red, green, blue], axis=-1)
-    pixels += rng.normal(0, 4, pixels.shape).astype(np.float32)
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
+    return encoded(photo(width, height, seed), "JPEG", quality=90)
 
 
 def coordinator_run(jpeg: bytes, config: CoordinatorConfig, level: int) -> tuple[bytes, dict]:

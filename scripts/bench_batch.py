@@ -14,7 +14,6 @@ Prints medians, images/s, (a)/(b) throughput (target >= 0.9) and bytes per image
 from __future__ import annotations
 
 import argparse
-import io
 import multiprocessing
 import os
 import statistics
@@ -27,30 +26,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "worker-python"))
+from coordinator.config import CoordinatorConfig
+from scripts.testkit.images import encoded, photo
+from scripts.testkit.procs import start_worker
+from worker_python import imaging as python_ops
 
-from coordinator.config import CoordinatorConfig  # noqa: E402
-from tests.support.procs import start_worker  # noqa: E402
-from worker_python import imaging as python_ops  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 WIDTH, HEIGHT = 3840, 2160
 
 
 def photo_4k(seed: int) -> bytes:
-    """A photo-like 3840x2160 JPEG (gradients, soft shapes, noise); seed varies the scene."""
-    rng = np.random.default_rng(seed)
-    phase = rng.uniform(0, 3, 3).astype(np.float32)
-    y = np.linspace(0, 1, HEIGHT, dtype=np.float32)[:, None]
-    x = np.linspace(0, 1, WIDTH, dtype=np.float32)[None, :]
-    red = 120 + 80 * np.sin(5 * x + 2 * y + phase[0]) * np.cos(3 * y)
-    green = 110 + 70 * np.cos(4 * y - 3 * x + phase[1]) + 30 * ((x - 0.6) ** 2 + (y - 0.4) ** 2 < 0.04)
-    blue = 100 + 60 * np.sin(8 * x * y + phase[2]) - 40 * (np.abs(x - y) < 0.05)
-    pixels = np.stack([red, green, blue], axis=-1)
-    pixels += rng.normal(0, 4, pixels.shape).astype(np.float32)
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
+    """A photo-like 3840x2160 JPEG; seed varies the scene (scripts/testkit/images.py)."""
+    return encoded(photo(WIDTH, HEIGHT, seed, random_phase=True), "JPEG", quality=90)
 
 
 def pool_one(job: tuple[str, str, int]) -> int:

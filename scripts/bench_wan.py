@@ -35,7 +35,7 @@ from coordinator import codecs, imaging, pngfast
 from coordinator.config import CoordinatorConfig
 from scripts import wan
 from scripts.bench import coordinator_run, decoded, one_process_run, original_run, photo_jpeg
-from tests.support.procs import ROOT, wait_http_ok, worker_command
+from scripts.testkit.procs import ROOT, wait_http_ok, worker_command
 
 INNER_PORTS = {"python": 15001, "nodejs": 15002}
 OUTER_PORTS = {"python": 5001, "nodejs": 5002}

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.procs import RUNTIMES, start_worker
+from scripts.testkit.procs import RUNTIMES, start_worker
 
 
 class Fleet:
@@ -43,9 +43,9 @@ class Fleet:
 
 
 def fuzz_rows(fleet: Fleet, cases: int, budget: float, bitflips: int, seed: int, rss: dict) -> list:
-    from tests.test_fuzz import (LYING_HEADER_BUGS, broken_images, fuzz_contract, fuzz_decoders,
-                                 lying_headers)
-    from tests.test_load import peak_rss_mb
+    from scripts.testkit.fuzz import (LYING_HEADER_BUGS, broken_images, fuzz_contract, fuzz_decoders,
+                                      lying_headers)
+    from scripts.testkit.load import peak_rss_mb
 
     rows = []
     for runtime in RUNTIMES:
@@ -77,7 +77,7 @@ def fuzz_rows(fleet: Fleet, cases: int, budget: float, bitflips: int, seed: int,
 
 
 def load_rows(fleet: Fleet, jobs: int, threads: int, seed: int, rss: dict) -> list:
-    from tests.test_load import busy_responses_in_log, peak_rss_mb, run_load
+    from scripts.testkit.load import busy_responses_in_log, peak_rss_mb, run_load
 
     env = {"WORKER_MAX_INFLIGHT": "1"}
     workers = [fleet.start(runtime, env, label=f"load-{runtime}") for runtime in RUNTIMES]
@@ -93,7 +93,7 @@ def load_rows(fleet: Fleet, jobs: int, threads: int, seed: int, rss: dict) -> li
 
 
 def fault_rows(fleet: Fleet) -> list:
-    from tests.test_faults import ALL_FAULTS, FAULT_BUGS, fault_drip
+    from scripts.testkit.faults import ALL_FAULTS, FAULT_BUGS, fault_drip
 
     ALL_FAULTS = {**ALL_FAULTS, "slow-drip reply": lambda p, n: fault_drip(p, n, bound_s=30)}
 
@@ -120,8 +120,8 @@ def fault_rows(fleet: Fleet) -> list:
 
 
 def tbf_row() -> tuple:
-    from tests.support import netns
-    from tests.test_faults import tbf_slow_link
+    from scripts.testkit import netns
+    from scripts.testkit.faults import tbf_slow_link
 
     reason = netns.available()
     if reason:
@@ -133,9 +133,9 @@ def tbf_row() -> tuple:
 
 def cli_blackhole_row(pair: dict) -> tuple:
     """Every worker hangs: the CLI must fail with one line, exit 3, and write no file."""
-    from tests.support.faultproxy import FaultProxy
-    from tests.test_faults import run_cli
-    from tests.test_load import png_bytes, sample_rgb
+    from scripts.testkit.faultproxy import FaultProxy
+    from scripts.testkit.faults import run_cli
+    from scripts.testkit.images import png_bytes, sample_rgb
 
     with tempfile.TemporaryDirectory() as tmp:
         source, out = Path(tmp) / "in.png", Path(tmp) / "out.png"
@@ -155,7 +155,7 @@ def cli_blackhole_row(pair: dict) -> tuple:
 
 
 def shutdown_rows(fleet: Fleet) -> list:
-    from tests.test_shutdown import GRACE_SECONDS, sigterm_in_flight
+    from scripts.testkit.shutdown import GRACE_SECONDS, sigterm_in_flight
 
     rows = []
     for runtime in RUNTIMES:

@@ -15,7 +15,6 @@ made on the same machine at the same time.
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import sys
 import tempfile
@@ -27,33 +26,18 @@ from pathlib import Path
 import numpy as np
 import psutil
 import requests
-from PIL import Image
 
 from scripts.local import MALLOC_LIMITS
-from tests.support.procs import RUNTIMES, start_worker
+from scripts.testkit.images import encoded, photo
+from scripts.testkit.procs import RUNTIMES, start_worker
 
 MIB = 1024 * 1024
 
 
-def photo_like_strip(width: int, height: int, seed: int = 1) -> np.ndarray:
-    """Smooth gradients, a few soft shapes and sensor-like noise: compresses like a photo."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    red = 255 * x / width
-    green = 255 * y / height
-    blue = 127 + 100 * np.sin(x / 97) * np.cos(y / 61)
-    pixels = np.stack([red, green, blue], -1)
-    pixels += rng.normal(0, 6, pixels.shape).astype(np.float32)
-    return np.clip(pixels, 0, 255).astype(np.uint8)
-
-
 def encode_strip(pixels: np.ndarray, fmt: str) -> tuple[bytes, str]:
     if fmt == "raw":
-        height, width = pixels.shape[:2]
-        return f"P6\n{width} {height}\n255\n".encode() + pixels.tobytes(), "image/x-portable-pixmap"
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, {"png": "PNG", "jpeg": "JPEG"}[fmt])
-    return buffer.getvalue(), f"image/{fmt}"
+        return encoded(pixels, "PPM"), "image/x-portable-pixmap"
+    return encoded(pixels, {"png": "PNG", "jpeg": "JPEG"}[fmt]), f"image/{fmt}"
 
 
 class MemoryWatch:
@@ -172,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.requests <= 1000 or not 1 <= args.concurrency <= 64:
         parser.error("--requests must be 1-1000 and --concurrency 1-64")
 
-    body, content_type = encode_strip(photo_like_strip(args.width, args.height), args.input_format)
+    body, content_type = encode_strip(photo(args.width, args.height, seed=1), args.input_format)
     header = (f"{args.width}x{args.height} strip ({args.width * args.height / 1e6:.1f} MP), "
               f"{args.input_format} in ({len(body) / MIB:.1f} MiB), {args.output_format} out, "
               f"{args.requests} requests per op, concurrency {args.concurrency}")

@@ -16,26 +16,11 @@ import pytest
 from PIL import Image, ImageFilter
 
 from coordinator import cli
-from tests.support.faultproxy import FaultProxy
-from tests.support.procs import ROOT
+from scripts.testkit.cli import assert_one_error_line, clean_env, run_cli
+from scripts.testkit.faultproxy import FaultProxy
+from scripts.testkit.procs import ROOT
 
 ERROR_EXITS = {"usage": 2, "input": 2, "no_worker": 3, "unexpected": 1}
-
-
-def clean_env(env: dict | None = None) -> dict:
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("COORDINATOR_")}, **(env or {})}
-
-
-def run_cli(*args: str, env: dict | None = None, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "coordinator", *args], **{"cwd": ROOT, **kwargs},
-                          env=clean_env(env), capture_output=True, text=True, timeout=timeout)
-
-
-def assert_one_error_line(done: subprocess.CompletedProcess, code: int, words: str) -> None:
-    assert done.returncode == code, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], done.stderr
-    assert "Traceback" not in done.stderr
 
 
 def picture(path, height=41, width=30, fmt=None) -> np.ndarray:

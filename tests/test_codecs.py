@@ -13,30 +13,14 @@ from coordinator import codecs, engine, imaging
 from coordinator.config import CoordinatorConfig, load_config
 from coordinator.engine import run_job
 from coordinator.errors import ConfigError
+from scripts.testkit.images import encoded, photo, png_bytes
 from tests.conftest import skip_or_fail
 
 PLAN = "grayscale,sepia,blur,invert,sepia"  # five strips over both runtimes, blur reads a halo
 
 
-def photo(width: int, height: int, seed: int = 3, noise: float = 6) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    y = np.linspace(0, 1, height, dtype=np.float32)[:, None]
-    x = np.linspace(0, 1, width, dtype=np.float32)[None, :]
-    base = np.stack([120 + 90 * np.sin(6 * x + 2 * y), 110 + 80 * np.cos(5 * y - 3 * x),
-                     100 + 70 * np.sin(9 * x * y + 1)], axis=-1)
-    return np.clip(base + rng.normal(0, noise, base.shape), 0, 255).astype(np.uint8)
-
-
 def jpeg_bytes(pixels: np.ndarray, **options) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=90, **options)
-    return buffer.getvalue()
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
+    return encoded(pixels, "JPEG", quality=90, **options)
 
 
 @pytest.fixture

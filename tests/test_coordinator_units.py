@@ -16,17 +16,11 @@ from coordinator import imaging, pngfast
 from coordinator.config import DEFAULT_WORKERS, load_config
 from coordinator.errors import ConfigError, InputError
 from coordinator.plan import blur_halo, parse_plan, plan_strips
+from scripts.testkit.images import png_bytes
 
 
 def noise(height: int, width: int, seed: int = 7) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def png_bytes(pixels: np.ndarray | Image.Image) -> bytes:
-    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 # --- config ---------------------------------------------------------------------------

@@ -7,14 +7,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 
 import pytest
 import requests
 
-from tests.support.procs import ROOT
-from tests.test_load import expected_pixels, max_pixel_diff, png_bytes, sample_rgb
+from scripts.testkit import cli
+from scripts.testkit.images import expected_pixels, max_pixel_diff, png_bytes, sample_rgb
+from scripts.testkit.procs import ROOT
 
 TOKEN = "s3cr3t-Token-for-tests-8f1d2c"
 WRONG = "s3cr3t-Token-for-tests-WRONG0"       # same prefix: a prefix compare would pass it
@@ -163,13 +163,8 @@ def run_cli(tmp_path, fleet, token: str, strips: int = 4) -> tuple[subprocess.Co
     image = sample_rgb(40, 32)
     source, out = tmp_path / "in.png", tmp_path / "out.png"
     source.write_bytes(png_bytes(image))
-    env = {key: value for key, value in __import__("os").environ.items()
-           if not key.startswith("COORDINATOR_")}
-    env["COORDINATOR_WORKER_TOKEN"] = token
-    done = subprocess.run([sys.executable, "-m", "coordinator", "process", str(source), "-o", str(out),
-                           "--plan", "seed", "--strips", str(strips),
-                           "--workers", ",".join(w.url for w in fleet)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    done = cli.run_cli("process", str(source), "-o", str(out), "--plan", "seed", "--strips", str(strips),
+                       "--workers", ",".join(w.url for w in fleet), env={"COORDINATOR_WORKER_TOKEN": token})
     return done, image
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from coordinator.config import load_config
 from tests.support.procs import ROOT
-from tests.test_cli import assert_one_error_line, run_cli
+from scripts.testkit.cli import assert_one_error_line, run_cli
 
 FIXTURE = ROOT / "tests" / "fixtures" / "stack-outputs.json"
 

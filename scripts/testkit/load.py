@@ -1,0 +1,159 @@
+"""A load run through the coordinator engine against workers made to push back (tests/test_load.py, soak)."""
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from scripts.testkit.images import expected_pixels, max_pixel_diff, png_bytes, sample_rgb
+
+JOBS = 50
+CLIENT_THREADS = 10
+JOB_TIMEOUT_S = 120
+PLANS = ("grayscale", "sepia", "invert")
+
+
+@dataclass
+class LoadOutcome:
+    completed: int = 0
+    failed_cleanly: int = 0          # a one-line CoordinatorError, fixed by a retry after the rush
+    lost: int = 0                    # wrong pixels, other exceptions, hangs, retry also failed
+    busy_retries: int = 0            # strip retries the engine reported for a 503 busy
+    neighbour_busy: int = 0          # 503 busy answers the neighbour client got
+    problems: list = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+def run_load(worker_urls: list[str], jobs: int = JOBS, threads: int = CLIENT_THREADS,
+             strips: int = 4, seed: int = 11, token: str | None = None,
+             neighbour_threads: int = 1) -> LoadOutcome:
+    from coordinator.config import load_config
+    from coordinator.engine import run_job
+    from coordinator.errors import CoordinatorError
+
+    environ = {"COORDINATOR_MAX_ATTEMPTS": "6", "COORDINATOR_READ_TIMEOUT": "30"}
+    if token:
+        environ["COORDINATOR_WORKER_TOKEN"] = token
+    config = load_config(workers=",".join(worker_urls), environ=environ)
+    rng = random.Random(seed)
+    specs = [(index, rng.choice(PLANS), sample_rgb(rng.randint(24, 96), rng.randint(16, 80), index))
+             for index in range(jobs)]
+    outcome = LoadOutcome()
+    lock = threading.Lock()
+
+    def note(kind: str, problem: str | None = None) -> None:
+        with lock:
+            setattr(outcome, kind, getattr(outcome, kind) + 1)
+            if problem and len(outcome.problems) < 20:
+                outcome.problems.append(problem)
+
+    def one(spec, retrying: bool = False) -> None:
+        index, plan, image = spec
+        busy = 0
+
+        def on_event(event) -> None:
+            nonlocal busy
+            if event.kind == "retry" and ("busy" in (event.message or "") or "503" in (event.message or "")):
+                busy += 1
+
+        try:
+            result = run_job(png_bytes(image), config, plan=plan, strips=strips, on_event=on_event)
+        except CoordinatorError as exc:
+            message = str(exc)
+            if "\n" in message or not message:
+                note("lost", f"job {index}: error is not one line: {message!r}")
+            elif retrying:
+                note("lost", f"job {index}: failed again on retry: {message}")
+            else:
+                note("failed_cleanly", None)
+                with lock:
+                    to_retry.append(spec)
+            return
+        except Exception as exc:             # anything else is a bug: it is "lost"
+            note("lost", f"job {index}: {type(exc).__name__}: {exc}")
+            return
+        finally:
+            with lock:
+                outcome.busy_retries += busy
+        diff = max_pixel_diff(result.image, expected_pixels(image, plan))
+        if diff > 1:
+            note("lost", f"job {index} ({plan}): wrong pixels, max diff {diff}")
+        elif not retrying:
+            note("completed")
+
+    to_retry: list = []
+    started = time.monotonic()
+    stop_neighbour = threading.Event()
+    neighbours = [threading.Thread(target=neighbour, args=(url, stop_neighbour, outcome), daemon=True)
+                  for url in worker_urls for _ in range(neighbour_threads)]
+    for thread in neighbours:
+        thread.start()
+    try:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            futures = [pool.submit(one, spec) for spec in specs]
+            done, not_done = wait(futures, timeout=JOB_TIMEOUT_S * 2)
+    finally:
+        stop_neighbour.set()
+        for thread in neighbours:
+            thread.join(timeout=15)
+    for future in not_done:
+        note("lost", "a job did not finish in time (hang)")
+    # "A retry fixes it": the user's retry, once the rush is over, must succeed.
+    for spec in to_retry:
+        one(spec, retrying=True)
+    outcome.elapsed_s = time.monotonic() - started
+    return outcome
+
+
+def neighbour(url: str, stop: threading.Event, outcome: LoadOutcome, limit: int = 2000) -> None:
+    """Another client of the same worker: small requests back to back, bounded in count."""
+    import requests
+
+    body = png_bytes(sample_rgb(48, 48, seed=99))
+    headers = {"Content-Type": "image/png"}
+    with requests.Session() as session:
+        for _ in range(limit):
+            if stop.is_set():
+                return
+            try:
+                response = session.post(f"{url}/process", data=body, headers=headers, timeout=10)
+            except requests.RequestException:
+                time.sleep(0.05)
+                continue
+            if response.status_code == 503:
+                outcome.neighbour_busy += 1
+
+
+def busy_responses_in_log(log_text: str) -> int:
+    """Requests the worker answered 503 busy, from its JSON log lines."""
+    count = 0
+    for line in log_text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("status") == 503 or entry.get("code") == "busy":
+            count += 1
+    return count
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident set (VmHWM) of a process and its children, the largest of them, in MB."""
+    import psutil
+
+    try:
+        processes = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0
+    peak_kb = 0
+    for process in processes:
+        try:
+            with open(f"/proc/{process.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        peak_kb = max(peak_kb, int(line.split()[1]))
+        except OSError:
+            continue
+    return peak_kb / 1024
