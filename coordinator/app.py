@@ -11,31 +11,27 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 import time
 import uuid
 from pathlib import Path
 
-# `streamlit run coordinator/app.py` puts coordinator/ on sys.path, not the repo root.
-_ROOT = str(Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+# `streamlit run coordinator/app.py` puts coordinator/ on sys.path, not the repo root; the
+# `coordinator` package imports because `make setup` installed it (pyproject.toml).
+import numpy as np
+import streamlit as st
+from PIL import Image, ImageDraw
+from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, StopException
+from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
 
-import numpy as np  # noqa: E402
-import streamlit as st  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, StopException  # noqa: E402
-from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx  # noqa: E402
-
-from coordinator import discovery, engine, imaging, plan  # noqa: E402
-from coordinator.config import CoordinatorConfig, load_config  # noqa: E402
-from coordinator.errors import ConfigError, InputError, NoWorkerError  # noqa: E402
-from coordinator.page_chart import COLOURS, PARTS, chart_height, strip_table, timing_frame, worker_host  # noqa: E402
-from coordinator.page_log import page_logger  # noqa: E402
-from coordinator.page_memory import SessionImages, release_freed_memory, start_reaper  # noqa: E402
-from coordinator.page_overlay import StripBox, draw_strip_overlay  # noqa: E402
-from coordinator.page_workers import draw_workers  # noqa: E402
-from coordinator.page_text import (cancelled_message, changed_settings, done_label,  # noqa: E402
+from coordinator import discovery, engine, imaging, plan
+from coordinator.config import CoordinatorConfig, load_config
+from coordinator.errors import ConfigError, InputError, NoWorkerError
+from coordinator.page_chart import COLOURS, PARTS, chart_height, strip_table, timing_frame, worker_host
+from coordinator.page_log import page_logger
+from coordinator.page_memory import SessionImages, release_freed_memory, start_reaper
+from coordinator.page_overlay import StripBox, draw_strip_overlay
+from coordinator.page_workers import draw_workers
+from coordinator.page_text import (cancelled_message, changed_settings, done_label,
                                    escape_markdown, event_line, image_summary, input_problem,
                                    missing_workers, no_worker_message, plan_caption,
                                    runtimes_note, safe_name, status_label, too_many_pixels)
@@ -131,7 +127,19 @@ def session_store() -> SessionImages:
 
     if not runtime.exists():  # AppTest: no server, no session outlives its test
         return SessionImages(lambda session_id: True)
-    store = SessionImages(runtime.get_instance().is_active_session)
+    server = runtime.get_instance()
+
+    def drop_streamlit_copies(session_id: str) -> None:
+        """What Streamlit holds for a session it has not shut down: the raw upload, and the
+        media (download bytes, previews). One orphan pass, as at the end of any run: a
+        download is marked now and deleted by the next pass (a second pass here could
+        delete another session's download in the middle of its rerun)."""
+        server.uploaded_file_mgr.remove_session_files(session_id)
+        server.media_file_mgr.clear_session_refs(session_id)
+        server.media_file_mgr.remove_orphaned_files()
+
+    store = SessionImages(server.is_active_session, float(st.get_option("server.disconnectedSessionTTL")),
+                          on_gone=drop_streamlit_copies)
     start_reaper(store)
     return store
 
@@ -280,8 +288,9 @@ def store_failure(exc: NoWorkerError, total: int, lines: list[str], status) -> N
 
 
 def run_with_progress(upload: dict, uploaded, config: CoordinatorConfig, choice: dict, status, lines: list):
-    """engine.run_job with each event shown as it comes; a rerun (a control changed) or Stop
-    cancels the job: that is recorded, so the next run says so instead of dropping it silently."""
+    """engine.run_job with each event shown as it comes. A control change does not stop it (the
+    fragment's rerun waits for it); a full rerun (a new upload) or Stop does: that is recorded,
+    so the next run says so instead of dropping the job silently."""
     total, done = choice["strips"], [0]
 
     def on_event(event) -> None:  # the engine calls this on this (the script's) thread

@@ -5,8 +5,9 @@ Streamlit keeps a closed browser's session, with its st.session_state, for recon
 reaps it only lazily (on a later disconnect, after server.disconnectedSessionTTL), so three
 closed sessions with a 135 MB BMP each still held 730 MB minutes later. Each session's images
 live in one dict here (st.session_state holds the same dict); a reaper thread empties the
-dict of a session that has had no browser for GRACE_SECONDS. Pure apart from the optional
-malloc_trim: no Streamlit import, so it is tested with a fake clock and activity check.
+dict of a session that has had no browser for the grace period (then `on_gone` lets the page
+drop what Streamlit holds for it: the raw upload, the download's bytes). Pure apart from the
+optional malloc_trim: no Streamlit import, so it is tested with a fake clock and activity check.
 """
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ import threading
 import time
 from typing import Callable
 
-GRACE_SECONDS = 60.0  # a network blip reconnects well within this; a closed tab does not
+GRACE_SECONDS = 120.0  # the page uses Streamlit's server.disconnectedSessionTTL, 120 s by default
 
 
 class SessionImages:
     def __init__(self, is_active: Callable[[str], bool], grace: float = GRACE_SECONDS,
-                 clock: Callable[[], float] = time.monotonic):
-        self._is_active, self._grace, self._clock = is_active, grace, clock
+                 clock: Callable[[], float] = time.monotonic,
+                 on_gone: Callable[[str], None] = lambda session_id: None):
+        self._is_active, self._grace, self._clock, self._on_gone = is_active, grace, clock, on_gone
         self._by_session: dict[str, dict] = {}
         self._gone_since: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -35,7 +37,7 @@ class SessionImages:
 
     def reap(self) -> int:
         """Empty the dicts of sessions gone for the grace period; returns how many."""
-        now, emptied = self._clock(), 0
+        now, emptied = self._clock(), []
         with self._lock:
             for session_id in list(self._by_session):
                 if self._is_active(session_id):
@@ -45,8 +47,10 @@ class SessionImages:
                 if now - gone >= self._grace:
                     self._by_session.pop(session_id).clear()
                     self._gone_since.pop(session_id)
-                    emptied += 1
-        return emptied
+                    emptied.append(session_id)
+        for session_id in emptied:
+            self._on_gone(session_id)
+        return len(emptied)
 
     def sessions(self) -> int:
         with self._lock:

@@ -305,7 +305,9 @@ def test_a_new_upload_drops_the_old_image_and_result(monkeypatch, local_fleet):
 
 def test_a_gone_session_s_images_are_emptied_after_the_grace_period():
     now, active = [0.0], {"a": True, "b": True}
-    store = SessionImages(lambda session_id: active[session_id], grace=60, clock=lambda: now[0])
+    dropped = []
+    store = SessionImages(lambda session_id: active[session_id], grace=60, clock=lambda: now[0],
+                          on_gone=dropped.append)
     kept, gone = store.for_session("a"), store.for_session("b")
     kept["upload"], gone["upload"] = "pixels a", "pixels b"
     active["b"] = False
@@ -313,7 +315,7 @@ def test_a_gone_session_s_images_are_emptied_after_the_grace_period():
     now[0] = 59.0
     assert store.reap() == 0 and gone == {"upload": "pixels b"}
     now[0] = 60.0
-    assert store.reap() == 1 and gone == {} and kept == {"upload": "pixels a"}
+    assert store.reap() == 1 and gone == {} and kept == {"upload": "pixels a"} and dropped == ["b"]
     assert store.sessions() == 1 and store.for_session("b") == {}  # a reconnect starts empty
 
 

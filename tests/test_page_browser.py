@@ -4,34 +4,21 @@ The time a 12 MP upload takes on the page is a benchmark, not a test: scripts/be
 """
 from __future__ import annotations
 
-import io
 import re
-import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from scripts.testkit.browser import (ARTIFACTS, RESULT_TIMEOUT_MS, chromium_missing, chromium_page,
+                                     start_page, upload_and_process, wait_until_idle)
+from scripts.testkit.images import colourful_image, encoded
 from tests.conftest import skip_or_fail
-from tests.support.browser import ARTIFACTS, chromium_missing, chromium_page, start_page
 from tests.support.hostile_worker import HostileWorker
+from tests.support.procs import free_port
 
 pytestmark = pytest.mark.browser
-RESULT_TIMEOUT_MS = 60_000
-
-
-def colourful_image(width: int, height: int) -> Image.Image:
-    y, x = np.mgrid[0:height, 0:width]
-    pixels = np.stack([x * 255 // width, y * 255 // height, 255 - (x + y) * 255 // (width + height)], axis=-1)
-    return Image.fromarray(pixels.astype(np.uint8))
-
-
-def encoded(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -54,28 +41,6 @@ def record_hosts(page) -> list[str]:
     hosts: list[str] = []
     page.on("request", lambda request: hosts.append(urlsplit(request.url).hostname or request.url))
     return hosts
-
-
-def wait_until_idle(page) -> None:
-    """The rerun finished: Streamlit's running indicator is gone and the last elements are drawn."""
-    page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=30_000)
-    page.get_by_test_id("stDataFrame").wait_for(timeout=30_000)
-    page.get_by_test_id("stDownloadButton").wait_for(timeout=30_000)
-    page.wait_for_timeout(1000)  # charts and the data grid draw on a canvas after they mount
-
-
-def upload_and_process(page, url: str, name: str, data: bytes | Path, mime: str) -> float:
-    """Upload, click Process, wait for the result image; returns seconds from click to result."""
-    page.goto(url)
-    page.get_by_text("Upload an image to start").wait_for(timeout=30_000)
-    upload_file = data if isinstance(data, Path) else {"name": name, "mimeType": mime, "buffer": data}
-    page.locator('input[type="file"]').set_input_files(files=[upload_file])  # a Path over 50 MB
-    page.get_by_role("button", name=re.compile("Process")).wait_for(timeout=30_000)
-    clicked = time.perf_counter()
-    page.get_by_role("button", name=re.compile("Process")).click()
-    page.get_by_text(re.compile(r"^Result · ")).wait_for(timeout=RESULT_TIMEOUT_MS)
-    page.locator('[data-testid="stImage"] img').nth(1).wait_for(timeout=RESULT_TIMEOUT_MS)
-    return time.perf_counter() - clicked
 
 
 def test_upload_process_download_in_chromium(page_server):
@@ -112,6 +77,7 @@ def test_bad_file_shows_a_message_not_a_traceback(page_server):
         page.locator('input[type="file"]').set_input_files(
             files=[{"name": "broken.png", "mimeType": "image/png", "buffer": b"not an image"}])
         page.get_by_text("This file is not an image the page can read").wait_for(timeout=30_000)
+        shot(page, "page-bad-file.png")
         assert page.get_by_text("Traceback").count() == 0
         assert page.locator('[data-testid="stException"]').count() == 0
 
@@ -160,7 +126,7 @@ def test_worker_text_is_plain_and_nothing_is_fetched_off_loopback(local_fleet, t
     with HostileWorker(health="markdown") as hostile:
         server = start_page(tmp_path, [hostile.url, *local_fleet])
         try:
-            with chromium_page(viewport=(1400, 1700)) as page:
+            with chromium_page(viewport=(1400, 2300)) as page:
                 hosts = record_hosts(page)
                 upload_and_process(page, server.url, "plain.png", encoded(colourful_image(300, 200), "PNG"),
                                    "image/png")
@@ -240,3 +206,20 @@ def test_a_very_wide_thin_image_is_visible_and_offers_formats_that_fit(page_serv
         for image in page.locator('[data-testid="stImage"] img').all():
             assert image.evaluate("img => img.getBoundingClientRect().height") >= 20
         shot(page, "page-wide-image.png")
+
+
+def test_process_is_disabled_with_no_worker(tmp_path):
+    server = start_page(tmp_path, [f"http://127.0.0.1:{free_port()}"])
+    try:
+        with chromium_page() as page:
+            page.goto(server.url)
+            page.get_by_text("Upload an image to start").wait_for(timeout=30_000)
+            page.locator('input[type="file"]').set_input_files(files=[{
+                "name": "idle.png", "mimeType": "image/png", "buffer": encoded(colourful_image(300, 200), "PNG")}])
+            button = page.get_by_role("button", name=re.compile("Process"))
+            button.wait_for(timeout=30_000)
+            assert button.is_disabled()
+            page.get_by_text("No worker is reachable").first.wait_for()
+            shot(page, "page-no-worker.png")
+    finally:
+        server.stop()
