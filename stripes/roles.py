@@ -32,8 +32,10 @@ class RoleSpec:
     start: tuple[str, ...]   # interpreter arguments that start the server, in the worker folder
     deps_manifest: str   # pinned dependencies; its hash decides whether a host reinstalls
     required_files: tuple[str, ...]  # a bundle without them is refused
-    # As the worker lists them in /healthz (a test checks); the coordinator routes by /healthz.
+    # As the worker lists them in /healthz (tests/test_roles.py checks); the coordinator routes
+    # by /healthz. The primary op is the one applied when a request names none.
     operations: tuple[str, ...]
+    primary_op: str
     apt_packages: tuple[str, ...]
 
     def local_command(self) -> list[str]:
@@ -88,7 +90,7 @@ ROLE_SPECS: dict[str, RoleSpec] = {
         start=("-m", "worker_python"),
         deps_manifest="requirements.txt",
         required_files=("requirements.txt", "worker_python/__main__.py"),
-        operations=("grayscale", "sepia", "invert", "blur"),
+        operations=("grayscale", "sepia", "invert", "blur"), primary_op="grayscale",
         apt_packages=("python3-venv",),
     ),
     "worker-nodejs": RoleSpec(
@@ -96,7 +98,7 @@ ROLE_SPECS: dict[str, RoleSpec] = {
         start=("server.js",),
         deps_manifest="package-lock.json",
         required_files=("package.json", "package-lock.json", "server.js"),
-        operations=("grayscale", "sepia", "invert", "blur"),
+        operations=("grayscale", "sepia", "invert", "blur"), primary_op="sepia",
         apt_packages=("ca-certificates", "curl", "xz-utils"),
     ),
 }

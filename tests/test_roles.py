@@ -9,6 +9,7 @@ import dataclasses
 import types
 from pathlib import Path
 
+import requests
 import yaml
 
 import stripes.roles as roles
@@ -89,3 +90,10 @@ def test_a_host_path_change_reaches_user_data_and_the_fleet_deploy(monkeypatch):
     assert paths.release("b1") == "/tmp/host/srv/worker-python/releases/b1"
     assert "/tmp/host/srv/worker-python/venv/bin/pip install" in paths.install_steps("/r")
 
+
+def test_each_worker_reports_the_registry_operations_and_primary_op(local_fleet):
+    for url in local_fleet:
+        health = requests.get(f"{url}/healthz", timeout=5).json()
+        spec = roles.spec_of_runtime(health["runtime"])
+        assert (health["service"], health["primary"]) == (spec.role, spec.primary_op)
+        assert sorted(health["operations"]) == sorted(spec.operations)

@@ -19,7 +19,7 @@ from scripts.testkit.images import expected_pixels, max_pixel_diff, png_bytes, s
 from scripts.testkit.procs import ROOT, worker_command
 from stripes.roles import ROLE_SPECS
 
-OP = "grayscale"                 # primary of worker-python, so strips go there first
+OP = ROLE_SPECS["worker-python"].primary_op  # grayscale: strips go to worker-python first
 STRIPS = 4
 FAST_TIMEOUTS = {"COORDINATOR_READ_TIMEOUT": "2", "COORDINATOR_CONNECT_TIMEOUT": "1",
                  "COORDINATOR_HEALTH_TIMEOUT": "1", "COORDINATOR_MAX_ATTEMPTS": "4"}

@@ -12,6 +12,7 @@ import numpy as np
 import requests
 
 from scripts.testkit.images import expected_pixels, png_bytes, sample_rgb
+from stripes.roles import ROLE_SPECS
 
 GRACE_SECONDS = 15
 
@@ -70,7 +71,7 @@ def refusal_seen(url: str, body: bytes, timeout: float = 5.0) -> str:
     return ""
 
 
-PRIMARY = {"python": "grayscale", "nodejs": "sepia"}
+PRIMARY = {spec.runtime: spec.primary_op for spec in ROLE_SPECS.values()}
 
 
 def sigterm_in_flight(worker, runtime: str) -> tuple[bool, str]:
