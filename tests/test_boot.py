@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from infra.roles import ROLE_SPECS
+from stripes.roles import ROLE_SPECS
 from scripts.boot import inspect
 from scripts.boot.image import build_image
 from scripts.boot.netplan import machine_address
@@ -45,15 +45,17 @@ def missing() -> str | None:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cleanup_on_sigterm():
-    """SIGTERM unwinds like Ctrl-C, so every stage's namespace, container and process is removed."""
+def cleanup_on_sigterm(request):
+    """SIGTERM unwinds like Ctrl-C, so every stage's namespace, container and process is removed.
+    At the end the timing table goes to the terminal, past pytest's capture."""
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
     previous = signal.signal(signal.SIGTERM, interrupt)
     yield
     signal.signal(signal.SIGTERM, previous)
     if TIMINGS:
-        print_table()
+        with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+            print_table()
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +156,38 @@ def test_first_boot_makes_a_hardened_worker(role, image, program):
         assert restarted["MainPID"] != facts["MainPID"] and restarted["ActiveState"] == "active"
         # The dependencies really came through the registry proxy (nothing is preinstalled).
         assert f"CONNECT {REGISTRY_OF[role]}:443" in stage.proxy_log()
+
+
+# ---------------------------------------------------------------- failed boots are visible
+
+def tampered(objects: dict[str, bytes]) -> dict[str, bytes]:
+    return {key: data + b"tampered" for key, data in objects.items()}
+
+
+# case: (role, Stage options, objects transform, any of these in cloud-init's output)
+FAILURES = {
+    "pip-registry-unreachable": ("worker-python", {"deny_registries": ("pypi.org", "files.pythonhosted.org")},
+                                 None, ("No matching distribution found",)),
+    "node-registry-unreachable": ("worker-nodejs", {"deny_registries": ("registry.npmjs.org",)},
+                                  None, ("CONNECT tunnel failed", "403")),
+    # Node and npm arrive (curl's two connections), then `npm ci` is cut off: the exit-0 bug's setting.
+    "npm-ci-cut-off": ("worker-nodejs", {"registry_budget": {"registry.npmjs.org": 2}},
+                       None, ("Cannot find module", "npm error")),
+    "wrong-release-sha256": ("worker-python", {}, tampered, ("sha256 mismatch",)),
+    "s3-access-denied": ("worker-python", {"deny_s3": True}, None, ("AccessDenied",)),
+}
+
+
+@pytest.mark.timeout(BOOT_TIMEOUT + 300)
+@pytest.mark.parametrize("case", sorted(FAILURES))
+def test_failed_first_boot_is_reported_and_starts_nothing(case, image, program):
+    role, options, transform, messages = FAILURES[case]
+    objects = transform(program["objects"]) if transform else program["objects"]
+    with Stage(image, bucket=program["bucket"], region=program["region"], objects=objects, **options) as stage:
+        box, result, seconds = boot_role(stage, role, program["user_data"][role])
+        TIMINGS.append((f"{role} ({case})", "boot to cloud-init error", seconds))
+        assert "status: error" in result["status"], result["log"]
+        assert any("scripts-user" in error for error in result["errors"]), result["errors"]
+        assert any(message in result["output"] for message in messages), result["log"]
+        facts = inspect.service_facts(box, role)
+        assert facts["ActiveState"] != "active" and facts["UnitFileState"] != "enabled", facts

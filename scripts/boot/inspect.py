@@ -24,7 +24,8 @@ def cloud_init_result(box: Container, timeout: float) -> dict:
     tail = box.sh("grep -E '^(E|Err|W):' /var/log/cloud-init-output.log | tail -n 10; "
                   "tail -n 25 /var/log/cloud-init-output.log; grep -E 'WARNING|ERROR' /var/log/cloud-init.log "
                   "| tail -n 10").stdout
-    return {"status": waited.stdout.strip(), "errors": errors, "log": tail}
+    output = box.sh("cat /var/log/cloud-init-output.log").stdout
+    return {"status": waited.stdout.strip(), "errors": errors, "log": tail, "output": output}
 
 
 def service_facts(box: Container, role: str) -> dict:

@@ -39,7 +39,7 @@ def target_of(method: str, target: str) -> tuple[str, int, str]:
     return url.hostname or "", url.port or 80, path or "/"
 
 
-async def handle(reader, writer, allowed: set[str], log) -> None:
+async def handle(reader, writer, allowed: set[str], budget: dict[str, int], log) -> None:
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
         request_line, *headers = head.decode("latin-1").split("\r\n")
@@ -48,6 +48,12 @@ async def handle(reader, writer, allowed: set[str], log) -> None:
     except (ValueError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
         writer.close()
         return
+    if host in budget:                 # --budget: this host's first N connections only
+        budget[host] -= 1
+        if budget[host] < 0:           # then it is cut off: the connection just drops
+            log(f"dropped {method} {host}:{port}")
+            writer.close()
+            return
     if host not in allowed or port not in (80, 443):
         log(f"refused {method} {host}:{port}")
         writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -71,13 +77,13 @@ async def handle(reader, writer, allowed: set[str], log) -> None:
     await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
-async def serve(socket_path: str, allowed: set[str]) -> None:
+async def serve(socket_path: str, allowed: set[str], budget: dict[str, int]) -> None:
     log_file = open(socket_path + ".log", "a", buffering=1)
 
     def log(line: str) -> None:
         log_file.write(line + "\n")
 
-    server = await asyncio.start_unix_server(lambda r, w: handle(r, w, allowed, log), socket_path)
+    server = await asyncio.start_unix_server(lambda r, w: handle(r, w, allowed, budget, log), socket_path)
     os.chmod(socket_path, 0o600)
     async with server:
         await server.serve_forever()
@@ -87,10 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("socket")
     parser.add_argument("--deny", action="append", default=[], help="registry host to refuse too")
+    parser.add_argument("--budget", action="append", default=[], metavar="HOST=N",
+                        help="let HOST's first N connections through, then refuse it")
     args = parser.parse_args(argv)
     allowed = set(REGISTRY_HOSTS) - set(args.deny)
+    budget = {host: int(n) for host, n in (item.split("=", 1) for item in args.budget)}
     try:
-        asyncio.run(serve(args.socket, allowed))
+        asyncio.run(serve(args.socket, allowed, budget))
     except KeyboardInterrupt:
         pass
     return 0

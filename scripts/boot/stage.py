@@ -20,8 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class Stage(contextlib.ExitStack):
     def __init__(self, image: Path, *, bucket: str, region: str, objects: dict[str, bytes],
-                 deny_registries: tuple[str, ...] = (), deny_s3: bool = False) -> None:
+                 deny_registries: tuple[str, ...] = (), registry_budget: dict[str, int] | None = None,
+                 deny_s3: bool = False) -> None:
         super().__init__()
+        self.registry_budget = registry_budget or {}
         self.image, self.bucket, self.region, self.objects = image, bucket, region, objects
         self.deny_registries, self.deny_s3 = deny_registries, deny_s3
         self.workdir = Path(tempfile.mkdtemp(prefix="hdtp-boot-"))
@@ -44,7 +46,8 @@ class Stage(contextlib.ExitStack):
         self.tls = make_ca_and_cert(self.workdir, s3_hosts(self.bucket, self.region), GATEWAY)
         socket_path = str(self.workdir / "proxy.sock")
         proxy = subprocess.Popen(self._python("scripts.boot.proxy", socket_path,
-                                              *[f"--deny={h}" for h in self.deny_registries]),
+                                              *[f"--deny={h}" for h in self.deny_registries],
+                                              *[f"--budget={h}={n}" for h, n in self.registry_budget.items()]),
                                  cwd=ROOT, start_new_session=True)
         self.callback(stop_group, proxy, 5)
         self.net = self.enter_context(PrivateNet())
