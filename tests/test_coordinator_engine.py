@@ -19,7 +19,7 @@ from coordinator.discovery import discover
 from coordinator.engine import run_job
 from coordinator.errors import InputError, NoWorkerError
 from tests.support.faultproxy import FaultProxy
-from worker_python import imaging as reference
+from worker_python import ops as reference
 
 
 def photo(height: int, width: int, seed: int = 3) -> np.ndarray:

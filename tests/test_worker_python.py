@@ -1,4 +1,4 @@
-"""Unit tests for worker-python: settings, the pure imaging functions, and the app factory."""
+"""Unit tests for worker-python: config, sniff/decode/ops/encode, the app factory, and the real process."""
 from __future__ import annotations
 
 import io
@@ -18,10 +18,17 @@ from PIL import Image
 
 from tests.support.procs import ROOT
 from tests.vectors.generate import SEPIA_PER_MILLE, huge_header_png, ppm_bytes, ref_grayscale
-from worker_python import __version__, imaging
-from worker_python.app import create_app, encoding_options, response_format, ApiError
-from worker_python.logs import JsonFormatter
-from worker_python.settings import Settings, SettingsError, load_settings
+from worker_python import __version__, ops
+from worker_python.app import create_app
+from worker_python.config import Settings, SettingsError, load_settings
+from worker_python.decode import decode, load_rgb, open_checked, to_rgb
+from worker_python.encode import WEBP_MAX_SIDE, encode, raw_chunks, raw_length
+from worker_python.errors import ApiError, BadImage, CannotEncode, TooManyPixels, UnsupportedFormat
+from worker_python.health import self_check
+from worker_python.log import JsonFormatter
+from worker_python.ops import apply, grayscale, invert, sepia
+from worker_python.params import encoding_options, response_format
+from worker_python.sniff import ACCEPTED_PILLOW_FORMATS, sniff_format
 
 VECTORS = ROOT / "tests" / "vectors"
 
@@ -91,25 +98,25 @@ def test_bad_config_exits_2_with_one_line(name, value):
                                        ("photo.tiff", "TIFF"), ("two_frames.gif", "GIF"),
                                        ("lossless.webp", "WEBP"), ("photo.ppm", "PPM")])
 def test_sniff_accepted_formats(name, fmt):
-    assert imaging.sniff_format((VECTORS / "inputs" / name).read_bytes()) == fmt
+    assert sniff_format((VECTORS / "inputs" / name).read_bytes()) == fmt
 
 
 @pytest.mark.parametrize("data, error", [
-    (b"<svg xmlns='http://www.w3.org/2000/svg'/>", imaging.UnsupportedFormat),
-    (b"\x00\x00\x01\x00" + bytes(40), imaging.UnsupportedFormat),
-    (b"\x00\x00\x00\x1cftypavif" + bytes(40), imaging.UnsupportedFormat),
-    (b"P2\n2 2\n255\n0 0 0 0\n", imaging.UnsupportedFormat),
-    (b"P3\n1 1\n255\n0 0 0\n", imaging.UnsupportedFormat),
-    (b"P7\nWIDTH 1\n", imaging.UnsupportedFormat),
-    (b"Pf\n1 1\n-1\n", imaging.UnsupportedFormat),
-    (b"%!PS-Adobe-3.0 EPSF-3.0\n", imaging.UnsupportedFormat),
-    (b"%PDF-1.7\n", imaging.UnsupportedFormat),
-    (b"just some text", imaging.BadImage),
-    (b"", imaging.BadImage),
+    (b"<svg xmlns='http://www.w3.org/2000/svg'/>", UnsupportedFormat),
+    (b"\x00\x00\x01\x00" + bytes(40), UnsupportedFormat),
+    (b"\x00\x00\x00\x1cftypavif" + bytes(40), UnsupportedFormat),
+    (b"P2\n2 2\n255\n0 0 0 0\n", UnsupportedFormat),
+    (b"P3\n1 1\n255\n0 0 0\n", UnsupportedFormat),
+    (b"P7\nWIDTH 1\n", UnsupportedFormat),
+    (b"Pf\n1 1\n-1\n", UnsupportedFormat),
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n", UnsupportedFormat),
+    (b"%PDF-1.7\n", UnsupportedFormat),
+    (b"just some text", BadImage),
+    (b"", BadImage),
 ])
 def test_sniff_refuses_other_bytes(data, error):
     with pytest.raises(error):
-        imaging.sniff_format(data)
+        sniff_format(data)
 
 
 def patched(data: bytes, offset: int, fmt: str, *values) -> bytes:
@@ -133,15 +140,15 @@ def big_headers() -> dict[str, bytes]:
 
 @pytest.mark.parametrize("fmt", ["png", "gif", "bmp", "jpeg", "ppm", "webp"])
 def test_header_pixel_count_is_checked_before_decoding(fmt):
-    with pytest.raises(imaging.TooManyPixels, match="60000x60000"):
-        imaging.decode(big_headers()[fmt], max_pixels=50_000_000)
+    with pytest.raises(TooManyPixels, match="60000x60000"):
+        decode(big_headers()[fmt], max_pixels=50_000_000)
 
 
 def test_pixel_limit_applies_to_tiff_through_pillow_header():
     data = encoded(Image.new("RGB", (30, 20)), "TIFF")
-    with pytest.raises(imaging.TooManyPixels):
-        imaging.decode(data, max_pixels=599)
-    assert imaging.decode(data, max_pixels=600).size == (30, 20)
+    with pytest.raises(TooManyPixels):
+        decode(data, max_pixels=599)
+    assert decode(data, max_pixels=600).size == (30, 20)
 
 
 @pytest.mark.parametrize("data", [
@@ -154,8 +161,8 @@ def test_pixel_limit_applies_to_tiff_through_pillow_header():
     b"BM" + bytes(60),
 ])
 def test_corrupt_inputs_are_bad_image(data):
-    with pytest.raises(imaging.BadImage):
-        imaging.decode(data, max_pixels=50_000_000)
+    with pytest.raises(BadImage):
+        decode(data, max_pixels=50_000_000)
 
 
 # ---------------------------------------------------------------- decoding to 8-bit RGB
@@ -164,31 +171,31 @@ def test_sixteen_bit_gray_is_shifted_not_clipped():
     values = np.array([[0, 255, 256, 32767, 65535]], np.uint16)
     image = Image.fromarray(values)
     assert image.mode == "I;16"
-    got = pixels(imaging.decode(encoded(image, "PNG"), 100))[..., 0]
+    got = pixels(decode(encoded(image, "PNG"), 100))[..., 0]
     assert got.tolist() == [[0, 0, 1, 127, 255]]
-    as_int32 = imaging.to_rgb(Image.fromarray(values.astype(np.int32)))
+    as_int32 = to_rgb(Image.fromarray(values.astype(np.int32)))
     assert pixels(as_int32)[..., 0].tolist() == [[0, 0, 1, 127, 255]]
 
 
 def test_sixteen_bit_ppm_is_shifted_like_other_16_bit_inputs():
     samples = np.array([[[0, 255, 256], [32767, 65280, 65535]]], ">u2")
-    image = imaging.decode(b"P6\n# sixteen\n2 1\n65535\n" + samples.tobytes(), 2)
+    image = decode(b"P6\n# sixteen\n2 1\n65535\n" + samples.tobytes(), 2)
     assert pixels(image).tolist() == [[[0, 0, 1], [127, 255, 255]]]
 
 
 @pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "PA", "RGBA", "CMYK", "I", "F", "YCbCr"])
 def test_every_mode_becomes_rgb(mode):
     image = Image.new(mode, (3, 2))
-    assert imaging.to_rgb(image).mode == "RGB"
+    assert to_rgb(image).mode == "RGB"
 
 
 def test_alpha_is_dropped_not_composited():
     image = Image.new("RGBA", (2, 1), (10, 20, 30, 0))
-    assert pixels(imaging.decode(encoded(image, "PNG"), 100)).tolist() == [[[10, 20, 30]] * 2]
+    assert pixels(decode(encoded(image, "PNG"), 100)).tolist() == [[[10, 20, 30]] * 2]
 
 
 def test_exif_orientation_is_applied():
-    image = imaging.decode((VECTORS / "inputs" / "oriented6.jpg").read_bytes(), 10_000)
+    image = decode((VECTORS / "inputs" / "oriented6.jpg").read_bytes(), 10_000)
     assert image.size == (16, 32)  # stored 32x16, orientation 6 = rotate 90 degrees clockwise
     top_left, top_right = image.getpixel((2, 2)), image.getpixel((13, 2))
     assert top_left[2] > 150 and top_right[0] > 150  # blue quadrant moved to the top-left
@@ -200,7 +207,7 @@ def test_gif_first_frame_only():
     first.putpalette(palette)
     second.putpalette(palette)
     data = encoded(first, "GIF", save_all=True, append_images=[second])
-    assert imaging.decode(data, 100).getpixel((0, 0)) == (200, 10, 10)
+    assert decode(data, 100).getpixel((0, 0)) == (200, 10, 10)
 
 
 # ---------------------------------------------------------------- operations
@@ -210,7 +217,7 @@ def test_sepia_matches_the_integer_formula_for_every_colour():
     values = np.arange(256, dtype=np.uint8)
     rgb = np.empty((256, 256, 256, 3), np.uint8)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = values[:, None, None], values[None, :, None], values
-    got = pixels(imaging.sepia(Image.fromarray(rgb.reshape(4096, 4096, 3), "RGB"))).reshape(rgb.shape)
+    got = pixels(sepia(Image.fromarray(rgb.reshape(4096, 4096, 3), "RGB"))).reshape(rgb.shape)
     v = values.astype(np.int32)
     for channel, (cr, cg, cb) in enumerate(SEPIA_PER_MILLE):
         expected = np.minimum(((cr * v)[:, None, None] + (cg * v)[None, :, None] + cb * v + 500) // 1000, 255)
@@ -221,50 +228,50 @@ def test_sepia_matches_the_integer_formula_for_every_colour():
 def test_grayscale_and_invert_match_the_formulas():
     rgb = np.random.default_rng(3).integers(0, 256, (200, 300, 3), dtype=np.uint8)
     image = Image.fromarray(rgb, "RGB")
-    assert np.array_equal(pixels(imaging.grayscale(image)), ref_grayscale(rgb))
-    assert np.array_equal(pixels(imaging.invert(image)), 255 - rgb)
+    assert np.array_equal(pixels(grayscale(image)), ref_grayscale(rgb))
+    assert np.array_equal(pixels(invert(image)), 255 - rgb)
 
 
 def test_blur_is_pillow_gaussian_and_keeps_size():
     image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (20, 30, 3), dtype=np.uint8), "RGB")
-    blurred = imaging.apply("blur", image, 3.0)
+    blurred = apply("blur", image, 3.0)
     assert blurred.size == (30, 20) and blurred.mode == "RGB"
     assert np.asarray(blurred).std() < np.asarray(image).std()
 
 
 def test_unknown_op_is_a_programming_error():
     with pytest.raises(ValueError):
-        imaging.apply("sharpen", Image.new("RGB", (1, 1)))
+        apply("sharpen", Image.new("RGB", (1, 1)))
 
 
 # ---------------------------------------------------------------- encoding
 
 def test_raw_is_binary_ppm():
     image = Image.new("RGB", (3, 2), (1, 2, 3))
-    assert imaging.encode(image, "raw") == b"P6\n3 2\n255\n" + bytes([1, 2, 3]) * 6
+    assert encode(image, "raw") == b"P6\n3 2\n255\n" + bytes([1, 2, 3]) * 6
 
 
 @pytest.mark.parametrize("fmt, pillow_format", [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")])
 def test_encoders(fmt, pillow_format):
-    data = imaging.encode(Image.new("RGB", (5, 4), (9, 90, 200)), fmt, quality=50)
+    data = encode(Image.new("RGB", (5, 4), (9, 90, 200)), fmt, quality=50)
     decoded = Image.open(io.BytesIO(data))
     assert decoded.format == pillow_format and decoded.size == (5, 4)
 
 
 def test_webp_too_wide_is_refused_as_bad_param():
-    with pytest.raises(imaging.CannotEncode) as caught:
-        imaging.encode(Image.new("RGB", (imaging.WEBP_MAX_SIDE + 1, 1)), "webp")
+    with pytest.raises(CannotEncode) as caught:
+        encode(Image.new("RGB", (WEBP_MAX_SIDE + 1, 1)), "webp")
     assert caught.value.status == 400 and caught.value.code == "bad_param"
 
 
 def test_process_round_trip_from_ppm():
     rgb = np.random.default_rng(5).integers(0, 256, (7, 9, 3), dtype=np.uint8)
-    out = imaging.encode(imaging.apply("grayscale", imaging.decode(ppm_bytes(rgb), max_pixels=63)), "raw")
+    out = encode(apply("grayscale", decode(ppm_bytes(rgb), max_pixels=63)), "raw")
     assert out == b"P6\n9 7\n255\n" + ref_grayscale(rgb).tobytes()
 
 
 def test_self_check_passes():
-    imaging.self_check()
+    self_check()
 
 
 # ---------------------------------------------------------------- app helpers
@@ -392,7 +399,7 @@ def test_json_log_line_fields():
 @pytest.mark.parametrize("level", [0, 1, 6, 7, 9])
 def test_png_is_lossless_at_every_level(level):
     rgb = np.random.default_rng(level).integers(0, 256, (13, 21, 3), dtype=np.uint8)
-    data = imaging.encode(Image.fromarray(rgb, "RGB"), "png", compression=level)
+    data = encode(Image.fromarray(rgb, "RGB"), "png", compression=level)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), rgb)
 
 
@@ -416,33 +423,33 @@ def interlaced_png(rgb: np.ndarray, keep_passes: int = 7) -> bytes:
 
 def test_interlaced_png_complete_and_short():
     rgb = np.random.default_rng(9).integers(1, 256, (13, 11, 3), dtype=np.uint8)
-    assert np.array_equal(pixels(imaging.decode(interlaced_png(rgb), 1000)), rgb)
-    with pytest.raises(imaging.BadImage, match="pixel data ends"):
-        imaging.decode(interlaced_png(rgb, keep_passes=6), 1000)
+    assert np.array_equal(pixels(decode(interlaced_png(rgb), 1000)), rgb)
+    with pytest.raises(BadImage, match="pixel data ends"):
+        decode(interlaced_png(rgb, keep_passes=6), 1000)
 
 
 def test_png_with_fewer_rows_than_its_header_is_bad_image():
-    with pytest.raises(imaging.BadImage, match="pixel data ends"):
-        imaging.decode((VECTORS / "inputs" / "short_rows.png").read_bytes(), 10_000)
+    with pytest.raises(BadImage, match="pixel data ends"):
+        decode((VECTORS / "inputs" / "short_rows.png").read_bytes(), 10_000)
 
 
 def test_png_whose_last_row_is_black_is_fine():
     rgb = np.full((5, 4, 3), 200, np.uint8)
     rgb[-1] = 0
-    assert np.array_equal(pixels(imaging.decode(encoded(Image.fromarray(rgb), "PNG"), 100)), rgb)
+    assert np.array_equal(pixels(decode(encoded(Image.fromarray(rgb), "PNG"), 100)), rgb)
 
 
 def test_jpeg_scan_too_short_for_its_header_is_bad_image():
-    with pytest.raises(imaging.BadImage, match="scan data"):
-        imaging.decode((VECTORS / "inputs" / "short_scan.jpg").read_bytes(), 50_000_000)
+    with pytest.raises(BadImage, match="scan data"):
+        decode((VECTORS / "inputs" / "short_scan.jpg").read_bytes(), 50_000_000)
 
 
 @pytest.mark.parametrize("params", [{}, {"progressive": True}, {"optimize": True, "quality": 5}])
 def test_flat_jpegs_pass_the_scan_length_check(params):
     """A flat 1024x1024 picture has the smallest scans a Huffman JPEG can have."""
     data = encoded(Image.new("RGB", (1024, 1024), (90, 90, 90)), "JPEG", **params)
-    assert imaging.decode(data, 2_000_000).size == (1024, 1024)
-    assert imaging.decode(encoded(Image.new("L", (1024, 8), 7), "JPEG", **params), 10_000).size == (1024, 8)
+    assert decode(data, 2_000_000).size == (1024, 1024)
+    assert decode(encoded(Image.new("L", (1024, 8), 7), "JPEG", **params), 10_000).size == (1024, 8)
 
 
 # ---------------------------------------------------------------- header gate (real process)
@@ -520,9 +527,9 @@ def test_rule_vectors_formats_and_bombs(vector):
 
 def test_p5_pgm_is_gray_as_rgb():
     gray = np.array([[0, 7, 255]], np.uint8)
-    image = imaging.decode(b"P5\n3 1\n255\n" + gray.tobytes(), 10)
+    image = decode(b"P5\n3 1\n255\n" + gray.tobytes(), 10)
     assert np.array_equal(pixels(image), np.repeat(gray[..., None], 3, 2))
-    sixteen = imaging.decode(b"P5\n2 1\n65535\n\x12\x34\xff\x01", 10)
+    sixteen = decode(b"P5\n2 1\n65535\n\x12\x34\xff\x01", 10)
     assert pixels(sixteen)[0].tolist() == [[0x12] * 3, [0xFF] * 3]
 
 
@@ -569,7 +576,7 @@ def test_multipart_image_with_or_without_filename():
     for filename in ("photo.png", None):
         response = post(app, "?format=raw", multipart(("note", None, b"hi"), ("image", filename, data)), MULTIPART)
         assert response.status_code == 200
-        assert response.data == imaging.encode(imaging.grayscale(imaging.decode(data, 10**8)), "raw")
+        assert response.data == encode(grayscale(decode(data, 10**8)), "raw")
 
 
 @pytest.mark.parametrize("body, status, code", [
@@ -630,36 +637,36 @@ def test_pixels_are_held_until_the_reply_closes():
 
 @pytest.mark.parametrize("op", ["grayscale", "sepia", "invert", "blur"])
 def test_in_place_ops_match_the_plain_ops(op, monkeypatch):
-    monkeypatch.setattr(imaging, "BAND_BYTES", 3 * 37 * 5)  # many bands of a 37 px wide image
+    monkeypatch.setattr(ops, "BAND_BYTES", 3 * 37 * 5)  # many bands of a 37 px wide image
     rgb = np.random.default_rng(3).integers(0, 256, (301, 37, 3), dtype=np.uint8)
     for radius in ((0.5, 2.0, 11.3, 50.0) if op == "blur" else (2.0,)):
-        plain = imaging.apply(op, Image.fromarray(rgb), radius)
-        in_place = imaging.apply(op, Image.fromarray(rgb), radius, in_place=True)
+        plain = apply(op, Image.fromarray(rgb), radius)
+        in_place = apply(op, Image.fromarray(rgb), radius, in_place=True)
         assert np.array_equal(pixels(in_place), pixels(plain)), radius
 
 
 def test_raw_reply_is_streamed_in_pieces(monkeypatch):
-    monkeypatch.setattr(imaging, "BAND_BYTES", 3 * 20 * 4)
+    monkeypatch.setattr(ops, "BAND_BYTES", 3 * 20 * 4)
     image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (9, 20, 3), dtype=np.uint8))
-    pieces = list(imaging.raw_chunks(image))
+    pieces = list(raw_chunks(image))
     assert len(pieces) == 1 + 3 and b"".join(pieces) == b"P6\n20 9\n255\n" + image.tobytes()
-    assert imaging.raw_length(image) == len(b"".join(pieces))
+    assert raw_length(image) == len(b"".join(pieces))
 
 
 def test_every_decode_names_exactly_one_allowed_format(monkeypatch):
     """Rule 4: Pillow only ever runs the decoder the magic bytes chose (no EPS via Ghostscript)."""
     calls = []
-    real_open = imaging.Image.open
+    real_open = Image.open
 
     def spy(fp, mode="r", formats=None):
         calls.append(formats)
         return real_open(fp, mode, formats)
 
-    monkeypatch.setattr(imaging.Image, "open", spy)
+    monkeypatch.setattr(Image, "open", spy)
     for name in ("photo.png", "oriented6.jpg", "photo.bmp", "photo.tiff", "two_frames.gif", "lossless.webp",
                  "photo.ppm", "gray8.pgm"):
-        imaging.decode((VECTORS / "inputs" / name).read_bytes(), 10**8)
-    assert len(calls) == 8 and all(len(f) == 1 and f[0] in imaging.ACCEPTED_PILLOW_FORMATS for f in calls), calls
+        decode((VECTORS / "inputs" / name).read_bytes(), 10**8)
+    assert len(calls) == 8 and all(len(f) == 1 and f[0] in ACCEPTED_PILLOW_FORMATS for f in calls), calls
 
 
 # ---------------------------------------------------------------- round-2 rules, real process and raw sockets
@@ -893,8 +900,8 @@ def test_decode_has_a_deadline():
     from tests.vectors.rule_vectors import many_scan_jpeg
 
     data = many_scan_jpeg(100, 2000)
-    assert imaging.load_rgb(imaging.open_checked(data, 10**8), data).size == (2000, 2000)
+    assert load_rgb(open_checked(data, 10**8), data).size == (2000, 2000)
     started = time.monotonic()
-    with pytest.raises(imaging.BadImage, match="decoding took longer"):
-        imaging.load_rgb(imaging.open_checked(data, 10**8), data, seconds=0.0)
+    with pytest.raises(BadImage, match="decoding took longer"):
+        load_rgb(open_checked(data, 10**8), data, seconds=0.0)
     assert time.monotonic() - started < 2

@@ -25,7 +25,7 @@ from functools import partial
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from worker_python import wire
-from worker_python.logs import get_logger
+from worker_python.log import get_logger
 
 HEADER_TIMEOUT_SECONDS = 5.0
 HEADER_LIMIT_BYTES = 64 * 1024  # past this, gunicorn's own header limits decide

@@ -1,29 +1,45 @@
-"""Request parsing by the contract's round-2 rules: query parameters (rule 1), the bearer
-header (rule 2), Accept negotiation and the multipart body (rule 6). Pure functions; each
-refusal is an ApiError carrying the contract's status and code."""
+"""Request parameters by the contract's round-2 rules: the query (rule 1), the bearer header
+(rule 2) and Accept negotiation, read into a Job. Pure functions; each refusal is an ApiError
+carrying the contract's status and code."""
 from __future__ import annotations
 
 import hmac
 import re
+from dataclasses import dataclass
 
-from werkzeug.http import parse_options_header
-from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
-
-from worker_python import imaging
+from worker_python.encode import FORMATS, MEDIA_TYPES
+from worker_python.errors import ApiError
+from worker_python.ops import CHANNELS, DEFAULT_RADIUS, MAX_RADIUS, OPERATIONS, PRIMARY_OP, gray_reply
 
 KNOWN_KEYS = ("op", "format", "quality", "lossless", "compression", "radius", "channels")
 MAX_AUTHORIZATION_BYTES = 4096
-MAX_MULTIPART_PARTS = 1000
 _INTEGER = re.compile(r"[0-9]{1,3}")
 _RADIUS = re.compile(r"[0-9]{1,3}(\.[0-9]{1,6})?")
 _LOSSLESS = {"true": True, "1": True, "false": False, "0": False}
-_ACCEPT_TO_FORMAT = {mime: fmt for fmt, mime in imaging.MEDIA_TYPES.items()}
+_ACCEPT_TO_FORMAT = {mime: fmt for fmt, mime in MEDIA_TYPES.items()}
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+@dataclass
+class Job:
+    """What a /process request asks for. The image bytes travel apart, so the handler can
+    drop them as soon as they are decoded."""
+    op: str
+    fmt: str
+    radius: float
+    one_channel: bool
+    options: dict  # the encoder's: quality, lossless, compression
+
+
+def parse_job(params: dict[str, str], accept: str) -> Job:
+    """The op, the reply format and the options, checked in the contract's order."""
+    op = params.get("op", PRIMARY_OP)
+    if op not in OPERATIONS:
+        raise ApiError(400, "unknown_op", f"unknown op {op!r}; this worker offers {', '.join(OPERATIONS)}")
+    fmt = response_format(params.get("format"), accept)
+    options = encoding_options(params)
+    radius = options.pop("radius", DEFAULT_RADIUS)
+    one_channel = gray_reply(op, fmt, options.pop("channels", "3"))
+    return Job(op, fmt, radius, one_channel, options)
 
 
 def authorized(header: str, token: str) -> bool:
@@ -52,8 +68,8 @@ def single_values(args) -> dict[str, str]:
 def response_format(query_format: str | None, accept: str) -> str:
     """?format= wins; else the first Accept type this worker knows (by q, then order); else png."""
     if query_format is not None:
-        if query_format not in imaging.FORMATS:
-            raise ApiError(400, "bad_param", f"format must be one of {', '.join(imaging.FORMATS)}, got {query_format!r}")
+        if query_format not in FORMATS:
+            raise ApiError(400, "bad_param", f"format must be one of {', '.join(FORMATS)}, got {query_format!r}")
         return query_format
     ranked = []
     for position, item in enumerate(accept.split(",")):
@@ -89,42 +105,12 @@ def encoding_options(args) -> dict:
     raw = args.get("radius")
     if raw is not None:
         radius = float(raw) if _RADIUS.fullmatch(raw) else 0.0
-        if not 0 < radius <= imaging.MAX_RADIUS:
-            raise ApiError(400, "bad_param", f"radius must be a number > 0 and <= {imaging.MAX_RADIUS:g}, got {raw!r}")
+        if not 0 < radius <= MAX_RADIUS:
+            raise ApiError(400, "bad_param", f"radius must be a number > 0 and <= {MAX_RADIUS:g}, got {raw!r}")
         options["radius"] = radius
     raw = args.get("channels")
     if raw is not None:
-        if raw not in imaging.CHANNELS:
-            raise ApiError(400, "bad_param", f"channels must be one of {', '.join(imaging.CHANNELS)}, got {raw!r}")
+        if raw not in CHANNELS:
+            raise ApiError(400, "bad_param", f"channels must be one of {', '.join(CHANNELS)}, got {raw!r}")
         options["channels"] = raw
     return options
-
-
-def multipart_image(body: bytes, content_type: str) -> bytes:
-    """The bytes of the one part named `image`, with or without a filename (rule 6)."""
-    boundary = parse_options_header(content_type)[1].get("boundary")
-    if not boundary:
-        raise ApiError(400, "missing_image", "multipart body has no boundary parameter")
-    decoder = MultipartDecoder(boundary.encode("latin-1"), max_parts=MAX_MULTIPART_PARTS)
-    images, current, ended = [], None, False
-    try:
-        decoder.receive_data(body)
-        decoder.receive_data(None)
-        while not ended:
-            event = decoder.next_event()
-            if isinstance(event, (Field, File)):
-                current = [] if event.name == "image" else None
-                if current is not None:
-                    images.append(current)
-            elif isinstance(event, Data) and current is not None:
-                current.append(event.data)
-            ended = isinstance(event, (Epilogue, NeedData))
-    except Exception as exc:  # noqa: BLE001 - any parser error on untrusted bytes is the client's
-        raise ApiError(400, "bad_image", f"cannot read the multipart body: {type(exc).__name__}") from None
-    if not isinstance(event, Epilogue):
-        raise ApiError(400, "bad_image", "the multipart body ends before its closing boundary")
-    if len(images) > 1:
-        raise ApiError(400, "bad_param", f"multipart body has {len(images)} parts named image; send one")
-    if not images:
-        raise ApiError(400, "missing_image", "multipart body has no part named image")
-    return b"".join(images[0])
