@@ -201,7 +201,10 @@ const unexpectedError = (logger) => (err, req, res, _next) => {
  * `options.replyPacing` ({allowanceMs, minBytesPerSecond}) overrides the reply rate bound.
  * app.locals.worker holds the live state (state.js) that server.js drains.
  */
-function buildApp(config, { logger, selfCheck, now = () => Date.now(), afterLargeRequest = () => {}, replyPacing = {} } = {}) {
+function buildApp(
+  config,
+  { logger, selfCheck, now = () => Date.now(), afterLargeRequest = () => {}, replyPacing = {} } = {},
+) {
   if (!logger) throw new Error('buildApp needs a logger');
   const state = createWorkerState(config);
   const health = createHealth({ selfCheck, now, logger, timeoutSeconds: WORK_TIMEOUT_S });

@@ -229,7 +229,9 @@ function checkKind({ bitsPerPixel: bits, compression }) {
   if (![1, 4, 8, 16, 24, 32].includes(bits)) throw unsupported(`BMP with ${bits} bits per pixel is not supported`);
   const rleOk = (compression === BI_RLE8 && bits === 8) || (compression === BI_RLE4 && bits === 4);
   const bitfieldsOk = compression === BI_BITFIELDS && (bits === 16 || bits === 32);
-  if (compression !== BI_RGB && !rleOk && !bitfieldsOk) throw unsupported(`BMP compression ${compression} is not supported`);
+  if (compression !== BI_RGB && !rleOk && !bitfieldsOk) {
+    throw unsupported(`BMP compression ${compression} is not supported`);
+  }
 }
 
 /**
@@ -243,9 +245,10 @@ async function decodeBmp(buf, pause) {
   if (header.dataOffset > buf.length) throw bad('BMP data is truncated');
   const { bitsPerPixel: bits, compression } = header;
   const palette = bits <= 8 ? readPalette(buf, header) : null;
-  const data = compression === BI_RLE8 || compression === BI_RLE4
-    ? await decodeRle(buf, header, palette, pause)
-    : await decodeUncompressed(buf, header, bits >= 16 ? pixelLayout(buf, header) : null, palette, pause);
+  const data =
+    compression === BI_RLE8 || compression === BI_RLE4
+      ? await decodeRle(buf, header, palette, pause)
+      : await decodeUncompressed(buf, header, bits >= 16 ? pixelLayout(buf, header) : null, palette, pause);
   return { width: header.width, height: header.height, data };
 }
 

@@ -168,7 +168,9 @@ const sharpInputOptions = (maxPixels) => ({
 function sharpFailure(err, format, maxPixels, timeoutSeconds) {
   if (err instanceof ImageError) return err;
   const text = String(err && err.message);
-  if (/pixel limit/i.test(text)) return new ImageError('too_many_pixels', 413, `image has more than ${maxPixels} pixels`);
+  if (/pixel limit/i.test(text)) {
+    return new ImageError('too_many_pixels', 413, `image has more than ${maxPixels} pixels`);
+  }
   if (/timeout/i.test(text)) return badImage(`${format.toUpperCase()} took more than ${timeoutSeconds} s to decode`);
   return badImage(`${format.toUpperCase()} data is truncated or corrupt`);
 }

@@ -49,7 +49,11 @@ async function firstChannel(data, pause) {
  * libpng's adaptive filtering: on a 4000x1500 photo strip at level 2 it gives 2.83 MB for
  * 3.77 MB (+0.1 s); on RGB photos it makes files larger and 2-3x slower, so it stays off.
  */
-async function encodeImage(image, format, { quality = 90, lossless = false, compression = 6, timeoutSeconds = 0 } = {}) {
+async function encodeImage(
+  image,
+  format,
+  { quality = 90, lossless = false, compression = 6, timeoutSeconds = 0 } = {},
+) {
   if (format === 'raw') return encodePpm(image);
   const channels = image.channels || 3;
   let pipeline = sharp(image.data, {
@@ -85,7 +89,10 @@ async function encodeReply(image, { op, format = 'png', channels = '3', ...param
   // No timeout on encoding: its cost is linear in pixels already bounded by maxPixels, and a
   // 50 MP PNG at level 9 may rightly take long on a small instance.
   const { quality, lossless, compression } = params;
-  const parts = format === 'raw' ? [ppmHeader(out), out.data] : [await encodeImage(out, format, { quality, lossless, compression })];
+  const parts =
+    format === 'raw'
+      ? [ppmHeader(out), out.data]
+      : [await encodeImage(out, format, { quality, lossless, compression })];
   return {
     parts,
     length: parts.reduce((sum, part) => sum + part.length, 0),

@@ -86,7 +86,11 @@ function refusalBeforeBody({ query, contentLength, contentType, accept }, maxByt
   const type = mediaType(contentType);
   if (type !== 'multipart/form-data' && !type.startsWith('image/')) {
     const shownType = JSON.stringify(type || 'none');
-    return new HttpError(415, 'unsupported_type', `content type ${shownType} is neither image/* nor multipart/form-data`);
+    return new HttpError(
+      415,
+      'unsupported_type',
+      `content type ${shownType} is neither image/* nor multipart/form-data`,
+    );
   }
   try {
     parseJob(query, accept);

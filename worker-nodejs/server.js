@@ -28,7 +28,10 @@ function collectGarbage() {
  * process in an unknown state, so it is logged and the process exits 1 (systemd restarts it).
  */
 function lastResortLogging(logger) {
-  const line = (err) => String(err && err.stack ? err.stack : err).replace(/\s+/g, ' ').slice(0, 2000);
+  const line = (err) =>
+    String(err && err.stack ? err.stack : err)
+      .replace(/\s+/g, ' ')
+      .slice(0, 2000);
   process.on('unhandledRejection', (err) => logger.error('unhandled rejection', { error: line(err) }));
   process.on('uncaughtException', (err) => {
     logger.error('uncaught exception, exiting', { error: line(err) });

@@ -20,14 +20,16 @@ const unsupported = (message) => new ImageError('unsupported_type', 415, message
 
 // ---------------------------------------------------------------- magic bytes
 
-const startsWith = (buf, bytes, at = 0) =>
-  buf.length >= at + bytes.length && bytes.every((b, i) => buf[at + i] === b);
+const startsWith = (buf, bytes, at = 0) => buf.length >= at + bytes.length && bytes.every((b, i) => buf[at + i] === b);
 const ascii = (text) => [...text].map((c) => c.charCodeAt(0));
-const magic = (bytes, at = 0) => (buf) => startsWith(buf, typeof bytes === 'string' ? ascii(bytes) : bytes, at);
-const anyOf =
-  (...tests) =>
-  (buf) =>
-    tests.some((t) => t(buf));
+function magic(bytes, at = 0) {
+  const expected = typeof bytes === 'string' ? ascii(bytes) : bytes;
+  return (buf) => startsWith(buf, expected, at);
+}
+
+function anyOf(...tests) {
+  return (buf) => tests.some((test) => test(buf));
+}
 
 // Accepted formats, first match wins.
 const ACCEPTED = [
@@ -202,7 +204,9 @@ function pngChunkBomb(buf) {
     const type = buf.toString('latin1', pos + 4, pos + 8);
     if (type === 'IEND') return null;
     const payload = compressedPayload(type, buf.subarray(pos + 8, Math.min(buf.length, pos + 8 + length)));
-    if (payload && inflatesTooFar(payload)) return `PNG ${type} chunk inflates to more than ${MAX_INFLATED_CHUNK} bytes`;
+    if (payload && inflatesTooFar(payload)) {
+      return `PNG ${type} chunk inflates to more than ${MAX_INFLATED_CHUNK} bytes`;
+    }
     pos += 12 + length;
   }
   return null;

@@ -120,7 +120,11 @@ function multipartImage(headers, body) {
     let parser;
     try {
       // busboy gives a part without a filename as a string: latin1 keeps its bytes intact.
-      parser = busboy({ headers, defCharset: 'latin1', limits: { files: 8, fields: 64, parts: 72, fieldSize: body.length } });
+      parser = busboy({
+        headers,
+        defCharset: 'latin1',
+        limits: { files: 8, fields: 64, parts: 72, fieldSize: body.length },
+      });
     } catch (err) {
       reject(new HttpError(400, 'bad_image', `multipart body cannot be read: ${oneLine(err.message)}`));
       return;
@@ -137,7 +141,9 @@ function multipartImage(headers, body) {
       found = bytes;
     };
     parser.on('file', (name, stream) => {
-      stream.on('error', (err) => fail(new HttpError(400, 'bad_image', `multipart part ends early: ${oneLine(err.message)}`)));
+      stream.on('error', (err) =>
+        fail(new HttpError(400, 'bad_image', `multipart part ends early: ${oneLine(err.message)}`)),
+      );
       if (name !== 'image') {
         stream.resume();
         return;
@@ -168,10 +174,13 @@ function writeReply(res, parts, { allowanceMs = REPLY_ALLOWANCE_MS, minBytesPerS
   return new Promise((resolve) => {
     const started = Date.now();
     let flushed = 0;
-    const check = setInterval(() => {
-      const late = Date.now() - started - allowanceMs;
-      if (late > 0 && flushed < (late / 1000) * minBytesPerSecond) res.destroy();
-    }, Math.min(1000, Math.max(50, allowanceMs / 4)));
+    const check = setInterval(
+      () => {
+        const late = Date.now() - started - allowanceMs;
+        if (late > 0 && flushed < (late / 1000) * minBytesPerSecond) res.destroy();
+      },
+      Math.min(1000, Math.max(50, allowanceMs / 4)),
+    );
     res.once('close', () => {
       clearInterval(check);
       resolve(res.writableFinished);
@@ -182,7 +191,9 @@ function writeReply(res, parts, { allowanceMs = REPLY_ALLOWANCE_MS, minBytesPerS
       while (next < chunks.length && !res.destroyed) {
         const chunk = chunks[next];
         next += 1;
-        const counted = () => { flushed += chunk.length; };
+        const counted = () => {
+          flushed += chunk.length;
+        };
         if (next === chunks.length) {
           res.end(chunk, counted);
           return;
@@ -230,8 +241,10 @@ function answerClientError(err, socket) {
   }
   const [status, code, message] = classifyClientError(err);
   const body = JSON.stringify({ error: { code, message } });
-  socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\n`
-    + `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  socket.end(
+    `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\n` +
+      `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
   setTimeout(() => socket.destroy(), LINGER_MS).unref();
 }
 
@@ -249,5 +262,11 @@ function createServer(app) {
 }
 
 module.exports = {
-  oneLine, sendError, refuse, readBody, multipartImage, writeReply, createServer,
+  oneLine,
+  sendError,
+  refuse,
+  readBody,
+  multipartImage,
+  writeReply,
+  createServer,
 };

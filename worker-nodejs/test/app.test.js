@@ -18,14 +18,19 @@ const smallPng = () => (pngPromise ??= encodeImage({ width: 3, height: 2, data: 
 function holdRequest(worker, body, headers = {}) {
   const socket = net.connect(worker.port, '127.0.0.1');
   const head = [
-    'POST /process?op=invert HTTP/1.1', `Host: 127.0.0.1:${worker.port}`, 'Content-Type: image/png',
-    `Content-Length: ${body.length}`, 'Connection: close',
+    'POST /process?op=invert HTTP/1.1',
+    `Host: 127.0.0.1:${worker.port}`,
+    'Content-Type: image/png',
+    `Content-Length: ${body.length}`,
+    'Connection: close',
     ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
   ].join('\r\n');
   socket.write(`${head}\r\n\r\n`);
   socket.write(body.subarray(0, 10));
   let received = '';
-  socket.on('data', (chunk) => { received += chunk.toString('latin1'); });
+  socket.on('data', (chunk) => {
+    received += chunk.toString('latin1');
+  });
   const ended = new Promise((resolve) => socket.on('close', resolve));
   return {
     finish: async () => {
@@ -62,7 +67,16 @@ test('healthz is 503 when the self-check fails, and the check is cached for 10 s
   let clock = 0;
   let calls = 0;
   let reason = 'decoder broke';
-  const worker = await startWorker({}, { now: () => clock, selfCheck: async () => { calls += 1; return reason; } });
+  const worker = await startWorker(
+    {},
+    {
+      now: () => clock,
+      selfCheck: async () => {
+        calls += 1;
+        return reason;
+      },
+    },
+  );
   const healthz = () => fetch(`${worker.url}/healthz`);
   try {
     // The check runs in the background from start-up; /healthz reports its last result.
@@ -83,7 +97,14 @@ test('healthz is 503 when the self-check fails, and the check is cached for 10 s
 });
 
 test('a self-check that throws makes healthz 503, not 500', async () => {
-  const worker = await startWorker({}, { selfCheck: async () => { throw new Error('libvips gone'); } });
+  const worker = await startWorker(
+    {},
+    {
+      selfCheck: async () => {
+        throw new Error('libvips gone');
+      },
+    },
+  );
   try {
     await waitFor(async () => (await fetch(`${worker.url}/healthz`)).status === 503, 'the check to fail');
     const response = await fetch(`${worker.url}/healthz`);
@@ -155,8 +176,17 @@ test('400s and 415s: types, ops, parameters, missing image', async () => {
     await assertError(await post(worker, png, { type: 'application/octet-stream' }), 415, 'unsupported_type');
     await assertError(await post(worker, png, { query: '?op=sharpen' }), 400, 'unknown_op');
     await assertError(await post(worker, png, { query: '?op=' }), 400, 'unknown_op');
-    for (const query of ['?format=gif', '?quality=0', '?quality=9.5', '?compression=10', '?lossless=yes',
-      '?op=blur&radius=0', '?op=blur&radius=51', '?op=blur&radius=NaN', '?quality=1&quality=2']) {
+    for (const query of [
+      '?format=gif',
+      '?quality=0',
+      '?quality=9.5',
+      '?compression=10',
+      '?lossless=yes',
+      '?op=blur&radius=0',
+      '?op=blur&radius=51',
+      '?op=blur&radius=NaN',
+      '?quality=1&quality=2',
+    ]) {
       await assertError(await post(worker, png, { query }), 400, 'bad_param');
     }
     await assertError(await post(worker, Buffer.alloc(0)), 400, 'missing_image');
@@ -164,7 +194,9 @@ test('400s and 415s: types, ops, parameters, missing image', async () => {
     form.append('picture', new Blob([png]), 'strip.png');
     await assertError(await fetch(`${worker.url}/process`, { method: 'POST', body: form }), 400, 'missing_image');
     await assertError(await post(worker, Buffer.from('not a picture at all')), 400, 'bad_image');
-    const good = await post(worker, png, { query: '?op=blur&radius=50&quality=100&compression=0&lossless=false&other=1' });
+    const good = await post(worker, png, {
+      query: '?op=blur&radius=50&quality=100&compression=0&lossless=false&other=1',
+    });
     assert.equal(good.status, 200);
   } finally {
     await worker.close();
@@ -228,11 +260,18 @@ test('too large: by Content-Length before reading, and counted on a chunked body
       },
     });
     const response = await fetch(`${worker.url}/process`, {
-      method: 'POST', body: chunks, duplex: 'half', headers: { 'content-type': 'image/png' },
+      method: 'POST',
+      body: chunks,
+      duplex: 'half',
+      headers: { 'content-type': 'image/png' },
     });
     await assertError(response, 413, 'too_large');
     // 413 comes before 415 and 400
-    await assertError(await post(worker, Buffer.alloc(5000), { type: 'text/plain', query: '?op=bogus' }), 413, 'too_large');
+    await assertError(
+      await post(worker, Buffer.alloc(5000), { type: 'text/plain', query: '?op=bogus' }),
+      413,
+      'too_large',
+    );
   } finally {
     await worker.close();
   }
@@ -256,7 +295,9 @@ test('draining: healthz 503, new work 503 draining (before 401), whenIdle waits 
     const state = worker.app.locals.worker;
     state.startDraining();
     let idle = false;
-    const idlePromise = state.whenIdle().then(() => { idle = true; });
+    const idlePromise = state.whenIdle().then(() => {
+      idle = true;
+    });
     const health = await fetch(`${worker.url}/healthz`);
     assert.equal(health.status, 503);
     assert.equal((await health.json()).status, 'draining');

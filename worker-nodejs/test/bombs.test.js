@@ -17,7 +17,8 @@ const decode = (buf, maxPixels = 50_000_000) => decodeImage(buf, { maxPixels });
 /** A progressive JPEG cut into: head (up to the first SOS), the scans, and EOI. */
 async function progressiveJpeg() {
   const jpeg = await sharp(Buffer.alloc(16 * 16 * 3, 90), { raw: { width: 16, height: 16, channels: 3 } })
-    .jpeg({ progressive: true }).toBuffer();
+    .jpeg({ progressive: true })
+    .toBuffer();
   const firstScan = jpeg.indexOf(Buffer.from([0xff, 0xda]));
   return { jpeg, head: jpeg.subarray(0, firstScan), scans: jpeg.subarray(firstScan, jpeg.length - 2) };
 }
@@ -45,7 +46,9 @@ function pngChunk(type, data) {
 const withChunk = (png, chunk) => Buffer.concat([png.subarray(0, 33), chunk, png.subarray(33)]);
 
 test('rule 5: zTXt, iCCP and compressed iTXt inflating past 1 MiB are bad_image; 1 MiB is fine', async () => {
-  const png = await sharp(Buffer.alloc(4 * 4 * 3, 50), { raw: { width: 4, height: 4, channels: 3 } }).png().toBuffer();
+  const png = await sharp(Buffer.alloc(4 * 4 * 3, 50), { raw: { width: 4, height: 4, channels: 3 } })
+    .png()
+    .toBuffer();
   const deflated = (size) => zlib.deflateSync(Buffer.alloc(size, 0x41));
   const over = deflated(1024 * 1024 + 1);
   const bombs = {
@@ -58,7 +61,10 @@ test('rule 5: zTXt, iCCP and compressed iTXt inflating past 1 MiB are bad_image;
   }
   const fits = pngChunk('zTXt', Buffer.concat([Buffer.from('Comment\0\0'), deflated(1024 * 1024)]));
   assert.equal(decodeBomb(withChunk(png, fits), 'png'), null);
-  const plainItxt = pngChunk('iTXt', Buffer.concat([Buffer.from('Comment\0\0\0en\0\0'), Buffer.alloc(2_000_000, 0x41)]));
+  const plainItxt = pngChunk(
+    'iTXt',
+    Buffer.concat([Buffer.from('Comment\0\0\0en\0\0'), Buffer.alloc(2_000_000, 0x41)]),
+  );
   assert.equal(decodeBomb(withChunk(png, plainItxt), 'png'), null, 'an uncompressed iTXt is not inflated');
 });
 
@@ -121,7 +127,12 @@ test('issue 11 item 5: stepped ops give the same bytes as the plain ones, and yi
   const height = 600; // > one step of bytes, so the loop is really cut
   const source = Buffer.alloc(width * height * 3);
   for (let i = 0; i < source.length; i += 1) source[i] = (i * 7919) % 251;
-  for (const [op, params] of [['grayscale', {}], ['sepia', {}], ['invert', {}], ['blur', { radius: 3 }]]) {
+  for (const [op, params] of [
+    ['grayscale', {}],
+    ['sepia', {}],
+    ['invert', {}],
+    ['blur', { radius: 3 }],
+  ]) {
     const plain = applyOperation({ width, height, data: Buffer.from(source) }, op, params);
     let pauses = 0;
     const stepped = await applyOperationAsync({ width, height, data: Buffer.from(source) }, op, params, async () => {

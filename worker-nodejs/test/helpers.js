@@ -22,10 +22,11 @@ async function startWorker(env = {}, options = {}) {
     port,
     app,
     lines,
-    close: () => new Promise((resolve) => {
-      server.closeAllConnections();
-      server.close(resolve);
-    }),
+    close: () =>
+      new Promise((resolve) => {
+        server.closeAllConnections();
+        server.close(resolve);
+      }),
   };
 }
 
@@ -73,10 +74,11 @@ function rawConnection(worker, { limitMs = 10_000 } = {}) {
   return {
     socket,
     closed,
-    send: (data) => new Promise((resolve) => {
-      if (socket.destroyed) resolve(false);
-      else socket.write(data, (err) => resolve(!err));
-    }),
+    send: (data) =>
+      new Promise((resolve) => {
+        if (socket.destroyed) resolve(false);
+        else socket.write(data, (err) => resolve(!err));
+      }),
     received,
     receivedBytes: () => chunks.reduce((sum, c) => sum + c.length, 0),
     statusLine: () => received().split('\r\n')[0],
@@ -94,11 +96,22 @@ async function exchange(worker, request, options) {
 }
 
 function requestHead(worker, { method = 'POST', path = '/process', headers = {} } = {}) {
-  const lines = [`${method} ${path} HTTP/1.1`, `Host: 127.0.0.1:${worker.port}`,
-    ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`)];
+  const lines = [
+    `${method} ${path} HTTP/1.1`,
+    `Host: 127.0.0.1:${worker.port}`,
+    ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
+  ];
   return `${lines.join('\r\n')}\r\n\r\n`;
 }
 
 module.exports = {
-  startWorker, post, assertError, waitFor, health, inflight, rawConnection, exchange, requestHead,
+  startWorker,
+  post,
+  assertError,
+  waitFor,
+  health,
+  inflight,
+  rawConnection,
+  exchange,
+  requestHead,
 };

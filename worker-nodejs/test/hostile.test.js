@@ -7,22 +7,22 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 
 const { encodeImage } = require('../encode');
-const {
-  startWorker, post, assertError, waitFor, health, rawConnection, requestHead,
-} = require('./helpers');
+const { startWorker, post, assertError, waitFor, health, rawConnection, requestHead } = require('./helpers');
 
 /** A flat PNG: tiny on the wire, `width*height` pixels once decoded. */
-const flatPng = (width, height) => encodeImage(
-  { width, height, data: Buffer.alloc(width * height * 3, 77) }, 'png', { compression: 9 },
-);
+const flatPng = (width, height) =>
+  encodeImage({ width, height, data: Buffer.alloc(width * height * 3, 77) }, 'png', { compression: 9 });
 
 /** POSTs `body` on a raw connection and never reads the reply (the kernel buffers some). */
 async function postUnread(worker, body, query) {
   const connection = rawConnection(worker, { limitMs: 20_000 });
   connection.socket.pause();
-  await connection.send(requestHead(worker, {
-    path: `/process${query}`, headers: { 'Content-Type': 'image/png', 'Content-Length': body.length },
-  }));
+  await connection.send(
+    requestHead(worker, {
+      path: `/process${query}`,
+      headers: { 'Content-Type': 'image/png', 'Content-Length': body.length },
+    }),
+  );
   await connection.send(body);
   return connection;
 }
@@ -31,7 +31,9 @@ test('issue 11 item 6 / rule 3: a refused upload is answered at once and closed 
   const worker = await startWorker({ WORKER_TOKEN: 'tok' });
   try {
     const connection = rawConnection(worker, { limitMs: 15_000 });
-    await connection.send(requestHead(worker, { headers: { 'Content-Type': 'image/png', 'Content-Length': 1_000_000_000 } }));
+    await connection.send(
+      requestHead(worker, { headers: { 'Content-Type': 'image/png', 'Content-Length': 1_000_000_000 } }),
+    );
     const chunk = Buffer.alloc(64 * 1024, 1);
     let pushed = 0;
     const started = Date.now();
@@ -74,9 +76,12 @@ test('rule 3: 404, 405, 415 and busy are answered with Connection: close before 
 });
 
 test('issue 11 item 4 / rule 9: a reply never read keeps its slot and pixels until the rate bound cuts it off', async () => {
-  const worker = await startWorker({ WORKER_MAX_INFLIGHT_PIXELS: '10000000' }, {
-    replyPacing: { allowanceMs: 500, minBytesPerSecond: 4 * 1024 * 1024 },
-  });
+  const worker = await startWorker(
+    { WORKER_MAX_INFLIGHT_PIXELS: '10000000' },
+    {
+      replyPacing: { allowanceMs: 500, minBytesPerSecond: 4 * 1024 * 1024 },
+    },
+  );
   try {
     const big = await flatPng(3000, 3000); // a 27 MB raw reply, far more than socket buffers
     const stuck = await postUnread(worker, big, '?op=invert&format=raw');
@@ -206,10 +211,12 @@ test('issue 11 item 5 / rule 10: /healthz stays under 1 s while 4 heavy BMP + se
   try {
     const bmp = rle8Runs(4000, 3000); // the old worker held the event loop ~1 s per request
     const stop = probeHealth(worker);
-    const replies = await Promise.all([0, 1, 2, 3].map(async () => {
-      const response = await post(worker, bmp, { type: 'image/bmp', query: '?op=sepia&format=raw' });
-      return [response.status, (await response.arrayBuffer()).byteLength];
-    }));
+    const replies = await Promise.all(
+      [0, 1, 2, 3].map(async () => {
+        const response = await post(worker, bmp, { type: 'image/bmp', query: '?op=sepia&format=raw' });
+        return [response.status, (await response.arrayBuffer()).byteLength];
+      }),
+    );
     const worst = await stop();
     assert.deepEqual(replies, Array(4).fill([200, 4000 * 3000 * 3 + 'P6\n4000 3000\n255\n'.length]));
     assert.ok(worst < 1000, `worst /healthz latency ${worst} ms`);
@@ -223,10 +230,12 @@ test('issue 11 item 3: a client that leaves mid-blur stops the work and frees it
   try {
     const ppm = Buffer.concat([Buffer.from('P6\n3000 2000\n255\n'), Buffer.alloc(3000 * 2000 * 3, 9)]);
     const connection = rawConnection(worker);
-    await connection.send(requestHead(worker, {
-      path: '/process?op=blur&radius=50&format=raw',
-      headers: { 'Content-Type': 'image/x-portable-pixmap', 'Content-Length': ppm.length },
-    }));
+    await connection.send(
+      requestHead(worker, {
+        path: '/process?op=blur&radius=50&format=raw',
+        headers: { 'Content-Type': 'image/x-portable-pixmap', 'Content-Length': ppm.length },
+      }),
+    );
     await connection.send(ppm);
     await waitFor(async () => (await health(worker)).inflight_pixels > 0, 'the blur to start');
     connection.destroy();
@@ -235,7 +244,10 @@ test('issue 11 item 3: a client that leaves mid-blur stops the work and frees it
     const before = process.cpuUsage();
     await new Promise((resolve) => setTimeout(resolve, 1000));
     const spent = process.cpuUsage(before);
-    assert.ok(spent.user + spent.system < 400_000, `${(spent.user + spent.system) / 1000} ms of CPU after the client left`);
+    assert.ok(
+      spent.user + spent.system < 400_000,
+      `${(spent.user + spent.system) / 1000} ms of CPU after the client left`,
+    );
   } finally {
     await worker.close();
   }

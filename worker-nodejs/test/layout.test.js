@@ -19,7 +19,10 @@ const requires = (name) => [...read(name).matchAll(/require\('([^']+)'\)/g)].map
 test('the Dockerfile copies every module, and only modules that exist', () => {
   const copy = read('Dockerfile').match(/^COPY (config\.js[^]*?) \.\/$/m);
   assert.ok(copy, 'no COPY line for the modules');
-  const copied = copy[1].split(/[\s\\]+/).filter(Boolean).sort();
+  const copied = copy[1]
+    .split(/[\s\\]+/)
+    .filter(Boolean)
+    .sort();
   assert.deepEqual(copied, modules);
 });
 

@@ -6,7 +6,16 @@ const assert = require('node:assert/strict');
 const sharp = require('sharp');
 
 const { decodeImage } = require('../decode');
-const { applyOperation, boxRadiusForGaussian, boxWeights, gaussianBlurInPlace, gaussianBlurInPlaceAsync, grayscaleInPlace, invertInPlace, sepiaInPlace } = require('../ops');
+const {
+  applyOperation,
+  boxRadiusForGaussian,
+  boxWeights,
+  gaussianBlurInPlace,
+  gaussianBlurInPlaceAsync,
+  grayscaleInPlace,
+  invertInPlace,
+  sepiaInPlace,
+} = require('../ops');
 const { encodeImage, encodePpm, encodeReply } = require('../encode');
 
 const rgb = (...values) => Buffer.from(values);
@@ -97,8 +106,11 @@ test('sepia is the classic matrix, rounded half up and clamped', () => {
   sepiaInPlace(all);
   for (let i = 0; i < 64; i += 1) {
     const [r, g, b] = original.subarray(i * 3, i * 3 + 3);
-    const want = [[393, 769, 189], [349, 686, 168], [272, 534, 131]]
-      .map(([a, c, d]) => Math.min(255, Math.floor((a * r + c * g + d * b + 500) / 1000)));
+    const want = [
+      [393, 769, 189],
+      [349, 686, 168],
+      [272, 534, 131],
+    ].map(([a, c, d]) => Math.min(255, Math.floor((a * r + c * g + d * b + 500) / 1000)));
     assert.deepEqual([...all.subarray(i * 3, i * 3 + 3)], want);
   }
 });
@@ -134,12 +146,15 @@ test('PPM P6 with maxval 65535 keeps the high byte', async () => {
 test('PPM errors: negative, zero, maxval 0, truncated pixels', async () => {
   const cases = ['P6\n-2 3\n255\n', 'P6\n0 0\n255\n', 'P6\n2 3\n0\n', 'P6\n2 3\n255\n\x01\x02', 'P6\n2'];
   for (const text of cases) {
-    await assert.rejects(decodeImage(Buffer.from(text, 'latin1'), { maxPixels: 100 }),
-      { code: 'bad_image', status: 400 }, JSON.stringify(text));
+    await assert.rejects(
+      decodeImage(Buffer.from(text, 'latin1'), { maxPixels: 100 }),
+      { code: 'bad_image', status: 400 },
+      JSON.stringify(text),
+    );
   }
 });
 
-test('reuseInput works inside the caller\'s PPM buffer instead of copying it', async () => {
+test("reuseInput works inside the caller's PPM buffer instead of copying it", async () => {
   const ppm = Buffer.concat([Buffer.from('P6\n2 3\n255\n'), Buffer.from(sixPixels)]);
   const decoded = await decodeImage(ppm, { maxPixels: 6, reuseInput: true });
   invertInPlace(decoded.data);
@@ -151,7 +166,11 @@ test('reuseInput works inside the caller\'s PPM buffer instead of copying it', a
 
 test('BMP: 24-bit bottom-up with row padding, top-down, 32-bit BITFIELDS, V5 header', async () => {
   const variants = [
-    {}, { topDown: true }, { bits: 32 }, { bits: 32, bitfields: true }, { infoSize: 124 },
+    {},
+    { topDown: true },
+    { bits: 32 },
+    { bits: 32, bitfields: true },
+    { infoSize: 124 },
     { infoSize: 124, bits: 32, bitfields: true },
   ];
   for (const options of variants) {
@@ -166,8 +185,7 @@ test('BMP: 24-bit bottom-up with row padding, top-down, 32-bit BITFIELDS, V5 hea
 
 test('BMP: truncated pixel data is bad_image', async () => {
   const file = bmpFile(3, 3, Buffer.alloc(27, 9));
-  await assert.rejects(decodeImage(file.subarray(0, file.length - 20), { maxPixels: 9 }),
-    { code: 'bad_image' });
+  await assert.rejects(decodeImage(file.subarray(0, file.length - 20), { maxPixels: 9 }), { code: 'bad_image' });
 });
 
 test('pixel limit is checked from the header, before any pixel is decoded', async () => {
@@ -182,7 +200,9 @@ test('pixel limit is checked from the header, before any pixel is decoded', asyn
   for (const buf of headersOnly) {
     await assert.rejects(decodeImage(buf, { maxPixels: 50_000_000 }), { code: 'too_many_pixels', status: 413 });
   }
-  const png = await sharp(Buffer.alloc(20 * 5 * 3, 7), { raw: { width: 20, height: 5, channels: 3 } }).png().toBuffer();
+  const png = await sharp(Buffer.alloc(20 * 5 * 3, 7), { raw: { width: 20, height: 5, channels: 3 } })
+    .png()
+    .toBuffer();
   assert.equal((await decodeImage(png, { maxPixels: 100 })).width, 20, 'exactly the limit is allowed');
   await assert.rejects(decodeImage(png, { maxPixels: 99 }), { code: 'too_many_pixels' });
 });
@@ -194,7 +214,9 @@ test('EXIF orientation is applied (6 = rotate 90 degrees clockwise)', async () =
     for (let x = 0; x < 4; x += 1) stored.set(x < 2 ? [250, 0, 0] : [0, 0, 250], (y * 4 + x) * 3);
   }
   const jpeg = await sharp(stored, { raw: { width: 4, height: 2, channels: 3 } })
-    .jpeg({ quality: 100, chromaSubsampling: '4:4:4' }).withMetadata({ orientation: 6 }).toBuffer();
+    .jpeg({ quality: 100, chromaSubsampling: '4:4:4' })
+    .withMetadata({ orientation: 6 })
+    .toBuffer();
   const decoded = await decodeImage(jpeg, { maxPixels: 8 });
   assert.equal(decoded.width, 2);
   assert.equal(decoded.height, 4);
@@ -203,12 +225,19 @@ test('EXIF orientation is applied (6 = rotate 90 degrees clockwise)', async () =
 });
 
 test('alpha dropped, gray expanded, 16-bit scaled by >> 8 (through sharp)', async () => {
-  const rgba = await sharp(Buffer.from([10, 20, 30, 0, 40, 50, 60, 255]), { raw: { width: 2, height: 1, channels: 4 } }).png().toBuffer();
+  const rgba = await sharp(Buffer.from([10, 20, 30, 0, 40, 50, 60, 255]), { raw: { width: 2, height: 1, channels: 4 } })
+    .png()
+    .toBuffer();
   assert.deepEqual([...(await decodeImage(rgba, { maxPixels: 2 })).data], [10, 20, 30, 40, 50, 60]);
-  const gray = await sharp(Buffer.from([7, 200]), { raw: { width: 2, height: 1, channels: 1 } }).png().toBuffer();
+  const gray = await sharp(Buffer.from([7, 200]), { raw: { width: 2, height: 1, channels: 1 } })
+    .png()
+    .toBuffer();
   assert.deepEqual([...(await decodeImage(gray, { maxPixels: 2 })).data], [7, 7, 7, 200, 200, 200]);
   const deep = new Uint16Array([0x12ff, 0x8000, 0xffff]);
-  const png16 = await sharp(deep, { raw: { width: 1, height: 1, channels: 3 } }).toColourspace('rgb16').png().toBuffer();
+  const png16 = await sharp(deep, { raw: { width: 1, height: 1, channels: 3 } })
+    .toColourspace('rgb16')
+    .png()
+    .toBuffer();
   assert.deepEqual([...(await decodeImage(png16, { maxPixels: 1 })).data], [0x12, 0x80, 0xff]);
 });
 
@@ -223,7 +252,9 @@ test('format sniffing: refused formats are 415, junk and truncation are 400', as
   for (const eps of [Buffer.from('%!PS-Adobe-3.0 EPSF-3.0\n'), Buffer.from([0xc5, 0xd0, 0xd3, 0xc6, 0, 0, 0, 0])]) {
     await assert.rejects(decodeImage(eps, { maxPixels: 100 }), { code: 'unsupported_type', status: 415 });
   }
-  const png = await sharp(Buffer.alloc(300, 9), { raw: { width: 10, height: 10, channels: 3 } }).png().toBuffer();
+  const png = await sharp(Buffer.alloc(300, 9), { raw: { width: 10, height: 10, channels: 3 } })
+    .png()
+    .toBuffer();
   await assert.rejects(decodeImage(png.subarray(0, png.length - 20), { maxPixels: 100 }), { code: 'bad_image' });
 });
 
@@ -238,10 +269,18 @@ test('Pillow blur radius and weights (single-precision like BoxBlur.c)', () => {
 });
 
 test('blur keeps a flat image flat and size unchanged, for tiny and tall images', () => {
-  for (const [w, h, sigma] of [[1, 1, 2], [3, 1, 50], [1, 7, 0.3], [5, 40, 6]]) {
+  for (const [w, h, sigma] of [
+    [1, 1, 2],
+    [3, 1, 50],
+    [1, 7, 0.3],
+    [5, 40, 6],
+  ]) {
     const data = Buffer.alloc(w * h * 3, 77);
     applyOperation({ width: w, height: h, data }, 'blur', { radius: sigma });
-    assert.ok(data.every((v) => v === 77), `${w}x${h} sigma ${sigma}`);
+    assert.ok(
+      data.every((v) => v === 77),
+      `${w}x${h} sigma ${sigma}`,
+    );
   }
 });
 
@@ -275,7 +314,9 @@ test('async blur gives the same bytes as the sync one and lets other callbacks r
   const syncCopy = Buffer.from(data);
   gaussianBlurInPlace({ width, height, data: syncCopy }, 3);
   let ticks = 0;
-  const timer = setInterval(() => { ticks += 1; }, 0);
+  const timer = setInterval(() => {
+    ticks += 1;
+  }, 0);
   const asyncCopy = Buffer.from(data);
   await gaussianBlurInPlaceAsync({ width, height, data: asyncCopy }, 3);
   clearInterval(timer);
@@ -300,8 +341,18 @@ function referenceBlur({ width, height, data }, sigma) {
   };
   const out = Buffer.from(data);
   for (let c = 0; c < 3; c += 1) {
-    const across = [(y, x) => out[(y * width + x) * 3 + c], (y, x, v) => { out[(y * width + x) * 3 + c] = v; }];
-    const down = [(x, y) => out[(y * width + x) * 3 + c], (x, y, v) => { out[(y * width + x) * 3 + c] = v; }];
+    const across = [
+      (y, x) => out[(y * width + x) * 3 + c],
+      (y, x, v) => {
+        out[(y * width + x) * 3 + c] = v;
+      },
+    ];
+    const down = [
+      (x, y) => out[(y * width + x) * 3 + c],
+      (x, y, v) => {
+        out[(y * width + x) * 3 + c] = v;
+      },
+    ];
     for (let p = 0; p < 3; p += 1) pass(...across, width, height);
     for (let p = 0; p < 3; p += 1) pass(...down, height, width);
   }
@@ -310,7 +361,10 @@ function referenceBlur({ width, height, data }, sigma) {
 
 test('blur equals the obvious extended-box reference at every width around the kernel size', () => {
   let seed = 11;
-  const random = () => { seed = (seed * 1103515245 + 12345) >>> 0; return seed >>> 24; };
+  const random = () => {
+    seed = (seed * 1103515245 + 12345) >>> 0;
+    return seed >>> 24;
+  };
   for (const sigma of [0.4, 1, 2, 3.3]) {
     for (let width = 1; width <= 16; width += 1) {
       const data = Buffer.from(Array.from({ length: width * 3 * 3 }, random));

@@ -9,30 +9,60 @@ const assert = require('node:assert/strict');
 const { invertInPlace } = require('../ops');
 const { encodeImage } = require('../encode');
 const { bearerToken } = require('../params');
-const {
-  startWorker, post, assertError, exchange, requestHead, waitFor, health,
-} = require('./helpers');
+const { startWorker, post, assertError, exchange, requestHead, waitFor, health } = require('./helpers');
 
 const PIXELS = Buffer.from([200, 100, 50, 0, 0, 0, 255, 255, 255, 10, 20, 30]);
 let pngPromise;
 const smallPng = () => (pngPromise ??= encodeImage({ width: 2, height: 2, data: Buffer.from(PIXELS) }, 'png'));
 
+// Rule 1's table: queries refused as 400 bad_param, and queries that must be accepted.
+const REFUSED_QUERIES = [
+  '?radius=%202&op=blur',
+  '?op=blur&radius=2%20',
+  '?op=blur&radius=%2B2',
+  '?op=blur&radius=2e0',
+  '?op=blur&radius=',
+  '?op=blur&radius=.5',
+  '?op=blur&radius=1.1234567',
+  '?op=blur&radius=0x2',
+  '?quality=%2B90',
+  '?quality=090.0',
+  '?quality=1e2',
+  '?quality=',
+  '?quality=1000',
+  '?compression=-0',
+  '?lossless=TRUE',
+  '?lossless=yes',
+  '?lossless=',
+  '?format=PNG',
+  '?channels=AUTO',
+  '?op=invert&op=invert',
+  '?format=png&format=png',
+  '?quality=90&quality=90',
+  '?radius=2&radius=3',
+  '?channels=3&channels=3',
+  '?lossless=1&lossless=1',
+  '?compression=1&compression=1',
+];
+const ACCEPTED_QUERIES = [
+  '?op=blur&radius=0.000001',
+  '?op=blur&radius=050',
+  '?op=blur&radius=2.5',
+  '?lossless=1',
+  '?lossless=0',
+  '?lossless=true&format=webp',
+  '?quality=007',
+  '?OP=nothing&Format=gif&extra=1&extra=2',
+];
+
 test('rule 1: exact parameter syntax; repeated known keys are bad_param; unknown keys ignored', async () => {
   const worker = await startWorker();
   try {
     const png = await smallPng();
-    const refused = ['?radius=%202&op=blur', '?op=blur&radius=2%20', '?op=blur&radius=%2B2', '?op=blur&radius=2e0',
-      '?op=blur&radius=', '?op=blur&radius=.5', '?op=blur&radius=1.1234567', '?op=blur&radius=0x2',
-      '?quality=%2B90', '?quality=090.0', '?quality=1e2', '?quality=', '?quality=1000', '?compression=-0',
-      '?lossless=TRUE', '?lossless=yes', '?lossless=', '?format=PNG', '?channels=AUTO',
-      '?op=invert&op=invert', '?format=png&format=png', '?quality=90&quality=90', '?radius=2&radius=3',
-      '?channels=3&channels=3', '?lossless=1&lossless=1', '?compression=1&compression=1'];
-    for (const query of refused) {
+    for (const query of REFUSED_QUERIES) {
       await assertError(await post(worker, png, { query }), 400, 'bad_param');
     }
-    const accepted = ['?op=blur&radius=0.000001', '?op=blur&radius=050', '?op=blur&radius=2.5', '?lossless=1',
-      '?lossless=0', '?lossless=true&format=webp', '?quality=007', '?OP=nothing&Format=gif&extra=1&extra=2'];
-    for (const query of accepted) {
+    for (const query of ACCEPTED_QUERIES) {
       const response = await post(worker, png, { query });
       assert.equal(response.status, 200, `${query}: ${await response.clone().text()}`);
       await response.arrayBuffer();
@@ -62,9 +92,12 @@ test('rule 2: bearer parsing is linear, space-only separator, case-insensitive s
     assert.equal((await post(worker, png, { headers: { authorization: 'BEARER   tok' } })).status, 200);
     // issue 11 item 2(c): 16,200 spaces took 2.5 s of event loop in the old regex.
     const started = Date.now();
-    const long = await exchange(worker, requestHead(worker, {
-      headers: { Authorization: `Bearer a${' '.repeat(16_200)}b`, 'Content-Type': 'image/png', 'Content-Length': 0 },
-    }));
+    const long = await exchange(
+      worker,
+      requestHead(worker, {
+        headers: { Authorization: `Bearer a${' '.repeat(16_200)}b`, 'Content-Type': 'image/png', 'Content-Length': 0 },
+      }),
+    );
     assert.match(long.statusLine(), /^HTTP\/1\.1 401 /);
     assert.ok(Date.now() - started < 1000, `took ${Date.now() - started} ms`);
   } finally {
@@ -86,11 +119,16 @@ test('rule 7: any method but POST on /process is 405 with Allow: POST, OPTIONS i
 });
 
 function multipart(parts, { close = true } = {}) {
-  const chunks = parts.map(({ name, filename, body }) => Buffer.concat([
-    Buffer.from(`--XyZ\r\nContent-Disposition: form-data; name="${name}"`
-      + `${filename ? `; filename="${filename}"` : ''}\r\nContent-Type: image/png\r\n\r\n`),
-    body, Buffer.from('\r\n'),
-  ]));
+  const chunks = parts.map(({ name, filename, body }) =>
+    Buffer.concat([
+      Buffer.from(
+        `--XyZ\r\nContent-Disposition: form-data; name="${name}"` +
+          `${filename ? `; filename="${filename}"` : ''}\r\nContent-Type: image/png\r\n\r\n`,
+      ),
+      body,
+      Buffer.from('\r\n'),
+    ]),
+  );
   if (close) chunks.push(Buffer.from('--XyZ--\r\n'));
   return Buffer.concat(chunks);
 }
@@ -102,11 +140,17 @@ test('rule 6: multipart image with or without filename; two image parts bad_para
   try {
     const png = await smallPng();
     for (const filename of ['a.png', undefined]) {
-      const response = await post(worker, multipart([{ name: 'image', filename, body: png }]), { type: MULTIPART, query: '?op=invert&format=raw' });
+      const response = await post(worker, multipart([{ name: 'image', filename, body: png }]), {
+        type: MULTIPART,
+        query: '?op=invert&format=raw',
+      });
       assert.equal(response.status, 200, `filename ${filename}`);
       assert.deepEqual(Buffer.from(await response.arrayBuffer()).subarray(11), invertInPlace(Buffer.from(PIXELS)));
     }
-    const two = multipart([{ name: 'image', body: png }, { name: 'image', filename: 'b.png', body: png }]);
+    const two = multipart([
+      { name: 'image', body: png },
+      { name: 'image', filename: 'b.png', body: png },
+    ]);
     await assertError(await post(worker, two, { type: MULTIPART }), 400, 'bad_param');
     const unclosed = multipart([{ name: 'image', filename: 'a.png', body: png }], { close: false });
     await assertError(await post(worker, unclosed, { type: MULTIPART }), 400, 'bad_image');
@@ -120,11 +164,15 @@ test('rule 6: multipart image with or without filename; two image parts bad_para
 test('issue 11 item 1: a multipart body ending inside the image part is 400, and the worker lives on', async () => {
   const worker = await startWorker();
   try {
-    const body = '--XyZ\r\nContent-Disposition: form-data; name="image"; filename="a.bmp"\r\nContent-Type: image/bmp\r\n\r\nBM';
+    const body =
+      '--XyZ\r\nContent-Disposition: form-data; name="image"; filename="a.bmp"\r\nContent-Type: image/bmp\r\n\r\nBM';
     for (let round = 0; round < 3; round += 1) {
-      const reply = await exchange(worker, requestHead(worker, {
-        headers: { 'Content-Type': MULTIPART, 'Content-Length': body.length, Connection: 'close' },
-      }) + body);
+      const reply = await exchange(
+        worker,
+        requestHead(worker, {
+          headers: { 'Content-Type': MULTIPART, 'Content-Length': body.length, Connection: 'close' },
+        }) + body,
+      );
       assert.match(reply.statusLine(), /^HTTP\/1\.1 400 /);
       assert.equal(reply.jsonBody().error.code, 'bad_image');
     }
@@ -134,7 +182,7 @@ test('issue 11 item 1: a multipart body ending inside the image part is 400, and
   }
 });
 
-test('rule 8: the 413 wording, no X-Powered-By, and Node\'s own parse errors as contract JSON', async () => {
+test("rule 8: the 413 wording, no X-Powered-By, and Node's own parse errors as contract JSON", async () => {
   const worker = await startWorker({ WORKER_MAX_BYTES: '1000' });
   try {
     const body = await assertError(await post(worker, Buffer.alloc(1001)), 413, 'too_large');
@@ -144,8 +192,14 @@ test('rule 8: the 413 wording, no X-Powered-By, and Node\'s own parse errors as 
     assert.equal(ok.headers.get('server'), null);
     const cases = [
       ['GARBAGE\r\n\r\n', 400],
-      [`${requestHead(worker, { headers: { 'Transfer-Encoding': 'chunked', 'Content-Type': 'image/png' } })}zz\r\n`, 400],
-      [`${requestHead(worker, { headers: { 'Transfer-Encoding': 'chunked', 'Content-Type': 'image/png' } })}5;${'x'.repeat(20_000)}\r\n`, 400],
+      [
+        `${requestHead(worker, { headers: { 'Transfer-Encoding': 'chunked', 'Content-Type': 'image/png' } })}zz\r\n`,
+        400,
+      ],
+      [
+        `${requestHead(worker, { headers: { 'Transfer-Encoding': 'chunked', 'Content-Type': 'image/png' } })}5;${'x'.repeat(20_000)}\r\n`,
+        400,
+      ],
       [requestHead(worker, { headers: { 'X-Big': 'y'.repeat(20_000) } }), 431],
     ];
     // after a good request on the same connection, too
@@ -153,7 +207,10 @@ test('rule 8: the 413 wording, no X-Powered-By, and Node\'s own parse errors as 
     for (const [request, status] of cases) {
       const reply = await exchange(worker, request);
       assert.match(reply.statusLine(), new RegExp(`^HTTP/1\\.1 ${status} `), JSON.stringify(request.slice(0, 40)));
-      const last = reply.received().split(/(?=HTTP\/1\.1 )/).at(-1);
+      const last = reply
+        .received()
+        .split(/(?=HTTP\/1\.1 )/)
+        .at(-1);
       assert.match(last, /^HTTP\/1\.1 4\d\d .*\r\n\r\n\{"error":\{"code":"\w+"/s, reply.received());
       assert.doesNotMatch(reply.received(), /x{100}|y{100}/, 'the request is never echoed');
     }

@@ -28,7 +28,9 @@ function startServer(env) {
 
 async function withTimeout(promise, ms, what) {
   let timer;
-  const timeout = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`timeout: ${what}`)), ms); });
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timeout: ${what}`)), ms);
+  });
   try {
     return await Promise.race([promise, timeout]);
   } finally {
@@ -62,18 +64,22 @@ test('a request still in flight after the grace period forces a non-zero exit', 
   socket.destroy();
 });
 
-test('the libuv pool has room beyond WORKER_MAX_INFLIGHT, so the self-check never queues behind requests', {
-  skip: process.platform !== 'linux' && 'counts threads in /proc',
-}, async () => {
-  const threads = async (maxInflight) => {
-    const server = startServer({ WORKER_MAX_INFLIGHT: String(maxInflight) });
-    const port = await withTimeout(server.listening, 15_000, 'listening');
-    await fetch(`http://127.0.0.1:${port}/healthz`);
-    const count = require('node:fs').readdirSync(`/proc/${server.child.pid}/task`).length;
-    server.child.kill('SIGTERM');
-    await withTimeout(server.exited, 15_000, 'exit');
-    return count;
-  };
-  // max(4, inflight + 2) pool threads: 4 for 2 in flight, 12 for 10 in flight
-  assert.equal(await threads(10) - await threads(2), 8);
-});
+test(
+  'the libuv pool has room beyond WORKER_MAX_INFLIGHT, so the self-check never queues behind requests',
+  {
+    skip: process.platform !== 'linux' && 'counts threads in /proc',
+  },
+  async () => {
+    const threads = async (maxInflight) => {
+      const server = startServer({ WORKER_MAX_INFLIGHT: String(maxInflight) });
+      const port = await withTimeout(server.listening, 15_000, 'listening');
+      await fetch(`http://127.0.0.1:${port}/healthz`);
+      const count = require('node:fs').readdirSync(`/proc/${server.child.pid}/task`).length;
+      server.child.kill('SIGTERM');
+      await withTimeout(server.exited, 15_000, 'exit');
+      return count;
+    };
+    // max(4, inflight + 2) pool threads: 4 for 2 in flight, 12 for 10 in flight
+    assert.equal((await threads(10)) - (await threads(2)), 8);
+  },
+);
