@@ -23,7 +23,7 @@ from PIL import Image
 from referencing import Registry
 from referencing.jsonschema import DRAFT7
 
-from tests.support.procs import ROOT, RUNTIMES, start_worker
+from scripts.testkit.procs import ROOT, RUNTIMES, start_worker
 
 SPEC = json.loads((ROOT / "tests" / "contract" / "openapi.json").read_text())
 SCHEMAS = Registry().with_resource("urn:openapi", DRAFT7.create_resource(SPEC))

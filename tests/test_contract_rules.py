@@ -22,7 +22,7 @@ from referencing.jsonschema import DRAFT7
 
 from tests.support import hostile_client as hostile
 from tests.support.hostile_client import HealthProbe, Reply, Target
-from tests.support.procs import ROOT, RUNTIMES, start_worker
+from scripts.testkit.procs import ROOT, RUNTIMES, start_worker
 
 SPEC = json.loads((ROOT / "tests" / "contract" / "openapi.json").read_text())
 SCHEMAS = Registry().with_resource("urn:openapi", DRAFT7.create_resource(SPEC))

@@ -18,7 +18,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.discovery import discover
 from coordinator.engine import run_job
 from coordinator.errors import InputError, NoWorkerError
-from tests.support.faultproxy import FaultProxy
+from scripts.testkit.faultproxy import FaultProxy
 from worker_python import ops as reference
 
 

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from scripts import local
-from tests.support.procs import ROOT, free_port
+from scripts.testkit.procs import ROOT, free_port
 
 
 def runner(command: str, tmp_path, timeout: float = 90, **ports: int) -> subprocess.CompletedProcess:

@@ -22,7 +22,7 @@ from coordinator.page_text import (changed_settings, event_line, human_bytes, in
                                    missing_workers, no_worker_message, plan_caption, runtimes_note,
                                    safe_name)
 from tests.support.hostile_worker import HostileWorker
-from tests.support.procs import ROOT, free_port
+from scripts.testkit.procs import ROOT, free_port
 
 APP = str(ROOT / "coordinator" / "app.py")
 RUN_TIMEOUT = 60
@@ -145,7 +145,8 @@ def test_failover_is_shown_when_a_worker_rejects_the_strip(monkeypatch, worker_f
     first = page.session_state["images"]["outcome"]["result"].strips[0]
     assert first.op == "grayscale" and first.runtime == "nodejs" and first.attempts == 2
     assert "failed on attempt 1" in texts(page.text)
-    assert "token rejected" in texts(page.text)
+    assert f"Strip 1, attempt 1: {locked.url}: token rejected by {locked.url}" in texts(page.text)
+    assert "failed attempts" not in list(page.dataframe[0].value.columns)  # listed in full instead
 
 
 def test_no_worker_reachable_shows_guidance_and_process_is_disabled(monkeypatch):

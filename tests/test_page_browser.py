@@ -16,7 +16,7 @@ from scripts.testkit.browser import (ARTIFACTS, RESULT_TIMEOUT_MS, chromium_miss
 from scripts.testkit.images import colourful_image, encoded
 from tests.conftest import skip_or_fail
 from tests.support.hostile_worker import HostileWorker
-from tests.support.procs import free_port
+from scripts.testkit.procs import free_port
 
 pytestmark = pytest.mark.browser
 

@@ -30,7 +30,7 @@ from infra.userdata import (FETCH_SCRIPT_PATH, FETCH_SCRIPT_SOURCE, MAX_INFLIGHT
                             NPM_TARBALL_URL, USER_DATA_LIMIT, env_file, render_cloud_config)
 from tests.conftest import skip_or_fail
 from tests.support.moto_server import REGION, aws_env, start_moto_server
-from tests.support.procs import ROOT, start_worker
+from scripts.testkit.procs import ROOT, start_worker
 
 BUCKET = "releases-bucket-test"
 TOKEN = "Xq7vLr2NcT9wHs4KpB6dFy1MzJ8gUe3Ra5WkQn0t"

@@ -10,7 +10,7 @@ import pytest
 
 from scripts import wan
 from tests.conftest import skip_or_fail
-from tests.support.procs import ROOT
+from scripts.testkit.procs import ROOT
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,7 @@
 """Unit tests for worker-python: config, sniff/decode/ops/encode, the app factory, and the real process."""
 from __future__ import annotations
 
+import ast
 import io
 import json
 import logging
@@ -16,7 +17,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.support.procs import ROOT
+from scripts.testkit.procs import ROOT
 from tests.vectors.generate import SEPIA_PER_MILLE, huge_header_png, ppm_bytes, ref_grayscale
 from worker_python import __version__, ops
 from worker_python.app import create_app
@@ -42,6 +43,38 @@ def encoded(image: Image.Image, fmt: str, **params) -> bytes:
 def pixels(image: Image.Image) -> np.ndarray:
     assert image.mode == "RGB"
     return np.asarray(image)
+
+
+# ---------------------------------------------------------------- module map (issue 14)
+
+PIXEL_MODULES = ("sniff", "decode", "ops", "encode")
+
+
+def imported_modules(module: str) -> set[str]:
+    tree = ast.parse((ROOT / "worker-python" / "worker_python" / f"{module}.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add(node.module or "")
+    return names
+
+
+@pytest.mark.parametrize("module", PIXEL_MODULES)
+def test_pixel_modules_do_no_io_and_read_no_config(module):
+    """The pixels stay apart from HTTP, config and logging (STYLE.md; README module map)."""
+    forbidden = {"flask", "werkzeug", "gunicorn", "os", "socket", "logging", "worker_python.config",
+                 "worker_python.log", "worker_python.app", "worker_python.state", "worker_python.body"}
+    assert not {name for name in imported_modules(module) if name.split(".")[0] in forbidden or name in forbidden}
+
+
+def test_only_the_server_imports_the_app_and_binds():
+    importers = [path.stem for path in (ROOT / "worker-python" / "worker_python").glob("*.py")
+                 if "worker_python.app" in imported_modules(path.stem)]
+    assert importers == ["server"]
+    main = (ROOT / "worker-python" / "worker_python" / "__main__.py").read_text()
+    assert "from worker_python.server import main" in main and len(main.splitlines()) < 10
 
 
 # ---------------------------------------------------------------- settings

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from coordinator.config import load_config
-from tests.support.procs import ROOT
+from scripts.testkit.procs import ROOT
 from scripts.testkit.cli import assert_one_error_line, run_cli
 
 FIXTURE = ROOT / "tests" / "fixtures" / "stack-outputs.json"

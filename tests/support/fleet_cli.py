@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.support.procs import ROOT
+from scripts.testkit.procs import ROOT
 
 
 def run_fleet(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import boto3
 
-from tests.support.procs import RunningProcess, free_port, wait_http_ok
+from scripts.testkit.procs import RunningProcess, free_port, wait_http_ok
 
 REGION = "us-east-1"
 # Dummy keys: moto accepts any; they also keep boto3 from looking further (or off-host) for keys.

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.procs import RunningProcess, free_port
+from scripts.testkit.procs import RunningProcess, free_port
 
 SSHD = "/usr/sbin/sshd"
 
