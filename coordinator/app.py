@@ -31,7 +31,7 @@ from coordinator.page_log import page_logger
 from coordinator.page_memory import SessionImages, release_freed_memory, start_reaper
 from coordinator.page_overlay import StripBox, draw_strip_overlay
 from coordinator.page_workers import draw_workers
-from coordinator.page_text import (cancelled_message, changed_settings, done_label,
+from coordinator.page_text import (cancelled_message, changed_settings, done_label, failed_attempts,
                                    escape_markdown, event_line, image_summary, input_problem,
                                    missing_workers, no_worker_message, plan_caption,
                                    runtimes_note, safe_name, status_label, too_many_pixels)
@@ -475,8 +475,12 @@ def show_outcome(upload: dict, config: CoordinatorConfig, choice: dict) -> None:
     with side_col:
         download(upload, outcome, choice, config)
     st.markdown("**Strips**")
-    st.dataframe(strip_table(result.strips, lambda strip: safe_name(strip.runtime, "")), hide_index=True,
-                 width="stretch", column_config={"failed attempts": st.column_config.TextColumn(width="large")})
+    table = strip_table(result.strips, lambda strip: safe_name(strip.runtime, ""))
+    st.dataframe(table.drop(columns=["failed attempts"]), hide_index=True, width="stretch")
+    failures = failed_attempts(result.strips)
+    if failures:  # in full, as text: as the table's last column they were cut off
+        st.markdown("**Failed attempts**")
+        st.text("\n".join(failures))
 
 
 # ---------------------------------------------------------------- page

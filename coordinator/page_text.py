@@ -194,3 +194,10 @@ def runtimes_note(strips: Sequence, missing: list[tuple[str, str]]) -> str | Non
     else:
         head = f"This job ran without {workers} (below), on **{', '.join(used)}**."
     return head + " The result is complete; the sidebar now shows the workers' state."
+
+
+def failed_attempts(strips: Sequence) -> list[str]:
+    """Plain-text lines, one per failed attempt, in full (a table column cut them off)."""
+    return [f"Strip {strip.index + 1}, attempt {number}: {failover}"
+            for strip in sorted(strips, key=lambda s: s.index)
+            for number, failover in enumerate(strip.failovers, start=1)]
