@@ -22,7 +22,7 @@ from pathlib import Path
 
 import coordinator
 from coordinator import imaging
-from coordinator.config import TRANSPORTS, WIRE_QUALITIES, CoordinatorConfig, load_config
+from coordinator.config import DEFAULT_WORKERS, TRANSPORTS, WIRE_QUALITIES, CoordinatorConfig, load_config
 from coordinator.discovery import WorkerStatus, discover
 from coordinator.engine import StripEvent, StripResult, cancel_on_interrupt, make_session, run_job
 from coordinator.errors import CoordinatorError, InputError
@@ -70,7 +70,8 @@ class Parser(argparse.ArgumentParser):
 def add_worker_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--workers", metavar="URLS",
                          help="comma-separated worker URLs, http://host:port or host:port "
-                              "(beats every other source; default: COORDINATOR_WORKERS, ..., 127.0.0.1:5001,5002)")
+                              "(beats every other source; default: COORDINATOR_WORKERS, ..., "
+                              f"{','.join(DEFAULT_WORKERS)})")
     command.add_argument("--workers-file", metavar="PATH",
                          help="JSON of `pulumi stack output --json --show-secrets` (workers[].url, worker_token)")
 

@@ -36,9 +36,10 @@ from coordinator.config import CoordinatorConfig
 from scripts import wan
 from scripts.bench import coordinator_run, decoded, one_process_run, original_run, photo_jpeg
 from scripts.testkit.procs import ROOT, wait_http_ok, worker_command
+from stripes.roles import ROLE_SPECS
 
-INNER_PORTS = {"python": 15001, "nodejs": 15002}
-OUTER_PORTS = {"python": 5001, "nodejs": 5002}
+OUTER_PORTS = {spec.runtime: spec.port for spec in ROLE_SPECS.values()}  # as on a real host
+INNER_PORTS = {runtime: 10000 + port for runtime, port in OUTER_PORTS.items()}
 PROBE_INNER, PROBE_OUTER = 15009, 5009
 
 
