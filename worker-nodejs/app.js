@@ -7,8 +7,8 @@ const express = require('express');
 
 const { version } = require('./package.json');
 const { SERVICE, requestLog } = require('./log');
-const { HttpError, PRIMARY_OP, authorized, mediaType, refusalBeforeBody, parseJob } = require('./params');
-const { ImageError } = require('./sniff');
+const { HttpError, ImageError } = require('./errors');
+const { PRIMARY_OP, authorized, mediaType, refusalBeforeBody, parseJob } = require('./params');
 const { inspect, decodeImage } = require('./decode');
 const { OPERATIONS, applyOperationAsync } = require('./ops');
 const { FORMATS, encodeReply } = require('./encode');

@@ -6,7 +6,8 @@
 const sharp = require('sharp');
 
 const bmp = require('./bmp');
-const { ImageError, badImage, unsupported, sniffFormat, declaredSize, decodeBomb } = require('./sniff');
+const { ImageError, badImage, unsupported } = require('./errors');
+const { sniffFormat, declaredSize, decodeBomb } = require('./sniff');
 const { STEP_BYTES, pauseFor, inSteps } = require('./steps');
 
 // ---------------------------------------------------------------- PPM (P6, and P5 gray)

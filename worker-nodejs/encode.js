@@ -4,7 +4,7 @@
 
 const sharp = require('sharp');
 
-const { ImageError } = require('./sniff');
+const { ImageError } = require('./errors');
 const { STEP_BYTES, inSteps } = require('./steps');
 
 const FORMATS = ['png', 'jpeg', 'webp', 'raw'];

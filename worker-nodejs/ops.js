@@ -3,7 +3,7 @@
 // invert per pixel, and blur as a bit-exact port of Pillow's GaussianBlur. Each has a plain
 // form and a stepped one (steps.js) that yields to the event loop. No I/O, no config.
 
-const { ImageError } = require('./sniff');
+const { ImageError } = require('./errors');
 const { STEP_BYTES, nextTurn, inSteps, runSteps, runAtOnce } = require('./steps');
 
 const OPERATIONS = ['grayscale', 'sepia', 'invert', 'blur'];

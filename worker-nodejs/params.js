@@ -5,6 +5,7 @@
 
 const crypto = require('node:crypto');
 
+const { HttpError } = require('./errors');
 const { OPERATIONS } = require('./ops');
 const { FORMATS, CHANNELS } = require('./encode');
 
@@ -20,15 +21,6 @@ const MAX_AUTHORIZATION_BYTES = 4096;
 const INTEGER = /^[0-9]{1,3}$/;
 const RADIUS = /^[0-9]{1,3}(\.[0-9]{1,6})?$/;
 const BOOLEANS = { true: true, false: false, 1: true, 0: false };
-
-/** An answer the client caused; status and code go straight into the JSON error. */
-class HttpError extends Error {
-  constructor(status, code, message) {
-    super(message);
-    this.status = status;
-    this.code = code;
-  }
-}
 
 const badParam = (message) => new HttpError(400, 'bad_param', message);
 const shown = (value) => JSON.stringify(value).slice(0, 60);
@@ -170,7 +162,6 @@ function parseJob(query, accept) {
 }
 
 module.exports = {
-  HttpError,
   PRIMARY_OP,
   bearerToken,
   tokenMatches,

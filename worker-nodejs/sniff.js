@@ -1,22 +1,11 @@
 'use strict';
 // What a body says it is, before any decoder runs: the format by its magic bytes, the size
 // its header declares, and the decode-bomb guards (JPEG scan count, PNG compressed chunks).
-// Pure functions of the bytes: no pixels are decoded. ImageError, the failure every later
-// stage (decode, ops, encode) raises for bad input, lives here, at the first stage.
+// Pure functions of the bytes: no pixels are decoded.
 
 const zlib = require('node:zlib');
 
-/** A failure caused by the input; `code` and `status` go straight into the HTTP error. */
-class ImageError extends Error {
-  constructor(code, status, message) {
-    super(message);
-    this.code = code;
-    this.status = status;
-  }
-}
-
-const badImage = (message) => new ImageError('bad_image', 400, message);
-const unsupported = (message) => new ImageError('unsupported_type', 415, message);
+const { badImage, unsupported } = require('./errors');
 
 // ---------------------------------------------------------------- magic bytes
 
@@ -221,9 +210,6 @@ function decodeBomb(buf, format) {
 }
 
 module.exports = {
-  ImageError,
-  badImage,
-  unsupported,
   sniffFormat,
   declaredSize,
   decodeBomb,

@@ -5,7 +5,8 @@
 const http = require('node:http');
 const busboy = require('busboy');
 
-const { HttpError, tooLarge } = require('./params');
+const { HttpError } = require('./errors');
+const { tooLarge } = require('./params');
 
 const HEADERS_TIMEOUT_MS = 5_000;
 const KEEP_ALIVE_TIMEOUT_MS = 5_000;
