@@ -4,9 +4,9 @@
     python -m scripts.local run     # workers + page in the foreground; Ctrl-C stops all
     python -m scripts.local stop    # stops exactly what start/run started
 
-Ports: PYTHON_WORKER_PORT, NODEJS_WORKER_PORT (defaults: stripes/roles.py), COORDINATOR_PAGE_PORT (8501),
-e.g. `make run PYTHON_WORKER_PORT=5011`. A busy port stops the start with one line naming the
-variable to set. The page is pointed at the workers' ports unless a worker list is configured.
+Ports: PYTHON_WORKER_PORT, NODEJS_WORKER_PORT (defaults in stripes/roles.py) and
+COORDINATOR_PAGE_PORT (8501), e.g. `make run PYTHON_WORKER_PORT=5011`. A busy port stops the
+start with one line naming the variable to set. The page is pointed at the workers' ports unless a worker list is configured.
 """
 from __future__ import annotations
 
