@@ -1,20 +1,10 @@
 """Shared fixtures: real worker processes on loopback, and the CI rule for skips."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from scripts.testkit.procs import RUNTIMES, start_worker
-
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip for a missing system package; under CI that is a failure, since .ci/run installs it."""
-    if IN_CI:
-        pytest.fail(f"required under CI: {reason}")
-    pytest.skip(reason)
+from tests.support.ci import skip_or_fail
 
 
 @pytest.fixture(scope="session")

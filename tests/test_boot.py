@@ -26,7 +26,7 @@ from scripts.boot import inspect
 from scripts.boot.image import build_image
 from scripts.boot.netplan import machine_address
 from scripts.boot.stage import Stage
-from tests.conftest import skip_or_fail
+from tests.support.ci import skip_or_fail
 from tests.infra_harness import reveal, run_program
 
 ROLES = ("worker-python", "worker-nodejs")

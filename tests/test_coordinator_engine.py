@@ -357,7 +357,7 @@ def test_the_largest_input_goes_through_at_the_default_strips(local_fleet, trans
     pixels = flat_rows(height, width)
     if transport == "jpeg-cut":
         if codecs.jpegtran_path() is None:
-            from tests.conftest import skip_or_fail
+            from tests.support.ci import skip_or_fail
             skip_or_fail("jpegtran not installed (Debian package libjpeg-turbo-progs)")
         buffer = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, "JPEG", quality=90)
@@ -386,7 +386,7 @@ def test_no_request_is_over_a_small_workers_advertised_limits(worker_factory, tr
     data = b""
     if transport == "jpeg-cut":
         if codecs.jpegtran_path() is None:
-            from tests.conftest import skip_or_fail
+            from tests.support.ci import skip_or_fail
             skip_or_fail("jpegtran not installed (Debian package libjpeg-turbo-progs)")
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, "JPEG", quality=95)

@@ -138,7 +138,7 @@ def test_cli_success_writes_the_right_pixels(fleet, tmp_path):
 
 
 def test_slow_link_via_tbf_completes_then_times_out_cleanly(tmp_path):
-    from tests.conftest import skip_or_fail
+    from tests.support.ci import skip_or_fail
     from scripts.testkit import netns
 
     if netns.missing_tools():

@@ -14,7 +14,7 @@ from PIL import Image
 from scripts.testkit.browser import (ARTIFACTS, RESULT_TIMEOUT_MS, chromium_missing, chromium_page,
                                      start_page, upload_and_process, wait_until_idle)
 from scripts.testkit.images import colourful_image, encoded
-from tests.conftest import skip_or_fail
+from tests.support.ci import skip_or_fail
 from tests.support.hostile_worker import HostileWorker
 from scripts.testkit.procs import free_port
 

@@ -28,7 +28,7 @@ from stripes.roles import ROLE_SPECS, SERVICE_USER
 from infra.userdata import (FETCH_SCRIPT_PATH, FETCH_SCRIPT_SOURCE, MAX_INFLIGHT_PIXELS, MEMORY_MAX,
                             NODE_TARBALL_SHA256, NODE_TARBALL_URL, NODE_VERSION, NPM_TARBALL_SHA256,
                             NPM_TARBALL_URL, USER_DATA_LIMIT, env_file, render_cloud_config)
-from tests.conftest import skip_or_fail
+from tests.support.ci import skip_or_fail
 from tests.support.moto_server import REGION, aws_env, start_moto_server
 from scripts.testkit.procs import ROOT, start_worker
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from scripts import wan
-from tests.conftest import skip_or_fail
+from tests.support.ci import skip_or_fail
 from scripts.testkit.procs import ROOT
 
 
