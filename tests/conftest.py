@@ -1,10 +1,10 @@
-"""Shared fixtures: real worker processes on loopback, and the CI rule for skips."""
+"""Shared fixtures: real worker processes on loopback (the CI rule for skips: tests/support/ci.py)."""
 from __future__ import annotations
 
 import pytest
 
 from scripts.testkit.procs import RUNTIMES, start_worker
-from tests.support.ci import skip_or_fail
+from tests.support.ci import skip_or_fail  # noqa: F401 re-export: test_codecs.py (in flight) still imports it here
 
 
 @pytest.fixture(scope="session")
