@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 REQUIREMENTS := worker-python/requirements.txt coordinator/requirements.txt \
 	infra/requirements.txt scripts/requirements.txt tests/requirements.txt
 
-.PHONY: setup workers run stop test test-python test-node bench soak stack-outputs clean help
+.PHONY: setup workers run stop test test-python test-node boot-test bench soak stack-outputs clean help
 
 help:
 	@echo "make run     set up, start both workers and the page on http://localhost:8501"
@@ -42,6 +42,11 @@ test-node:
 
 test-python:
 	$(PY) -m pytest -c tests/pytest.ini --rootdir=. $(PYTEST_ARGS)
+
+# Only the real first boot of each role's user-data (systemd-nspawn; root, mmdebstrap,
+# systemd-container), with its timing table; `make test` runs it too.
+boot-test: setup
+	$(PY) -m pytest -c tests/pytest.ini --rootdir=. tests/test_boot.py $(PYTEST_ARGS)
 
 # Loopback, WAN (network namespace; needs root + iproute2, else one skip line), batch, page.
 bench: setup
