@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from infra.releases import Release
-from stripes.roles import SERVICE_USER, RoleSpec
+from stripes.roles import HOST_NODE, SERVICE_USER, RoleSpec
 
 USER_DATA_LIMIT = 16384  # bytes: the EC2 API's limit on user-data
 
@@ -123,7 +123,7 @@ def _fetch_tarball(url: str, sha256: str, dest_dir: str) -> list[str]:
 def dependency_check(spec: RoleSpec) -> str:
     current = f"{spec.base_dir}/current"
     if spec.runtime == "python":
-        return f"cd {current} && {spec.base_dir}/venv/bin/python -c 'import worker_python.__main__'"
+        return f"cd {current} && {spec.venv_dir}/bin/python -c 'import worker_python.__main__'"
     return (f"cd {current} && node -e \"for (const d of Object.keys(require('./package.json')"
             f".dependencies)) require(d)\"")
 
@@ -135,7 +135,7 @@ def _install_dependencies(spec: RoleSpec) -> list[str]:
     return [
         *_fetch_tarball(NODE_TARBALL_URL, NODE_TARBALL_SHA256, NODE_DIR),
         *_fetch_tarball(NPM_TARBALL_URL, NPM_TARBALL_SHA256, NPM_DIR),
-        f"ln -sfn {NODE_DIR}/bin/node /usr/bin/node",
+        f"ln -sfn {NODE_DIR}/bin/node {HOST_NODE}",
         f"ln -sfn {NPM_DIR}/bin/npm-cli.js /usr/bin/npm",
         *spec.install_steps(current),
         dependency_check(spec),
