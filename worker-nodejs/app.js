@@ -112,18 +112,21 @@ async function handleProcess(ctx, req, res, slot, signal) {
     accept: req.get('accept'),
   };
   const early = refusalBeforeBody(request, config.maxBytes);
-  if (early) return refuse(req, res, early.status, early.code, early.message);
+  if (early) {
+    refuse(req, res, early.status, early.code, early.message);
+    return;
+  }
   const job = parseJob(req.query, request.accept);
   res.locals.op = job.op;
   const input = await readInput(ctx, req, res);
-  if (!input) return undefined;
+  if (!input) return;
   const header = await inspect(input, { maxPixels: config.maxPixels, timeoutSeconds: WORK_TIMEOUT_S });
   if (!slot.claimPixels(header.width * header.height)) {
     throw busy(`${state.inflightPixels} pixels already in flight, limit is ${config.maxInflightPixels}`);
   }
   const started = process.hrtime.bigint();
   const reply = await runJob(ctx, input, job, header, signal);
-  return sendReply(ctx, res, reply, Number(process.hrtime.bigint() - started) / 1e6);
+  await sendReply(ctx, res, reply, Number(process.hrtime.bigint() - started) / 1e6);
 }
 
 /** The image bytes of the body (raw or multipart part `image`); null once refused as 413. */

@@ -111,6 +111,52 @@ function readBody(req, maxBytes) {
   });
 }
 
+/** A busboy parser for `headers`; 400 bad_image when they cannot start a multipart parse. */
+function multipartParser(headers, body) {
+  try {
+    // busboy gives a part without a filename as a string: latin1 keeps its bytes intact.
+    return busboy({
+      headers,
+      defCharset: 'latin1',
+      limits: { files: 8, fields: 64, parts: 72, fieldSize: body.length },
+    });
+  } catch (err) {
+    throw new HttpError(400, 'bad_image', `multipart body cannot be read: ${oneLine(err.message)}`);
+  }
+}
+
+/**
+ * Collects the parts named `image` from `parser` into `seen.found`; `seen.failed` holds the
+ * first fault (a second `image` part, a part stream that errs). `fail` records one.
+ */
+function collectImagePart(parser) {
+  const seen = { found: null, images: 0, failed: null };
+  const fail = (err) => {
+    seen.failed ??= err;
+  };
+  const take = (bytes) => {
+    seen.images += 1;
+    if (seen.images > 1) fail(new HttpError(400, 'bad_param', 'multipart body has more than one "image" part'));
+    seen.found = bytes;
+  };
+  parser.on('file', (name, stream) => {
+    stream.on('error', (err) =>
+      fail(new HttpError(400, 'bad_image', `multipart part ends early: ${oneLine(err.message)}`)),
+    );
+    if (name !== 'image') {
+      stream.resume();
+      return;
+    }
+    const parts = [];
+    stream.on('data', (chunk) => parts.push(chunk));
+    stream.on('end', () => take(Buffer.concat(parts)));
+  });
+  parser.on('field', (name, value) => {
+    if (name === 'image') take(Buffer.from(value, 'latin1'));
+  });
+  return { seen, fail };
+}
+
 /**
  * The bytes of the multipart part named `image` (with or without a filename); null when
  * there is none. Two `image` parts: 400 bad_param; a body that ends inside a part or has no
@@ -118,49 +164,13 @@ function readBody(req, maxBytes) {
  */
 function multipartImage(headers, body) {
   return new Promise((resolve, reject) => {
-    let parser;
-    try {
-      // busboy gives a part without a filename as a string: latin1 keeps its bytes intact.
-      parser = busboy({
-        headers,
-        defCharset: 'latin1',
-        limits: { files: 8, fields: 64, parts: 72, fieldSize: body.length },
-      });
-    } catch (err) {
-      reject(new HttpError(400, 'bad_image', `multipart body cannot be read: ${oneLine(err.message)}`));
-      return;
-    }
-    let found = null;
-    let images = 0;
-    let failed = null;
-    const fail = (err) => {
-      failed ??= err;
-    };
-    const take = (bytes) => {
-      images += 1;
-      if (images > 1) fail(new HttpError(400, 'bad_param', 'multipart body has more than one "image" part'));
-      found = bytes;
-    };
-    parser.on('file', (name, stream) => {
-      stream.on('error', (err) =>
-        fail(new HttpError(400, 'bad_image', `multipart part ends early: ${oneLine(err.message)}`)),
-      );
-      if (name !== 'image') {
-        stream.resume();
-        return;
-      }
-      const parts = [];
-      stream.on('data', (chunk) => parts.push(chunk));
-      stream.on('end', () => take(Buffer.concat(parts)));
-    });
-    parser.on('field', (name, value) => {
-      if (name === 'image') take(Buffer.from(value, 'latin1'));
-    });
-    parser.on('close', () => (failed ? reject(failed) : resolve(found)));
+    const parser = multipartParser(headers, body); // a throw here rejects the promise
+    const { seen, fail } = collectImagePart(parser);
+    parser.on('close', () => (seen.failed ? reject(seen.failed) : resolve(seen.found)));
     parser.on('error', (err) => {
       fail(new HttpError(400, 'bad_image', `multipart body is malformed: ${oneLine(err.message)}`));
       // 'close' may never come after an error; settle once the part streams' errors are in.
-      setImmediate(() => reject(failed));
+      setImmediate(() => reject(seen.failed));
     });
     parser.end(body);
   });
