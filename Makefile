@@ -6,11 +6,12 @@ PY := $(VENV)/bin/python
 REQUIREMENTS := worker-python/requirements.txt coordinator/requirements.txt \
 	infra/requirements.txt scripts/requirements.txt tests/requirements.txt
 
-.PHONY: setup workers run stop test test-python test-node boot-test bench soak stack-outputs clean help
+.PHONY: setup workers run stop test test-python test-node lint format boot-test bench soak stack-outputs clean help
 
 help:
 	@echo "make run     set up, start both workers and the page on http://localhost:8501"
 	@echo "make test    set up, then run every test (pytest + node --test)"
+	@echo "make lint    ruff check + ruff format --check, and worker-nodejs's npm lint; make format fixes"
 	@echo "make workers start both workers in the background; make stop stops them"
 	@echo "make bench   benchmarks (tables of medians and ratios)"
 
@@ -39,6 +40,22 @@ test: setup test-node test-python
 
 test-node:
 	cd worker-nodejs && node --test test/
+
+# Ruff's rules and excludes live in pyproject.toml; worker-nodejs's linters in its package.json
+# (run only once it has a "lint" / "format" script).
+has_npm_script = node -e 'process.exit(require("./worker-nodejs/package.json").scripts?.["$(1)"] ? 0 : 1)'
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	@if $(call has_npm_script,lint); then cd worker-nodejs && npm run --silent lint; \
+	else echo "worker-nodejs: no npm lint script, skipped"; fi
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	@if $(call has_npm_script,format); then cd worker-nodejs && npm run --silent format; \
+	else echo "worker-nodejs: no npm format script, skipped"; fi
 
 test-python:
 	$(PY) -m pytest -c tests/pytest.ini --rootdir=. $(PYTEST_ARGS)
