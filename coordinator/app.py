@@ -7,6 +7,7 @@ Anything a worker sent (health fields, runtime names, error reasons) is shown as
 (st.text, or page_text.safe_name inside our own Markdown): a worker cannot put a link, an
 image or styling on this page.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,10 +32,23 @@ from coordinator.page_log import page_logger
 from coordinator.page_memory import SessionImages, release_freed_memory, start_reaper
 from coordinator.page_overlay import StripBox, draw_strip_overlay
 from coordinator.page_workers import draw_workers
-from coordinator.page_text import (cancelled_message, changed_settings, done_label, failed_attempts,
-                                   escape_markdown, event_line, image_summary, input_problem,
-                                   missing_workers, no_worker_message, plan_caption,
-                                   runtimes_note, safe_name, status_label, too_many_pixels)
+from coordinator.page_text import (
+    cancelled_message,
+    changed_settings,
+    done_label,
+    failed_attempts,
+    escape_markdown,
+    event_line,
+    image_summary,
+    input_problem,
+    missing_workers,
+    no_worker_message,
+    plan_caption,
+    runtimes_note,
+    safe_name,
+    status_label,
+    too_many_pixels,
+)
 
 log = page_logger()
 
@@ -138,8 +152,9 @@ def session_store() -> SessionImages:
         server.media_file_mgr.clear_session_refs(session_id)
         server.media_file_mgr.remove_orphaned_files()
 
-    store = SessionImages(server.is_active_session, float(st.get_option("server.disconnectedSessionTTL")),
-                          on_gone=drop_streamlit_copies)
+    store = SessionImages(
+        server.is_active_session, float(st.get_option("server.disconnectedSessionTTL")), on_gone=drop_streamlit_copies
+    )
     start_reaper(store)
     return store
 
@@ -172,16 +187,24 @@ def decode_upload(uploaded, config: CoordinatorConfig) -> dict:
         raise UploadRefused(input_problem(str(exc))) from None
     preview, stretched = preview_of(Image.fromarray(pixels))
     # The raw bytes are not kept: Streamlit holds the upload already (uploaded.getvalue()).
-    return {"file_id": uploaded.file_id, "name": uploaded.name, "size": len(data), "pixels": pixels,
-            "width": pixels.shape[1], "height": pixels.shape[0], "preview": jpeg_bytes(preview),
-            "stretched": stretched}
+    return {
+        "file_id": uploaded.file_id,
+        "name": uploaded.name,
+        "size": len(data),
+        "pixels": pixels,
+        "width": pixels.shape[1],
+        "height": pixels.shape[0],
+        "preview": jpeg_bytes(preview),
+        "stretched": stretched,
+    }
 
 
 def read_upload(config: CoordinatorConfig):
     """(the decoded upload as a dict, the uploaded file), decoded once per upload; (None, None)
     if none. Raises UploadRefused for a file the page will not use."""
-    uploaded = st.file_uploader("Image", type=UPLOAD_TYPES, key="image",
-                                help="JPEG, PNG, WebP, BMP, TIFF or GIF (first frame).")
+    uploaded = st.file_uploader(
+        "Image", type=UPLOAD_TYPES, key="image", help="JPEG, PNG, WebP, BMP, TIFF or GIF (first frame)."
+    )
     if uploaded is None:
         forget_images()
         return None, None
@@ -215,8 +238,9 @@ def output_formats(width: int, height: int) -> tuple[list[str], str | None]:
             notes.append(f"{label} stores at most {imaging.MAX_SIDE[fmt]:,} px a side")
     if not notes:
         return fits, None
-    return fits, (f"{' and '.join(notes)}, and this image is {width:,}×{height:,} px: "
-                  f"download it as {' or '.join(fits)}.")
+    return fits, (
+        f"{' and '.join(notes)}, and this image is {width:,}×{height:,} px: download it as {' or '.join(fits)}."
+    )
 
 
 def strip_controls(strips: int, ops: list[str], fmt) -> str:
@@ -225,9 +249,15 @@ def strip_controls(strips: int, ops: list[str], fmt) -> str:
     for index in range(strips):
         default = plan.SEED_OPS[index % len(plan.SEED_OPS)]  # as the demo, until changed
         with columns[index % 4]:
-            chosen.append(st.selectbox(f"Strip {index + 1}", ops, key=f"strip_op_{index}",
-                                       index=ops.index(default) if default in ops else 0,
-                                       format_func=fmt))
+            chosen.append(
+                st.selectbox(
+                    f"Strip {index + 1}",
+                    ops,
+                    key=f"strip_op_{index}",
+                    index=ops.index(default) if default in ops else 0,
+                    format_func=fmt,
+                )
+            )
     return ",".join(chosen)
 
 
@@ -240,8 +270,14 @@ def plan_controls(upload: dict, statuses: list) -> dict:
         strips = 1
         st.caption("1 strip: the image is one row high.")
     else:
-        strips = st.slider("Strips", 1, max_strips, min(2, max_strips), key="strips",
-                           help="Horizontal strips, sent to the workers concurrently.")
+        strips = st.slider(
+            "Strips",
+            1,
+            max_strips,
+            min(2, max_strips),
+            key="strips",
+            help="Horizontal strips, sent to the workers concurrently.",
+        )
     if mode == PLAN_SEED:
         spec = "seed"
     elif mode == PLAN_ONE:
@@ -250,8 +286,16 @@ def plan_controls(upload: dict, statuses: list) -> dict:
         spec = strip_controls(strips, ops, fmt)
     params = {}
     if "blur" in spec.split(","):  # right under the control that asked for it
-        params["radius"] = st.slider("Blur radius", 0.5, 50.0, 2.0, step=0.5, key="blur_radius",
-                                     format="%g", help="Gaussian blur radius in pixels.")
+        params["radius"] = st.slider(
+            "Blur radius",
+            0.5,
+            50.0,
+            2.0,
+            step=0.5,
+            key="blur_radius",
+            format="%g",
+            help="Gaussian blur radius in pixels.",
+        )
     return {"spec": spec, "strips": strips, "params": params}
 
 
@@ -302,9 +346,16 @@ def run_with_progress(upload: dict, uploaded, config: CoordinatorConfig, choice:
         status.update(label=status_label(done[0], total, event))
 
     try:
-        return engine.run_job(uploaded.getvalue(), config, plan=choice["spec"], strips=total,
-                              params=choice["params"] or None, on_event=on_event,
-                              session=shared_session(), pixels=upload["pixels"])
+        return engine.run_job(
+            uploaded.getvalue(),
+            config,
+            plan=choice["spec"],
+            strips=total,
+            params=choice["params"] or None,
+            on_event=on_event,
+            session=shared_session(),
+            pixels=upload["pixels"],
+        )
     except (RerunException, StopException):
         st.session_state["cancelled"] = {"done": done[0], "total": total}
         log.info("job cancelled", extra={"fields": {"done": done[0], "strips": total}})
@@ -338,19 +389,38 @@ def process(upload: dict, uploaded, config: CoordinatorConfig, choice: dict, kno
     # frombuffer shares the result's memory (fromarray would copy 36 MB for 12 MP); only read.
     pixels = np.ascontiguousarray(result.pixels)
     preview_image, stretched = preview_of(
-        Image.frombuffer("RGB", (result.width, result.height), pixels, "raw", "RGB", 0, 1))
+        Image.frombuffer("RGB", (result.width, result.height), pixels, "raw", "RGB", 0, 1)
+    )
     missing = missing_workers(result.workers, result.strips, known_runtimes)
     images()["outcome"] = {
-        "job": uuid.uuid4().hex, "result": result, "preview": jpeg_bytes(preview_image),
-        "preview_image": preview_image, "stretched": stretched, "lines": lines, "summary": summary,
-        "caption": plan_caption(result.ops, choice["params"]), "missing": missing,
+        "job": uuid.uuid4().hex,
+        "result": result,
+        "preview": jpeg_bytes(preview_image),
+        "preview_image": preview_image,
+        "stretched": stretched,
+        "lines": lines,
+        "summary": summary,
+        "caption": plan_caption(result.ops, choice["params"]),
+        "missing": missing,
         "choice": {key: choice[key] for key in ("spec", "strips", "params")},
     }
-    log.info("job done", extra={"fields": {
-        "strips": len(result.strips), "ops": result.ops, "ms": round(result.elapsed_ms, 1),
-        "job_ms": round(job_ms, 1), "preview_ms": round((time.perf_counter() - started) * 1000 - job_ms, 1),
-        **{name: round(value, 1) for name, value in result.timings.items()},
-        "retries": retries, "width": result.width, "height": result.height, "missing": len(missing)}})
+    log.info(
+        "job done",
+        extra={
+            "fields": {
+                "strips": len(result.strips),
+                "ops": result.ops,
+                "ms": round(result.elapsed_ms, 1),
+                "job_ms": round(job_ms, 1),
+                "preview_ms": round((time.perf_counter() - started) * 1000 - job_ms, 1),
+                **{name: round(value, 1) for name, value in result.timings.items()},
+                "retries": retries,
+                "width": result.width,
+                "height": result.height,
+                "missing": len(missing),
+            }
+        },
+    )
     return bool(missing) or retries > 0
 
 
@@ -382,22 +452,33 @@ def show_notes(outcome: dict, choice: dict, replay_log: bool) -> None:
         st.text("\n".join(f"- {line}" for _, line in outcome["missing"]))
     changes = changed_settings(outcome["choice"], choice)
     if changes:
-        st.warning(f"**Out of date:** this result and its download were made before you changed "
-                   f"{'; '.join(changes)}. Press **Process** to apply the new settings.",
-                   icon=":material/history:")
+        st.warning(
+            f"**Out of date:** this result and its download were made before you changed "
+            f"{'; '.join(changes)}. Press **Process** to apply the new settings.",
+            icon=":material/history:",
+        )
 
 
 def result_image(outcome: dict, overlay: bool, stale: bool) -> None:
     result = outcome["result"]
     shown = outcome["preview"]
     if overlay:
-        boxes = [StripBox(strip.top, strip.bottom,
-                          f"{strip.index + 1} · {strip.op} · {safe_name(strip.runtime, worker_host(strip.worker_url))}"
-                          f" · {strip.total_ms:,.0f} ms", safe_name(strip.runtime, "")) for strip in result.strips]
+        boxes = [
+            StripBox(
+                strip.top,
+                strip.bottom,
+                f"{strip.index + 1} · {strip.op} · {safe_name(strip.runtime, worker_host(strip.worker_url))}"
+                f" · {strip.total_ms:,.0f} ms",
+                safe_name(strip.runtime, ""),
+            )
+            for strip in result.strips
+        ]
         shown = jpeg_bytes(draw_strip_overlay(outcome["preview_image"], boxes, result.height))
-    caption = (f"{'Earlier result (out of date)' if stale else 'Result'} · "
-               f"{result.width:,}×{result.height:,} px · {outcome['caption']}"
-               + (" · rows stretched to show" if outcome["stretched"] else ""))
+    caption = (
+        f"{'Earlier result (out of date)' if stale else 'Result'} · "
+        f"{result.width:,}×{result.height:,} px · {outcome['caption']}"
+        + (" · rows stretched to show" if outcome["stretched"] else "")
+    )
     st.image(shown, width="stretch", caption=caption)
 
 
@@ -430,39 +511,59 @@ def download_bytes(outcome: dict, out_format: str, quality: int, png_level: int)
 def download(upload: dict, outcome: dict, choice: dict, config: CoordinatorConfig) -> None:
     out_format, quality = choice["format"], choice["quality"]
     st.markdown("**Download**")
-    st.caption(f"Full size, {out_format.upper()}"
-               + (f", quality {quality}" if out_format != "png" else "")
-               + ". Change the format above; no need to process again.")
+    st.caption(
+        f"Full size, {out_format.upper()}"
+        + (f", quality {quality}" if out_format != "png" else "")
+        + ". Change the format above; no need to process again."
+    )
     data = download_bytes(outcome, out_format, quality, config.png_level)
     stem = Path(upload["name"]).stem or "image"
     st.download_button(
-        f"Download {out_format.upper()}", data=data,
+        f"Download {out_format.upper()}",
+        data=data,
         file_name=f"{stem}-processed.{'jpg' if out_format == 'jpeg' else out_format}",
-        mime=MIME[out_format], type="primary", icon=":material/download:", on_click="ignore",
-        key="download")
+        mime=MIME[out_format],
+        type="primary",
+        icon=":material/download:",
+        on_click="ignore",
+        key="download",
+    )
 
 
 def timings(result) -> None:
     runtime = lambda strip: safe_name(strip.runtime, "")  # noqa: E731
     st.markdown("**Time per strip**")
-    st.caption("In the worker (its own timing), on the network (sending, the reply, reading it), "
-               "encoding the strip here, and waiting for a free slot on that worker.")
-    st.bar_chart(timing_frame(result.strips, runtime), x="strip", y=list(PARTS), horizontal=True,
-                 stack=True, sort=False, color=COLOURS, x_label="", y_label="ms",
-                 height=chart_height(len(result.strips)))
+    st.caption(
+        "In the worker (its own timing), on the network (sending, the reply, reading it), "
+        "encoding the strip here, and waiting for a free slot on that worker."
+    )
+    st.bar_chart(
+        timing_frame(result.strips, runtime),
+        x="strip",
+        y=list(PARTS),
+        horizontal=True,
+        stack=True,
+        sort=False,
+        color=COLOURS,
+        x_label="",
+        y_label="ms",
+        height=chart_height(len(result.strips)),
+    )
 
 
 def show_outcome(upload: dict, config: CoordinatorConfig, choice: dict) -> None:
     """Original and result side by side, plus timing and download; reruns reuse the stored outcome."""
     outcome = images().get("outcome") or {}
     result = outcome.get("result")
-    overlay = st.checkbox("Outline strips with their worker and time", key="overlay",
-                          disabled=result is None)
+    overlay = st.checkbox("Outline strips with their worker and time", key="overlay", disabled=result is None)
     original_col, result_col = st.columns(2)
     with original_col:
-        st.image(upload["preview"], width="stretch",
-                 caption=f"Original · {image_summary(upload['width'], upload['height'], upload['size'])}"
-                         + (" · rows stretched to show" if upload["stretched"] else ""))
+        st.image(
+            upload["preview"],
+            width="stretch",
+            caption=f"Original · {image_summary(upload['width'], upload['height'], upload['size'])}"
+            + (" · rows stretched to show" if upload["stretched"] else ""),
+        )
     with result_col:
         if result is None:
             st.info("The result appears here after **Process**.", icon=":material/hourglass_empty:")
@@ -489,8 +590,10 @@ def show_outcome(upload: dict, config: CoordinatorConfig, choice: dict) -> None:
 def main() -> None:
     st.set_page_config(page_title="Distributed image processor", page_icon=favicon(), layout="wide")
     st.title("Distributed image processor")
-    st.caption("The image is cut into horizontal strips; each strip goes to a worker (Python or "
-               "Node.js) that offers its operation, and the results are stitched back together.")
+    st.caption(
+        "The image is cut into horizontal strips; each strip goes to a worker (Python or "
+        "Node.js) that offers its operation, and the results are stitched back together."
+    )
     try:
         config = load_config(environ=os.environ)
     except ConfigError as exc:
@@ -509,8 +612,9 @@ def main() -> None:
     if upload is None:
         st.info("Upload an image to start.", icon=":material/upload:")
         return
-    st.caption(f"**{escape_markdown(upload['name'])}** · "
-               f"{image_summary(upload['width'], upload['height'], upload['size'])}")
+    st.caption(
+        f"**{escape_markdown(upload['name'])}** · {image_summary(upload['width'], upload['height'], upload['size'])}"
+    )
     workbench(config, statuses)
 
 
@@ -535,9 +639,14 @@ def workbench(config: CoordinatorConfig, statuses: list) -> None:
 def workbench_body(upload: dict, uploaded, config: CoordinatorConfig, statuses: list) -> None:
     reachable = any(status.ok for status in statuses)
     choice = controls(upload, statuses)
-    processed_now = st.button("Process", type="primary", icon=":material/play_arrow:", key="process",
-                              disabled=not reachable,
-                              help=None if reachable else "No worker is reachable: see the note above.")
+    processed_now = st.button(
+        "Process",
+        type="primary",
+        icon=":material/play_arrow:",
+        key="process",
+        disabled=not reachable,
+        help=None if reachable else "No worker is reachable: see the note above.",
+    )
     with st.container():  # what varies from run to run (progress, notes): later elements keep their place
         if processed_now:
             known = {status.url: status.runtime for status in statuses if status.runtime}
@@ -554,8 +663,11 @@ def last_resort(exc: Exception) -> None:
     """One line on the page, the traceback in the log."""
     log.exception("page error")
     first_line = (str(exc).splitlines() or [""])[0]
-    st.error(f"Something went wrong ({type(exc).__name__}: {escape_markdown(first_line)}). "
-             "The details are in the page's log; the page still works.", icon=":material/bug_report:")
+    st.error(
+        f"Something went wrong ({type(exc).__name__}: {escape_markdown(first_line)}). "
+        "The details are in the page's log; the page still works.",
+        icon=":material/bug_report:",
+    )
 
 
 try:

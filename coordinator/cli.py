@@ -4,6 +4,7 @@ Exit codes: 0 ok; 2 bad usage, config or input; 3 no worker could do it; 1 anyth
 130 interrupted. Every error is one line on stderr starting with "error:". A flag that could
 not take effect (say --radius with no blur in the plan) is refused with exit 2, never ignored.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,16 @@ STDIO = "-"
 QUALITY_DEFAULT = 90
 QUALITY_FORMATS = ("jpeg", "webp")
 # --format value -> file extension (jpeg and tiff are accepted spellings)
-FORMAT_CHOICES = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp", "tif": "tif", "tiff": "tif",
-                  "bmp": "bmp", "ppm": "ppm"}
+FORMAT_CHOICES = {
+    "png": "png",
+    "jpg": "jpg",
+    "jpeg": "jpg",
+    "webp": "webp",
+    "tif": "tif",
+    "tiff": "tif",
+    "bmp": "bmp",
+    "ppm": "ppm",
+}
 # A batch admits images while the pixels in flight stay within this many largest-allowed
 # images (COORDINATOR_MAX_PIXELS each); one image is always admitted. One image in flight
 # peaks near 18 bytes a pixel (decode, strips out and back, result, PNG encode): 0.87 GB at
@@ -68,61 +77,114 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_worker_options(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--workers", metavar="URLS",
-                         help="comma-separated worker URLs, http://host:port or host:port "
-                              "(beats every other source; default: COORDINATOR_WORKERS, ..., "
-                              f"{','.join(DEFAULT_WORKERS)})")
-    command.add_argument("--workers-file", metavar="PATH",
-                         help="JSON of `pulumi stack output --json --show-secrets` (workers[].url, worker_token)")
+    command.add_argument(
+        "--workers",
+        metavar="URLS",
+        help="comma-separated worker URLs, http://host:port or host:port "
+        "(beats every other source; default: COORDINATOR_WORKERS, ..., "
+        f"{','.join(DEFAULT_WORKERS)})",
+    )
+    command.add_argument(
+        "--workers-file",
+        metavar="PATH",
+        help="JSON of `pulumi stack output --json --show-secrets` (workers[].url, worker_token)",
+    )
 
 
 def add_process_options(process: argparse.ArgumentParser) -> None:
     process.add_argument("inputs", nargs="+", metavar="IN", help="input images; - reads one from stdin")
-    process.add_argument("-o", "--output", required=True, metavar="OUT",
-                         help="an output file (its extension picks the format: .png .jpg .jpeg .webp .tif .bmp "
-                              ".ppm); a directory (ends with / or exists; created if missing; needed for several "
-                              "inputs); or - for stdout")
-    process.add_argument("--overwrite", action="store_true",
-                         help="replace existing output files (an input is never overwritten)")
-    process.add_argument("--plan", default="seed",
-                         help=f"seed ({' and '.join(SEED_OPS)} alternating), one op for every strip, or a comma "
-                              f"list with one op per strip; ops: {', '.join(OPERATIONS)} (default: seed)")
-    process.add_argument("--strips", type=int, default=None,
-                         help="horizontal strips, at most the image's rows (default: 2, or the length of a "
-                              "comma-list plan)")
-    process.add_argument("--radius", type=float, default=None,
-                         help=f"blur radius, 0 < r <= {BLUR_RADIUS_MAX:g}; only with a plan that blurs "
-                              f"(default: {BLUR_RADIUS_DEFAULT})")
-    process.add_argument("--quality", type=int, default=None,
-                         help=f"JPEG/WebP output quality 1-100; only for those formats (default: {QUALITY_DEFAULT})")
-    process.add_argument("--format", default=None, choices=FORMAT_CHOICES, metavar="{png,jpg,webp,tif,bmp,ppm}",
-                         help="format of outputs written into a directory or to stdout (default: png); "
-                              "jpeg and tiff are accepted too")
-    process.add_argument("--transport", choices=TRANSPORTS, default=None,
-                         help="wire format to the workers (default: COORDINATOR_TRANSPORT or auto: raw on loopback, "
-                              "else the JPEG's own rows cut by jpegtran, or PNG)")
-    process.add_argument("--wire-quality", choices=WIRE_QUALITIES, default=None,
-                         help="replies from the workers: lossless (default, COORDINATOR_WIRE_QUALITY) or high "
-                              "(JPEG q95, PSNR >= 45 dB, about 6x fewer bytes)")
-    process.add_argument("--jobs", type=int, default=2,
-                         help="images processed at once in a batch (default: 2); they also share a budget "
-                              "of COORDINATOR_MAX_PIXELS pixels in flight (one 50 MP image, or four of 12 MP)")
-    process.add_argument("--quiet", action="store_true",
-                         help="only errors and warnings: no per-strip lines, wrote lines or progress bar")
+    process.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="an output file (its extension picks the format: .png .jpg .jpeg .webp .tif .bmp "
+        ".ppm); a directory (ends with / or exists; created if missing; needed for several "
+        "inputs); or - for stdout",
+    )
+    process.add_argument(
+        "--overwrite", action="store_true", help="replace existing output files (an input is never overwritten)"
+    )
+    process.add_argument(
+        "--plan",
+        default="seed",
+        help=f"seed ({' and '.join(SEED_OPS)} alternating), one op for every strip, or a comma "
+        f"list with one op per strip; ops: {', '.join(OPERATIONS)} (default: seed)",
+    )
+    process.add_argument(
+        "--strips",
+        type=int,
+        default=None,
+        help="horizontal strips, at most the image's rows (default: 2, or the length of a comma-list plan)",
+    )
+    process.add_argument(
+        "--radius",
+        type=float,
+        default=None,
+        help=f"blur radius, 0 < r <= {BLUR_RADIUS_MAX:g}; only with a plan that blurs (default: {BLUR_RADIUS_DEFAULT})",
+    )
+    process.add_argument(
+        "--quality",
+        type=int,
+        default=None,
+        help=f"JPEG/WebP output quality 1-100; only for those formats (default: {QUALITY_DEFAULT})",
+    )
+    process.add_argument(
+        "--format",
+        default=None,
+        choices=FORMAT_CHOICES,
+        metavar="{png,jpg,webp,tif,bmp,ppm}",
+        help="format of outputs written into a directory or to stdout (default: png); jpeg and tiff are accepted too",
+    )
+    process.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default=None,
+        help="wire format to the workers (default: COORDINATOR_TRANSPORT or auto: raw on loopback, "
+        "else the JPEG's own rows cut by jpegtran, or PNG)",
+    )
+    process.add_argument(
+        "--wire-quality",
+        choices=WIRE_QUALITIES,
+        default=None,
+        help="replies from the workers: lossless (default, COORDINATOR_WIRE_QUALITY) or high "
+        "(JPEG q95, PSNR >= 45 dB, about 6x fewer bytes)",
+    )
+    process.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="images processed at once in a batch (default: 2); they also share a budget "
+        "of COORDINATOR_MAX_PIXELS pixels in flight (one 50 MP image, or four of 12 MP)",
+    )
+    process.add_argument(
+        "--quiet", action="store_true", help="only errors and warnings: no per-strip lines, wrote lines or progress bar"
+    )
     add_worker_options(process)
 
 
 def build_parser(prog: str = "stripes") -> Parser:
-    parser = Parser(prog=prog, epilog=EXAMPLES % {"prog": prog}, formatter_class=argparse.RawDescriptionHelpFormatter,
-                    description="Split images into strips, process them on the workers, stitch the result.")
+    parser = Parser(
+        prog=prog,
+        epilog=EXAMPLES % {"prog": prog},
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Split images into strips, process them on the workers, stitch the result.",
+    )
     parser.add_argument("--version", action="version", version=f"stripes {coordinator.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
-    process = commands.add_parser("process", help="process one or more images", epilog=EXAMPLES % {"prog": prog},
-                                  formatter_class=argparse.RawDescriptionHelpFormatter,
-                                  description="Process images on the workers and write the results.")
+    process = commands.add_parser(
+        "process",
+        help="process one or more images",
+        epilog=EXAMPLES % {"prog": prog},
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Process images on the workers and write the results.",
+    )
     add_process_options(process)
-    workers = commands.add_parser("workers", help="show each worker's health",
-                                  description="GET /healthz on every worker; exits 3 when none is healthy.")
+    workers = commands.add_parser(
+        "workers",
+        help="show each worker's health",
+        description="GET /healthz on every worker; exits 3 when none is healthy.",
+    )
     add_worker_options(workers)
     return parser
 
@@ -130,8 +192,13 @@ def build_parser(prog: str = "stripes") -> Parser:
 def main(argv: list[str] | None = None, prog: str = "stripes") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
-        config = load_config(args.workers, args.workers_file, os.environ, getattr(args, "transport", None),
-                             getattr(args, "wire_quality", None))
+        config = load_config(
+            args.workers,
+            args.workers_file,
+            os.environ,
+            getattr(args, "transport", None),
+            getattr(args, "wire_quality", None),
+        )
         if args.command == "workers":
             return show_workers(config)
         return process_command(args, config)
@@ -154,9 +221,15 @@ def show_workers(config: CoordinatorConfig) -> int:
     statuses = discover(config)
     rows = [("URL", "RUNTIME", "OPERATIONS", "LATENCY", "STATUS")]
     for status in statuses:
-        rows.append((status.url, status.runtime or "-", ",".join(status.operations) or "-",
-                     f"{status.latency_ms:.0f} ms" if status.latency_ms is not None else "-",
-                     "ok" if status.ok else status.error or "unhealthy"))
+        rows.append(
+            (
+                status.url,
+                status.runtime or "-",
+                ",".join(status.operations) or "-",
+                f"{status.latency_ms:.0f} ms" if status.latency_ms is not None else "-",
+                "ok" if status.ok else status.error or "unhealthy",
+            )
+        )
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
@@ -168,6 +241,7 @@ def show_workers(config: CoordinatorConfig) -> int:
 
 
 # -- what the flags ask for, checked before any work -------------------------------------------
+
 
 @dataclass(frozen=True)
 class Target:
@@ -202,8 +276,10 @@ def plan_targets(inputs: list[str], output: str, format_flag: str | None) -> lis
     directory = output != STDIO and (output.endswith(("/", os.sep)) or Path(output).is_dir())
     if len(inputs) > 1 and not directory:
         where = "stdout" if output == STDIO else output
-        raise InputError(f"{len(inputs)} inputs need -o to be a directory, not {where}: end it with / "
-                         f"(e.g. -o {output.rstrip('/') if output != STDIO else 'results'}/)")
+        raise InputError(
+            f"{len(inputs)} inputs need -o to be a directory, not {where}: end it with / "
+            f"(e.g. -o {output.rstrip('/') if output != STDIO else 'results'}/)"
+        )
     extension = FORMAT_CHOICES[format_flag or "png"]
     if output == STDIO:
         return [Target(None, imaging.format_for_path(f"out.{extension}"))]
@@ -218,8 +294,10 @@ def plan_targets(inputs: list[str], output: str, format_flag: str | None) -> lis
     path = Path(output)
     fmt = imaging.format_for_path(path)
     if format_flag and imaging.format_for_path(f"out.{extension}") != fmt:
-        raise InputError(f"--format {format_flag} contradicts -o {path.name}: an output file's extension "
-                         "picks its format (--format is for a directory or stdout)")
+        raise InputError(
+            f"--format {format_flag} contradicts -o {path.name}: an output file's extension "
+            "picks its format (--format is for a directory or stdout)"
+        )
     if not path.parent.is_dir():
         raise InputError(f"output directory {path.parent} does not exist (end -o with / to create it)")
     return [Target(path, fmt)]
@@ -264,6 +342,7 @@ def prepare_outputs(targets: list[Target]) -> None:
 
 
 # -- writing ------------------------------------------------------------------------------------
+
 
 def write_atomic(path: Path, data: bytes, replace: bool = True) -> None:
     """Write beside the target, then rename: readers never see a half-written file. A new file
@@ -329,13 +408,16 @@ def strip_summary(name: str, strips: list[StripResult]) -> list[str]:
     for strip in strips:
         worker_ms = f", worker {strip.worker_ms:.0f} ms" if strip.worker_ms is not None else ""
         failover = f", after {'; '.join(strip.failovers)}" if strip.failovers else ""
-        lines.append(f"{name}: strip {strip.index + 1}/{len(strips)} rows {strip.top}-{strip.bottom - 1} "
-                     f"{strip.op} on {strip.worker_url} ({strip.runtime}) {strip.total_ms:.0f} ms{worker_ms}"
-                     f" via {strip.wire} [request {strip.request_id}]{failover}")
+        lines.append(
+            f"{name}: strip {strip.index + 1}/{len(strips)} rows {strip.top}-{strip.bottom - 1} "
+            f"{strip.op} on {strip.worker_url} ({strip.runtime}) {strip.total_ms:.0f} ms{worker_ms}"
+            f" via {strip.wire} [request {strip.request_id}]{failover}"
+        )
     return lines
 
 
 # -- running ------------------------------------------------------------------------------------
+
 
 class PixelBudget:
     """Admits jobs while the pixels in flight stay within `budget`; one job always runs, however
@@ -367,9 +449,14 @@ class Progress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn
 
-            self.bar = RichProgress(TextColumn("strips"), BarColumn(), MofNCompleteColumn(),
-                                    TextColumn("{task.description}"), transient=True,
-                                    console=Console(stderr=True))
+            self.bar = RichProgress(
+                TextColumn("strips"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.description}"),
+                transient=True,
+                console=Console(stderr=True),
+            )
             self.task = self.bar.add_task("", total=total_strips)
 
     def __enter__(self):
@@ -406,6 +493,7 @@ class Progress:
 @dataclass
 class Batch:
     """What every input of one `process` run shares."""
+
     args: argparse.Namespace
     config: CoordinatorConfig
     strips: int
@@ -431,16 +519,26 @@ def produce(batch: Batch, name: str, data: bytes, target: Target, on_event) -> t
     """Decode, process, encode and write one image; returns the bytes written and the strips."""
     pixels, alpha = imaging.decode_with_alpha(data, batch.config.max_pixels)
     imaging.check_output_size(target.fmt, pixels.shape[1], pixels.shape[0])
-    result = run_job(data, batch.config, plan=batch.args.plan, strips=batch.strips, params=batch.params,
-                     on_event=on_event, workers=batch.statuses, session=batch.session, pixels=pixels)
+    result = run_job(
+        data,
+        batch.config,
+        plan=batch.args.plan,
+        strips=batch.strips,
+        params=batch.params,
+        on_event=on_event,
+        workers=batch.statuses,
+        session=batch.session,
+        pixels=pixels,
+    )
     del pixels
     output = imaging.with_alpha(result.pixels, alpha, result.strips, batch.params.get("radius"))
     if alpha is not None and target.fmt not in imaging.ALPHA_FORMATS:
         with batch.lock:
-            batch.progress.line(f"warning: {name} has transparency and {target.fmt.upper()} has none: "
-                                "the result is flattened onto white (PNG, WebP and TIFF keep it)")
-    encoded = imaging.encode_output(output, target.fmt, batch.args.quality or QUALITY_DEFAULT,
-                                    batch.config.png_level)
+            batch.progress.line(
+                f"warning: {name} has transparency and {target.fmt.upper()} has none: "
+                "the result is flattened onto white (PNG, WebP and TIFF keep it)"
+            )
+    encoded = imaging.encode_output(output, target.fmt, batch.args.quality or QUALITY_DEFAULT, batch.config.png_level)
     write_output(target, encoded, replace=batch.args.overwrite)
     return len(encoded), result.strips
 
@@ -473,8 +571,9 @@ def process_one(batch: Batch, name: str, target: Target) -> int:
         with batch.lock:
             for line in strip_summary(name, strips):
                 batch.progress.line(line)
-            batch.progress.line(f"wrote {target.name} ({human_size(written)}, "
-                                f"{(time.perf_counter() - started) * 1000:.0f} ms)")
+            batch.progress.line(
+                f"wrote {target.name} ({human_size(written)}, {(time.perf_counter() - started) * 1000:.0f} ms)"
+            )
     return EXIT_OK
 
 
@@ -500,8 +599,17 @@ def process_command(args: argparse.Namespace, config: CoordinatorConfig) -> int:
                 print(f"warning: worker {status.url} skipped: {status.error}", file=sys.stderr)
     interactive = sys.stderr.isatty() and not args.quiet
     with Progress(interactive, strips * len(args.inputs)) as progress:
-        batch = Batch(args, config, strips, params, statuses, session,
-                      PixelBudget(BATCH_BUDGET_IMAGES * config.max_pixels), progress, threading.Lock())
+        batch = Batch(
+            args,
+            config,
+            strips,
+            params,
+            statuses,
+            session,
+            PixelBudget(BATCH_BUDGET_IMAGES * config.max_pixels),
+            progress,
+            threading.Lock(),
+        )
         if len(args.inputs) == 1:
             codes = [process_one(batch, args.inputs[0], targets[0])]
         else:

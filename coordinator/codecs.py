@@ -3,6 +3,7 @@
 Pure bytes in, bytes out (jpegtran runs as a filter on bytes). The choices and the numbers
 behind them are in coordinator/README.md ("Wire formats") and `python -m scripts.bench_wan`.
 """
+
 from __future__ import annotations
 
 import io
@@ -42,6 +43,7 @@ def reply_query(wire: str, quality: str, runtime: str | None) -> dict[str, str]:
 @dataclass(frozen=True)
 class JpegSource:
     """A JPEG whose rows can be cut out losslessly (no re-encode) for the workers."""
+
     data: bytes
     width: int
     height: int
@@ -86,9 +88,13 @@ def jpeg_rows(source: JpegSource, top: int, bottom: int) -> tuple[bytes, int, in
     if cut_top == 0 and cut_bottom == source.height:
         return source.data, 0, source.height
     try:
-        done = subprocess.run([source.jpegtran, "-crop", f"{source.width}x{cut_bottom - cut_top}+0+{cut_top}",
-                               "-copy", "none"], input=source.data, capture_output=True,
-                              timeout=JPEGTRAN_TIMEOUT_SECONDS, check=False)
+        done = subprocess.run(
+            [source.jpegtran, "-crop", f"{source.width}x{cut_bottom - cut_top}+0+{cut_top}", "-copy", "none"],
+            input=source.data,
+            capture_output=True,
+            timeout=JPEGTRAN_TIMEOUT_SECONDS,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ValueError(f"jpegtran failed: {exc}") from None
     if done.returncode != 0 or not done.stdout:
@@ -99,4 +105,4 @@ def jpeg_rows(source: JpegSource, top: int, bottom: int) -> tuple[bytes, int, in
 def psnr(reference: np.ndarray, other: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB of two uint8 images; inf when identical."""
     error = np.mean((reference.astype(np.float64) - other.astype(np.float64)) ** 2)
-    return float("inf") if error == 0 else float(10 * np.log10(255.0 ** 2 / error))
+    return float("inf") if error == 0 else float(10 * np.log10(255.0**2 / error))

@@ -4,6 +4,7 @@ Worker list, first found wins: --workers, --workers-file, COORDINATOR_WORKERS,
 COORDINATOR_WORKERS_FILE, `pulumi stack output` (when COORDINATOR_PULUMI_STACK is set and
 `pulumi` is on PATH), then the two local workers. Flags beat variables, as in every CLI.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -92,8 +93,10 @@ def normalize_url(url: str, where: str) -> str:
     if parts.scheme not in ("http", "https") or not HOST.fullmatch(parts.hostname or ""):
         raise ConfigError(f"{where}: {shown} is not an http(s)://host:port URL")
     if "@" in parts.netloc:
-        raise ConfigError(f"{where}: {shown} holds a user:password@ part; workers take a bearer token "
-                          "(COORDINATOR_WORKER_TOKEN), not URL credentials")
+        raise ConfigError(
+            f"{where}: {shown} holds a user:password@ part; workers take a bearer token "
+            "(COORDINATOR_WORKER_TOKEN), not URL credentials"
+        )
     if parts.path or parts.query or parts.fragment:
         raise ConfigError(f"{where}: {shown} must be a base URL with no path or query")
     return text
@@ -107,8 +110,10 @@ def check_token(token: str | None, where: str) -> str | None:
     if len(token) > TOKEN_MAX_CHARS:
         raise ConfigError(f"{where}: the token is longer than {TOKEN_MAX_CHARS} characters (value not shown)")
     if not TOKEN.fullmatch(token):
-        raise ConfigError(f"{where}: the token holds a space, control character (such as a line break) or "
-                          "non-ASCII character, which cannot go in an HTTP header (value not shown)")
+        raise ConfigError(
+            f"{where}: the token holds a space, control character (such as a line break) or "
+            "non-ASCII character, which cannot go in an HTTP header (value not shown)"
+        )
     return token
 
 
@@ -179,9 +184,13 @@ def read_number(setting: Setting, environ: Mapping[str, str]) -> float | int:
     return value
 
 
-def load_config(workers: str | None = None, workers_file: str | None = None,
-                environ: Mapping[str, str] = os.environ, transport: str | None = None,
-                wire_quality: str | None = None) -> CoordinatorConfig:
+def load_config(
+    workers: str | None = None,
+    workers_file: str | None = None,
+    environ: Mapping[str, str] = os.environ,
+    transport: str | None = None,
+    wire_quality: str | None = None,
+) -> CoordinatorConfig:
     """The whole configuration, validated; raises ConfigError naming the bad setting."""
     token: str | None = None
     if workers:
@@ -215,7 +224,9 @@ def load_config(workers: str | None = None, workers_file: str | None = None,
         raise ConfigError(f"{where}={chosen_quality!r} is not one of {', '.join(WIRE_QUALITIES)}")
     numbers = {s.name: read_number(s, environ) for s in NUMERIC_SETTINGS}
     return CoordinatorConfig(
-        workers=urls, token=token, source=source,
+        workers=urls,
+        token=token,
+        source=source,
         connect_timeout=numbers["COORDINATOR_CONNECT_TIMEOUT"],
         read_timeout=numbers["COORDINATOR_READ_TIMEOUT"],
         max_attempts=numbers["COORDINATOR_MAX_ATTEMPTS"],

@@ -1,4 +1,5 @@
 """Pure image logic: decode input, PPM strips, stitch, encode output. No I/O, no config."""
+
 from __future__ import annotations
 
 import io
@@ -12,8 +13,16 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from coordinator import pngfast
 from coordinator.errors import InputError
 
-OUTPUT_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp",
-                  ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp", ".ppm": "ppm"}
+OUTPUT_FORMATS = {
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".webp": "webp",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".bmp": "bmp",
+    ".ppm": "ppm",
+}
 ALPHA_FORMATS = ("png", "webp", "tiff")  # the others get the result flattened onto white
 # Largest width or height a format can store: WebP keeps 14 bits per side, JPEG 16.
 MAX_SIDE = {"webp": 16383, "jpeg": 65535}
@@ -50,16 +59,19 @@ def load_image(data: bytes, max_pixels: int) -> Image.Image:
         except Image.DecompressionBombError as exc:
             found = re.search(r"\((\d+) pixels\)", str(exc))
             count = found.group(1) if found else "far more"
-            raise InputError(f"image has {count} pixels, over the limit of {max_pixels} "
-                             "(COORDINATOR_MAX_PIXELS)") from None
+            raise InputError(
+                f"image has {count} pixels, over the limit of {max_pixels} (COORDINATOR_MAX_PIXELS)"
+            ) from None
         except UnidentifiedImageError:
             raise InputError(f"input is not an image ({len(data)} bytes of an unknown format)") from None
         except (OSError, ValueError, SyntaxError) as exc:
             raise InputError(f"input is not a readable image: {exc}") from None
         width, height = image.size
         if width * height > max_pixels:
-            raise InputError(f"image is {width}x{height} = {width * height} pixels, "
-                             f"over the limit of {max_pixels} (COORDINATOR_MAX_PIXELS)")
+            raise InputError(
+                f"image is {width}x{height} = {width * height} pixels, "
+                f"over the limit of {max_pixels} (COORDINATOR_MAX_PIXELS)"
+            )
         if width == 0 or height == 0:
             raise InputError(f"image is {width}x{height}: it has no pixels")
         try:
@@ -112,8 +124,10 @@ def check_output_size(fmt: str, width: int, height: int) -> None:
     """InputError when `fmt` cannot store a width x height image; call it before any work."""
     limit = MAX_SIDE.get(fmt)
     if limit is not None and max(width, height) > limit:
-        raise InputError(f"{fmt.upper()} stores at most {limit:,} pixels a side, and the image is "
-                         f"{width:,}x{height:,}; choose PNG or TIFF")
+        raise InputError(
+            f"{fmt.upper()} stores at most {limit:,} pixels a side, and the image is "
+            f"{width:,}x{height:,}; choose PNG or TIFF"
+        )
 
 
 def with_alpha(pixels: np.ndarray, alpha: np.ndarray | None, strips, radius: float | None = None) -> np.ndarray:
@@ -129,7 +143,7 @@ def with_alpha(pixels: np.ndarray, alpha: np.ndarray | None, strips, radius: flo
         if strip.op == "blur":
             if blurred is None:
                 blurred = np.asarray(Image.fromarray(alpha).filter(ImageFilter.GaussianBlur(radius)))
-            out[strip.top:strip.bottom] = blurred[strip.top:strip.bottom]
+            out[strip.top : strip.bottom] = blurred[strip.top : strip.bottom]
     return np.dstack((pixels, out))
 
 

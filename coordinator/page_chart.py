@@ -1,4 +1,5 @@
 """Per-strip timing table and chart data for the page (pure: strip results in, DataFrames out)."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -41,17 +42,19 @@ def strip_table(strips: Sequence, runtime_name=lambda strip: strip.runtime or ""
     rows = []
     for strip in sorted(strips, key=lambda s: s.index):
         parts = split_ms(strip)
-        rows.append({
-            "strip": strip.index + 1,
-            "rows": f"{strip.top:,}–{strip.bottom - 1:,}",
-            "op": strip.op,
-            "runtime": runtime_name(strip),
-            "worker": worker_host(strip.worker_url),
-            "attempts": strip.attempts,
-            **{part: round(value, 1) for part, value in parts.items()},
-            "total ms": _ms(strip.total_ms),
-            "failed attempts": "; ".join(strip.failovers),
-        })
+        rows.append(
+            {
+                "strip": strip.index + 1,
+                "rows": f"{strip.top:,}–{strip.bottom - 1:,}",
+                "op": strip.op,
+                "runtime": runtime_name(strip),
+                "worker": worker_host(strip.worker_url),
+                "attempts": strip.attempts,
+                **{part: round(value, 1) for part, value in parts.items()},
+                "total ms": _ms(strip.total_ms),
+                "failed attempts": "; ".join(strip.failovers),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -60,8 +63,12 @@ def timing_frame(strips: Sequence, runtime_name=lambda strip: strip.runtime or "
     rows = []
     for strip in sorted(strips, key=lambda s: s.index):
         parts = split_ms(strip)
-        rows.append({"strip": strip_name(strip, runtime_name(strip) or worker_host(strip.worker_url)),
-                     **{part: round(value, 1) for part, value in parts.items()}})
+        rows.append(
+            {
+                "strip": strip_name(strip, runtime_name(strip) or worker_host(strip.worker_url)),
+                **{part: round(value, 1) for part, value in parts.items()},
+            }
+        )
     return pd.DataFrame(rows, columns=["strip", *PARTS])
 
 

@@ -1,6 +1,7 @@
 """The page's logger: one JSON object per line on stdout (time, level, service, msg), as every
 component logs. Streamlit re-runs app.py on each interaction but imports this module once, so
 the handler is attached once."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,7 @@ SERVICE = "coordinator"
 class JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-                    + f".{int(record.msecs):03d}Z",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "service": SERVICE,
             "component": "page",

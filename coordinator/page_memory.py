@@ -9,6 +9,7 @@ dict of a session that has had no browser for the grace period (then `on_gone` l
 drop what Streamlit holds for it: the raw upload, the download's bytes). Pure apart from the
 optional malloc_trim: no Streamlit import, so it is tested with a fake clock and activity check.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -21,9 +22,13 @@ GRACE_SECONDS = 120.0  # the page uses Streamlit's server.disconnectedSessionTTL
 
 
 class SessionImages:
-    def __init__(self, is_active: Callable[[str], bool], grace: float = GRACE_SECONDS,
-                 clock: Callable[[], float] = time.monotonic,
-                 on_gone: Callable[[str], None] = lambda session_id: None):
+    def __init__(
+        self,
+        is_active: Callable[[str], bool],
+        grace: float = GRACE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        on_gone: Callable[[str], None] = lambda session_id: None,
+    ):
         self._is_active, self._grace, self._clock, self._on_gone = is_active, grace, clock, on_gone
         self._by_session: dict[str, dict] = {}
         self._gone_since: dict[str, float] = {}

@@ -1,4 +1,5 @@
 """Strip outlines and labels drawn over the result preview (page only; pure: image in, image out)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,8 +14,8 @@ OTHER_COLOURS = ((230, 81, 0), (142, 36, 170), (0, 131, 143), (198, 40, 40))
 
 @dataclass(frozen=True)
 class StripBox:
-    top: int        # first row, in the full-size result
-    bottom: int     # one past the last row
+    top: int  # first row, in the full-size result
+    bottom: int  # one past the last row
     label: str
     runtime: str
 

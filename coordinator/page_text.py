@@ -3,6 +3,7 @@
 Anything a worker sent (runtime names, health fields, error reasons) is shown by the page with
 st.text (no Markdown, no HTML) or first passed through safe_name; only our own words are Markdown.
 """
+
 from __future__ import annotations
 
 import re
@@ -52,24 +53,29 @@ def pixel_count(count: int) -> str:
 
 def too_many_pixels(width: int, height: int, max_pixels: int) -> str:
     """For a page user, who cannot change the coordinator's settings."""
-    return (f"This image is {width:,}×{height:,} px, {pixel_count(width * height)}; this page takes "
-            f"images up to {pixel_count(max_pixels)}. Scale it down or crop it, then upload it again.")
+    return (
+        f"This image is {width:,}×{height:,} px, {pixel_count(width * height)}; this page takes "
+        f"images up to {pixel_count(max_pixels)}. Scale it down or crop it, then upload it again."
+    )
 
 
 def input_problem(message: str) -> str:
     """An InputError from decoding, reworded for the page (the CLI keeps the technical line)."""
     if "truncated" in message or "image file is truncated" in message:
-        return ("The file ends before the image does: it looks cut short (an unfinished download "
-                "or copy?). Try the original file again.")
+        return (
+            "The file ends before the image does: it looks cut short (an unfinished download "
+            "or copy?). Try the original file again."
+        )
     if "not an image" in message or "not a readable image" in message:
-        return ("This file is not an image the page can read. It takes JPEG, PNG, WebP, BMP, "
-                "TIFF or GIF.")
+        return "This file is not an image the page can read. It takes JPEG, PNG, WebP, BMP, TIFF or GIF."
     if "no pixels" in message:
         return "This image has no pixels (its width or height is 0)."
     found = re.search(r"(\d+) pixels, over the limit of (\d+)", message)
     if found:
-        return (f"This image has {pixel_count(int(found.group(1)))}; this page takes images up to "
-                f"{pixel_count(int(found.group(2)))}. Scale it down or crop it, then upload it again.")
+        return (
+            f"This image has {pixel_count(int(found.group(1)))}; this page takes images up to "
+            f"{pixel_count(int(found.group(2)))}. Scale it down or crop it, then upload it again."
+        )
     return f"The image can't be used: {message}"
 
 
@@ -123,8 +129,9 @@ def event_line(event) -> str | None:
     if event.kind == "done":
         return f"✓ {strip} done by {where} in {event.elapsed_ms:,.0f} ms"
     if event.kind == "retry":
-        return (f"⚠ {strip}: {where} failed on attempt {event.attempt} "
-                f"({event.message or 'no reason given'}); trying again")
+        return (
+            f"⚠ {strip}: {where} failed on attempt {event.attempt} ({event.message or 'no reason given'}); trying again"
+        )
     if event.kind == "failed":
         return f"✗ {strip} failed: {event.message or 'no worker could do it'}"
     return None
@@ -138,8 +145,9 @@ def status_label(done: int, total: int, event=None) -> str:
 
 
 def done_label(strip_count: int, elapsed_ms: float, retries: int) -> str:
-    return (f"Done: {plural(strip_count, 'strip')} in {elapsed_ms:,.0f} ms"
-            + (f" · {retries} retried" if retries else ""))
+    return f"Done: {plural(strip_count, 'strip')} in {elapsed_ms:,.0f} ms" + (
+        f" · {retries} retried" if retries else ""
+    )
 
 
 def no_worker_message(error, strip_count: int) -> tuple[str, list[str]]:
@@ -147,17 +155,18 @@ def no_worker_message(error, strip_count: int) -> tuple[str, list[str]]:
     if error.strip_index is None:
         head = f"No reachable worker can do **{error.op}**."
     else:
-        head = (f"Strip {error.strip_index + 1} of {strip_count} (**{error.op}**) could not be done "
-                f"by any worker.")
+        head = f"Strip {error.strip_index + 1} of {strip_count} (**{error.op}**) could not be done by any worker."
     if not error.attempts:
         return f"{head} No worker was tried.", []
     return f"{head} Tried:", [str(attempt) for attempt in error.attempts]
 
 
 def cancelled_message(info: dict) -> str:
-    return (f"The job you started was cancelled after {info['done']} of {plural(info['total'], 'strip')}: "
-            "a control changed while it ran, and the page starts over on every change. "
-            "The result below (if any) is from before. Press **Process** to run it again.")
+    return (
+        f"The job you started was cancelled after {info['done']} of {plural(info['total'], 'strip')}: "
+        "a control changed while it ran, and the page starts over on every change. "
+        "The result below (if any) is from before. Press **Process** to run it again."
+    )
 
 
 def missing_workers(workers: Sequence, strips: Sequence, known_runtimes: dict) -> list[tuple[str, str]]:
@@ -198,6 +207,8 @@ def runtimes_note(strips: Sequence, missing: list[tuple[str, str]]) -> str | Non
 
 def failed_attempts(strips: Sequence) -> list[str]:
     """Plain-text lines, one per failed attempt, in full (a table column cut them off)."""
-    return [f"Strip {strip.index + 1}, attempt {number}: {failover}"
-            for strip in sorted(strips, key=lambda s: s.index)
-            for number, failover in enumerate(strip.failovers, start=1)]
+    return [
+        f"Strip {strip.index + 1}, attempt {number}: {failover}"
+        for strip in sorted(strips, key=lambda s: s.index)
+        for number, failover in enumerate(strip.failovers, start=1)
+    ]

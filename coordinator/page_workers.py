@@ -2,6 +2,7 @@
 operations, error) are shown with st.text: no Markdown, no HTML, so a worker cannot put a link,
 an image or styling on the page (issue 11.12); only our status line is Markdown, with the
 runtime cut to safe characters."""
+
 from __future__ import annotations
 
 import streamlit as st
@@ -15,9 +16,11 @@ def worker_card(status) -> None:
     with st.container(border=True):
         if status.ok:
             st.markdown(f":green[:material/check_circle:] **{safe_name(status.runtime or status.service)}**")
-            st.text(f"{worker_host(status.url)}\n{status.service or '?'} {status.version or ''} · "
-                    f"{status.latency_ms:,.0f} ms · primary {status.primary or '?'}\n"
-                    f"ops: {', '.join(status.operations) or 'none'}")
+            st.text(
+                f"{worker_host(status.url)}\n{status.service or '?'} {status.version or ''} · "
+                f"{status.latency_ms:,.0f} ms · primary {status.primary or '?'}\n"
+                f"ops: {', '.join(status.operations) or 'none'}"
+            )
         else:
             st.markdown(":red[:material/error:] **Not available**")
             st.text(f"{worker_host(status.url)}\n{status.error or 'no answer'}")

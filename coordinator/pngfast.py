@@ -6,6 +6,7 @@ valid deflate stream; the last chunk finishes it. The zlib header, the pieces an
 of the whole filtered stream (combined from per-chunk sums) go into IDAT chunks.
 Pure: array in, bytes out.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,10 +47,10 @@ def filter_rows(pixels: np.ndarray, start: int, stop: int, kind: int) -> np.ndar
     if kind == 0:
         out[:, 1:] = rows
     elif kind == 1:  # Sub: byte minus the same channel of the pixel to its left
-        out[:, 1:channels + 1] = rows[:, :channels]
-        np.subtract(rows[:, channels:], rows[:, :-channels], out=out[:, channels + 1:])
+        out[:, 1 : channels + 1] = rows[:, :channels]
+        np.subtract(rows[:, channels:], rows[:, :-channels], out=out[:, channels + 1 :])
     elif kind == 2:  # Up: byte minus the byte above (row 0 of the image has none)
-        above = flat[start - 1:stop - 1] if start > 0 else None
+        above = flat[start - 1 : stop - 1] if start > 0 else None
         if above is None:
             out[0, 1:] = rows[0]
             np.subtract(rows[1:], rows[:-1], out=out[1:, 1:])
@@ -65,8 +66,7 @@ def png_chunk(kind: bytes, data: bytes | memoryview) -> bytes:
     return b"".join([struct.pack(">I", len(data)), kind, data, struct.pack(">I", crc)])
 
 
-def encode_png(pixels: np.ndarray, level: int = 2, png_filter: str = "sub",
-               threads: int | None = None) -> bytes:
+def encode_png(pixels: np.ndarray, level: int = 2, png_filter: str = "sub", threads: int | None = None) -> bytes:
     """PNG bytes of an (H, W, 3) RGB or (H, W) gray uint8 array, deflated in parallel."""
     if pixels.dtype != np.uint8:
         raise ValueError("encode_png needs uint8 pixels")
@@ -102,5 +102,5 @@ def encode_png(pixels: np.ndarray, level: int = 2, png_filter: str = "sub",
     stream = b"".join([header, *(body for body, _, _ in pieces), struct.pack(">I", adler)])
     ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
     view = memoryview(stream)
-    idats = [png_chunk(b"IDAT", view[offset:offset + IDAT_MAX]) for offset in range(0, len(stream), IDAT_MAX)]
+    idats = [png_chunk(b"IDAT", view[offset : offset + IDAT_MAX]) for offset in range(0, len(stream), IDAT_MAX)]
     return b"".join([PNG_SIGNATURE, png_chunk(b"IHDR", ihdr), *idats, png_chunk(b"IEND", b"")])

@@ -1,4 +1,5 @@
 """Pulumi program: config -> security, releases -> worker nodes -> exports (see infra/README.md)."""
+
 # `pulumi up` runs this folder as a script in .venv, where `make setup` installed the repo's
 # packages (pyproject.toml), so `infra.*` and `stripes.*` import as in tests.
 import pulumi
@@ -30,16 +31,20 @@ releases = {role: release_of(role) for role in ROLES if settings.count(role) > 0
 
 # Secret either way, so everything derived from it (user-data, outputs) is encrypted in state.
 worker_token = pulumi.Output.secret(
-    settings.worker_token or random.RandomPassword("worker-token", length=40, special=False).result)
+    settings.worker_token or random.RandomPassword("worker-token", length=40, special=False).result
+)
 
-security = FleetSecurity("workers", FleetSecurityArgs(
-    client_cidr=settings.client_cidr,
-    worker_ports={role: settings.port(role) for role in releases},
-    admin_cidr=settings.admin_cidr,
-    ssh_public_key=settings.ssh_public_key,
-    vpc_id=aws.ec2.get_subnet_output(id=settings.subnet_id).vpc_id if settings.subnet_id else None,
-    tags=tags,
-))
+security = FleetSecurity(
+    "workers",
+    FleetSecurityArgs(
+        client_cidr=settings.client_cidr,
+        worker_ports={role: settings.port(role) for role in releases},
+        admin_cidr=settings.admin_cidr,
+        ssh_public_key=settings.ssh_public_key,
+        vpc_id=aws.ec2.get_subnet_output(id=settings.subnet_id).vpc_id if settings.subnet_id else None,
+        tags=tags,
+    ),
+)
 store = ReleaseStore("releases", ReleaseStoreArgs(releases=releases, tags=tags))
 ami_id = worker_ami_id(settings.ami_id)
 
@@ -48,14 +53,27 @@ for role, release in releases.items():
     spec, port = ROLE_SPECS[role], settings.port(role)
     user_data = pulumi.Output.all(store.bucket_name, worker_token).apply(
         lambda values, spec=spec, release=release, port=port: render_cloud_config(
-            spec, release, bucket=values[0], region=settings.region, port=port, token=values[1]))
+            spec, release, bucket=values[0], region=settings.region, port=port, token=values[1]
+        )
+    )
     for index in range(settings.count(role)):
-        nodes.append(WorkerNode(f"{role}-{index}", WorkerNodeArgs(
-            spec=spec, port=port, ami_id=ami_id, instance_type=settings.instance_type,
-            security_group_id=security.security_group_id, user_data=user_data,
-            instance_profile=store.instance_profile_names[role], subnet_id=settings.subnet_id,
-            key_name=security.key_name, tags=tags,
-        )))
+        nodes.append(
+            WorkerNode(
+                f"{role}-{index}",
+                WorkerNodeArgs(
+                    spec=spec,
+                    port=port,
+                    ami_id=ami_id,
+                    instance_type=settings.instance_type,
+                    security_group_id=security.security_group_id,
+                    user_data=user_data,
+                    instance_profile=store.instance_profile_names[role],
+                    subnet_id=settings.subnet_id,
+                    key_name=security.key_name,
+                    tags=tags,
+                ),
+            )
+        )
 
 for output_name, value in fleet_outputs(settings, nodes, worker_token).items():
     pulumi.export(output_name, value)

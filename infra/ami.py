@@ -1,4 +1,5 @@
 """The machine image: the latest Ubuntu 24.04 LTS (x86_64) from Canonical, unless one is pinned."""
+
 from __future__ import annotations
 
 from typing import Optional

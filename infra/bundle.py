@@ -3,6 +3,7 @@
 Pure and dependency-free, shared by the Pulumi program (user-data) and the fleet tool (deploys):
 both must agree byte for byte on what a release is, or a redeploy would not match `pulumi up`.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -18,10 +19,10 @@ from stripes.roles import ROLE_SPECS, ROLES
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Never shipped: tests, installed deps, docs, container files, caches.
-EXCLUDED_DIRS = frozenset({"test", "tests", "node_modules", "__pycache__", ".pytest_cache",
-                           "coverage", ".nyc_output", ".venv", "venv"})
-EXCLUDED_NAMES = frozenset({"Dockerfile", ".dockerignore", ".gitignore", ".npmrc", ".env",
-                            ".DS_Store"})
+EXCLUDED_DIRS = frozenset(
+    {"test", "tests", "node_modules", "__pycache__", ".pytest_cache", "coverage", ".nyc_output", ".venv", "venv"}
+)
+EXCLUDED_NAMES = frozenset({"Dockerfile", ".dockerignore", ".gitignore", ".npmrc", ".env", ".DS_Store"})
 EXCLUDED_SUFFIXES = (".pyc", ".pyo", ".md", ".log")
 
 
@@ -50,14 +51,17 @@ def _git_tracked(folder: Path, root: Path) -> list[str] | None:
     try:
         result = subprocess.run(
             ["git", "-C", str(root), "ls-files", "-z", "--cached", "--", str(folder.relative_to(root))],
-            capture_output=True, timeout=30, check=False)
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired, ValueError):
         return None
     if result.returncode != 0:
         return None
     prefix = folder.relative_to(root).as_posix() + "/"
     paths = [p.decode() for p in result.stdout.split(b"\0") if p]
-    return [p[len(prefix):] for p in paths if p.startswith(prefix)]
+    return [p[len(prefix) :] for p in paths if p.startswith(prefix)]
 
 
 def _walk(folder: Path) -> list[str]:

@@ -3,6 +3,7 @@
 `parse_settings` is pure (raw strings in, settings or ConfigError out) so tests can check every
 rule without the Pulumi runtime; `load_settings` is the only function that touches pulumi.Config.
 """
+
 from __future__ import annotations
 
 import base64
@@ -18,16 +19,16 @@ from stripes.roles import ROLE_SPECS
 
 MAX_WORKERS_PER_ROLE = 10  # a typo like 100 should not start 100 instances
 # Who may reach plain-HTTP, token-guarded ports (infra/README.md "Choices and why"):
-MIN_PREFIX_LENGTH = 8     # never wider, whatever the config says: that is "the internet"
-WIDE_PREFIX_LENGTH = 16   # wider than this only with allowWideCidr: true
-WARN_PREFIX_LENGTH = 24   # wider than this is allowed, with a warning on every `pulumi up`
+MIN_PREFIX_LENGTH = 8  # never wider, whatever the config says: that is "the internet"
+WIDE_PREFIX_LENGTH = 16  # wider than this only with allowWideCidr: true
+WARN_PREFIX_LENGTH = 24  # wider than this is allowed, with a warning on every `pulumi up`
 
 # Keys and defaults exactly as declared in Pulumi.yaml (a test keeps the two in step).
 DEFAULTS: dict[str, str] = {
     "pythonWorkers": "1",
     "nodejsWorkers": "1",
     "instanceType": "t2.micro",
-    "pythonPort": "",   # empty: the role's port in stripes/roles.py
+    "pythonPort": "",  # empty: the role's port in stripes/roles.py
     "nodejsPort": "",
     "clientCidr": "",
     "adminCidr": "",
@@ -59,9 +60,9 @@ class FleetSettings:
     client_cidr: str
     admin_cidr: Optional[str]
     ssh_public_key: Optional[str]
-    worker_token: Optional[str]   # None: the program generates one (RandomPassword)
-    ami_id: Optional[str]         # None: latest Ubuntu 24.04 LTS
-    subnet_id: Optional[str]      # None: the default VPC's default subnet
+    worker_token: Optional[str]  # None: the program generates one (RandomPassword)
+    ami_id: Optional[str]  # None: latest Ubuntu 24.04 LTS
+    subnet_id: Optional[str]  # None: the default VPC's default subnet
     warnings: tuple[str, ...] = ()  # load_settings shows them with pulumi.log.warn
 
     @property
@@ -75,8 +76,7 @@ class FleetSettings:
         return {"worker-python": self.python_port, "worker-nodejs": self.nodejs_port}[role]
 
 
-def _int_setting(raw: Mapping[str, str], key: str, low: int, high: int,
-                 default: int | None = None) -> int:
+def _int_setting(raw: Mapping[str, str], key: str, low: int, high: int, default: int | None = None) -> int:
     value = (raw.get(key) or DEFAULTS[key]).strip() or str(default)
     try:
         number = int(value)
@@ -92,17 +92,22 @@ def parse_cidr(key: str, value: str, hint: str, allow_wide: bool = False) -> str
     try:
         network = ipaddress.ip_network(value.strip(), strict=True)
     except ValueError:
-        raise ConfigError(f"{key} {value!r} is not an IPv4 CIDR such as 203.0.113.7/32 "
-                          f"(host bits must be zero); set it with: {hint}") from None
+        raise ConfigError(
+            f"{key} {value!r} is not an IPv4 CIDR such as 203.0.113.7/32 (host bits must be zero); set it with: {hint}"
+        ) from None
     if network.version != 4:
         raise ConfigError(f"{key} {value!r} is IPv6; the workers listen on IPv4 only. Use: {hint}")
     if network.prefixlen < MIN_PREFIX_LENGTH:
-        raise ConfigError(f"{key} {value!r} opens the port to the whole internet (or most of it); "
-                          f"refused. Use your own address: {hint}")
+        raise ConfigError(
+            f"{key} {value!r} opens the port to the whole internet (or most of it); "
+            f"refused. Use your own address: {hint}"
+        )
     if network.prefixlen < WIDE_PREFIX_LENGTH and not allow_wide:
-        raise ConfigError(f"{key} {value!r} admits {network.num_addresses:,} addresses, wider than "
-                          f"/{WIDE_PREFIX_LENGTH}; refused. Use your own address ({hint}), or, if "
-                          "you really mean it: pulumi config set allowWideCidr true")
+        raise ConfigError(
+            f"{key} {value!r} admits {network.num_addresses:,} addresses, wider than "
+            f"/{WIDE_PREFIX_LENGTH}; refused. Use your own address ({hint}), or, if "
+            "you really mean it: pulumi config set allowWideCidr true"
+        )
     return str(network)
 
 
@@ -111,9 +116,11 @@ def cidr_warning(key: str, cidr: str) -> Optional[str]:
     network = ipaddress.ip_network(cidr)
     if network.prefixlen >= WARN_PREFIX_LENGTH:
         return None
-    return (f"{key} {cidr} admits {network.num_addresses:,} addresses to plain-HTTP ports "
-            f"(wider than /{WARN_PREFIX_LENGTH}); anyone there can sniff the token. Narrow it "
-            "to your own address unless this network is yours alone")
+    return (
+        f"{key} {cidr} admits {network.num_addresses:,} addresses to plain-HTTP ports "
+        f"(wider than /{WARN_PREFIX_LENGTH}); anyone there can sniff the token. Narrow it "
+        "to your own address unless this network is yours alone"
+    )
 
 
 def _bool_setting(raw: Mapping[str, str], key: str) -> bool:
@@ -136,16 +143,20 @@ def parse_instance_type(value: str) -> str:
         raise ConfigError(f"instanceType {value!r} is not an EC2 instance type such as t2.micro")
     if "g" in match["options"]:
         # Graviton (arm64) types cannot boot the x86_64 image this program looks up.
-        raise ConfigError(f"instanceType {value!r} is an arm64 (Graviton) type; "
-                          "the workers' AMI and Node.js build are x86_64, use e.g. t2.micro or t3.micro")
+        raise ConfigError(
+            f"instanceType {value!r} is an arm64 (Graviton) type; "
+            "the workers' AMI and Node.js build are x86_64, use e.g. t2.micro or t3.micro"
+        )
     return value
 
 
 def parse_ssh_public_key(value: str) -> str:
     parts = value.strip().split()
     if len(parts) < 2 or parts[0] not in _SSH_KEY_TYPES:
-        raise ConfigError("sshPublicKey must be an OpenSSH public key starting with "
-                          f"{' or '.join(_SSH_KEY_TYPES)} (the .pub file's content)")
+        raise ConfigError(
+            "sshPublicKey must be an OpenSSH public key starting with "
+            f"{' or '.join(_SSH_KEY_TYPES)} (the .pub file's content)"
+        )
     try:
         blob = base64.b64decode(parts[1], validate=True)
     except binascii.Error:
@@ -157,29 +168,36 @@ def parse_ssh_public_key(value: str) -> str:
 
 def _network_settings(raw: Mapping[str, str]) -> tuple[str, Optional[str], Optional[str]]:
     """clientCidr, and adminCidr + sshPublicKey (both or neither), checked."""
+
     def text(key: str) -> str:
         return (raw.get(key) or DEFAULTS[key]).strip()
 
     if not text("clientCidr"):
-        raise ConfigError("clientCidr is required: the address allowed to reach the workers. "
-                          f"Set it to your public IP with: {CLIENT_CIDR_HINT}")
+        raise ConfigError(
+            "clientCidr is required: the address allowed to reach the workers. "
+            f"Set it to your public IP with: {CLIENT_CIDR_HINT}"
+        )
     allow_wide = _bool_setting(raw, "allowWideCidr")
     client_cidr = parse_cidr("clientCidr", text("clientCidr"), CLIENT_CIDR_HINT, allow_wide)
     admin_cidr = text("adminCidr") or None
     ssh_public_key = text("sshPublicKey") or None
     if (admin_cidr is None) != (ssh_public_key is None):
         missing = "adminCidr" if admin_cidr is None else "sshPublicKey"
-        raise ConfigError(f"SSH needs both sshPublicKey and adminCidr, and {missing} is not set; "
-                          "set both to allow SSH, or neither to keep port 22 closed")
+        raise ConfigError(
+            f"SSH needs both sshPublicKey and adminCidr, and {missing} is not set; "
+            "set both to allow SSH, or neither to keep port 22 closed"
+        )
     if admin_cidr is not None:
         admin_cidr = parse_cidr("adminCidr", admin_cidr, ADMIN_CIDR_HINT, allow_wide)
         ssh_public_key = parse_ssh_public_key(ssh_public_key)
     return client_cidr, admin_cidr, ssh_public_key
 
 
-def parse_settings(raw: Mapping[str, str], *, project: str, stack: str, region: Optional[str],
-                   token_is_secret: bool = True) -> FleetSettings:
+def parse_settings(
+    raw: Mapping[str, str], *, project: str, stack: str, region: Optional[str], token_is_secret: bool = True
+) -> FleetSettings:
     """Validate raw config strings (unset keys may be missing or empty) into FleetSettings."""
+
     def text(key: str) -> str:
         return (raw.get(key) or DEFAULTS[key]).strip()
 
@@ -200,8 +218,10 @@ def parse_settings(raw: Mapping[str, str], *, project: str, stack: str, region: 
     worker_token = text("workerToken") or None
     if worker_token is not None:
         if not token_is_secret:
-            raise ConfigError("workerToken is stored in plain text; store it encrypted with: "
-                              "pulumi config set --secret workerToken <token>")
+            raise ConfigError(
+                "workerToken is stored in plain text; store it encrypted with: "
+                "pulumi config set --secret workerToken <token>"
+            )
         if not _TOKEN.match(worker_token):
             raise ConfigError("workerToken must be 16-256 characters of letters, digits or ._~+/=-")
 
@@ -213,14 +233,25 @@ def parse_settings(raw: Mapping[str, str], *, project: str, stack: str, region: 
         raise ConfigError(f"subnetId {subnet_id!r} is not a subnet id such as subnet-0123456789abcdef0")
 
     return FleetSettings(
-        project=project, stack=stack, region=region,
-        python_workers=python_workers, nodejs_workers=nodejs_workers,
+        project=project,
+        stack=stack,
+        region=region,
+        python_workers=python_workers,
+        nodejs_workers=nodejs_workers,
         instance_type=parse_instance_type(text("instanceType")),
-        python_port=python_port, nodejs_port=nodejs_port,
-        client_cidr=client_cidr, admin_cidr=admin_cidr, ssh_public_key=ssh_public_key,
-        worker_token=worker_token, ami_id=ami_id, subnet_id=subnet_id,
-        warnings=tuple(w for w in (cidr_warning("clientCidr", client_cidr),
-                                   admin_cidr and cidr_warning("adminCidr", admin_cidr)) if w),
+        python_port=python_port,
+        nodejs_port=nodejs_port,
+        client_cidr=client_cidr,
+        admin_cidr=admin_cidr,
+        ssh_public_key=ssh_public_key,
+        worker_token=worker_token,
+        ami_id=ami_id,
+        subnet_id=subnet_id,
+        warnings=tuple(
+            w
+            for w in (cidr_warning("clientCidr", client_cidr), admin_cidr and cidr_warning("adminCidr", admin_cidr))
+            if w
+        ),
     )
 
 

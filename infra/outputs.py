@@ -1,4 +1,5 @@
 """The stack outputs: the file format the coordinator and the fleet tool read (infra/README.md)."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -14,8 +15,9 @@ def _first_url(nodes: Sequence[WorkerNode], role: str) -> Optional[pulumi.Output
     return next((node.url for node in nodes if node.role == role), None)
 
 
-def fleet_outputs(settings: FleetSettings, nodes: Sequence[WorkerNode],
-                  worker_token: pulumi.Input[str]) -> dict[str, pulumi.Input]:
+def fleet_outputs(
+    settings: FleetSettings, nodes: Sequence[WorkerNode], worker_token: pulumi.Input[str]
+) -> dict[str, pulumi.Input]:
     """Name -> value for pulumi.export; worker_token stays a secret in state and in `pulumi stack output`."""
     return {
         "workers": pulumi.Output.all(*[node.descriptor for node in nodes]),

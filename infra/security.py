@@ -1,4 +1,5 @@
 """Who may reach the workers: one security group, one rule per port, optional SSH key pair."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,8 +18,8 @@ EGRESS_PORTS = {80: "HTTP: apt mirrors (packages are signed)", 443: "HTTPS: PyPI
 @dataclass
 class FleetSecurityArgs:
     client_cidr: str
-    worker_ports: Mapping[str, int]          # role -> port, for the roles that have workers
-    admin_cidr: Optional[str] = None         # SSH is opened only when this and the key are set
+    worker_ports: Mapping[str, int]  # role -> port, for the roles that have workers
+    admin_cidr: Optional[str] = None  # SSH is opened only when this and the key are set
     ssh_public_key: Optional[str] = None
     vpc_id: Optional[pulumi.Input[str]] = None  # None: the default VPC
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -28,8 +29,7 @@ class FleetSecurity(pulumi.ComponentResource):
     security_group_id: pulumi.Output[str]
     key_name: Optional[pulumi.Output[str]]
 
-    def __init__(self, name: str, args: FleetSecurityArgs,
-                 opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: FleetSecurityArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         super().__init__("htp:infra:FleetSecurity", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         group = aws.ec2.SecurityGroup(
@@ -44,7 +44,9 @@ class FleetSecurity(pulumi.ComponentResource):
                 f"{name}-{role}-in",
                 security_group_id=group.id,
                 description=f"{role} from the coordinator's network",
-                ip_protocol="tcp", from_port=port, to_port=port,
+                ip_protocol="tcp",
+                from_port=port,
+                to_port=port,
                 cidr_ipv4=args.client_cidr,
                 tags=dict(args.tags),
                 opts=child,
@@ -54,7 +56,9 @@ class FleetSecurity(pulumi.ComponentResource):
                 f"{name}-ssh-in",
                 security_group_id=group.id,
                 description="SSH from the admin network",
-                ip_protocol="tcp", from_port=22, to_port=22,
+                ip_protocol="tcp",
+                from_port=22,
+                to_port=22,
                 cidr_ipv4=args.admin_cidr,
                 tags=dict(args.tags),
                 opts=child,
@@ -73,7 +77,9 @@ class FleetSecurity(pulumi.ComponentResource):
                 f"{name}-egress-{port}",
                 security_group_id=group.id,
                 description=why,
-                ip_protocol="tcp", from_port=port, to_port=port,
+                ip_protocol="tcp",
+                from_port=port,
+                to_port=port,
                 cidr_ipv4=ANYWHERE,
                 tags=dict(args.tags),
                 opts=child,

@@ -1,4 +1,5 @@
 """One EC2 instance running one worker, as a component with the outputs the coordinator needs."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ class WorkerNodeArgs:
     security_group_id: pulumi.Input[str]
     user_data: pulumi.Input[str]
     instance_profile: pulumi.Input[str]
-    subnet_id: Optional[str] = None          # None: the default VPC's default subnet
+    subnet_id: Optional[str] = None  # None: the default VPC's default subnet
     key_name: Optional[pulumi.Input[str]] = None
     tags: Mapping[str, str] = field(default_factory=dict)  # Project and Stack
 
@@ -32,8 +33,7 @@ class WorkerNode(pulumi.ComponentResource):
     url: pulumi.Output[str]
     descriptor: pulumi.Output[dict]
 
-    def __init__(self, name: str, args: WorkerNodeArgs,
-                 opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: WorkerNodeArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         super().__init__("htp:infra:WorkerNode", name, None, opts)
         self.role = args.spec.role
         tags = {**args.tags, "Name": name, "Role": args.spec.role}
@@ -51,17 +51,21 @@ class WorkerNode(pulumi.ComponentResource):
             # New worker files mean a new host, never a half-updated one (the fleet tool deploys in place).
             user_data_replace_on_change=True,
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
-                http_tokens="required",          # IMDSv2 only
-                http_put_response_hop_limit=1,   # no IMDS from containers on the host
+                http_tokens="required",  # IMDSv2 only
+                http_put_response_hop_limit=1,  # no IMDS from containers on the host
                 http_endpoint="enabled",
             ),
             root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
-                volume_type="gp3", volume_size=ROOT_VOLUME_GB, encrypted=True,
-                delete_on_termination=True, tags=tags,
+                volume_type="gp3",
+                volume_size=ROOT_VOLUME_GB,
+                encrypted=True,
+                delete_on_termination=True,
+                tags=tags,
             ),
             # t3 and later default to "unlimited" CPU credits, which bill for sustained load.
-            credit_specification=(aws.ec2.InstanceCreditSpecificationArgs(cpu_credits="standard")
-                                  if burstable else None),
+            credit_specification=(
+                aws.ec2.InstanceCreditSpecificationArgs(cpu_credits="standard") if burstable else None
+            ),
             monitoring=False,
             tags=tags,
             # A newer Ubuntu image every week must not replace running workers; new nodes get it.
@@ -80,6 +84,6 @@ class WorkerNode(pulumi.ComponentResource):
                 "public_ip": values[1],
                 "instance_id": values[0],
                 "operations": list(args.spec.operations),
-            })
-        self.register_outputs({"instance_id": self.instance_id, "public_ip": self.public_ip,
-                               "url": self.url})
+            }
+        )
+        self.register_outputs({"instance_id": self.instance_id, "public_ip": self.public_ip, "url": self.url})

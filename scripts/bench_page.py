@@ -7,6 +7,7 @@ with --memory, how much the page process holds for 3 sessions and after they clo
 Starts both workers and the page on free loopback ports, drives headless Debian Chromium,
 prints the median and each run, and saves .artifacts/page-large.png. Needs /usr/bin/chromium.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scripts.testkit.browser import (ARTIFACTS, chromium_missing, chromium_page, start_page,
-                                     upload_and_process, wait_until_idle)
+from scripts.testkit.browser import (
+    ARTIFACTS,
+    chromium_missing,
+    chromium_page,
+    start_page,
+    upload_and_process,
+    wait_until_idle,
+)
 from scripts.testkit.images import colourful_image, encoded
 from scripts.testkit.procs import start_worker
 
@@ -71,15 +78,24 @@ def memory_bench(server, sessions: int, megapixels: float, wait: float) -> None:
         figures["during one new visit"] = rss_mib(server.pid)
     time.sleep(10)  # its disconnect is a write to Streamlit's session store, which reaps expired ones
     figures["after it closed"] = rss_mib(server.pid)
-    print(f"\npage memory, {sessions} sessions, each a {width}x{height} BMP ({len(data) / 1e6:.0f} MB) "
-          "processed and held")
-    print("| " + " | ".join(figures) + " |\n|" + "---|" * len(figures) + "\n| "
-          + " | ".join(f"{value:.0f} MiB" for value in figures.values()) + " |")
+    print(
+        f"\npage memory, {sessions} sessions, each a {width}x{height} BMP ({len(data) / 1e6:.0f} MB) processed and held"
+    )
+    print(
+        "| "
+        + " | ".join(figures)
+        + " |\n|"
+        + "---|" * len(figures)
+        + "\n| "
+        + " | ".join(f"{value:.0f} MiB" for value in figures.values())
+        + " |"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.bench_page", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.bench_page", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--megapixels", type=float, default=12)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--memory", action="store_true", help="measure the page's RSS instead")
@@ -110,16 +126,21 @@ def main(argv: list[str] | None = None) -> int:
                 wait_until_idle(page)
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "page-large.png"), full_page=True)
-        jobs = [json.loads(line) for line in server.log_text().splitlines()
-                if line.startswith("{") and '"job done"' in line]
+        jobs = [
+            json.loads(line) for line in server.log_text().splitlines() if line.startswith("{") and '"job done"' in line
+        ]
     finally:
         server.stop()
         for worker in workers:
             worker.stop()
-    print(f"\npage, {width}x{height} ({width * height / 1e6:.1f} MP, {len(data) / 1e6:.1f} MB JPEG), "
-          f"{args.runs} runs: click on Process -> result shown")
-    print(f"| median | runs |\n|---|---|\n| {statistics.median(seconds):.2f} s | "
-          f"{', '.join(f'{value:.2f}' for value in seconds)} s |")
+    print(
+        f"\npage, {width}x{height} ({width * height / 1e6:.1f} MP, {len(data) / 1e6:.1f} MB JPEG), "
+        f"{args.runs} runs: click on Process -> result shown"
+    )
+    print(
+        f"| median | runs |\n|---|---|\n| {statistics.median(seconds):.2f} s | "
+        f"{', '.join(f'{value:.2f}' for value in seconds)} s |"
+    )
     if jobs:
         print("the page's own log of the last job:", json.dumps(jobs[-1]))
     print(f"screenshot: {ARTIFACTS / 'page-large.png'}")

@@ -15,6 +15,7 @@ starts both workers inside it, measures the link, then times, interleaved, over 
 Bytes on the wire are the veth's counters (headers included). Also prints a table of strip
 codecs: bytes, CPU and the transfer time they imply at the measured throughput.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,12 @@ def start_fleet(link: wan.WanLink, log_dir: Path) -> list[str]:
     """Both workers and the probe inside the namespace, behind the relay; returns worker URLs."""
     for runtime, port in INNER_PORTS.items():
         command, cwd = worker_command(runtime)
-        link.spawn(command, cwd=cwd, log=log_dir / f"{runtime}.log",
-                   env={"WORKER_HOST": "127.0.0.1", "WORKER_PORT": str(port), "WORKER_LOG_LEVEL": "warning"})
+        link.spawn(
+            command,
+            cwd=cwd,
+            log=log_dir / f"{runtime}.log",
+            env={"WORKER_HOST": "127.0.0.1", "WORKER_PORT": str(port), "WORKER_LOG_LEVEL": "warning"},
+        )
     link.spawn([sys.executable, "-m", "scripts.wan", "probe-server", "--port", str(PROBE_INNER)], cwd=ROOT)
     link.wait_inner(PROBE_INNER)
     link.start_relay({**{OUTER_PORTS[r]: INNER_PORTS[r] for r in INNER_PORTS}, PROBE_OUTER: PROBE_INNER})
@@ -68,18 +73,22 @@ def timed(link: wan.WanLink, run) -> tuple[bytes, dict]:
 
 def codec_table(jpeg: bytes, urls: list[str], link_mbit: tuple[float, float], level: int) -> list[str]:
     """Upload codecs for the top strip (coordinator CPU) and reply codecs per runtime (worker CPU)."""
-    pixels = imaging.decode_pixels(jpeg, 10 ** 9)
+    pixels = imaging.decode_pixels(jpeg, 10**9)
     height = pixels.shape[0]
     rows = pixels[: height // 2]
     up, down = (rate * 1e6 / 8 for rate in link_mbit)
-    lines = [f"strip codecs, top half ({rows.shape[1]}x{rows.shape[0]}); wire s = bytes / measured throughput",
-             f"  {'upload (coordinator encodes)':44}{'MB':>7}{'CPU ms':>8}{'wire s':>8}{'sum s':>7}"]
+    lines = [
+        f"strip codecs, top half ({rows.shape[1]}x{rows.shape[0]}); wire s = bytes / measured throughput",
+        f"  {'upload (coordinator encodes)':44}{'MB':>7}{'CPU ms':>8}{'wire s':>8}{'sum s':>7}",
+    ]
 
     def up_row(name, encode):
         started = time.perf_counter()
         body = encode()
         cpu = time.perf_counter() - started
-        lines.append(f"  {name:44}{len(body) / 1e6:7.2f}{cpu * 1000:8.0f}{len(body) / up:8.2f}{cpu + len(body) / up:7.2f}")
+        lines.append(
+            f"  {name:44}{len(body) / 1e6:7.2f}{cpu * 1000:8.0f}{len(body) / up:8.2f}{cpu + len(body) / up:7.2f}"
+        )
 
     up_row("raw PPM", lambda: imaging.encode_ppm(rows))
     up_row("PNG level 1 (pngfast, 1 thread)", lambda: pngfast.encode_png(rows, level=1, threads=1))
@@ -93,18 +102,27 @@ def codec_table(jpeg: bytes, urls: list[str], link_mbit: tuple[float, float], le
     else:
         lines.append("  JPEG cut: jpegtran not found (Debian libjpeg-turbo-progs)")
         body, content_type, cut_top, cut_bottom = imaging.encode_ppm(rows), "image/x-portable-pixmap", 0, height // 2
-    lines.append(f"  {'reply (worker encodes; X-Processing-Ms)':44}{'MB':>7}{'wk ms':>8}{'wire s':>8}{'sum s':>7}{'PSNR dB':>9}")
+    lines.append(
+        f"  {'reply (worker encodes; X-Processing-Ms)':44}{'MB':>7}{'wk ms':>8}{'wire s':>8}{'sum s':>7}{'PSNR dB':>9}"
+    )
     with requests.Session() as session:
         for url, runtime, op in zip(urls, ("python", "nodejs"), ("grayscale", "sepia")):
             exact = None
-            for label, query in (("raw", {"format": "raw"}),
-                                 ("PNG level 1", {"format": "png", "compression": "1"}),
-                                 ("PNG level 6", {"format": "png", "compression": "6"}),
-                                 ("PNG level 1, channels=auto", {"format": "png", "compression": "1", "channels": "auto"}),
-                                 ("PNG level 6, channels=auto", {"format": "png", "compression": "6", "channels": "auto"}),
-                                 (f"JPEG q{codecs.HIGH_QUALITY} (high)", {"format": "jpeg", "quality": str(codecs.HIGH_QUALITY)})):
-                reply = session.post(f"{url}/process", params={"op": op, **query}, data=body,
-                                     headers={"Content-Type": content_type}, timeout=120)
+            for label, query in (
+                ("raw", {"format": "raw"}),
+                ("PNG level 1", {"format": "png", "compression": "1"}),
+                ("PNG level 6", {"format": "png", "compression": "6"}),
+                ("PNG level 1, channels=auto", {"format": "png", "compression": "1", "channels": "auto"}),
+                ("PNG level 6, channels=auto", {"format": "png", "compression": "6", "channels": "auto"}),
+                (f"JPEG q{codecs.HIGH_QUALITY} (high)", {"format": "jpeg", "quality": str(codecs.HIGH_QUALITY)}),
+            ):
+                reply = session.post(
+                    f"{url}/process",
+                    params={"op": op, **query},
+                    data=body,
+                    headers={"Content-Type": content_type},
+                    timeout=120,
+                )
                 reply.raise_for_status()
                 got = imaging.decode_any(reply.content, gray_ok=True)
                 got = got if got.ndim == 3 else np.repeat(got[:, :, None], 3, axis=2)  # gray: R=G=B
@@ -112,9 +130,11 @@ def codec_table(jpeg: bytes, urls: list[str], link_mbit: tuple[float, float], le
                 quality = codecs.psnr(exact, got)
                 worker_s = float(reply.headers.get("X-Processing-Ms", "nan")) / 1000
                 wire_s = len(reply.content) / down
-                lines.append(f"  {runtime + ' ' + op + ', ' + label:44}{len(reply.content) / 1e6:7.2f}"
-                             f"{worker_s * 1000:8.0f}{wire_s:8.2f}{worker_s + wire_s:7.2f}"
-                             f"{'exact' if quality == float('inf') else f'{quality:.1f}':>9}")
+                lines.append(
+                    f"  {runtime + ' ' + op + ', ' + label:44}{len(reply.content) / 1e6:7.2f}"
+                    f"{worker_s * 1000:8.0f}{wire_s:8.2f}{worker_s + wire_s:7.2f}"
+                    f"{'exact' if quality == float('inf') else f'{quality:.1f}':>9}"
+                )
     return lines
 
 
@@ -134,27 +154,40 @@ def main(argv: list[str] | None = None) -> int:
     level = CoordinatorConfig().png_level
     jpeg = photo_jpeg(args.megapixels)
     size = Image.open(io.BytesIO(jpeg)).size
-    with tempfile.TemporaryDirectory(prefix="bench-wan-") as tmp, \
-            wan.WanLink(rate_mbit=args.rate_mbit, delay_ms=args.rtt_ms / 2) as link:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-wan-") as tmp,
+        wan.WanLink(rate_mbit=args.rate_mbit, delay_ms=args.rtt_ms / 2) as link,
+    ):
         urls = start_fleet(link, Path(tmp))
         measured = wan.measure_link(link.ns_address, PROBE_OUTER)
-        print(f"WAN link: namespace {link.name}, veth {link.host_address} <-> {link.ns_address}, "
-              f"tbf {args.rate_mbit:g} Mbit/s each way + relay {args.rtt_ms / 2:g} ms each way")
-        print(f"  measured: RTT {measured.rtt_ms:.1f} ms, upload {measured.upload_mbit:.1f} Mbit/s, "
-              f"download {measured.download_mbit:.1f} Mbit/s")
-        print(f"input: {size[0]}x{size[1]} JPEG, {len(jpeg) / 1e6:.2f} MB; {runs} runs each; "
-              f"shared machine, other work may be running: treat small differences as noise")
+        print(
+            f"WAN link: namespace {link.name}, veth {link.host_address} <-> {link.ns_address}, "
+            f"tbf {args.rate_mbit:g} Mbit/s each way + relay {args.rtt_ms / 2:g} ms each way"
+        )
+        print(
+            f"  measured: RTT {measured.rtt_ms:.1f} ms, upload {measured.upload_mbit:.1f} Mbit/s, "
+            f"download {measured.download_mbit:.1f} Mbit/s"
+        )
+        print(
+            f"input: {size[0]}x{size[1]} JPEG, {len(jpeg) / 1e6:.2f} MB; {runs} runs each; "
+            f"shared machine, other work may be running: treat small differences as noise"
+        )
         print()
         for line in codec_table(jpeg, urls, (measured.upload_mbit, measured.download_mbit), level):
             print(line)
         # a SYN lost in a full tbf queue is resent after 1 s: 2 s would fail over needlessly
-        base = CoordinatorConfig(workers=tuple(urls), source="bench_wan", png_level=level, connect_timeout=5,
-                                 read_timeout=300)
-        designs = {"a": ("coordinator, lossless (auto: JPEG cut up, PNG down)", base),
-                   "p": ("coordinator, lossless, PNG both ways", dataclasses.replace(base, transport="png"))}
+        base = CoordinatorConfig(
+            workers=tuple(urls), source="bench_wan", png_level=level, connect_timeout=5, read_timeout=300
+        )
+        designs = {
+            "a": ("coordinator, lossless (auto: JPEG cut up, PNG down)", base),
+            "p": ("coordinator, lossless, PNG both ways", dataclasses.replace(base, transport="png")),
+        }
         if "wire_quality" in {f.name for f in dataclasses.fields(CoordinatorConfig)}:
-            designs["h"] = (f"coordinator, --wire-quality high (JPEG q{codecs.HIGH_QUALITY} down)",
-                            dataclasses.replace(base, wire_quality="high"))
+            designs["h"] = (
+                f"coordinator, --wire-quality high (JPEG q{codecs.HIGH_QUALITY} down)",
+                dataclasses.replace(base, wire_quality="high"),
+            )
         samples: dict[str, list[dict]] = {name: [] for name in (*designs, "c")}
         outputs: dict[str, bytes] = {}
         coordinator_run(jpeg, base, level)  # warm-up: imports, connections
@@ -171,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"end to end over the link: JPEG in -> PNG out ({runs} runs, medians)")
     print(f"  {'':5}{'design':58}{'median s':>9}{'up MB':>7}{'down MB':>8}{'(c)/x':>7}{'vs exact':>10}")
     original_s = statistics.median(p["total_ms"] for p in samples["c"]) / 1000
-    rows = [*((name, text) for name, (text, _) in designs.items()),
-            ("c", "original: PNG 6 strips one by one, PNG 6 replies, PNG 6 out")]
+    rows = [
+        *((name, text) for name, (text, _) in designs.items()),
+        ("c", "original: PNG 6 strips one by one, PNG 6 replies, PNG 6 out"),
+    ]
     failed = False
     for name, text in rows:
         seconds = statistics.median(p["total_ms"] for p in samples[name]) / 1000
@@ -191,18 +226,26 @@ def main(argv: list[str] | None = None) -> int:
     a = statistics.median(p["total_ms"] for p in samples["a"]) / 1000
     print()
     floor = statistics.median(p["down_bytes"] for p in samples["a"]) * 8 / (measured.download_mbit * 1e6)
-    print(f"(c)/(a) = {original_s / a:.1f}x  (target >= 5x); (a)'s replies alone need {floor:.2f} s at the "
-          f"measured {measured.download_mbit:.0f} Mbit/s, so no lossless run beats (c)/{floor:.2f} s = "
-          f"{original_s / floor:.1f}x")
+    print(
+        f"(c)/(a) = {original_s / a:.1f}x  (target >= 5x); (a)'s replies alone need {floor:.2f} s at the "
+        f"measured {measured.download_mbit:.0f} Mbit/s, so no lossless run beats (c)/{floor:.2f} s = "
+        f"{original_s / floor:.1f}x"
+    )
     print("where (a)'s time goes (medians, ms):")
-    for key, text in (("decode_ms", "decode JPEG"), ("discover_ms", "GET /healthz on both workers (1 RTT)"),
-                      ("dispatch_ms", "dispatch: cut/encode, upload, worker, download, decode, stitch"),
-                      ("worker_ms", "  of which the slower worker's own time (X-Processing-Ms)"),
-                      ("encode_ms", f"final PNG encode, level {level}")):
+    for key, text in (
+        ("decode_ms", "decode JPEG"),
+        ("discover_ms", "GET /healthz on both workers (1 RTT)"),
+        ("dispatch_ms", "dispatch: cut/encode, upload, worker, download, decode, stitch"),
+        ("worker_ms", "  of which the slower worker's own time (X-Processing-Ms)"),
+        ("encode_ms", f"final PNG encode, level {level}"),
+    ):
         print(f"  {text:62}{statistics.median(p.get(key, 0) for p in samples['a']):8.0f}")
     if failed:
-        print("error: an output is off (lossless differs from the one-process result, or high is under "
-              f"{codecs.HIGH_PSNR_DB} dB)", file=sys.stderr)
+        print(
+            "error: an output is off (lossless differs from the one-process result, or high is under "
+            f"{codecs.HIGH_PSNR_DB} dB)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -8,6 +8,7 @@ Ports: PYTHON_WORKER_PORT, NODEJS_WORKER_PORT (defaults in stripes/roles.py) and
 COORDINATOR_PAGE_PORT (8501), e.g. `make run PYTHON_WORKER_PORT=5011`. A busy port stops the
 start with one line naming the variable to set. The page is pointed at the workers' ports unless a worker list is configured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,7 @@ def _port_setting(var: str, default: int, environ=os.environ) -> int:
 
 def ports(environ=os.environ) -> dict[str, int]:
     """name -> port for both workers and the page, from the environment (make passes its variables)."""
-    chosen = {name: _port_setting(spec.port_var, spec.port, environ)
-              for name, spec in WORKERS.items()}
+    chosen = {name: _port_setting(spec.port_var, spec.port, environ) for name, spec in WORKERS.items()}
     chosen["page"] = _port_setting(PAGE_PORT_VAR, 8501, environ)
     if len(set(chosen.values())) != len(chosen):
         names = ", ".join(_port_var(name) for name in chosen)
@@ -73,8 +73,11 @@ def check_free(name: str, port: int) -> None:
         except OSError:
             owner = _healthy(port) if name in WORKERS else None
             held = f"already serves {owner}, not started by make" if owner else "is busy"
-            raise PortError(f"port {port} for {name} {held}; set {_port_var(name)} to a free "
-                            f"port (e.g. make run {_port_var(name)}={port + 10}) or free it", 1) from None
+            raise PortError(
+                f"port {port} for {name} {held}; set {_port_var(name)} to a free "
+                f"port (e.g. make run {_port_var(name)}={port + 10}) or free it",
+                1,
+            ) from None
 
 
 def page_env(environ, chosen: dict[str, int]) -> dict:
@@ -124,8 +127,7 @@ def _healthy(port: int) -> str | None:
 def _spawn(name: str, cmd: list[str], cwd: Path, env: dict) -> int:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     log = open(RUN_DIR / f"{name}.log", "ab")
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     _pid_file(name).write_text(str(proc.pid))
     return proc.pid
 
@@ -136,8 +138,10 @@ def _spawn_workers(chosen: dict[str, int]) -> list[str]:
     for name in pending:
         check_free(name, chosen[name])  # every port checked before anything starts
     if "WORKER_PORT" in os.environ:
-        print("note: WORKER_PORT is ignored here (two workers); set PYTHON_WORKER_PORT / "
-              "NODEJS_WORKER_PORT", file=sys.stderr)
+        print(
+            "note: WORKER_PORT is ignored here (two workers); set PYTHON_WORKER_PORT / NODEJS_WORKER_PORT",
+            file=sys.stderr,
+        )
     for name in pending:
         env = {**os.environ, "WORKER_PORT": str(chosen[name]), **MALLOC_LIMITS}
         _spawn(name, *worker_command(name), env)
@@ -155,8 +159,7 @@ def _wait_healthy(waiting: dict[str, int], timeout: float) -> int:
                 return 1
         time.sleep(0.2)
     if waiting:
-        print(f"error: not healthy after {timeout:.0f}s: {', '.join(waiting)}; see {RUN_DIR}/*.log",
-              file=sys.stderr)
+        print(f"error: not healthy after {timeout:.0f}s: {', '.join(waiting)}; see {RUN_DIR}/*.log", file=sys.stderr)
         return 1
     return 0
 
@@ -201,14 +204,25 @@ def run() -> int:
     code = start_workers(chosen=chosen)
     if code:
         return code
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "coordinator" / "app.py"),
-           "--server.port", str(chosen["page"]), "--server.headless", "true",
-           "--browser.gatherUsageStats", "false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(ROOT / "coordinator" / "app.py"),
+        "--server.port",
+        str(chosen["page"]),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     page = subprocess.Popen(cmd, cwd=ROOT, env=page_env(os.environ, chosen), start_new_session=True)
     _pid_file("page").write_text(str(page.pid))
-    print(f"\n  The page is at http://localhost:{chosen['page']}  (Ctrl-C or `make stop` stops "
-          "everything)\n", flush=True)
+    print(
+        f"\n  The page is at http://localhost:{chosen['page']}  (Ctrl-C or `make stop` stops everything)\n", flush=True
+    )
     try:
         page.wait()
     except KeyboardInterrupt:
@@ -219,8 +233,9 @@ def run() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.local", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.local", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=["start", "run", "stop"])
     args = parser.parse_args(argv)
     return {"start": start_workers, "run": run, "stop": stop_all}[args.command]()

@@ -8,6 +8,7 @@ test_shutdown.py with bigger budgets, then prints: cases fuzzed per runtime and 
 under load (completed, failed cleanly, lost); each fault and its outcome; peak RSS per worker.
 Loopback only. Exit 0 when every row passed, 1 otherwise (the table says which and why).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,7 @@ class Fleet:
 
 
 def fuzz_rows(fleet: Fleet, cases: int, budget: float, bitflips: int, seed: int, rss: dict) -> list:
-    from scripts.testkit.fuzz import (LYING_HEADER_BUGS, broken_images, fuzz_contract, fuzz_decoders,
-                                      lying_headers)
+    from scripts.testkit.fuzz import LYING_HEADER_BUGS, broken_images, fuzz_contract, fuzz_decoders, lying_headers
     from scripts.testkit.load import peak_rss_mb
 
     rows = []
@@ -53,25 +53,45 @@ def fuzz_rows(fleet: Fleet, cases: int, budget: float, bitflips: int, seed: int,
         started = time.monotonic()
         stats = fuzz_contract(worker.url, cases, budget, seed=seed)
         alive = worker.proc.poll() is None
-        ok = (stats.server_errors == 0 and stats.transport_errors == 0 and not stats.failures and alive
-              and stats.cases >= min(cases, 1000) * 0.9)
+        ok = (
+            stats.server_errors == 0
+            and stats.transport_errors == 0
+            and not stats.failures
+            and alive
+            and stats.cases >= min(cases, 1000) * 0.9
+        )
         statuses = ", ".join(f"{code}: {count}" for code, count in sorted(stats.by_status.items()))
-        rows.append(("fuzz", f"contract, worker-{runtime}",
-                     f"{stats.cases} cases in {time.monotonic() - started:.0f}s ({statuses}); "
-                     f"5xx {stats.server_errors}; dropped {stats.transport_errors}; "
-                     f"nonconforming {len(stats.failures)}" + ("" if alive else "; WORKER DIED"),
-                     ok, stats.failures[:3]))
+        rows.append(
+            (
+                "fuzz",
+                f"contract, worker-{runtime}",
+                f"{stats.cases} cases in {time.monotonic() - started:.0f}s ({statuses}); "
+                f"5xx {stats.server_errors}; dropped {stats.transport_errors}; "
+                f"nonconforming {len(stats.failures)}" + ("" if alive else "; WORKER DIED"),
+                ok,
+                stats.failures[:3],
+            )
+        )
         decoder_cases = list(lying_headers()) + list(broken_images(bitflips, seed=seed))
         stats = fuzz_decoders(worker.url, decoder_cases)
         alive = worker.proc.poll() is None
-        known = [name for (bug_runtime, name) in LYING_HEADER_BUGS if bug_runtime == runtime
-                 and any(failure.startswith(f"{name}:") for failure in stats.failures)]
+        known = [
+            name
+            for (bug_runtime, name) in LYING_HEADER_BUGS
+            if bug_runtime == runtime and any(failure.startswith(f"{name}:") for failure in stats.failures)
+        ]
         statuses = ", ".join(f"{code}: {count}" for code, count in sorted(stats.by_status.items()))
-        rows.append(("fuzz", f"decoders, worker-{runtime}",
-                     f"{stats.cases} broken/lying files ({statuses}); 5xx {stats.server_errors}; "
-                     f"hangs/drops {stats.transport_errors}; unexpected {len(stats.failures)}"
-                     + (f" [known bugs: {', '.join(known)}]" if known else ""),
-                     not stats.failures and alive, stats.failures[:3]))
+        rows.append(
+            (
+                "fuzz",
+                f"decoders, worker-{runtime}",
+                f"{stats.cases} broken/lying files ({statuses}); 5xx {stats.server_errors}; "
+                f"hangs/drops {stats.transport_errors}; unexpected {len(stats.failures)}"
+                + (f" [known bugs: {', '.join(known)}]" if known else ""),
+                not stats.failures and alive,
+                stats.failures[:3],
+            )
+        )
         rss[worker.label] = peak_rss_mb(worker.pid)
     return rows
 
@@ -86,10 +106,17 @@ def load_rows(fleet: Fleet, jobs: int, threads: int, seed: int, rss: dict) -> li
     for worker in workers:
         rss[worker.label] = peak_rss_mb(worker.pid)
     ok = outcome.lost == 0 and busy_logged > 0 and outcome.completed + outcome.failed_cleanly == jobs
-    return [("load", f"{jobs} jobs x 4 strips, {threads} threads, MAX_INFLIGHT=1",
-             f"completed {outcome.completed}; failed cleanly {outcome.failed_cleanly} (retry fixed); "
-             f"lost {outcome.lost}; 503 busy: {busy_logged} in worker logs, {outcome.busy_retries} "
-             f"met by the engine; {outcome.elapsed_s:.0f}s", ok, outcome.problems[:3])]
+    return [
+        (
+            "load",
+            f"{jobs} jobs x 4 strips, {threads} threads, MAX_INFLIGHT=1",
+            f"completed {outcome.completed}; failed cleanly {outcome.failed_cleanly} (retry fixed); "
+            f"lost {outcome.lost}; 503 busy: {busy_logged} in worker logs, {outcome.busy_retries} "
+            f"met by the engine; {outcome.elapsed_s:.0f}s",
+            ok,
+            outcome.problems[:3],
+        )
+    ]
 
 
 def fault_rows(fleet: Fleet) -> list:
@@ -100,7 +127,7 @@ def fault_rows(fleet: Fleet) -> list:
     rows = []
     pair = {}
     for name, fault in ALL_FAULTS.items():
-        for runtime in RUNTIMES:      # a killed worker is replaced before the next fault
+        for runtime in RUNTIMES:  # a killed worker is replaced before the next fault
             if runtime not in pair or pair[runtime].proc.poll() is not None:
                 pair[runtime] = fleet.start(runtime, label=f"faults-{runtime}")
         try:
@@ -140,18 +167,37 @@ def cli_blackhole_row(pair: dict) -> tuple:
     with tempfile.TemporaryDirectory() as tmp:
         source, out = Path(tmp) / "in.png", Path(tmp) / "out.png"
         source.write_bytes(png_bytes(sample_rgb(64, 48)))
-        with FaultProxy(pair["python"].url, mode="blackhole") as a, \
-                FaultProxy(pair["nodejs"].url, mode="blackhole") as b:
+        with (
+            FaultProxy(pair["python"].url, mode="blackhole") as a,
+            FaultProxy(pair["nodejs"].url, mode="blackhole") as b,
+        ):
             started = time.monotonic()
-            done = run_cli(["process", str(source), "-o", str(out), "--plan", "grayscale", "--strips", "4",
-                            "--workers", f"{a.url},{b.url}"], {"COORDINATOR_READ_TIMEOUT": "1.5"})
+            done = run_cli(
+                [
+                    "process",
+                    str(source),
+                    "-o",
+                    str(out),
+                    "--plan",
+                    "grayscale",
+                    "--strips",
+                    "4",
+                    "--workers",
+                    f"{a.url},{b.url}",
+                ],
+                {"COORDINATOR_READ_TIMEOUT": "1.5"},
+            )
             seconds = time.monotonic() - started
         leftovers = [p.name for p in Path(tmp).iterdir() if p.name != "in.png"]
     message = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
     ok = done.returncode == 3 and not leftovers and "Traceback" not in done.stderr
-    return ("fault", "every worker hangs (CLI)",
-            f"exit {done.returncode} in {seconds:.1f}s, files left: {leftovers or 'none'}; "
-            f"{message[:90]}", ok, [])
+    return (
+        "fault",
+        "every worker hangs (CLI)",
+        f"exit {done.returncode} in {seconds:.1f}s, files left: {leftovers or 'none'}; {message[:90]}",
+        ok,
+        [],
+    )
 
 
 def shutdown_rows(fleet: Fleet) -> list:
@@ -166,8 +212,9 @@ def shutdown_rows(fleet: Fleet) -> list:
 
 
 def print_table(rows: list, rss: dict, header: str) -> None:
-    rows = rows + [("rss", f"peak RSS {label}", f"{mb:.0f} MB (VmHWM)", mb > 0, [])
-                   for label, mb in sorted(rss.items())]
+    rows = rows + [
+        ("rss", f"peak RSS {label}", f"{mb:.0f} MB (VmHWM)", mb > 0, []) for label, mb in sorted(rss.items())
+    ]
     widths = (5, max(len(r[1]) for r in rows), 6)
     print(header)
     line = f"{'area':<{widths[0]}}  {'subject':<{widths[1]}}  {'result':<{widths[2]}}  figures"
@@ -180,8 +227,9 @@ def print_table(rows: list, rss: dict, header: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.soak", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--fuzz-cases", type=int, default=1000, help="contract cases per runtime (1000)")
     parser.add_argument("--fuzz-budget", type=float, default=150, help="seconds per runtime for them (150)")
     parser.add_argument("--bitflips", type=int, default=40, help="bit-flipped files per format (40)")
@@ -210,13 +258,16 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             return 130
-        except RuntimeError as exc:      # a worker that does not start: one line, not a traceback
+        except RuntimeError as exc:  # a worker that does not start: one line, not a traceback
             print(f"error: {' '.join(str(exc).split())[:300]}", file=sys.stderr)
             return 1
         finally:
             fleet.stop_all()
-    print_table(rows, rss, f"Reliability soak: seed {args.seed}, {time.monotonic() - started:.0f}s, "
-                           f"loopback workers started by this run")
+    print_table(
+        rows,
+        rss,
+        f"Reliability soak: seed {args.seed}, {time.monotonic() - started:.0f}s, loopback workers started by this run",
+    )
     failed = [row for row in rows if not row[3]]
     if failed:
         print(f"\n{len(failed)} of {len(rows)} rows failed", file=sys.stderr)

@@ -4,6 +4,7 @@ Runs `pulumi stack output --json --show-secrets` in the repo root and writes the
 with mode 0600 (it holds the worker token). Usage:
     python -m scripts.stack_outputs [--stack dev] [--output stack-outputs.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,12 +41,16 @@ def write_private(path: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.stack_outputs",
-                                     description="Write the Pulumi stack outputs file (mode 0600).")
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.stack_outputs", description="Write the Pulumi stack outputs file (mode 0600)."
+    )
     parser.add_argument("--stack", help="Pulumi stack name (default: the selected stack)")
-    parser.add_argument("--output", type=Path,
-                        default=Path(os.environ.get("COORDINATOR_WORKERS_FILE") or DEFAULT_FILE),
-                        help="file to write (default: $COORDINATOR_WORKERS_FILE or stack-outputs.json)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path(os.environ.get("COORDINATOR_WORKERS_FILE") or DEFAULT_FILE),
+        help="file to write (default: $COORDINATOR_WORKERS_FILE or stack-outputs.json)",
+    )
     args = parser.parse_args(argv)
     try:
         outputs = fetch_outputs(args.stack)

@@ -13,6 +13,7 @@
 The relay ends TCP, so the senders' congestion control sees no delay (no slow start over
 40 ms): the link models bandwidth and request latency, not TCP ramp-up.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,7 +58,7 @@ def cleanup_stale() -> list[str]:
         name = line.split()[0] if line.split() else ""
         if not name.startswith(PREFIX):
             continue
-        pid = name[len(PREFIX):]
+        pid = name[len(PREFIX) :]
         if pid.isdigit() and Path(f"/proc/{pid}").exists():
             continue
         run("ip", "netns", "del", name, check=False)
@@ -106,35 +107,55 @@ class WanLink:
         run("tc", "qdisc", "add", "dev", self.host_if, "root", *tbf)  # upload: us -> namespace
         run("tc", "-n", self.name, "qdisc", "add", "dev", self.ns_if, "root", *tbf)  # download
 
-    def spawn(self, command: list[str], *, env: dict | None = None, cwd: Path | None = None,
-              log: Path | None = None) -> subprocess.Popen:
+    def spawn(
+        self, command: list[str], *, env: dict | None = None, cwd: Path | None = None, log: Path | None = None
+    ) -> subprocess.Popen:
         """Start a process inside the namespace; stopped by close()."""
         out = open(log, "wb") if log else subprocess.DEVNULL
-        proc = subprocess.Popen(["ip", "netns", "exec", self.name, *command], env={**os.environ, **(env or {})},
-                                cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.name, *command],
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.processes.append(proc)
         return proc
 
     def wait_inner(self, port: int, timeout: float = 15) -> None:
         """Wait until 127.0.0.1:port inside the namespace accepts connections."""
-        check = ("import socket, sys, time\n"
-                 f"deadline = time.monotonic() + {timeout}\n"
-                 "while time.monotonic() < deadline:\n"
-                 "    try:\n"
-                 f"        socket.create_connection(('127.0.0.1', {port}), timeout=1).close(); sys.exit(0)\n"
-                 "    except OSError:\n"
-                 "        time.sleep(0.05)\n"
-                 "sys.exit(1)\n")
-        done = subprocess.run(["ip", "netns", "exec", self.name, sys.executable, "-c", check],
-                              capture_output=True, timeout=timeout + 10)
+        check = (
+            "import socket, sys, time\n"
+            f"deadline = time.monotonic() + {timeout}\n"
+            "while time.monotonic() < deadline:\n"
+            "    try:\n"
+            f"        socket.create_connection(('127.0.0.1', {port}), timeout=1).close(); sys.exit(0)\n"
+            "    except OSError:\n"
+            "        time.sleep(0.05)\n"
+            "sys.exit(1)\n"
+        )
+        done = subprocess.run(
+            ["ip", "netns", "exec", self.name, sys.executable, "-c", check], capture_output=True, timeout=timeout + 10
+        )
         if done.returncode != 0:
             raise RuntimeError(f"nothing listens on 127.0.0.1:{port} in {self.name} after {timeout}s")
 
     def start_relay(self, ports: dict[int, int]) -> subprocess.Popen:
         """ns_address:outer -> 127.0.0.1:inner (inside the namespace), delayed each way."""
         routes = [f"{self.ns_address}:{outer}=127.0.0.1:{inner}" for outer, inner in ports.items()]
-        proc = self.spawn([sys.executable, "-m", "scripts.wan", "relay", "--delay-ms", f"{self.delay_ms:g}",
-                           *sum((["--listen", route] for route in routes), [])], cwd=ROOT)
+        proc = self.spawn(
+            [
+                sys.executable,
+                "-m",
+                "scripts.wan",
+                "relay",
+                "--delay-ms",
+                f"{self.delay_ms:g}",
+                *sum((["--listen", route] for route in routes), []),
+            ],
+            cwd=ROOT,
+        )
         for outer in ports:
             wait_port(self.ns_address, outer, proc)
         return proc
@@ -175,6 +196,7 @@ def wait_port(host: str, port: int, proc: subprocess.Popen | None = None, timeou
 
 
 # ------------------------------------------------------------------ delaying relay
+
 
 async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
     """Copy one direction; every chunk leaves `delay` seconds after it arrived."""
@@ -224,8 +246,9 @@ async def relay_connection(client_reader, client_writer, target: tuple[str, int]
 async def serve_relay(routes: list[tuple[tuple[str, int], tuple[str, int]]], delay: float) -> None:
     servers = []
     for listen, target in routes:
-        servers.append(await asyncio.start_server(
-            lambda r, w, target=target: relay_connection(r, w, target, delay), *listen))
+        servers.append(
+            await asyncio.start_server(lambda r, w, target=target: relay_connection(r, w, target, delay), *listen)
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -236,6 +259,7 @@ async def serve_relay(routes: list[tuple[tuple[str, int], tuple[str, int]]], del
 
 
 # ------------------------------------------------------------------ link probe
+
 
 def probe_server(port: int) -> None:
     """P: echo one byte (RTT). U <len>: read len bytes, answer K. D <len>: send len bytes."""
@@ -259,7 +283,7 @@ def probe_server(port: int) -> None:
                     conn.sendall(b"K")
                 else:
                     while length > 0:
-                        piece = payload[:min(CHUNK, length)]
+                        piece = payload[: min(CHUNK, length)]
                         conn.sendall(piece)
                         length -= len(piece)
 
@@ -298,7 +322,7 @@ def measure_link(host: str, port: int, megabytes: float = 6.0, pings: int = 10) 
         chunk = os.urandom(CHUNK)
         left = length
         while left > 0:
-            conn.sendall(chunk[:min(CHUNK, left)])
+            conn.sendall(chunk[: min(CHUNK, left)])
             left -= min(CHUNK, left)
         recv_exact(conn, 1)
         upload = time.perf_counter() - started - rtt

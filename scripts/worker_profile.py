@@ -12,6 +12,7 @@ before each op (clear_refs) where the kernel allows it. The strip is generated (
 gradients + noise); nothing is downloaded. Timings depend on machine load: compare runs
 made on the same machine at the same time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -101,16 +102,22 @@ def reset_hwm(pid: int) -> None:
         pass
 
 
-def profile(url: str, pid: int, body: bytes, content_type: str, requests_per_op: int,
-            concurrency: int, output_format: str) -> list[dict]:
+def profile(
+    url: str, pid: int, body: bytes, content_type: str, requests_per_op: int, concurrency: int, output_format: str
+) -> list[dict]:
     health = requests.get(url + "/healthz", timeout=10).json()
     rows = []
     session = requests.Session()
 
     def one(op: str) -> tuple[float, float]:
         started = time.perf_counter()
-        response = session.post(f"{url}/process", params={"op": op, "format": output_format}, data=body,
-                                headers={"Content-Type": content_type}, timeout=300)
+        response = session.post(
+            f"{url}/process",
+            params={"op": op, "format": output_format},
+            data=body,
+            headers={"Content-Type": content_type},
+            timeout=300,
+        )
         wall = (time.perf_counter() - started) * 1000
         if response.status_code != 200:
             raise SystemExit(f"error: {health['service']} {op}: HTTP {response.status_code} {response.text[:200]}")
@@ -121,29 +128,41 @@ def profile(url: str, pid: int, body: bytes, content_type: str, requests_per_op:
         with MemoryWatch(pid) as watch:
             with ThreadPoolExecutor(concurrency) as pool:
                 results = list(pool.map(one, [op] * requests_per_op))
-        rows.append({"service": health["service"], "op": op, "n": len(results),
-                     "worker_ms": statistics.median(r[0] for r in results),
-                     "wall_ms": statistics.median(r[1] for r in results),
-                     "peak_rss": watch.peak, "vm_hwm": watch.max_hwm()})
+        rows.append(
+            {
+                "service": health["service"],
+                "op": op,
+                "n": len(results),
+                "worker_ms": statistics.median(r[0] for r in results),
+                "wall_ms": statistics.median(r[1] for r in results),
+                "peak_rss": watch.peak,
+                "vm_hwm": watch.max_hwm(),
+            }
+        )
     return rows
 
 
 def print_table(rows: list[dict], header: str) -> None:
     print(header)
-    print(f"{'service':<14} {'op':<10} {'n':>3} {'median worker ms':>17} {'median wall ms':>15} "
-          f"{'peak RSS tree MiB':>18} {'max VmHWM MiB':>14}")
+    print(
+        f"{'service':<14} {'op':<10} {'n':>3} {'median worker ms':>17} {'median wall ms':>15} "
+        f"{'peak RSS tree MiB':>18} {'max VmHWM MiB':>14}"
+    )
     for row in rows:
         hwm = f"{row['vm_hwm'] / MIB:.0f}" if row["vm_hwm"] else "n/a"
-        print(f"{row['service']:<14} {row['op']:<10} {row['n']:>3} {row['worker_ms']:>17.1f} "
-              f"{row['wall_ms']:>15.1f} {row['peak_rss'] / MIB:>18.0f} {hwm:>14}")
+        print(
+            f"{row['service']:<14} {row['op']:<10} {row['n']:>3} {row['worker_ms']:>17.1f} "
+            f"{row['wall_ms']:>15.1f} {row['peak_rss'] / MIB:>18.0f} {hwm:>14}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="a running worker; needs --pid")
     parser.add_argument("--pid", type=int, help="process id of the worker at --url")
-    parser.add_argument("--runtime", choices=[*RUNTIMES, "both"], default="both",
-                        help="workers to start when --url is not given")
+    parser.add_argument(
+        "--runtime", choices=[*RUNTIMES, "both"], default="both", help="workers to start when --url is not given"
+    )
     parser.add_argument("--requests", type=int, default=20, help="requests per op")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--width", type=int, default=3000)
@@ -157,25 +176,34 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--requests must be 1-1000 and --concurrency 1-64")
 
     body, content_type = encode_strip(photo(args.width, args.height, seed=1), args.input_format)
-    header = (f"{args.width}x{args.height} strip ({args.width * args.height / 1e6:.1f} MP), "
-              f"{args.input_format} in ({len(body) / MIB:.1f} MiB), {args.output_format} out, "
-              f"{args.requests} requests per op, concurrency {args.concurrency}")
+    header = (
+        f"{args.width}x{args.height} strip ({args.width * args.height / 1e6:.1f} MP), "
+        f"{args.input_format} in ({len(body) / MIB:.1f} MiB), {args.output_format} out, "
+        f"{args.requests} requests per op, concurrency {args.concurrency}"
+    )
     if args.url:
-        print_table(profile(args.url.rstrip("/"), args.pid, body, content_type, args.requests,
-                            args.concurrency, args.output_format), header)
+        print_table(
+            profile(
+                args.url.rstrip("/"), args.pid, body, content_type, args.requests, args.concurrency, args.output_format
+            ),
+            header,
+        )
         return 0
     rows = []
     runtimes = RUNTIMES if args.runtime == "both" else (args.runtime,)
     with tempfile.TemporaryDirectory(prefix="worker-profile-") as tmp:
         for runtime in runtimes:
-            worker = start_worker(runtime, Path(tmp) / runtime,
-                                  {"WORKER_LOG_LEVEL": "warning", "WORKER_MAX_INFLIGHT": str(max(4, args.concurrency)),
-                                   **MALLOC_LIMITS})  # as deployed (systemd unit) and make run
+            worker = start_worker(
+                runtime,
+                Path(tmp) / runtime,
+                {"WORKER_LOG_LEVEL": "warning", "WORKER_MAX_INFLIGHT": str(max(4, args.concurrency)), **MALLOC_LIMITS},
+            )  # as deployed (systemd unit) and make run
             try:
                 idle = MemoryWatch(worker.pid).rss()
                 print(f"{runtime}: idle RSS of the process tree {idle / MIB:.0f} MiB", file=sys.stderr)
-                rows += profile(worker.url, worker.pid, body, content_type, args.requests,
-                                args.concurrency, args.output_format)
+                rows += profile(
+                    worker.url, worker.pid, body, content_type, args.requests, args.concurrency, args.output_format
+                )
             finally:
                 worker.stop()
     print_table(rows, header)

@@ -6,6 +6,7 @@ coordinator's default worker list. Stdlib only and imports nothing of the projec
 component may import it without a cycle. A new runtime is one more ROLE_SPECS entry; a port,
 start command or host path is one line here (tests/test_roles.py proves every consumer follows).
 """
+
 from __future__ import annotations
 
 import posixpath
@@ -25,12 +26,12 @@ HOST_NODE = "/usr/bin/node"
 
 @dataclass(frozen=True)
 class RoleSpec:
-    role: str            # folder name, EC2 Role tag, systemd unit and log `service` name
-    runtime: str         # "python" | "nodejs", as in /healthz and the stack outputs
-    port: int            # default port: local runner, Pulumi config, coordinator default list
-    port_var: str        # the local runner's variable that moves the port (make run X=...)
-    start: tuple[str, ...]   # interpreter arguments that start the server, in the worker folder
-    deps_manifest: str   # pinned dependencies; its hash decides whether a host reinstalls
+    role: str  # folder name, EC2 Role tag, systemd unit and log `service` name
+    runtime: str  # "python" | "nodejs", as in /healthz and the stack outputs
+    port: int  # default port: local runner, Pulumi config, coordinator default list
+    port_var: str  # the local runner's variable that moves the port (make run X=...)
+    start: tuple[str, ...]  # interpreter arguments that start the server, in the worker folder
+    deps_manifest: str  # pinned dependencies; its hash decides whether a host reinstalls
     required_files: tuple[str, ...]  # a bundle without them is refused
     # As the worker lists them in /healthz (tests/test_roles.py checks); the coordinator routes
     # by /healthz. The primary op is the one applied when a request names none.
@@ -78,27 +79,37 @@ class RoleSpec:
         q = shlex.quote
         if self.runtime == "python":
             venv = q(under(root, self.venv_dir))
-            return [f"[ -x {venv}/bin/pip ] || python3 -m venv {venv}",
-                    f"{venv}/bin/pip install --no-cache-dir --disable-pip-version-check "
-                    f"-r {q(release)}/{self.deps_manifest}"]
+            return [
+                f"[ -x {venv}/bin/pip ] || python3 -m venv {venv}",
+                f"{venv}/bin/pip install --no-cache-dir --disable-pip-version-check "
+                f"-r {q(release)}/{self.deps_manifest}",
+            ]
         return [f"cd {q(release)} && npm ci --omit=dev --no-audit --no-fund"]
 
 
 ROLE_SPECS: dict[str, RoleSpec] = {
     "worker-python": RoleSpec(
-        role="worker-python", runtime="python", port=5001, port_var="PYTHON_WORKER_PORT",
+        role="worker-python",
+        runtime="python",
+        port=5001,
+        port_var="PYTHON_WORKER_PORT",
         start=("-m", "worker_python"),
         deps_manifest="requirements.txt",
         required_files=("requirements.txt", "worker_python/__main__.py"),
-        operations=("grayscale", "sepia", "invert", "blur"), primary_op="grayscale",
+        operations=("grayscale", "sepia", "invert", "blur"),
+        primary_op="grayscale",
         apt_packages=("python3-venv",),
     ),
     "worker-nodejs": RoleSpec(
-        role="worker-nodejs", runtime="nodejs", port=5002, port_var="NODEJS_WORKER_PORT",
+        role="worker-nodejs",
+        runtime="nodejs",
+        port=5002,
+        port_var="NODEJS_WORKER_PORT",
         start=("server.js",),
         deps_manifest="package-lock.json",
         required_files=("package.json", "package-lock.json", "server.js"),
-        operations=("grayscale", "sepia", "invert", "blur"), primary_op="sepia",
+        operations=("grayscale", "sepia", "invert", "blur"),
+        primary_op="sepia",
         apt_packages=("ca-certificates", "curl", "xz-utils"),
     ),
 }

@@ -6,6 +6,7 @@ OutputsError whose text is one line naming the file; callers add their own setti
 What a worker entry may hold is each reader's business (the fleet tool is strict about values
 that reach ssh_config: scripts/fleet/values.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -51,27 +52,41 @@ def read_file(path: str | os.PathLike) -> object:
                 raise OutputsError(f"{path} is not a regular file")
             data = handle.read(MAX_BYTES + 1)
     except OSError as exc:
-        raise OutputsError(f"cannot read {path}: {exc.strerror or exc}",
-                           missing=isinstance(exc, FileNotFoundError)) from None
+        raise OutputsError(
+            f"cannot read {path}: {exc.strerror or exc}", missing=isinstance(exc, FileNotFoundError)
+        ) from None
     if len(data) > MAX_BYTES:
         raise OutputsError(f"{path} is over {MAX_BYTES} bytes; an outputs file is a few KB")
     return _parse(data, str(path))
 
 
 def pulumi_command(pulumi: str, stack: str | None) -> list[str]:
-    return [pulumi, "stack", "output", "--json", "--show-secrets",
-            *(["--stack", stack] if stack else []), "--non-interactive"]
+    return [
+        pulumi,
+        "stack",
+        "output",
+        "--json",
+        "--show-secrets",
+        *(["--stack", stack] if stack else []),
+        "--non-interactive",
+    ]
 
 
-def run_pulumi(stack: str | None, *, cwd: str | os.PathLike = REPO_ROOT,
-               env: dict | None = None) -> object | None:
+def run_pulumi(stack: str | None, *, cwd: str | os.PathLike = REPO_ROOT, env: dict | None = None) -> object | None:
     """The stack's outputs from the Pulumi CLI; None when `pulumi` is not on PATH."""
     pulumi = shutil.which("pulumi", path=(env or os.environ).get("PATH"))
     if pulumi is None:
         return None
     try:
-        done = subprocess.run(pulumi_command(pulumi, stack), cwd=cwd, env=env, capture_output=True,
-                              text=True, timeout=PULUMI_TIMEOUT_SECONDS, check=False)
+        done = subprocess.run(
+            pulumi_command(pulumi, stack),
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=PULUMI_TIMEOUT_SECONDS,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         raise OutputsError(f"pulumi failed: no answer in {PULUMI_TIMEOUT_SECONDS}s") from None
     except OSError as exc:
@@ -91,7 +106,8 @@ def check_complete(outputs: object) -> dict:
         raise OutputsError("the stack has no workers in its outputs; run `pulumi up` first")
     workers = outputs["workers"]
     if not isinstance(workers, list) or not all(
-            isinstance(w, dict) and str(w.get("url", "")).startswith("http://") for w in workers):
+        isinstance(w, dict) and str(w.get("url", "")).startswith("http://") for w in workers
+    ):
         raise OutputsError("a worker in the stack outputs has no http:// url")
     token = outputs.get("worker_token")
     if not isinstance(token, str) or not token or token == "[secret]":

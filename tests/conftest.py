@@ -1,4 +1,5 @@
 """Shared fixtures: real worker processes on loopback (the CI rule for skips: tests/support/ci.py)."""
+
 from __future__ import annotations
 
 import pytest

@@ -3,6 +3,7 @@
 Pulumi's mocks replace the engine and the AWS provider: every resource the program declares is
 recorded with its inputs, and the one data-source call (the AMI lookup) answers from here.
 """
+
 from __future__ import annotations
 
 import runpy
@@ -69,9 +70,9 @@ class FleetMocks(pulumi.runtime.Mocks):
 @dataclass
 class ProgramRun:
     mocks: FleetMocks
-    namespace: dict                  # the program's globals: settings, nodes, security, ...
-    outputs: dict = field(default_factory=dict)          # stack outputs, resolved
-    secret_outputs: set = field(default_factory=set)     # names of outputs marked secret
+    namespace: dict  # the program's globals: settings, nodes, security, ...
+    outputs: dict = field(default_factory=dict)  # stack outputs, resolved
+    secret_outputs: set = field(default_factory=set)  # names of outputs marked secret
 
     def of_type(self, typ: str) -> list[pulumi.runtime.MockResourceArgs]:
         return [r for r in self.mocks.resources if r.typ == typ]
@@ -110,8 +111,8 @@ def run_program(config: dict[str, str], secret_keys: tuple[str, ...] = ()) -> Pr
         secrets = [pulumi.Output.from_input(value.is_secret()) for value in values]
 
         def record(resolved):
-            run.outputs = dict(zip(names, resolved[:len(names)]))
-            run.secret_outputs = {name for name, secret in zip(names, resolved[len(names):]) if secret}
+            run.outputs = dict(zip(names, resolved[: len(names)]))
+            run.secret_outputs = {name for name, secret in zip(names, resolved[len(names) :]) if secret}
 
         return pulumi.Output.all(*values, *secrets).apply(record)
 

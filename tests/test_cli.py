@@ -1,5 +1,6 @@
 """`python -m coordinator` as a user runs it, against the real workers: exit codes, one-line
 errors, atomic outputs, batches."""
+
 from __future__ import annotations
 
 import io
@@ -41,35 +42,64 @@ def test_help_for_each_command():
 
 def test_process_one_image(local_fleet, tmp_path):
     pixels = picture(tmp_path / "in.png")
-    done = run_cli("process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--plan", "invert",
-                   "--strips", "3", "--workers", ",".join(local_fleet))
+    done = run_cli(
+        "process",
+        str(tmp_path / "in.png"),
+        "-o",
+        str(tmp_path / "out.png"),
+        "--plan",
+        "invert",
+        "--strips",
+        "3",
+        "--workers",
+        ",".join(local_fleet),
+    )
     assert done.returncode == 0, done.stderr
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), 255 - pixels)
     *summary, wrote = done.stderr.strip().splitlines()
     assert len(summary) == 3 and all("invert on http://127.0.0.1:" in line for line in summary)
     assert wrote.startswith(f"wrote {tmp_path / 'out.png'} (")
     assert leftovers(tmp_path) == []
-    quiet = run_cli("process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.webp"), "--quiet",
-                    "--workers", ",".join(local_fleet))
+    quiet = run_cli(
+        "process",
+        str(tmp_path / "in.png"),
+        "-o",
+        str(tmp_path / "out.webp"),
+        "--quiet",
+        "--workers",
+        ",".join(local_fleet),
+    )
     assert quiet.returncode == 0 and quiet.stderr == ""
     assert Image.open(tmp_path / "out.webp").format == "WEBP"
 
 
 def test_process_blur_through_the_env_worker_list(local_fleet, tmp_path):
     picture(tmp_path / "in.jpg", 60, 40)
-    done = run_cli("process", str(tmp_path / "in.jpg"), "-o", str(tmp_path / "out.png"), "--plan", "blur",
-                   "--radius", "3", env={"COORDINATOR_WORKERS": ",".join(local_fleet)})
+    done = run_cli(
+        "process",
+        str(tmp_path / "in.jpg"),
+        "-o",
+        str(tmp_path / "out.png"),
+        "--plan",
+        "blur",
+        "--radius",
+        "3",
+        env={"COORDINATOR_WORKERS": ",".join(local_fleet)},
+    )
     assert done.returncode == 0, done.stderr
     assert Image.open(tmp_path / "out.png").size == (40, 60)
 
 
-@pytest.mark.parametrize("case, words", [
-    ("empty", "input is empty"),
-    ("truncated", "truncated"),
-    ("text", "not an image"),
-    ("huge", "over the limit of 1000 (COORDINATOR_MAX_PIXELS)"),
-    ("missing", "cannot read"),
-])
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("empty", "input is empty"),
+        ("truncated", "truncated"),
+        ("text", "not an image"),
+        ("huge", "over the limit of 1000 (COORDINATOR_MAX_PIXELS)"),
+        ("missing", "cannot read"),
+    ],
+)
 def test_bad_inputs_exit_2_and_write_nothing(local_fleet, tmp_path, case, words):
     source = tmp_path / "in.png"
     picture(source)
@@ -79,22 +109,37 @@ def test_bad_inputs_exit_2_and_write_nothing(local_fleet, tmp_path, case, words)
         source.write_bytes(content)
     else:
         source.unlink()
-    done = run_cli("process", str(source), "-o", str(tmp_path / "out.png"), "--workers", ",".join(local_fleet),
-                   env={"COORDINATOR_MAX_PIXELS": "1000" if case == "huge" else "100000"})
+    done = run_cli(
+        "process",
+        str(source),
+        "-o",
+        str(tmp_path / "out.png"),
+        "--workers",
+        ",".join(local_fleet),
+        env={"COORDINATOR_MAX_PIXELS": "1000" if case == "huge" else "100000"},
+    )
     assert_one_error_line(done, 2, words)
     assert not (tmp_path / "out.png").exists() and leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("args, words", [
-    (["process", "in.png"], "the following arguments are required: -o"),
-    (["process", "in.png", "-o", "out.gif"], "cannot write .gif"),
-    (["process", "in.png", "-o", "out.png", "--plan", "sepia,invert", "--strips", "3"],
-     "plan lists 2 ops but there are 3 strips"),
-    (["process", "in.png", "-o", "out.png", "--strips", "0"], "--strips must be >= 1"),
-    (["process", "in.png", "-o", "out.png", "--plan", "blur", "--radius", "80"], "radius 80 is out of range"),
-    (["process", "in.png", "-o", "out.png", "--workers", "ftp://localhost:5001"], "--workers: 'ftp://localhost:5001'"),
-    (["frobnicate"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["process", "in.png"], "the following arguments are required: -o"),
+        (["process", "in.png", "-o", "out.gif"], "cannot write .gif"),
+        (
+            ["process", "in.png", "-o", "out.png", "--plan", "sepia,invert", "--strips", "3"],
+            "plan lists 2 ops but there are 3 strips",
+        ),
+        (["process", "in.png", "-o", "out.png", "--strips", "0"], "--strips must be >= 1"),
+        (["process", "in.png", "-o", "out.png", "--plan", "blur", "--radius", "80"], "radius 80 is out of range"),
+        (
+            ["process", "in.png", "-o", "out.png", "--workers", "ftp://localhost:5001"],
+            "--workers: 'ftp://localhost:5001'",
+        ),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
 def test_usage_errors_exit_2(local_fleet, tmp_path, args, words):
     picture(tmp_path / "in.png")
     args = [str(tmp_path / a) if a.startswith(("in.", "out.")) else a for a in args]
@@ -104,22 +149,34 @@ def test_usage_errors_exit_2(local_fleet, tmp_path, args, words):
 
 
 def test_bad_setting_exits_2_naming_it():
-    assert_one_error_line(run_cli("workers", env={"COORDINATOR_CONNECT_TIMEOUT": "-1"}), 2,
-                          "COORDINATOR_CONNECT_TIMEOUT=-1 is out of range")
+    assert_one_error_line(
+        run_cli("workers", env={"COORDINATOR_CONNECT_TIMEOUT": "-1"}),
+        2,
+        "COORDINATOR_CONNECT_TIMEOUT=-1 is out of range",
+    )
 
 
 def test_no_worker_exits_3(tmp_path):
     picture(tmp_path / "in.png")
-    done = run_cli("process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"),
-                   "--workers", "http://127.0.0.1:9")
+    done = run_cli(
+        "process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--workers", "http://127.0.0.1:9"
+    )
     assert_one_error_line(done, 3, "no healthy worker offers grayscale (strip 1): http://127.0.0.1:9: unreachable")
     assert not (tmp_path / "out.png").exists()
 
 
 def test_an_unreachable_worker_is_reported_not_fatal(python_worker, tmp_path):
     pixels = picture(tmp_path / "in.png")
-    done = run_cli("process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--plan", "invert",
-                   "--workers", f"http://127.0.0.1:9,{python_worker.url}")
+    done = run_cli(
+        "process",
+        str(tmp_path / "in.png"),
+        "-o",
+        str(tmp_path / "out.png"),
+        "--plan",
+        "invert",
+        "--workers",
+        f"http://127.0.0.1:9,{python_worker.url}",
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stderr.strip().splitlines()
     assert lines[0] == "warning: worker http://127.0.0.1:9 skipped: unreachable: connection refused"
@@ -131,12 +188,24 @@ def test_batch_goes_on_past_a_bad_input(local_fleet, tmp_path):
     good = [picture(tmp_path / "a.png", 20), picture(tmp_path / "c.bmp", 33, fmt="BMP")]
     (tmp_path / "b.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "out"
-    done = run_cli("process", *(str(tmp_path / n) for n in ("a.png", "b.jpg", "c.bmp")), "-o", f"{out}/",
-                   "--plan", "invert", "--jobs", "2", "--quiet", "--workers", ",".join(local_fleet))
+    done = run_cli(
+        "process",
+        *(str(tmp_path / n) for n in ("a.png", "b.jpg", "c.bmp")),
+        "-o",
+        f"{out}/",
+        "--plan",
+        "invert",
+        "--jobs",
+        "2",
+        "--quiet",
+        "--workers",
+        ",".join(local_fleet),
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'b.jpg'}: input is not an image (10 bytes of an unknown format)",
-        "error: 3 inputs: 2 written, 1 failed (exit 2)"]
+        "error: 3 inputs: 2 written, 1 failed (exit 2)",
+    ]
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png"]
     for name, pixels in zip(("a", "c"), good):
         assert np.array_equal(np.asarray(Image.open(out / f"{name}.png")), 255 - pixels)
@@ -145,8 +214,15 @@ def test_batch_goes_on_past_a_bad_input(local_fleet, tmp_path):
 def test_batch_names_that_collide_are_refused(local_fleet, tmp_path):
     picture(tmp_path / "a.png")
     picture(tmp_path / "a.bmp", fmt="BMP")
-    done = run_cli("process", str(tmp_path / "a.png"), str(tmp_path / "a.bmp"), "-o", f"{tmp_path / 'out'}/",
-                   "--workers", ",".join(local_fleet))
+    done = run_cli(
+        "process",
+        str(tmp_path / "a.png"),
+        str(tmp_path / "a.bmp"),
+        "-o",
+        f"{tmp_path / 'out'}/",
+        "--workers",
+        ",".join(local_fleet),
+    )
     assert_one_error_line(done, 2, "would both be written to")
 
 
@@ -168,8 +244,9 @@ def test_unexpected_failure_is_one_line_exit_1(local_fleet, tmp_path, monkeypatc
 
     monkeypatch.setattr(cli.imaging, "encode_output", broken)
     monkeypatch.delenv("COORDINATOR_WORKERS", raising=False)
-    code = cli.main(["process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"),
-                     "--workers", ",".join(local_fleet)])
+    code = cli.main(
+        ["process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--workers", ",".join(local_fleet)]
+    )
     err = capsys.readouterr().err
     assert code == 1 and err == "error: unexpected RuntimeError: encoder exploded with a second line\n"
     assert not (tmp_path / "out.png").exists() and leftovers(tmp_path) == []
@@ -197,8 +274,16 @@ def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
 
 def test_png_output_decodes_like_pillow(local_fleet, tmp_path):
     pixels = picture(tmp_path / "in.png", 300, 200)
-    done = run_cli("process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--plan", "grayscale",
-                   "--workers", ",".join(local_fleet))
+    done = run_cli(
+        "process",
+        str(tmp_path / "in.png"),
+        "-o",
+        str(tmp_path / "out.png"),
+        "--plan",
+        "grayscale",
+        "--workers",
+        ",".join(local_fleet),
+    )
     assert done.returncode == 0, done.stderr
     out = np.asarray(Image.open(io.BytesIO((tmp_path / "out.png").read_bytes())))
     red, green, blue = (pixels[..., channel].astype(np.uint32) for channel in range(3))
@@ -211,10 +296,26 @@ def test_progress_bar_only_on_a_terminal(local_fleet, tmp_path):
     controller, terminal = pty.openpty()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("COORDINATOR_")}
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "coordinator", "process", str(tmp_path / "in.png"), "-o",
-                                 str(tmp_path / "out.png"), "--strips", "4", "--workers", ",".join(local_fleet)],
-                                cwd=ROOT, env={**clean, "COLUMNS": "100"}, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=terminal)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "coordinator",
+                "process",
+                str(tmp_path / "in.png"),
+                "-o",
+                str(tmp_path / "out.png"),
+                "--strips",
+                "4",
+                "--workers",
+                ",".join(local_fleet),
+            ],
+            cwd=ROOT,
+            env={**clean, "COLUMNS": "100"},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=terminal,
+        )
         os.close(terminal)
         shown = b""
         while True:
@@ -235,6 +336,7 @@ def test_progress_bar_only_on_a_terminal(local_fleet, tmp_path):
 
 # -- what a new user meets (issue 12, issue 11 items 14 and 16) ---------------------------------
 
+
 def fleet_args(fleet) -> list[str]:
     return ["--workers", ",".join(fleet)]
 
@@ -242,12 +344,19 @@ def fleet_args(fleet) -> list[str]:
 def test_never_writes_over_an_input(local_fleet, tmp_path):
     picture(tmp_path / "same.png")
     before = (tmp_path / "same.png").read_bytes()
-    done = run_cli("process", str(tmp_path / "same.png"), "-o", str(tmp_path / "same.png"), "--overwrite",
-                   *fleet_args(local_fleet))
+    done = run_cli(
+        "process", str(tmp_path / "same.png"), "-o", str(tmp_path / "same.png"), "--overwrite", *fleet_args(local_fleet)
+    )
     assert_one_error_line(done, 2, "over its input")
     picture(tmp_path / "chelsea.jpg", fmt="JPEG")
-    done = run_cli("process", str(tmp_path / "same.png"), str(tmp_path / "chelsea.jpg"), "-o", f"{tmp_path}/",
-                   *fleet_args(local_fleet))
+    done = run_cli(
+        "process",
+        str(tmp_path / "same.png"),
+        str(tmp_path / "chelsea.jpg"),
+        "-o",
+        f"{tmp_path}/",
+        *fleet_args(local_fleet),
+    )
     assert_one_error_line(done, 2, "over its input")
     assert (tmp_path / "same.png").read_bytes() == before and not (tmp_path / "chelsea.png").exists()
 
@@ -259,8 +368,17 @@ def test_an_existing_output_needs_overwrite(local_fleet, tmp_path):
     assert_one_error_line(done, 2, "exists; pass --overwrite")
     assert (tmp_path / "out.png").read_bytes() == b"precious"
     (tmp_path / "out.png").chmod(0o640)
-    done = run_cli("process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--overwrite",
-                   "--plan", "invert", *fleet_args(local_fleet), preexec_fn=lambda: os.umask(0o022))
+    done = run_cli(
+        "process",
+        str(tmp_path / "in.png"),
+        "-o",
+        str(tmp_path / "out.png"),
+        "--overwrite",
+        "--plan",
+        "invert",
+        *fleet_args(local_fleet),
+        preexec_fn=lambda: os.umask(0o022),
+    )
     assert done.returncode == 0, done.stderr
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), 255 - pixels)
     assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == 0o640  # a replaced file keeps its mode
@@ -269,8 +387,14 @@ def test_an_existing_output_needs_overwrite(local_fleet, tmp_path):
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
 def test_outputs_are_created_by_the_umask(local_fleet, tmp_path, umask, mode):
     picture(tmp_path / "in.png")
-    done = run_cli("process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), *fleet_args(local_fleet),
-                   preexec_fn=lambda: os.umask(umask))
+    done = run_cli(
+        "process",
+        str(tmp_path / "in.png"),
+        "-o",
+        str(tmp_path / "out.png"),
+        *fleet_args(local_fleet),
+        preexec_fn=lambda: os.umask(umask),
+    )
     assert done.returncode == 0, done.stderr
     assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == mode
 
@@ -279,13 +403,19 @@ def test_the_stripes_command_runs_from_any_directory(local_fleet, tmp_path):
     command = Path(sys.executable).parent / "stripes"
     assert command.exists(), "make setup installs the coordinator package (pip install -e .)"
     pixels = picture(tmp_path / "photo.png")
-    done = subprocess.run([str(command), "process", "photo.png", "-o", "out.png", "--plan", "invert",
-                           *fleet_args(local_fleet)], cwd=tmp_path, env=clean_env(), capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [str(command), "process", "photo.png", "-o", "out.png", "--plan", "invert", *fleet_args(local_fleet)],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), 255 - pixels)
-    assert "usage: stripes" in subprocess.run([str(command), "--help"], capture_output=True, text=True,
-                                              timeout=30).stdout
+    assert (
+        "usage: stripes" in subprocess.run([str(command), "--help"], capture_output=True, text=True, timeout=30).stdout
+    )
     elsewhere = run_cli("--version", cwd=tmp_path)  # python -m coordinator too, from outside the checkout
     assert elsewhere.returncode == 0 and elsewhere.stdout.startswith("stripes "), elsewhere.stderr
 
@@ -301,21 +431,51 @@ def rgba_picture(path, height=48, width=32) -> np.ndarray:
 def test_transparency_passes_through(local_fleet, tmp_path):
     rgba = rgba_picture(tmp_path / "logo.png")
     for out in ("out.png", "out.tif"):
-        done = run_cli("process", str(tmp_path / "logo.png"), "-o", str(tmp_path / out), "--plan", "invert",
-                       "--strips", "3", "--quiet", *fleet_args(local_fleet))
+        done = run_cli(
+            "process",
+            str(tmp_path / "logo.png"),
+            "-o",
+            str(tmp_path / out),
+            "--plan",
+            "invert",
+            "--strips",
+            "3",
+            "--quiet",
+            *fleet_args(local_fleet),
+        )
         assert done.returncode == 0, done.stderr
         got = np.asarray(Image.open(tmp_path / out))
         assert got.shape == rgba.shape and np.array_equal(got[..., 3], rgba[..., 3])
         assert np.array_equal(got[..., :3], 255 - rgba[..., :3])
-    done = run_cli("process", str(tmp_path / "logo.png"), "-o", str(tmp_path / "out.webp"), "--plan", "invert",
-                   "--quiet", *fleet_args(local_fleet))
+    done = run_cli(
+        "process",
+        str(tmp_path / "logo.png"),
+        "-o",
+        str(tmp_path / "out.webp"),
+        "--plan",
+        "invert",
+        "--quiet",
+        *fleet_args(local_fleet),
+    )
     assert done.returncode == 0 and np.array_equal(np.asarray(Image.open(tmp_path / "out.webp"))[..., 3], rgba[..., 3])
 
 
 def test_blur_blurs_alpha_like_pillow(local_fleet, tmp_path):
     rgba = rgba_picture(tmp_path / "logo.png", 60, 40)
-    done = run_cli("process", str(tmp_path / "logo.png"), "-o", str(tmp_path / "out.png"), "--plan", "blur",
-                   "--radius", "3", "--strips", "3", "--quiet", *fleet_args(local_fleet))
+    done = run_cli(
+        "process",
+        str(tmp_path / "logo.png"),
+        "-o",
+        str(tmp_path / "out.png"),
+        "--plan",
+        "blur",
+        "--radius",
+        "3",
+        "--strips",
+        "3",
+        "--quiet",
+        *fleet_args(local_fleet),
+    )
     assert done.returncode == 0, done.stderr
     want = np.asarray(Image.fromarray(rgba).filter(ImageFilter.GaussianBlur(3)))
     got = np.asarray(Image.open(tmp_path / "out.png"))
@@ -325,8 +485,15 @@ def test_blur_blurs_alpha_like_pillow(local_fleet, tmp_path):
 
 def test_jpeg_output_is_flattened_onto_white_and_says_so(local_fleet, tmp_path):
     rgba = rgba_picture(tmp_path / "logo.png")
-    done = run_cli("process", str(tmp_path / "logo.png"), "-o", str(tmp_path / "out.ppm"), "--plan", "invert",
-                   *fleet_args(local_fleet))
+    done = run_cli(
+        "process",
+        str(tmp_path / "logo.png"),
+        "-o",
+        str(tmp_path / "out.ppm"),
+        "--plan",
+        "invert",
+        *fleet_args(local_fleet),
+    )
     assert done.returncode == 0, done.stderr
     notes = [line for line in done.stderr.splitlines() if "transparen" in line]
     assert len(notes) == 1 and notes[0].startswith("warning: ") and "white" in notes[0]
@@ -338,39 +505,66 @@ def test_jpeg_output_is_flattened_onto_white_and_says_so(local_fleet, tmp_path):
 def test_output_directory_rules(local_fleet, tmp_path):
     picture(tmp_path / "a.png")
     picture(tmp_path / "b.png", 20)
-    done = run_cli("process", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "single.png"),
-                   *fleet_args(local_fleet))
+    done = run_cli(
+        "process",
+        str(tmp_path / "a.png"),
+        str(tmp_path / "b.png"),
+        "-o",
+        str(tmp_path / "single.png"),
+        *fleet_args(local_fleet),
+    )
     assert_one_error_line(done, 2, "2 inputs need -o to be a directory")
     assert not (tmp_path / "single.png").exists()
-    done = run_cli("process", str(tmp_path / "a.png"), "-o", f"{tmp_path / 'new' / 'dir'}/", "--quiet",
-                   *fleet_args(local_fleet))
+    done = run_cli(
+        "process", str(tmp_path / "a.png"), "-o", f"{tmp_path / 'new' / 'dir'}/", "--quiet", *fleet_args(local_fleet)
+    )
     assert done.returncode == 0, done.stderr
     assert Image.open(tmp_path / "new" / "dir" / "a.png").size == (30, 41)
-    done = run_cli("process", str(tmp_path / "b.png"), "-o", str(tmp_path / "new"), "--format", "jpeg", "--quiet",
-                   *fleet_args(local_fleet))
+    done = run_cli(
+        "process",
+        str(tmp_path / "b.png"),
+        "-o",
+        str(tmp_path / "new"),
+        "--format",
+        "jpeg",
+        "--quiet",
+        *fleet_args(local_fleet),
+    )
     assert done.returncode == 0, done.stderr
     assert Image.open(tmp_path / "new" / "b.jpg").format == "JPEG"
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--plan", "sepia", "--radius", "4"], "--radius applies to blur"),
-    (["--quality", "80"], "--quality applies to JPEG and WebP"),
-    (["--format", "webp"], "--format webp contradicts"),
-    (["--strips", "100000"], "--strips 100000 is more than the 41 rows"),
-    (["--plan", "frobnicate"], "unknown op 'frobnicate'"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--plan", "sepia", "--radius", "4"], "--radius applies to blur"),
+        (["--quality", "80"], "--quality applies to JPEG and WebP"),
+        (["--format", "webp"], "--format webp contradicts"),
+        (["--strips", "100000"], "--strips 100000 is more than the 41 rows"),
+        (["--plan", "frobnicate"], "unknown op 'frobnicate'"),
+    ],
+)
 def test_flags_that_would_be_ignored_are_refused(local_fleet, tmp_path, args, words):
     picture(tmp_path / "in.png")
-    done = run_cli("process", str(tmp_path / "in.png"), "-o", str(tmp_path / "x.png"), *args,
-                   *fleet_args(local_fleet))
+    done = run_cli("process", str(tmp_path / "in.png"), "-o", str(tmp_path / "x.png"), *args, *fleet_args(local_fleet))
     assert_one_error_line(done, 2, words)
     assert not (tmp_path / "x.png").exists()
 
 
 def test_help_lists_ops_defaults_examples_exit_codes():
     text = run_cli("process", "--help", env={"COLUMNS": "200"}).stdout
-    for words in ("grayscale", "sepia", "invert", "blur", "default: seed", "default: 2.0", "examples:",
-                  "exit codes:", "--overwrite", "stdin"):
+    for words in (
+        "grayscale",
+        "sepia",
+        "invert",
+        "blur",
+        "default: seed",
+        "default: 2.0",
+        "examples:",
+        "exit codes:",
+        "--overwrite",
+        "stdin",
+    ):
         assert words in text, words
     version = run_cli("--version")
     assert version.returncode == 0 and version.stdout.startswith("stripes ")
@@ -379,17 +573,25 @@ def test_help_lists_ops_defaults_examples_exit_codes():
 def test_stdin_to_stdout_and_a_worker_without_scheme(local_fleet, tmp_path):
     pixels = picture(tmp_path / "in.png")
     bare = ",".join(url.removeprefix("http://") for url in local_fleet)
-    done = subprocess.run([sys.executable, "-m", "coordinator", "process", "-", "-o", "-", "--plan", "invert",
-                           "--workers", bare], cwd=ROOT, env=clean_env(), input=(tmp_path / "in.png").read_bytes(),
-                          capture_output=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "coordinator", "process", "-", "-o", "-", "--plan", "invert", "--workers", bare],
+        cwd=ROOT,
+        env=clean_env(),
+        input=(tmp_path / "in.png").read_bytes(),
+        capture_output=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(done.stdout))), 255 - pixels)
 
 
-@pytest.mark.parametrize("size, out, words", [
-    ((17000, 2), "wide.webp", "WEBP stores at most 16,383 pixels a side"),
-    ((70000, 1), "wide.jpg", "JPEG stores at most 65,535 pixels a side"),
-])
+@pytest.mark.parametrize(
+    "size, out, words",
+    [
+        ((17000, 2), "wide.webp", "WEBP stores at most 16,383 pixels a side"),
+        ((70000, 1), "wide.jpg", "JPEG stores at most 65,535 pixels a side"),
+    ],
+)
 def test_output_format_limits_refused_before_any_work(tmp_path, size, out, words):
     Image.new("RGB", size, (10, 20, 30)).save(tmp_path / "in.png")
     # The only worker is unreachable: any work would end in exit 3, the early check in exit 2.
@@ -404,11 +606,30 @@ def test_concurrent_jobs_are_bounded_by_pixels(python_worker, tmp_path):
     for name in names:
         picture(name, 50, 80)
     with FaultProxy(python_worker.url, mode="blackhole") as proxy:
-        proc = subprocess.Popen([sys.executable, "-m", "coordinator", "process", *names, "-o", f"{tmp_path}/out/",
-                                 "--plan", "invert", "--strips", "1", "--jobs", "4", "--quiet", "--workers", proxy.url],
-                                cwd=ROOT, env=clean_env({"COORDINATOR_MAX_PIXELS": "10000",
-                                                         "COORDINATOR_READ_TIMEOUT": "60"}),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "coordinator",
+                "process",
+                *names,
+                "-o",
+                f"{tmp_path}/out/",
+                "--plan",
+                "invert",
+                "--strips",
+                "1",
+                "--jobs",
+                "4",
+                "--quiet",
+                "--workers",
+                proxy.url,
+            ],
+            cwd=ROOT,
+            env=clean_env({"COORDINATOR_MAX_PIXELS": "10000", "COORDINATOR_READ_TIMEOUT": "60"}),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 30
             while proxy.faulted < 2 and time.monotonic() < deadline:
@@ -429,8 +650,9 @@ def test_wrote_line_and_batch_summary(local_fleet, tmp_path):
     assert last.startswith(f"wrote {tmp_path / 'a-out.png'} ({size}, ") and last.endswith(" ms)"), last
     assert cli.human_size(999) == "999 bytes" and cli.human_size(3712) == "3.7 kB"
     picture(tmp_path / "b.png", 30)
-    done = run_cli("process", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", f"{tmp_path}/out/",
-                   *fleet_args(local_fleet))
+    done = run_cli(
+        "process", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", f"{tmp_path}/out/", *fleet_args(local_fleet)
+    )
     assert done.returncode == 0 and done.stderr.strip().splitlines()[-1] == "2 inputs: 2 written, 0 failed (exit 0)"
 
 
@@ -439,10 +661,28 @@ def test_progress_bar_reaches_the_total_when_an_input_fails(local_fleet, tmp_pat
     (tmp_path / "b.png").write_bytes(b"not a png")
     controller, terminal = pty.openpty()
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "coordinator", "process", str(tmp_path / "a.png"),
-                                 str(tmp_path / "b.png"), "-o", f"{tmp_path}/out/", "--strips", "4", "--jobs", "1",
-                                 *fleet_args(local_fleet)], cwd=ROOT, env=clean_env({"COLUMNS": "100"}),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=terminal)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "coordinator",
+                "process",
+                str(tmp_path / "a.png"),
+                str(tmp_path / "b.png"),
+                "-o",
+                f"{tmp_path}/out/",
+                "--strips",
+                "4",
+                "--jobs",
+                "1",
+                *fleet_args(local_fleet),
+            ],
+            cwd=ROOT,
+            env=clean_env({"COLUMNS": "100"}),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=terminal,
+        )
         os.close(terminal)
         shown = b""
         while True:

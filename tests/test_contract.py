@@ -3,6 +3,7 @@
 Run one runtime with `-k python` or `-k nodejs`. Test ids carry the runtime name; the
 cross-runtime tests are named `python-vs-nodejs`.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -37,12 +38,18 @@ MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "raw": "
 TOKEN = "contract-s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # The strict worker: token, one slot, small limits, so every error status is reachable.
-STRICT_ENV = {"WORKER_TOKEN": TOKEN, "WORKER_MAX_INFLIGHT": "1", "WORKER_MAX_BYTES": "20000",
-              "WORKER_MAX_PIXELS": "10000", "WORKER_GRACE_SECONDS": "10"}
+STRICT_ENV = {
+    "WORKER_TOKEN": TOKEN,
+    "WORKER_MAX_INFLIGHT": "1",
+    "WORKER_MAX_BYTES": "20000",
+    "WORKER_MAX_PIXELS": "10000",
+    "WORKER_GRACE_SECONDS": "10",
+}
 TIMEOUT = 30
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def vector_input(name: str) -> bytes:
     return (VECTORS / "inputs" / name).read_bytes()
@@ -62,7 +69,7 @@ def ppm_pixels(data: bytes) -> np.ndarray:
     match = re.match(rb"P6\n(\d+) (\d+)\n255\n", data)
     assert match, f"raw output must start with 'P6\\n<w> <h>\\n255\\n', got {data[:20]!r}"
     width, height = int(match[1]), int(match[2])
-    pixels = data[match.end():]
+    pixels = data[match.end() :]
     assert len(pixels) == width * height * 3, "raw output has the wrong number of pixel bytes"
     return np.frombuffer(pixels, np.uint8).reshape(height, width, 3)
 
@@ -70,7 +77,9 @@ def ppm_pixels(data: bytes) -> np.ndarray:
 def assert_close(got: np.ndarray, expected: np.ndarray, tolerance: float, mean_tolerance=None, what=""):
     assert got.shape == expected.shape, f"{what}: shape {got.shape} != expected {expected.shape}"
     diff = np.abs(got.astype(np.int16) - expected.astype(np.int16))
-    assert diff.max() <= tolerance, f"{what}: max |diff| {diff.max()} > {tolerance} at {np.argwhere(diff == diff.max())[0]}"
+    assert diff.max() <= tolerance, (
+        f"{what}: max |diff| {diff.max()} > {tolerance} at {np.argwhere(diff == diff.max())[0]}"
+    )
     if mean_tolerance is not None:
         assert diff.mean() <= mean_tolerance, f"{what}: mean |diff| {diff.mean():.2f} > {mean_tolerance}"
 
@@ -80,8 +89,7 @@ def validate(instance, schema_name: str) -> None:
 
 
 def assert_error(response: requests.Response, status: int, code: str) -> dict:
-    assert response.status_code == status, (
-        f"want {status} {code}, got {response.status_code}: {response.text[:300]}")
+    assert response.status_code == status, f"want {status} {code}, got {response.status_code}: {response.text[:300]}"
     assert response.headers.get("Content-Type", "").startswith("application/json")
     body = response.json()
     validate(body, "Error")
@@ -93,13 +101,15 @@ def assert_error(response: requests.Response, status: int, code: str) -> dict:
     return body
 
 
-def post(worker, data: bytes = b"", content_type: str | None = "image/png", params=None, headers=None,
-         **kwargs) -> requests.Response:
+def post(
+    worker, data: bytes = b"", content_type: str | None = "image/png", params=None, headers=None, **kwargs
+) -> requests.Response:
     all_headers = dict(headers or {})
     if content_type is not None:
         all_headers["Content-Type"] = content_type
-    return requests.post(worker.url + "/process", params=params, data=data, headers=all_headers,
-                         timeout=TIMEOUT, **kwargs)
+    return requests.post(
+        worker.url + "/process", params=params, data=data, headers=all_headers, timeout=TIMEOUT, **kwargs
+    )
 
 
 def health(worker) -> dict:
@@ -128,13 +138,18 @@ class SlowUpload:
         host, port = worker.url.removeprefix("http://").split(":")
         self.body, self.sent = body, sent
         self.sock = socket.create_connection((host, int(port)), timeout=TIMEOUT)
-        head = [f"POST /process?op=invert HTTP/1.1", f"Host: {host}:{port}", "Content-Type: image/png",
-                f"Content-Length: {len(body)}", "Connection: close"]
+        head = [
+            f"POST /process?op=invert HTTP/1.1",
+            f"Host: {host}:{port}",
+            "Content-Type: image/png",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+        ]
         head += [f"{key}: {value}" for key, value in (headers or {}).items()]
         self.sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body[:sent])
 
     def finish(self) -> tuple[int, dict, bytes]:
-        self.sock.sendall(self.body[self.sent:])
+        self.sock.sendall(self.body[self.sent :])
         response = http.client.HTTPResponse(self.sock)
         response.begin()
         data = response.read()
@@ -158,8 +173,9 @@ def hold_slot(worker, headers=None, limit: float = 10) -> tuple[SlowUpload, requ
             return held, probe
         if time.monotonic() > deadline:
             held.close()
-            raise AssertionError(f"no request held the slot within {limit}s; last probe: "
-                                 f"{probe.status_code} {probe.text[:200]}")
+            raise AssertionError(
+                f"no request held the slot within {limit}s; last probe: {probe.status_code} {probe.text[:200]}"
+            )
         if refused:
             held.close()
             held = SlowUpload(worker, vector_input("photo.png"), headers)
@@ -174,6 +190,7 @@ def read_raw_response(sock: socket.socket) -> tuple[int, dict, bytes]:
 
 # ---------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="module", params=RUNTIMES)
 def strict_worker(request, worker_factory):
     return worker_factory(request.param, STRICT_ENV)
@@ -185,6 +202,7 @@ def worker_health(any_worker):
 
 
 # ---------------------------------------------------------------- /healthz
+
 
 def test_healthz_reports_capabilities(any_worker):
     response = requests.get(any_worker.url + "/healthz", timeout=TIMEOUT)
@@ -208,14 +226,24 @@ def test_healthz_shows_configured_limits_and_needs_no_token(strict_worker):
     assert response.status_code == 200
     body = response.json()
     validate(body, "Health")
-    for key, env in (("max_inflight", "WORKER_MAX_INFLIGHT"), ("max_bytes", "WORKER_MAX_BYTES"),
-                     ("max_pixels", "WORKER_MAX_PIXELS")):
+    for key, env in (
+        ("max_inflight", "WORKER_MAX_INFLIGHT"),
+        ("max_bytes", "WORKER_MAX_BYTES"),
+        ("max_pixels", "WORKER_MAX_PIXELS"),
+    ):
         if key in body:
             assert body[key] == int(STRICT_ENV[env])
 
 
-@pytest.mark.parametrize("name, value", [("WORKER_PORT", "abc"), ("WORKER_MAX_INFLIGHT", "0"),
-                                         ("WORKER_GRACE_SECONDS", "-1"), ("WORKER_MAX_BYTES", "lots")])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("WORKER_PORT", "abc"),
+        ("WORKER_MAX_INFLIGHT", "0"),
+        ("WORKER_GRACE_SECONDS", "-1"),
+        ("WORKER_MAX_BYTES", "lots"),
+    ],
+)
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_bad_config_stops_start_up_with_one_line_and_exit_2(tmp_path, runtime, name, value):
     worker = start_worker(runtime, tmp_path, {name: value}, wait=False)
@@ -236,19 +264,23 @@ def test_build_id_from_environment(worker_factory, runtime):
 
 # ---------------------------------------------------------------- vectors
 
-@pytest.mark.parametrize("case", MANIFEST["cases"],
-                         ids=[f"{c['input']}-{c['op']}-{json.dumps(c['params'], sort_keys=True)}" for c in MANIFEST["cases"]])
+
+@pytest.mark.parametrize(
+    "case",
+    MANIFEST["cases"],
+    ids=[f"{c['input']}-{c['op']}-{json.dumps(c['params'], sort_keys=True)}" for c in MANIFEST["cases"]],
+)
 def test_vector(any_worker, worker_health, case):
     if case["op"] not in worker_health["operations"]:
         pytest.skip(f"{worker_health['service']} does not offer {case['op']}")
     name = case["input"]
-    response = post(any_worker, vector_input(name), content_type_of(name),
-                    params={"op": case["op"], **case["params"]})
+    response = post(any_worker, vector_input(name), content_type_of(name), params={"op": case["op"], **case["params"]})
     assert response.status_code == 200, response.text[:300]
     assert response.headers["Content-Type"].startswith("image/png")
     expected = np.asarray(Image.open(VECTORS / case["expected"]).convert("RGB"))
-    assert_close(rgb_pixels(response.content), expected, case["tolerance"], case.get("mean_tolerance"),
-                 f"{name} {case['op']}")
+    assert_close(
+        rgb_pixels(response.content), expected, case["tolerance"], case.get("mean_tolerance"), f"{name} {case['op']}"
+    )
 
 
 @pytest.mark.parametrize("error", MANIFEST["errors"], ids=[e["input"] for e in MANIFEST["errors"]])
@@ -272,24 +304,34 @@ def test_no_op_applies_primary_and_returns_png(any_worker, worker_health):
 
 def test_original_multipart_request(any_worker, worker_health):
     """The original coordinator's request: multipart field `image`, no op, no format."""
-    response = requests.post(any_worker.url + "/process", timeout=TIMEOUT,
-                             files={"image": ("strip.png", vector_input("photo.png"), "image/png")})
+    response = requests.post(
+        any_worker.url + "/process",
+        timeout=TIMEOUT,
+        files={"image": ("strip.png", vector_input("photo.png"), "image/png")},
+    )
     assert response.status_code == 200, response.text[:300]
     assert response.headers["Content-Type"].startswith("image/png")
     assert_close(rgb_pixels(response.content), expected_for(worker_health["primary"]), 1)
 
 
 def test_multipart_with_op_and_other_fields(any_worker):
-    response = requests.post(any_worker.url + "/process", params={"op": "invert"}, timeout=TIMEOUT,
-                             data={"note": "ignored"},
-                             files={"image": ("strip.ppm", vector_input("photo.ppm"), "application/octet-stream")})
+    response = requests.post(
+        any_worker.url + "/process",
+        params={"op": "invert"},
+        timeout=TIMEOUT,
+        data={"note": "ignored"},
+        files={"image": ("strip.ppm", vector_input("photo.ppm"), "application/octet-stream")},
+    )
     assert response.status_code == 200, response.text[:300]
     assert_close(rgb_pixels(response.content), expected_for("invert", "photo.ppm"), 1)
 
 
 def test_multipart_without_image_field(any_worker):
-    response = requests.post(any_worker.url + "/process", timeout=TIMEOUT,
-                             files={"picture": ("strip.png", vector_input("photo.png"), "image/png")})
+    response = requests.post(
+        any_worker.url + "/process",
+        timeout=TIMEOUT,
+        files={"picture": ("strip.png", vector_input("photo.png"), "image/png")},
+    )
     assert_error(response, 400, "missing_image")
 
 
@@ -299,8 +341,9 @@ def test_empty_body_is_missing_image(any_worker):
 
 def test_multipart_body_without_its_boundary_is_bad_image(any_worker):
     """Round-2 rule 6: a multipart body with no closing boundary (here none at all) is bad_image."""
-    response = post(any_worker, b"this body has no parts at all", "multipart/form-data; boundary=xyz123",
-                    params={"op": "invert"})
+    response = post(
+        any_worker, b"this body has no parts at all", "multipart/form-data; boundary=xyz123", params={"op": "invert"}
+    )
     assert_error(response, 400, "bad_image")
 
 
@@ -311,6 +354,7 @@ def test_bytes_decide_the_input_format_not_the_content_type(any_worker):
 
 
 # ---------------------------------------------------------------- formats and negotiation
+
 
 @pytest.mark.parametrize("fmt", ["png", "raw", "jpeg", "webp", "webp-lossless"])
 def test_output_format(any_worker, fmt):
@@ -333,27 +377,31 @@ def test_output_format(any_worker, fmt):
 
 
 def test_raw_ppm_in_and_out(any_worker):
-    response = post(any_worker, vector_input("photo.ppm"), "image/x-portable-pixmap",
-                    params={"op": "invert", "format": "raw"})
+    response = post(
+        any_worker, vector_input("photo.ppm"), "image/x-portable-pixmap", params={"op": "invert", "format": "raw"}
+    )
     assert response.status_code == 200, response.text[:300]
     assert response.headers["Content-Type"].startswith("image/x-portable-pixmap")
     assert response.content.startswith(b"P6\n17 11\n255\n")
     assert_close(ppm_pixels(response.content), expected_for("invert", "photo.ppm"), 1)
 
 
-@pytest.mark.parametrize("accept, fmt", [
-    ("image/webp", "webp"),
-    ("image/jpeg", "jpeg"),
-    ("image/x-portable-pixmap", "raw"),
-    ("image/png", "png"),
-    ("text/html, image/webp, image/png", "webp"),
-    ("image/png, image/jpeg", "png"),
-    ("application/json", "png"),
-    ("*/*", "png"),
-    ("", "png"),
-    ("image/webp;q=0.9", "webp"),
-    ("image/jpeg;q=0, image/png", "png"),
-])
+@pytest.mark.parametrize(
+    "accept, fmt",
+    [
+        ("image/webp", "webp"),
+        ("image/jpeg", "jpeg"),
+        ("image/x-portable-pixmap", "raw"),
+        ("image/png", "png"),
+        ("text/html, image/webp, image/png", "webp"),
+        ("image/png, image/jpeg", "png"),
+        ("application/json", "png"),
+        ("*/*", "png"),
+        ("", "png"),
+        ("image/webp;q=0.9", "webp"),
+        ("image/jpeg;q=0, image/png", "png"),
+    ],
+)
 def test_accept_negotiation(any_worker, accept, fmt):
     response = post(any_worker, vector_input("photo.png"), params={"op": "invert"}, headers={"Accept": accept})
     assert response.status_code == 200, response.text[:300]
@@ -361,44 +409,71 @@ def test_accept_negotiation(any_worker, accept, fmt):
 
 
 def test_format_parameter_wins_over_accept(any_worker):
-    response = post(any_worker, vector_input("photo.png"), params={"op": "invert", "format": "jpeg"},
-                    headers={"Accept": "image/webp"})
+    response = post(
+        any_worker,
+        vector_input("photo.png"),
+        params={"op": "invert", "format": "jpeg"},
+        headers={"Accept": "image/webp"},
+    )
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("image/jpeg")
 
 
-@pytest.mark.parametrize("params", [
-    {"format": "png", "compression": "0"}, {"format": "png", "compression": "9"},
-    {"format": "jpeg", "quality": "1"}, {"format": "jpeg", "quality": "100"},
-    {"format": "webp", "quality": "50"}, {"format": "webp", "lossless": "false"},
-    {"unknown_key": "is ignored"},
-], ids=lambda p: "&".join(f"{k}={v}" for k, v in p.items()))
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"format": "png", "compression": "0"},
+        {"format": "png", "compression": "9"},
+        {"format": "jpeg", "quality": "1"},
+        {"format": "jpeg", "quality": "100"},
+        {"format": "webp", "quality": "50"},
+        {"format": "webp", "lossless": "false"},
+        {"unknown_key": "is ignored"},
+    ],
+    ids=lambda p: "&".join(f"{k}={v}" for k, v in p.items()),
+)
 def test_good_parameters(any_worker, params):
     response = post(any_worker, vector_input("photo.png"), params={"op": "invert", **params})
     assert response.status_code == 200, response.text[:300]
     assert Image.open(io.BytesIO(response.content)).size == (17, 11)
 
 
-@pytest.mark.parametrize("default, explicit", [
-    ({"format": "png"}, {"format": "png", "compression": "6"}),
-    ({"format": "jpeg"}, {"format": "jpeg", "quality": "90"}),
-    ({"format": "webp"}, {"format": "webp", "quality": "90", "lossless": "false"}),
-], ids=["compression-6", "jpeg-quality-90", "webp-quality-90-lossy"])
+@pytest.mark.parametrize(
+    "default, explicit",
+    [
+        ({"format": "png"}, {"format": "png", "compression": "6"}),
+        ({"format": "jpeg"}, {"format": "jpeg", "quality": "90"}),
+        ({"format": "webp"}, {"format": "webp", "quality": "90", "lossless": "false"}),
+    ],
+    ids=["compression-6", "jpeg-quality-90", "webp-quality-90-lossy"],
+)
 def test_parameter_defaults(any_worker, default, explicit):
     """Encoders are deterministic, so the default must give the same bytes as the documented value."""
-    outputs = [post(any_worker, vector_input("photo.png"), params={"op": "sepia", **params}).content
-               for params in (default, explicit)]
+    outputs = [
+        post(any_worker, vector_input("photo.png"), params={"op": "sepia", **params}).content
+        for params in (default, explicit)
+    ]
     assert outputs[0] == outputs[1]
 
 
-@pytest.mark.parametrize("params", [
-    {"format": "gif"}, {"format": "jpeg", "quality": "0"}, {"format": "jpeg", "quality": "101"},
-    {"format": "jpeg", "quality": "high"}, {"format": "webp", "quality": "-5"},
-    {"format": "png", "compression": "10"}, {"format": "png", "compression": "-1"},
-    {"format": "png", "compression": "fast"}, {"format": "webp", "lossless": "maybe"},
-    {"format": "png", "channels": "1"}, {"format": "png", "channels": "AUTO"},
-    {"format": "png", "channels": ""},
-], ids=lambda p: "&".join(f"{k}={v}" for k, v in p.items()))
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"format": "gif"},
+        {"format": "jpeg", "quality": "0"},
+        {"format": "jpeg", "quality": "101"},
+        {"format": "jpeg", "quality": "high"},
+        {"format": "webp", "quality": "-5"},
+        {"format": "png", "compression": "10"},
+        {"format": "png", "compression": "-1"},
+        {"format": "png", "compression": "fast"},
+        {"format": "webp", "lossless": "maybe"},
+        {"format": "png", "channels": "1"},
+        {"format": "png", "channels": "AUTO"},
+        {"format": "png", "channels": ""},
+    ],
+    ids=lambda p: "&".join(f"{k}={v}" for k, v in p.items()),
+)
 def test_bad_parameters(any_worker, params):
     response = post(any_worker, vector_input("photo.png"), params={"op": "invert", **params})
     assert_error(response, 400, "bad_param")
@@ -421,9 +496,11 @@ def test_blur_radius_upper_bound_is_allowed(any_worker, worker_health):
 
 # ---------------------------------------------------------------- headers and logs
 
+
 def test_response_headers(any_worker, worker_health):
-    response = post(any_worker, vector_input("photo.png"), params={"op": "invert"},
-                    headers={"X-Request-Id": "contract-req-1"})
+    response = post(
+        any_worker, vector_input("photo.png"), params={"op": "invert"}, headers={"X-Request-Id": "contract-req-1"}
+    )
     assert response.status_code == 200
     assert float(response.headers["X-Processing-Ms"]) >= 0
     assert response.headers["X-Worker"] == worker_health["service"]
@@ -442,8 +519,9 @@ def test_request_id_generated_when_absent_and_on_errors(any_worker):
 
 def test_logs_are_json_lines_with_request_fields_and_no_token(strict_worker):
     request_id = f"log-{uuid.uuid4().hex}"
-    response = post(strict_worker, vector_input("photo.png"), params={"op": "invert"},
-                    headers={**AUTH, "X-Request-Id": request_id})
+    response = post(
+        strict_worker, vector_input("photo.png"), params={"op": "invert"}, headers={**AUTH, "X-Request-Id": request_id}
+    )
     assert response.status_code == 200
     deadline = time.monotonic() + 5
     while request_id not in strict_worker.log_text() and time.monotonic() < deadline:
@@ -464,13 +542,17 @@ def test_logs_are_json_lines_with_request_fields_and_no_token(strict_worker):
 
 # ---------------------------------------------------------------- errors: routes and types
 
-@pytest.mark.parametrize("method, path, status, code", [
-    ("GET", "/nope", 404, "not_found"),
-    ("POST", "/nope", 404, "not_found"),
-    ("GET", "/process", 405, "method_not_allowed"),
-    ("PUT", "/process", 405, "method_not_allowed"),
-    ("POST", "/healthz", 405, "method_not_allowed"),
-])
+
+@pytest.mark.parametrize(
+    "method, path, status, code",
+    [
+        ("GET", "/nope", 404, "not_found"),
+        ("POST", "/nope", 404, "not_found"),
+        ("GET", "/process", 405, "method_not_allowed"),
+        ("PUT", "/process", 405, "method_not_allowed"),
+        ("POST", "/healthz", 405, "method_not_allowed"),
+    ],
+)
 def test_unknown_route_or_method(any_worker, method, path, status, code):
     response = requests.request(method, any_worker.url + path, timeout=TIMEOUT)
     assert_error(response, status, code)
@@ -500,6 +582,7 @@ def test_mutated_inputs_never_get_500(any_worker):
 
 # ---------------------------------------------------------------- strict worker: limits, token, busy
 
+
 def test_token_required(strict_worker):
     body = vector_input("photo.png")
     assert_error(post(strict_worker, body), 401, "unauthorized")
@@ -523,9 +606,13 @@ def test_too_large_counted_while_reading_chunked_body(strict_worker):
 def test_huge_declared_body_is_refused_without_reading_it(strict_worker):
     host, port = strict_worker.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
-        sock.sendall((f"POST /process HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\n"
-                      f"Authorization: Bearer {TOKEN}\r\nContent-Length: 1000000000000\r\n\r\n").encode()
-                     + bytes(1000))
+        sock.sendall(
+            (
+                f"POST /process HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\n"
+                f"Authorization: Bearer {TOKEN}\r\nContent-Length: 1000000000000\r\n\r\n"
+            ).encode()
+            + bytes(1000)
+        )
         status, headers, data = read_raw_response(sock)
     assert status == 413
     assert json.loads(data)["error"]["code"] == "too_large"
@@ -536,19 +623,35 @@ def test_pixel_limit_is_checked_from_the_header(strict_worker):
     assert post(strict_worker, png_of(200, 50), headers=AUTH).status_code == 200  # exactly the limit
 
 
-@pytest.mark.parametrize("name, request_kwargs, status, code", [
-    ("404 before 401", dict(method="GET", path="/nope"), 404, "not_found"),
-    ("405 before 401", dict(method="GET", path="/process"), 405, "method_not_allowed"),
-    ("401 before 413/415/400", dict(data=bytes(25000), content_type="text/plain", params={"op": "bogus"}),
-     401, "unauthorized"),
-    ("413 before 415/400", dict(data=bytes(25000), content_type="text/plain", params={"op": "bogus"}, auth=True),
-     413, "too_large"),
-    ("415 before 400", dict(data=b"", content_type="text/plain", params={"op": "bogus"}, auth=True),
-     415, "unsupported_type"),
-    ("unknown op before missing image", dict(data=b"", params={"op": "bogus"}, auth=True), 400, "unknown_op"),
-    ("bad format before missing image", dict(data=b"", params={"format": "gif"}, auth=True), 400, "bad_param"),
-    ("pixels before bad image", dict(data=None, auth=True), 413, "too_many_pixels"),
-], ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize(
+    "name, request_kwargs, status, code",
+    [
+        ("404 before 401", dict(method="GET", path="/nope"), 404, "not_found"),
+        ("405 before 401", dict(method="GET", path="/process"), 405, "method_not_allowed"),
+        (
+            "401 before 413/415/400",
+            dict(data=bytes(25000), content_type="text/plain", params={"op": "bogus"}),
+            401,
+            "unauthorized",
+        ),
+        (
+            "413 before 415/400",
+            dict(data=bytes(25000), content_type="text/plain", params={"op": "bogus"}, auth=True),
+            413,
+            "too_large",
+        ),
+        (
+            "415 before 400",
+            dict(data=b"", content_type="text/plain", params={"op": "bogus"}, auth=True),
+            415,
+            "unsupported_type",
+        ),
+        ("unknown op before missing image", dict(data=b"", params={"op": "bogus"}, auth=True), 400, "unknown_op"),
+        ("bad format before missing image", dict(data=b"", params={"format": "gif"}, auth=True), 400, "bad_param"),
+        ("pixels before bad image", dict(data=None, auth=True), 413, "too_many_pixels"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
 def test_check_order(strict_worker, name, request_kwargs, status, code):
     kwargs = dict(request_kwargs)
     headers = AUTH if kwargs.pop("auth", False) else {}
@@ -577,13 +680,15 @@ def test_busy_when_all_slots_are_taken(strict_worker):
     assert_close(rgb_pixels(data), expected_for("invert"), 1)
     # the slot is free again once the held response is sent
     deadline = time.monotonic() + 5
-    while (response := post(strict_worker, vector_input("photo.png"), headers=AUTH)).status_code == 503 \
-            and time.monotonic() < deadline:
+    while (
+        response := post(strict_worker, vector_input("photo.png"), headers=AUTH)
+    ).status_code == 503 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert response.status_code == 200
 
 
 # ---------------------------------------------------------------- SIGTERM
+
 
 def wait_not_ok(worker, limit: float = 5) -> None:
     deadline = time.monotonic() + limit
@@ -622,8 +727,9 @@ def test_draining_refuses_new_work(worker_factory, runtime):
         assert_error(busy, 503, "busy")
         worker.signal(signal.SIGTERM)
         deadline = time.monotonic() + 5
-        while (response := requests.get(worker.url + "/healthz", timeout=5)).status_code == 200 \
-                and time.monotonic() < deadline:
+        while (
+            response := requests.get(worker.url + "/healthz", timeout=5)
+        ).status_code == 200 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert response.status_code == 503
         validate(response.json(), "Health")
@@ -640,6 +746,7 @@ def test_draining_refuses_new_work(worker_factory, runtime):
 
 # ---------------------------------------------------------------- across runtimes
 
+
 @pytest.mark.parametrize("compression", ["1", "6", "9"])
 def test_channels_auto_gray_png_is_one_channel_and_equals_red(any_worker, compression):
     """channels=auto: a grayscale PNG reply is 8-bit gray whose values are the RGB reply's R."""
@@ -652,10 +759,15 @@ def test_channels_auto_gray_png_is_one_channel_and_equals_red(any_worker, compre
     assert np.array_equal(np.asarray(image), rgb_pixels(rgb.content)[:, :, 0])
 
 
-@pytest.mark.parametrize("params", [
-    {"op": "sepia", "format": "png"}, {"op": "grayscale", "format": "raw"},
-    {"op": "grayscale", "format": "webp", "lossless": "true"},
-], ids=lambda p: "&".join(f"{k}={v}" for k, v in p.items()))
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"op": "sepia", "format": "png"},
+        {"op": "grayscale", "format": "raw"},
+        {"op": "grayscale", "format": "webp", "lossless": "true"},
+    ],
+    ids=lambda p: "&".join(f"{k}={v}" for k, v in p.items()),
+)
 def test_channels_auto_keeps_rgb_for_colour_ops_and_other_formats(any_worker, params):
     default = post(any_worker, vector_input("photo.png"), params=params)
     auto = post(any_worker, vector_input("photo.png"), params={**params, "channels": "auto"})
@@ -665,8 +777,10 @@ def test_channels_auto_keeps_rgb_for_colour_ops_and_other_formats(any_worker, pa
 
 def test_channels_default_is_3(any_worker):
     params = {"op": "grayscale", "format": "png"}
-    outputs = [post(any_worker, vector_input("photo.png"), params=extra).content
-               for extra in (params, {**params, "channels": "3"})]
+    outputs = [
+        post(any_worker, vector_input("photo.png"), params=extra).content
+        for extra in (params, {**params, "channels": "3"})
+    ]
     assert outputs[0] == outputs[1]
     assert rgb_pixels(outputs[0]).shape == (11, 17, 3)
 
@@ -710,17 +824,24 @@ def test_runtimes_agree(python_worker, nodejs_worker, op):
 
 
 def test_runtimes_agree_on_one_channel_gray(python_worker, nodejs_worker):
-    replies = [post(worker, noisy_strip(), params={"op": "grayscale", "format": "png", "channels": "auto"})
-               for worker in (python_worker, nodejs_worker)]
+    replies = [
+        post(worker, noisy_strip(), params={"op": "grayscale", "format": "png", "channels": "auto"})
+        for worker in (python_worker, nodejs_worker)
+    ]
     assert all(reply.status_code == 200 for reply in replies)
     python_gray, nodejs_gray = (np.asarray(Image.open(io.BytesIO(reply.content))) for reply in replies)
     assert python_gray.ndim == nodejs_gray.ndim == 2
     assert_close(nodejs_gray, python_gray, 1, what="channels=auto grayscale: python vs nodejs")
 
 
-@pytest.mark.parametrize("radius", ["0.3", "1", "2.5", "13.7", "50"],
-                         ids=lambda r: f"python-vs-nodejs-r{r}")
+@pytest.mark.parametrize("radius", ["0.3", "1", "2.5", "13.7", "50"], ids=lambda r: f"python-vs-nodejs-r{r}")
 def test_runtimes_agree_on_blur_radius(python_worker, nodejs_worker, radius):
     offered_by_both("blur", python_worker, nodejs_worker)
-    agree(python_worker, nodejs_worker, noisy_strip(), "image/png", {"op": "blur", "radius": radius},
-          f"noisy strip blur radius {radius}")
+    agree(
+        python_worker,
+        nodejs_worker,
+        noisy_strip(),
+        "image/png",
+        {"op": "blur", "radius": radius},
+        f"noisy strip blur radius {radius}",
+    )

@@ -4,6 +4,7 @@ error within the configured timeout, and never in a partial output file.
 The fleet is two real workers (python, nodejs). A fault sits in front of, or inside, the
 worker that the op is routed to first (grayscale -> python), so failover is what saves the job.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,17 @@ from pathlib import Path
 import pytest
 
 from scripts.testkit.faultproxy import FaultProxy
-from scripts.testkit.faults import (ALL_FAULTS, FAULT_BUGS, OP, STRIPS, kill_group, retried,
-                                    run_and_check, run_cli, tbf_slow_link)
+from scripts.testkit.faults import (
+    ALL_FAULTS,
+    FAULT_BUGS,
+    OP,
+    STRIPS,
+    kill_group,
+    retried,
+    run_and_check,
+    run_cli,
+    tbf_slow_link,
+)
 from scripts.testkit.images import expected_pixels, max_pixel_diff, png_bytes, sample_rgb
 from scripts.testkit.procs import ROOT
 
@@ -41,9 +51,15 @@ def fleet(shared_fleet, worker_factory):
         kill_group(worker, signal.SIGCONT)
 
 
-@pytest.mark.parametrize("fault", [
-    pytest.param(name, marks=[pytest.mark.xfail(strict=True, reason=FAULT_BUGS[name])] if name in FAULT_BUGS else [])
-    for name in ALL_FAULTS])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(
+            name, marks=[pytest.mark.xfail(strict=True, reason=FAULT_BUGS[name])] if name in FAULT_BUGS else []
+        )
+        for name in ALL_FAULTS
+    ],
+)
 def test_fault_ends_in_right_pixels_through_failover(fault, fleet):
     outcome = ALL_FAULTS[fault](*fleet)
     assert outcome.ok, f"{fault}: {outcome.outcome}"
@@ -56,9 +72,10 @@ def test_failover_really_moved_the_strip_after_a_kill(fleet):
     image = sample_rgb(256, 160, seed=3)
     with FaultProxy(python.url, mode="throttle", rate=40_000) as proxy:
         result, error, diff, fired = run_and_check(
-            [proxy.url, nodejs.url], image,
-            on_start=lambda event: event.worker_url == proxy.url and kill_group(python, signal.SIGKILL))
-
+            [proxy.url, nodejs.url],
+            image,
+            on_start=lambda event: event.worker_url == proxy.url and kill_group(python, signal.SIGKILL),
+        )
 
     assert fired and error is None and diff <= 1, error
     assert retried(result), "no strip was retried, yet its worker was killed mid-strip"
@@ -107,9 +124,21 @@ def test_cli_fails_clearly_and_writes_no_partial_output(mode, fleet, tmp_path):
     out = tmp_path / "out.png"
     with FaultProxy(python.url, mode=mode) as bad_python, FaultProxy(nodejs.url, mode=mode) as bad_node:
         started = time.monotonic()
-        done = run_cli(["process", str(source), "-o", str(out), "--plan", OP, "--strips", str(STRIPS),
-                        "--workers", f"{bad_python.url},{bad_node.url}"],
-                       {"COORDINATOR_READ_TIMEOUT": "1.5"})
+        done = run_cli(
+            [
+                "process",
+                str(source),
+                "-o",
+                str(out),
+                "--plan",
+                OP,
+                "--strips",
+                str(STRIPS),
+                "--workers",
+                f"{bad_python.url},{bad_node.url}",
+            ],
+            {"COORDINATOR_READ_TIMEOUT": "1.5"},
+        )
         seconds = time.monotonic() - started
     assert done.returncode == 3, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
     assert not out.exists(), "a failed job left an output file behind"
@@ -129,8 +158,21 @@ def test_cli_success_writes_the_right_pixels(fleet, tmp_path):
     source = tmp_path / "in.png"
     source.write_bytes(png_bytes(image))
     out = tmp_path / "out.png"
-    done = run_cli(["process", str(source), "-o", str(out), "--plan", OP, "--strips", str(STRIPS),
-                    "--workers", f"{python.url},{nodejs.url}"], {})
+    done = run_cli(
+        [
+            "process",
+            str(source),
+            "-o",
+            str(out),
+            "--plan",
+            OP,
+            "--strips",
+            str(STRIPS),
+            "--workers",
+            f"{python.url},{nodejs.url}",
+        ],
+        {},
+    )
     assert done.returncode == 0, done.stderr
     from PIL import Image
 
@@ -142,7 +184,7 @@ def test_slow_link_via_tbf_completes_then_times_out_cleanly(tmp_path):
     from scripts.testkit import netns
 
     if netns.missing_tools():
-        skip_or_fail(f"tbf slow link: {netns.missing_tools()}")    # a package: CI must have it
+        skip_or_fail(f"tbf slow link: {netns.missing_tools()}")  # a package: CI must have it
     reason = netns.available()
     if reason:
         # A missing privilege, which no package fixes; the throttling-proxy slow link above
@@ -153,6 +195,7 @@ def test_slow_link_via_tbf_completes_then_times_out_cleanly(tmp_path):
 
 
 # -- a hostile worker (tests/support/hostile_worker.py): issue 11 items 9-12 -------------------
+
 
 def hostile_job(bad, good_url: str, image=None, environ: dict | None = None):
     """A grayscale job on [bad, good]: the hostile worker says it is python with grayscale
@@ -194,8 +237,10 @@ def test_a_redirect_is_a_failed_attempt_never_followed(fleet):
     from tests.support.hostile_worker import HostileWorker
 
     _, nodejs = fleet
-    with HostileWorker(health="html") as elsewhere, \
-            HostileWorker(process="redirect", location=f"{elsewhere.url}/process") as bad:
+    with (
+        HostileWorker(health="html") as elsewhere,
+        HostileWorker(process="redirect", location=f"{elsewhere.url}/process") as bad,
+    ):
         result, error, diff, _ = hostile_job(bad, nodejs.url)
         assert bad.requests["/process"] >= 1
         assert elsewhere.requests == {"/healthz": 0, "/process": 0, "other": 0}, "the redirect was followed"
@@ -230,8 +275,21 @@ def test_an_eps_reply_never_runs_ghostscript(fleet, tmp_path):
     source, out = tmp_path / "in.png", tmp_path / "out.png"
     source.write_bytes(png_bytes(image))
     with HostileWorker(process="eps") as bad:
-        done = run_cli(["process", str(source), "-o", str(out), "--plan", OP, "--strips", "2",
-                        "--workers", f"{bad.url},{nodejs.url}"], env)
+        done = run_cli(
+            [
+                "process",
+                str(source),
+                "-o",
+                str(out),
+                "--plan",
+                OP,
+                "--strips",
+                "2",
+                "--workers",
+                f"{bad.url},{nodejs.url}",
+            ],
+            env,
+        )
         assert bad.requests["/process"] >= 1
     assert done.returncode == 0, done.stderr
     assert not marker.exists(), f"Ghostscript ran: {marker.read_text()}"
@@ -249,8 +307,9 @@ def test_an_eps_input_named_png_never_runs_ghostscript(fleet, tmp_path):
     env, marker = fake_ghostscript(tmp_path)
     source = tmp_path / "holiday.png"
     source.write_bytes(EPS.format(w=64, h=48).encode())
-    done = run_cli(["process", str(source), "-o", str(tmp_path / "out.png"),
-                    "--workers", f"{python.url},{nodejs.url}"], env)
+    done = run_cli(
+        ["process", str(source), "-o", str(tmp_path / "out.png"), "--workers", f"{python.url},{nodejs.url}"], env
+    )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "not an image" in done.stderr, done.stderr
     assert not marker.exists(), f"Ghostscript ran: {marker.read_text()}"
@@ -270,9 +329,14 @@ def test_ctrl_c_ends_the_cli_while_a_worker_drips(tmp_path, inputs):
     (tmp_path / "outdir").mkdir()
     with HostileWorker(process="drip_headers", delay=0.2) as bad:
         env = {**os.environ, "COORDINATOR_READ_TIMEOUT": "60", "COORDINATOR_WORKERS": bad.url}
-        proc = subprocess.Popen([sys.executable, "-m", "coordinator", "process", *names, "-o", out,
-                                 "--plan", OP, "--jobs", "2"], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "coordinator", "process", *names, "-o", out, "--plan", OP, "--jobs", "2"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 30
         while bad.requests["/process"] < 1 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)

@@ -5,6 +5,7 @@ etc/<role>/env) under --remote-root. Its sessions find stand-in sudo/systemctl/j
 on PATH (tests/fixtures/fleet/bin); the stand-in systemctl runs the REAL worker-python from
 opt/worker-python/current, so a redeploy is proven by the live /healthz reporting the new build.
 """
+
 from __future__ import annotations
 
 import functools
@@ -45,16 +46,24 @@ def sshd(tmp_path_factory, host_root):
     reason = sshd_available()
     if reason:
         skip_or_fail(reason)
-    server = start_sshd(tmp_path_factory.mktemp("sshd"), env={
-        "PATH": f"{STAND_INS}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "FLEET_TEST_ROOT": str(host_root)})
+    server = start_sshd(
+        tmp_path_factory.mktemp("sshd"),
+        env={
+            "PATH": f"{STAND_INS}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "FLEET_TEST_ROOT": str(host_root),
+        },
+    )
     yield server
     server.stop()
 
 
 def stand_in_systemctl(root: Path, action: str, role: str = ROLE) -> None:
-    subprocess.run([str(STAND_INS / "systemctl"), action, role], check=True, timeout=60,
-                   env={**os.environ, "FLEET_TEST_ROOT": str(root)})
+    subprocess.run(
+        [str(STAND_INS / "systemctl"), action, role],
+        check=True,
+        timeout=60,
+        env={**os.environ, "FLEET_TEST_ROOT": str(root)},
+    )
 
 
 def health(url: str) -> dict:
@@ -87,17 +96,42 @@ class Host:
         self.env_file = root / "etc" / role / "env"
         self.known_hosts = tmp_path / "known_hosts"
         self.outputs = tmp_path / f"stack-outputs-{role}.json"
-        self.outputs.write_text(json.dumps({
-            "workers": [{"name": self.name, "role": role, "runtime": role.split("-")[1],
-                         "url": self.url, "public_ip": "127.0.0.1", "instance_id": "i-0f1ee7e57e57e57e5",
-                         "operations": []}],
-            "worker_token": "", "project": "hdtp", "stack": "fleet-test", "region": "us-east-1",
-            "ssh_user": sshd.user}))
+        self.outputs.write_text(
+            json.dumps(
+                {
+                    "workers": [
+                        {
+                            "name": self.name,
+                            "role": role,
+                            "runtime": role.split("-")[1],
+                            "url": self.url,
+                            "public_ip": "127.0.0.1",
+                            "instance_id": "i-0f1ee7e57e57e57e5",
+                            "operations": [],
+                        }
+                    ],
+                    "worker_token": "",
+                    "project": "hdtp",
+                    "stack": "fleet-test",
+                    "region": "us-east-1",
+                    "ssh_user": sshd.user,
+                }
+            )
+        )
 
     def flags(self, key: Path | None = None, port: int | None = None) -> list[str]:
-        return ["--outputs", str(self.outputs), "--ssh-key", str(key or self.sshd.client_key),
-                "--ssh-port", str(port or self.sshd.port), "--known-hosts", str(self.known_hosts),
-                "--remote-root", str(self.root)]
+        return [
+            "--outputs",
+            str(self.outputs),
+            "--ssh-key",
+            str(key or self.sshd.client_key),
+            "--ssh-port",
+            str(port or self.sshd.port),
+            "--known-hosts",
+            str(self.known_hosts),
+            "--remote-root",
+            str(self.root),
+        ]
 
     def install(self, files: dict[str, bytes]) -> str:
         """Lay out a first release as user-data does, start it, return its build id."""
@@ -119,8 +153,10 @@ class Host:
             # What `npm ci` left in the release: here, the checkout's installed modules.
             (release / "node_modules").symlink_to(ROOT / "worker-nodejs" / "node_modules")
         self.env_file.parent.mkdir(parents=True)
-        self.env_file.write_text(f"WORKER_HOST=127.0.0.1\nWORKER_PORT={self.port}\n"
-                                 f"WORKER_TOKEN=\nWORKER_BUILD={build}\nWORKER_GRACE_SECONDS=2\n")
+        self.env_file.write_text(
+            f"WORKER_HOST=127.0.0.1\nWORKER_PORT={self.port}\n"
+            f"WORKER_TOKEN=\nWORKER_BUILD={build}\nWORKER_GRACE_SECONDS=2\n"
+        )
         self.env_file.chmod(0o600)
         stand_in_systemctl(self.root, "start", self.role)
         wait_build(self.url, build)
@@ -154,12 +190,18 @@ def host(sshd, host_root, tmp_path):
 
 
 def host_fingerprint(sshd) -> str:
-    out = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", f"{sshd.host_key}.pub"],
-                         capture_output=True, text=True, check=True, timeout=10).stdout
+    out = subprocess.run(
+        ["ssh-keygen", "-l", "-E", "sha256", "-f", f"{sshd.host_key}.pub"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    ).stdout
     return out.split()[1]
 
 
 # --- host keys and authentication ----------------------------------------------------------
+
 
 def test_first_use_records_the_host_key_that_openssh_then_accepts(host, sshd):
     (host.root / "log").mkdir()
@@ -184,15 +226,21 @@ def test_first_use_records_the_host_key_that_openssh_then_accepts(host, sshd):
     assert config.returncode == 0, config.stderr
     assert "StrictHostKeyChecking yes" in config.stdout
     (host.tmp / "ssh_config").write_text(config.stdout)
-    ssh = subprocess.run(["ssh", "-F", str(host.tmp / "ssh_config"), "-o", "BatchMode=yes", NAME,
-                          "echo reached"], capture_output=True, text=True, timeout=30)
+    ssh = subprocess.run(
+        ["ssh", "-F", str(host.tmp / "ssh_config"), "-o", "BatchMode=yes", NAME, "echo reached"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert ssh.returncode == 0 and ssh.stdout.strip() == "reached", ssh.stderr
 
 
 def test_a_changed_host_key_is_refused(host, sshd):
     impostor = make_key(host.tmp / "impostor")
-    recorded = f"[127.0.0.1]:{sshd.port} {Path(f'{impostor}.pub').read_text().split(' ')[0]} " \
-               f"{Path(f'{impostor}.pub').read_text().split(' ')[1]}\n"
+    recorded = (
+        f"[127.0.0.1]:{sshd.port} {Path(f'{impostor}.pub').read_text().split(' ')[0]} "
+        f"{Path(f'{impostor}.pub').read_text().split(' ')[1]}\n"
+    )
     host.known_hosts.write_text(recorded)
     result = fleet("logs", NAME, *host.flags())
     line = assert_one_error_line(result, 1, "host key changed")
@@ -227,6 +275,7 @@ def test_an_unknown_worker_name_is_a_usage_error(host):
 
 # --- logs ----------------------------------------------------------------------------------
 
+
 def test_logs_shows_the_journal_with_lines_and_since(host):
     (host.root / "log").mkdir()
     (host.root / "log" / f"{ROLE}.log").write_text("".join(f'{{"n": {i}}}\n' for i in range(10)))
@@ -246,9 +295,13 @@ def test_logs_follow_streams_new_lines_until_interrupted(host):
     log = host.root / "log" / f"{ROLE}.log"
     log.parent.mkdir()
     log.write_text('{"msg": "before"}\n')
-    proc = subprocess.Popen([sys.executable, "-m", "scripts.fleet", "logs", NAME, "--follow",
-                             *host.flags()], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.fleet", "logs", NAME, "--follow", *host.flags()],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == '{"msg": "before"}'
         with open(log, "a") as out:
@@ -266,6 +319,7 @@ def test_logs_follow_streams_new_lines_until_interrupted(host):
 
 # --- redeploy ------------------------------------------------------------------------------
 
+
 def test_redeploy_ships_the_source_and_the_worker_restarts_at_the_new_build(host):
     shipped = bundle_files(ROLE)
     old = host.install({**shipped, "OLD_RELEASE": b"a file only the old release has\n"})
@@ -282,15 +336,16 @@ def test_redeploy_ships_the_source_and_the_worker_restarts_at_the_new_build(host
     assert host.current() == f"releases/{new}" and host.env_build() == new
     assert host.worker_pid() != old_pid
     release = host.base / "releases" / new
-    unpacked = {p.relative_to(release).as_posix() for p in release.rglob("*")
-                if p.is_file() and "__pycache__" not in p.parts}  # the test worker runs as root
+    unpacked = {
+        p.relative_to(release).as_posix() for p in release.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    }  # the test worker runs as root
     assert unpacked == set(shipped)
     assert (host.base / "releases" / old / "OLD_RELEASE").exists()  # kept for rollback
     # --keep 3: new, previous, and the newest of the rest
     assert {p.name for p in (host.base / "releases").iterdir()} == {new, old, "0000000000a1"}
     assert host.calls("pip") == []  # same requirements.txt: the shared venv is reused
     assert host.calls("systemctl")[-1] == f"restart {ROLE}"
-    assert not list(Path(os.path.expanduser("~") , ".hdtp-staging").glob(f"{ROLE}-{new}*"))
+    assert not list(Path(os.path.expanduser("~"), ".hdtp-staging").glob(f"{ROLE}-{new}*"))
 
     again = fleet("redeploy", "--all", *host.flags())
     assert again.returncode == 0, again.stderr
@@ -322,8 +377,7 @@ def test_a_build_that_fails_at_start_up_is_rolled_back(host):
     main.write_text('raise SystemExit("deliberately broken build")\n')
     broken = build_id(bundle_files(ROLE, source))
 
-    result = fleet("redeploy", NAME, "--source-root", str(source), "--health-timeout", "5",
-                   *host.flags())
+    result = fleet("redeploy", NAME, "--source-root", str(source), "--health-timeout", "5", *host.flags())
     line = assert_one_error_line(result, 4, f"build {broken} not healthy within 5s")
     assert f"rolled back to build {old}, healthy" in line
     assert health(host.url)["build"] == old
@@ -340,7 +394,8 @@ def test_a_failed_dependency_install_leaves_the_running_release_alone(host):
     old = host.install({**shipped, "requirements.txt": shipped["requirements.txt"] + b"# older\n"})
     pid = host.worker_pid()
     (host.base / "venv" / "bin" / "pip").write_text(
-        '#!/bin/sh\necho "ERROR: No matching distribution found for flask==99" >&2\nexit 1\n')
+        '#!/bin/sh\necho "ERROR: No matching distribution found for flask==99" >&2\nexit 1\n'
+    )
     result = fleet("redeploy", NAME, *host.flags())
     line = assert_one_error_line(result, 4, f"{NAME}: installing Python dependencies failed (exit 1)")
     assert line.endswith(f"No matching distribution found for flask==99; build {old} still running")
@@ -374,10 +429,16 @@ def test_redeploy_needs_a_name_or_all(host):
 
 RUNCMD_ERROR = "('scripts_user', RuntimeError('Runparts: 1 failures (runcmd) in 1 attempted commands'))"
 # What cloud-init 24.x prints for a first boot whose runcmd failed (trimmed to the keys read).
-FAILED_REPORT = {"boot_status_code": "enabled-by-generator", "datasource": "ec2",
-                 "detail": "DataSourceEc2Local", "errors": [RUNCMD_ERROR],
-                 "extended_status": "error - done", "recoverable_errors": {}, "status": "error",
-                 "modules-final": {"errors": [RUNCMD_ERROR], "recoverable_errors": {}}}
+FAILED_REPORT = {
+    "boot_status_code": "enabled-by-generator",
+    "datasource": "ec2",
+    "detail": "DataSourceEc2Local",
+    "errors": [RUNCMD_ERROR],
+    "extended_status": "error - done",
+    "recoverable_errors": {},
+    "status": "error",
+    "modules-final": {"errors": [RUNCMD_ERROR], "recoverable_errors": {}},
+}
 # cloud-init 22.x (Debian 12) has no --format; its --long text:
 OLD_LONG_TEXT = f"status: error\ntime: Mon, 30 Nov 2026 01:00:00 +0000\ndetail:\n{RUNCMD_ERROR}\n"
 
@@ -432,8 +493,7 @@ def test_status_reads_an_older_cloud_init_without_json(booted, moto):
 def test_wait_stops_at_once_with_exit_6_when_a_boot_failed(booted, moto):
     cloud_init_says(booted, FAILED_REPORT, code=1)
     started = time.monotonic()
-    result = fleet("wait", "--timeout", "300", "--interval", "1", *booted.flags(),
-                   env=aws_env(moto.url))
+    result = fleet("wait", "--timeout", "300", "--interval", "1", *booted.flags(), env=aws_env(moto.url))
     line = assert_one_error_line(result, 6, f"boot failed on {NAME}: {RUNCMD_ERROR}")
     assert "/var/log/cloud-init-output.log" in line
     assert time.monotonic() - started < 120  # far from the 300 s timeout: it did not wait
@@ -441,13 +501,10 @@ def test_wait_stops_at_once_with_exit_6_when_a_boot_failed(booted, moto):
 
 def test_wait_waits_for_a_running_boot_and_passes_once_it_is_done(booted, moto):
     cloud_init_says(booted, {"status": "running", "errors": []})
-    result = fleet("wait", "--timeout", "2", "--interval", "0.5", *booted.flags(),
-                   env=aws_env(moto.url))
+    result = fleet("wait", "--timeout", "2", "--interval", "0.5", *booted.flags(), env=aws_env(moto.url))
     assert_one_error_line(result, 3, f"{NAME} (boot running)")
-    cloud_init_says(booted, {"status": "done", "errors": [], "extended_status": "degraded done"},
-                    code=2)
-    result = fleet("wait", "--timeout", "60", "--interval", "0.5", *booted.flags(),
-                   env=aws_env(moto.url))
+    cloud_init_says(booted, {"status": "done", "errors": [], "extended_status": "degraded done"}, code=2)
+    result = fleet("wait", "--timeout", "60", "--interval", "0.5", *booted.flags(), env=aws_env(moto.url))
     assert result.returncode == 0, result.stderr
     assert "all 1 workers ready" in result.stdout
 

@@ -4,19 +4,32 @@ Bounded here (seeded, a case budget and a time budget per runtime); `python -m s
 runs the same functions with bigger budgets. Pass: zero 5xx, zero dropped connections, every
 response conforms to tests/contract/openapi.json, and the worker is still healthy afterwards.
 """
+
 from __future__ import annotations
 
 import io
 
 import pytest
 
-from scripts.testkit.fuzz import (CONTRACT_BUDGET_S, CONTRACT_CASES, FuzzStats, HUGE,
-                                  LYING_HEADER_BUGS, assert_healthy, broken_images, encode,
-                                  fuzz_contract, fuzz_decoders, lying_headers, png_with_size,
-                                  sample_image)
+from scripts.testkit.fuzz import (
+    CONTRACT_BUDGET_S,
+    CONTRACT_CASES,
+    FuzzStats,
+    HUGE,
+    LYING_HEADER_BUGS,
+    assert_healthy,
+    broken_images,
+    encode,
+    fuzz_contract,
+    fuzz_decoders,
+    lying_headers,
+    png_with_size,
+    sample_image,
+)
 
 
 # -- tests --------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def fuzz_workers(worker_factory):
@@ -38,7 +51,8 @@ def test_contract_fuzz_has_no_server_errors_and_conforms(runtime, fuzz_workers):
     stats = fuzz_contract(fuzz_worker.url, CONTRACT_CASES, CONTRACT_BUDGET_S)
     assert stats.cases >= 30, f"too few cases ran in the budget: {stats.cases}"
     assert stats.server_errors == 0 and stats.transport_errors == 0 and not stats.failures, (
-        f"{stats.cases} cases, statuses {stats.by_status}:\n" + "\n".join(stats.failures))
+        f"{stats.cases} cases, statuses {stats.by_status}:\n" + "\n".join(stats.failures)
+    )
     assert fuzz_worker.proc.poll() is None, "worker process died during fuzzing"
     assert_healthy(fuzz_worker.url)
 
@@ -48,8 +62,7 @@ def lying_header_params():
         for name, ctype, body, allowed in lying_headers():
             bug = LYING_HEADER_BUGS.get((runtime, name))
             marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
-            yield pytest.param(runtime, (name, ctype, body, allowed), id=f"{runtime}-{name}",
-                               marks=marks)
+            yield pytest.param(runtime, (name, ctype, body, allowed), id=f"{runtime}-{name}", marks=marks)
 
 
 @pytest.mark.parametrize("runtime, case", lying_header_params())

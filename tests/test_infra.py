@@ -3,6 +3,7 @@
 Nothing here talks to AWS or needs the Pulumi CLI: the mocks stand in for the engine and the
 provider, and each run executes the real infra/__main__.py with one stack configuration.
 """
+
 from __future__ import annotations
 
 import base64
@@ -23,13 +24,23 @@ from infra import bundle
 from infra.config import DEFAULTS, MIN_PREFIX_LENGTH, ConfigError, parse_settings
 from infra.releases import host_read_policy
 from stripes.roles import ROLE_SPECS
-from tests.infra_harness import (LAST_MOCKS, MOCK_AMI, MOCK_TOKEN, MOCK_VPC, PROJECT, REGION, ROOT,
-                                 STACK, is_secret_input, reveal, run_program)
+from tests.infra_harness import (
+    LAST_MOCKS,
+    MOCK_AMI,
+    MOCK_TOKEN,
+    MOCK_VPC,
+    PROJECT,
+    REGION,
+    ROOT,
+    STACK,
+    is_secret_input,
+    reveal,
+    run_program,
+)
 
 CLIENT = "198.51.100.7/32"
 ADMIN = "192.0.2.0/28"
-SSH_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZ5bGVldC10ZXN0LWtleS1mb3ItdW5pdC10ZXN0cw== "
-           "ops@example")
+SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZ5bGVldC10ZXN0LWtleS1mb3ItdW5pdC10ZXN0cw== ops@example"
 BASE = {"clientCidr": CLIENT, "aws:region": REGION}
 FIXTURE = ROOT / "tests" / "fixtures" / "stack-outputs.json"
 
@@ -56,6 +67,7 @@ def ssh_run():
 
 # ---------------------------------------------------------------- what gets declared
 
+
 def test_default_config_declares_one_worker_per_role(default_run):
     assert default_run.types() == {
         "random:index/randomPassword:RandomPassword": 1,
@@ -68,25 +80,29 @@ def test_default_config_declares_one_worker_per_role(default_run):
         "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": 1,
         "aws:s3/bucketPolicy:BucketPolicy": 1,
         "aws:s3/bucketObjectv2:BucketObjectv2": 2,
-        "aws:iam/role:Role": 2,               # one per worker role: each reads its own releases
+        "aws:iam/role:Role": 2,  # one per worker role: each reads its own releases
         "aws:iam/rolePolicy:RolePolicy": 2,
         "aws:iam/instanceProfile:InstanceProfile": 2,
         "htp:infra:WorkerNode": 2,
         INSTANCE: 2,
     }
-    assert sorted(r.name for r in default_run.of_type("htp:infra:WorkerNode")) == [
-        "worker-nodejs-0", "worker-python-0"]
+    assert sorted(r.name for r in default_run.of_type("htp:infra:WorkerNode")) == ["worker-nodejs-0", "worker-python-0"]
 
 
 def test_counts_scale_instances_only(big_run, default_run):
     counts = big_run.types()
     assert counts[INSTANCE] == counts["htp:infra:WorkerNode"] == 5
     assert sorted(r.name for r in big_run.of_type("htp:infra:WorkerNode")) == [
-        "worker-nodejs-0", "worker-nodejs-1",
-        "worker-python-0", "worker-python-1", "worker-python-2"]
+        "worker-nodejs-0",
+        "worker-nodejs-1",
+        "worker-python-0",
+        "worker-python-1",
+        "worker-python-2",
+    ]
     # Everything else is per fleet, not per instance.
     assert {t: n for t, n in counts.items() if t not in (INSTANCE, "htp:infra:WorkerNode")} == {
-        t: n for t, n in default_run.types().items() if t not in (INSTANCE, "htp:infra:WorkerNode")}
+        t: n for t, n in default_run.types().items() if t not in (INSTANCE, "htp:infra:WorkerNode")
+    }
 
 
 def test_a_role_with_zero_workers_gets_no_port_and_no_release():
@@ -94,7 +110,8 @@ def test_a_role_with_zero_workers_gets_no_port_and_no_release():
     assert [r.inputs["tags"]["Role"] for r in run.of_type(INSTANCE)] == ["worker-nodejs"]
     assert [r.inputs["fromPort"] for r in run.of_type(INGRESS)] == [5002]
     assert [r.inputs["key"].split("/")[0] for r in run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")] == [
-        "worker-nodejs"]
+        "worker-nodejs"
+    ]
     assert run.outputs["python_worker_url"] is None
     assert [r.name for r in run.of_type("aws:iam/role:Role")] == ["releases-worker-nodejs-host-role"]
 
@@ -109,6 +126,7 @@ def test_child_resources_are_named_after_their_component(big_run):
 
 # ---------------------------------------------------------------- network policy
 
+
 @pytest.mark.parametrize("run_name", ["default_run", "big_run", "ssh_run"])
 def test_no_ingress_is_open_to_the_world(request, run_name):
     for rule in request.getfixturevalue(run_name).of_type(INGRESS):
@@ -118,8 +136,10 @@ def test_no_ingress_is_open_to_the_world(request, run_name):
 
 
 def test_worker_ports_are_open_to_the_client_cidr_only(default_run):
-    rules = {(r.inputs["fromPort"], r.inputs["toPort"], r.inputs["ipProtocol"], r.inputs["cidrIpv4"])
-             for r in default_run.of_type(INGRESS)}
+    rules = {
+        (r.inputs["fromPort"], r.inputs["toPort"], r.inputs["ipProtocol"], r.inputs["cidrIpv4"])
+        for r in default_run.of_type(INGRESS)
+    }
     assert rules == {(5001, 5001, "tcp", CLIENT), (5002, 5002, "tcp", CLIENT)}
 
 
@@ -147,8 +167,10 @@ def test_ssh_only_from_admin_cidr_with_both_settings(ssh_run):
 
 
 def test_egress_is_http_and_https_only(default_run):
-    rules = {(r.inputs["ipProtocol"], r.inputs["fromPort"], r.inputs["toPort"], r.inputs["cidrIpv4"])
-             for r in default_run.of_type(EGRESS)}
+    rules = {
+        (r.inputs["ipProtocol"], r.inputs["fromPort"], r.inputs["toPort"], r.inputs["cidrIpv4"])
+        for r in default_run.of_type(EGRESS)
+    }
     assert rules == {("tcp", 80, 80, "0.0.0.0/0"), ("tcp", 443, 443, "0.0.0.0/0")}
 
 
@@ -165,6 +187,7 @@ def test_default_vpc_unless_a_subnet_is_given(default_run):
 
 # ---------------------------------------------------------------- instances (checked inside Output.apply)
 
+
 def _nodes(config: dict) -> list:
     return run_program(config).namespace["nodes"]
 
@@ -180,6 +203,7 @@ def test_instances_require_imdsv2(nodes):
         for options in options_list:
             assert options["http_tokens"] == "required"
             assert options["http_put_response_hop_limit"] == 1
+
     return pulumi.Output.all(*[n.instance.metadata_options for n in nodes]).apply(check)
 
 
@@ -190,24 +214,25 @@ def test_root_volumes_are_encrypted_gp3(nodes):
             assert device["encrypted"] is True
             assert device["volume_type"] == "gp3"
             assert device["delete_on_termination"] is True
+
     return pulumi.Output.all(*[n.instance.root_block_device for n in nodes]).apply(check)
 
 
 @pulumi.runtime.test
 def test_instances_carry_the_shared_tags(nodes):
     def check(args):
-        names, tag_sets = args[:len(nodes)], args[len(nodes):]
+        names, tag_sets = args[: len(nodes)], args[len(nodes) :]
         for name, tags in zip(names, tag_sets):
-            assert tags == {"Name": name, "Project": PROJECT, "Stack": STACK,
-                            "Role": name.rsplit("-", 1)[0]}
-    return pulumi.Output.all(*[n.instance.tags["Name"] for n in nodes],
-                             *[n.instance.tags for n in nodes]).apply(check)
+            assert tags == {"Name": name, "Project": PROJECT, "Stack": STACK, "Role": name.rsplit("-", 1)[0]}
+
+    return pulumi.Output.all(*[n.instance.tags["Name"] for n in nodes], *[n.instance.tags for n in nodes]).apply(check)
 
 
 @pulumi.runtime.test
 def test_new_user_data_replaces_the_instance(nodes):
     def check(flags):
         assert flags == [True] * len(nodes)
+
     return pulumi.Output.all(*[n.instance.user_data_replace_on_change for n in nodes]).apply(check)
 
 
@@ -216,16 +241,18 @@ def test_each_instance_gets_the_profile_of_its_own_role(nodes):
     def check(profiles):
         assert profiles == [f"releases-{n.role}-host-profile-0001" for n in nodes]
         assert len(set(profiles)) == 2  # two roles, two profiles: none shared
+
     return pulumi.Output.all(*[n.instance.iam_instance_profile for n in nodes]).apply(check)
 
 
 @pulumi.runtime.test
 def test_user_data_is_secret_because_it_holds_the_token():
     namespace = run_program(BASE).namespace
+
     def check(flags):
         assert flags == [True, True]
-    return pulumi.Output.all(namespace["user_data"].is_secret(),
-                             namespace["worker_token"].is_secret()).apply(check)
+
+    return pulumi.Output.all(namespace["user_data"].is_secret(), namespace["worker_token"].is_secret()).apply(check)
 
 
 def test_instances_use_the_release_profile_and_burst_without_surprise_bills(big_run):
@@ -258,27 +285,35 @@ def test_a_pinned_ami_skips_the_lookup():
 
 # ---------------------------------------------------------------- release store
 
+
 def test_release_bucket_is_private_and_hosts_read_only_their_releases(default_run):
     (block,) = default_run.of_type("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
-    assert all(block.inputs[k] is True for k in ("blockPublicAcls", "blockPublicPolicy",
-                                                  "ignorePublicAcls", "restrictPublicBuckets"))
+    assert all(
+        block.inputs[k] is True
+        for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+    )
     roles = {r.name: r for r in default_run.of_type("aws:iam/role:Role")}
     assert sorted(roles) == ["releases-worker-nodejs-host-role", "releases-worker-python-host-role"]
     for role in roles.values():
         trust = json.loads(role.inputs["assumeRolePolicy"])
         assert [s["Principal"] for s in trust["Statement"]] == [{"Service": "ec2.amazonaws.com"}]
-    policies = {p.inputs["role"]: json.loads(p.inputs["policy"])
-                for p in default_run.of_type("aws:iam/rolePolicy:RolePolicy")}
+    policies = {
+        p.inputs["role"]: json.loads(p.inputs["policy"]) for p in default_run.of_type("aws:iam/rolePolicy:RolePolicy")
+    }
     # Each host role may read its own role's prefix and nothing else (not the other role's).
     assert policies == {
-        f"releases-{role}-host-role-id": {"Version": "2012-10-17", "Statement": [{
-            "Effect": "Allow", "Action": "s3:GetObject",
-            "Resource": f"arn:aws:s3:::releases-bucket-0001/{role}/*"}]}
-        for role in ("worker-python", "worker-nodejs")}
-    profiles = {p.name: p.inputs["role"]
-                for p in default_run.of_type("aws:iam/instanceProfile:InstanceProfile")}
-    assert profiles == {f"releases-{r}-host-profile": f"releases-{r}-host-role-0001"
-                        for r in ("worker-python", "worker-nodejs")}
+        f"releases-{role}-host-role-id": {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::releases-bucket-0001/{role}/*"}
+            ],
+        }
+        for role in ("worker-python", "worker-nodejs")
+    }
+    profiles = {p.name: p.inputs["role"] for p in default_run.of_type("aws:iam/instanceProfile:InstanceProfile")}
+    assert profiles == {
+        f"releases-{r}-host-profile": f"releases-{r}-host-role-0001" for r in ("worker-python", "worker-nodejs")
+    }
 
 
 def test_one_roles_policy_does_not_match_the_other_roles_release(default_run):
@@ -292,10 +327,16 @@ def test_one_roles_policy_does_not_match_the_other_roles_release(default_run):
 def test_release_bucket_refuses_plain_http(default_run):
     (bucket_policy,) = default_run.of_type("aws:s3/bucketPolicy:BucketPolicy")
     assert bucket_policy.inputs["bucket"] == "releases-bucket-id"
-    assert json.loads(bucket_policy.inputs["policy"])["Statement"] == [{
-        "Sid": "DenyPlainHttp", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
-        "Resource": ["arn:aws:s3:::releases-bucket-0001", "arn:aws:s3:::releases-bucket-0001/*"],
-        "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]
+    assert json.loads(bucket_policy.inputs["policy"])["Statement"] == [
+        {
+            "Sid": "DenyPlainHttp",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": ["arn:aws:s3:::releases-bucket-0001", "arn:aws:s3:::releases-bucket-0001/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }
+    ]
 
 
 def test_release_objects_are_the_bundle_tarballs(default_run):
@@ -322,11 +363,17 @@ def test_user_data_points_at_the_release_with_its_sha256(default_run):
 
 # ---------------------------------------------------------------- exports
 
+
 def test_exports_list_every_worker_and_hide_the_token(big_run):
     outputs = big_run.outputs
     workers = outputs["workers"]
     assert [w["name"] for w in workers] == [
-        "worker-python-0", "worker-python-1", "worker-python-2", "worker-nodejs-0", "worker-nodejs-1"]
+        "worker-python-0",
+        "worker-python-1",
+        "worker-python-2",
+        "worker-nodejs-0",
+        "worker-nodejs-1",
+    ]
     assert len({w["url"] for w in workers}) == 5
     for worker in workers:
         assert worker["url"] == f"http://{worker['public_ip']}:{5001 if worker['runtime'] == 'python' else 5002}"
@@ -338,7 +385,11 @@ def test_exports_list_every_worker_and_hide_the_token(big_run):
     assert outputs["worker_token"] == MOCK_TOKEN
     assert big_run.secret_outputs == {"worker_token"}
     assert (outputs["project"], outputs["stack"], outputs["region"], outputs["ssh_user"]) == (
-        PROJECT, STACK, REGION, "ubuntu")
+        PROJECT,
+        STACK,
+        REGION,
+        "ubuntu",
+    )
 
 
 def test_exports_have_the_shape_of_the_fixture_file(default_run):
@@ -388,57 +439,65 @@ def test_missing_worker_files_stop_before_any_resource(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- config rules (pure)
 
+
 def settings(**raw):
     return parse_settings({"clientCidr": CLIENT, **raw}, project=PROJECT, stack=STACK, region=REGION)
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"clientCidr": "0.0.0.0/0"}, "whole internet"),
-    ({"clientCidr": "10.0.0.0/7"}, "whole internet"),
-    ({"clientCidr": "10.0.0.0/7", "allowWideCidr": "true"}, "whole internet"),
-    ({"clientCidr": "10.0.0.0/8"}, "16,777,216 addresses, wider than /16; refused"),
-    ({"clientCidr": "10.0.0.0/15"}, "pulumi config set allowWideCidr true"),
-    ({"adminCidr": "172.16.0.0/12", "sshPublicKey": SSH_KEY}, "adminCidr '172.16.0.0/12' admits"),
-    ({"allowWideCidr": "yes"}, "allowWideCidr must be true or false"),
-    ({"clientCidr": "198.51.100.7/24"}, "host bits"),
-    ({"clientCidr": "my-laptop"}, "not an IPv4 CIDR"),
-    ({"clientCidr": "2001:db8::/64"}, "IPv6"),
-    ({"adminCidr": "0.0.0.0/0", "sshPublicKey": SSH_KEY}, "adminCidr '0.0.0.0/0' opens"),
-    ({"adminCidr": ADMIN}, "sshPublicKey is not set"),
-    ({"sshPublicKey": SSH_KEY}, "adminCidr is not set"),
-    ({"adminCidr": ADMIN, "sshPublicKey": "ssh-dss AAAAB3NzaC1kc3M="}, "OpenSSH public key"),
-    ({"adminCidr": ADMIN, "sshPublicKey": "ssh-ed25519 not*base64"}, "not valid base64"),
-    ({"adminCidr": ADMIN, "sshPublicKey": "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIA=="}, "does not match"),
-    ({"pythonWorkers": "0", "nodejsWorkers": "0"}, "at least one worker"),
-    ({"pythonWorkers": "11"}, "between 0 and 10"),
-    ({"nodejsWorkers": "two"}, "whole number"),
-    ({"pythonPort": "5002"}, "must differ"),
-    ({"pythonPort": "80"}, "between 1024 and 65535"),
-    ({"instanceType": "t4g.micro"}, "arm64"),
-    ({"instanceType": "m7gd.large"}, "arm64"),
-    ({"instanceType": "micro"}, "not an EC2 instance type"),
-    ({"workerToken": "short"}, "16-256 characters"),
-    ({"workerToken": "has space in it 1234567"}, "16-256 characters"),
-    ({"amiId": "ubuntu"}, "not an AMI id"),
-    ({"subnetId": "vpc-0123456789abcdef0"}, "not a subnet id"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"clientCidr": "0.0.0.0/0"}, "whole internet"),
+        ({"clientCidr": "10.0.0.0/7"}, "whole internet"),
+        ({"clientCidr": "10.0.0.0/7", "allowWideCidr": "true"}, "whole internet"),
+        ({"clientCidr": "10.0.0.0/8"}, "16,777,216 addresses, wider than /16; refused"),
+        ({"clientCidr": "10.0.0.0/15"}, "pulumi config set allowWideCidr true"),
+        ({"adminCidr": "172.16.0.0/12", "sshPublicKey": SSH_KEY}, "adminCidr '172.16.0.0/12' admits"),
+        ({"allowWideCidr": "yes"}, "allowWideCidr must be true or false"),
+        ({"clientCidr": "198.51.100.7/24"}, "host bits"),
+        ({"clientCidr": "my-laptop"}, "not an IPv4 CIDR"),
+        ({"clientCidr": "2001:db8::/64"}, "IPv6"),
+        ({"adminCidr": "0.0.0.0/0", "sshPublicKey": SSH_KEY}, "adminCidr '0.0.0.0/0' opens"),
+        ({"adminCidr": ADMIN}, "sshPublicKey is not set"),
+        ({"sshPublicKey": SSH_KEY}, "adminCidr is not set"),
+        ({"adminCidr": ADMIN, "sshPublicKey": "ssh-dss AAAAB3NzaC1kc3M="}, "OpenSSH public key"),
+        ({"adminCidr": ADMIN, "sshPublicKey": "ssh-ed25519 not*base64"}, "not valid base64"),
+        ({"adminCidr": ADMIN, "sshPublicKey": "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIA=="}, "does not match"),
+        ({"pythonWorkers": "0", "nodejsWorkers": "0"}, "at least one worker"),
+        ({"pythonWorkers": "11"}, "between 0 and 10"),
+        ({"nodejsWorkers": "two"}, "whole number"),
+        ({"pythonPort": "5002"}, "must differ"),
+        ({"pythonPort": "80"}, "between 1024 and 65535"),
+        ({"instanceType": "t4g.micro"}, "arm64"),
+        ({"instanceType": "m7gd.large"}, "arm64"),
+        ({"instanceType": "micro"}, "not an EC2 instance type"),
+        ({"workerToken": "short"}, "16-256 characters"),
+        ({"workerToken": "has space in it 1234567"}, "16-256 characters"),
+        ({"amiId": "ubuntu"}, "not an AMI id"),
+        ({"subnetId": "vpc-0123456789abcdef0"}, "not a subnet id"),
+    ],
+)
 def test_bad_settings_are_refused_with_one_line(raw, message):
     with pytest.raises(ConfigError, match=message) as caught:
         settings(**raw)
     assert "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("raw, warned", [
-    ({"clientCidr": "198.51.100.0/24"}, []),
-    ({"clientCidr": "198.51.96.0/20"}, ["clientCidr 198.51.96.0/20 admits 4,096 addresses"]),
-    ({"clientCidr": "10.0.0.0/16", "adminCidr": "10.1.0.0/23", "sshPublicKey": SSH_KEY},
-     ["clientCidr 10.0.0.0/16 admits 65,536", "adminCidr 10.1.0.0/23 admits 512"]),
-    ({"clientCidr": "10.0.0.0/8", "allowWideCidr": "true"}, ["clientCidr 10.0.0.0/8 admits 16,777,216"]),
-])
+@pytest.mark.parametrize(
+    "raw, warned",
+    [
+        ({"clientCidr": "198.51.100.0/24"}, []),
+        ({"clientCidr": "198.51.96.0/20"}, ["clientCidr 198.51.96.0/20 admits 4,096 addresses"]),
+        (
+            {"clientCidr": "10.0.0.0/16", "adminCidr": "10.1.0.0/23", "sshPublicKey": SSH_KEY},
+            ["clientCidr 10.0.0.0/16 admits 65,536", "adminCidr 10.1.0.0/23 admits 512"],
+        ),
+        ({"clientCidr": "10.0.0.0/8", "allowWideCidr": "true"}, ["clientCidr 10.0.0.0/8 admits 16,777,216"]),
+    ],
+)
 def test_networks_wider_than_24_are_warned_about(raw, warned):
     parsed = settings(**raw)
-    assert [w.split(" addresses")[0] for w in parsed.warnings] == [
-        w.split(" addresses")[0] for w in warned]
+    assert [w.split(" addresses")[0] for w in parsed.warnings] == [w.split(" addresses")[0] for w in warned]
     assert all("sniff the token" in w and "\n" not in w for w in parsed.warnings)
 
 
@@ -451,8 +510,13 @@ def test_pulumi_up_shows_the_wide_network_warning(monkeypatch):
 
 
 def test_good_settings_are_normalised():
-    parsed = settings(clientCidr=" 198.51.100.7 ", instanceType="t3.micro", adminCidr="192.0.2.0/28",
-                      sshPublicKey=f"  {SSH_KEY}  ", workerToken="x" * 16)
+    parsed = settings(
+        clientCidr=" 198.51.100.7 ",
+        instanceType="t3.micro",
+        adminCidr="192.0.2.0/28",
+        sshPublicKey=f"  {SSH_KEY}  ",
+        workerToken="x" * 16,
+    )
     assert parsed.client_cidr == "198.51.100.7/32"
     assert parsed.ssh_public_key == SSH_KEY
     assert parsed.instance_type == "t3.micro"
@@ -470,8 +534,7 @@ def test_pulumi_yaml_declares_every_setting_with_the_code_defaults():
     for key, spec in declared.items():
         assert spec["description"], key
         assert str(spec["default"]).lower() == DEFAULTS[key], key
-        kind = ("integer" if DEFAULTS[key].isdigit()
-                else "boolean" if DEFAULTS[key] in ("true", "false") else "string")
+        kind = "integer" if DEFAULTS[key].isdigit() else "boolean" if DEFAULTS[key] in ("true", "false") else "string"
         assert spec["type"] == kind, key
         # A secret-typed key with a plain default fails the engine's check ("must be encrypted").
         assert "secret" not in spec, key
@@ -479,13 +542,13 @@ def test_pulumi_yaml_declares_every_setting_with_the_code_defaults():
 
 def test_dev_stack_settings_are_valid_and_hold_no_secret():
     stack = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
-    raw = {key.split(":", 1)[1]: str(value) for key, value in stack.items()
-           if key.startswith(PROJECT + ":")}
+    raw = {key.split(":", 1)[1]: str(value) for key, value in stack.items() if key.startswith(PROJECT + ":")}
     assert "workerToken" not in raw and "clientCidr" not in raw
     parse_settings({**raw, "clientCidr": CLIENT}, project=PROJECT, stack="dev", region=stack["aws:region"])
 
 
 # ---------------------------------------------------------------- bundle (shared with the fleet tool)
+
 
 def _tree(root: Path, files: dict[str, str]) -> None:
     for path, text in files.items():
@@ -498,7 +561,7 @@ WORKER_TREE = {
     "worker-nodejs/server.js": "require('./app')\n",
     "worker-nodejs/app.js": "module.exports = {}\n",
     "worker-nodejs/package.json": "{}\n",
-    "worker-nodejs/package-lock.json": "{\"lockfileVersion\": 3}\n",
+    "worker-nodejs/package-lock.json": '{"lockfileVersion": 3}\n',
     "worker-nodejs/README.md": "docs\n",
     "worker-nodejs/Dockerfile": "FROM node\n",
     "worker-nodejs/test/app.test.js": "test\n",
@@ -558,6 +621,7 @@ def test_build_id_and_tarball_are_deterministic():
 # ---------------------------------------------------------------- scripts/stack_outputs.py
 # The Pulumi CLI cannot be installed here, so a stand-in `pulumi` on PATH plays its part.
 
+
 def _run_stack_outputs(tmp_path: Path, fake_pulumi: str | None, *args: str) -> subprocess.CompletedProcess:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
@@ -566,33 +630,47 @@ def _run_stack_outputs(tmp_path: Path, fake_pulumi: str | None, *args: str) -> s
         script.write_text("#!/bin/sh\n" + fake_pulumi)
         script.chmod(0o755)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
-    return subprocess.run([sys.executable, "-m", "scripts.stack_outputs", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.stack_outputs", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_stack_outputs_writes_the_file_privately_and_atomically(tmp_path):
     target = tmp_path / "out" / "stack-outputs.json"
-    fake = (f'echo "$@" > {tmp_path}/argv\n'
-            f'cat {FIXTURE}\n')
+    fake = f'echo "$@" > {tmp_path}/argv\ncat {FIXTURE}\n'
     result = _run_stack_outputs(tmp_path, fake, "--stack", "dev", "--output", str(target))
     assert result.returncode == 0, result.stderr
     assert json.loads(target.read_text()) == json.loads(FIXTURE.read_text())
     assert target.stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in target.parent.iterdir()) == ["stack-outputs.json"]
     assert (tmp_path / "argv").read_text().split() == [
-        "stack", "output", "--json", "--show-secrets", "--stack", "dev", "--non-interactive"]
+        "stack",
+        "output",
+        "--json",
+        "--show-secrets",
+        "--stack",
+        "dev",
+        "--non-interactive",
+    ]
     assert "2 workers" in result.stdout and FIXTURE.name not in result.stderr
     assert json.loads(FIXTURE.read_text())["worker_token"] not in result.stdout
 
 
-@pytest.mark.parametrize("fake, message", [
-    (None, "the pulumi CLI is not on PATH"),
-    ("echo 'error: no stack named dev found' >&2; exit 255\n", "pulumi exited 255: error: no stack named dev"),
-    ("echo not json\n", "printed no usable JSON"),
-    ("echo '{}'\n", "run `pulumi up` first"),
-    ("""echo '{"workers": [{"url": "http://203.0.113.1:5001"}], "worker_token": "[secret]"}'\n""",
-     "still masked"),
-])
+@pytest.mark.parametrize(
+    "fake, message",
+    [
+        (None, "the pulumi CLI is not on PATH"),
+        ("echo 'error: no stack named dev found' >&2; exit 255\n", "pulumi exited 255: error: no stack named dev"),
+        ("echo not json\n", "printed no usable JSON"),
+        ("echo '{}'\n", "run `pulumi up` first"),
+        ("""echo '{"workers": [{"url": "http://203.0.113.1:5001"}], "worker_token": "[secret]"}'\n""", "still masked"),
+    ],
+)
 def test_stack_outputs_failures_are_one_line_and_write_nothing(tmp_path, fake, message):
     target = tmp_path / "stack-outputs.json"
     result = _run_stack_outputs(tmp_path, fake, "--output", str(target))

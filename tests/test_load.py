@@ -7,6 +7,7 @@ either completes with the right pixels (checked against the contract's formulas,
 process) or fails with one clear CoordinatorError that a plain retry fixes. Nothing may be
 lost: no other exception, no hang, no silently wrong pixels.
 """
+
 from __future__ import annotations
 
 import time
@@ -18,6 +19,7 @@ from scripts.testkit.load import JOBS, busy_responses_in_log, peak_rss_mb, run_l
 
 
 # -- tests ---------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def pushy_fleet(worker_factory):
@@ -43,4 +45,4 @@ def test_fifty_jobs_under_backpressure_complete_correctly(pushy_fleet, record_pr
         assert worker.proc.poll() is None, "a worker died under load"
         peak = peak_rss_mb(worker.pid)
         assert peak > 0
-        record_property(f"peak_rss_mb_{runtime}", round(peak, 1))    # shown in --junitxml
+        record_property(f"peak_rss_mb_{runtime}", round(peak, 1))  # shown in --junitxml

@@ -3,6 +3,7 @@
 Real subprocesses of the runner, with its pid files and logs in a temporary LOCAL_RUN_DIR so a
 developer's own `make run` is never touched; every run is bounded by a timeout.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,11 +22,20 @@ from scripts.testkit.procs import ROOT, free_port
 
 
 def runner(command: str, tmp_path, timeout: float = 90, **ports: int) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("WORKER_PORT", "WORKER_TOKEN", *local.WORKER_SOURCES)}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("WORKER_PORT", "WORKER_TOKEN", *local.WORKER_SOURCES)
+    }
     env.update({"LOCAL_RUN_DIR": str(tmp_path / "run"), **{k: str(v) for k, v in ports.items()}})
-    return subprocess.run([sys.executable, "-m", "scripts.local", command], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.local", command],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -38,8 +48,7 @@ def held_port():
 
 
 @pytest.mark.parametrize("variable", ["PYTHON_WORKER_PORT", "NODEJS_WORKER_PORT"])
-def test_a_busy_worker_port_is_one_line_naming_the_variable_and_starts_nothing(
-        variable, held_port, tmp_path):
+def test_a_busy_worker_port_is_one_line_naming_the_variable_and_starts_nothing(variable, held_port, tmp_path):
     other = "NODEJS_WORKER_PORT" if variable == "PYTHON_WORKER_PORT" else "PYTHON_WORKER_PORT"
     result = runner("start", tmp_path, timeout=30, **{variable: held_port, other: free_port()})
     assert result.returncode == 1, (result.stdout, result.stderr)
@@ -50,19 +59,28 @@ def test_a_busy_worker_port_is_one_line_naming_the_variable_and_starts_nothing(
 
 
 def test_a_busy_page_port_is_named_before_the_workers_start(held_port, tmp_path):
-    result = runner("run", tmp_path, timeout=30, COORDINATOR_PAGE_PORT=held_port,
-                    PYTHON_WORKER_PORT=free_port(), NODEJS_WORKER_PORT=free_port())
+    result = runner(
+        "run",
+        tmp_path,
+        timeout=30,
+        COORDINATOR_PAGE_PORT=held_port,
+        PYTHON_WORKER_PORT=free_port(),
+        NODEJS_WORKER_PORT=free_port(),
+    )
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert f"port {held_port} for page is busy; set COORDINATOR_PAGE_PORT" in line
     assert not list((tmp_path / "run").glob("*.pid"))
 
 
-@pytest.mark.parametrize("ports, fragment", [
-    ({"PYTHON_WORKER_PORT": "50o1"}, "PYTHON_WORKER_PORT must be a port number"),
-    ({"NODEJS_WORKER_PORT": "80"}, "NODEJS_WORKER_PORT must be a port number"),
-    ({"PYTHON_WORKER_PORT": "6001", "NODEJS_WORKER_PORT": "6001"}, "must differ"),
-])
+@pytest.mark.parametrize(
+    "ports, fragment",
+    [
+        ({"PYTHON_WORKER_PORT": "50o1"}, "PYTHON_WORKER_PORT must be a port number"),
+        ({"NODEJS_WORKER_PORT": "80"}, "NODEJS_WORKER_PORT must be a port number"),
+        ({"PYTHON_WORKER_PORT": "6001", "NODEJS_WORKER_PORT": "6001"}, "must differ"),
+    ],
+)
 def test_bad_port_settings_are_usage_errors(ports, fragment, tmp_path):
     result = runner("start", tmp_path, timeout=30, **ports)
     assert result.returncode == 2
@@ -73,8 +91,7 @@ def test_bad_port_settings_are_usage_errors(ports, fragment, tmp_path):
 def test_workers_start_on_the_chosen_ports_and_stop(tmp_path):
     python_port, nodejs_port = free_port(), free_port()
     try:
-        result = runner("start", tmp_path, PYTHON_WORKER_PORT=python_port,
-                        NODEJS_WORKER_PORT=nodejs_port)
+        result = runner("start", tmp_path, PYTHON_WORKER_PORT=python_port, NODEJS_WORKER_PORT=nodejs_port)
         assert result.returncode == 0, result.stderr
         for port, runtime in ((python_port, "python"), (nodejs_port, "nodejs")):
             assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()["runtime"] == runtime
@@ -87,8 +104,7 @@ def test_workers_start_on_the_chosen_ports_and_stop(tmp_path):
 
 def test_the_page_is_pointed_at_the_chosen_ports_unless_a_worker_list_is_set():
     chosen = {"worker-python": 6011, "worker-nodejs": 6012, "page": 6013}
-    assert local.page_env({}, chosen)["COORDINATOR_WORKERS"] == (
-        "http://127.0.0.1:6011,http://127.0.0.1:6012")
+    assert local.page_env({}, chosen)["COORDINATOR_WORKERS"] == ("http://127.0.0.1:6011,http://127.0.0.1:6012")
     fleet = {"COORDINATOR_WORKERS_FILE": "stack-outputs.json"}
     assert "COORDINATOR_WORKERS" not in local.page_env(fleet, chosen)
     chosen_by_user = local.page_env({"COORDINATOR_WORKERS": "http://x:1"}, chosen)
@@ -97,17 +113,33 @@ def test_the_page_is_pointed_at_the_chosen_ports_unless_a_worker_list_is_set():
 
 def test_run_points_the_page_at_the_chosen_worker_ports_and_ctrl_c_stops_all(tmp_path):
     python_port, nodejs_port, page_port = free_port(), free_port(), free_port()
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("WORKER_PORT", "WORKER_TOKEN", *local.WORKER_SOURCES)}
-    env.update({"LOCAL_RUN_DIR": str(tmp_path / "run"), "PYTHON_WORKER_PORT": str(python_port),
-                "NODEJS_WORKER_PORT": str(nodejs_port), "COORDINATOR_PAGE_PORT": str(page_port)})
-    proc = subprocess.Popen([sys.executable, "-m", "scripts.local", "run"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("WORKER_PORT", "WORKER_TOKEN", *local.WORKER_SOURCES)
+    }
+    env.update(
+        {
+            "LOCAL_RUN_DIR": str(tmp_path / "run"),
+            "PYTHON_WORKER_PORT": str(python_port),
+            "NODEJS_WORKER_PORT": str(nodejs_port),
+            "COORDINATOR_PAGE_PORT": str(page_port),
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.local", "run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         page_pid = _wait_for_page(tmp_path / "run" / "page.pid", page_port, proc)
         environ = Path(f"/proc/{page_pid}/environ").read_bytes().split(b"\0")
-        assert (f"COORDINATOR_WORKERS=http://127.0.0.1:{python_port},"
-                f"http://127.0.0.1:{nodejs_port}").encode() in environ
+        assert (
+            f"COORDINATOR_WORKERS=http://127.0.0.1:{python_port},http://127.0.0.1:{nodejs_port}"
+        ).encode() in environ
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
     finally:

@@ -4,6 +4,7 @@ AppTest in Streamlit 1.67 drives st.file_uploader itself (`set_value`), so the p
 test-only upload seam. The page's pure helpers (page_text, page_chart, page_overlay) are checked
 at the end.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,9 +19,17 @@ from streamlit.testing.v1 import AppTest
 from coordinator.page_chart import strip_table, timing_frame
 from coordinator.page_memory import SessionImages
 from coordinator.page_overlay import StripBox, draw_strip_overlay, runtime_colour
-from coordinator.page_text import (changed_settings, event_line, human_bytes, input_problem,
-                                   missing_workers, no_worker_message, plan_caption, runtimes_note,
-                                   safe_name)
+from coordinator.page_text import (
+    changed_settings,
+    event_line,
+    human_bytes,
+    input_problem,
+    missing_workers,
+    no_worker_message,
+    plan_caption,
+    runtimes_note,
+    safe_name,
+)
 from tests.support.hostile_worker import HostileWorker
 from scripts.testkit.procs import ROOT, free_port
 
@@ -164,8 +173,10 @@ def test_a_strip_no_worker_can_do_is_named_with_each_reason(monkeypatch, worker_
     page = upload(open_page(monkeypatch, [locked.url, dead_url()]), "colour.png", colourful_png())
     process(page)
     errors = texts(page.error)  # whichever strip failed first names the job's failure
-    assert ("Strip 1 of 2 (**grayscale**) could not be done by any worker" in errors
-            or "Strip 2 of 2 (**sepia**) could not be done by any worker" in errors), errors
+    assert (
+        "Strip 1 of 2 (**grayscale**) could not be done by any worker" in errors
+        or "Strip 2 of 2 (**sepia**) could not be done by any worker" in errors
+    ), errors
     assert "token rejected" in texts(page.text) and "connection refused" in texts(page.text)
     assert "result" not in page.session_state["images"]["outcome"]
     assert page.button(key="process") is not None and page.slider(key="strips").value == 2
@@ -199,11 +210,13 @@ def test_upload_over_the_pixel_limit_is_refused_before_processing(monkeypatch, l
 def test_truncated_jpeg_is_explained_for_a_page_user(monkeypatch, local_fleet):
     whole = io.BytesIO()
     Image.open(io.BytesIO(colourful_png())).convert("RGB").save(whole, "JPEG", quality=90)
-    page = upload(open_page(monkeypatch, local_fleet), "cut.jpg", whole.getvalue()[:len(whole.getvalue()) // 3],
-                  "image/jpeg")
+    page = upload(
+        open_page(monkeypatch, local_fleet), "cut.jpg", whole.getvalue()[: len(whole.getvalue()) // 3], "image/jpeg"
+    )
     errors = texts(page.error)
     assert "The file ends before the image does: it looks cut short" in errors
     assert "bytes not processed" not in errors and "truncated" not in errors
+
 
 def test_unexpected_error_is_one_line_not_a_traceback(monkeypatch, local_fleet):
     import coordinator.discovery
@@ -249,9 +262,18 @@ def hostile_cards():
     from coordinator.page_workers import worker_card
 
     evil = "http://evil.example"
-    worker_card(WorkerStatus("http://127.0.0.1:9", True, "**svc**", f"python]({evil}/phish)",
-                             f"[update now]({evil}/)", f"![x]({evil}/pixel.png)",
-                             ("grayscale", f"[sepia]({evil}/)"), 2.0))
+    worker_card(
+        WorkerStatus(
+            "http://127.0.0.1:9",
+            True,
+            "**svc**",
+            f"python]({evil}/phish)",
+            f"[update now]({evil}/)",
+            f"![x]({evil}/pixel.png)",
+            ("grayscale", f"[sepia]({evil}/)"),
+            2.0,
+        )
+    )
     worker_card(WorkerStatus("http://127.0.0.1:9", False, error=f"unhealthy: <img src={evil}/t.png> :red[x]"))
 
 
@@ -287,8 +309,9 @@ def test_a_worker_down_at_job_time_is_named_and_the_panel_refreshed(monkeypatch,
 def test_wide_image_offers_only_formats_that_fit_and_shows_a_visible_preview(monkeypatch, local_fleet):
     page = upload(open_page(monkeypatch, local_fleet), "wide.bmp", encoded_bmp(17_000, 3), "image/bmp")
     assert page.button_group(key="out_format").options == ["PNG", "JPEG"]
-    assert "WebP stores at most 16,383 px a side, and this image is 17,000×3 px: download it as PNG or JPEG" \
-        in texts(page.caption)
+    assert "WebP stores at most 16,383 px a side, and this image is 17,000×3 px: download it as PNG or JPEG" in texts(
+        page.caption
+    )
     preview = Image.open(io.BytesIO(page.session_state["images"]["upload"]["preview"]))
     assert preview.height * 600 / preview.width >= 30  # 30 px high at 600 px wide, 20 px at 400
     assert "rows stretched to show" in captions(page)
@@ -307,8 +330,7 @@ def test_a_new_upload_drops_the_old_image_and_result(monkeypatch, local_fleet):
 def test_a_gone_session_s_images_are_emptied_after_the_grace_period():
     now, active = [0.0], {"a": True, "b": True}
     dropped = []
-    store = SessionImages(lambda session_id: active[session_id], grace=60, clock=lambda: now[0],
-                          on_gone=dropped.append)
+    store = SessionImages(lambda session_id: active[session_id], grace=60, clock=lambda: now[0], on_gone=dropped.append)
     kept, gone = store.for_session("a"), store.for_session("b")
     kept["upload"], gone["upload"] = "pixels a", "pixels b"
     active["b"] = False
@@ -324,11 +346,19 @@ def test_a_gone_session_s_images_are_emptied_after_the_grace_period():
 
 
 def strip(index, top, bottom, runtime="python", worker_ms=10.0, total_ms=25.0, failovers=()):
-    return SimpleNamespace(index=index, top=top, bottom=bottom, op="grayscale", runtime=runtime,
-                           worker_url=f"http://127.0.0.1:500{index}", attempts=1 + len(failovers),
-                           worker_ms=worker_ms, total_ms=total_ms,
-                           transfer_ms=None if worker_ms is None else total_ms - worker_ms,
-                           failovers=list(failovers))
+    return SimpleNamespace(
+        index=index,
+        top=top,
+        bottom=bottom,
+        op="grayscale",
+        runtime=runtime,
+        worker_url=f"http://127.0.0.1:500{index}",
+        attempts=1 + len(failovers),
+        worker_ms=worker_ms,
+        total_ms=total_ms,
+        transfer_ms=None if worker_ms is None else total_ms - worker_ms,
+        failovers=list(failovers),
+    )
 
 
 def test_plan_caption_groups_runs_of_the_same_op():
@@ -343,20 +373,35 @@ def test_sizes_and_messages_are_plain_text():
     error = SimpleNamespace(strip_index=1, op="sepia", attempts=["http://a:1: connection refused"])
     head, reasons = no_worker_message(error, 4)
     assert head.startswith("Strip 2 of 4 (**sepia**)") and reasons == ["http://a:1: connection refused"]
-    event = SimpleNamespace(kind="retry", index=0, op="blur", worker_url="http://h:1",
-                            runtime="nodejs](http://evil.example)", attempt=1,
-                            message="HTTP 503 busy: *try* later", elapsed_ms=3.0)
+    event = SimpleNamespace(
+        kind="retry",
+        index=0,
+        op="blur",
+        worker_url="http://h:1",
+        runtime="nodejs](http://evil.example)",
+        attempt=1,
+        message="HTTP 503 busy: *try* later",
+        elapsed_ms=3.0,
+    )
     # shown with st.text, so kept literally; a runtime name is cut to safe characters
     assert "(HTTP 503 busy: *try* later)" in event_line(event)
     assert event_line(event).startswith("⚠ Strip 1 (blur): nodejshttpevil.example at h:1 failed")
     assert safe_name("![x](http://e/p.png)") == "xhttpep.png" and safe_name("") == "worker"
-    assert "cut short" in input_problem("image is truncated or corrupt (JPEG): image file is truncated "
-                                        "(54 bytes not processed)")
+    assert "cut short" in input_problem(
+        "image is truncated or corrupt (JPEG): image file is truncated (54 bytes not processed)"
+    )
     assert "54 bytes" not in input_problem("image is truncated or corrupt (JPEG): (54 bytes not processed)")
-    assert "120,000,000 pixels (120 MP)" in input_problem("image has 120000000 pixels, over the limit of "
-                                                         "50000000 (COORDINATOR_MAX_PIXELS)")
-    assert event_line(SimpleNamespace(kind="start", index=0, op="x", worker_url=None, runtime=None,
-                                      attempt=1, message="", elapsed_ms=0.0)) is None
+    assert "120,000,000 pixels (120 MP)" in input_problem(
+        "image has 120000000 pixels, over the limit of 50000000 (COORDINATOR_MAX_PIXELS)"
+    )
+    assert (
+        event_line(
+            SimpleNamespace(
+                kind="start", index=0, op="x", worker_url=None, runtime=None, attempt=1, message="", elapsed_ms=0.0
+            )
+        )
+        is None
+    )
 
 
 def test_timing_frame_orders_strips_and_tolerates_missing_worker_time():
@@ -380,8 +425,7 @@ def test_overlay_outlines_each_strip_in_its_runtime_colour():
 
 
 def test_timing_frame_keeps_encoding_and_waiting_out_of_the_network_part():
-    queued = SimpleNamespace(**vars(strip(0, 0, 50, worker_ms=100.0, total_ms=1000.0)), encode_ms=250.0,
-                             queue_ms=600.0)
+    queued = SimpleNamespace(**vars(strip(0, 0, 50, worker_ms=100.0, total_ms=1000.0)), encode_ms=250.0, queue_ms=600.0)
     frame = timing_frame([queued])
     row = frame.iloc[0]
     assert (row["in worker ms"], row["network ms"], row["encoding ms"], row["waiting ms"]) == (100, 50, 250, 600)
@@ -391,7 +435,9 @@ def test_changed_settings_name_what_changed():
     before = {"spec": "blur", "strips": 2, "params": {"radius": 5.0}}
     assert changed_settings(before, {"spec": "blur", "strips": 2, "params": {"radius": 5.0}}) == []
     assert changed_settings(before, {"spec": "blur", "strips": 3, "params": {"radius": 20.0}}) == [
-        "strips 2 → 3", "blur radius 5 → 20"]
+        "strips 2 → 3",
+        "blur radius 5 → 20",
+    ]
     assert changed_settings(before, {"spec": "seed", "strips": 2, "params": {}}) == ["operations blur → seed"]
 
 
@@ -402,4 +448,5 @@ def test_missing_workers_name_the_runtime_and_reason():
     assert lines == [("nodejs", "nodejs at 127.0.0.1:5002: unreachable: connection refused")]
     assert runtimes_note([strip(0, 0, 10)], lines).startswith("This job ran on **python** only: 1 configured")
     assert runtimes_note([strip(0, 0, 10)], [("python", "python at h:1: down")]).startswith(
-        "This job ran without 1 configured worker (below), on **python**.")
+        "This job ran without 1 configured worker (below), on **python**."
+    )

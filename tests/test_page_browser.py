@@ -2,6 +2,7 @@
 
 The time a 12 MP upload takes on the page is a benchmark, not a test: scripts/bench_page.py.
 """
+
 from __future__ import annotations
 
 import re
@@ -11,8 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.testkit.browser import (ARTIFACTS, RESULT_TIMEOUT_MS, chromium_missing, chromium_page,
-                                     start_page, upload_and_process, wait_until_idle)
+from scripts.testkit.browser import (
+    ARTIFACTS,
+    RESULT_TIMEOUT_MS,
+    chromium_missing,
+    chromium_page,
+    start_page,
+    upload_and_process,
+    wait_until_idle,
+)
 from scripts.testkit.images import colourful_image, encoded
 from tests.support.ci import skip_or_fail
 from tests.support.hostile_worker import HostileWorker
@@ -75,7 +83,8 @@ def test_bad_file_shows_a_message_not_a_traceback(page_server):
         page.goto(page_server.url)
         page.get_by_text("Upload an image to start").wait_for(timeout=30_000)
         page.locator('input[type="file"]').set_input_files(
-            files=[{"name": "broken.png", "mimeType": "image/png", "buffer": b"not an image"}])
+            files=[{"name": "broken.png", "mimeType": "image/png", "buffer": b"not an image"}]
+        )
         page.get_by_text("This file is not an image the page can read").wait_for(timeout=30_000)
         shot(page, "page-bad-file.png")
         assert page.get_by_text("Traceback").count() == 0
@@ -89,13 +98,28 @@ def test_download_works_on_the_first_click_after_keyboard_slider_changes(page_se
     then marked out of date, naming the change."""
     with chromium_page(viewport=(1400, 1700)) as page:
         media = []
-        page.on("response", lambda response: media.append(
-            (response.status, response.request.method, response.url[-12:], response.headers.get("content-disposition")))
-            if "/media/" in response.url else None)
-        page.on("requestfailed", lambda request: media.append(("failed", request.url[-12:], request.failure))
-                if "/media/" in request.url else None)
-        upload_and_process(page, page_server.url, "keys.png", encoded(colourful_image(300, 200), "PNG"),
-                           "image/png")
+        page.on(
+            "response",
+            lambda response: (
+                media.append(
+                    (
+                        response.status,
+                        response.request.method,
+                        response.url[-12:],
+                        response.headers.get("content-disposition"),
+                    )
+                )
+                if "/media/" in response.url
+                else None
+            ),
+        )
+        page.on(
+            "requestfailed",
+            lambda request: (
+                media.append(("failed", request.url[-12:], request.failure)) if "/media/" in request.url else None
+            ),
+        )
+        upload_and_process(page, page_server.url, "keys.png", encoded(colourful_image(300, 200), "PNG"), "image/png")
         wait_until_idle(page)
         for round_number in range(4):
             page.get_by_role("slider").first.focus()
@@ -111,8 +135,12 @@ def test_download_works_on_the_first_click_after_keyboard_slider_changes(page_se
         for _ in range(12):
             page.keyboard.press("ArrowRight")
         page.get_by_text("Outline strips with their worker and time").click()  # commits the slider
-        page.get_by_text(re.compile(r"^Out of date: this result and its download were made before "
-                                    r"you changed strips 2 → 14")).wait_for(timeout=30_000)
+        page.get_by_text(
+            re.compile(
+                r"^Out of date: this result and its download were made before "
+                r"you changed strips 2 → 14"
+            )
+        ).wait_for(timeout=30_000)
         page.get_by_text(re.compile(r"^Earlier result \(out of date\) · 300×200 px")).wait_for()
         wait_until_idle(page)
         shot(page, "page-stale.png")
@@ -128,8 +156,9 @@ def test_worker_text_is_plain_and_nothing_is_fetched_off_loopback(local_fleet, t
         try:
             with chromium_page(viewport=(1400, 2300)) as page:
                 hosts = record_hosts(page)
-                upload_and_process(page, server.url, "plain.png", encoded(colourful_image(300, 200), "PNG"),
-                                   "image/png")
+                upload_and_process(
+                    page, server.url, "plain.png", encoded(colourful_image(300, 200), "PNG"), "image/png"
+                )
                 wait_until_idle(page)
                 assert page.get_by_test_id("stSidebar").get_by_test_id("stText").count() >= 4  # 3 cards
                 page.get_by_text("Done: 2 strips").wait_for(timeout=10_000)
@@ -171,8 +200,9 @@ def test_a_control_changed_while_a_job_runs_keeps_the_job(page_server):
     with chromium_page(viewport=(1400, 2200)) as page:
         page.goto(page_server.url)
         page.get_by_text("Upload an image to start").wait_for(timeout=30_000)
-        page.locator('input[type="file"]').set_input_files(files=[{
-            "name": "slow.png", "mimeType": "image/png", "buffer": encoded(colourful_image(3000, 2000), "PNG")}])
+        page.locator('input[type="file"]').set_input_files(
+            files=[{"name": "slow.png", "mimeType": "image/png", "buffer": encoded(colourful_image(3000, 2000), "PNG")}]
+        )
         page.get_by_text("One operation for every strip").click()
         page.get_by_test_id("stSelectbox").first.click()
         page.get_by_role("option", name="blur").click()
@@ -186,8 +216,12 @@ def test_a_control_changed_while_a_job_runs_keeps_the_job(page_server):
         strips.focus()
         page.keyboard.press("ArrowRight")
         page.get_by_text(re.compile(r"^Out of date: .*you changed strips 2 → 3")).wait_for(timeout=RESULT_TIMEOUT_MS)
-        page.get_by_text(re.compile(r"^Earlier result \(out of date\) · 3,000×2,000 px · all 2 strips blur "
-                                    r"\(radius 50\)")).wait_for(timeout=10_000)
+        page.get_by_text(
+            re.compile(
+                r"^Earlier result \(out of date\) · 3,000×2,000 px · all 2 strips blur "
+                r"\(radius 50\)"
+            )
+        ).wait_for(timeout=10_000)
         assert page.get_by_text("was cancelled").count() == 0
         wait_until_idle(page)
         shot(page, "page-changed-while-running.png")
@@ -199,8 +233,12 @@ def test_a_very_wide_thin_image_is_visible_and_offers_formats_that_fit(page_serv
     wide = Image.new("RGB", (17_000, 3), (40, 120, 200))
     with chromium_page(viewport=(1400, 1700)) as page:
         upload_and_process(page, page_server.url, "wide.bmp", encoded(wide, "BMP"), "image/bmp")
-        page.get_by_text(re.compile(r"^WebP stores at most 16,383 px a side, and this image is 17,000×3 px: "
-                                    r"download it as PNG or JPEG")).wait_for(timeout=10_000)
+        page.get_by_text(
+            re.compile(
+                r"^WebP stores at most 16,383 px a side, and this image is 17,000×3 px: "
+                r"download it as PNG or JPEG"
+            )
+        ).wait_for(timeout=10_000)
         wait_until_idle(page)
         assert page.get_by_role("button", name="WebP").count() == 0
         for image in page.locator('[data-testid="stImage"] img').all():
@@ -214,8 +252,11 @@ def test_process_is_disabled_with_no_worker(tmp_path):
         with chromium_page() as page:
             page.goto(server.url)
             page.get_by_text("Upload an image to start").wait_for(timeout=30_000)
-            page.locator('input[type="file"]').set_input_files(files=[{
-                "name": "idle.png", "mimeType": "image/png", "buffer": encoded(colourful_image(300, 200), "PNG")}])
+            page.locator('input[type="file"]').set_input_files(
+                files=[
+                    {"name": "idle.png", "mimeType": "image/png", "buffer": encoded(colourful_image(300, 200), "PNG")}
+                ]
+            )
             button = page.get_by_role("button", name=re.compile("Process"))
             button.wait_for(timeout=30_000)
             assert button.is_disabled()

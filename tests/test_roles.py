@@ -3,6 +3,7 @@ layout are written: change one value there and every consumer follows. Each test
 value in the registry (as a one-line edit would), then asks each consumer what it would do:
 the Pulumi program (under mocks) and its user-data, the local runner, the tests' launcher, the
 fleet deploy and the coordinator's default worker list."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,8 +43,7 @@ def program_user_data(role: str) -> str:
 
 
 def cloud_config(spec: roles.RoleSpec) -> dict:
-    release = Release(role=spec.role, build="0123456789ab", key=f"{spec.role}/x.tar.gz",
-                      sha256="0" * 64, archive=b"")
+    release = Release(role=spec.role, build="0123456789ab", key=f"{spec.role}/x.tar.gz", sha256="0" * 64, archive=b"")
     text = render_cloud_config(spec, release, bucket="b", region=REGION, port=spec.port, token="t" * 20)
     return yaml.safe_load(text)
 
@@ -51,10 +51,9 @@ def cloud_config(spec: roles.RoleSpec) -> dict:
 def test_a_port_change_reaches_infra_the_local_runner_and_the_coordinator(monkeypatch):
     change(monkeypatch, port=6101)
     user_data = program_user_data(ROLE)
-    assert "WORKER_PORT=6101\n" in user_data                        # infra config -> user-data
-    assert local.ports({})[ROLE] == 6101                            # make run / make workers
-    assert local.page_env({}, local.ports({}))["COORDINATOR_WORKERS"].startswith(
-        "http://127.0.0.1:6101,")
+    assert "WORKER_PORT=6101\n" in user_data  # infra config -> user-data
+    assert local.ports({})[ROLE] == 6101  # make run / make workers
+    assert local.page_env({}, local.ports({}))["COORDINATOR_WORKERS"].startswith("http://127.0.0.1:6101,")
 
 
 def test_the_coordinator_default_list_is_the_registry_ports():

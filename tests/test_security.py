@@ -2,6 +2,7 @@
 
 Each test names the SECURITY.md claim it proves.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from scripts.testkit.images import expected_pixels, max_pixel_diff, png_bytes, s
 from scripts.testkit.procs import ROOT
 
 TOKEN = "s3cr3t-Token-for-tests-8f1d2c"
-WRONG = "s3cr3t-Token-for-tests-WRONG0"       # same prefix: a prefix compare would pass it
+WRONG = "s3cr3t-Token-for-tests-WRONG0"  # same prefix: a prefix compare would pass it
 PRIMARY = {"python": "grayscale", "nodejs": "sepia"}
 
 
@@ -29,8 +30,9 @@ def locked_worker(request, worker_factory):
 
 
 def post(url: str, body: bytes, headers: dict | None = None, **kwargs):
-    return requests.post(f"{url}/process", data=body, timeout=10,
-                         headers={"Content-Type": "image/png", **(headers or {})}, **kwargs)
+    return requests.post(
+        f"{url}/process", data=body, timeout=10, headers={"Content-Type": "image/png", **(headers or {})}, **kwargs
+    )
 
 
 def wait_for_log(worker, text: str, timeout: float = 3.0) -> bool:
@@ -51,10 +53,23 @@ def error_code(response) -> str:
 
 # -- claim: /process needs the token; /healthz does not ----------------------------------------
 
-@pytest.mark.parametrize("authorization", [
-    None, "", "Bearer", "Bearer ", f"Bearer {WRONG}", f"Bearer {TOKEN[:-1]}", f"Bearer {TOKEN}x",
-    f"Basic {TOKEN}", TOKEN, f"Bearer  {TOKEN}x", f"Bearer {TOKEN.upper()}",
-])
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        f"Bearer {WRONG}",
+        f"Bearer {TOKEN[:-1]}",
+        f"Bearer {TOKEN}x",
+        f"Basic {TOKEN}",
+        TOKEN,
+        f"Bearer  {TOKEN}x",
+        f"Bearer {TOKEN.upper()}",
+    ],
+)
 def test_process_without_the_right_token_is_401(locked_worker, authorization):
     headers = {} if authorization is None else {"Authorization": authorization}
     response = post(locked_worker.url, png_bytes(sample_rgb(8, 8)), headers)
@@ -98,8 +113,13 @@ def test_healthz_needs_no_token_and_reveals_no_secret(locked_worker):
 
 
 def test_unknown_routes_are_404_json_without_a_stack_or_version(locked_worker):
-    for method, path in (("GET", "/"), ("GET", "/admin"), ("GET", "/process"),
-                         ("PUT", "/process"), ("GET", "/../../etc/passwd")):
+    for method, path in (
+        ("GET", "/"),
+        ("GET", "/admin"),
+        ("GET", "/process"),
+        ("PUT", "/process"),
+        ("GET", "/../../etc/passwd"),
+    ):
         response = requests.request(method, f"{locked_worker.url}{path}", timeout=5)
         assert response.status_code in (404, 405), f"{method} {path}: {response.status_code}"
         assert error_code(response) in ("not_found", "method_not_allowed"), response.text[:200]
@@ -108,22 +128,26 @@ def test_unknown_routes_are_404_json_without_a_stack_or_version(locked_worker):
 
 # -- claim: a caller cannot forge or flood log lines through X-Request-Id -------------------
 
+
 @pytest.mark.parametrize("request_id", ["a" * 5000, 'x"}, {"level": "error', "tab\there", "ok-id_1.2"])
 def test_hostile_request_ids_cannot_break_or_flood_the_log(locked_worker, request_id):
-    response = post(locked_worker.url, png_bytes(sample_rgb(4, 4)),
-                    {"Authorization": f"Bearer {TOKEN}", "X-Request-Id": request_id})
+    response = post(
+        locked_worker.url, png_bytes(sample_rgb(4, 4)), {"Authorization": f"Bearer {TOKEN}", "X-Request-Id": request_id}
+    )
     assert response.status_code == 200
     echoed = response.headers.get("X-Request-Id", "")
     assert echoed and len(echoed) <= 128, "the echoed request id is missing or over 128 characters"
     # The log line may land just after the response: wait for it, briefly.
     assert wait_for_log(locked_worker, json.dumps(echoed)[1:-1]), "the echoed id was not logged"
-    entries = [json.loads(line) for line in locked_worker.log_text().splitlines()
-               if line.strip()]           # every line stays one JSON object
+    entries = [
+        json.loads(line) for line in locked_worker.log_text().splitlines() if line.strip()
+    ]  # every line stays one JSON object
     assert all(len(str(entry.get("request_id", ""))) <= 128 for entry in entries)
     assert not any(entry.get("level") == "error" and entry.get("msg") is None for entry in entries)
 
 
 # -- claim: the token is never logged --------------------------------------------------------
+
 
 def test_token_never_appears_in_worker_logs(locked_worker):
     image = png_bytes(sample_rgb(8, 8))
@@ -138,20 +162,26 @@ def test_token_never_appears_in_worker_logs(locked_worker):
     assert "Authorization" not in log and "authorization" not in log
 
 
-CONSTANT_TIME_COMPARE = {"python": ("worker-python", "*.py", r"compare_digest"),
-                         "nodejs": ("worker-nodejs", "*.js", r"timingSafeEqual")}
+CONSTANT_TIME_COMPARE = {
+    "python": ("worker-python", "*.py", r"compare_digest"),
+    "nodejs": ("worker-nodejs", "*.js", r"timingSafeEqual"),
+}
 
 
 @pytest.mark.parametrize("runtime", ["python", "nodejs"])
 def test_token_check_is_constant_time_in_source(runtime):
     """The compare must not leak the token's prefix by timing (contract: constant-time compare)."""
     folder, pattern, needle = CONSTANT_TIME_COMPARE[runtime]
-    source = "\n".join(path.read_text() for path in (ROOT / folder).rglob(pattern)
-                       if "node_modules" not in path.parts and "test" not in path.parts)
+    source = "\n".join(
+        path.read_text()
+        for path in (ROOT / folder).rglob(pattern)
+        if "node_modules" not in path.parts and "test" not in path.parts
+    )
     assert re.search(needle, source), f"{folder}: the token compare does not use {needle}"
 
 
 # -- claims about the coordinator: sends the token, never prints it; request ids trace a strip --
+
 
 @pytest.fixture(scope="module")
 def locked_fleet(worker_factory):
@@ -163,8 +193,19 @@ def run_cli(tmp_path, fleet, token: str, strips: int = 4) -> tuple[subprocess.Co
     image = sample_rgb(40, 32)
     source, out = tmp_path / "in.png", tmp_path / "out.png"
     source.write_bytes(png_bytes(image))
-    done = cli.run_cli("process", str(source), "-o", str(out), "--plan", "seed", "--strips", str(strips),
-                       "--workers", ",".join(w.url for w in fleet), env={"COORDINATOR_WORKER_TOKEN": token})
+    done = cli.run_cli(
+        "process",
+        str(source),
+        "-o",
+        str(out),
+        "--plan",
+        "seed",
+        "--strips",
+        str(strips),
+        "--workers",
+        ",".join(w.url for w in fleet),
+        env={"COORDINATOR_WORKER_TOKEN": token},
+    )
     return done, image
 
 
@@ -202,7 +243,7 @@ def test_coordinator_sends_one_request_id_per_strip_that_workers_log(tmp_path, l
     marks = [len(worker.log_text().splitlines()) for worker in locked_fleet]
     done, _ = run_cli(tmp_path, locked_fleet, TOKEN, strips=4)
     assert done.returncode == 0, done.stderr
-    time.sleep(0.5)     # the last log lines may land just after the responses
+    time.sleep(0.5)  # the last log lines may land just after the responses
     ids = [rid for worker, mark in zip(locked_fleet, marks) for rid in logged_request_ids(worker, mark)]
     assert len(ids) >= 4, f"workers logged {len(ids)} request ids for a 4-strip job"
     prefix = os_commonprefix(ids)
@@ -229,7 +270,7 @@ def os_commonprefix(items: list[str]) -> str:
 
 # -- claim: an anonymous caller cannot starve a worker by holding connections open -----------
 
-SLOW_CONNECTIONS = 12       # twice worker-python's threads at the default WORKER_MAX_INFLIGHT=4
+SLOW_CONNECTIONS = 12  # twice worker-python's threads at the default WORKER_MAX_INFLIGHT=4
 
 
 # worker-python failed this until c094f1e: gunicorn's gthread worker gave each new connection
@@ -245,14 +286,13 @@ def test_idle_connections_without_a_token_do_not_starve_the_worker(runtime, work
     try:
         for _ in range(SLOW_CONNECTIONS):
             sock = socket.create_connection((parts.hostname, parts.port), timeout=5)
-            sock.sendall(b"POST /process HTTP/1.1\r\nHost: x\r\n")     # and never the rest
+            sock.sendall(b"POST /process HTTP/1.1\r\nHost: x\r\n")  # and never the rest
             sockets.append(sock)
         time.sleep(0.5)
         try:
             health = requests.get(f"{worker.url}/healthz", timeout=3)
         except requests.RequestException as exc:
-            pytest.fail(f"/healthz did not answer with {SLOW_CONNECTIONS} idle connections open: "
-                        f"{type(exc).__name__}")
+            pytest.fail(f"/healthz did not answer with {SLOW_CONNECTIONS} idle connections open: {type(exc).__name__}")
         assert health.status_code == 200
         response = post(worker.url, png_bytes(sample_rgb(8, 8)), {"Authorization": f"Bearer {TOKEN}"})
         assert response.status_code == 200

@@ -4,6 +4,7 @@ the process exits 0 within WORKER_GRACE_SECONDS.
 A slow upload over a raw socket holds a request in flight deterministically: the worker has
 the headers and half the body when SIGTERM arrives, and gets the rest only afterwards.
 """
+
 from __future__ import annotations
 
 import signal
@@ -12,8 +13,7 @@ import socket
 import pytest
 
 from scripts.testkit.images import png_bytes, sample_rgb
-from scripts.testkit.shutdown import (GRACE_SECONDS, PRIMARY, open_slow_upload, sigterm_in_flight,
-                                      wait_inflight)
+from scripts.testkit.shutdown import GRACE_SECONDS, PRIMARY, open_slow_upload, sigterm_in_flight, wait_inflight
 
 
 @pytest.mark.parametrize("runtime", ["python", "nodejs"])

@@ -1,5 +1,6 @@
 """One reader of the stack outputs (stripes/stack_outputs.py): the coordinator, the fleet tool and
 `make stack-outputs` refuse the same files for the same reason and run the same pulumi command."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,12 +17,15 @@ from scripts.fleet.errors import FleetError
 from stripes import stack_outputs
 
 
-@pytest.mark.parametrize("content, reason", [
-    (b"\xff\xfe{}", "is not UTF-8 text (bad byte at offset 0)"),
-    (b"{not json", "is not JSON (Expecting property name"),
-    (b"[" * 100_000 + b"]" * 100_000, "is JSON nested too deeply"),
-    (b" " * (stack_outputs.MAX_BYTES + 1), f"is over {stack_outputs.MAX_BYTES} bytes"),
-])
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"\xff\xfe{}", "is not UTF-8 text (bad byte at offset 0)"),
+        (b"{not json", "is not JSON (Expecting property name"),
+        (b"[" * 100_000 + b"]" * 100_000, "is JSON nested too deeply"),
+        (b" " * (stack_outputs.MAX_BYTES + 1), f"is over {stack_outputs.MAX_BYTES} bytes"),
+    ],
+)
 def test_every_reader_refuses_a_bad_file_with_the_modules_reason(tmp_path, content, reason):
     path = tmp_path / "out.json"
     path.write_bytes(content)
@@ -43,12 +47,13 @@ def test_a_device_is_refused_before_reading():
 def test_the_coordinator_and_make_stack_outputs_run_the_same_pulumi_command(tmp_path, monkeypatch):
     fake = tmp_path / "bin" / "pulumi"
     fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/argv\n'
-                    """echo '{"workers": [{"url": "http://192.0.2.7:5001"}], "worker_token": "t0123456789"}'\n""")
+    fake.write_text(
+        f'#!/bin/sh\necho "$@" >> {tmp_path}/argv\n'
+        """echo '{"workers": [{"url": "http://192.0.2.7:5001"}], "worker_token": "t0123456789"}'\n"""
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     path = f"{fake.parent}{os.pathsep}{os.environ['PATH']}"
-    load_config(environ={"PATH": path, "COORDINATOR_PULUMI_STACK": "dev",
-                         "COORDINATOR_PULUMI_DIR": str(tmp_path)})
+    load_config(environ={"PATH": path, "COORDINATOR_PULUMI_STACK": "dev", "COORDINATOR_PULUMI_DIR": str(tmp_path)})
     monkeypatch.setenv("PATH", path)
     assert make_stack_outputs.main(["--stack", "dev", "--output", str(tmp_path / "o.json")]) == 0
     first, second = (tmp_path / "argv").read_text().splitlines()

@@ -1,5 +1,6 @@
 """Dependencies run one way (issue 14): scripts/ and the components never import tests/, test
 modules never import other test modules, and nothing edits sys.path (pyproject installs them)."""
+
 from __future__ import annotations
 
 import ast
@@ -11,8 +12,12 @@ COMPONENTS = ("coordinator", "infra", "scripts", "stripes", "worker-python")
 
 
 def python_files(*folders: str) -> list[Path]:
-    return [path for folder in folders for path in (ROOT / folder).rglob("*.py")
-            if ".venv" not in path.parts and "node_modules" not in path.parts]
+    return [
+        path
+        for folder in folders
+        for path in (ROOT / folder).rglob("*.py")
+        if ".venv" not in path.parts and "node_modules" not in path.parts
+    ]
 
 
 def imports(path: Path) -> set[str]:
@@ -26,8 +31,10 @@ def imports(path: Path) -> set[str]:
 
 
 def test_no_component_or_script_imports_tests():
-    offenders = {str(p.relative_to(ROOT)): sorted(n for n in imports(p) if n.split(".")[0] == "tests")
-                 for p in python_files(*COMPONENTS)}
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(n for n in imports(p) if n.split(".")[0] == "tests")
+        for p in python_files(*COMPONENTS)
+    }
     assert not {path: names for path, names in offenders.items() if names}
 
 
@@ -42,5 +49,8 @@ def test_no_test_module_imports_another_test_module():
 
 def test_nothing_edits_sys_path():
     edits = ("sys.path." + "insert", "sys.path." + "append")  # split, so this file does not match
-    assert not [str(p.relative_to(ROOT)) for p in python_files(*COMPONENTS, "tests")
-                if any(edit in p.read_text() for edit in edits)]
+    assert not [
+        str(p.relative_to(ROOT))
+        for p in python_files(*COMPONENTS, "tests")
+        if any(edit in p.read_text() for edit in edits)
+    ]

@@ -4,6 +4,7 @@ The end-to-end test does on loopback what a fresh instance does at first boot: t
 script downloads the release from S3 (a real moto server here), checks its sha256 and unpacks it;
 the embedded env file configures the worker; the worker starts and serves the contract.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,13 +25,24 @@ from PIL import Image
 
 from infra.bundle import bundle_files, tarball
 from infra.releases import Release
+from infra.userdata import (
+    FETCH_SCRIPT_PATH,
+    FETCH_SCRIPT_SOURCE,
+    MAX_INFLIGHT_PIXELS,
+    MEMORY_MAX,
+    NODE_TARBALL_SHA256,
+    NODE_TARBALL_URL,
+    NODE_VERSION,
+    NPM_TARBALL_SHA256,
+    NPM_TARBALL_URL,
+    USER_DATA_LIMIT,
+    env_file,
+    render_cloud_config,
+)
+from scripts.testkit.procs import ROOT, start_worker
 from stripes.roles import ROLE_SPECS, SERVICE_USER
-from infra.userdata import (FETCH_SCRIPT_PATH, FETCH_SCRIPT_SOURCE, MAX_INFLIGHT_PIXELS, MEMORY_MAX,
-                            NODE_TARBALL_SHA256, NODE_TARBALL_URL, NODE_VERSION, NPM_TARBALL_SHA256,
-                            NPM_TARBALL_URL, USER_DATA_LIMIT, env_file, render_cloud_config)
 from tests.support.ci import skip_or_fail
 from tests.support.moto_server import REGION, aws_env, start_moto_server
-from scripts.testkit.procs import ROOT, start_worker
 
 BUCKET = "releases-bucket-test"
 TOKEN = "Xq7vLr2NcT9wHs4KpB6dFy1MzJ8gUe3Ra5WkQn0t"
@@ -43,8 +55,9 @@ def release(role: str) -> Release:
 
 
 def render(role: str, token: str = TOKEN, bucket: str = BUCKET) -> str:
-    return render_cloud_config(ROLE_SPECS[role], release(role), bucket=bucket, region=REGION,
-                               port=PORTS[role], token=token)
+    return render_cloud_config(
+        ROLE_SPECS[role], release(role), bucket=bucket, region=REGION, port=PORTS[role], token=token
+    )
 
 
 def parsed(role: str, **kwargs) -> dict:
@@ -61,11 +74,13 @@ def embedded(document: dict, path: str) -> dict:
 def schema_check(path: Path) -> subprocess.CompletedProcess:
     if CLOUD_INIT is None:
         skip_or_fail("Debian's cloud-init is not installed (apt-get install cloud-init)")
-    return subprocess.run([CLOUD_INIT, "schema", "--config-file", str(path)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [CLOUD_INIT, "schema", "--config-file", str(path)], capture_output=True, text=True, timeout=60
+    )
 
 
 # ---------------------------------------------------------------- the document
+
 
 @pytest.mark.cloudinit
 @pytest.mark.parametrize("role", sorted(ROLE_SPECS))
@@ -100,14 +115,26 @@ def test_host_layout_matches_the_shared_design(role):
     document = parsed(role)
     env = embedded(document, f"/etc/{role}/env")
     assert (env["permissions"], env["owner"]) == ("0600", "root:root")
-    assert env["content"] == (f"WORKER_HOST=0.0.0.0\nWORKER_PORT={PORTS[role]}\n"
-                              f"WORKER_TOKEN={TOKEN}\nWORKER_BUILD={rel.build}\n")
+    assert env["content"] == (
+        f"WORKER_HOST=0.0.0.0\nWORKER_PORT={PORTS[role]}\nWORKER_TOKEN={TOKEN}\nWORKER_BUILD={rel.build}\n"
+    )
     unit = embedded(document, f"/etc/systemd/system/{role}.service")["content"]
-    for line in (f"User={SERVICE_USER}", f"WorkingDirectory=/opt/{role}/current",
-                 f"EnvironmentFile=/etc/{role}/env", f"ExecStart={spec.exec_start}",
-                 "Restart=always", "KillSignal=SIGTERM", "TimeoutStopSec=30", "NoNewPrivileges=yes",
-                 "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes",
-                 "MemoryMax=700M", "WantedBy=multi-user.target"):
+    for line in (
+        f"User={SERVICE_USER}",
+        f"WorkingDirectory=/opt/{role}/current",
+        f"EnvironmentFile=/etc/{role}/env",
+        f"ExecStart={spec.exec_start}",
+        "Restart=always",
+        "KillSignal=SIGTERM",
+        "TimeoutStopSec=30",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "PrivateDevices=yes",
+        "MemoryMax=700M",
+        "WantedBy=multi-user.target",
+    ):
         assert line in unit.splitlines(), line
     fetcher = embedded(document, FETCH_SCRIPT_PATH)
     assert (fetcher["permissions"], fetcher["content"]) == ("0755", FETCH_SCRIPT_SOURCE.read_text())
@@ -115,7 +142,10 @@ def test_host_layout_matches_the_shared_design(role):
     runcmd = document["runcmd"]
     assert runcmd[0] == "set -eux"  # one script: the first failure stops the boot script
     steps = "\n".join(runcmd)
-    assert f"useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {SERVICE_USER}" in steps
+    assert (
+        f"useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {SERVICE_USER}"
+        in steps
+    )
     assert f"--dest /opt/{role}/releases/{rel.build}" in steps
     assert f"--key {role}/{rel.build}.tar.gz --sha256 {rel.sha256} " in steps
     assert f"ln -sfn releases/{rel.build} /opt/{role}/current" in runcmd
@@ -127,8 +157,10 @@ def test_host_layout_matches_the_shared_design(role):
 def test_python_host_builds_a_venv_from_the_pinned_requirements():
     runcmd = parsed("worker-python")["runcmd"]
     assert "[ -x /opt/worker-python/venv/bin/pip ] || python3 -m venv /opt/worker-python/venv" in runcmd
-    assert ("/opt/worker-python/venv/bin/pip install --no-cache-dir --disable-pip-version-check "
-            "-r /opt/worker-python/current/requirements.txt") in runcmd
+    assert (
+        "/opt/worker-python/venv/bin/pip install --no-cache-dir --disable-pip-version-check "
+        "-r /opt/worker-python/current/requirements.txt"
+    ) in runcmd
     assert "python3-venv" in parsed("worker-python")["packages"]
 
 
@@ -152,10 +184,11 @@ def test_unit_bounds_in_flight_pixels_under_its_memory_limit():
     unit = embedded(parsed("worker-python"), "/etc/systemd/system/worker-python.service")["content"]
     assert f"Environment=WORKER_MAX_INFLIGHT_PIXELS={MAX_INFLIGHT_PIXELS}" in unit.splitlines()
     # ~10 bytes of RSS per in-flight pixel (measured on worker-python) must fit in MemoryMax.
-    assert MAX_INFLIGHT_PIXELS * 10 < int(MEMORY_MAX.rstrip("M")) * 2**20
+    assert int(MEMORY_MAX.rstrip("M")) * 2**20 > MAX_INFLIGHT_PIXELS * 10
 
 
 # ---------------------------------------------------------------- the install is checked
+
 
 def install_tail(role: str, base: Path) -> str:
     """The document's runcmd from the dependency install to the end, with /opt/<role> moved to `base`."""
@@ -186,8 +219,9 @@ def run_install_tail(role: str, tmp_path: Path, installer_body: str) -> tuple[su
         stub(base / "venv" / "bin" / "pip", installer_body)
         (base / "venv" / "bin" / "python").symlink_to(PYTHON_WITHOUT_DEPS)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    done = subprocess.run(["bash", "-c", install_tail(role, base)], env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        ["bash", "-c", install_tail(role, base)], env=env, capture_output=True, text=True, timeout=120
+    )
     return done, calls.read_text() if calls.exists() else ""
 
 
@@ -225,11 +259,13 @@ def test_env_file_refuses_values_systemd_would_misread(token):
 
 # ---------------------------------------------------------------- first boot, on loopback
 
+
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     server = start_moto_server(tmp_path_factory.mktemp("moto-s3"))
-    client = boto3.client("s3", region_name=REGION, endpoint_url=server.url,
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client = boto3.client(
+        "s3", region_name=REGION, endpoint_url=server.url, aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
     client.create_bucket(Bucket=BUCKET)
     yield server, client
     server.stop()
@@ -242,8 +278,9 @@ def boot_fetch(document: dict, tmp: Path, endpoint: str, dest: Path) -> subproce
     (command,) = [c for c in document["runcmd"] if c.startswith(FETCH_SCRIPT_PATH + " ")]
     argv = shlex.split(command)[1:]
     argv[argv.index("--dest") + 1] = str(dest)
-    return subprocess.run([sys.executable, str(script), *argv], env=aws_env(endpoint),
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, str(script), *argv], env=aws_env(endpoint), capture_output=True, text=True, timeout=60
+    )
 
 
 def env_from(document: dict, role: str) -> dict[str, str]:
@@ -289,11 +326,16 @@ def test_first_boot_fetches_the_release_and_starts_a_real_worker(role, s3, tmp_p
         assert body["operations"] == list(spec.operations)
 
         png = small_png()
-        unauthorized = requests.post(f"{worker.url}/process", data=png,
-                                     headers={"Content-Type": "image/png"}, timeout=30)
+        unauthorized = requests.post(
+            f"{worker.url}/process", data=png, headers={"Content-Type": "image/png"}, timeout=30
+        )
         assert unauthorized.status_code == 401
-        response = requests.post(f"{worker.url}/process", data=png, timeout=30,
-                                 headers={"Content-Type": "image/png", "Authorization": f"Bearer {TOKEN}"})
+        response = requests.post(
+            f"{worker.url}/process",
+            data=png,
+            timeout=30,
+            headers={"Content-Type": "image/png", "Authorization": f"Bearer {TOKEN}"},
+        )
         assert response.status_code == 200, response.text[:300]
         assert Image.open(io.BytesIO(response.content)).size == (12, 7)
     finally:
@@ -313,8 +355,7 @@ def test_fetch_refuses_an_archive_with_the_wrong_sha256(s3, tmp_path):
 
 def test_fetch_reports_a_missing_release(s3, tmp_path):
     server, _ = s3
-    result = boot_fetch(parsed("worker-python", bucket="no-such-bucket"), tmp_path, server.url,
-                        tmp_path / "release")
+    result = boot_fetch(parsed("worker-python", bucket="no-such-bucket"), tmp_path, server.url, tmp_path / "release")
     assert result.returncode != 0
     assert "cannot get s3://no-such-bucket/worker-python/" in result.stderr
     assert "Traceback" not in result.stderr
@@ -333,10 +374,26 @@ def test_fetch_refuses_entries_outside_the_release_dir(s3, tmp_path):
     script = tmp_path / "fetch"
     script.write_text(FETCH_SCRIPT_SOURCE.read_text())
     dest = tmp_path / "release"
-    result = subprocess.run([sys.executable, str(script), "--region", REGION, "--bucket", BUCKET,
-                             "--key", key, "--sha256", hashlib.sha256(archive).hexdigest(),
-                             "--dest", str(dest)], env=aws_env(server.url),
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--region",
+            REGION,
+            "--bucket",
+            BUCKET,
+            "--key",
+            key,
+            "--sha256",
+            hashlib.sha256(archive).hexdigest(),
+            "--dest",
+            str(dest),
+        ],
+        env=aws_env(server.url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "refusing archive entry '../escaped.txt'" in result.stderr
     assert not (tmp_path / "escaped.txt").exists()

@@ -1,6 +1,7 @@
 """The WAN harness of scripts/bench_wan.py: the namespace link is built as described, carries
 traffic through the relay, and is always removed (also after a failed build, and when a
 previous run died). Needs root and iproute2; no timing assertions."""
+
 from __future__ import annotations
 
 import subprocess
@@ -32,8 +33,9 @@ def test_link_is_built_carries_traffic_and_is_removed():
     with wan.WanLink(rate_mbit=20, delay_ms=5) as link:
         assert link.name in namespaces()
         qdisc_host = subprocess.run(["tc", "qdisc", "show", "dev", link.host_if], capture_output=True, text=True).stdout
-        qdisc_ns = subprocess.run(["tc", "-n", link.name, "qdisc", "show", "dev", link.ns_if],
-                                  capture_output=True, text=True).stdout
+        qdisc_ns = subprocess.run(
+            ["tc", "-n", link.name, "qdisc", "show", "dev", link.ns_if], capture_output=True, text=True
+        ).stdout
         assert "tbf" in qdisc_host and "rate 20Mbit" in qdisc_host
         assert "tbf" in qdisc_ns and "rate 20Mbit" in qdisc_ns
         routes = subprocess.run(["ip", "-n", link.name, "route"], capture_output=True, text=True).stdout

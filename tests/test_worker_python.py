@@ -1,4 +1,5 @@
 """Unit tests for worker-python: config, sniff/decode/ops/encode, the app factory, and the real process."""
+
 from __future__ import annotations
 
 import ast
@@ -64,20 +65,35 @@ def imported_modules(module: str) -> set[str]:
 @pytest.mark.parametrize("module", PIXEL_MODULES)
 def test_pixel_modules_do_no_io_and_read_no_config(module):
     """The pixels stay apart from HTTP, config and logging (STYLE.md; README module map)."""
-    forbidden = {"flask", "werkzeug", "gunicorn", "os", "socket", "logging", "worker_python.config",
-                 "worker_python.log", "worker_python.app", "worker_python.state", "worker_python.body"}
+    forbidden = {
+        "flask",
+        "werkzeug",
+        "gunicorn",
+        "os",
+        "socket",
+        "logging",
+        "worker_python.config",
+        "worker_python.log",
+        "worker_python.app",
+        "worker_python.state",
+        "worker_python.body",
+    }
     assert not {name for name in imported_modules(module) if name.split(".")[0] in forbidden or name in forbidden}
 
 
 def test_only_the_server_imports_the_app_and_binds():
-    importers = [path.stem for path in (ROOT / "worker-python" / "worker_python").glob("*.py")
-                 if "worker_python.app" in imported_modules(path.stem)]
+    importers = [
+        path.stem
+        for path in (ROOT / "worker-python" / "worker_python").glob("*.py")
+        if "worker_python.app" in imported_modules(path.stem)
+    ]
     assert importers == ["server"]
     main = (ROOT / "worker-python" / "worker_python" / "__main__.py").read_text()
     assert "from worker_python.server import main" in main and len(main.splitlines()) < 10
 
 
 # ---------------------------------------------------------------- settings
+
 
 def test_defaults_need_no_environment():
     settings = load_settings({})
@@ -88,10 +104,20 @@ def test_defaults_need_no_environment():
 
 
 def test_every_variable_is_read():
-    settings = load_settings({"WORKER_HOST": "0.0.0.0", "WORKER_PORT": "6001", "WORKER_TOKEN": "t0k",
-                              "WORKER_MAX_BYTES": "1000", "WORKER_MAX_PIXELS": "2000",
-                              "WORKER_MAX_INFLIGHT": "2", "WORKER_MAX_INFLIGHT_PIXELS": "3000",
-                              "WORKER_GRACE_SECONDS": "1.5", "WORKER_BUILD": "abc123", "WORKER_LOG_LEVEL": "DEBUG"})
+    settings = load_settings(
+        {
+            "WORKER_HOST": "0.0.0.0",
+            "WORKER_PORT": "6001",
+            "WORKER_TOKEN": "t0k",
+            "WORKER_MAX_BYTES": "1000",
+            "WORKER_MAX_PIXELS": "2000",
+            "WORKER_MAX_INFLIGHT": "2",
+            "WORKER_MAX_INFLIGHT_PIXELS": "3000",
+            "WORKER_GRACE_SECONDS": "1.5",
+            "WORKER_BUILD": "abc123",
+            "WORKER_LOG_LEVEL": "DEBUG",
+        }
+    )
     assert settings == Settings("0.0.0.0", 6001, "t0k", 1000, 2000, 2, 3000, 1.5, "abc123", "debug")
 
 
@@ -100,24 +126,44 @@ def test_empty_token_means_unset_and_repr_hides_the_token():
     assert "t0k-secret" not in repr(load_settings({"WORKER_TOKEN": "t0k-secret"}))
 
 
-@pytest.mark.parametrize("name, value", [
-    ("WORKER_PORT", "abc"), ("WORKER_PORT", "0"), ("WORKER_PORT", "70000"),
-    ("WORKER_MAX_BYTES", "-1"), ("WORKER_MAX_BYTES", "1e6"), ("WORKER_MAX_PIXELS", "0"),
-    ("WORKER_MAX_INFLIGHT", "0"), ("WORKER_MAX_INFLIGHT", "1000"), ("WORKER_GRACE_SECONDS", "-1"),
-    ("WORKER_GRACE_SECONDS", "nan"), ("WORKER_GRACE_SECONDS", "soon"), ("WORKER_LOG_LEVEL", "loud"),
-    ("WORKER_BUILD", "x" * 200), ("WORKER_TOKEN", "new\nline"), ("WORKER_MAX_INFLIGHT_PIXELS", "0"),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("WORKER_PORT", "abc"),
+        ("WORKER_PORT", "0"),
+        ("WORKER_PORT", "70000"),
+        ("WORKER_MAX_BYTES", "-1"),
+        ("WORKER_MAX_BYTES", "1e6"),
+        ("WORKER_MAX_PIXELS", "0"),
+        ("WORKER_MAX_INFLIGHT", "0"),
+        ("WORKER_MAX_INFLIGHT", "1000"),
+        ("WORKER_GRACE_SECONDS", "-1"),
+        ("WORKER_GRACE_SECONDS", "nan"),
+        ("WORKER_GRACE_SECONDS", "soon"),
+        ("WORKER_LOG_LEVEL", "loud"),
+        ("WORKER_BUILD", "x" * 200),
+        ("WORKER_TOKEN", "new\nline"),
+        ("WORKER_MAX_INFLIGHT_PIXELS", "0"),
+    ],
+)
 def test_bad_value_names_the_variable(name, value):
     with pytest.raises(SettingsError, match=name):
         load_settings({name: value})
 
 
-@pytest.mark.parametrize("name, value", [("WORKER_PORT", "http"), ("WORKER_MAX_INFLIGHT", "-3"),
-                                         ("WORKER_TOKEN", "bad\x01token")])
+@pytest.mark.parametrize(
+    "name, value", [("WORKER_PORT", "http"), ("WORKER_MAX_INFLIGHT", "-3"), ("WORKER_TOKEN", "bad\x01token")]
+)
 def test_bad_config_exits_2_with_one_line(name, value):
     env = {"PATH": "/usr/bin:/bin", name: value}
-    result = subprocess.run([sys.executable, "-m", "worker_python"], cwd=ROOT / "worker-python", env=env,
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "worker_python"],
+        cwd=ROOT / "worker-python",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and name in lines[0], result.stderr
@@ -127,33 +173,46 @@ def test_bad_config_exits_2_with_one_line(name, value):
 
 # ---------------------------------------------------------------- sniffing and header checks
 
-@pytest.mark.parametrize("name, fmt", [("photo.png", "PNG"), ("oriented6.jpg", "JPEG"), ("photo.bmp", "BMP"),
-                                       ("photo.tiff", "TIFF"), ("two_frames.gif", "GIF"),
-                                       ("lossless.webp", "WEBP"), ("photo.ppm", "PPM")])
+
+@pytest.mark.parametrize(
+    "name, fmt",
+    [
+        ("photo.png", "PNG"),
+        ("oriented6.jpg", "JPEG"),
+        ("photo.bmp", "BMP"),
+        ("photo.tiff", "TIFF"),
+        ("two_frames.gif", "GIF"),
+        ("lossless.webp", "WEBP"),
+        ("photo.ppm", "PPM"),
+    ],
+)
 def test_sniff_accepted_formats(name, fmt):
     assert sniff_format((VECTORS / "inputs" / name).read_bytes()) == fmt
 
 
-@pytest.mark.parametrize("data, error", [
-    (b"<svg xmlns='http://www.w3.org/2000/svg'/>", UnsupportedFormat),
-    (b"\x00\x00\x01\x00" + bytes(40), UnsupportedFormat),
-    (b"\x00\x00\x00\x1cftypavif" + bytes(40), UnsupportedFormat),
-    (b"P2\n2 2\n255\n0 0 0 0\n", UnsupportedFormat),
-    (b"P3\n1 1\n255\n0 0 0\n", UnsupportedFormat),
-    (b"P7\nWIDTH 1\n", UnsupportedFormat),
-    (b"Pf\n1 1\n-1\n", UnsupportedFormat),
-    (b"%!PS-Adobe-3.0 EPSF-3.0\n", UnsupportedFormat),
-    (b"%PDF-1.7\n", UnsupportedFormat),
-    (b"just some text", BadImage),
-    (b"", BadImage),
-])
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", UnsupportedFormat),
+        (b"\x00\x00\x01\x00" + bytes(40), UnsupportedFormat),
+        (b"\x00\x00\x00\x1cftypavif" + bytes(40), UnsupportedFormat),
+        (b"P2\n2 2\n255\n0 0 0 0\n", UnsupportedFormat),
+        (b"P3\n1 1\n255\n0 0 0\n", UnsupportedFormat),
+        (b"P7\nWIDTH 1\n", UnsupportedFormat),
+        (b"Pf\n1 1\n-1\n", UnsupportedFormat),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n", UnsupportedFormat),
+        (b"%PDF-1.7\n", UnsupportedFormat),
+        (b"just some text", BadImage),
+        (b"", BadImage),
+    ],
+)
 def test_sniff_refuses_other_bytes(data, error):
     with pytest.raises(error):
         sniff_format(data)
 
 
 def patched(data: bytes, offset: int, fmt: str, *values) -> bytes:
-    return data[:offset] + struct.pack(fmt, *values) + data[offset + struct.calcsize(fmt):]
+    return data[:offset] + struct.pack(fmt, *values) + data[offset + struct.calcsize(fmt) :]
 
 
 def big_headers() -> dict[str, bytes]:
@@ -184,21 +243,25 @@ def test_pixel_limit_applies_to_tiff_through_pillow_header():
     assert decode(data, max_pixels=600).size == (30, 20)
 
 
-@pytest.mark.parametrize("data", [
-    (VECTORS / "inputs" / "truncated.png").read_bytes(),
-    (VECTORS / "inputs" / "oriented6.jpg").read_bytes()[:300],
-    b"GIF89a" + bytes(3),
-    b"\x89PNG\r\n\x1a\n" + b"garbage" * 10,
-    b"P6\n4 4\n255\n" + bytes(5),
-    b"P6\n4 4\n65535\n" + bytes(95),
-    b"BM" + bytes(60),
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        (VECTORS / "inputs" / "truncated.png").read_bytes(),
+        (VECTORS / "inputs" / "oriented6.jpg").read_bytes()[:300],
+        b"GIF89a" + bytes(3),
+        b"\x89PNG\r\n\x1a\n" + b"garbage" * 10,
+        b"P6\n4 4\n255\n" + bytes(5),
+        b"P6\n4 4\n65535\n" + bytes(95),
+        b"BM" + bytes(60),
+    ],
+)
 def test_corrupt_inputs_are_bad_image(data):
     with pytest.raises(BadImage):
         decode(data, max_pixels=50_000_000)
 
 
 # ---------------------------------------------------------------- decoding to 8-bit RGB
+
 
 def test_sixteen_bit_gray_is_shifted_not_clipped():
     values = np.array([[0, 255, 256, 32767, 65535]], np.uint16)
@@ -245,6 +308,7 @@ def test_gif_first_frame_only():
 
 # ---------------------------------------------------------------- operations
 
+
 def test_sepia_matches_the_integer_formula_for_every_colour():
     """All 2^24 colours: Pillow's float matrix plus the offset must round half up exactly."""
     values = np.arange(256, dtype=np.uint8)
@@ -279,6 +343,7 @@ def test_unknown_op_is_a_programming_error():
 
 # ---------------------------------------------------------------- encoding
 
+
 def test_raw_is_binary_ppm():
     image = Image.new("RGB", (3, 2), (1, 2, 3))
     assert encode(image, "raw") == b"P6\n3 2\n255\n" + bytes([1, 2, 3]) * 6
@@ -309,11 +374,19 @@ def test_self_check_passes():
 
 # ---------------------------------------------------------------- app helpers
 
-@pytest.mark.parametrize("query, accept, fmt", [
-    (None, "", "png"), ("raw", "image/webp", "raw"), (None, "image/webp, image/png", "webp"),
-    (None, "image/png;q=0.5, image/jpeg", "jpeg"), (None, "image/webp;q=0", "png"),
-    (None, "text/html, */*", "png"), (None, "image/jpeg;q=bad, image/png", "png"),
-])
+
+@pytest.mark.parametrize(
+    "query, accept, fmt",
+    [
+        (None, "", "png"),
+        ("raw", "image/webp", "raw"),
+        (None, "image/webp, image/png", "webp"),
+        (None, "image/png;q=0.5, image/jpeg", "jpeg"),
+        (None, "image/webp;q=0", "png"),
+        (None, "text/html, */*", "png"),
+        (None, "image/jpeg;q=bad, image/png", "png"),
+    ],
+)
 def test_response_format(query, accept, fmt):
     assert response_format(query, accept) == fmt
 
@@ -325,14 +398,37 @@ def test_bad_format(args):
     assert caught.value.code == "bad_param"
 
 
-@pytest.mark.parametrize("args", [{"quality": "0"}, {"quality": "+5"}, {"quality": "9" * 10}, {"compression": "1.0"},
-                                  {"lossless": "yes"}, {"radius": "nan"}, {"radius": "inf"}, {"radius": "0"},
-                                  {"radius": "1_0"}, {"radius": "-2"}, {"radius": " 2"},
-                                  # rule 1: exact syntax, case-sensitive values
-                                  {"radius": ".5"}, {"radius": "5."}, {"radius": "1e1"}, {"radius": "2.1234567"},
-                                  {"radius": "0002"}, {"quality": "0090"}, {"quality": ""}, {"quality": "9 0"},
-                                  {"lossless": "TRUE"}, {"lossless": "True"}, {"lossless": ""}, {"lossless": " 1"},
-                                  {"channels": "AUTO"}, {"quality": "\u0661"}])
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"quality": "0"},
+        {"quality": "+5"},
+        {"quality": "9" * 10},
+        {"compression": "1.0"},
+        {"lossless": "yes"},
+        {"radius": "nan"},
+        {"radius": "inf"},
+        {"radius": "0"},
+        {"radius": "1_0"},
+        {"radius": "-2"},
+        {"radius": " 2"},
+        # rule 1: exact syntax, case-sensitive values
+        {"radius": ".5"},
+        {"radius": "5."},
+        {"radius": "1e1"},
+        {"radius": "2.1234567"},
+        {"radius": "0002"},
+        {"quality": "0090"},
+        {"quality": ""},
+        {"quality": "9 0"},
+        {"lossless": "TRUE"},
+        {"lossless": "True"},
+        {"lossless": ""},
+        {"lossless": " 1"},
+        {"channels": "AUTO"},
+        {"quality": "\u0661"},
+    ],
+)
 def test_bad_encoding_options(args):
     with pytest.raises(ApiError) as caught:
         encoding_options(args)
@@ -340,15 +436,29 @@ def test_bad_encoding_options(args):
 
 
 def test_good_encoding_options():
-    assert encoding_options({"quality": "7", "compression": "0", "lossless": "true", "radius": "0.5"}) == \
-        {"quality": 7, "compression": 0, "lossless": True, "radius": 0.5}
-    assert [encoding_options({"lossless": raw})["lossless"] for raw in ("true", "false", "1", "0")] == \
-        [True, False, True, False]
-    assert [encoding_options({"radius": raw})["radius"] for raw in ("2", "0.5", "050", "2.123456", "50")] == \
-        [2.0, 0.5, 50.0, 2.123456, 50.0]
+    assert encoding_options({"quality": "7", "compression": "0", "lossless": "true", "radius": "0.5"}) == {
+        "quality": 7,
+        "compression": 0,
+        "lossless": True,
+        "radius": 0.5,
+    }
+    assert [encoding_options({"lossless": raw})["lossless"] for raw in ("true", "false", "1", "0")] == [
+        True,
+        False,
+        True,
+        False,
+    ]
+    assert [encoding_options({"radius": raw})["radius"] for raw in ("2", "0.5", "050", "2.123456", "50")] == [
+        2.0,
+        0.5,
+        50.0,
+        2.123456,
+        50.0,
+    ]
 
 
 # ---------------------------------------------------------------- app factory (Flask test client)
+
 
 class FakeClock:
     def __init__(self):
@@ -438,6 +548,7 @@ def test_png_is_lossless_at_every_level(level):
 
 # ---------------------------------------------------------------- data shorter than the header
 
+
 def interlaced_png(rgb: np.ndarray, keep_passes: int = 7) -> bytes:
     """An Adam7 PNG written by hand (Pillow cannot write one); keep_passes < 7 drops data."""
     passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
@@ -487,6 +598,7 @@ def test_flat_jpegs_pass_the_scan_length_check(params):
 
 # ---------------------------------------------------------------- header gate (real process)
 
+
 def raw_exchange(url: str, chunks: list[bytes], pause: float = 0.05) -> bytes:
     """Send a request in pieces on one socket and return everything the worker answers."""
     host, port = url.removeprefix("http://").split(":")
@@ -519,8 +631,9 @@ def test_half_sent_requests_do_not_take_the_threads(worker_factory):
 
 def test_headers_in_pieces_keepalive_and_pipelining(python_worker):
     body = (VECTORS / "inputs" / "photo.png").read_bytes()
-    head = (f"POST /process?op=invert HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /process?op=invert HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     pieces = [head[:10], head[10:30], head[30:], body[:100], body[100:]]
     answer = raw_exchange(python_worker.url, pieces)
     assert answer.startswith(b"HTTP/1.1 200")
@@ -528,8 +641,12 @@ def test_headers_in_pieces_keepalive_and_pipelining(python_worker):
     assert pipelined.count(b"HTTP/1.1 200") == 2
     with requests.Session() as session:  # keep-alive: the second request waits at the gate again
         for _ in range(2):
-            assert session.post(python_worker.url + "/process", data=body,
-                                headers={"Content-Type": "image/png"}, timeout=10).status_code == 200
+            assert (
+                session.post(
+                    python_worker.url + "/process", data=body, headers={"Content-Type": "image/png"}, timeout=10
+                ).status_code
+                == 200
+            )
 
 
 # ---------------------------------------------------------------- round-2 rules (issue 11), test client
@@ -566,28 +683,49 @@ def test_p5_pgm_is_gray_as_rgb():
     assert pixels(sixteen)[0].tolist() == [[0x12] * 3, [0xFF] * 3]
 
 
-@pytest.mark.parametrize("query", ["?op=invert&op=invert", "?format=png&format=png", "?quality=5&quality=6",
-                                   "?lossless=1&lossless=1", "?radius=2&radius=2", "?channels=3&channels=3",
-                                   "?compression=1&compression=1"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?op=invert&op=invert",
+        "?format=png&format=png",
+        "?quality=5&quality=6",
+        "?lossless=1&lossless=1",
+        "?radius=2&radius=2",
+        "?channels=3&channels=3",
+        "?compression=1&compression=1",
+    ],
+)
 def test_repeated_known_key_is_bad_param(query):
     data = (VECTORS / "inputs" / "photo.png").read_bytes()
     response = post(create_app(Settings()), query, data)
     assert (response.status_code, error_code(response)) == (400, "bad_param")
 
 
-@pytest.mark.parametrize("query", ["?format=webp&lossless=1", "?format=webp&lossless=0",
-                                   "?Op=bogus&OP=x", "?unknown=1&unknown=2"])
+@pytest.mark.parametrize(
+    "query", ["?format=webp&lossless=1", "?format=webp&lossless=0", "?Op=bogus&OP=x", "?unknown=1&unknown=2"]
+)
 def test_lossless_digits_and_unknown_keys_are_fine(query):
     data = (VECTORS / "inputs" / "photo.png").read_bytes()
     assert post(create_app(Settings()), query, data).status_code == 200
 
 
-@pytest.mark.parametrize("header, allowed", [
-    ("Bearer s3cret", True), ("bearer s3cret", True), ("BEARER    s3cret", True),
-    ("Bearer\ts3cret", False), ("Bearer", False), ("Bearer ", False), ("Basic s3cret", False),
-    ("Bearers3cret", False), ("Bearer s3cre", False), ("Bearer " + " " * 4100 + "s3cret", False),
-    ("Bearer \ts3cret", False), ("", False),
-])
+@pytest.mark.parametrize(
+    "header, allowed",
+    [
+        ("Bearer s3cret", True),
+        ("bearer s3cret", True),
+        ("BEARER    s3cret", True),
+        ("Bearer\ts3cret", False),
+        ("Bearer", False),
+        ("Bearer ", False),
+        ("Basic s3cret", False),
+        ("Bearers3cret", False),
+        ("Bearer s3cre", False),
+        ("Bearer " + " " * 4100 + "s3cret", False),
+        ("Bearer \ts3cret", False),
+        ("", False),
+    ],
+)
 def test_bearer_parsing(header, allowed):
     response = post(create_app(Settings(token="s3cret")), "", b"", Authorization=header)
     assert (response.status_code != 401) is allowed
@@ -612,13 +750,16 @@ def test_multipart_image_with_or_without_filename():
         assert response.data == encode(grayscale(decode(data, 10**8)), "raw")
 
 
-@pytest.mark.parametrize("body, status, code", [
-    (multipart(("image", "a.png", b"x"), ("image", None, b"y")), 400, "bad_param"),
-    (multipart(("other", "a.png", b"x")), 400, "missing_image"),
-    (multipart(("image", "a.bmp", b"BM"), close=False)[:-2], 400, "bad_image"),
-    (b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\nBM", 400, "bad_image"),
-    (b"\x00garbage", 400, "bad_image"),
-])
+@pytest.mark.parametrize(
+    "body, status, code",
+    [
+        (multipart(("image", "a.png", b"x"), ("image", None, b"y")), 400, "bad_param"),
+        (multipart(("other", "a.png", b"x")), 400, "missing_image"),
+        (multipart(("image", "a.bmp", b"BM"), close=False)[:-2], 400, "bad_image"),
+        (b'--XyZ\r\nContent-Disposition: form-data; name="image"\r\n\r\nBM', 400, "bad_image"),
+        (b"\x00garbage", 400, "bad_image"),
+    ],
+)
 def test_multipart_refusals(body, status, code):
     response = post(create_app(Settings()), "", body, MULTIPART)
     assert (response.status_code, error_code(response)) == (status, code)
@@ -672,7 +813,7 @@ def test_pixels_are_held_until_the_reply_closes():
 def test_in_place_ops_match_the_plain_ops(op, monkeypatch):
     monkeypatch.setattr(ops, "BAND_BYTES", 3 * 37 * 5)  # many bands of a 37 px wide image
     rgb = np.random.default_rng(3).integers(0, 256, (301, 37, 3), dtype=np.uint8)
-    for radius in ((0.5, 2.0, 11.3, 50.0) if op == "blur" else (2.0,)):
+    for radius in (0.5, 2.0, 11.3, 50.0) if op == "blur" else (2.0,):
         plain = apply(op, Image.fromarray(rgb), radius)
         in_place = apply(op, Image.fromarray(rgb), radius, in_place=True)
         assert np.array_equal(pixels(in_place), pixels(plain)), radius
@@ -696,13 +837,22 @@ def test_every_decode_names_exactly_one_allowed_format(monkeypatch):
         return real_open(fp, mode, formats)
 
     monkeypatch.setattr(Image, "open", spy)
-    for name in ("photo.png", "oriented6.jpg", "photo.bmp", "photo.tiff", "two_frames.gif", "lossless.webp",
-                 "photo.ppm", "gray8.pgm"):
+    for name in (
+        "photo.png",
+        "oriented6.jpg",
+        "photo.bmp",
+        "photo.tiff",
+        "two_frames.gif",
+        "lossless.webp",
+        "photo.ppm",
+        "gray8.pgm",
+    ):
         decode((VECTORS / "inputs" / name).read_bytes(), 10**8)
     assert len(calls) == 8 and all(len(f) == 1 and f[0] in ACCEPTED_PILLOW_FORMATS for f in calls), calls
 
 
 # ---------------------------------------------------------------- round-2 rules, real process and raw sockets
+
 
 def connect(worker) -> socket.socket:
     host, port = worker.url.removeprefix("http://").split(":")
@@ -776,8 +926,7 @@ def test_slow_body_is_cut_off_and_its_slot_freed(worker_factory):
     """Rule 10: a body must arrive at 64 KiB/s after a 10 s allowance; a trickle is answered 400."""
     worker = worker_factory("python", {"WORKER_MAX_INFLIGHT": "1"})
     with connect(worker) as sock:
-        sock.sendall(b"POST /process HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                     b"Content-Length: 1000000\r\n\r\n")
+        sock.sendall(b"POST /process HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000000\r\n\r\n")
         started, answer = time.monotonic(), b""
         sock.settimeout(0.5)
         while time.monotonic() - started < 16 and not answer:
@@ -799,15 +948,24 @@ def reply_parts(answer: bytes) -> tuple[int, bytes, dict]:
     return status, head, json.loads(body) if body.startswith(b"{") else {}
 
 
-@pytest.mark.parametrize("request_bytes, status", [
-    (b"POST /process HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
-     b"zz\r\nabc\r\n0\r\n\r\n", 400),
-    (b"POST /process HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
-     b"5;" + b"e" * 20000, 400),  # an extension past the 8190-byte line limit, never terminated
-    (b"GARBAGE\r\n\r\n", 400),
-    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
-    (b"GET /process HTTP/1.1\r\nHost: x\r\nAuthorization Bearer s3cret-in-a-bad-line\r\n\r\n", 400),
-])
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (
+            b"POST /process HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"zz\r\nabc\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST /process HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5;" + b"e" * 20000,
+            400,
+        ),  # an extension past the 8190-byte line limit, never terminated
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+        (b"GET /process HTTP/1.1\r\nHost: x\r\nAuthorization Bearer s3cret-in-a-bad-line\r\n\r\n", 400),
+    ],
+)
 def test_server_level_errors_are_contract_json_and_quote_nothing(python_worker, request_bytes, status):
     """Rule 8 (issue 11.7): gunicorn's own errors were HTML or a 500, and logged the token."""
     answer = raw_exchange(python_worker.url, [request_bytes])
@@ -821,8 +979,10 @@ def test_server_level_errors_are_contract_json_and_quote_nothing(python_worker, 
 
 
 def test_replies_name_no_framework(python_worker):
-    for response in (requests.get(python_worker.url + "/healthz", timeout=5),
-                     requests.options(python_worker.url + "/process", timeout=5)):
+    for response in (
+        requests.get(python_worker.url + "/healthz", timeout=5),
+        requests.options(python_worker.url + "/process", timeout=5),
+    ):
         assert "Server" not in response.headers and "X-Powered-By" not in response.headers
     assert response.status_code == 405 and response.headers["Allow"] == "POST"
 
@@ -830,8 +990,11 @@ def test_replies_name_no_framework(python_worker):
 def test_client_leaving_mid_chunked_body_is_a_quiet_400(python_worker):
     marker = "left-mid-chunk"
     with connect(python_worker) as sock:
-        sock.sendall(b"POST /process HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nX-Request-Id: "
-                     + marker.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n100\r\nabc")
+        sock.sendall(
+            b"POST /process HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nX-Request-Id: "
+            + marker.encode()
+            + b"\r\nTransfer-Encoding: chunked\r\n\r\n100\r\nabc"
+        )
     deadline = time.monotonic() + 10
     while marker not in python_worker.log_text() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -860,8 +1023,10 @@ def test_reply_holds_its_pixels_until_written_or_gone(worker_factory):
     """Rule 9: a client that does not read its reply keeps its slot; leaving frees it."""
     worker = worker_factory("python")
     body = encoded(Image.new("RGB", (2000, 2000), (9, 99, 199)), "PNG")
-    head = (f"POST /process?format=raw HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /process?format=raw HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     sock = connect(worker)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.sendall(head + body)

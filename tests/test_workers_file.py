@@ -3,6 +3,7 @@
 
 The fixture's own addresses are documentation addresses: they are parsed, never contacted.
 Routing is checked with real token-guarded workers on loopback put into a copy of it."""
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,14 @@ def test_routes_to_the_outputs_workers_with_their_token(outputs, guarded_fleet, 
     assert f"sepia on {guarded_fleet['nodejs'].url} (nodejs)" in done.stderr
     assert Image.open(tmp_path / "out.png").size == (40, 50)
     # The same file through the environment.
-    again = run_cli("process", str(tmp_path / "in.png"), "-o", str(tmp_path / "again.png"), "--quiet",
-                    env={"COORDINATOR_WORKERS_FILE": path})
+    again = run_cli(
+        "process",
+        str(tmp_path / "in.png"),
+        "-o",
+        str(tmp_path / "again.png"),
+        "--quiet",
+        env={"COORDINATOR_WORKERS_FILE": path},
+    )
     assert again.returncode == 0, again.stderr
     assert np.array_equal(np.asarray(Image.open(tmp_path / "again.png")), np.asarray(Image.open(tmp_path / "out.png")))
 
@@ -65,8 +72,15 @@ def test_routes_to_the_outputs_workers_with_their_token(outputs, guarded_fleet, 
 def test_a_wrong_token_is_named(outputs, guarded_fleet, tmp_path):
     path = outputs_pointing_at(outputs, guarded_fleet, tmp_path)
     Image.new("RGB", (8, 8), "red").save(tmp_path / "in.png")
-    done = run_cli("process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--workers-file", path,
-                   env={"COORDINATOR_WORKER_TOKEN": "not-the-token"})
+    done = run_cli(
+        "process",
+        str(tmp_path / "in.png"),
+        "-o",
+        str(tmp_path / "out.png"),
+        "--workers-file",
+        path,
+        env={"COORDINATOR_WORKER_TOKEN": "not-the-token"},
+    )
     assert_one_error_line(done, 3, f"token rejected by {guarded_fleet['python'].url}")
     assert f"token rejected by {guarded_fleet['nodejs'].url}" in done.stderr
     assert not (tmp_path / "out.png").exists()

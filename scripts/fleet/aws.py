@@ -1,12 +1,19 @@
 """The stack's EC2 instances, found by the tags infra/ puts on every worker node."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError,
-                                 NoCredentialsError, NoRegionError, PartialCredentialsError)
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+)
 
 from scripts.fleet.config import RUNTIME_OF_ROLE, FleetConfig
 from scripts.fleet.errors import FleetError
@@ -34,19 +41,23 @@ class Instance:
 
 
 def ec2_client(config: FleetConfig):
-    return boto3.client("ec2", region_name=config.region, endpoint_url=config.endpoint_url,
-                        config=Config(retries={"max_attempts": 3, "mode": "standard"},
-                                      connect_timeout=5, read_timeout=20))
+    return boto3.client(
+        "ec2",
+        region_name=config.region,
+        endpoint_url=config.endpoint_url,
+        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=20),
+    )
 
 
 def _aws_error(action: str, exc: Exception) -> FleetError:
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-        return FleetError("no AWS credentials found; set AWS_PROFILE or AWS_ACCESS_KEY_ID/"
-                          "AWS_SECRET_ACCESS_KEY (or run `aws configure`)")
+        return FleetError(
+            "no AWS credentials found; set AWS_PROFILE or AWS_ACCESS_KEY_ID/"
+            "AWS_SECRET_ACCESS_KEY (or run `aws configure`)"
+        )
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
-        return FleetError(f"AWS {action} failed: {error.get('Code', '?')}: "
-                          f"{error.get('Message', str(exc))}")
+        return FleetError(f"AWS {action} failed: {error.get('Code', '?')}: {error.get('Message', str(exc))}")
     if isinstance(exc, EndpointConnectionError):
         return FleetError(f"cannot reach the AWS endpoint for {action}: {exc}")
     if isinstance(exc, NoRegionError):
@@ -61,20 +72,20 @@ def _tag(instance: dict, key: str) -> str:
 def fleet_instances(config: FleetConfig, client=None) -> list[Instance]:
     """Every live instance tagged Project/Stack/Role for this stack, with its status checks."""
     client = client or ec2_client(config)
-    filters = [{"Name": "tag:Project", "Values": [config.project]},
-               {"Name": "tag:Stack", "Values": [config.stack]},
-               {"Name": "tag:Role", "Values": list(RUNTIME_OF_ROLE)}]
+    filters = [
+        {"Name": "tag:Project", "Values": [config.project]},
+        {"Name": "tag:Stack", "Values": [config.stack]},
+        {"Name": "tag:Role", "Values": list(RUNTIME_OF_ROLE)},
+    ]
     found = []
     try:
         for page in client.get_paginator("describe_instances").paginate(Filters=filters):
             for reservation in page["Reservations"]:
-                found.extend(i for i in reservation["Instances"]
-                             if i["State"]["Name"] not in DEAD_STATES)
+                found.extend(i for i in reservation["Instances"] if i["State"]["Name"] not in DEAD_STATES)
         statuses = {}
         ids = [i["InstanceId"] for i in found]
         if ids:
-            pages = client.get_paginator("describe_instance_status").paginate(
-                InstanceIds=ids, IncludeAllInstances=True)
+            pages = client.get_paginator("describe_instance_status").paginate(InstanceIds=ids, IncludeAllInstances=True)
             for page in pages:
                 for status in page["InstanceStatuses"]:
                     statuses[status["InstanceId"]] = status
@@ -83,12 +94,20 @@ def fleet_instances(config: FleetConfig, client=None) -> list[Instance]:
     instances = []
     for raw in found:
         status = statuses.get(raw["InstanceId"], {})
-        instances.append(Instance(
-            instance_id=raw["InstanceId"], name=_tag(raw, "Name"), role=_tag(raw, "Role"),
-            state=raw["State"]["Name"], public_ip=raw.get("PublicIpAddress", ""),
-            system_status=status.get("SystemStatus", {}).get("Status", "unknown"),
-            instance_status=status.get("InstanceStatus", {}).get("Status", "unknown")))
+        instances.append(
+            Instance(
+                instance_id=raw["InstanceId"],
+                name=_tag(raw, "Name"),
+                role=_tag(raw, "Role"),
+                state=raw["State"]["Name"],
+                public_ip=raw.get("PublicIpAddress", ""),
+                system_status=status.get("SystemStatus", {}).get("Status", "unknown"),
+                instance_status=status.get("InstanceStatus", {}).get("Status", "unknown"),
+            )
+        )
     if not instances:
-        raise FleetError(f"no EC2 instances tagged Project={config.project} Stack={config.stack} "
-                         f"in {config.region}; is the stack up (`pulumi up`)?")
+        raise FleetError(
+            f"no EC2 instances tagged Project={config.project} Stack={config.stack} "
+            f"in {config.region}; is the stack up (`pulumi up`)?"
+        )
     return sorted(instances, key=lambda i: (i.name, i.instance_id))

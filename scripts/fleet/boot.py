@@ -5,6 +5,7 @@ runcmd leaves no worker to answer. cloud-init keeps the verdict; this reads it.
 `--format json` (cloud-init 22.4+; Ubuntu 24.04 has 24.x) first, then `--long` text for older
 ones. No sudo: cloud-init's status files are world-readable.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ _UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
 
 @dataclass(frozen=True)
 class Boot:
-    state: str        # done | running | not started | disabled | error | unknown
+    state: str  # done | running | not started | disabled | error | unknown
     detail: str = ""  # the first error when it failed; why the state is unknown
 
     @property
@@ -43,7 +44,7 @@ class Boot:
 def one_line(text: str) -> str:
     """Host text made safe to print: printable ASCII, one line, at most MAX_DETAIL characters."""
     flat = " ".join(_UNPRINTABLE.sub(" ", str(text)).split())
-    return flat if len(flat) <= MAX_DETAIL else flat[:MAX_DETAIL - 3] + "..."
+    return flat if len(flat) <= MAX_DETAIL else flat[: MAX_DETAIL - 3] + "..."
 
 
 NO_MESSAGE = "cloud-init reported an error, with no message"
@@ -83,8 +84,9 @@ def from_json(text: str) -> Boot | None:
 def from_long(text: str) -> Boot:
     """The `status:`/`detail:`/`errors:` lines of `cloud-init status --long` (any version)."""
     lines = text.splitlines()
-    fields = {key: value.strip() for key, _, value in (line.partition(":") for line in lines)
-              if key and not key[0].isspace()}
+    fields = {
+        key: value.strip() for key, _, value in (line.partition(":") for line in lines) if key and not key[0].isspace()
+    }
     state = fields.get("status", "")
     if not state:
         return Boot("unknown", "cloud-init status printed no status line")

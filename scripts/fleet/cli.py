@@ -1,4 +1,5 @@
 """Command line: `python -m scripts.fleet {status,wait,logs,redeploy,ssh-config} --help`."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,6 +22,7 @@ EXIT_CODES = """exit codes: 0 ok, 1 failure (AWS, SSH, remote command), 2 bad us
 @dataclass
 class Row:
     """One worker as seen by EC2 and by its /healthz."""
+
     name: str
     role: str
     instance_id: str = ""
@@ -30,7 +32,7 @@ class Row:
     url: str = ""
     expected_runtime: str = ""
     health: object = None
-    boot: object = None        # scripts.fleet.boot.Boot when cloud-init was asked, else None
+    boot: object = None  # scripts.fleet.boot.Boot when cloud-init was asked, else None
     boot_strict: bool = False  # an unknown boot counts as a gap (--boot-check given)
 
     def missing(self) -> list[str]:
@@ -55,17 +57,29 @@ class Row:
 
     def as_json(self) -> dict:
         health = self.health
-        return {"name": self.name, "role": self.role, "instance_id": self.instance_id,
-                "state": self.state, "checks": self.checks, "public_ip": self.public_ip,
-                "url": self.url,
-                "health": None if health is None else {
-                    "error": health.error, "http_status": health.http_status,
-                    "status": health.status, "runtime": health.runtime,
-                    "version": health.version, "build": health.build,
-                    "operations": list(health.operations)},
-                "boot": None if self.boot is None else {"state": self.boot.state,
-                                                        "detail": self.boot.detail},
-                "ready": not self.missing(), "missing": self.missing()}
+        return {
+            "name": self.name,
+            "role": self.role,
+            "instance_id": self.instance_id,
+            "state": self.state,
+            "checks": self.checks,
+            "public_ip": self.public_ip,
+            "url": self.url,
+            "health": None
+            if health is None
+            else {
+                "error": health.error,
+                "http_status": health.http_status,
+                "status": health.status,
+                "runtime": health.runtime,
+                "version": health.version,
+                "build": health.build,
+                "operations": list(health.operations),
+            },
+            "boot": None if self.boot is None else {"state": self.boot.state, "detail": self.boot.detail},
+            "ready": not self.missing(),
+            "missing": self.missing(),
+        }
 
 
 def _join(config: FleetConfig, instances: list) -> tuple[list[Row], dict[str, Worker]]:
@@ -84,8 +98,16 @@ def _join(config: FleetConfig, instances: list) -> tuple[list[Row], dict[str, Wo
         workers[row.name] = worker
     for instance in instances:
         if instance.instance_id not in seen:  # tagged for this stack, absent from the outputs
-            rows.append(Row(instance.name or instance.instance_id, instance.role,
-                            instance.instance_id, instance.state, instance.checks, instance.public_ip))
+            rows.append(
+                Row(
+                    instance.name or instance.instance_id,
+                    instance.role,
+                    instance.instance_id,
+                    instance.state,
+                    instance.checks,
+                    instance.public_ip,
+                )
+            )
     return rows, workers
 
 
@@ -121,16 +143,39 @@ def _render_table(rows: list[Row]) -> None:
     from rich.text import Text
 
     table = Table(title="fleet")
-    for column in ("name", "role", "instance", "state", "checks", "public ip", "boot", "healthz",
-                   "runtime", "version", "build", "ops"):
+    for column in (
+        "name",
+        "role",
+        "instance",
+        "state",
+        "checks",
+        "public ip",
+        "boot",
+        "healthz",
+        "runtime",
+        "version",
+        "build",
+        "ops",
+    ):
         table.add_column(column)
     for row in rows:
         h = row.health
         healthz = "-" if h is None else (h.error or f"{h.http_status} {h.status}")
         boot = "-" if row.boot is None else (row.boot.problem() or "done")
-        cells = (row.name, row.role, row.instance_id or "-", row.state, row.checks,
-                 row.public_ip or "-", boot, healthz, h.runtime if h else "",
-                 h.version if h else "", h.build if h else "", ",".join(h.operations) if h else "")
+        cells = (
+            row.name,
+            row.role,
+            row.instance_id or "-",
+            row.state,
+            row.checks,
+            row.public_ip or "-",
+            boot,
+            healthz,
+            h.runtime if h else "",
+            h.version if h else "",
+            h.build if h else "",
+            ",".join(h.operations) if h else "",
+        )
         table.add_row(*(Text(str(cell)) for cell in cells))  # Text: host replies are not markup
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
@@ -148,8 +193,10 @@ def _stop_on_failed_boot(rows: list[Row]) -> None:
     failed = [row for row in rows if row.boot is not None and row.boot.failed]
     if failed:
         names = "; ".join(f"{row.name}: {row.boot.detail}" for row in failed)
-        raise FleetError(f"boot failed on {names} (cloud-init error; the boot log is "
-                         "/var/log/cloud-init-output.log on the host)", errors.BOOT_FAILED)
+        raise FleetError(
+            f"boot failed on {names} (cloud-init error; the boot log is /var/log/cloud-init-output.log on the host)",
+            errors.BOOT_FAILED,
+        )
 
 
 def cmd_wait(config: FleetConfig, args) -> int:
@@ -167,12 +214,14 @@ def cmd_wait(config: FleetConfig, args) -> int:
             return errors.OK
         summary = ", ".join(f"{name} ({'; '.join(gaps)})" for name, gaps in sorted(lagging.items()))
         if time.monotonic() >= deadline:
-            raise FleetError(f"timed out after {args.timeout:g}s waiting for: {summary}",
-                             errors.WAIT_TIMEOUT)
+            raise FleetError(f"timed out after {args.timeout:g}s waiting for: {summary}", errors.WAIT_TIMEOUT)
         if summary != last_report:  # progress: one line whenever what we wait for changes
             ready = len(rows) - len(lagging)
-            print(f"[{time.monotonic() - started:4.0f}s] {ready}/{len(rows)} ready; waiting for: "
-                  f"{summary}", file=sys.stderr, flush=True)
+            print(
+                f"[{time.monotonic() - started:4.0f}s] {ready}/{len(rows)} ready; waiting for: {summary}",
+                file=sys.stderr,
+                flush=True,
+            )
             last_report = summary
         time.sleep(max(0.0, min(args.interval, deadline - time.monotonic())))
 
@@ -188,8 +237,7 @@ def cmd_logs(config: FleetConfig, args) -> int:
         command.append("-f")
     client = ssh.connect(config, worker)
     try:
-        code = ssh.stream(client, "sudo -n " + shlex.join(command), sys.stdout.buffer,
-                          sys.stderr.buffer)
+        code = ssh.stream(client, "sudo -n " + shlex.join(command), sys.stdout.buffer, sys.stderr.buffer)
     except KeyboardInterrupt:
         return errors.OK  # Ctrl-C is how --follow ends
     finally:
@@ -217,8 +265,7 @@ def cmd_ssh_config(config: FleetConfig, args) -> int:
         if not worker.public_ip:
             print(f"# {worker.name}: no public_ip in the outputs file (is it running?)\n")
             continue
-        lines = [f"Host {worker.name}", f"  HostName {worker.public_ip}",
-                 f"  User {config.ssh_user}"]
+        lines = [f"Host {worker.name}", f"  HostName {worker.public_ip}", f"  User {config.ssh_user}"]
         if config.ssh_port != 22:
             lines.append(f"  Port {config.ssh_port}")
         if config.ssh_key:
@@ -251,57 +298,80 @@ def _at_least_two(value: str) -> int:
 
 
 def _boot_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--boot-check", action=argparse.BooleanOptionalAction, default=None,
-                        help="also read `cloud-init status` over SSH and show a failed first boot; "
-                             "given, a host SSH cannot reach is not ready (default: on when "
-                             "--ssh-key / FLEET_SSH_KEY is set, forgiving unreachable hosts)")
+    parser.add_argument(
+        "--boot-check",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also read `cloud-init status` over SSH and show a failed first boot; "
+        "given, a host SSH cannot reach is not ready (default: on when "
+        "--ssh-key / FLEET_SSH_KEY is set, forgiving unreachable hosts)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("fleet settings")
-    group.add_argument("--outputs", metavar="FILE",
-                       help="stack outputs JSON (default: $COORDINATOR_WORKERS_FILE or stack-outputs.json)")
+    group.add_argument(
+        "--outputs",
+        metavar="FILE",
+        help="stack outputs JSON (default: $COORDINATOR_WORKERS_FILE or stack-outputs.json)",
+    )
     group.add_argument("--region", help="AWS region (default: the file's region, then $AWS_REGION)")
     group.add_argument("--endpoint-url", help="EC2 endpoint (default: $AWS_ENDPOINT_URL or AWS's)")
     group.add_argument("--ssh-key", metavar="PATH", help="private key (default: $FLEET_SSH_KEY, else agent/~/.ssh)")
     group.add_argument("--ssh-user", help="SSH user (default: the file's ssh_user, else ubuntu)")
     group.add_argument("--ssh-port", help="SSH port (default: $FLEET_SSH_PORT or 22)")
-    group.add_argument("--ssh-timeout", metavar="SECONDS",
-                       help="SSH connect/greeting/auth timeout (default: $FLEET_SSH_TIMEOUT or 15)")
-    group.add_argument("--known-hosts", metavar="PATH",
-                       help="host keys file, trust-on-first-use (default: $FLEET_KNOWN_HOSTS or "
-                            "~/.config/hdtp/known_hosts)")
-    group.add_argument("--remote-root", metavar="DIR",
-                       help="prefix of /opt and /etc on hosts (default: $FLEET_REMOTE_ROOT or /)")
+    group.add_argument(
+        "--ssh-timeout", metavar="SECONDS", help="SSH connect/greeting/auth timeout (default: $FLEET_SSH_TIMEOUT or 15)"
+    )
+    group.add_argument(
+        "--known-hosts",
+        metavar="PATH",
+        help="host keys file, trust-on-first-use (default: $FLEET_KNOWN_HOSTS or ~/.config/hdtp/known_hosts)",
+    )
+    group.add_argument(
+        "--remote-root", metavar="DIR", help="prefix of /opt and /etc on hosts (default: $FLEET_REMOTE_ROOT or /)"
+    )
 
     parser = argparse.ArgumentParser(
-        prog="python -m scripts.fleet", description="Operate the EC2 worker fleet of one stack.",
-        epilog=EXIT_CODES)
+        prog="python -m scripts.fleet", description="Operate the EC2 worker fleet of one stack.", epilog=EXIT_CODES
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    status = commands.add_parser("status", parents=[common], epilog=EXIT_CODES,
-                                 help="instances, status checks and /healthz as a table",
-                                 description="Show each worker's EC2 state, status checks, IP and /healthz.")
+    status = commands.add_parser(
+        "status",
+        parents=[common],
+        epilog=EXIT_CODES,
+        help="instances, status checks and /healthz as a table",
+        description="Show each worker's EC2 state, status checks, IP and /healthz.",
+    )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _boot_flag(status)
     status.set_defaults(run=cmd_status)
 
-    wait = commands.add_parser("wait", parents=[common], epilog=EXIT_CODES,
-                               help="block until every worker is running, checked and healthy",
-                               description="Wait until every worker in the outputs file is running, "
-                                           "passes both EC2 status checks and answers /healthz with "
-                                           "its runtime (and, with --boot-check, whose cloud-init is "
-                                           "done). Exit 3 on timeout, naming the laggards; exit 6 "
-                                           "at once when a host's first boot failed.")
+    wait = commands.add_parser(
+        "wait",
+        parents=[common],
+        epilog=EXIT_CODES,
+        help="block until every worker is running, checked and healthy",
+        description="Wait until every worker in the outputs file is running, "
+        "passes both EC2 status checks and answers /healthz with "
+        "its runtime (and, with --boot-check, whose cloud-init is "
+        "done). Exit 3 on timeout, naming the laggards; exit 6 "
+        "at once when a host's first boot failed.",
+    )
     wait.add_argument("--timeout", type=_positive, default=600, help="seconds (default 600)")
     wait.add_argument("--interval", type=_positive, default=5, help="seconds between polls (default 5)")
     _boot_flag(wait)
     wait.set_defaults(run=cmd_wait)
 
-    logs = commands.add_parser("logs", parents=[common], epilog=EXIT_CODES,
-                               help="a worker's journal over SSH",
-                               description="Run `journalctl -u <role>` on the worker's host over SSH.")
+    logs = commands.add_parser(
+        "logs",
+        parents=[common],
+        epilog=EXIT_CODES,
+        help="a worker's journal over SSH",
+        description="Run `journalctl -u <role>` on the worker's host over SSH.",
+    )
     logs.add_argument("name", help="worker name from the outputs file")
     logs.add_argument("--follow", "-f", action="store_true", help="keep streaming (Ctrl-C ends)")
     logs.add_argument("--lines", "-n", type=_count, default=100, help="lines of history (default 100)")
@@ -309,28 +379,42 @@ def build_parser() -> argparse.ArgumentParser:
     logs.set_defaults(run=cmd_logs)
 
     redeploy = commands.add_parser(
-        "redeploy", parents=[common], epilog=EXIT_CODES, help="ship the current worker source",
+        "redeploy",
+        parents=[common],
+        epilog=EXIT_CODES,
+        help="ship the current worker source",
         description="Bundle the worker source (infra/bundle.py), upload it, switch the `current` "
-                    "release, restart, and wait for /healthz to report the new build; roll back "
-                    "when it does not. --all deploys one worker at a time, stopping at a failure.")
+        "release, restart, and wait for /healthz to report the new build; roll back "
+        "when it does not. --all deploys one worker at a time, stopping at a failure.",
+    )
     redeploy.add_argument("name", nargs="?", help="worker name from the outputs file")
     redeploy.add_argument("--all", action="store_true", help="every worker, one after another")
-    redeploy.add_argument("--health-timeout", type=_positive, default=90,
-                          help="seconds to wait for the new build's /healthz (default 90)")
-    redeploy.add_argument("--command-timeout", type=_positive, default=900,
-                          help="seconds any one remote step may take, e.g. npm ci (default 900)")
+    redeploy.add_argument(
+        "--health-timeout", type=_positive, default=90, help="seconds to wait for the new build's /healthz (default 90)"
+    )
+    redeploy.add_argument(
+        "--command-timeout",
+        type=_positive,
+        default=900,
+        help="seconds any one remote step may take, e.g. npm ci (default 900)",
+    )
     redeploy.add_argument("--force", action="store_true", help="restart even when the build is current")
-    redeploy.add_argument("--keep", type=_at_least_two, default=5,
-                          help="releases kept on the host after a deploy, new and previous "
-                               "included (default 5)")
-    redeploy.add_argument("--source-root", metavar="DIR",
-                          help="checkout to bundle from (default: this repository)")
+    redeploy.add_argument(
+        "--keep",
+        type=_at_least_two,
+        default=5,
+        help="releases kept on the host after a deploy, new and previous included (default 5)",
+    )
+    redeploy.add_argument("--source-root", metavar="DIR", help="checkout to bundle from (default: this repository)")
     redeploy.set_defaults(run=cmd_redeploy)
 
-    ssh_config = commands.add_parser("ssh-config", parents=[common], epilog=EXIT_CODES,
-                                     help="OpenSSH config stanzas for the workers",
-                                     description="Print a ~/.ssh/config stanza per worker that "
-                                                 "checks host keys against the fleet's known_hosts.")
+    ssh_config = commands.add_parser(
+        "ssh-config",
+        parents=[common],
+        epilog=EXIT_CODES,
+        help="OpenSSH config stanzas for the workers",
+        description="Print a ~/.ssh/config stanza per worker that checks host keys against the fleet's known_hosts.",
+    )
     ssh_config.set_defaults(run=cmd_ssh_config)
     return parser
 

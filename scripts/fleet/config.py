@@ -3,6 +3,7 @@
 The outputs file is `pulumi stack output --json --show-secrets` (see infra/README.md); the
 coordinator reads the same file, so one file describes the fleet to every tool.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,7 @@ class FleetConfig:
     endpoint_url: str | None
     remote_root: str
     source_root: Path | None
-    boot_check: bool = False   # also ask cloud-init over SSH (status, wait)
+    boot_check: bool = False  # also ask cloud-init over SSH (status, wait)
     boot_strict: bool = False  # an unknown boot (SSH failed) keeps a worker from being ready
 
     def worker(self, name: str) -> Worker:
@@ -67,8 +68,9 @@ def _read_outputs(path: Path) -> dict:
         data = stack_outputs.read_file(path)
     except stack_outputs.OutputsError as exc:
         if exc.missing:
-            raise FleetError(f"outputs file {path} not found; write it with `make stack-outputs` "
-                             "or pass --outputs", USAGE) from None
+            raise FleetError(
+                f"outputs file {path} not found; write it with `make stack-outputs` or pass --outputs", USAGE
+            ) from None
         raise FleetError(f"outputs file: {exc}", USAGE) from None
     if not isinstance(data, dict):
         raise FleetError(f"outputs file {path} must hold a JSON object", USAGE)
@@ -98,12 +100,14 @@ def _parse_worker(entry, index: int, path: Path) -> Worker:
         raise FleetError(f"{where}: operations must be a list", USAGE)
     public_ip, instance_id = entry.get("public_ip") or "", entry.get("instance_id") or ""
     return Worker(
-        name=values.name(_required_text(entry, "name", where), f"{where}.name"), role=role,
-        runtime=runtime, url=values.url(_required_text(entry, "url", where), f"{where}.url"),
+        name=values.name(_required_text(entry, "name", where), f"{where}.name"),
+        role=role,
+        runtime=runtime,
+        url=values.url(_required_text(entry, "url", where), f"{where}.url"),
         public_ip=values.ip_address(public_ip, f"{where}.public_ip") if public_ip else "",
         instance_id=values.instance_id(instance_id, f"{where}.instance_id") if instance_id else "",
-        operations=tuple(values.operation(op, f"{where}.operations[{i}]")
-                         for i, op in enumerate(operations)))
+        operations=tuple(values.operation(op, f"{where}.operations[{i}]") for i, op in enumerate(operations)),
+    )
 
 
 def _port(value, name: str) -> int:
@@ -127,8 +131,12 @@ def _seconds(value, name: str) -> float:
 
 
 def _region(args, data: dict, path: Path, environ) -> str:
-    region = (getattr(args, "region", None) or data.get("region") or environ.get("AWS_REGION")
-              or environ.get("AWS_DEFAULT_REGION"))
+    region = (
+        getattr(args, "region", None)
+        or data.get("region")
+        or environ.get("AWS_REGION")
+        or environ.get("AWS_DEFAULT_REGION")
+    )
     if not region:
         raise FleetError(f"no AWS region: {path} has no `region`; pass --region or set AWS_REGION", USAGE)
     return values.region(region, "region (--region, the outputs file, AWS_REGION)")
@@ -147,8 +155,9 @@ def _boot_check(args, ssh_key) -> tuple[bool, bool]:
 
 def load_config(args, environ=os.environ) -> FleetConfig:
     """Resolve every setting once; `args` is the argparse namespace (absent flags are None)."""
-    path = Path(getattr(args, "outputs", None) or environ.get("COORDINATOR_WORKERS_FILE")
-                or DEFAULT_OUTPUTS).expanduser()
+    path = Path(
+        getattr(args, "outputs", None) or environ.get("COORDINATOR_WORKERS_FILE") or DEFAULT_OUTPUTS
+    ).expanduser()
     data = _read_outputs(path)
     entries = data.get("workers")
     if not isinstance(entries, list):
@@ -160,8 +169,9 @@ def load_config(args, environ=os.environ) -> FleetConfig:
     ssh_key = getattr(args, "ssh_key", None) or environ.get("FLEET_SSH_KEY")
     if ssh_key and not Path(ssh_key).expanduser().is_file():
         raise FleetError(f"SSH key {ssh_key} does not exist (--ssh-key / FLEET_SSH_KEY)", USAGE)
-    known_hosts = (getattr(args, "known_hosts", None) or environ.get("FLEET_KNOWN_HOSTS")
-                   or str(default_known_hosts(environ)))
+    known_hosts = (
+        getattr(args, "known_hosts", None) or environ.get("FLEET_KNOWN_HOSTS") or str(default_known_hosts(environ))
+    )
     remote_root = getattr(args, "remote_root", None) or environ.get("FLEET_REMOTE_ROOT") or "/"
     if not remote_root.startswith("/"):
         raise FleetError(f"--remote-root must be an absolute path, got {remote_root!r}", USAGE)
@@ -172,14 +182,19 @@ def load_config(args, environ=os.environ) -> FleetConfig:
         stack=values.stack_word(_required_text(data, "stack", str(path)), f"{path}: stack"),
         region=_region(args, data, path, environ),
         workers=workers,
-        ssh_user=values.ssh_user(getattr(args, "ssh_user", None) or data.get("ssh_user") or SSH_USER,
-                                 "ssh user (--ssh-user, the outputs file's ssh_user)"),
+        ssh_user=values.ssh_user(
+            getattr(args, "ssh_user", None) or data.get("ssh_user") or SSH_USER,
+            "ssh user (--ssh-user, the outputs file's ssh_user)",
+        ),
         ssh_key=_local_path(ssh_key, "--ssh-key / FLEET_SSH_KEY") if ssh_key else None,
         known_hosts=_local_path(known_hosts, "--known-hosts / FLEET_KNOWN_HOSTS"),
-        ssh_port=_port(getattr(args, "ssh_port", None) or environ.get("FLEET_SSH_PORT") or 22,
-                       "--ssh-port / FLEET_SSH_PORT"),
-        ssh_timeout=_seconds(getattr(args, "ssh_timeout", None) or environ.get("FLEET_SSH_TIMEOUT")
-                             or 15, "--ssh-timeout / FLEET_SSH_TIMEOUT"),
+        ssh_port=_port(
+            getattr(args, "ssh_port", None) or environ.get("FLEET_SSH_PORT") or 22, "--ssh-port / FLEET_SSH_PORT"
+        ),
+        ssh_timeout=_seconds(
+            getattr(args, "ssh_timeout", None) or environ.get("FLEET_SSH_TIMEOUT") or 15,
+            "--ssh-timeout / FLEET_SSH_TIMEOUT",
+        ),
         endpoint_url=getattr(args, "endpoint_url", None) or environ.get("AWS_ENDPOINT_URL") or None,
         remote_root=remote_root,
         source_root=Path(source_root).resolve() if source_root else None,

@@ -5,6 +5,7 @@ Layout on the host: the one in stripes/roles.py, which infra's user-data also bu
   <env file> (WORKER_BUILD=...)  systemd unit <role>.service
 All paths sit under `remote_root` ('/' in production) so tests can use a temporary tree.
 """
+
 from __future__ import annotations
 
 import posixpath
@@ -47,6 +48,7 @@ def make_bundle(config: FleetConfig, role: str) -> Bundle:
 @dataclass(frozen=True)
 class HostPaths:
     """The registry's host layout for one role, moved under the config's remote root."""
+
     spec: RoleSpec
     root: str
 
@@ -80,8 +82,9 @@ def _say(message: str) -> None:
 class Deployer:
     """One worker's redeploy over one SSH session."""
 
-    def __init__(self, config: FleetConfig, worker: Worker, bundle: Bundle, client,
-                 health_timeout: float, command_timeout: float):
+    def __init__(
+        self, config: FleetConfig, worker: Worker, bundle: Bundle, client, health_timeout: float, command_timeout: float
+    ):
         self.config, self.worker, self.bundle, self.client = config, worker, bundle, client
         self.paths = HostPaths.of(config, worker.role)
         self.health_timeout = health_timeout
@@ -104,13 +107,16 @@ class Deployer:
         q = shlex.quote
         manifest_name = self.paths.spec.deps_manifest
         manifest = posixpath.join(self.paths.current, manifest_name)
-        out = self.root("reading the current release", f"""
+        out = self.root(
+            "reading the current release",
+            f"""
 readlink {q(self.paths.current)} || true
 echo "#"
 sed -n 's/^WORKER_BUILD=//p' {q(self.paths.env_file)} | tail -n 1
 echo "#"
 cat {q(manifest)} 2>/dev/null || echo "#missing"
-""")
+""",
+        )
         link, env_build, manifest_text = (out.split("#\n", 2) + ["", ""])[:3]
         current = posixpath.basename(link.strip().rstrip("/"))
         current = current if BUILD_PATTERN.fullmatch(current) else ""
@@ -145,7 +151,9 @@ cat {q(manifest)} 2>/dev/null || echo "#missing"
     def unpack(self, staged: str) -> None:
         q = shlex.quote
         release = self.paths.release(self.bundle.build_id)
-        self.root("unpacking the release", f"""
+        self.root(
+            "unpacking the release",
+            f"""
 rm -rf {q(release)}.new
 mkdir -p {q(release)}.new
 tar -xzf {q(staged)} -C {q(release)}.new --no-same-owner
@@ -153,7 +161,8 @@ chmod -R u=rwX,go=rX {q(release)}.new
 rm -rf {q(release)}
 mv {q(release)}.new {q(release)}
 rm -f {q(staged)}
-""")
+""",
+        )
 
     def install_python_deps(self, release: str) -> None:
         self.root("installing Python dependencies", self.paths.install_steps(release))
@@ -168,14 +177,17 @@ rm -f {q(staged)}
             self.install_python_deps(release)
         elif reuse and previous:
             self.log("dependencies unchanged; copying node_modules from the previous release")
-            self.root("copying node_modules", f"""
+            self.root(
+                "copying node_modules",
+                f"""
 rm -rf {q(release)}/node_modules
 if [ -d {q(previous)}/node_modules ]; then
   cp -a {q(previous)}/node_modules {q(release)}/node_modules
 else
   {self.paths.install_steps(release)}
 fi
-""")
+""",
+            )
         else:
             self.log("dependencies changed; running npm ci")
             self.root("installing Node dependencies", self.paths.install_steps(release))
@@ -185,16 +197,19 @@ fi
         q = shlex.quote
         env_file = self.paths.env_file
         link_new = self.paths.current + ".new"
-        self.root("switching the release", f"""
+        self.root(
+            "switching the release",
+            f"""
 test -d {q(self.paths.release(build))}
 if grep -q '^WORKER_BUILD=' {q(env_file)}; then
   sed -i 's/^WORKER_BUILD=.*/WORKER_BUILD={env_build}/' {q(env_file)}
 else
   echo 'WORKER_BUILD={env_build}' >> {q(env_file)}
 fi
-ln -sfn {q('releases/' + build)} {q(link_new)}
+ln -sfn {q("releases/" + build)} {q(link_new)}
 mv -T {q(link_new)} {q(self.paths.current)}
-""")
+""",
+        )
         self.root(f"restarting {self.worker.role}", f"systemctl restart {q(self.worker.role)}")
 
     def prune(self, keep: int, new: str, previous: str) -> None:
@@ -204,11 +219,10 @@ mv -T {q(link_new)} {q(self.paths.current)}
         listing = self.root("listing releases", f"ls -1t {q(releases)}")
         names = [n for n in listing.split() if BUILD_PATTERN.fullmatch(n)]
         kept = [new] + ([previous] if previous else [])
-        kept += [n for n in names if n not in kept][:max(0, keep - len(kept))]
+        kept += [n for n in names if n not in kept][: max(0, keep - len(kept))]
         stale = [n for n in names if n not in kept]
         if stale:
-            self.root("pruning old releases", "rm -rf -- " + " ".join(
-                q(posixpath.join(releases, n)) for n in stale))
+            self.root("pruning old releases", "rm -rf -- " + " ".join(q(posixpath.join(releases, n)) for n in stale))
             self.log(f"pruned {len(stale)} old release(s): {', '.join(stale)}")
 
     def wait_healthy(self, build: str) -> str | None:
@@ -247,8 +261,9 @@ mv -T {q(link_new)} {q(self.paths.current)}
             self.switch(new, new)
             problem = self.wait_healthy(new)
             if problem:
-                raise FleetError(f"{self.worker.name}: build {new} not healthy within "
-                                 f"{self.health_timeout:g}s: {problem}")
+                raise FleetError(
+                    f"{self.worker.name}: build {new} not healthy within {self.health_timeout:g}s: {problem}"
+                )
             return f"{self.worker.name}: restarted build {new}, healthy"
         self.log(f"deploying build {new} (current: {current or 'none'})")
         previous = self.paths.release(current) if current else None
@@ -273,14 +288,11 @@ mv -T {q(link_new)} {q(self.paths.current)}
             return f"{self.worker.name}: deployed build {new} (was {current or 'none'}), healthy"
         self.log(f"{failure}; rolling back to {current or 'nothing'}")
         self.rollback(previous, current, env_build, reuse, failure)
-        raise FleetError(f"{self.worker.name}: {failure}; rolled back to build {current}, healthy",
-                         ROLLED_BACK)
+        raise FleetError(f"{self.worker.name}: {failure}; rolled back to build {current}, healthy", ROLLED_BACK)
 
-    def rollback(self, previous: str | None, current: str, env_build: str, reuse: bool,
-                 failure: str) -> None:
+    def rollback(self, previous: str | None, current: str, env_build: str, reuse: bool, failure: str) -> None:
         if not previous:
-            raise FleetError(f"{self.worker.name}: {failure}; no previous release to roll back to",
-                             ROLLBACK_FAILED)
+            raise FleetError(f"{self.worker.name}: {failure}; no previous release to roll back to", ROLLBACK_FAILED)
         try:
             if not reuse and self.paths.spec.runtime == "python":
                 self.log("restoring the previous release's dependencies in the shared venv")
@@ -290,13 +302,20 @@ mv -T {q(link_new)} {q(self.paths.current)}
         except FleetError as exc:
             problem = exc.message
         if problem:
-            raise FleetError(f"{self.worker.name}: {failure}; rollback to {current} failed too: "
-                             f"{problem}", ROLLBACK_FAILED)
+            raise FleetError(
+                f"{self.worker.name}: {failure}; rollback to {current} failed too: {problem}", ROLLBACK_FAILED
+            )
         self.log(f"rolled back to build {current}, healthy")
 
 
-def redeploy(config: FleetConfig, workers: list[Worker], health_timeout: float,
-             command_timeout: float, force: bool = False, keep: int = 5) -> list[str]:
+def redeploy(
+    config: FleetConfig,
+    workers: list[Worker],
+    health_timeout: float,
+    command_timeout: float,
+    force: bool = False,
+    keep: int = 5,
+) -> list[str]:
     """Deploy to each worker in turn, stopping at the first failure (a rolling deploy)."""
     bundles: dict[str, Bundle] = {}
     done = []
@@ -305,8 +324,7 @@ def redeploy(config: FleetConfig, workers: list[Worker], health_timeout: float,
             bundles[worker.role] = make_bundle(config, worker.role)
         client = ssh.connect(config, worker)
         try:
-            deployer = Deployer(config, worker, bundles[worker.role], client, health_timeout,
-                                command_timeout)
+            deployer = Deployer(config, worker, bundles[worker.role], client, health_timeout, command_timeout)
             done.append(deployer.deploy(force, keep))
             print(done[-1], flush=True)
         finally:

@@ -1,4 +1,5 @@
 """A worker's GET /healthz, read as the contract defines it (tests/contract/openapi.json)."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import requests
 
 @dataclass(frozen=True)
 class Health:
-    error: str = ""            # why there is no usable answer ('' when the worker answered)
+    error: str = ""  # why there is no usable answer ('' when the worker answered)
     http_status: int = 0
     status: str = ""
     runtime: str = ""
@@ -59,8 +60,7 @@ def _get_health(url: str, timeout: float) -> Health:
     """One GET with per-read timeouts and a capped body. Redirects are not followed: a worker
     answers its own /healthz."""
     try:
-        with requests.get(f"{url}/healthz", timeout=timeout, stream=True,
-                          allow_redirects=False) as response:
+        with requests.get(f"{url}/healthz", timeout=timeout, stream=True, allow_redirects=False) as response:
             status = response.status_code
             if response.is_redirect:
                 return Health(error=f"HTTP {status} redirect (not followed)")
@@ -79,7 +79,11 @@ def _get_health(url: str, timeout: float) -> Health:
     if not isinstance(body, dict):
         return Health(error=f"HTTP {status} with a non-object body")
     operations = body.get("operations")
-    return Health(http_status=status, status=str(body.get("status", "")),
-                  runtime=str(body.get("runtime", "")), version=str(body.get("version", "")),
-                  build=str(body.get("build", "")),
-                  operations=tuple(operations) if isinstance(operations, list) else ())
+    return Health(
+        http_status=status,
+        status=str(body.get("status", "")),
+        runtime=str(body.get("runtime", "")),
+        version=str(body.get("version", "")),
+        build=str(body.get("build", "")),
+        operations=tuple(operations) if isinstance(operations, list) else (),
+    )

@@ -1,4 +1,5 @@
 """SSH to a worker host with checked host keys: trust on first use, a changed key is refused."""
+
 from __future__ import annotations
 
 import base64
@@ -41,8 +42,9 @@ class TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
             unterminated = (text := out.read()) and not text.endswith("\n")
             out.write(("\n" if unterminated else "") + f"{hostname} {key.get_name()} {key.get_base64()}\n")
         self.known_hosts.chmod(0o600)
-        self.announce(f"recorded new host key for {hostname}: {key.get_name()} "
-                      f"{fingerprint(key)} in {self.known_hosts}")
+        self.announce(
+            f"recorded new host key for {hostname}: {key.get_name()} {fingerprint(key)} in {self.known_hosts}"
+        )
 
 
 def _stderr(message: str) -> None:
@@ -88,17 +90,27 @@ def connect(config: FleetConfig, worker: Worker) -> paramiko.SSHClient:
         raise FleetError(f"cannot read known hosts file {config.known_hosts}: {exc}")
     client.set_missing_host_key_policy(TrustOnFirstUse(config.known_hosts, _stderr))
     sock = _greeted_socket(host, config.ssh_port, target, timeout)
-    key_options = ({"key_filename": str(config.ssh_key), "look_for_keys": False, "allow_agent": False}
-                   if config.ssh_key else {})
+    key_options = (
+        {"key_filename": str(config.ssh_key), "look_for_keys": False, "allow_agent": False} if config.ssh_key else {}
+    )
     try:
-        client.connect(host, port=config.ssh_port, username=config.ssh_user, timeout=timeout,
-                       banner_timeout=timeout, auth_timeout=timeout, sock=sock, **key_options)
+        client.connect(
+            host,
+            port=config.ssh_port,
+            username=config.ssh_user,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            sock=sock,
+            **key_options,
+        )
     except paramiko.BadHostKeyException as exc:
         client.close()
         raise FleetError(
             f"ssh {target}: host key changed ({exc.key.get_name()} {fingerprint(exc.key)}, "
             f"expected {fingerprint(exc.expected_key)}); refusing to connect. If the instance was "
-            f"really replaced, delete its line from {config.known_hosts}") from None
+            f"really replaced, delete its line from {config.known_hosts}"
+        ) from None
     except paramiko.AuthenticationException:
         client.close()
         key = config.ssh_key or "agent/default keys"
@@ -126,8 +138,9 @@ def _open(client: paramiko.SSHClient, command: str) -> paramiko.Channel:
     return channel
 
 
-def run(client: paramiko.SSHClient, command: str, timeout: float = 120,
-        max_bytes: int | None = None) -> tuple[int, str, str]:
+def run(
+    client: paramiko.SSHClient, command: str, timeout: float = 120, max_bytes: int | None = None
+) -> tuple[int, str, str]:
     """Run to completion within `timeout` seconds; returns (exit status, stdout, stderr).
     With `max_bytes`, more output than that ends the command (a host must not fill our memory)."""
     channel = _open(client, command)

@@ -5,6 +5,7 @@ in URLs: a newline or a stray character there could add an OpenSSH directive suc
 ProxyCommand. So each value must match the narrow form it has when `pulumi up` writes it, and
 anything else is refused with one line naming the key (exit 2), never passed through.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -13,12 +14,12 @@ from urllib.parse import urlsplit
 
 from scripts.fleet.errors import USAGE, FleetError
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")            # worker-python-0
-_INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")                     # EC2's own form
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # worker-python-0
+_INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")  # EC2's own form
 _OPERATION = re.compile(r"[a-z][a-z0-9_-]{0,31}")
-_SSH_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")                  # POSIX portable user names
-_STACK_WORD = re.compile(r"[A-Za-z0-9._-]{1,100}")                 # Pulumi project/stack names
-_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")             # us-east-1, eu-central-2
+_SSH_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")  # POSIX portable user names
+_STACK_WORD = re.compile(r"[A-Za-z0-9._-]{1,100}")  # Pulumi project/stack names
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")  # us-east-1, eu-central-2
 _HOSTNAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -88,9 +89,16 @@ def url(value, where: str) -> str:
         port = parts.port
     except ValueError:
         raise _bad(where, value, what) from None
-    if (parts.scheme not in ("http", "https") or parts.username is not None or parts.path
-            or parts.query or parts.fragment or not parts.hostname
-            or not _url_host(parts.hostname) or port == 0):
+    if (
+        parts.scheme not in ("http", "https")
+        or parts.username is not None
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or not parts.hostname
+        or not _url_host(parts.hostname)
+        or port == 0
+    ):
         raise _bad(where, value, what)
     return value.rstrip("/")
 

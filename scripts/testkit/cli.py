@@ -1,4 +1,5 @@
 """Run the coordinator's command line as a user would, and check its one-line errors."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,14 @@ def clean_env(env: dict | None = None) -> dict:
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "coordinator", *args], **{"cwd": ROOT, **kwargs},
-                          env=clean_env(env), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "coordinator", *args],
+        **{"cwd": ROOT, **kwargs},
+        env=clean_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_one_error_line(done: subprocess.CompletedProcess, code: int, words: str) -> None:

@@ -19,6 +19,7 @@ the faulty worker, which is the point):
 - throttle             bytes forwarded at `rate` bytes/s each way, after `delay` seconds
 - blackhole            reads the request and never answers (a hung worker), until stop()
 """
+
 from __future__ import annotations
 
 import http.client
@@ -30,20 +31,32 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-MODES = ("pass", "close_mid_response", "garbage", "wrong_size", "one_column", "narrow",
-         "server_error", "bomb", "drip", "throttle", "blackhole")
+MODES = (
+    "pass",
+    "close_mid_response",
+    "garbage",
+    "wrong_size",
+    "one_column",
+    "narrow",
+    "server_error",
+    "bomb",
+    "drip",
+    "throttle",
+    "blackhole",
+)
 _CHUNK = 16384
 
 
 class FaultProxy:
-    def __init__(self, upstream_url: str, mode: str = "pass", rate: int = 100_000,
-                 delay: float = 0.0, host: str = "127.0.0.1"):
+    def __init__(
+        self, upstream_url: str, mode: str = "pass", rate: int = 100_000, delay: float = 0.0, host: str = "127.0.0.1"
+    ):
         parts = urlsplit(upstream_url)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.mode = mode
         self.rate = rate
         self.delay = delay
-        self.faulted = 0          # /process requests that got the fault
+        self.faulted = 0  # /process requests that got the fault
         self.connections = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -60,8 +73,7 @@ class FaultProxy:
         self._server = Server((host, 0), Handler)
         self.port = self._server.server_address[1]
         self.url = f"http://{host}:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name=f"faultproxy-{self.port}")
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name=f"faultproxy-{self.port}")
 
     @property
     def mode(self) -> str:
@@ -162,8 +174,11 @@ class FaultProxy:
             self._count("faulted")
             self._stopping.wait(300)
             return
-        sent = [(k, v) for k, v in headers if k.lower() not in ("connection", "transfer-encoding",
-                                                                 "content-length", "keep-alive")]
+        sent = [
+            (k, v)
+            for k, v in headers
+            if k.lower() not in ("connection", "transfer-encoding", "content-length", "keep-alive")
+        ]
         upstream = http.client.HTTPConnection(*self.upstream, timeout=120)
         try:
             upstream.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
@@ -174,9 +189,11 @@ class FaultProxy:
             upstream.endheaders(body)
             response = upstream.getresponse()
             status, reason = response.status, response.reason
-            out_headers = [(k, v) for k, v in response.getheaders()
-                           if k.lower() not in ("connection", "transfer-encoding", "content-length",
-                                                "keep-alive")]
+            out_headers = [
+                (k, v)
+                for k, v in response.getheaders()
+                if k.lower() not in ("connection", "transfer-encoding", "content-length", "keep-alive")
+            ]
             payload = response.read()
         finally:
             upstream.close()
@@ -207,7 +224,7 @@ class FaultProxy:
                 for index in range(len(payload)):
                     if self._stopping.wait(self.delay or 0.5):
                         return
-                    client.sendall(payload[index:index + 1])
+                    client.sendall(payload[index : index + 1])
                 return
             elif mode == "close_mid_response":
                 head = _head(status, reason, out_headers, len(payload))

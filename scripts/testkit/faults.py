@@ -2,6 +2,7 @@
 
 tests/test_faults.py asserts on them; scripts/soak.py runs them and tabulates the outcome.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,14 +22,18 @@ from stripes.roles import ROLE_SPECS
 
 OP = ROLE_SPECS["worker-python"].primary_op  # grayscale: strips go to worker-python first
 STRIPS = 4
-FAST_TIMEOUTS = {"COORDINATOR_READ_TIMEOUT": "2", "COORDINATOR_CONNECT_TIMEOUT": "1",
-                 "COORDINATOR_HEALTH_TIMEOUT": "1", "COORDINATOR_MAX_ATTEMPTS": "4"}
+FAST_TIMEOUTS = {
+    "COORDINATOR_READ_TIMEOUT": "2",
+    "COORDINATOR_CONNECT_TIMEOUT": "1",
+    "COORDINATOR_HEALTH_TIMEOUT": "1",
+    "COORDINATOR_MAX_ATTEMPTS": "4",
+}
 
 
 @dataclass
 class FaultOutcome:
     fault: str
-    outcome: str                 # "completed via failover" | "failed cleanly: ..." | "WRONG: ..."
+    outcome: str  # "completed via failover" | "failed cleanly: ..." | "WRONG: ..."
     ok: bool
     seconds: float
 
@@ -39,8 +44,7 @@ def make_config(urls: list[str], environ: dict | None = None):
     return load_config(workers=",".join(urls), environ={**FAST_TIMEOUTS, **(environ or {})})
 
 
-def run_and_check(urls: list[str], image, on_start=None, environ: dict | None = None,
-                  plan: str = OP):
+def run_and_check(urls: list[str], image, on_start=None, environ: dict | None = None, plan: str = OP):
     """Run a job; returns (JobResult or None, error text or None, max pixel diff or None,
     [the event on which on_start injected its fault])."""
     from coordinator.engine import run_job
@@ -53,18 +57,16 @@ def run_and_check(urls: list[str], image, on_start=None, environ: dict | None = 
             fired.append(event)
 
     try:
-        result = run_job(png_bytes(image), make_config(urls, environ), plan=plan, strips=STRIPS,
-                         on_event=on_event)
+        result = run_job(png_bytes(image), make_config(urls, environ), plan=plan, strips=STRIPS, on_event=on_event)
     except CoordinatorError as exc:
         return None, str(exc), None, fired
-    except Exception as exc:       # not a CoordinatorError: a bug, reported as such
+    except Exception as exc:  # not a CoordinatorError: a bug, reported as such
         return None, f"UNEXPECTED {type(exc).__name__}: {exc}", None, fired
     return result, None, max_pixel_diff(result.image, expected_pixels(image, plan)), fired
 
 
 def retried(result) -> bool:
     return any(strip.attempts > 1 or strip.failovers for strip in result.strips)
-
 
 
 def kill_group(worker, signum: int) -> bool:
@@ -76,8 +78,8 @@ def kill_group(worker, signum: int) -> bool:
     return True
 
 
-
 # -- faults, as functions so scripts/soak.py can run them and tabulate the outcome -------------
+
 
 def fault_kill_mid_strip(python, nodejs) -> FaultOutcome:
     """kill -9 the worker while its strip is on the wire (a throttled link keeps it there)."""
@@ -85,8 +87,10 @@ def fault_kill_mid_strip(python, nodejs) -> FaultOutcome:
     with FaultProxy(python.url, mode="throttle", rate=40_000) as proxy:
         started = time.monotonic()
         result, error, diff, fired = run_and_check(
-            [proxy.url, nodejs.url], image,
-            on_start=lambda event: event.worker_url == proxy.url and kill_group(python, signal.SIGKILL))
+            [proxy.url, nodejs.url],
+            image,
+            on_start=lambda event: event.worker_url == proxy.url and kill_group(python, signal.SIGKILL),
+        )
     return judge("kill -9 mid-strip", result, error, diff, fired, started)
 
 
@@ -97,8 +101,10 @@ def fault_sigstop_mid_strip(python, nodejs) -> FaultOutcome:
         started = time.monotonic()
         try:
             result, error, diff, fired = run_and_check(
-                [proxy.url, nodejs.url], image,
-                on_start=lambda event: event.worker_url == proxy.url and kill_group(python, signal.SIGSTOP))
+                [proxy.url, nodejs.url],
+                image,
+                on_start=lambda event: event.worker_url == proxy.url and kill_group(python, signal.SIGSTOP),
+            )
         finally:
             kill_group(python, signal.SIGCONT)
     return judge("SIGSTOP mid-strip", result, error, diff, fired, started)
@@ -135,8 +141,9 @@ def fault_drip(python, nodejs, bound_s: float = 12) -> FaultOutcome:
     box = {}
     with FaultProxy(python.url, mode="drip", delay=0.5) as proxy:
         started = time.monotonic()
-        worker = threading.Thread(target=lambda: box.update(out=run_and_check([proxy.url, nodejs.url], image)),
-                                  daemon=True)
+        worker = threading.Thread(
+            target=lambda: box.update(out=run_and_check([proxy.url, nodejs.url], image)), daemon=True
+        )
         worker.start()
         worker.join(bound_s)
         hung = worker.is_alive()
@@ -144,9 +151,13 @@ def fault_drip(python, nodejs, bound_s: float = 12) -> FaultOutcome:
     # Stopping the proxy closed the trickle, so the job thread ends now either way.
     worker.join(30)
     if hung:
-        return FaultOutcome("slow-drip reply", f"WRONG: still running after {bound_s:.0f}s "
-                            f"(read timeout {FAST_TIMEOUTS['COORDINATOR_READ_TIMEOUT']}s never fires)",
-                            False, seconds)
+        return FaultOutcome(
+            "slow-drip reply",
+            f"WRONG: still running after {bound_s:.0f}s "
+            f"(read timeout {FAST_TIMEOUTS['COORDINATOR_READ_TIMEOUT']}s never fires)",
+            False,
+            seconds,
+        )
     result, error, diff, _ = box.get("out", (None, "no result", None, None))
     return judge("slow-drip reply", result, error, diff, [True], started)
 
@@ -157,8 +168,9 @@ def judge(fault: str, result, error, diff, fired, started) -> FaultOutcome:
         return FaultOutcome(fault, "fault never fired (no strip reached the faulty worker)", False, seconds)
     if error is not None:
         clean = "\n" not in error and not error.startswith("UNEXPECTED")
-        return FaultOutcome(fault, f"failed cleanly: {error}" if clean else f"WRONG: messy error {error!r}",
-                            False, seconds)
+        return FaultOutcome(
+            fault, f"failed cleanly: {error}" if clean else f"WRONG: messy error {error!r}", False, seconds
+        )
     if diff is None or diff > 1:
         return FaultOutcome(fault, f"WRONG: completed with wrong pixels (max diff {diff})", False, seconds)
     return FaultOutcome(fault, "completed via failover" if retried(result) else "completed", True, seconds)
@@ -175,8 +187,9 @@ ALL_FAULTS = {
     "wrong-size image": lambda p, n: fault_proxy_mode(p, n, "wrong_size", "wrong-size image"),
     "one-column image": lambda p, n: fault_proxy_mode(p, n, "one_column", "one-column image"),
     "one column short": lambda p, n: fault_proxy_mode(p, n, "narrow", "one column short"),
-    "slow link (8 KB/s + 0.3 s)": lambda p, n: fault_proxy_mode(p, n, "throttle", "slow link (8 KB/s + 0.3 s)",
-                                                               rate=8_000, delay=0.3),
+    "slow link (8 KB/s + 0.3 s)": lambda p, n: fault_proxy_mode(
+        p, n, "throttle", "slow link (8 KB/s + 0.3 s)", rate=8_000, delay=0.3
+    ),
     "SIGSTOP before the job": lambda p, n: fault_stopped_before(p, n),
 }
 
@@ -188,7 +201,6 @@ FAULT_BUGS: dict[str, str] = {
     # Fixed in a5d352e (coordinator checks the reply's width): "one-column image" was stitched
     # by numpy broadcasting (wrong pixels, 200), "one column short" raised a ValueError.
 }
-
 
 
 def run_cli(args: list[str], environ: dict, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -219,7 +231,6 @@ def tbf_slow_link(tmp_path: Path) -> tuple[bool, str]:
     line, exit 3, and no output file. Returns (passed, what happened); also run by soak."""
     from PIL import Image
 
-
     image = sample_rgb(160, 96, seed=8)
     source, out = tmp_path / "in.png", tmp_path / "out.png"
     source.write_bytes(png_bytes(image))
@@ -233,16 +244,26 @@ def tbf_slow_link(tmp_path: Path) -> tuple[bool, str]:
             log = open(tmp_path / f"{runtime}.log", "wb")
             ns.popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
             urls.append(f"http://127.0.0.1:{port}")
-        ready = ns.run([sys.executable, "-c", WAIT_HEALTHY, *urls], capture_output=True, text=True,
-                       timeout=60)
+        ready = ns.run([sys.executable, "-c", WAIT_HEALTHY, *urls], capture_output=True, text=True, timeout=60)
         if ready.returncode != 0:
             return False, f"workers in the namespace did not start: {ready.stderr.strip()}"
-        args = ["process", str(source), "-o", str(out), "--plan", OP, "--strips", str(STRIPS),
-                "--workers", ",".join(urls)]
+        args = [
+            "process",
+            str(source),
+            "-o",
+            str(out),
+            "--plan",
+            OP,
+            "--strips",
+            str(STRIPS),
+            "--workers",
+            ",".join(urls),
+        ]
         env = {**os.environ, **FAST_TIMEOUTS, "COORDINATOR_READ_TIMEOUT": "10"}
         started = time.monotonic()
-        done = ns.run([sys.executable, "-m", "coordinator", *args], cwd=ROOT, env=env,
-                      capture_output=True, text=True, timeout=120)
+        done = ns.run(
+            [sys.executable, "-m", "coordinator", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
         slow_seconds = time.monotonic() - started
         if done.returncode != 0:
             return False, f"at {ns.rate}: exit {done.returncode}: {done.stderr.strip()[-200:]}"
@@ -253,11 +274,13 @@ def tbf_slow_link(tmp_path: Path) -> tuple[bool, str]:
 
         # Now a link too slow for the configured timeout: one clear error, no output file.
         ns.set_rate("32kbit")
-        env.update({"COORDINATOR_READ_TIMEOUT": "1", "COORDINATOR_MAX_ATTEMPTS": "2",
-                    "COORDINATOR_HEALTH_TIMEOUT": "3"})
+        env.update(
+            {"COORDINATOR_READ_TIMEOUT": "1", "COORDINATOR_MAX_ATTEMPTS": "2", "COORDINATOR_HEALTH_TIMEOUT": "3"}
+        )
         started = time.monotonic()
-        done = ns.run([sys.executable, "-m", "coordinator", *args], cwd=ROOT, env=env,
-                      capture_output=True, text=True, timeout=120)
+        done = ns.run(
+            [sys.executable, "-m", "coordinator", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
         seconds = time.monotonic() - started
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(("out", ".out"))]
     message = (done.stderr.strip().splitlines() or [""])[-1]
@@ -267,5 +290,7 @@ def tbf_slow_link(tmp_path: Path) -> tuple[bool, str]:
         return False, f"at 32kbit: files left behind: {leftovers}"
     if seconds > 60:
         return False, f"at 32kbit: a 1 s timeout x 2 attempts took {seconds:.0f}s to give up"
-    return True, (f"4mbit: right pixels in {slow_seconds:.1f}s; 32kbit + 1 s timeout: exit 3 in "
-                  f"{seconds:.1f}s, no file ({message[:60]})")
+    return True, (
+        f"4mbit: right pixels in {slow_seconds:.1f}s; 32kbit + 1 s timeout: exit 3 in "
+        f"{seconds:.1f}s, no file ({message[:60]})"
+    )

@@ -2,6 +2,7 @@
 
 Run bounded by tests/test_fuzz.py and with bigger budgets by scripts/soak.py.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,10 +19,10 @@ from scripts.testkit.procs import ROOT
 
 OPENAPI = ROOT / "tests" / "contract" / "openapi.json"
 SEED = 20261128
-CONTRACT_CASES = 100        # per runtime in make test; soak runs >= 1000
+CONTRACT_CASES = 100  # per runtime in make test; soak runs >= 1000
 CONTRACT_BUDGET_S = 10.0
 REQUEST_TIMEOUT_S = 10.0
-HUGE = 60000                # 60000 x 60000 = 3.6e9 pixels, far over WORKER_MAX_PIXELS
+HUGE = 60000  # 60000 x 60000 = 3.6e9 pixels, far over WORKER_MAX_PIXELS
 
 
 @dataclass
@@ -30,7 +31,7 @@ class FuzzStats:
     by_status: dict = field(default_factory=dict)
     server_errors: int = 0
     transport_errors: int = 0
-    failures: list = field(default_factory=list)    # one line each, first few kept
+    failures: list = field(default_factory=list)  # one line each, first few kept
 
     def record(self, status: int | None, problem: str | None = None) -> None:
         self.cases += 1
@@ -54,36 +55,43 @@ class FuzzStats:
 
 # -- small valid images, and ways to break them -----------------------------------------------
 
+
 def sample_image(width: int = 23, height: int = 17):
     from PIL import Image
 
     rng = random.Random(SEED)
     image = Image.new("RGB", (width, height))
-    image.putdata([(rng.randrange(256), rng.randrange(256), rng.randrange(256))
-                   for _ in range(width * height)])
+    image.putdata([(rng.randrange(256), rng.randrange(256), rng.randrange(256)) for _ in range(width * height)])
     return image
 
 
 encode = encoded  # a Pillow format name, or "PPM" (binary P6)
 
 
-FORMATS = {"PNG": "image/png", "GIF": "image/gif", "BMP": "image/bmp", "JPEG": "image/jpeg",
-           "WEBP": "image/webp", "TIFF": "image/tiff", "PPM": "image/x-portable-pixmap"}
+FORMATS = {
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "JPEG": "image/jpeg",
+    "WEBP": "image/webp",
+    "TIFF": "image/tiff",
+    "PPM": "image/x-portable-pixmap",
+}
 
 
 def png_with_size(data: bytes, width: int, height: int) -> bytes:
     """The PNG with its IHDR rewritten to width x height, CRC fixed so only the size lies."""
-    ihdr = bytearray(data[12:29])          # b"IHDR" + 13 bytes of fields
+    ihdr = bytearray(data[12:29])  # b"IHDR" + 13 bytes of fields
     ihdr[4:12] = struct.pack(">II", width, height)
     return data[:12] + bytes(ihdr) + struct.pack(">I", zlib.crc32(bytes(ihdr))) + data[33:]
 
 
 def gif_with_size(data: bytes, width: int, height: int) -> bytes:
     out = bytearray(data)
-    out[6:10] = struct.pack("<HH", width, height)                 # logical screen
-    descriptor = out.find(b"\x2c", 13)                            # first image descriptor
+    out[6:10] = struct.pack("<HH", width, height)  # logical screen
+    descriptor = out.find(b"\x2c", 13)  # first image descriptor
     if descriptor > 0:
-        out[descriptor + 5:descriptor + 9] = struct.pack("<HH", width, height)
+        out[descriptor + 5 : descriptor + 9] = struct.pack("<HH", width, height)
     return bytes(out)
 
 
@@ -98,7 +106,7 @@ def jpeg_with_size(data: bytes, width: int, height: int) -> bytes:
     for marker in (b"\xff\xc0", b"\xff\xc2"):
         at = out.find(marker)
         if at > 0:
-            out[at + 5:at + 9] = struct.pack(">HH", height, width)
+            out[at + 5 : at + 9] = struct.pack(">HH", height, width)
     return bytes(out)
 
 
@@ -111,8 +119,8 @@ def lying_headers() -> list[tuple[str, str, bytes, tuple[int, ...]]]:
     image = sample_image()
     png, gif, bmp = encode(image, "PNG"), encode(image, "GIF"), encode(image, "BMP")
     jpeg, pixels = encode(image, "JPEG"), image.tobytes()
-    too_many = (413,)        # contract: the declared size is checked before decoding
-    bad = (400, 413)         # bigger than the data, but under the pixel limit: undecodable
+    too_many = (413,)  # contract: the declared size is checked before decoding
+    bad = (400, 413)  # bigger than the data, but under the pixel limit: undecodable
     return [
         ("png-huge", "image/png", png_with_size(png, HUGE, HUGE), too_many),
         ("png-wide", "image/png", png_with_size(png, 2000, 17), bad),
@@ -130,8 +138,7 @@ def lying_headers() -> list[tuple[str, str, bytes, tuple[int, ...]]]:
         ("ppm-zero", "image/x-portable-pixmap", ppm_with_size(0, 0, b""), (400,)),
         ("ppm-negative", "image/x-portable-pixmap", b"P6\n-23 17\n255\n" + pixels, (400,)),
         ("ppm-maxval-0", "image/x-portable-pixmap", b"P6\n23 17\n0\n" + pixels, (400,)),
-        ("ppm-overflow", "image/x-portable-pixmap",
-         ppm_with_size(2 ** 32 + 23, 17, pixels), (400, 413)),
+        ("ppm-overflow", "image/x-portable-pixmap", ppm_with_size(2**32 + 23, 17, pixels), (400, 413)),
     ]
 
 
@@ -162,9 +169,13 @@ def fuzz_decoders(base_url: str, cases, token: str | None = None) -> FuzzStats:
     with requests.Session() as session:
         for name, ctype, body, allowed in cases:
             try:
-                response = session.post(f"{base_url}/process", data=body,
-                                        headers={**headers, "Content-Type": ctype},
-                                        params={"format": "raw"}, timeout=REQUEST_TIMEOUT_S)
+                response = session.post(
+                    f"{base_url}/process",
+                    data=body,
+                    headers={**headers, "Content-Type": ctype},
+                    params={"format": "raw"},
+                    timeout=REQUEST_TIMEOUT_S,
+                )
             except requests.RequestException as exc:
                 stats.record(None, f"{name}: {type(exc).__name__} (hang or dropped connection)")
                 continue
@@ -189,8 +200,10 @@ def _error_code(response) -> str:
 
 # -- the HTTP contract, with schemathesis -----------------------------------------------------
 
-def fuzz_contract(base_url: str, max_examples: int, budget_s: float, seed: int = SEED,
-                  token: str | None = None) -> FuzzStats:
+
+def fuzz_contract(
+    base_url: str, max_examples: int, budget_s: float, seed: int = SEED, token: str | None = None
+) -> FuzzStats:
     """Positive and negative cases for every operation in the contract, plus valid images with
     generated parameters (so the 200 path is fuzzed too). Failures are collected, not raised,
     so one bad case does not hide the rest and the budget bounds the run."""
@@ -199,12 +212,22 @@ def fuzz_contract(base_url: str, max_examples: int, budget_s: float, seed: int =
     from hypothesis import seed as hypothesis_seed
     from hypothesis.errors import Unsatisfiable
     from schemathesis import GenerationMode
-    from schemathesis.checks import (content_type_conformance, negative_data_rejection,
-                                     not_a_server_error, response_headers_conformance,
-                                     response_schema_conformance, status_code_conformance)
+    from schemathesis.checks import (
+        content_type_conformance,
+        negative_data_rejection,
+        not_a_server_error,
+        response_headers_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
 
-    checks = [not_a_server_error, status_code_conformance, content_type_conformance,
-              response_headers_conformance, response_schema_conformance]
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_headers_conformance,
+        response_schema_conformance,
+    ]
     schema = schemathesis.openapi.from_path(str(OPENAPI))
     operations = [result.ok() for result in schema.get_all_operations()]
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -215,31 +238,45 @@ def fuzz_contract(base_url: str, max_examples: int, budget_s: float, seed: int =
     # (operation, mode, fixed parts, checks, share of the case budget, valid image sent?)
     passes = []
     for operation in operations:
-        if operation.method.upper() != "POST":      # GET /healthz takes no input: one case or so
+        if operation.method.upper() != "POST":  # GET /healthz takes no input: one case or so
             passes.append((operation, GenerationMode.POSITIVE, {}, checks, 0.01, False))
             continue
         passes.append((operation, GenerationMode.POSITIVE, {}, checks, 0.4, False))
         # X-Request-Id's maxLength is advice to clients (the contract never says a long id is
         # rejected), so negative cases get a valid id and break the parameters that matter.
-        passes.append((operation, GenerationMode.NEGATIVE, {"headers": {"X-Request-Id": "fuzz"}},
-                       checks + [negative_data_rejection], 0.3, False))
-        passes.append((operation, GenerationMode.POSITIVE,
-                       {"body": valid_png, "media_type": "image/png"}, checks, 0.3, True))
+        passes.append(
+            (
+                operation,
+                GenerationMode.NEGATIVE,
+                {"headers": {"X-Request-Id": "fuzz"}},
+                checks + [negative_data_rejection],
+                0.3,
+                False,
+            )
+        )
+        passes.append(
+            (operation, GenerationMode.POSITIVE, {"body": valid_png, "media_type": "image/png"}, checks, 0.3, True)
+        )
 
     session = requests.Session()
     for number, (operation, mode, fixed, pass_checks, share, valid_image) in enumerate(passes):
+
         @hypothesis_seed(seed + number)
-        @settings(max_examples=max(1, round(max_examples * share)), deadline=None, database=None, derandomize=False,
-                  phases=[Phase.explicit, Phase.generate],
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=max(1, round(max_examples * share)),
+            deadline=None,
+            database=None,
+            derandomize=False,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=operation.as_strategy(generation_mode=mode, **fixed))
         def one(case):
             if time.monotonic() > deadline:
                 return
             label = f"{case.method} {case.formatted_path} {mode.value} query={case.query}"
             try:
-                response = case.call(base_url=base_url, session=session, headers=headers,
-                                     timeout=REQUEST_TIMEOUT_S)
+                response = case.call(base_url=base_url, session=session, headers=headers, timeout=REQUEST_TIMEOUT_S)
             except requests.RequestException as exc:
                 stats.record(None, f"{label}: {type(exc).__name__}")
                 return
@@ -255,7 +292,7 @@ def fuzz_contract(base_url: str, max_examples: int, budget_s: float, seed: int =
         try:
             one()
         except Unsatisfiable:
-            pass    # e.g. negative cases for GET /healthz: it takes no input to get wrong
+            pass  # e.g. negative cases for GET /healthz: it takes no input to get wrong
     session.close()
     return stats
 
@@ -281,7 +318,6 @@ def _check_same_size(response, size, label) -> str | None:
 def assert_healthy(base_url: str) -> None:
     response = requests.get(f"{base_url}/healthz", timeout=5)
     assert response.status_code == 200, f"worker unhealthy after fuzzing: {response.text[:200]}"
-
 
 
 # Known bugs, kept visible: (runtime, case) -> the bug. Remove an entry when its fix lands

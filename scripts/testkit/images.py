@@ -1,4 +1,5 @@
 """Images for tests and benches: samples, encoders, and the contract's reference formulas."""
+
 from __future__ import annotations
 
 import io
@@ -23,10 +24,13 @@ def expected_pixels(image, op: str) -> np.ndarray:
         gray = (19595 * r + 38470 * g + 7471 * b + 32768) >> 16
         out = np.stack([gray, gray, gray], axis=-1)
     elif op == "sepia":
+
         def channel(kr, kg, kb):
             return np.floor(kr * r + kg * g + kb * b + 0.5)
-        out = np.stack([channel(.393, .769, .189), channel(.349, .686, .168),
-                        channel(.272, .534, .131)], axis=-1)
+
+        out = np.stack(
+            [channel(0.393, 0.769, 0.189), channel(0.349, 0.686, 0.168), channel(0.272, 0.534, 0.131)], axis=-1
+        )
     elif op == "invert":
         out = 255 - rgb
     else:
@@ -41,8 +45,6 @@ def max_pixel_diff(image, expected: np.ndarray) -> int:
     return int(np.abs(got - expected.astype(np.int16)).max())
 
 
-
-
 def encoded(image: Image.Image | np.ndarray, fmt: str, **options) -> bytes:
     """The image in a Pillow format ("PNG", "JPEG", ...), or "PPM" as binary P6 bytes."""
     image = image if isinstance(image, Image.Image) else Image.fromarray(image)
@@ -54,8 +56,7 @@ def encoded(image: Image.Image | np.ndarray, fmt: str, **options) -> bytes:
     return buffer.getvalue()
 
 
-def photo(width: int, height: int, seed: int = 12, noise: float = 4,
-          random_phase: bool = False) -> np.ndarray:
+def photo(width: int, height: int, seed: int = 12, noise: float = 4, random_phase: bool = False) -> np.ndarray:
     """Photo-like RGB pixels: smooth colour gradients, soft shapes, sensor-like noise; compresses
     like a photo, which the benches' figures depend on. random_phase: the seed moves the scene."""
     rng = np.random.default_rng(seed)

@@ -1,4 +1,5 @@
 """A load run through the coordinator engine against workers made to push back (tests/test_load.py, soak)."""
+
 from __future__ import annotations
 
 import json
@@ -18,17 +19,23 @@ PLANS = ("grayscale", "sepia", "invert")
 @dataclass
 class LoadOutcome:
     completed: int = 0
-    failed_cleanly: int = 0          # a one-line CoordinatorError, fixed by a retry after the rush
-    lost: int = 0                    # wrong pixels, other exceptions, hangs, retry also failed
-    busy_retries: int = 0            # strip retries the engine reported for a 503 busy
-    neighbour_busy: int = 0          # 503 busy answers the neighbour client got
+    failed_cleanly: int = 0  # a one-line CoordinatorError, fixed by a retry after the rush
+    lost: int = 0  # wrong pixels, other exceptions, hangs, retry also failed
+    busy_retries: int = 0  # strip retries the engine reported for a 503 busy
+    neighbour_busy: int = 0  # 503 busy answers the neighbour client got
     problems: list = field(default_factory=list)
     elapsed_s: float = 0.0
 
 
-def run_load(worker_urls: list[str], jobs: int = JOBS, threads: int = CLIENT_THREADS,
-             strips: int = 4, seed: int = 11, token: str | None = None,
-             neighbour_threads: int = 1) -> LoadOutcome:
+def run_load(
+    worker_urls: list[str],
+    jobs: int = JOBS,
+    threads: int = CLIENT_THREADS,
+    strips: int = 4,
+    seed: int = 11,
+    token: str | None = None,
+    neighbour_threads: int = 1,
+) -> LoadOutcome:
     from coordinator.config import load_config
     from coordinator.engine import run_job
     from coordinator.errors import CoordinatorError
@@ -38,8 +45,9 @@ def run_load(worker_urls: list[str], jobs: int = JOBS, threads: int = CLIENT_THR
         environ["COORDINATOR_WORKER_TOKEN"] = token
     config = load_config(workers=",".join(worker_urls), environ=environ)
     rng = random.Random(seed)
-    specs = [(index, rng.choice(PLANS), sample_rgb(rng.randint(24, 96), rng.randint(16, 80), index))
-             for index in range(jobs)]
+    specs = [
+        (index, rng.choice(PLANS), sample_rgb(rng.randint(24, 96), rng.randint(16, 80), index)) for index in range(jobs)
+    ]
     outcome = LoadOutcome()
     lock = threading.Lock()
 
@@ -71,7 +79,7 @@ def run_load(worker_urls: list[str], jobs: int = JOBS, threads: int = CLIENT_THR
                 with lock:
                     to_retry.append(spec)
             return
-        except Exception as exc:             # anything else is a bug: it is "lost"
+        except Exception as exc:  # anything else is a bug: it is "lost"
             note("lost", f"job {index}: {type(exc).__name__}: {exc}")
             return
         finally:
@@ -86,8 +94,11 @@ def run_load(worker_urls: list[str], jobs: int = JOBS, threads: int = CLIENT_THR
     to_retry: list = []
     started = time.monotonic()
     stop_neighbour = threading.Event()
-    neighbours = [threading.Thread(target=neighbour, args=(url, stop_neighbour, outcome), daemon=True)
-                  for url in worker_urls for _ in range(neighbour_threads)]
+    neighbours = [
+        threading.Thread(target=neighbour, args=(url, stop_neighbour, outcome), daemon=True)
+        for url in worker_urls
+        for _ in range(neighbour_threads)
+    ]
     for thread in neighbours:
         thread.start()
     try:

@@ -7,6 +7,7 @@ netem). Everything inside talks over 127.0.0.1 of the namespace, so no traffic l
 
 Needs root (CAP_NET_ADMIN) and iproute2's `ip` and `tc`; `available()` says why not.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,15 +55,31 @@ class SlowLoopback:
         self._ip("netns", "add", self.name)
         try:
             self._ip("netns", "exec", self.name, "ip", "link", "set", "lo", "up")
-            self._ip("netns", "exec", self.name, "tc", "qdisc", "add", "dev", "lo", "root", "tbf",
-                     "rate", self.rate, "burst", self.burst, "latency", self.latency)
+            self._ip(
+                "netns",
+                "exec",
+                self.name,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                "lo",
+                "root",
+                "tbf",
+                "rate",
+                self.rate,
+                "burst",
+                self.burst,
+                "latency",
+                self.latency,
+            )
         except Exception:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        for proc in self.processes:      # started with start_new_session: kill the group
+        for proc in self.processes:  # started with start_new_session: kill the group
             if proc.poll() is None:
                 try:
                     os.killpg(proc.pid, signal.SIGKILL)
@@ -80,8 +97,24 @@ class SlowLoopback:
         return proc
 
     def set_rate(self, rate: str) -> None:
-        self._ip("netns", "exec", self.name, "tc", "qdisc", "change", "dev", "lo", "root", "tbf",
-                 "rate", rate, "burst", self.burst, "latency", self.latency)
+        self._ip(
+            "netns",
+            "exec",
+            self.name,
+            "tc",
+            "qdisc",
+            "change",
+            "dev",
+            "lo",
+            "root",
+            "tbf",
+            "rate",
+            rate,
+            "burst",
+            self.burst,
+            "latency",
+            self.latency,
+        )
         self.rate = rate
 
     def run(self, command: list[str], **kwargs) -> subprocess.CompletedProcess:

@@ -1,4 +1,5 @@
 """Start and stop real processes (workers, servers) on free loopback ports (tests, benches, soak)."""
+
 from __future__ import annotations
 
 import os
@@ -76,20 +77,21 @@ def wait_http_ok(url: str, proc: subprocess.Popen | None = None, timeout: float 
     raise RuntimeError(f"{url} did not answer 200 within {timeout}s ({last})")
 
 
-def start_worker(runtime: str, tmp_dir: Path, env: dict | None = None,
-                 wait: bool = True, cwd: Path | None = None) -> RunningProcess:
+def start_worker(
+    runtime: str, tmp_dir: Path, env: dict | None = None, wait: bool = True, cwd: Path | None = None
+) -> RunningProcess:
     """Start one real worker process on a free loopback port; returns once /healthz is 200."""
     command, default_cwd = worker_command(runtime)
     port = free_port()
-    full_env = {**os.environ, "WORKER_HOST": "127.0.0.1", "WORKER_PORT": str(port),
-                "WORKER_LOG_LEVEL": "debug"}
+    full_env = {**os.environ, "WORKER_HOST": "127.0.0.1", "WORKER_PORT": str(port), "WORKER_LOG_LEVEL": "debug"}
     full_env.pop("WORKER_TOKEN", None)
     full_env.update(env or {})
     tmp_dir.mkdir(parents=True, exist_ok=True)
     log_path = tmp_dir / f"worker-{runtime}-{port}.log"
     log = open(log_path, "wb")
-    proc = subprocess.Popen(command, cwd=cwd or default_cwd, env=full_env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        command, cwd=cwd or default_cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     running = RunningProcess(proc, log_path, f"http://127.0.0.1:{port}", full_env)
     if wait:
         try:

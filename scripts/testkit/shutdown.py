@@ -1,4 +1,5 @@
 """SIGTERM while a request is in flight: drivers for tests/test_shutdown.py and scripts/soak.py."""
+
 from __future__ import annotations
 
 import http.client
@@ -21,15 +22,17 @@ def open_slow_upload(url: str, body: bytes, op: str, sent_fraction: float = 0.5)
     """Start POST /process, send the headers and part of the body, and leave it hanging."""
     parts = urlsplit(url)
     sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
-    head = (f"POST /process?op={op}&format=png HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-            f"Content-Type: image/png\r\nContent-Length: {len(body)}\r\n"
-            f"X-Request-Id: shutdown-inflight\r\nConnection: close\r\n\r\n").encode()
+    head = (
+        f"POST /process?op={op}&format=png HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Content-Type: image/png\r\nContent-Length: {len(body)}\r\n"
+        f"X-Request-Id: shutdown-inflight\r\nConnection: close\r\n\r\n"
+    ).encode()
     sock.sendall(head + body[: int(len(body) * sent_fraction)])
     return sock
 
 
 def finish_upload(sock: socket.socket, body: bytes, sent_fraction: float = 0.5):
-    sock.sendall(body[int(len(body) * sent_fraction):])
+    sock.sendall(body[int(len(body) * sent_fraction) :])
     response = http.client.HTTPResponse(sock)
     response.begin()
     return response.status, dict(response.getheaders()), response.read()
@@ -44,7 +47,7 @@ def wait_inflight(url: str, timeout: float = 5.0) -> bool:
         except (requests.RequestException, ValueError):
             return False
         if "inflight" not in health:
-            time.sleep(0.5)       # no counter to watch: give the server time to start the request
+            time.sleep(0.5)  # no counter to watch: give the server time to start the request
             return False
         if health["inflight"] >= 1:
             return True
@@ -57,8 +60,7 @@ def refusal_seen(url: str, body: bytes, timeout: float = 5.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            response = requests.post(f"{url}/process", data=body, timeout=3,
-                                     headers={"Content-Type": "image/png"})
+            response = requests.post(f"{url}/process", data=body, timeout=3, headers={"Content-Type": "image/png"})
         except requests.ConnectionError:
             return "connection refused"
         if response.status_code == 503:
@@ -107,5 +109,7 @@ def sigterm_in_flight(worker, runtime: str) -> tuple[bool, str]:
     if code != 0:
         return False, f"exit code {code} after SIGTERM"
     seconds = time.monotonic() - signalled
-    return True, (f"in-flight 200 with right pixels, new work {how}, exit 0 after {seconds:.1f}s"
-                  + ("" if held else " (inflight not observed)"))
+    return True, (
+        f"in-flight 200 with right pixels, new work {how}, exit 0 after {seconds:.1f}s"
+        + ("" if held else " (inflight not observed)")
+    )

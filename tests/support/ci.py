@@ -1,5 +1,6 @@
 """The CI rule for skips, for test modules and fixtures alike (importing conftest is pytest's
 anti-pattern: it can be imported twice under two names)."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Run the fleet tool as a user does (a subprocess) and check its one-line errors."""
+
 from __future__ import annotations
 
 import subprocess
@@ -8,8 +9,14 @@ from scripts.testkit.procs import ROOT
 
 
 def run_fleet(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scripts.fleet", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.fleet", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess, code: int, fragment: str) -> str:

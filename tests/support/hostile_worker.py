@@ -23,6 +23,7 @@
 Every connection is closed after one exchange; a dripping or streaming reply stops at
 `stop()` or after `max_seconds`, whichever is first. `sent` counts body bytes written.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,23 +36,44 @@ import time
 MODES = ("ok", "drip_headers", "redirect", "huge", "markdown", "eps", "html", "late_reader")
 MAX_BODY = 200_000_000
 OPS = ["grayscale", "sepia", "invert", "blur"]
-HEALTH = {"status": "ok", "service": "worker-python", "runtime": "python", "version": "9.9.9",
-          "build": "hostile", "primary": "grayscale", "operations": OPS, "max_inflight": 4,
-          "max_bytes": 50_000_000, "max_pixels": 50_000_000}
-MARKDOWN_HEALTH = {**HEALTH, "version": "[update now](http://evil.example/)",
-                   "build": "<img src=http://evil.example/t.png>",
-                   "primary": "![x](http://evil.example/pixel.png)",
-                   "operations": ["grayscale", "[sepia](http://evil.example/)", "invert"]}
-EPS = ("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 {w} {h}\n%%EndComments\n"
-       "newpath 0 0 moveto {w} {h} lineto stroke\nshowpage\n%%EOF\n")
+HEALTH = {
+    "status": "ok",
+    "service": "worker-python",
+    "runtime": "python",
+    "version": "9.9.9",
+    "build": "hostile",
+    "primary": "grayscale",
+    "operations": OPS,
+    "max_inflight": 4,
+    "max_bytes": 50_000_000,
+    "max_pixels": 50_000_000,
+}
+MARKDOWN_HEALTH = {
+    **HEALTH,
+    "version": "[update now](http://evil.example/)",
+    "build": "<img src=http://evil.example/t.png>",
+    "primary": "![x](http://evil.example/pixel.png)",
+    "operations": ["grayscale", "[sepia](http://evil.example/)", "invert"],
+}
+EPS = (
+    "%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 {w} {h}\n%%EndComments\n"
+    "newpath 0 0 moveto {w} {h} lineto stroke\nshowpage\n%%EOF\n"
+)
 PPM_SIZE = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+255\s")
 HTML = b"<!doctype html><html><head><title>Not a worker</title></head><body>hello</body></html>"
 HUGE_DECLARED = 2_000_000_000
 
 
 class HostileWorker:
-    def __init__(self, health: str = "ok", process: str = "ok", delay: float = 1.0,
-                 location: str | None = None, max_seconds: float = 60.0, read_rate: int | None = None):
+    def __init__(
+        self,
+        health: str = "ok",
+        process: str = "ok",
+        delay: float = 1.0,
+        location: str | None = None,
+        max_seconds: float = 60.0,
+        read_rate: int | None = None,
+    ):
         for mode in (health, process):
             if mode not in MODES:
                 raise ValueError(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
@@ -80,8 +102,7 @@ class HostileWorker:
         self._server.server_activate()
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name=f"hostile-{self.port}")
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name=f"hostile-{self.port}")
 
     def start(self) -> "HostileWorker":
         self._thread.start()
@@ -107,8 +128,9 @@ class HostileWorker:
                 self.requests[path if path in self.requests else "other"] += 1
             if mode == "late_reader" and path == "/process" and self._stopping.wait(self.delay):
                 return
-            body = self._read_body(client, length, body, keep=mode == "late_reader",
-                                   rate=self.read_rate if mode == "late_reader" else None)
+            body = self._read_body(
+                client, length, body, keep=mode == "late_reader", rate=self.read_rate if mode == "late_reader" else None
+            )
             getattr(self, f"_{mode}")(client, path, body)
         except OSError:
             pass
@@ -158,14 +180,15 @@ class HostileWorker:
             return self._ok(client, path, body)
         size = PPM_SIZE.match(body)
         width, height = int(size.group(1)), int(size.group(2))
-        pixels = body[size.end():size.end() + width * height * 3]
+        pixels = body[size.end() : size.end() + width * height * 3]
         inverted = pixels.translate(bytes(range(255, -1, -1)))
         self._reply(client, "200 OK", "image/x-portable-pixmap", b"P6\n%d %d\n255\n" % (width, height) + inverted)
 
-    def _reply(self, client: socket.socket, status: str, content_type: str, body: bytes,
-               extra: str = "") -> None:
-        head = (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                f"{extra}Connection: close\r\n\r\n")
+    def _reply(self, client: socket.socket, status: str, content_type: str, body: bytes, extra: str = "") -> None:
+        head = (
+            f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            f"{extra}Connection: close\r\n\r\n"
+        )
         client.sendall(head.encode() + body)
         with self._lock:
             self.sent += len(body)
@@ -201,8 +224,7 @@ class HostileWorker:
                 break
 
     def _huge(self, client, path, head):
-        client.sendall(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                       f"Connection: close\r\n\r\n".encode())
+        client.sendall(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n".encode())
         block = b"[" * 65536
         started = time.monotonic()
         while not self._stopping.is_set() and time.monotonic() - started < self.max_seconds:

@@ -1,4 +1,5 @@
 """A real moto server on a free loopback port, and boto3 clients pointed at it with dummy keys."""
+
 from __future__ import annotations
 
 import os
@@ -23,10 +24,19 @@ def aws_env(endpoint_url: str | None, credentials: bool = True) -> dict[str, str
     link-local metadata address; config files point nowhere so the developer's real keys are
     never read.
     """
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith("AWS_") and key not in ("ECS_CONTAINER_METADATA_URI",)}
-    env.update({"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,
-                "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_DEFAULT_REGION": REGION})
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("AWS_") and key not in ("ECS_CONTAINER_METADATA_URI",)
+    }
+    env.update(
+        {
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "AWS_DEFAULT_REGION": REGION,
+        }
+    )
     if endpoint_url:
         env["AWS_ENDPOINT_URL"] = endpoint_url
     if credentials:
@@ -40,12 +50,18 @@ class MotoServer:
     url: str
 
     def ec2(self):
-        return boto3.client("ec2", region_name=REGION, endpoint_url=self.url,
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return boto3.client(
+            "ec2",
+            region_name=REGION,
+            endpoint_url=self.url,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def reset(self) -> None:
         """Forget every resource (moto's own reset endpoint), so tests do not see each other's."""
         import requests
+
         requests.post(f"{self.url}/moto-api/reset", timeout=10).raise_for_status()
 
     def stop(self) -> None:
@@ -58,8 +74,13 @@ def start_moto_server(tmp_dir: Path) -> MotoServer:
     log_path = tmp_dir / f"moto-{port}.log"
     env = aws_env(None)
     log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     running = RunningProcess(proc, log_path, f"http://127.0.0.1:{port}")
     try:
         wait_http_ok(f"{running.url}/moto-api/", proc, timeout=60)
@@ -77,9 +98,17 @@ def ubuntu_ami(ec2) -> str:
 
 def run_tagged_instance(ec2, name: str, role: str, project: str, stack: str) -> str:
     """One instance tagged the way infra/ tags worker nodes; returns its id."""
-    tags = [{"Key": "Name", "Value": name}, {"Key": "Project", "Value": project},
-            {"Key": "Stack", "Value": stack}, {"Key": "Role", "Value": role}]
-    reservation = ec2.run_instances(ImageId=ubuntu_ami(ec2), MinCount=1, MaxCount=1,
-                                    InstanceType="t3.small",
-                                    TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])
+    tags = [
+        {"Key": "Name", "Value": name},
+        {"Key": "Project", "Value": project},
+        {"Key": "Stack", "Value": stack},
+        {"Key": "Role", "Value": role},
+    ]
+    reservation = ec2.run_instances(
+        ImageId=ubuntu_ami(ec2),
+        MinCount=1,
+        MaxCount=1,
+        InstanceType="t3.small",
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+    )
     return reservation["Instances"][0]["InstanceId"]

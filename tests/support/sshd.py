@@ -4,6 +4,7 @@ Sessions get `env` through sshd_config's SetEnv (e.g. a PATH whose first entries
 stand-in `sudo`/`systemctl`/`journalctl`), so the code under test runs real commands over a
 real SSH connection without touching the machine's services.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -36,8 +37,12 @@ def make_key(path: Path, kind: str = "ed25519") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in (path, path.with_name(path.name + ".pub")):
         stale.unlink(missing_ok=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "fleet-test", "-f", str(path)],
-                   check=True, timeout=30, capture_output=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "fleet-test", "-f", str(path)],
+        check=True,
+        timeout=30,
+        capture_output=True,
+    )
     return path
 
 
@@ -75,8 +80,7 @@ def _wait_listening(port: int, process: RunningProcess, timeout: float = 15) -> 
     raise RuntimeError(f"sshd did not listen on {port} within {timeout}s:\n{process.log_text()[-2000:]}")
 
 
-def start_sshd(tmp_dir: Path, env: dict | None = None, host_key: Path | None = None,
-               port: int | None = None) -> Sshd:
+def start_sshd(tmp_dir: Path, env: dict | None = None, host_key: Path | None = None, port: int | None = None) -> Sshd:
     """Start `sshd -D -e` on 127.0.0.1 accepting only a fresh client key; returns once it greets."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
     host_key = host_key or make_key(tmp_dir / "ssh_host_ed25519_key")
@@ -87,12 +91,23 @@ def start_sshd(tmp_dir: Path, env: dict | None = None, host_key: Path | None = N
     authorized.write_text(client_key.with_name(client_key.name + ".pub").read_text())
     port = port or free_port()
     lines = [
-        "ListenAddress 127.0.0.1", f"Port {port}", f"HostKey {host_key}",
-        f"AuthorizedKeysFile {authorized}", f"PidFile {tmp_dir / 'sshd.pid'}",
-        "UsePAM no", "StrictModes no", "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password",
-        "PubkeyAuthentication yes", "AllowTcpForwarding no", "X11Forwarding no",
-        "LogLevel VERBOSE", "MaxStartups 50", "MaxSessions 50", "Subsystem sftp internal-sftp",
+        "ListenAddress 127.0.0.1",
+        f"Port {port}",
+        f"HostKey {host_key}",
+        f"AuthorizedKeysFile {authorized}",
+        f"PidFile {tmp_dir / 'sshd.pid'}",
+        "UsePAM no",
+        "StrictModes no",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PermitRootLogin prohibit-password",
+        "PubkeyAuthentication yes",
+        "AllowTcpForwarding no",
+        "X11Forwarding no",
+        "LogLevel VERBOSE",
+        "MaxStartups 50",
+        "MaxSessions 50",
+        "Subsystem sftp internal-sftp",
     ]
     if env:
         lines.append("SetEnv " + " ".join(f'{key}="{value}"' for key, value in env.items()))
@@ -101,8 +116,9 @@ def start_sshd(tmp_dir: Path, env: dict | None = None, host_key: Path | None = N
     Path("/run/sshd").mkdir(parents=True, exist_ok=True)
     log_path = tmp_dir / f"sshd-{port}.log"
     log = open(log_path, "wb")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     running = RunningProcess(proc, log_path, f"127.0.0.1:{port}")
     try:
         _wait_listening(port, running)

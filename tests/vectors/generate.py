@@ -7,6 +7,7 @@ formulas applied to the source arrays below, not from either worker's code. Blur
 closed form here: its expected output is Pillow's GaussianBlur, which the contract names.
 The output is deterministic (fixed seed), so re-running it changes no committed file.
 """
+
 from __future__ import annotations
 
 import io
@@ -33,6 +34,7 @@ JPEG_MEAN_TOLERANCE = 1.5
 
 # ---- numpy reference of the contract's operations (uint8 HxWx3 in, uint8 HxWx3 out) ----
 
+
 def ref_grayscale(rgb: np.ndarray) -> np.ndarray:
     r, g, b = (rgb[..., i].astype(np.int64) for i in range(3))
     lum = (19595 * r + 38470 * g + 7471 * b + 32768) >> 16
@@ -58,8 +60,8 @@ REFERENCE_OPS = {"grayscale": ref_grayscale, "sepia": ref_sepia, "invert": ref_i
 
 # ---- source images ----
 
-def photo_like(rng: np.random.Generator, width: int = WIDTH, height: int = HEIGHT,
-               top: int = 255) -> np.ndarray:
+
+def photo_like(rng: np.random.Generator, width: int = WIDTH, height: int = HEIGHT, top: int = 255) -> np.ndarray:
     """Gradients plus noise, covering 0 and top (values rounding ties and clamps)."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
     base = np.stack([x / (width - 1), y / (height - 1), 1 - (x + y) / (width + height - 2)], -1)
@@ -96,8 +98,18 @@ def tiff16_rgb_bytes(rgb16: np.ndarray) -> bytes:
     """A minimal uncompressed 16-bit RGB TIFF (little-endian, one strip): Pillow cannot write one."""
     height, width = rgb16.shape[:2]
     pixels = rgb16.astype("<u2").tobytes()
-    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, None), (259, 3, 1, 1), (262, 3, 1, 2),
-               (273, 4, 1, None), (277, 3, 1, 3), (278, 4, 1, height), (279, 4, 1, len(pixels)), (284, 3, 1, 1)]
+    entries = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 3, None),
+        (259, 3, 1, 1),
+        (262, 3, 1, 2),
+        (273, 4, 1, None),
+        (277, 3, 1, 3),
+        (278, 4, 1, height),
+        (279, 4, 1, len(pixels)),
+        (284, 3, 1, 1),
+    ]
     ifd_size = 2 + 12 * len(entries) + 4
     bits_offset = 8 + ifd_size
     pixels_offset = bits_offset + 6
@@ -117,7 +129,7 @@ def _idat_only(png: bytes) -> bytes:
 
 def jpeg_with_size(jpeg: bytes, width: int, height: int) -> bytes:
     sof = jpeg.index(b"\xff\xc0")
-    return jpeg[:sof + 5] + struct.pack(">HH", height, width) + jpeg[sof + 9:]
+    return jpeg[: sof + 5] + struct.pack(">HH", height, width) + jpeg[sof + 9 :]
 
 
 def save(image: Image.Image, fmt: str, **params) -> bytes:
@@ -159,15 +171,17 @@ def build_inputs() -> tuple[dict, dict]:
 
     gray16 = photo_like(rng, top=65535)[..., 0]
     gray16[0, 1:4] = (255, 256, 32767)  # values that clipping (instead of >> 8) would get wrong
-    inputs["gray16.png"] = (png_bytes(gray16, 0, 16), "image/png",
-                            np.repeat((gray16 >> 8).astype(np.uint8)[..., None], 3, 2))
+    inputs["gray16.png"] = (
+        png_bytes(gray16, 0, 16),
+        "image/png",
+        np.repeat((gray16 >> 8).astype(np.uint8)[..., None], 3, 2),
+    )
 
     gray8 = photo_like(rng)[..., 1]
     inputs["gray8.png"] = (png_bytes(gray8, 0, 8), "image/png", np.repeat(gray8[..., None], 3, 2))
 
     gray_alpha = np.dstack([gray8[::-1], rng.integers(0, 256, (HEIGHT, WIDTH), dtype=np.uint8)])
-    inputs["gray_alpha.png"] = (png_bytes(gray_alpha, 4, 8), "image/png",
-                                np.repeat(gray_alpha[..., :1], 3, 2))
+    inputs["gray_alpha.png"] = (png_bytes(gray_alpha, 4, 8), "image/png", np.repeat(gray_alpha[..., :1], 3, 2))
 
     bmp = photo_like(rng)
     inputs["photo.bmp"] = (save(Image.fromarray(bmp, "RGB"), "BMP"), "image/bmp", bmp)
@@ -181,16 +195,22 @@ def build_inputs() -> tuple[dict, dict]:
     inputs["two_frames.gif"] = (gif, "image/gif", first_rgb)
 
     webp = photo_like(rng)
-    inputs["lossless.webp"] = (save(Image.fromarray(webp, "RGB"), "WEBP", lossless=True, exact=True),
-                               "image/webp", webp)
+    inputs["lossless.webp"] = (
+        save(Image.fromarray(webp, "RGB"), "WEBP", lossless=True, exact=True),
+        "image/webp",
+        webp,
+    )
 
     ppm = photo_like(rng)
     inputs["photo.ppm"] = (ppm_bytes(ppm), "image/x-portable-pixmap", ppm)
 
     ppm16 = photo_like(rng, top=65535)
     ppm16[0, 1:4] = (255, 256, 32767)  # v >> 8, not v * 255 / 65535 rounded
-    inputs["rgb16.ppm"] = (f"P6\n{WIDTH} {HEIGHT}\n65535\n".encode() + ppm16.astype(">u2").tobytes(),
-                           "image/x-portable-pixmap", (ppm16 >> 8).astype(np.uint8))
+    inputs["rgb16.ppm"] = (
+        f"P6\n{WIDTH} {HEIGHT}\n65535\n".encode() + ppm16.astype(">u2").tobytes(),
+        "image/x-portable-pixmap",
+        (ppm16 >> 8).astype(np.uint8),
+    )
 
     tiff16 = photo_like(rng, top=65535)
     tiff16[0, 1:4] = (255, 256, 32767)
@@ -209,21 +229,36 @@ def build_inputs() -> tuple[dict, dict]:
     inputs["oriented6.jpg"] = (jpeg, "image/jpeg", None)  # reference filled in below
 
     errors = {
-        "drawing.svg": (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="4" '
-                        b'height="4"><rect width="4" height="4" fill="red"/></svg>\n', "image/svg+xml",
-                        415, "unsupported_type"),
-        "icon.ico": (save(Image.fromarray(photo[:8, :8], "RGB"), "ICO", sizes=[(8, 8)]), "image/x-icon",
-                     415, "unsupported_type"),
-        "truncated.png": (inputs["photo.png"][0][: len(inputs["photo.png"][0]) // 2], "image/png",
-                          400, "bad_image"),
-        "not_an_image.png": (b"hello, this is plain text and not a picture\n" * 4, "image/png",
-                             400, "bad_image"),
+        "drawing.svg": (
+            b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="4" '
+            b'height="4"><rect width="4" height="4" fill="red"/></svg>\n',
+            "image/svg+xml",
+            415,
+            "unsupported_type",
+        ),
+        "icon.ico": (
+            save(Image.fromarray(photo[:8, :8], "RGB"), "ICO", sizes=[(8, 8)]),
+            "image/x-icon",
+            415,
+            "unsupported_type",
+        ),
+        "truncated.png": (inputs["photo.png"][0][: len(inputs["photo.png"][0]) // 2], "image/png", 400, "bad_image"),
+        "not_an_image.png": (b"hello, this is plain text and not a picture\n" * 4, "image/png", 400, "bad_image"),
         "huge_header.png": (huge_header_png(100000, 100000), "image/png", 413, "too_many_pixels"),
         # complete files whose headers claim more pixels than their data holds
-        "short_rows.png": (png_bytes(np.vstack([photo, np.zeros((29, WIDTH, 3), np.uint8)]), 2, 8)[:33]
-                           + _idat_only(inputs["photo.png"][0]), "image/png", 400, "bad_image"),
-        "short_scan.jpg": (jpeg_with_size(save(Image.fromarray(photo, "RGB"), "JPEG"), 2000, 2000),
-                           "image/jpeg", 400, "bad_image"),
+        "short_rows.png": (
+            png_bytes(np.vstack([photo, np.zeros((29, WIDTH, 3), np.uint8)]), 2, 8)[:33]
+            + _idat_only(inputs["photo.png"][0]),
+            "image/png",
+            400,
+            "bad_image",
+        ),
+        "short_scan.jpg": (
+            jpeg_with_size(save(Image.fromarray(photo, "RGB"), "JPEG"), 2000, 2000),
+            "image/jpeg",
+            400,
+            "bad_image",
+        ),
     }
     try:
         errors["tiny.avif"] = (save(Image.fromarray(photo, "RGB"), "AVIF"), "image/avif", 415, "unsupported_type")
@@ -245,7 +280,9 @@ def check_roundtrip(name: str, data: bytes, reference: np.ndarray) -> None:
         decoded = np.asarray(image).astype(np.uint32) >> 8
         decoded = np.repeat(decoded.astype(np.uint8)[..., None], 3, 2)
     else:
-        decoded = np.asarray(image.convert("RGBA").convert("RGB") if image.mode in ("LA", "P") else image.convert("RGB"))
+        decoded = np.asarray(
+            image.convert("RGBA").convert("RGB") if image.mode in ("LA", "P") else image.convert("RGB")
+        )
     if not np.array_equal(decoded, reference):
         raise SystemExit(f"error: {name} does not round-trip its reference pixels")
 
@@ -256,8 +293,8 @@ def main() -> None:
     (HERE / "expected").mkdir(exist_ok=True)
     manifest: dict = {
         "about": "Shared worker vectors; written by tests/vectors/generate.py. Compare decoded "
-                 "8-bit RGB pixels: max |diff| per channel <= tolerance, and mean |diff| <= "
-                 "mean_tolerance when given.",
+        "8-bit RGB pixels: max |diff| per channel <= tolerance, and mean |diff| <= "
+        "mean_tolerance when given.",
         "inputs": {},
         "cases": [],
         "errors": [],
@@ -270,17 +307,24 @@ def main() -> None:
         elif name != "rgb16.ppm":  # Pillow reads 16-bit PPM as round(v / 257), not v >> 8
             check_roundtrip(name, data, reference)
         height, width = reference.shape[:2]
-        manifest["inputs"][name] = {"content_type": content_type, "width": width, "height": height,
-                                    "lossy": lossy}
+        manifest["inputs"][name] = {"content_type": content_type, "width": width, "height": height, "lossy": lossy}
         for op, func in REFERENCE_OPS.items():
             expected_name = f"{name.replace('.', '_')}-{op}.png"
             Image.fromarray(func(reference), "RGB").save(HERE / "expected" / expected_name)
-            case = {"input": name, "op": op, "params": {}, "expected": f"expected/{expected_name}",
-                    "tolerance": EXACT_TOLERANCE}
+            case = {
+                "input": name,
+                "op": op,
+                "params": {},
+                "expected": f"expected/{expected_name}",
+                "tolerance": EXACT_TOLERANCE,
+            }
             if lossy:
-                case.update(tolerance=JPEG_TOLERANCE, mean_tolerance=JPEG_MEAN_TOLERANCE,
-                            why="JPEG decoders may round the IDCT differently; the quadrants "
-                                "still catch a wrong orientation by >100 levels")
+                case.update(
+                    tolerance=JPEG_TOLERANCE,
+                    mean_tolerance=JPEG_MEAN_TOLERANCE,
+                    why="JPEG decoders may round the IDCT differently; the quadrants "
+                    "still catch a wrong orientation by >100 levels",
+                )
             manifest["cases"].append(case)
     photo = np.asarray(Image.open(HERE / "inputs" / "photo.png").convert("RGB"))
     for radius in (2, 0.7, 6):
@@ -288,16 +332,25 @@ def main() -> None:
         expected_name = f"photo_png-blur-r{str(radius).replace('.', '_')}.png"
         blurred.save(HERE / "expected" / expected_name)
         params = {} if radius == 2 else {"radius": radius}
-        manifest["cases"].append({"input": "photo.png", "op": "blur", "params": params,
-                                  "expected": f"expected/{expected_name}", "tolerance": EXACT_TOLERANCE,
-                                  "why": "expected = Pillow ImageFilter.GaussianBlur, the contract's definition"})
+        manifest["cases"].append(
+            {
+                "input": "photo.png",
+                "op": "blur",
+                "params": params,
+                "expected": f"expected/{expected_name}",
+                "tolerance": EXACT_TOLERANCE,
+                "why": "expected = Pillow ImageFilter.GaussianBlur, the contract's definition",
+            }
+        )
     for name, (data, content_type, status, code) in errors.items():
         (HERE / "inputs" / name).write_bytes(data)
         manifest["errors"].append({"input": name, "content_type": content_type, "status": status, "code": code})
     manifest["rules"] = write_rule_vectors(photo, (HERE / "inputs" / "photo.png").read_bytes())
     (HERE / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    print(f"wrote {len(manifest['inputs'])} inputs, {len(manifest['cases'])} cases, "
-          f"{len(manifest['errors'])} error inputs, {len(manifest['rules'])} rule inputs to {HERE}")
+    print(
+        f"wrote {len(manifest['inputs'])} inputs, {len(manifest['cases'])} cases, "
+        f"{len(manifest['errors'])} error inputs, {len(manifest['rules'])} rule inputs to {HERE}"
+    )
 
 
 def write_rule_vectors(photo: np.ndarray, photo_png: bytes) -> list:
@@ -305,8 +358,14 @@ def write_rule_vectors(photo: np.ndarray, photo_png: bytes) -> list:
     entries = []
     for name, vector in build_rule_vectors(photo, photo_png).items():
         (HERE / "inputs" / name).write_bytes(vector["data"])
-        entry = {"input": name, "content_type": vector["content_type"], "status": vector["status"],
-                 "code": vector["code"], "rule": vector["rule"], "why": vector["why"]}
+        entry = {
+            "input": name,
+            "content_type": vector["content_type"],
+            "status": vector["status"],
+            "code": vector["code"],
+            "rule": vector["rule"],
+            "why": vector["why"],
+        }
         if vector["reference"] is not None:
             expected_name = f"{name.replace('.', '_')}-invert.png"
             Image.fromarray(ref_invert(vector["reference"]), "RGB").save(HERE / "expected" / expected_name)

@@ -8,6 +8,7 @@ RLE BMPs). They are refused by rule, not because they are broken, so a worker ca
 accident of a decode error. Written by generate.py into inputs/ and listed under "rules" in
 manifest.json.
 """
+
 from __future__ import annotations
 
 import io
@@ -50,6 +51,7 @@ def itxt_compressed(size: int) -> bytes:
 
 # ---- JPEG with many scans ----
 
+
 def _segment(marker: int, payload: bytes) -> bytes:
     return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
 
@@ -64,7 +66,7 @@ def many_scan_jpeg(scans: int, size: int = 16) -> bytes:
         raise ValueError("scans must be 2..127")
     blocks = (size // 8) ** 2
     bits = "0" * blocks + "1" * (-blocks % 8)
-    entropy = bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8))
+    entropy = bytes(int(bits[i : i + 8], 2) for i in range(0, len(bits), 8))
     one_symbol = bytes([1] + [0] * 15) + b"\x00"
     out = b"\xff\xd8" + _segment(0xDB, b"\x00" + bytes([1] * 64))
     out += _segment(0xC2, struct.pack(">BHHB", 8, size, size, 1) + b"\x01\x11\x00")
@@ -82,8 +84,10 @@ def many_scan_jpeg(scans: int, size: int = 16) -> bytes:
 
 # ---- RLE BMP ----
 
-def rle_bmp(index: np.ndarray, palette: np.ndarray, bits: int, rows: int | None = None,
-            end_mark: bool | None = None) -> bytes:
+
+def rle_bmp(
+    index: np.ndarray, palette: np.ndarray, bits: int, rows: int | None = None, end_mark: bool | None = None
+) -> bytes:
     """An RLE8 (bits=8) or RLE4 (bits=4) BMP of `index` (bottom-up, one run per row).
 
     rows=None writes every row; rows=k stops after k rows, so the data ends before the bitmap
@@ -97,8 +101,9 @@ def rle_bmp(index: np.ndarray, palette: np.ndarray, bits: int, rows: int | None 
     if (rows is None) if end_mark is None else end_mark:
         data += b"\x00\x01"
     colours = len(palette)
-    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, bits, 1 if bits == 8 else 2, len(data),
-                       2835, 2835, colours, 0)
+    info = struct.pack(
+        "<IiiHHIIiiII", 40, width, height, 1, bits, 1 if bits == 8 else 2, len(data), 2835, 2835, colours, 0
+    )
     table = b"".join(bytes([b, g, r, 0]) for r, g, b in palette.tolist())
     offset = 14 + len(info) + len(table)
     return b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset) + info + table + data
@@ -112,6 +117,7 @@ def rle_source(width: int = 17, height: int = 11) -> tuple[np.ndarray, np.ndarra
 
 
 # ---- PNM family and other formats that are refused ----
+
 
 def pgm(gray: np.ndarray, maxval: int) -> bytes:
     height, width = gray.shape
@@ -138,8 +144,10 @@ def pbm_binary(rgb: np.ndarray) -> bytes:
 
 def pam(rgb: np.ndarray) -> bytes:
     height, width = rgb.shape[:2]
-    return (f"P7\nWIDTH {width}\nHEIGHT {height}\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n".encode()
-            + rgb.astype(np.uint8).tobytes())
+    return (
+        f"P7\nWIDTH {width}\nHEIGHT {height}\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n".encode()
+        + rgb.astype(np.uint8).tobytes()
+    )
 
 
 def psd(rgb: np.ndarray) -> bytes:
@@ -158,6 +166,7 @@ def saved(rgb: np.ndarray, fmt: str, **params) -> bytes:
 
 # ---- the table ----
 
+
 def gray16_ramp(shape: tuple[int, int]) -> np.ndarray:
     """16-bit samples including 255, 256 and 32767, where v >> 8 differs from rounding v / 257."""
     ramp = (np.arange(shape[0] * shape[1], dtype=np.int64).reshape(shape) * 347) % 65536
@@ -175,47 +184,96 @@ def build_rule_vectors(photo: np.ndarray, photo_png: bytes) -> dict:
     gray16_rgb = np.repeat((gray16 >> 8).astype(np.uint8)[..., None], 3, 2)
 
     def ok(data, content_type, rule, why, reference):
-        return dict(data=data, content_type=content_type, status=200, code=None, rule=rule, why=why,
-                    reference=reference)
+        return dict(
+            data=data, content_type=content_type, status=200, code=None, rule=rule, why=why, reference=reference
+        )
 
     def refused(data, status, code, rule, why):
-        return dict(data=data, content_type="image/png", status=status, code=code, rule=rule, why=why,
-                    reference=None)
+        return dict(data=data, content_type="image/png", status=status, code=code, rule=rule, why=why, reference=None)
 
     refuse_format = "a valid file of a format outside the contract's list; sent as image/png"
     return {
-        "gray8.pgm": ok(pgm(gray8, 255), "image/x-portable-graymap", 4,
-                        "binary PGM (P5), 8-bit: gray becomes R=G=B", gray_rgb),
-        "gray16.pgm": ok(pgm(gray16, 65535), "image/x-portable-graymap", 4,
-                         "binary PGM (P5), 16-bit: v >> 8, then R=G=B", gray16_rgb),
+        "gray8.pgm": ok(
+            pgm(gray8, 255), "image/x-portable-graymap", 4, "binary PGM (P5), 8-bit: gray becomes R=G=B", gray_rgb
+        ),
+        "gray16.pgm": ok(
+            pgm(gray16, 65535), "image/x-portable-graymap", 4, "binary PGM (P5), 16-bit: v >> 8, then R=G=B", gray16_rgb
+        ),
         "rle8.bmp": ok(rle_bmp(index, palette, 8), "image/bmp", 5, "a complete RLE8 BMP", palette[index]),
-        "scans100.jpg": ok(many_scan_jpeg(SCAN_LIMIT), "image/jpeg", 5,
-                           "a progressive JPEG of exactly 100 scans: at the limit, accepted", flat128),
-        "ztxt_512k.png": ok(png_with_chunk(photo_png, b"zTXt", ztxt(MIB // 2)), "image/png", 5,
-                            "a zTXt chunk that inflates to 512 KiB: under the 1 MiB bound", photo),
+        "scans100.jpg": ok(
+            many_scan_jpeg(SCAN_LIMIT),
+            "image/jpeg",
+            5,
+            "a progressive JPEG of exactly 100 scans: at the limit, accepted",
+            flat128,
+        ),
+        "ztxt_512k.png": ok(
+            png_with_chunk(photo_png, b"zTXt", ztxt(MIB // 2)),
+            "image/png",
+            5,
+            "a zTXt chunk that inflates to 512 KiB: under the 1 MiB bound",
+            photo,
+        ),
         "ascii_p1.pbm": refused(ascii_pnm(photo, "P1"), 415, "unsupported_type", 4, refuse_format),
         "ascii_p2.pgm": refused(ascii_pnm(photo, "P2"), 415, "unsupported_type", 4, refuse_format),
         "ascii_p3.ppm": refused(ascii_pnm(photo, "P3"), 415, "unsupported_type", 4, refuse_format),
         "binary_p4.pbm": refused(pbm_binary(photo), 415, "unsupported_type", 4, refuse_format),
         "photo.pam": refused(pam(photo), 415, "unsupported_type", 4, refuse_format),
         "photo.eps": refused(saved(photo, "EPS"), 415, "unsupported_type", 4, refuse_format),
-        "photo.pdf": refused(saved(photo, "PDF", creationDate=FIXED_DATE, modDate=FIXED_DATE), 415,
-                             "unsupported_type", 4, refuse_format),
+        "photo.pdf": refused(
+            saved(photo, "PDF", creationDate=FIXED_DATE, modDate=FIXED_DATE), 415, "unsupported_type", 4, refuse_format
+        ),
         "photo.psd": refused(psd(photo), 415, "unsupported_type", 4, refuse_format),
-        "scans127.jpg": refused(many_scan_jpeg(127), 400, "bad_image", 5,
-                                "a valid progressive JPEG of 127 scans: over the 100-scan bound"),
-        "ztxt_bomb.png": refused(png_with_chunk(photo_png, b"zTXt", ztxt(2 * MIB)), 400, "bad_image", 5,
-                                 "a zTXt chunk that inflates to 2 MiB"),
-        "iccp_bomb.png": refused(png_with_chunk(photo_png, b"iCCP", iccp(2 * MIB)), 400, "bad_image", 5,
-                                 "an iCCP chunk that inflates to 2 MiB"),
-        "itxt_bomb.png": refused(png_with_chunk(photo_png, b"iTXt", itxt_compressed(2 * MIB)), 400,
-                                 "bad_image", 5, "a compressed iTXt chunk that inflates to 2 MiB"),
-        "truncated_rle8.bmp": refused(rle_bmp(index, palette, 8, rows=3), 400, "bad_image", 5,
-                                      "RLE8 data ends after 3 of 11 rows, no end-of-bitmap mark"),
-        "truncated_rle4.bmp": refused(rle_bmp(index, palette, 4, rows=3), 400, "bad_image", 5,
-                                      "RLE4 data ends after 3 of 11 rows, no end-of-bitmap mark"),
-        "rle8_early_end.bmp": refused(rle_bmp(index, palette, 8, rows=3, end_mark=True), 400, "bad_image", 5,
-                                      "RLE8: 3 of 11 rows, then an end-of-bitmap mark"),
-        "rle8_end_only.bmp": refused(rle_bmp(index, palette, 8, rows=0, end_mark=True), 400, "bad_image", 5,
-                                     "RLE8 whose data is only the end-of-bitmap mark (issue 11 item 5)"),
+        "scans127.jpg": refused(
+            many_scan_jpeg(127), 400, "bad_image", 5, "a valid progressive JPEG of 127 scans: over the 100-scan bound"
+        ),
+        "ztxt_bomb.png": refused(
+            png_with_chunk(photo_png, b"zTXt", ztxt(2 * MIB)),
+            400,
+            "bad_image",
+            5,
+            "a zTXt chunk that inflates to 2 MiB",
+        ),
+        "iccp_bomb.png": refused(
+            png_with_chunk(photo_png, b"iCCP", iccp(2 * MIB)),
+            400,
+            "bad_image",
+            5,
+            "an iCCP chunk that inflates to 2 MiB",
+        ),
+        "itxt_bomb.png": refused(
+            png_with_chunk(photo_png, b"iTXt", itxt_compressed(2 * MIB)),
+            400,
+            "bad_image",
+            5,
+            "a compressed iTXt chunk that inflates to 2 MiB",
+        ),
+        "truncated_rle8.bmp": refused(
+            rle_bmp(index, palette, 8, rows=3),
+            400,
+            "bad_image",
+            5,
+            "RLE8 data ends after 3 of 11 rows, no end-of-bitmap mark",
+        ),
+        "truncated_rle4.bmp": refused(
+            rle_bmp(index, palette, 4, rows=3),
+            400,
+            "bad_image",
+            5,
+            "RLE4 data ends after 3 of 11 rows, no end-of-bitmap mark",
+        ),
+        "rle8_early_end.bmp": refused(
+            rle_bmp(index, palette, 8, rows=3, end_mark=True),
+            400,
+            "bad_image",
+            5,
+            "RLE8: 3 of 11 rows, then an end-of-bitmap mark",
+        ),
+        "rle8_end_only.bmp": refused(
+            rle_bmp(index, palette, 8, rows=0, end_mark=True),
+            400,
+            "bad_image",
+            5,
+            "RLE8 whose data is only the end-of-bitmap mark (issue 11 item 5)",
+        ),
     }

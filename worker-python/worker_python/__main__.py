@@ -1,4 +1,5 @@
 """`python -m worker_python`: serve with gunicorn until SIGTERM (server.py)."""
+
 import sys
 
 from worker_python.server import main

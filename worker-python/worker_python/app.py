@@ -1,5 +1,6 @@
 """HTTP handlers: create_app(settings) builds the Flask app. Requests are read by body.py and
 params.py, the in-flight slots live in state.py, the pixels in decode/ops/encode."""
+
 from __future__ import annotations
 
 import math
@@ -21,12 +22,19 @@ from worker_python.state import Slot, WorkerState
 
 BUSY_RETRY_AFTER_SECONDS = 1
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
-_HTTP_CODES = {400: "bad_param", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-               413: "too_large", 415: "unsupported_type"}
+_HTTP_CODES = {
+    400: "bad_param",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_type",
+}
 
 
-def create_app(settings: Settings, self_check: Callable[[], None] = health.self_check,
-               clock: Callable[[], float] = time.monotonic) -> Flask:
+def create_app(
+    settings: Settings, self_check: Callable[[], None] = health.self_check, clock: Callable[[], float] = time.monotonic
+) -> Flask:
     app = Flask("worker_python")
     state = WorkerState(settings.max_inflight, settings.max_inflight_pixels)
     app.extensions["worker_python"] = state
@@ -40,8 +48,7 @@ def create_app(settings: Settings, self_check: Callable[[], None] = health.self_
     app.register_error_handler(Exception, handlers.unexpected)
     app.add_url_rule("/healthz", view_func=handlers.healthz, methods=["GET"])
     # no automatic OPTIONS: rule 7, any method but POST is 405 with Allow: POST
-    app.add_url_rule("/process", view_func=handlers.process, methods=["POST"],
-                     provide_automatic_options=False)
+    app.add_url_rule("/process", view_func=handlers.process, methods=["POST"], provide_automatic_options=False)
     return app
 
 
@@ -75,15 +82,20 @@ class Handlers:
     def finish_request(self, response: Response) -> Response:
         response.headers["X-Request-Id"] = g.get("request_id", "")
         response.headers["X-Worker"] = SERVICE
-        fields = {"request_id": g.get("request_id"), "method": request.method, "path": request.path,
-                  "status": response.status_code, "ms": round((time.perf_counter() - g.get("started", 0)) * 1000, 1),
-                  "bytes_in": g.get("bytes_in", 0), "bytes_out": response.content_length or 0}
+        fields = {
+            "request_id": g.get("request_id"),
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "ms": round((time.perf_counter() - g.get("started", 0)) * 1000, 1),
+            "bytes_in": g.get("bytes_in", 0),
+            "bytes_out": response.content_length or 0,
+        }
         if request.path == "/process":
             fields["op"] = g.get("op")
         if g.get("error_code"):
             fields["code"] = g.error_code
-        self.log.log(10 if request.path == "/healthz" and response.status_code == 200 else 20,
-                     "request", extra=fields)
+        self.log.log(10 if request.path == "/healthz" and response.status_code == 200 else 20, "request", extra=fields)
         return response
 
     # ------------------------------------------------------------ errors
@@ -163,19 +175,24 @@ class Handlers:
         except ImageError as exc:
             raise ApiError(exc.status, exc.code, str(exc)) from None
         elapsed_ms = (time.perf_counter() - started) * 1000
-        return Response(result, mimetype=encode.MEDIA_TYPES[job.fmt],
-                        headers={"X-Processing-Ms": f"{elapsed_ms:.1f}"})
+        return Response(result, mimetype=encode.MEDIA_TYPES[job.fmt], headers={"X-Processing-Ms": f"{elapsed_ms:.1f}"})
 
     def admit_pixels(self, image, slot: Slot) -> None:
         pixels = image.width * image.height
         if not slot.add_pixels(pixels):
-            raise ApiError(503, "busy", f"{self.state.inflight_pixels} pixels in flight; {pixels} more would pass "
-                                        f"the {self.settings.max_inflight_pixels} limit; retry shortly")
+            raise ApiError(
+                503,
+                "busy",
+                f"{self.state.inflight_pixels} pixels in flight; {pixels} more would pass "
+                f"the {self.settings.max_inflight_pixels} limit; retry shortly",
+            )
 
 
 def raw_reply(image, started: float) -> Response:
     """Binary PPM streamed from the result image, with its length known up front."""
     elapsed_ms = (time.perf_counter() - started) * 1000
-    return Response(encode.raw_chunks(image), mimetype=encode.MEDIA_TYPES["raw"],
-                    headers={"X-Processing-Ms": f"{elapsed_ms:.1f}",
-                             "Content-Length": str(encode.raw_length(image))})
+    return Response(
+        encode.raw_chunks(image),
+        mimetype=encode.MEDIA_TYPES["raw"],
+        headers={"X-Processing-Ms": f"{elapsed_ms:.1f}", "Content-Length": str(encode.raw_length(image))},
+    )

@@ -1,6 +1,7 @@
 """The /process request read from Flask in the contract's check order: 413 by length before
 any body byte (rule 3), 415 by type, the body with its cap, the parameters (params.py), then
 the image bytes, from the body or its multipart part named `image` (rule 6)."""
+
 from __future__ import annotations
 
 from flask import g, request
@@ -22,8 +23,9 @@ def read_job(max_bytes: int) -> tuple[Job, bytes]:
     is_multipart = mimetype == "multipart/form-data"
     check_length(max_bytes)
     if not (mimetype.startswith("image/") or is_multipart):
-        raise ApiError(415, "unsupported_type",
-                       f"Content-Type {mimetype or '(none)'} is neither image/* nor multipart/form-data")
+        raise ApiError(
+            415, "unsupported_type", f"Content-Type {mimetype or '(none)'} is neither image/* nor multipart/form-data"
+        )
     body = read_body(max_bytes)
     g.body_read = True
     g.bytes_in = len(body)

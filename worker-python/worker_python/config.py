@@ -1,4 +1,5 @@
 """Every WORKER_* setting, read once at start-up into a frozen dataclass."""
+
 from __future__ import annotations
 
 import os
@@ -27,10 +28,12 @@ class Settings:
 
     def __repr__(self) -> str:  # never show the token, e.g. in a traceback or a log line
         token = "set" if self.token else "unset"
-        return (f"Settings(host={self.host!r}, port={self.port}, token={token}, max_bytes={self.max_bytes}, "
-                f"max_pixels={self.max_pixels}, max_inflight={self.max_inflight}, "
-                f"max_inflight_pixels={self.max_inflight_pixels}, "
-                f"grace_seconds={self.grace_seconds}, build={self.build!r}, log_level={self.log_level!r})")
+        return (
+            f"Settings(host={self.host!r}, port={self.port}, token={token}, max_bytes={self.max_bytes}, "
+            f"max_pixels={self.max_pixels}, max_inflight={self.max_inflight}, "
+            f"max_inflight_pixels={self.max_inflight_pixels}, "
+            f"grace_seconds={self.grace_seconds}, build={self.build!r}, log_level={self.log_level!r})"
+        )
 
 
 def _integer(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -79,8 +82,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             raise SettingsError("WORKER_TOKEN must be printable characters")  # never echo the value
     log_level = environ.get("WORKER_LOG_LEVEL", "info").strip().lower() or "info"
     if log_level not in LOG_LEVELS:
-        raise SettingsError(f"WORKER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
-                            f"got {environ['WORKER_LOG_LEVEL']!r}")
+        raise SettingsError(
+            f"WORKER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {environ['WORKER_LOG_LEVEL']!r}"
+        )
     return Settings(
         host=_text(environ, "WORKER_HOST", "127.0.0.1", 255),
         port=_integer(environ, "WORKER_PORT", 5001, 1, 65535),

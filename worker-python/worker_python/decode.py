@@ -1,6 +1,7 @@
 """Decoding: accepted bytes to 8-bit RGB, EXIF orientation applied, first frame only, with the
 pixel limit checked from the header before any pixel is decoded and a deadline on the decode.
 Pure: bytes in, images out; raises only ImageError subclasses (errors.py)."""
+
 from __future__ import annotations
 
 import io
@@ -12,14 +13,32 @@ import zlib
 from PIL import Image, ImageOps
 
 from worker_python.errors import BadImage, TooManyPixels, UnsupportedFormat
-from worker_python.sniff import (ACCEPTED_PILLOW_FORMATS, check_jpeg_scan_count, check_jpeg_scan_length,
-                                 check_pixels, check_png_data_length, declared_size, sniff_format)
+from worker_python.sniff import (
+    ACCEPTED_PILLOW_FORMATS,
+    check_jpeg_scan_count,
+    check_jpeg_scan_length,
+    check_pixels,
+    check_png_data_length,
+    declared_size,
+    sniff_format,
+)
 
 DECODE_SECONDS = 30.0  # a backstop: the worst accepted input (49 MP, 100 scans) takes ~3.5 s
 
 # Pillow raises these for corrupt or truncated files, from its parsers and C decoders.
-DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError,
-                  TypeError, ZeroDivisionError, zlib.error, Image.DecompressionBombWarning)
+DECODER_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    zlib.error,
+    Image.DecompressionBombWarning,
+)
 
 
 class _DeadlineBytes(io.BytesIO):
@@ -59,7 +78,9 @@ def open_checked(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-_PPM16_HEADER = re.compile(rb"P6(?:\s+|#[^\n]*\n)+(\d+)(?:\s+|#[^\n]*\n)+(\d+)(?:\s+|#[^\n]*\n)+65535\s")  # P5: Pillow's mode I, to_rgb
+_PPM16_HEADER = re.compile(
+    rb"P6(?:\s+|#[^\n]*\n)+(\d+)(?:\s+|#[^\n]*\n)+(\d+)(?:\s+|#[^\n]*\n)+65535\s"
+)  # P5: Pillow's mode I, to_rgb
 
 
 def _ppm16_high_bytes(data: bytes) -> Image.Image | None:
@@ -69,7 +90,7 @@ def _ppm16_high_bytes(data: bytes) -> Image.Image | None:
     if not header:
         return None
     width, height = int(header[1]), int(header[2])
-    samples = data[header.end():header.end() + width * height * 6]
+    samples = data[header.end() : header.end() + width * height * 6]
     if len(samples) < width * height * 6:
         raise BadImage("cannot decode PPM: image file is truncated")
     return Image.frombytes("RGB", (width, height), samples[0::2])  # big-endian: high byte first

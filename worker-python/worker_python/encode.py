@@ -1,5 +1,6 @@
 """Encoding a result image as the reply: PNG (zlib strategy by channel count and level, as
 measured), JPEG, WebP, or raw binary PPM streamed in bands. Pure: images in, bytes out."""
+
 from __future__ import annotations
 
 import io
@@ -11,8 +12,7 @@ from worker_python.errors import CannotEncode
 from worker_python.ops import band_rows
 
 FORMATS = ("png", "jpeg", "webp", "raw")
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp",
-               "raw": "image/x-portable-pixmap"}
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "raw": "image/x-portable-pixmap"}
 # zlib strategy for PNG replies, measured on a 4000x1500 photo-like strip (README, Performance).
 # 1-channel gray: Z_RLE is smaller *and* faster than the default strategy at levels 1-6
 # (2.43 MB / ~0.2 s vs 2.74 MB / 1.2 s at level 6). RGB: the default strategy is smaller at
@@ -25,8 +25,9 @@ WEBP_MAX_SIDE = 16383
 JPEG_MAX_SIDE = 65535
 
 
-def encode(image: Image.Image, fmt: str = "png", quality: int = 90, lossless: bool = False,
-           compression: int = 6) -> bytes:
+def encode(
+    image: Image.Image, fmt: str = "png", quality: int = 90, lossless: bool = False, compression: int = 6
+) -> bytes:
     width, height = image.size
     if image.mode == "L" and fmt != "png":
         image = image.convert("RGB")  # only PNG replies carry one channel (gray_reply)

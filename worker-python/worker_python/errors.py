@@ -2,6 +2,7 @@
 
 The image modules raise only ImageError subclasses for untrusted bytes, and request parsing
 raises ApiError, so the HTTP layer never sends a 500 for bad input."""
+
 from __future__ import annotations
 
 

@@ -13,6 +13,7 @@ token needed) take every thread and /healthz hangs (slowloris). Here:
 - body reads and reply writes are rate-bounded (wire.PacedSocket);
 - gunicorn's own error replies are the contract's JSON and never quote the request.
 """
+
 from __future__ import annotations
 
 import errno
@@ -124,8 +125,7 @@ class HeaderGatedThreadWorker(ThreadWorker):
         if status >= 500:
             log.error("error handling a request", extra={"status": status, "code": code})
         else:
-            log.info("refused a malformed request",
-                     extra={"status": status, "code": code})
+            log.info("refused a malformed request", extra={"status": status, "code": code})
         try:
             client.settimeout(1.0)
             client.sendall(wire.json_error_reply(status, code, message))
@@ -174,9 +174,11 @@ class HeaderGatedThreadWorker(ThreadWorker):
         """Make room by closing the connection that has been idle longest."""
         oldest_waiting = next(iter(self.header_waiting), None)
         oldest_kept = self.keepalived_conns[0] if self.keepalived_conns else None
-        if oldest_kept is not None and (oldest_waiting is None or
-                                        oldest_kept.timeout - self.cfg.keepalive
-                                        < self.header_waiting[oldest_waiting][0] - HEADER_TIMEOUT_SECONDS):
+        if oldest_kept is not None and (
+            oldest_waiting is None
+            or oldest_kept.timeout - self.cfg.keepalive
+            < self.header_waiting[oldest_waiting][0] - HEADER_TIMEOUT_SECONDS
+        ):
             self.keepalived_conns.popleft()
             try:
                 self.poller.unregister(oldest_kept.sock)

@@ -1,5 +1,6 @@
 """What /healthz reports: a self-check of decode, every op and every encoder (cached for
 SELF_CHECK_EVERY_SECONDS) and the worker's limits and load, so the check can fail."""
+
 from __future__ import annotations
 
 import threading
@@ -23,8 +24,12 @@ def self_check() -> None:
     source = Image.new("RGB", (4, 3), (200, 100, 50))
     data = encode(source, "png")
     image = decode(data, max_pixels=12)
-    expected = {"grayscale": (124, 124, 124), "sepia": (165, 147, 114), "invert": (55, 155, 205),
-                "blur": (200, 100, 50)}
+    expected = {
+        "grayscale": (124, 124, 124),
+        "sepia": (165, 147, 114),
+        "invert": (55, 155, 205),
+        "blur": (200, 100, 50),
+    }
     for op, pixel in expected.items():
         got = apply(op, image, 1.0).getpixel((1, 1))
         if got != pixel:
@@ -64,12 +69,22 @@ def report(settings: Settings, state: WorkerState, checker: SelfCheck) -> dict:
     else:
         reason = checker.error()
         status = "unhealthy" if reason else "ok"
-    body = {"status": status, "service": SERVICE, "runtime": "python", "version": __version__,
-            "build": settings.build, "primary": PRIMARY_OP, "operations": list(OPERATIONS),
-            "formats": list(FORMATS), "inflight": state.inflight,
-            "max_inflight": settings.max_inflight, "inflight_pixels": state.inflight_pixels,
-            "max_inflight_pixels": settings.max_inflight_pixels, "max_bytes": settings.max_bytes,
-            "max_pixels": settings.max_pixels}
+    body = {
+        "status": status,
+        "service": SERVICE,
+        "runtime": "python",
+        "version": __version__,
+        "build": settings.build,
+        "primary": PRIMARY_OP,
+        "operations": list(OPERATIONS),
+        "formats": list(FORMATS),
+        "inflight": state.inflight,
+        "max_inflight": settings.max_inflight,
+        "inflight_pixels": state.inflight_pixels,
+        "max_inflight_pixels": settings.max_inflight_pixels,
+        "max_bytes": settings.max_bytes,
+        "max_pixels": settings.max_pixels,
+    }
     if reason:
         body["reason"] = reason
     return body

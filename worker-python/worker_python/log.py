@@ -1,4 +1,5 @@
 """JSON log lines on stdout: one object per line, service="worker-python"."""
+
 from __future__ import annotations
 
 import json
@@ -12,15 +13,30 @@ from worker_python import SERVICE
 
 LOGGER_NAME = "worker_python"
 # Fields a caller may attach with `extra=`; anything else is not logged (keeps secrets out).
-REQUEST_FIELDS = ("request_id", "op", "status", "ms", "bytes_in", "bytes_out", "method", "path",
-                  "code", "format", "pid", "port", "host", "inflight")
+REQUEST_FIELDS = (
+    "request_id",
+    "op",
+    "status",
+    "ms",
+    "bytes_in",
+    "bytes_out",
+    "method",
+    "path",
+    "code",
+    "format",
+    "pid",
+    "port",
+    "host",
+    "inflight",
+)
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
-                    .replace("+00:00", "Z"),
+            "time": datetime.fromtimestamp(record.created, timezone.utc)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "service": SERVICE,
             "msg": record.getMessage(),

@@ -1,6 +1,7 @@
 """The operations on decoded RGB images: grayscale, sepia, invert and blur (Pillow's
 GaussianBlur, the contract's definition), in place a band of rows at a time when asked, so a
 request holds one full-size image. Pure: images in, images out."""
+
 from __future__ import annotations
 
 import math
@@ -19,9 +20,20 @@ BAND_BYTES = 4 << 20  # ops run in place, a band of rows at a time: one full-siz
 # colour round half up like the contract's integer formula; the nearest non-tie is 0.001
 # away (the coefficients are per mille) and float32 error is < 0.0001. Checked exhaustively.
 _SEPIA_OFFSET = 0.0004
-SEPIA_MATRIX = (0.393, 0.769, 0.189, _SEPIA_OFFSET,
-                0.349, 0.686, 0.168, _SEPIA_OFFSET,
-                0.272, 0.534, 0.131, _SEPIA_OFFSET)
+SEPIA_MATRIX = (
+    0.393,
+    0.769,
+    0.189,
+    _SEPIA_OFFSET,
+    0.349,
+    0.686,
+    0.168,
+    _SEPIA_OFFSET,
+    0.272,
+    0.534,
+    0.131,
+    _SEPIA_OFFSET,
+)
 
 
 def grayscale(image: Image.Image, one_channel: bool = False) -> Image.Image:
@@ -48,8 +60,9 @@ def gray_reply(op: str, fmt: str, channels: str) -> bool:
     return channels == "auto" and op == "grayscale" and fmt == "png"
 
 
-def apply(op: str, image: Image.Image, radius: float = DEFAULT_RADIUS, one_channel: bool = False,
-          in_place: bool = False) -> Image.Image:
+def apply(
+    op: str, image: Image.Image, radius: float = DEFAULT_RADIUS, one_channel: bool = False, in_place: bool = False
+) -> Image.Image:
     """The op's result: RGB, or mode L when one_channel and the op is grayscale.
 
     in_place: write an RGB result over `image`, a band of rows at a time, so a request holds

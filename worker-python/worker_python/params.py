@@ -1,6 +1,7 @@
 """Request parameters by the contract's round-2 rules: the query (rule 1), the bearer header
 (rule 2) and Accept negotiation, read into a Job. Pure functions; each refusal is an ApiError
 carrying the contract's status and code."""
+
 from __future__ import annotations
 
 import hmac
@@ -23,6 +24,7 @@ _ACCEPT_TO_FORMAT = {mime: fmt for fmt, mime in MEDIA_TYPES.items()}
 class Job:
     """What a /process request asks for. The image bytes travel apart, so the handler can
     drop them as soon as they are decoded."""
+
     op: str
     fmt: str
     radius: float

@@ -1,5 +1,6 @@
 """The only module that binds a port: gunicorn (one gthread process) with the header gate,
 the SIGTERM drain and glibc malloc tuning. `python -m worker_python` runs main()."""
+
 from __future__ import annotations
 
 import ctypes
@@ -33,8 +34,10 @@ def drain_on_sigterm(worker) -> None:
     def drain() -> None:
         log.info("SIGTERM: draining", extra={"inflight": state.inflight})
         finished = state.wait_idle(timeout=max(0.0, grace - DRAIN_MARGIN_SECONDS))
-        log.info("drained" if finished else "grace period over with requests still in flight",
-                 extra={"inflight": state.inflight})
+        log.info(
+            "drained" if finished else "grace period over with requests still in flight",
+            extra={"inflight": state.inflight},
+        )
         worker.handle_exit(signal.SIGTERM, None)
 
     def on_sigterm(signum, frame) -> None:
@@ -105,4 +108,3 @@ def main() -> int:
     tune_malloc()
     WorkerServer(settings).run()
     return 0
-

@@ -2,6 +2,7 @@
 decoder per accepted format, contract rule 4), the size a header declares (rule 5: 413 before
 any pixel is decoded), and the guards against files that would cost or lie more than Pillow
 checks (too many JPEG scans, JPEG or PNG data shorter than its header). Pure functions."""
+
 from __future__ import annotations
 
 import re
@@ -136,12 +137,12 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
             index += 1
             continue
         if marker in _JPEG_SOF:
-            height, width = struct.unpack(">HH", data[index + 5:index + 9])
+            height, width = struct.unpack(">HH", data[index + 5 : index + 9])
             return width, height
         if marker == 0x01 or 0xD0 <= marker <= 0xD9:
             index += 2
             continue
-        index += 2 + struct.unpack(">H", data[index + 2:index + 4])[0]
+        index += 2 + struct.unpack(">H", data[index + 2 : index + 4])[0]
     return None
 
 
@@ -166,7 +167,7 @@ def check_jpeg_scan_count(data: bytes) -> None:
             if scans > MAX_JPEG_SCANS:
                 raise BadImage(f"JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are accepted")
             return
-        index += 2 + struct.unpack(">H", data[index + 2:index + 4])[0]
+        index += 2 + struct.unpack(">H", data[index + 2 : index + 4])[0]
 
 
 # ---------------------------------------------------------------- data shorter than the header
@@ -191,9 +192,9 @@ def check_jpeg_scan_length(data: bytes) -> None:
         if marker == 0x01 or 0xD0 <= marker <= 0xD9:
             index += 2
             continue
-        length = struct.unpack(">H", data[index + 2:index + 4])[0]
+        length = struct.unpack(">H", data[index + 2 : index + 4])[0]
         if marker in _HUFFMAN_SOF | {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}:
-            frame = (marker, data[index + 4:index + 2 + length])
+            frame = (marker, data[index + 4 : index + 2 + length])
         if marker == 0xDA:  # start of scan: entropy-coded data follows its header
             declared = _jpeg_blocks(frame[1]) if frame is not None and frame[0] in _HUFFMAN_SOF else None
             if declared is None:
@@ -201,8 +202,10 @@ def check_jpeg_scan_length(data: bytes) -> None:
             width, height, blocks = declared
             scan_bits = (len(data) - (index + 2 + length)) * 8
             if scan_bits < blocks:
-                raise BadImage(f"cannot decode JPEG: scan data ({scan_bits // 8} bytes) is too short "
-                               f"for the {width}x{height} its header declares")
+                raise BadImage(
+                    f"cannot decode JPEG: scan data ({scan_bits // 8} bytes) is too short "
+                    f"for the {width}x{height} its header declares"
+                )
             return
         index += 2 + length
 
@@ -260,11 +263,11 @@ def _png_inflated_bytes(data: bytes, expected: int) -> int:
     """How many bytes the IDAT chunks inflate to, counting no further than `expected`."""
     inflater, produced, index = zlib.decompressobj(), 0, 8
     while index + 8 <= len(data) and produced < expected:
-        length, kind = struct.unpack(">I4s", data[index:index + 8])
+        length, kind = struct.unpack(">I4s", data[index : index + 8])
         if kind == b"IEND":
             break
         if kind == b"IDAT":
-            pending = data[index + 8:index + 8 + length]
+            pending = data[index + 8 : index + 8 + length]
             while pending and produced < expected:
                 try:
                     produced += len(inflater.decompress(pending, 1 << 20))

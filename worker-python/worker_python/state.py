@@ -1,5 +1,6 @@
 """In-flight state shared by the request threads, /healthz and SIGTERM: the /process slots,
 the pixels their images declare (contract rule 9) and the draining flag."""
+
 from __future__ import annotations
 
 import threading

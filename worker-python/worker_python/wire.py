@@ -1,6 +1,7 @@
 """What gunicorn puts on the wire, made to follow the contract: read and write deadlines on a
 connection, no framework banner, `Connection: close` from the app honoured, and gunicorn's own
 error replies as the contract's JSON instead of HTML."""
+
 from __future__ import annotations
 
 import json
@@ -14,17 +15,31 @@ from gunicorn.http import errors as http_errors
 ALLOWANCE_SECONDS = 10.0
 MIN_BYTES_PER_SECOND = 64 * 1024
 
-_STATUS_TEXT = {400: "Bad Request", 404: "Not Found", 413: "Content Too Large", 414: "URI Too Long",
-                431: "Request Header Fields Too Large", 500: "Internal Server Error"}
+_STATUS_TEXT = {
+    400: "Bad Request",
+    404: "Not Found",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+}
 # gunicorn's parse errors, as (status, code, message): the message never quotes the request,
 # since a malformed header line can hold the bearer token.
 _PARSE_ERRORS = (
     ((http_errors.LimitRequestLine,), 414, "too_large", "the request line is too long"),
     ((http_errors.LimitRequestHeaders,), 431, "too_large", "the request headers are too large"),
-    ((http_errors.InvalidChunkSize, http_errors.ChunkMissingTerminator, http_errors.InvalidChunkExtension),
-     400, "bad_image", "the chunked body is malformed"),
-    ((http_errors.InvalidHeader, http_errors.InvalidHeaderName, http_errors.ObsoleteFolding),
-     400, "bad_param", "a request header is malformed"),
+    (
+        (http_errors.InvalidChunkSize, http_errors.ChunkMissingTerminator, http_errors.InvalidChunkExtension),
+        400,
+        "bad_image",
+        "the chunked body is malformed",
+    ),
+    (
+        (http_errors.InvalidHeader, http_errors.InvalidHeaderName, http_errors.ObsoleteFolding),
+        400,
+        "bad_param",
+        "a request header is malformed",
+    ),
     ((http_errors.ParseException,), 400, "bad_param", "the request is not valid HTTP/1.1"),
 )
 
@@ -36,8 +51,10 @@ class ReplyTooSlow(OSError):
 def json_error_reply(status: int, code: str, message: str) -> bytes:
     """A whole HTTP/1.1 error reply with the contract's JSON body, closing the connection."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    head = (f"HTTP/1.1 {status} {_STATUS_TEXT.get(status, 'Error')}\r\nConnection: close\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status} {_STATUS_TEXT.get(status, 'Error')}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode("latin-1") + body
 
 
