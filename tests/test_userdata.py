@@ -143,8 +143,8 @@ def test_host_layout_matches_the_shared_design(role):
     assert runcmd[0] == "set -eux"  # one script: the first failure stops the boot script
     steps = "\n".join(runcmd)
     assert (
-        f"useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {SERVICE_USER}"
-        in steps
+        "useradd --system --user-group --no-create-home --home-dir /nonexistent "
+        f"--shell /usr/sbin/nologin {SERVICE_USER}" in steps
     )
     assert f"--dest /opt/{role}/releases/{rel.build}" in steps
     assert f"--key {role}/{rel.build}.tar.gz --sha256 {rel.sha256} " in steps
