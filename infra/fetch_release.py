@@ -5,6 +5,7 @@ Runs on the instance at first boot (cloud-init installs it as /usr/local/sbin/fe
 with Ubuntu's python3 and python3-boto3; credentials come from the instance profile via IMDSv2.
 Only the standard library and boto3: keep it that way.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,15 @@ from pathlib import PurePosixPath
 
 ATTEMPTS = 6  # a fresh instance profile can take a few seconds to become usable
 # Worth another try on a booting host (IAM propagation, throttling); anything else is final.
-RETRYABLE_CODES = {"AccessDenied", "InvalidAccessKeyId", "ExpiredToken", "SlowDown",
-                   "InternalError", "ServiceUnavailable", "RequestTimeout"}
+RETRYABLE_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "ExpiredToken",
+    "SlowDown",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+}
 
 
 def download(bucket: str, key: str, region: str) -> bytes:
@@ -33,7 +41,7 @@ def download(bucket: str, key: str, region: str) -> bytes:
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             code = getattr(exc, "response", {}).get("Error", {}).get("Code")
             if attempt == ATTEMPTS or (code is not None and code not in RETRYABLE_CODES):
-                raise SystemExit(f"fetch-worker-release: cannot get s3://{bucket}/{key}: {exc}")
+                raise SystemExit(f"fetch-worker-release: cannot get s3://{bucket}/{key}: {exc}") from exc
             time.sleep(2 * attempt)
     raise AssertionError("unreachable")
 
@@ -67,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     archive = download(args.bucket, args.key, args.region)
     actual = hashlib.sha256(archive).hexdigest()
     if actual != args.sha256:
-        print(f"fetch-worker-release: sha256 mismatch for s3://{args.bucket}/{args.key}: "
-              f"expected {args.sha256}, got {actual}", file=sys.stderr)
+        print(
+            f"fetch-worker-release: sha256 mismatch for s3://{args.bucket}/{args.key}: "
+            f"expected {args.sha256}, got {actual}",
+            file=sys.stderr,
+        )
         return 1
     os.makedirs(args.dest, mode=0o755, exist_ok=True)
     count = unpack(archive, args.dest)

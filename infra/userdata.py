@@ -6,6 +6,7 @@ systemd unit) is the one in infra/README.md, which the fleet tool's deploys rely
 The worker files do not fit in EC2's 16 KB user-data (about 26 KB gzipped for worker-nodejs), so
 the document carries a small fetch script and the release's S3 key and sha256 instead.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -49,8 +50,7 @@ def env_file(*, port: int, token: str, build: str) -> str:
     for name, value in (("token", token), ("build", build)):
         if not value or any(ch.isspace() or ch in _UNSAFE_IN_ENV_VALUE for ch in value):
             raise ValueError(f"{name} must be non-empty with no spaces, quotes, $, ` or #")
-    return (f"WORKER_HOST=0.0.0.0\nWORKER_PORT={port}\n"
-            f"WORKER_TOKEN={token}\nWORKER_BUILD={build}\n")
+    return f"WORKER_HOST=0.0.0.0\nWORKER_PORT={port}\nWORKER_TOKEN={token}\nWORKER_BUILD={build}\n"
 
 
 def systemd_unit(spec: RoleSpec) -> str:
@@ -100,8 +100,10 @@ WantedBy=multi-user.target
 
 def fetch_command(release: Release, *, bucket: str, region: str, dest: str) -> str:
     q = shlex.quote
-    return (f"{FETCH_SCRIPT_PATH} --region {q(region)} --bucket {q(bucket)} --key {q(release.key)} "
-            f"--sha256 {release.sha256} --dest {q(dest)}")
+    return (
+        f"{FETCH_SCRIPT_PATH} --region {q(region)} --bucket {q(bucket)} --key {q(release.key)} "
+        f"--sha256 {release.sha256} --dest {q(dest)}"
+    )
 
 
 def _fetch_tarball(url: str, sha256: str, dest_dir: str) -> list[str]:
@@ -124,8 +126,9 @@ def dependency_check(spec: RoleSpec) -> str:
     current = f"{spec.base_dir}/current"
     if spec.runtime == "python":
         return f"cd {current} && {spec.venv_dir}/bin/python -c 'import worker_python.__main__'"
-    return (f"cd {current} && node -e \"for (const d of Object.keys(require('./package.json')"
-            f".dependencies)) require(d)\"")
+    return (
+        f"cd {current} && node -e \"for (const d of Object.keys(require('./package.json').dependencies)) require(d)\""
+    )
 
 
 def _install_dependencies(spec: RoleSpec) -> list[str]:
@@ -154,18 +157,24 @@ def _represent_str(dumper: yaml.SafeDumper, value: str):
 _LiteralDumper.add_representer(str, _represent_str)
 
 
-def render_cloud_config(spec: RoleSpec, release: Release, *, bucket: str, region: str,
-                        port: int, token: str) -> str:
+def render_cloud_config(spec: RoleSpec, release: Release, *, bucket: str, region: str, port: int, token: str) -> str:
     """The `#cloud-config` document for one host of `spec.role` running `release`."""
     release_dir = spec.release_dir(release.build)
     root_file = {"owner": "root:root"}
     write_files = [
-        {"path": FETCH_SCRIPT_PATH, "permissions": "0755", **root_file,
-         "content": FETCH_SCRIPT_SOURCE.read_text()},
-        {"path": spec.env_file, "permissions": "0600", **root_file,
-         "content": env_file(port=port, token=token, build=release.build)},
-        {"path": f"/etc/systemd/system/{spec.unit_name}", "permissions": "0644", **root_file,
-         "content": systemd_unit(spec)},
+        {"path": FETCH_SCRIPT_PATH, "permissions": "0755", **root_file, "content": FETCH_SCRIPT_SOURCE.read_text()},
+        {
+            "path": spec.env_file,
+            "permissions": "0600",
+            **root_file,
+            "content": env_file(port=port, token=token, build=release.build),
+        },
+        {
+            "path": f"/etc/systemd/system/{spec.unit_name}",
+            "permissions": "0644",
+            **root_file,
+            "content": systemd_unit(spec),
+        },
     ]
     runcmd = [
         # runcmd is one shell script: stop at the first failure instead of starting a broken worker.
@@ -189,6 +198,7 @@ def render_cloud_config(spec: RoleSpec, release: Release, *, bucket: str, region
     body = yaml.dump(document, Dumper=_LiteralDumper, sort_keys=False, width=1000, allow_unicode=True)
     text = "#cloud-config\n" + body
     if len(text.encode()) > USER_DATA_LIMIT:
-        raise ValueError(f"{spec.role} user-data is {len(text.encode())} bytes, over EC2's "
-                         f"{USER_DATA_LIMIT}-byte limit")
+        raise ValueError(
+            f"{spec.role} user-data is {len(text.encode())} bytes, over EC2's {USER_DATA_LIMIT}-byte limit"
+        )
     return text

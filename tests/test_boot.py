@@ -7,10 +7,10 @@ proxy that lets only the package registries through. Needs root, mmdebstrap, sys
 nsenter and ip; without them it skips (a failure under CI=true, which installs them).
 `make boot-test` runs only this file and prints a timing table per boot.
 """
+
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import shlex
@@ -21,18 +21,18 @@ import time
 
 import pytest
 
-from stripes.roles import ROLE_SPECS
 from scripts.boot import inspect
 from scripts.boot.image import build_image
 from scripts.boot.netplan import machine_address
 from scripts.boot.stage import Stage
-from tests.support.ci import skip_or_fail
+from stripes.roles import ROLE_SPECS
 from tests.infra_harness import reveal, run_program
+from tests.support.ci import skip_or_fail
 
 ROLES = ("worker-python", "worker-nodejs")
 REGISTRY_OF = {"worker-python": "files.pythonhosted.org", "worker-nodejs": "registry.npmjs.org"}
-BOOT_TIMEOUT = 900          # seconds for cloud-init to finish one boot (cold caches, 2 shared cores)
-TIMINGS: list[tuple[str, str, float]] = []   # (boot, step, seconds) for the table at the end
+BOOT_TIMEOUT = 900  # seconds for cloud-init to finish one boot (cold caches, 2 shared cores)
+TIMINGS: list[tuple[str, str, float]] = []  # (boot, step, seconds) for the table at the end
 
 
 def missing() -> str | None:
@@ -48,8 +48,10 @@ def missing() -> str | None:
 def cleanup_on_sigterm(request):
     """SIGTERM unwinds like Ctrl-C, so every stage's namespace, container and process is removed.
     At the end the timing table goes to the terminal, past pytest's capture."""
+
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
+
     previous = signal.signal(signal.SIGTERM, interrupt)
     yield
     signal.signal(signal.SIGTERM, previous)
@@ -75,19 +77,23 @@ def program():
     user_data = {}
     for instance in run.of_type("aws:ec2/instance:Instance"):
         user_data[instance.inputs["tags"]["Role"]] = reveal(instance.inputs["userData"])
-    objects = {o.inputs["key"]: base64.b64decode(o.inputs["contentBase64"])
-               for o in run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")}
+    objects = {
+        o.inputs["key"]: base64.b64decode(o.inputs["contentBase64"])
+        for o in run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+    }
     fetch = next(line for line in user_data["worker-python"].splitlines() if "fetch-worker-release --" in line)
     argv = shlex.split(fetch.lstrip("- "))
     where = {"bucket": argv[argv.index("--bucket") + 1], "region": argv[argv.index("--region") + 1]}
-    token = next(line.split("=", 1)[1] for line in user_data["worker-python"].splitlines()
-                 if line.strip().startswith("WORKER_TOKEN="))
+    token = next(
+        line.split("=", 1)[1]
+        for line in user_data["worker-python"].splitlines()
+        if line.strip().startswith("WORKER_TOKEN=")
+    )
     return {"user_data": user_data, "objects": objects, "token": token, **where}
 
 
 def port_of(role: str, document: str) -> int:
-    return int(next(line.split("=", 1)[1] for line in document.splitlines()
-                    if line.strip().startswith("WORKER_PORT=")))
+    return int(next(line.split("=", 1)[1] for line in document.splitlines() if line.strip().startswith("WORKER_PORT=")))
 
 
 def probe(stage: Stage, role: str, document: str, token: str, timeout: float = 60) -> dict:
@@ -111,6 +117,7 @@ def boot_role(stage: Stage, role: str, document: str):
 
 
 # ---------------------------------------------------------------- a good boot, per role
+
 
 @pytest.mark.timeout(BOOT_TIMEOUT + 600)
 @pytest.mark.parametrize("role", ROLES)
@@ -136,8 +143,13 @@ def test_first_boot_makes_a_hardened_worker(role, image, program):
         assert facts["User"] == "worker" and facts["Uid"] == facts["worker_uid"] != "0", facts
         assert int(facts["CapEff"], 16) == 0 and int(facts["CapPrm"], 16) == 0, facts
         assert facts["NoNewPrivs"] == "1", facts
-        assert (facts["ProtectSystem"], facts["ProtectHome"], facts["PrivateTmp"],
-                facts["PrivateDevices"], facts["NoNewPrivileges"]) == ("strict", "yes", "yes", "yes", "yes")
+        assert (
+            facts["ProtectSystem"],
+            facts["ProtectHome"],
+            facts["PrivateTmp"],
+            facts["PrivateDevices"],
+            facts["NoNewPrivileges"],
+        ) == ("strict", "yes", "yes", "yes", "yes")
         exposure = inspect.exposure(box, role)
         TIMINGS.append((role, "systemd-analyze security exposure", exposure or -1))
         assert exposure is not None and exposure <= 6.0, exposure  # 6.0 = "MEDIUM" or better
@@ -160,21 +172,29 @@ def test_first_boot_makes_a_hardened_worker(role, image, program):
 
 # ---------------------------------------------------------------- failed boots are visible
 
+
 def tampered(objects: dict[str, bytes]) -> dict[str, bytes]:
     return {key: data + b"tampered" for key, data in objects.items()}
 
 
 # case: (role, Stage options, objects transform, any of these in cloud-init's output)
 FAILURES = {
-    "pip-registry-unreachable": ("worker-python", {"deny_registries": ("pypi.org", "files.pythonhosted.org")},
-                                 None, ("No matching distribution found",)),
-    "node-registry-unreachable": ("worker-nodejs", {"deny_registries": ("registry.npmjs.org",)},
-                                  None, ("CONNECT tunnel failed", "403")),
+    "pip-registry-unreachable": (
+        "worker-python",
+        {"deny_registries": ("pypi.org", "files.pythonhosted.org")},
+        None,
+        ("No matching distribution found",),
+    ),
+    "node-registry-unreachable": (
+        "worker-nodejs",
+        {"deny_registries": ("registry.npmjs.org",)},
+        None,
+        ("CONNECT tunnel failed", "403"),
+    ),
     # Node and npm arrive (curl's two connections), then `npm ci` is cut off. npm prints `Exit
     # handler never called!` and exits 0, so set -e goes on: the dependency check is what stops
     # the boot (without it: cloud-init `done`, the unit enabled and crash-looping; seen here).
-    "npm-ci-cut-off": ("worker-nodejs", {"registry_budget": {"registry.npmjs.org": 2}},
-                       None, ("Cannot find module",)),
+    "npm-ci-cut-off": ("worker-nodejs", {"registry_budget": {"registry.npmjs.org": 2}}, None, ("Cannot find module",)),
     "wrong-release-sha256": ("worker-python", {}, tampered, ("sha256 mismatch",)),
     "s3-access-denied": ("worker-python", {"deny_s3": True}, None, ("AccessDenied",)),
 }

@@ -1,4 +1,5 @@
 """Facts read from inside a booted container: cloud-init's result, the service, its logs, timings."""
+
 from __future__ import annotations
 
 import json
@@ -7,30 +8,38 @@ import re
 from scripts.boot.machine import Container
 
 # Trace lines of the runcmd script (set -x) that start each step of the timing table.
-STEP_MARKERS = (("fetch", "+ /usr/local/sbin/fetch-worker-release"),
-                ("runtime (venv / node)", ("+ python3 -m venv", "+ curl ")),
-                ("dependencies", ("/bin/pip install", "npm ci")),
-                ("enable + start", "+ systemctl daemon-reload"))
+STEP_MARKERS = (
+    ("fetch", "+ /usr/local/sbin/fetch-worker-release"),
+    ("runtime (venv / node)", ("+ python3 -m venv", "+ curl ")),
+    ("dependencies", ("/bin/pip install", "npm ci")),
+    ("enable + start", "+ systemctl daemon-reload"),
+)
 
 
 def cloud_init_result(box: Container, timeout: float) -> dict:
     """Waits for cloud-init to finish; returns its status line and result.json's errors."""
     # `cloud-init status --wait` returns at the first error of an early stage; result.json is
     # written when the last stage (final) ends, failed or not.
-    waited = box.sh(f"timeout {int(timeout)} sh -c 'until [ -e /run/cloud-init/result.json ]; do sleep 1; done'; "
-                    "cloud-init status", timeout=timeout + 30)
+    waited = box.sh(
+        f"timeout {int(timeout)} sh -c 'until [ -e /run/cloud-init/result.json ]; do sleep 1; done'; cloud-init status",
+        timeout=timeout + 30,
+    )
     result = box.sh("cat /run/cloud-init/result.json")
     errors = json.loads(result.stdout)["v1"]["errors"] if result.returncode == 0 else ["no result.json"]
-    tail = box.sh("grep -E '^(E|Err|W):' /var/log/cloud-init-output.log | tail -n 10; "
-                  "tail -n 25 /var/log/cloud-init-output.log; grep -E 'WARNING|ERROR' /var/log/cloud-init.log "
-                  "| tail -n 10").stdout
+    tail = box.sh(
+        "grep -E '^(E|Err|W):' /var/log/cloud-init-output.log | tail -n 10; "
+        "tail -n 25 /var/log/cloud-init-output.log; grep -E 'WARNING|ERROR' /var/log/cloud-init.log "
+        "| tail -n 10"
+    ).stdout
     output = box.sh("cat /var/log/cloud-init-output.log").stdout
     return {"status": waited.stdout.strip(), "errors": errors, "log": tail, "output": output}
 
 
 def service_facts(box: Container, role: str) -> dict:
-    show = box.sh(f"systemctl show {role} -p ActiveState -p UnitFileState -p MainPID -p User "
-                  f"-p ProtectSystem -p ProtectHome -p PrivateTmp -p PrivateDevices -p NoNewPrivileges")
+    show = box.sh(
+        f"systemctl show {role} -p ActiveState -p UnitFileState -p MainPID -p User "
+        f"-p ProtectSystem -p ProtectHome -p PrivateTmp -p PrivateDevices -p NoNewPrivileges"
+    )
     facts = dict(line.split("=", 1) for line in show.stdout.splitlines() if "=" in line)
     pid = facts.get("MainPID", "0")
     status = box.sh(f"grep -E '^(Uid|CapEff|CapPrm|NoNewPrivs):' /proc/{pid}/status") if pid != "0" else None
@@ -76,12 +85,13 @@ def step_times(box: Container, healthy_at: float | None) -> dict[str, float]:
     starts = []
     for name, marker in STEP_MARKERS:
         markers = marker if isinstance(marker, tuple) else (marker,)
-        stamp = next((float(line.split()[0]) for line in journal
-                      if any(m in line for m in markers) and " + " in line), None)
+        stamp = next(
+            (float(line.split()[0]) for line in journal if any(m in line for m in markers) and " + " in line), None
+        )
         if stamp is not None:
             starts.append((name, stamp))
     ends = [stamp for _, stamp in starts[1:]] + [healthy_at or _last_stamp(journal)]
-    for (name, start), end in zip(starts, ends):
+    for (name, start), end in zip(starts, ends, strict=True):
         times[name] = end - start
     return times
 

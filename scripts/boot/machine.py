@@ -1,4 +1,5 @@
 """The private network (a namespace with one bridge, no route out) and the containers booted on it."""
+
 from __future__ import annotations
 
 import os
@@ -48,12 +49,16 @@ class PrivateNet:
         self.name = f"hdtpboot-{uuid.uuid4().hex[:8]}"
         self.processes: list[subprocess.Popen] = []
 
-    def __enter__(self) -> "PrivateNet":
+    def __enter__(self) -> PrivateNet:
         run(["ip", "netns", "add", self.name])
         try:
-            for args in (["link", "set", "lo", "up"], ["link", "add", BRIDGE, "type", "bridge"],
-                         ["addr", "add", f"{GATEWAY}/24", "dev", BRIDGE],
-                         ["addr", "add", f"{IMDS}/32", "dev", BRIDGE], ["link", "set", BRIDGE, "up"]):
+            for args in (
+                ["link", "set", "lo", "up"],
+                ["link", "add", BRIDGE, "type", "bridge"],
+                ["addr", "add", f"{GATEWAY}/24", "dev", BRIDGE],
+                ["addr", "add", f"{IMDS}/32", "dev", BRIDGE],
+                ["link", "set", BRIDGE, "up"],
+            ):
                 run(["ip", "-n", self.name, *args])
         except Exception:
             self.close()
@@ -66,8 +71,7 @@ class PrivateNet:
     def popen(self, argv: list[str], **kwargs) -> subprocess.Popen:
         # nsenter switches the network namespace only; `ip netns exec` would also remount /sys,
         # hiding the cgroup hierarchies systemd-nspawn needs.
-        proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.name}", *argv],
-                                start_new_session=True, **kwargs)
+        proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.name}", *argv], start_new_session=True, **kwargs)
         self.processes.append(proc)
         return proc
 
@@ -98,7 +102,8 @@ class Container:
         (seed / "meta-data").write_text(f"instance-id: i-{self.name}\nlocal-hostname: {self.name}\n")
         (self.root / "etc/systemd/network/10-host0.network").write_text(
             f"[Match]\nName=host0\n\n[Network]\nAddress={self.address}/24\nLinkLocalAddressing=no\n"
-            f"IPv6AcceptRA=no\n\n[Route]\nDestination={IMDS}/32\nScope=link\n")
+            f"IPv6AcceptRA=no\n\n[Route]\nDestination={IMDS}/32\nScope=link\n"
+        )
         with open(self.root / "etc/hosts", "a") as out:
             out.writelines(f"{GATEWAY} {host}\n" for host in hosts)
         for index, cert in enumerate(ca_certs):
@@ -108,20 +113,30 @@ class Container:
     def start(self) -> None:
         # --timezone=off: nspawn would bind-mount the host's /etc/localtime, and tzdata's postinst
         # (pulled in by python3-boto3) fails to replace a mount point.
-        log = open(self.console, "wb")
-        self.proc = self.net.popen(
-            ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot", "-D", str(self.root),
-             f"--machine={self.name}", f"--network-bridge={BRIDGE}", "--console=pipe",
-             "--timezone=off"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        argv = [
+            "systemd-nspawn",
+            "--quiet",
+            "--register=no",
+            "--keep-unit",
+            "--boot",
+            "-D",
+            str(self.root),
+            f"--machine={self.name}",
+            f"--network-bridge={BRIDGE}",
+            "--console=pipe",
+            "--timezone=off",
+        ]
+        with open(self.console, "wb") as log:  # the child keeps its own copy of the descriptor
+            self.proc = self.net.popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
     def leader(self, timeout: float = 60) -> int:
         """The container's PID 1 as seen from the host (the child of systemd-nspawn)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"systemd-nspawn exited {self.proc.returncode}: "
-                                   f"{self.console.read_text(errors='replace')[-1500:]}")
+                raise RuntimeError(
+                    f"systemd-nspawn exited {self.proc.returncode}: {self.console.read_text(errors='replace')[-1500:]}"
+                )
             children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
             pids = children.read_text().split() if children.exists() else []
             if pids:
@@ -131,11 +146,28 @@ class Container:
 
     def sh(self, script: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
         """Run a shell script inside the container (all its namespaces, its root)."""
-        argv = ["nsenter", "-t", str(self.leader()), "-m", "-u", "-i", "-n", "-p", "-r", "-w",
-                "env", "-i", f"PATH={CONTAINER_PATH}", "HOME=/root", "sh", "-c", script]
+        argv = [
+            "nsenter",
+            "-t",
+            str(self.leader()),
+            "-m",
+            "-u",
+            "-i",
+            "-n",
+            "-p",
+            "-r",
+            "-w",
+            "env",
+            "-i",
+            f"PATH={CONTAINER_PATH}",
+            "HOME=/root",
+            "sh",
+            "-c",
+            script,
+        ]
         return run(argv, timeout=timeout, check=check)
 
     def stop(self) -> None:
         if self.proc is not None:
-            stop_group(self.proc, grace=20)   # nspawn turns SIGTERM into a clean poweroff
+            stop_group(self.proc, grace=20)  # nspawn turns SIGTERM into a clean poweroff
         shutil.rmtree(self.root, ignore_errors=True)

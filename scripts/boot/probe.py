@@ -1,7 +1,8 @@
 """HTTP checks of a booted worker from outside its container (run inside the private namespace).
 
-    python -m scripts.boot.probe URL TOKEN      # prints one JSON object
+python -m scripts.boot.probe URL TOKEN      # prints one JSON object
 """
+
 from __future__ import annotations
 
 import io
@@ -42,10 +43,15 @@ def probe(url: str, token: str, timeout: float) -> dict:
         return result
     body, image = gradient_png()
     headers = {"Content-Type": "image/png"}
-    result["no_token_status"] = requests.post(f"{url}/process?op=grayscale", data=body, headers=headers,
-                                              timeout=30).status_code
-    reply = requests.post(f"{url}/process?op=grayscale&format=png", data=body, timeout=30,
-                          headers={**headers, "Authorization": f"Bearer {token}"})
+    result["no_token_status"] = requests.post(
+        f"{url}/process?op=grayscale", data=body, headers=headers, timeout=30
+    ).status_code
+    reply = requests.post(
+        f"{url}/process?op=grayscale&format=png",
+        data=body,
+        timeout=30,
+        headers={**headers, "Authorization": f"Bearer {token}"},
+    )
     result["token_status"] = reply.status_code
     if reply.status_code == 200:
         got = Image.open(io.BytesIO(reply.content)).convert("RGB")

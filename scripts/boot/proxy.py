@@ -6,10 +6,12 @@ private network has no interface and no route towards the host.
 
     python -m scripts.boot.proxy SOCKET [--deny HOST ...]
 """
+
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from urllib.parse import urlsplit
@@ -24,7 +26,7 @@ async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
         while data := await asyncio.wait_for(reader.read(65536), IDLE_SECONDS):
             writer.write(data)
             await writer.drain()
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         pass
     finally:
         writer.close()
@@ -45,12 +47,12 @@ async def handle(reader, writer, allowed: set[str], budget: dict[str, int], log)
         request_line, *headers = head.decode("latin-1").split("\r\n")
         method, target, version = request_line.split(" ", 2)
         host, port, path = target_of(method, target)
-    except (ValueError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+    except (TimeoutError, ValueError, OSError, asyncio.IncompleteReadError):
         writer.close()
         return
-    if host in budget:                 # --budget: this host's first N connections only
+    if host in budget:  # --budget: this host's first N connections only
         budget[host] -= 1
-        if budget[host] < 0:           # then it is cut off: the connection just drops
+        if budget[host] < 0:  # then it is cut off: the connection just drops
             log(f"dropped {method} {host}:{port}")
             writer.close()
             return
@@ -62,7 +64,7 @@ async def handle(reader, writer, allowed: set[str], budget: dict[str, int], log)
         return
     try:
         up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(host, port), 30)
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         log(f"upstream {host}:{port} failed: {exc}")
         writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         writer.close()
@@ -78,30 +80,33 @@ async def handle(reader, writer, allowed: set[str], budget: dict[str, int], log)
 
 
 async def serve(socket_path: str, allowed: set[str], budget: dict[str, int]) -> None:
-    log_file = open(socket_path + ".log", "a", buffering=1)
+    with open(socket_path + ".log", "a", buffering=1) as log_file:
 
-    def log(line: str) -> None:
-        log_file.write(line + "\n")
+        def log(line: str) -> None:
+            log_file.write(line + "\n")
 
-    server = await asyncio.start_unix_server(lambda r, w: handle(r, w, allowed, budget, log), socket_path)
-    os.chmod(socket_path, 0o600)
-    async with server:
-        await server.serve_forever()
+        server = await asyncio.start_unix_server(lambda r, w: handle(r, w, allowed, budget, log), socket_path)
+        os.chmod(socket_path, 0o600)
+        async with server:
+            await server.serve_forever()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("socket")
     parser.add_argument("--deny", action="append", default=[], help="registry host to refuse too")
-    parser.add_argument("--budget", action="append", default=[], metavar="HOST=N",
-                        help="let HOST's first N connections through, then refuse it")
+    parser.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        metavar="HOST=N",
+        help="let HOST's first N connections through, then refuse it",
+    )
     args = parser.parse_args(argv)
     allowed = set(REGISTRY_HOSTS) - set(args.deny)
     budget = {host: int(n) for host, n in (item.split("=", 1) for item in args.budget)}
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.socket, allowed, budget))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

@@ -1,8 +1,9 @@
 """One boot on its own stage: private network, CA, S3/IMDS stand-ins, registry proxy, container.
 
-    with Stage(image, workdir, user_data, objects, bucket=..., region=...) as stage:
-        box = stage.boot("worker-python", index=0)
+with Stage(image, workdir, user_data, objects, bucket=..., region=...) as stage:
+    box = stage.boot("worker-python", index=0)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,9 +20,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class Stage(contextlib.ExitStack):
-    def __init__(self, image: Path, *, bucket: str, region: str, objects: dict[str, bytes],
-                 deny_registries: tuple[str, ...] = (), registry_budget: dict[str, int] | None = None,
-                 deny_s3: bool = False) -> None:
+    def __init__(
+        self,
+        image: Path,
+        *,
+        bucket: str,
+        region: str,
+        objects: dict[str, bytes],
+        deny_registries: tuple[str, ...] = (),
+        registry_budget: dict[str, int] | None = None,
+        deny_s3: bool = False,
+    ) -> None:
         super().__init__()
         self.registry_budget = registry_budget or {}
         self.image, self.bucket, self.region, self.objects = image, bucket, region, objects
@@ -29,7 +38,7 @@ class Stage(contextlib.ExitStack):
         self.workdir = Path(tempfile.mkdtemp(prefix="hdtp-boot-"))
         self.net: PrivateNet | None = None
 
-    def __enter__(self) -> "Stage":
+    def __enter__(self) -> Stage:
         super().__enter__()
         self.callback(subprocess.run, ["rm", "-rf", str(self.workdir)], check=False)
         try:
@@ -45,22 +54,39 @@ class Stage(contextlib.ExitStack):
     def _start(self) -> None:
         self.tls = make_ca_and_cert(self.workdir, s3_hosts(self.bucket, self.region), GATEWAY)
         socket_path = str(self.workdir / "proxy.sock")
-        proxy = subprocess.Popen(self._python("scripts.boot.proxy", socket_path,
-                                              *[f"--deny={h}" for h in self.deny_registries],
-                                              *[f"--budget={h}={n}" for h, n in self.registry_budget.items()]),
-                                 cwd=ROOT, start_new_session=True)
+        proxy = subprocess.Popen(
+            self._python(
+                "scripts.boot.proxy",
+                socket_path,
+                *[f"--deny={h}" for h in self.deny_registries],
+                *[f"--budget={h}={n}" for h, n in self.registry_budget.items()],
+            ),
+            cwd=ROOT,
+            start_new_session=True,
+        )
         self.callback(stop_group, proxy, 5)
         self.net = self.enter_context(PrivateNet())
-        args = ["--cert", str(self.tls["cert"]), "--key", str(self.tls["key"]), "--proxy-socket", socket_path,
-                "--bucket", self.bucket, "--region", self.region]
+        args = [
+            "--cert",
+            str(self.tls["cert"]),
+            "--key",
+            str(self.tls["key"]),
+            "--proxy-socket",
+            socket_path,
+            "--bucket",
+            self.bucket,
+            "--region",
+            self.region,
+        ]
         for index, (key, data) in enumerate(self.objects.items()):
             path = self.workdir / f"object-{index}"
             path.write_bytes(data)
             args.append(f"--object={key}={path}")
         if self.deny_s3:
             args.append("--deny-s3")
-        standins = self.net.popen(self._python("scripts.boot.standins", *args), cwd=ROOT,
-                                  stdout=subprocess.PIPE, text=True)
+        standins = self.net.popen(
+            self._python("scripts.boot.standins", *args), cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
         if standins.stdout.readline().strip() != "ready":
             raise RuntimeError("the S3/IMDS stand-ins did not start")
 
@@ -75,8 +101,13 @@ class Stage(contextlib.ExitStack):
 
     def in_net(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
         """Run a command in the private namespace (where the containers' addresses are)."""
-        return subprocess.run(["nsenter", f"--net=/run/netns/{self.net.name}", *argv], cwd=ROOT,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            ["nsenter", f"--net=/run/netns/{self.net.name}", *argv],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def proxy_log(self) -> str:
         path = self.workdir / "proxy.sock.log"

@@ -9,16 +9,18 @@
     python -m scripts.boot.standins --cert C --key K --proxy-socket S --bucket B --region R \
         --object KEY=PATH ... [--deny-s3]
 """
+
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import socket
 import socketserver
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from scripts.boot.netplan import GATEWAY, IMDS, PROXY_PORT
@@ -53,25 +55,37 @@ class ImdsHandler(BaseHTTPRequestHandler):
         if self.path == base:
             self.reply(200, ROLE_NAME)
         elif self.path == base + ROLE_NAME:
-            expires = (datetime.now(timezone.utc) + timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ")
-            self.reply(200, json.dumps({"Code": "Success", "Type": "AWS-HMAC",
-                                        "AccessKeyId": "ASIABOOTTEST", "SecretAccessKey": "boot-test",
-                                        "Token": "boot-test-session", "Expiration": expires}))
+            expires = (datetime.now(UTC) + timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            self.reply(
+                200,
+                json.dumps(
+                    {
+                        "Code": "Success",
+                        "Type": "AWS-HMAC",
+                        "AccessKeyId": "ASIABOOTTEST",
+                        "SecretAccessKey": "boot-test",
+                        "Token": "boot-test-session",
+                        "Expiration": expires,
+                    }
+                ),
+            )
         else:
             self.reply(404, "")
 
 
 def deny_reads(app):
     """WSGI wrapper: every GET answers 403 AccessDenied (the instance profile lost its grant)."""
-    body = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
-            b"<Message>Access Denied</Message></Error>")
+    body = (
+        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+        b"<Message>Access Denied</Message></Error>"
+    )
 
     def wrapped(environ, start_response):
         if environ["REQUEST_METHOD"] == "GET":
-            start_response("403 Forbidden", [("Content-Type", "application/xml"),
-                                             ("Content-Length", str(len(body)))])
+            start_response("403 Forbidden", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
             return [body]
         return app(environ, start_response)
+
     return wrapped
 
 
@@ -89,6 +103,7 @@ def relay_handler(socket_path: str):
             pump.start()
             copy(self.request, upstream)
             pump.join(timeout=300)
+
     return Handler
 
 
@@ -99,10 +114,8 @@ def copy(src: socket.socket, dst: socket.socket) -> None:
     except OSError:
         pass
     finally:
-        try:
+        with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
 
 
 def start_s3(args) -> None:
@@ -113,10 +126,14 @@ def start_s3(args) -> None:
     app = DomainDispatcherApplication(create_backend_app)
     setup = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=setup.serve_forever, daemon=True).start()
-    client = boto3.client("s3", region_name=args.region, endpoint_url=f"http://127.0.0.1:{setup.port}",
-                          aws_access_key_id="setup", aws_secret_access_key="setup")
-    extra = {} if args.region == "us-east-1" else {
-        "CreateBucketConfiguration": {"LocationConstraint": args.region}}
+    client = boto3.client(
+        "s3",
+        region_name=args.region,
+        endpoint_url=f"http://127.0.0.1:{setup.port}",
+        aws_access_key_id="setup",
+        aws_secret_access_key="setup",
+    )
+    extra = {} if args.region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": args.region}}
     client.create_bucket(Bucket=args.bucket, **extra)
     for item in args.object:
         key, path = item.split("=", 1)
