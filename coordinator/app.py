@@ -31,14 +31,13 @@ from coordinator.page_chart import COLOURS, PARTS, chart_height, strip_table, ti
 from coordinator.page_log import page_logger
 from coordinator.page_memory import SessionImages, release_freed_memory, start_reaper
 from coordinator.page_overlay import StripBox, draw_strip_overlay
-from coordinator.page_workers import draw_workers
 from coordinator.page_text import (
     cancelled_message,
     changed_settings,
     done_label,
-    failed_attempts,
     escape_markdown,
     event_line,
+    failed_attempts,
     image_summary,
     input_problem,
     missing_workers,
@@ -49,6 +48,7 @@ from coordinator.page_text import (
     status_label,
     too_many_pixels,
 )
+from coordinator.page_workers import draw_workers
 
 log = page_logger()
 

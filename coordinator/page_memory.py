@@ -16,7 +16,7 @@ import ctypes
 import ctypes.util
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 GRACE_SECONDS = 120.0  # the page uses Streamlit's server.disconnectedSessionTTL, 120 s by default
 

@@ -7,8 +7,8 @@ st.text (no Markdown, no HTML) or first passed through safe_name; only our own w
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from itertools import groupby
-from typing import Sequence
 
 from coordinator.page_chart import worker_host
 

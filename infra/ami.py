@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import pulumi
 import pulumi_aws as aws
 
@@ -11,7 +9,7 @@ CANONICAL_OWNER_ID = "099720109477"  # Canonical's AWS account: only its images 
 UBUNTU_2404_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
 
 
-def worker_ami_id(pinned: Optional[str] = None) -> pulumi.Input[str]:
+def worker_ami_id(pinned: str | None = None) -> pulumi.Input[str]:
     if pinned:
         return pinned
     image = aws.ec2.get_ami_output(

@@ -9,8 +9,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
 
 import pulumi
 import pulumi_aws as aws
@@ -29,7 +29,7 @@ class Release:
     archive: bytes
 
     @classmethod
-    def of(cls, role: str, files: dict[str, bytes]) -> "Release":
+    def of(cls, role: str, files: dict[str, bytes]) -> Release:
         archive = tarball(files)
         build = build_id(files)
         return cls(
@@ -88,7 +88,7 @@ class ReleaseStore(pulumi.ComponentResource):
     bucket_name: pulumi.Output[str]
     instance_profile_names: dict[str, pulumi.Output[str]]  # worker role -> its hosts' profile
 
-    def __init__(self, name: str, args: ReleaseStoreArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: ReleaseStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("htp:infra:ReleaseStore", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         tags = dict(args.tags)

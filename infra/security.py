@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
 
 import pulumi
 import pulumi_aws as aws
@@ -19,17 +19,17 @@ EGRESS_PORTS = {80: "HTTP: apt mirrors (packages are signed)", 443: "HTTPS: PyPI
 class FleetSecurityArgs:
     client_cidr: str
     worker_ports: Mapping[str, int]  # role -> port, for the roles that have workers
-    admin_cidr: Optional[str] = None  # SSH is opened only when this and the key are set
-    ssh_public_key: Optional[str] = None
-    vpc_id: Optional[pulumi.Input[str]] = None  # None: the default VPC
+    admin_cidr: str | None = None  # SSH is opened only when this and the key are set
+    ssh_public_key: str | None = None
+    vpc_id: pulumi.Input[str] | None = None  # None: the default VPC
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
 class FleetSecurity(pulumi.ComponentResource):
     security_group_id: pulumi.Output[str]
-    key_name: Optional[pulumi.Output[str]]
+    key_name: pulumi.Output[str] | None
 
-    def __init__(self, name: str, args: FleetSecurityArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: FleetSecurityArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("htp:infra:FleetSecurity", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         group = aws.ec2.SecurityGroup(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
 
 import pulumi
 import pulumi_aws as aws
@@ -22,8 +22,8 @@ class WorkerNodeArgs:
     security_group_id: pulumi.Input[str]
     user_data: pulumi.Input[str]
     instance_profile: pulumi.Input[str]
-    subnet_id: Optional[str] = None  # None: the default VPC's default subnet
-    key_name: Optional[pulumi.Input[str]] = None
+    subnet_id: str | None = None  # None: the default VPC's default subnet
+    key_name: pulumi.Input[str] | None = None
     tags: Mapping[str, str] = field(default_factory=dict)  # Project and Stack
 
 
@@ -33,7 +33,7 @@ class WorkerNode(pulumi.ComponentResource):
     url: pulumi.Output[str]
     descriptor: pulumi.Output[dict]
 
-    def __init__(self, name: str, args: WorkerNodeArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: WorkerNodeArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("htp:infra:WorkerNode", name, None, opts)
         self.role = args.spec.role
         tags = {**args.tags, "Name": name, "Role": args.spec.role}

@@ -68,7 +68,7 @@ class MemoryWatch:
             self.peak = max(self.peak, self.rss())
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "MemoryWatch":
+    def __enter__(self) -> MemoryWatch:
         for proc in self.tree():
             reset_hwm(proc.pid)
         self.peak = self.rss()
@@ -125,9 +125,8 @@ def profile(
 
     one(health["primary"])  # warm-up (imports, first allocations) outside the figures
     for op in health["operations"]:
-        with MemoryWatch(pid) as watch:
-            with ThreadPoolExecutor(concurrency) as pool:
-                results = list(pool.map(one, [op] * requests_per_op))
+        with MemoryWatch(pid) as watch, ThreadPoolExecutor(concurrency) as pool:
+            results = list(pool.map(one, [op] * requests_per_op))
         rows.append(
             {
                 "service": health["service"],

@@ -139,7 +139,7 @@ class SlowUpload:
         self.body, self.sent = body, sent
         self.sock = socket.create_connection((host, int(port)), timeout=TIMEOUT)
         head = [
-            f"POST /process?op=invert HTTP/1.1",
+            "POST /process?op=invert HTTP/1.1",
             f"Host: {host}:{port}",
             "Content-Type: image/png",
             f"Content-Length: {len(body)}",

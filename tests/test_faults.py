@@ -180,8 +180,8 @@ def test_cli_success_writes_the_right_pixels(fleet, tmp_path):
 
 
 def test_slow_link_via_tbf_completes_then_times_out_cleanly(tmp_path):
-    from tests.support.ci import skip_or_fail
     from scripts.testkit import netns
+    from tests.support.ci import skip_or_fail
 
     if netns.missing_tools():
         skip_or_fail(f"tbf slow link: {netns.missing_tools()}")  # a package: CI must have it

@@ -14,9 +14,9 @@ import pytest
 
 from scripts.fleet.boot import Boot
 from scripts.fleet.cli import main
-from tests.support.moto_server import REGION, aws_env, run_tagged_instance, start_moto_server
-from tests.support.fleet_cli import assert_one_error_line, run_fleet
 from scripts.testkit.procs import free_port
+from tests.support.fleet_cli import assert_one_error_line, run_fleet
+from tests.support.moto_server import REGION, aws_env, run_tagged_instance, start_moto_server
 
 PROJECT, STACK = "hdtp", "fleet-test"
 fleet = functools.partial(run_fleet, timeout=60)  # this file's bound per command

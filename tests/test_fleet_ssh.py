@@ -23,10 +23,10 @@ import pytest
 import requests
 
 from infra.bundle import build_id, bundle_files
+from scripts.testkit.procs import ROOT, free_port
 from tests.support.ci import skip_or_fail
 from tests.support.fleet_cli import assert_one_error_line, run_fleet
 from tests.support.moto_server import aws_env, run_tagged_instance, start_moto_server
-from scripts.testkit.procs import ROOT, free_port
 from tests.support.sshd import make_key, sshd_available, start_sshd
 
 pytestmark = pytest.mark.sshd

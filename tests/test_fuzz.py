@@ -14,9 +14,9 @@ import pytest
 from scripts.testkit.fuzz import (
     CONTRACT_BUDGET_S,
     CONTRACT_CASES,
-    FuzzStats,
     HUGE,
     LYING_HEADER_BUGS,
+    FuzzStats,
     assert_healthy,
     broken_images,
     encode,
@@ -26,7 +26,6 @@ from scripts.testkit.fuzz import (
     png_with_size,
     sample_image,
 )
-
 
 # -- tests --------------------------------------------------------------------------------------
 

@@ -10,13 +10,10 @@ lost: no other exception, no hang, no silently wrong pixels.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from scripts.testkit.images import expected_pixels, max_pixel_diff, sample_rgb
 from scripts.testkit.load import JOBS, busy_responses_in_log, peak_rss_mb, run_load
-
 
 # -- tests ---------------------------------------------------------------------------------------
 

@@ -30,8 +30,8 @@ from coordinator.page_text import (
     runtimes_note,
     safe_name,
 )
-from tests.support.hostile_worker import HostileWorker
 from scripts.testkit.procs import ROOT, free_port
+from tests.support.hostile_worker import HostileWorker
 
 APP = str(ROOT / "coordinator" / "app.py")
 RUN_TIMEOUT = 60

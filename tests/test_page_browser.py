@@ -22,9 +22,9 @@ from scripts.testkit.browser import (
     wait_until_idle,
 )
 from scripts.testkit.images import colourful_image, encoded
+from scripts.testkit.procs import free_port
 from tests.support.ci import skip_or_fail
 from tests.support.hostile_worker import HostileWorker
-from scripts.testkit.procs import free_port
 
 pytestmark = pytest.mark.browser
 

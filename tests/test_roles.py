@@ -57,7 +57,7 @@ def test_a_port_change_reaches_infra_the_local_runner_and_the_coordinator(monkey
 
 
 def test_the_coordinator_default_list_is_the_registry_ports():
-    assert DEFAULT_WORKERS == tuple(f"http://127.0.0.1:{s.port}" for s in ROLE_SPECS.values())
+    assert tuple(f"http://127.0.0.1:{s.port}" for s in ROLE_SPECS.values()) == DEFAULT_WORKERS
 
 
 def test_a_start_command_change_reaches_user_data_local_runner_and_launcher(monkeypatch, tmp_path):

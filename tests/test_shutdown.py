@@ -8,7 +8,6 @@ the headers and half the body when SIGTERM arrives, and gets the rest only after
 from __future__ import annotations
 
 import signal
-import socket
 
 import pytest
 

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from scripts import wan
-from tests.support.ci import skip_or_fail
 from scripts.testkit.procs import ROOT
+from tests.support.ci import skip_or_fail
 
 
 @pytest.fixture(autouse=True)

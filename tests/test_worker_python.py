@@ -6,20 +6,17 @@ import ast
 import io
 import json
 import logging
-import struct
 import socket
+import struct
 import subprocess
+import sys
 import time
 import zlib
-import sys
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
-
-from scripts.testkit.procs import ROOT
-from tests.vectors.generate import SEPIA_PER_MILLE, huge_header_png, ppm_bytes, ref_grayscale
 from worker_python import __version__, ops
 from worker_python.app import create_app
 from worker_python.config import Settings, SettingsError, load_settings
@@ -31,6 +28,9 @@ from worker_python.log import JsonFormatter
 from worker_python.ops import apply, grayscale, invert, sepia
 from worker_python.params import encoding_options, response_format
 from worker_python.sniff import ACCEPTED_PILLOW_FORMATS, sniff_format
+
+from scripts.testkit.procs import ROOT
+from tests.vectors.generate import SEPIA_PER_MILLE, huge_header_png, ppm_bytes, ref_grayscale
 
 VECTORS = ROOT / "tests" / "vectors"
 
@@ -866,7 +866,7 @@ def read_until_closed(sock: socket.socket, seconds: float) -> tuple[bytes, float
     while time.monotonic() - started < seconds:
         try:
             data = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             continue
         except ConnectionResetError:
             break
@@ -933,7 +933,7 @@ def test_slow_body_is_cut_off_and_its_slot_freed(worker_factory):
             sock.sendall(b"x")
             try:
                 answer = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 pass
             if time.monotonic() - started < 2:
                 assert requests.get(worker.url + "/healthz", timeout=5).json()["inflight"] == 1

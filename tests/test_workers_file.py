@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from coordinator.config import load_config
-from scripts.testkit.procs import ROOT
 from scripts.testkit.cli import assert_one_error_line, run_cli
+from scripts.testkit.procs import ROOT
 
 FIXTURE = ROOT / "tests" / "fixtures" / "stack-outputs.json"
 

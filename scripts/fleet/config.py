@@ -6,7 +6,6 @@ coordinator reads the same file, so one file describes the fleet to every tool.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path

@@ -53,7 +53,7 @@ class HostPaths:
     root: str
 
     @classmethod
-    def of(cls, config: FleetConfig, role: str) -> "HostPaths":
+    def of(cls, config: FleetConfig, role: str) -> HostPaths:
         return cls(ROLE_SPECS[role], config.remote_root)
 
     @property

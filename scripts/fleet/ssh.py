@@ -9,8 +9,9 @@ import shlex
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import paramiko
 
@@ -57,13 +58,13 @@ def _greeted_socket(host: str, port: int, target: str, timeout: float) -> socket
         sock = socket.create_connection((host, port), timeout=timeout)
     except ConnectionRefusedError:
         raise FleetError(f"ssh {target}: connection refused") from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise FleetError(f"ssh {target}: no TCP connection within {timeout:g}s") from None
     except OSError as exc:
         raise FleetError(f"ssh {target}: {exc.strerror or exc}") from None
     try:
         greeting = sock.recv(4, socket.MSG_PEEK)  # peek: paramiko reads the banner itself
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         sock.close()
         raise FleetError(f"ssh {target}: no SSH greeting within {timeout:g}s") from None
     except OSError as exc:
@@ -115,7 +116,7 @@ def connect(config: FleetConfig, worker: Worker) -> paramiko.SSHClient:
         client.close()
         key = config.ssh_key or "agent/default keys"
         raise FleetError(f"ssh {target}: authentication failed with {key}") from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         client.close()
         raise FleetError(f"ssh {target}: timed out after {timeout:g}s") from None
     except (paramiko.SSHException, OSError, ValueError) as exc:

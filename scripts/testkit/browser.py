@@ -8,9 +8,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from scripts.testkit.procs import ROOT, RunningProcess, free_port, wait_http_ok
 

@@ -85,7 +85,7 @@ class FaultProxy:
             raise ValueError(f"unknown fault mode {value!r}; one of {', '.join(MODES)}")
         self._mode = value
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._thread.start()
         return self
 

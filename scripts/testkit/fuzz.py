@@ -44,7 +44,7 @@ class FuzzStats:
         if problem and len(self.failures) < 20:
             self.failures.append(problem)
 
-    def merge(self, other: "FuzzStats") -> None:
+    def merge(self, other: FuzzStats) -> None:
         self.cases += other.cases
         self.server_errors += other.server_errors
         self.transport_errors += other.transport_errors

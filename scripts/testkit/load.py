@@ -8,6 +8,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+
 from scripts.testkit.images import expected_pixels, max_pixel_diff, png_bytes, sample_rgb
 
 JOBS = 50

@@ -51,7 +51,7 @@ class SlowLoopback:
         if done.returncode != 0:
             raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
 
-    def __enter__(self) -> "SlowLoopback":
+    def __enter__(self) -> SlowLoopback:
         self._ip("netns", "add", self.name)
         try:
             self._ip("netns", "exec", self.name, "ip", "link", "set", "lo", "up")

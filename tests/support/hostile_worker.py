@@ -104,7 +104,7 @@ class HostileWorker:
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name=f"hostile-{self.port}")
 
-    def start(self) -> "HostileWorker":
+    def start(self) -> HostileWorker:
         self._thread.start()
         return self
 
@@ -224,7 +224,7 @@ class HostileWorker:
                 break
 
     def _huge(self, client, path, head):
-        client.sendall(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n".encode())
+        client.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
         block = b"[" * 65536
         started = time.monotonic()
         while not self._stopping.is_set() and time.monotonic() - started < self.max_seconds:

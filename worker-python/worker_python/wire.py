@@ -93,7 +93,7 @@ class PacedSocket:
         self._sock.settimeout(remaining)
         try:
             data = self._sock.recv(size)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             return b""
         finally:
             self._sock.settimeout(None)
@@ -107,7 +107,7 @@ class PacedSocket:
         self._sock.settimeout(max(remaining, 0.001))
         try:
             self._sock.sendall(data)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise ReplyTooSlow(f"reply not read at {MIN_BYTES_PER_SECOND} bytes/s") from None
         finally:
             self._sock.settimeout(None)
