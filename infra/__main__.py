@@ -10,8 +10,9 @@ from infra.ami import worker_ami_id
 from infra.bundle import bundle_files
 from infra.config import load_settings
 from infra.outputs import fleet_outputs
-from infra.security import FleetSecurity, FleetSecurityArgs
+from infra.pool import WorkerPool, WorkerPoolArgs, pool_subnet_ids
 from infra.releases import Release, ReleaseStore, ReleaseStoreArgs
+from infra.security import FleetSecurity, FleetSecurityArgs
 from infra.userdata import render_cloud_config
 from infra.worker_node import WorkerNode, WorkerNodeArgs
 from stripes.roles import ROLE_SPECS, ROLES
@@ -48,7 +49,7 @@ security = FleetSecurity(
 store = ReleaseStore("releases", ReleaseStoreArgs(releases=releases, tags=tags))
 ami_id = worker_ami_id(settings.ami_id)
 
-nodes = []
+nodes, pools = [], []
 for role, release in releases.items():
     spec, port = ROLE_SPECS[role], settings.port(role)
     user_data = pulumi.Output.all(store.bucket_name, worker_token).apply(
@@ -56,6 +57,27 @@ for role, release in releases.items():
             spec, release, bucket=values[0], region=settings.region, port=port, token=values[1]
         )
     )
+    if settings.worker_pools:
+        pools.append(
+            WorkerPool(
+                role,
+                WorkerPoolArgs(
+                    spec=spec,
+                    port=port,
+                    size=settings.pool_sizes[role],
+                    ami_id=ami_id,
+                    instance_type=settings.instance_type,
+                    security_group_id=security.security_group_id,
+                    user_data=user_data,
+                    instance_profile=store.instance_profile_names[role],
+                    subnet_ids=pool_subnet_ids(settings.subnet_id),
+                    key_name=security.key_name,
+                    network_in_target_mb=settings.network_in_target_mb,
+                    tags=tags,
+                ),
+            )
+        )
+        continue
     for index in range(settings.count(role)):
         nodes.append(
             WorkerNode(
@@ -75,5 +97,5 @@ for role, release in releases.items():
             )
         )
 
-for output_name, value in fleet_outputs(settings, nodes, worker_token).items():
+for output_name, value in fleet_outputs(settings, nodes, worker_token, pools).items():
     pulumi.export(output_name, value)

@@ -10,8 +10,8 @@ import base64
 import binascii
 import ipaddress
 import re
-from dataclasses import dataclass
-from typing import Mapping, Optional
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import pulumi
 
@@ -37,10 +37,27 @@ DEFAULTS: dict[str, str] = {
     "amiId": "",
     "subnetId": "",
     "allowWideCidr": "false",
+    "workerPools": "false",
+    "pythonPoolMin": "1",
+    "pythonPoolMax": "1",
+    "pythonPoolDesired": "1",
+    "nodejsPoolMin": "1",
+    "nodejsPoolMax": "1",
+    "nodejsPoolDesired": "1",
+    "poolNetworkInTargetMb": "300",
 }
+# The pool keys of each runtime (a role's pool is off when its max is 0).
+POOL_KEYS = {"worker-python": "pythonPool", "worker-nodejs": "nodejsPool"}
 
 CLIENT_CIDR_HINT = 'pulumi config set clientCidr "$(curl -s https://checkip.amazonaws.com)/32"'
 ADMIN_CIDR_HINT = 'pulumi config set adminCidr "$(curl -s https://checkip.amazonaws.com)/32"'
+
+
+@dataclass(frozen=True)
+class PoolSize:
+    min: int
+    max: int
+    desired: int
 
 
 class ConfigError(pulumi.RunError):
@@ -58,18 +75,24 @@ class FleetSettings:
     python_port: int
     nodejs_port: int
     client_cidr: str
-    admin_cidr: Optional[str]
-    ssh_public_key: Optional[str]
-    worker_token: Optional[str]  # None: the program generates one (RandomPassword)
-    ami_id: Optional[str]  # None: latest Ubuntu 24.04 LTS
-    subnet_id: Optional[str]  # None: the default VPC's default subnet
+    admin_cidr: str | None
+    ssh_public_key: str | None
+    worker_token: str | None  # None: the program generates one (RandomPassword)
+    ami_id: str | None  # None: latest Ubuntu 24.04 LTS
+    subnet_id: str | None  # None: the default VPC's default subnet
     warnings: tuple[str, ...] = ()  # load_settings shows them with pulumi.log.warn
+    worker_pools: bool = False  # True: an Auto Scaling group per role instead of fixed instances
+    pool_sizes: Mapping[str, PoolSize] = field(default_factory=dict)  # role -> sizes (pools only)
+    network_in_target_mb: int = 300  # scaling policy: MB received per instance per 5 minutes
 
     @property
     def ssh_enabled(self) -> bool:
         return self.ssh_public_key is not None
 
     def count(self, role: str) -> int:
+        """Instances (fixed mode) or the pool's max (pool mode): 0 means the role is not deployed."""
+        if self.worker_pools:
+            return self.pool_sizes[role].max
         return {"worker-python": self.python_workers, "worker-nodejs": self.nodejs_workers}[role]
 
     def port(self, role: str) -> int:
@@ -111,7 +134,7 @@ def parse_cidr(key: str, value: str, hint: str, allow_wide: bool = False) -> str
     return str(network)
 
 
-def cidr_warning(key: str, cidr: str) -> Optional[str]:
+def cidr_warning(key: str, cidr: str) -> str | None:
     """A loud note for a network wider than /24 (None for narrower ones)."""
     network = ipaddress.ip_network(cidr)
     if network.prefixlen >= WARN_PREFIX_LENGTH:
@@ -166,7 +189,7 @@ def parse_ssh_public_key(value: str) -> str:
     return " ".join(parts[:3])
 
 
-def _network_settings(raw: Mapping[str, str]) -> tuple[str, Optional[str], Optional[str]]:
+def _network_settings(raw: Mapping[str, str]) -> tuple[str, str | None, str | None]:
     """clientCidr, and adminCidr + sshPublicKey (both or neither), checked."""
 
     def text(key: str) -> str:
@@ -193,8 +216,23 @@ def _network_settings(raw: Mapping[str, str]) -> tuple[str, Optional[str], Optio
     return client_cidr, admin_cidr, ssh_public_key
 
 
+def _pool_sizes(raw: Mapping[str, str]) -> dict[str, PoolSize]:
+    """min <= desired <= max per role, at most MAX_WORKERS_PER_ROLE; at least one pool non-empty."""
+    sizes = {}
+    for role, prefix in POOL_KEYS.items():
+        low = _int_setting(raw, f"{prefix}Min", 0, MAX_WORKERS_PER_ROLE)
+        high = _int_setting(raw, f"{prefix}Max", 0, MAX_WORKERS_PER_ROLE)
+        desired = _int_setting(raw, f"{prefix}Desired", 0, MAX_WORKERS_PER_ROLE)
+        if not low <= desired <= high:
+            raise ConfigError(f"{prefix}Min <= {prefix}Desired <= {prefix}Max must hold, got {low}, {desired}, {high}")
+        sizes[role] = PoolSize(low, high, desired)
+    if all(size.max == 0 for size in sizes.values()):
+        raise ConfigError("pythonPoolMax and nodejsPoolMax are both 0; a fleet needs at least one worker")
+    return sizes
+
+
 def parse_settings(
-    raw: Mapping[str, str], *, project: str, stack: str, region: Optional[str], token_is_secret: bool = True
+    raw: Mapping[str, str], *, project: str, stack: str, region: str | None, token_is_secret: bool = True
 ) -> FleetSettings:
     """Validate raw config strings (unset keys may be missing or empty) into FleetSettings."""
 
@@ -206,7 +244,9 @@ def parse_settings(
 
     python_workers = _int_setting(raw, "pythonWorkers", 0, MAX_WORKERS_PER_ROLE)
     nodejs_workers = _int_setting(raw, "nodejsWorkers", 0, MAX_WORKERS_PER_ROLE)
-    if python_workers + nodejs_workers == 0:
+    worker_pools = _bool_setting(raw, "workerPools")
+    pool_sizes = _pool_sizes(raw) if worker_pools else {}
+    if python_workers + nodejs_workers == 0 and not worker_pools:
         raise ConfigError("pythonWorkers and nodejsWorkers are both 0; a fleet needs at least one worker")
     python_port = _int_setting(raw, "pythonPort", 1024, 65535, ROLE_SPECS["worker-python"].port)
     nodejs_port = _int_setting(raw, "nodejsPort", 1024, 65535, ROLE_SPECS["worker-nodejs"].port)
@@ -247,6 +287,9 @@ def parse_settings(
         worker_token=worker_token,
         ami_id=ami_id,
         subnet_id=subnet_id,
+        worker_pools=worker_pools,
+        pool_sizes=pool_sizes,
+        network_in_target_mb=_int_setting(raw, "poolNetworkInTargetMb", 1, 100_000),
         warnings=tuple(
             w
             for w in (cidr_warning("clientCidr", client_cidr), admin_cidr and cidr_warning("adminCidr", admin_cidr))

@@ -21,6 +21,7 @@ STACK = "dev"
 REGION = "eu-west-1"
 MOCK_AMI = "ami-0123456789abcdef0"
 MOCK_VPC = "vpc-0123456789abcdef0"
+MOCK_SUBNETS = ("subnet-0aaaaaaaaaaaaaaa1", "subnet-0aaaaaaaaaaaaaaa2", "subnet-0aaaaaaaaaaaaaaa3")
 MOCK_TOKEN = "generated-token-0123456789abcdefghij"
 
 
@@ -55,6 +56,10 @@ class FleetMocks(pulumi.runtime.Mocks):
             outputs["arn"] = f"arn:aws:s3:::{args.name}-0001"
         if args.typ in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
             outputs["name"] = f"{args.name}-0001"
+        if args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
+            outputs["latestVersion"] = 1
+        if args.typ == "aws:autoscaling/group:Group":
+            outputs["name"] = f"{args.name}-0001"
         resource_id = f"i-{args.name}" if args.typ == "aws:ec2/instance:Instance" else f"{args.name}-id"
         return resource_id, outputs
 
@@ -62,6 +67,10 @@ class FleetMocks(pulumi.runtime.Mocks):
         self.calls.append(args)
         if args.token == "aws:ec2/getAmi:getAmi":
             return {"id": MOCK_AMI, "architecture": "x86_64", "name": "ubuntu-noble-24.04-amd64-server-20261101"}
+        if args.token == "aws:ec2/getVpc:getVpc":
+            return {"id": MOCK_VPC}
+        if args.token == "aws:ec2/getSubnets:getSubnets":
+            return {"id": MOCK_VPC, "ids": list(MOCK_SUBNETS)}
         if args.token == "aws:ec2/getSubnet:getSubnet":
             return {"id": args.args["id"], "vpcId": MOCK_VPC}
         return {}
