@@ -5,6 +5,7 @@ One table per rule; one test id per row, carrying the runtime (`-k python`, `-k 
 four drifts that issue 14 measured between the runtimes are `test_issue14_drift[...]`. Hostile
 clients come from tests/support/hostile_client.py; every attack is bounded in count and time.
 """
+
 from __future__ import annotations
 
 import io
@@ -20,9 +21,9 @@ from PIL import Image
 from referencing import Registry
 from referencing.jsonschema import DRAFT7
 
+from scripts.testkit.procs import ROOT, RUNTIMES, start_worker
 from tests.support import hostile_client as hostile
 from tests.support.hostile_client import HealthProbe, Reply, Target
-from scripts.testkit.procs import ROOT, RUNTIMES, start_worker
 
 SPEC = json.loads((ROOT / "tests" / "contract" / "openapi.json").read_text())
 SCHEMAS = Registry().with_resource("urn:openapi", DRAFT7.create_resource(SPEC))
@@ -32,15 +33,16 @@ TOKEN = "rules-s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MAX_BYTES = 20000
 TOKEN_ENV = {"WORKER_TOKEN": TOKEN, "WORKER_MAX_BYTES": str(MAX_BYTES)}
-BIG_SIDE = (4000, 2000)                      # 8 MP: a 24 MB raw reply from a ~25 KB PNG
+BIG_SIDE = (4000, 2000)  # 8 MP: a 24 MB raw reply from a ~25 KB PNG
 ADMISSION_ENV = {"WORKER_MAX_PIXELS": "10000000", "WORKER_MAX_INFLIGHT_PIXELS": "6000000"}
-HEALTH_BOUND = 1.0                           # rule 10: /healthz under 1 s while attacked
-EARLY_CLOSE_BOUND = 1 << 20                  # rule 3: 64 KiB read + socket buffers, far below 10 MB
+HEALTH_BOUND = 1.0  # rule 10: /healthz under 1 s while attacked
+EARLY_CLOSE_BOUND = 1 << 20  # rule 3: 64 KiB read + socket buffers, far below 10 MB
 FRAMEWORK_NAMES = re.compile(r"gunicorn|werkzeug|flask|express|node|python|uvicorn", re.I)
 TIMEOUT = 30
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def vector(name: str) -> bytes:
     return (VECTORS / "inputs" / name).read_bytes()
@@ -77,15 +79,14 @@ def check_error(reply: Reply | requests.Response | None, status: int | tuple, co
 def post_query(worker, query: str, data: bytes, content_type: str = "image/png", headers=None):
     """POST /process with the query string exactly as written (already percent-encoded)."""
     url = worker.url + "/process" + (f"?{query}" if query else "")
-    return requests.post(url, data=data, headers={"Content-Type": content_type, **(headers or {})},
-                         timeout=TIMEOUT)
+    return requests.post(url, data=data, headers={"Content-Type": content_type, **(headers or {})}, timeout=TIMEOUT)
 
 
 def raw_pixels(data: bytes) -> np.ndarray:
     match = re.match(rb"P6\n(\d+) (\d+)\n255\n", data)
     assert match, f"want a raw P6 reply, got {data[:20]!r}"
     width, height = int(match[1]), int(match[2])
-    return np.frombuffer(data[match.end():], np.uint8).reshape(height, width, 3)
+    return np.frombuffer(data[match.end() :], np.uint8).reshape(height, width, 3)
 
 
 def expected_pixels(path: str) -> np.ndarray:
@@ -118,12 +119,17 @@ def alive(worker) -> None:
 
 
 def authorised_raw(target: Target, value: str, body: bytes) -> Reply | None:
-    request = hostile.head("POST", "/process?op=invert", target, {
-        "Content-Type": "image/png", "Authorization": value, "Content-Length": str(len(body))})
+    request = hostile.head(
+        "POST",
+        "/process?op=invert",
+        target,
+        {"Content-Type": "image/png", "Authorization": value, "Content-Length": str(len(body))},
+    )
     return hostile.send_raw(target, request + body)
 
 
 # ---------------------------------------------------------------- fixtures
+
 
 @pytest.fixture(scope="module", params=RUNTIMES)
 def token_worker(request, worker_factory):
@@ -342,8 +348,9 @@ SNIFF_EXTRA = [  # existing inputs whose format is refused, sent under a content
 ]
 
 
-@pytest.mark.parametrize("case", RULE_VECTORS + SNIFF_EXTRA,
-                         ids=[f"rule{c['rule']}-{c['input']}" for c in RULE_VECTORS + SNIFF_EXTRA])
+@pytest.mark.parametrize(
+    "case", RULE_VECTORS + SNIFF_EXTRA, ids=[f"rule{c['rule']}-{c['input']}" for c in RULE_VECTORS + SNIFF_EXTRA]
+)
 def test_format_rule(any_worker, case):
     response = post_query(any_worker, "op=invert&format=raw", vector(case["input"]), case["content_type"])
     if case["status"] != 200:
@@ -354,6 +361,7 @@ def test_format_rule(any_worker, case):
 
 
 # ---------------------------------------------------------------- rule 6: multipart
+
 
 def multipart(parts: list[tuple[str, bytes]], boundary: str = "RuleBoundary", close: bool = True) -> bytes:
     out = b""
@@ -373,8 +381,12 @@ def test_multipart_image_without_filename(any_worker):
 
 
 def test_multipart_two_image_parts_is_bad_param(any_worker):
-    body = multipart([('name="image"; filename="a.png"', vector("photo.png")),
-                      ('name="image"; filename="b.png"', vector("photo.png"))])
+    body = multipart(
+        [
+            ('name="image"; filename="a.png"', vector("photo.png")),
+            ('name="image"; filename="b.png"', vector("photo.png")),
+        ]
+    )
     check_error(post_query(any_worker, "op=invert", body, MULTIPART_TYPE), 400, "bad_param")
 
 
@@ -394,10 +406,15 @@ def test_truncated_multipart_issue_11_is_400_and_the_worker_lives(fresh_worker):
 
 # ---------------------------------------------------------------- rule 7: methods
 
+
 @pytest.mark.parametrize("method", ["OPTIONS", "PUT", "DELETE", "PATCH", "GET", "HEAD"])
 def test_other_methods_on_process_are_405_with_allow_post(any_worker, method):
-    response = requests.request(method, any_worker.url + "/process", timeout=TIMEOUT,
-                                headers={"Origin": "http://evil.localhost", "Access-Control-Request-Method": "POST"})
+    response = requests.request(
+        method,
+        any_worker.url + "/process",
+        timeout=TIMEOUT,
+        headers={"Origin": "http://evil.localhost", "Access-Control-Request-Method": "POST"},
+    )
     assert response.status_code == 405, f"{method}: {response.status_code} {response.text[:200]}"
     allowed = {m.strip() for m in response.headers.get("Allow", "").split(",") if m.strip()}
     assert allowed == {"POST"}, f"{method}: Allow is {response.headers.get('Allow')!r}"
@@ -407,21 +424,32 @@ def test_other_methods_on_process_are_405_with_allow_post(any_worker, method):
 
 # ---------------------------------------------------------------- rule 8: every error is the contract's JSON
 
+
 def server_level_cases(target: Target) -> dict:
     """Requests the HTTP server itself refuses; the chunked ones carry the token, so the body is parsed."""
     return {
         "bad-request-line": lambda: hostile.send_raw(target, b"GARBAGE\r\n\r\n"),
         "header-without-colon": lambda: hostile.send_raw(
-            target, f"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization Bearer {TOKEN}\r\n\r\n".encode()),
+            target, f"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization Bearer {TOKEN}\r\n\r\n".encode()
+        ),
         "invalid-chunk-size": lambda: hostile.invalid_chunk_size(target, headers=AUTH),
         "over-long-chunk-extension": lambda: hostile.long_chunk_extension(target, headers=AUTH),
         "headers-too-large": lambda: hostile.send_raw(
-            target, hostile.head("GET", "/healthz", target, {"X-Pad": "p" * 65536})),
+            target, hostile.head("GET", "/healthz", target, {"X-Pad": "p" * 65536})
+        ),
     }
 
 
-@pytest.mark.parametrize("case", ["bad-request-line", "header-without-colon", "invalid-chunk-size",
-                                  "over-long-chunk-extension", "headers-too-large"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "bad-request-line",
+        "header-without-colon",
+        "invalid-chunk-size",
+        "over-long-chunk-extension",
+        "headers-too-large",
+    ],
+)
 def test_server_level_error_is_contract_json(token_worker, case):
     reply = server_level_cases(Target.of(token_worker.url))[case]()
     check_error(reply, tuple(range(400, 500)))
@@ -442,14 +470,20 @@ def framework_probe_replies(worker) -> dict:
     url = worker.url
     return {
         "healthz": requests.get(url + "/healthz", timeout=TIMEOUT),
-        "process-200": requests.post(url + "/process?op=invert", data=vector("photo.png"), timeout=TIMEOUT,
-                                     headers={"Content-Type": "image/png", **AUTH}),
-        "401": requests.post(url + "/process", data=vector("photo.png"), timeout=TIMEOUT,
-                             headers={"Content-Type": "image/png"}),
+        "process-200": requests.post(
+            url + "/process?op=invert",
+            data=vector("photo.png"),
+            timeout=TIMEOUT,
+            headers={"Content-Type": "image/png", **AUTH},
+        ),
+        "401": requests.post(
+            url + "/process", data=vector("photo.png"), timeout=TIMEOUT, headers={"Content-Type": "image/png"}
+        ),
         "404": requests.get(url + "/nope", timeout=TIMEOUT),
         "405": requests.options(url + "/process", timeout=TIMEOUT),
-        "413": requests.post(url + "/process", data=bytes(MAX_BYTES + 1), timeout=TIMEOUT,
-                             headers={"Content-Type": "image/png", **AUTH}),
+        "413": requests.post(
+            url + "/process", data=bytes(MAX_BYTES + 1), timeout=TIMEOUT, headers={"Content-Type": "image/png", **AUTH}
+        ),
     }
 
 
@@ -469,8 +503,12 @@ def test_413_message_wording_by_content_length(token_worker):
 
 def test_413_message_wording_counted_while_reading(token_worker):
     chunks = (bytes(1000) for _ in range(30))  # no Content-Length: sent chunked, counted by the worker
-    response = requests.post(token_worker.url + "/process?op=invert", data=chunks, timeout=TIMEOUT,
-                             headers={"Content-Type": "image/png", **AUTH})
+    response = requests.post(
+        token_worker.url + "/process?op=invert",
+        data=chunks,
+        timeout=TIMEOUT,
+        headers={"Content-Type": "image/png", **AUTH},
+    )
     body = check_error(response, 413, "too_large")
     match = re.fullmatch(rf"body of (\d+) bytes is over the {MAX_BYTES} byte limit", body["error"]["message"])
     assert match and int(match[1]) > MAX_BYTES, body
@@ -493,29 +531,32 @@ EARLY_REFUSALS_OPEN = [  # (id, method, path, headers, status), on a worker with
 def assert_refused_early(worker, method: str, path: str, headers: dict, status: int) -> None:
     """A 10 MB push that is refused: the answer comes at once with Connection: close, and the
     server reads at most 64 KiB (or 1 s) of it before closing."""
-    result = hostile.push_body(Target.of(worker.url), headers, total=10_000_000, limit=5,
-                               method=method, path=path)
+    result = hostile.push_body(Target.of(worker.url), headers, total=10_000_000, limit=5, method=method, path=path)
     check_error(result.reply, status)
     assert result.reply.headers.get("connection", "").lower() == "close", result.reply.headers
     assert result.closed, f"the server never closed; it took all {result.accepted} bytes"
     assert result.seconds < 3.0, f"the refused connection stayed open {result.seconds:.1f} s (rule: 1 s)"
     assert result.accepted <= EARLY_CLOSE_BOUND, (
-        f"the server took {result.accepted} bytes of a refused body (bound {EARLY_CLOSE_BOUND})")
+        f"the server took {result.accepted} bytes of a refused body (bound {EARLY_CLOSE_BOUND})"
+    )
 
 
-@pytest.mark.parametrize("method, path, headers, status", [r[1:] for r in EARLY_REFUSALS_TOKEN],
-                         ids=[r[0] for r in EARLY_REFUSALS_TOKEN])
+@pytest.mark.parametrize(
+    "method, path, headers, status", [r[1:] for r in EARLY_REFUSALS_TOKEN], ids=[r[0] for r in EARLY_REFUSALS_TOKEN]
+)
 def test_refused_upload_is_closed_early_token(token_worker, method, path, headers, status):
     assert_refused_early(token_worker, method, path, headers, status)
 
 
-@pytest.mark.parametrize("method, path, headers, status", [r[1:] for r in EARLY_REFUSALS_OPEN],
-                         ids=[r[0] for r in EARLY_REFUSALS_OPEN])
+@pytest.mark.parametrize(
+    "method, path, headers, status", [r[1:] for r in EARLY_REFUSALS_OPEN], ids=[r[0] for r in EARLY_REFUSALS_OPEN]
+)
 def test_refused_upload_is_closed_early(any_worker, method, path, headers, status):
     assert_refused_early(any_worker, method, path, headers, status)
 
 
 # ---------------------------------------------------------------- rule 9: memory admission
+
 
 def test_healthz_shows_pixel_admission_defaults(any_worker):
     body = health(any_worker)
@@ -544,9 +585,16 @@ class HeldReply:
     def __init__(self, worker, png: bytes):
         self.target = Target.of(worker.url)
         self.sock = self.target.connect(TIMEOUT, rcvbuf=4096)
-        self.sock.sendall(hostile.head("POST", "/process?op=invert&format=raw", self.target, {
-            "Content-Type": "image/png", "Content-Length": str(len(png))}) + png)
-        self.first = self.sock.recv(64)   # the reply has started: the request was admitted
+        self.sock.sendall(
+            hostile.head(
+                "POST",
+                "/process?op=invert&format=raw",
+                self.target,
+                {"Content-Type": "image/png", "Content-Length": str(len(png))},
+            )
+            + png
+        )
+        self.first = self.sock.recv(64)  # the reply has started: the request was admitted
 
     def close(self) -> None:
         self.sock.close()
@@ -583,6 +631,7 @@ def test_pixel_admission_holds_until_the_reply_is_gone(admission_worker):
 
 # ---------------------------------------------------------------- rule 10: health under attack
 
+
 def assert_health_fast(probe: HealthProbe, what: str) -> None:
     fast = probe.failed() == 0 and probe.worst() < HEALTH_BOUND
     assert fast and len(probe.samples) >= 10, f"{what}: {probe.summary()} (want >= 10, all under 1 s)"
@@ -594,9 +643,11 @@ def test_health_under_idle_connections_and_slow_headers(any_worker):
     every idle and header-trickling connection within 5 s (checked after 10.5 s: slack for
     opening 1100 sockets on a loaded machine and for once-a-second sweeps)."""
     target = Target.of(any_worker.url)
-    with HealthProbe(any_worker.url) as probe, \
-            hostile.IdleConnections(target, 1100, duration=11, renew_every=1.0) as idle, \
-            hostile.SlowHeaders(target, 8, interval=0.5, duration=11) as slow:
+    with (
+        HealthProbe(any_worker.url) as probe,
+        hostile.IdleConnections(target, 1100, duration=11, renew_every=1.0) as idle,
+        hostile.SlowHeaders(target, 8, interval=0.5, duration=11) as slow,
+    ):
         time.sleep(10.5)
         closed = idle.renewed + idle.closed_by_server()
     assert idle.opened >= 1100 and not idle.errors, (idle.opened, idle.refused, idle.errors[:3])
@@ -609,8 +660,10 @@ def test_health_under_unauthorised_slow_bodies(token_worker):
     """Issue 11 item 2(a): 8 connections declaring 10 MB with no token, then 1 byte every 0.5 s.
     Each is answered 401 and closed within about 1 s; health stays fast."""
     target = Target.of(token_worker.url)
-    with HealthProbe(token_worker.url) as probe, \
-            hostile.SlowBody(target, 8, declared=10_000_000, interval=0.5, duration=4.5) as slow:
+    with (
+        HealthProbe(token_worker.url) as probe,
+        hostile.SlowBody(target, 8, declared=10_000_000, interval=0.5, duration=4.5) as slow,
+    ):
         time.sleep(4)
     assert_health_fast(probe, "8 unauthorised slow bodies")
     assert slow.statuses == [401] * 8, slow.statuses
@@ -619,8 +672,10 @@ def test_health_under_unauthorised_slow_bodies(token_worker):
 
 def test_health_while_slow_authorised_bodies_hold_every_slot(token_worker):
     target = Target.of(token_worker.url)
-    with HealthProbe(token_worker.url) as probe, \
-            hostile.SlowBody(target, 6, headers=AUTH, declared=MAX_BYTES - 100, interval=0.5, duration=4.5):
+    with (
+        HealthProbe(token_worker.url) as probe,
+        hostile.SlowBody(target, 6, headers=AUTH, declared=MAX_BYTES - 100, interval=0.5, duration=4.5),
+    ):
         time.sleep(4)
     assert_health_fast(probe, "6 authorised slow bodies")
 
@@ -630,5 +685,6 @@ def test_health_under_long_authorization_flood(token_worker):
     with HealthProbe(token_worker.url) as probe, hostile.LongAuthFlood(target, parallel=4, duration=4) as flood:
         time.sleep(4)
     assert_health_fast(probe, "4 clients sending 16 KB Authorization headers")
-    assert flood.replies and all(reply is not None and reply.status in (401, 431) for reply in flood.replies), \
-        {reply.status if reply else None for reply in flood.replies}
+    assert flood.replies and all(reply is not None and reply.status in (401, 431) for reply in flood.replies), {
+        reply.status if reply else None for reply in flood.replies
+    }

@@ -13,8 +13,10 @@ are context managers: `IdleConnections`, `SlowBody`, `SlowHeaders`, `LongAuthFlo
 Every socket has a timeout, every loop a deadline, and `close()`/`__exit__` closes all
 sockets, so a broken server fails a test instead of hanging it.
 """
+
 from __future__ import annotations
 
+import contextlib
 import http.client
 import select
 import socket
@@ -23,11 +25,13 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-MAX_SOCKETS = 2000          # an upper bound on any one attack's connections
-MAX_SECONDS = 60            # an upper bound on any one attack's duration
-LONG_AUTH = "Bearer a" + " " * 16200 + "b"   # issue 11 item 2(c): quadratic in a backtracking regex
-TRUNCATED_MULTIPART = (b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.bmp\"\r\n"
-                       b"Content-Type: image/bmp\r\n\r\nBM")   # issue 11 item 1: EOF inside the part
+MAX_SOCKETS = 2000  # an upper bound on any one attack's connections
+MAX_SECONDS = 60  # an upper bound on any one attack's duration
+LONG_AUTH = "Bearer a" + " " * 16200 + "b"  # issue 11 item 2(c): quadratic in a backtracking regex
+TRUNCATED_MULTIPART = (
+    b'--XyZ\r\nContent-Disposition: form-data; name="image"; filename="a.bmp"\r\n'
+    b"Content-Type: image/bmp\r\n\r\nBM"
+)  # issue 11 item 1: EOF inside the part
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ class Target:
 @dataclass
 class Reply:
     status: int
-    headers: dict          # lower-case names
+    headers: dict  # lower-case names
     body: bytes
     seconds: float = 0.0
 
@@ -102,22 +106,26 @@ def send_raw(target: Target, data: bytes, *, end: bool = False, limit: float = 1
 def truncated_multipart(target: Target, path: str = "/process", headers: dict | None = None) -> Reply | None:
     """The ~100-byte multipart body that ends inside the `image` part, then EOF."""
     body = TRUNCATED_MULTIPART
-    request = head("POST", path, target, {"Content-Type": "multipart/form-data; boundary=XyZ",
-                                           "Content-Length": str(len(body)), **(headers or {})})
+    request = head(
+        "POST",
+        path,
+        target,
+        {"Content-Type": "multipart/form-data; boundary=XyZ", "Content-Length": str(len(body)), **(headers or {})},
+    )
     return send_raw(target, request + body, end=True)
 
 
 def chunked_head(target: Target, path: str = "/process", headers: dict | None = None) -> bytes:
-    return head("POST", path, target, {"Content-Type": "image/png", "Transfer-Encoding": "chunked",
-                                        **(headers or {})})
+    return head("POST", path, target, {"Content-Type": "image/png", "Transfer-Encoding": "chunked", **(headers or {})})
 
 
 def invalid_chunk_size(target: Target, path: str = "/process", headers: dict | None = None) -> Reply | None:
     return send_raw(target, chunked_head(target, path, headers) + b"zz\r\nhello\r\n0\r\n\r\n")
 
 
-def long_chunk_extension(target: Target, path: str = "/process", headers: dict | None = None,
-                         length: int = 20000) -> Reply | None:
+def long_chunk_extension(
+    target: Target, path: str = "/process", headers: dict | None = None, length: int = 20000
+) -> Reply | None:
     extension = b";" + b"a" * length
     return send_raw(target, chunked_head(target, path, headers) + b"5" + extension + b"\r\nhello\r\n0\r\n\r\n")
 
@@ -132,12 +140,14 @@ def leave_mid_chunked(target: Target, path: str = "/process", headers: dict | No
 
 def long_authorization(target: Target, value: str = LONG_AUTH, path: str = "/process") -> Reply | None:
     body = b"\x89PNG\r\n\x1a\n"
-    request = head("POST", path, target, {"Content-Type": "image/png", "Authorization": value,
-                                           "Content-Length": str(len(body))})
+    request = head(
+        "POST", path, target, {"Content-Type": "image/png", "Authorization": value, "Content-Length": str(len(body))}
+    )
     return send_raw(target, request + body)
 
 
 # ---------------------------------------------------------------- attacks that run in the background
+
 
 class _Attack:
     """A background thread with a deadline and a list of sockets that `close()` always closes."""
@@ -169,10 +179,8 @@ class _Attack:
         self._stop.set()
         self._thread.join(timeout=10)
         for sock in self.sockets:
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
 
     def __enter__(self):
         return self.start()
@@ -189,7 +197,7 @@ class IdleConnections(_Attack):
         self.target, self.count, self.renew_every = target, min(count, MAX_SOCKETS), renew_every
         self.opened = 0
         self.refused = 0
-        self.renewed = 0    # connections the server closed, noticed and replaced
+        self.renewed = 0  # connections the server closed, noticed and replaced
 
     def _open(self) -> None:
         try:
@@ -219,13 +227,21 @@ class IdleConnections(_Attack):
 class SlowBody(_Attack):
     """`count` POSTs that declare a body of `declared` bytes, then send 1 byte every `interval`."""
 
-    def __init__(self, target: Target, count: int = 8, headers: dict | None = None, declared: int = 10_000_000,
-                 interval: float = 0.5, duration: float = 10, path: str = "/process"):
+    def __init__(
+        self,
+        target: Target,
+        count: int = 8,
+        headers: dict | None = None,
+        declared: int = 10_000_000,
+        interval: float = 0.5,
+        duration: float = 10,
+        path: str = "/process",
+    ):
         super().__init__(duration)
         self.target, self.count, self.interval, self.path = target, min(count, MAX_SOCKETS), interval, path
         self.headers = {"Content-Type": "image/png", "Content-Length": str(declared), **(headers or {})}
         self.sent = 0
-        self.closed = 0         # connections the server closed while we trickled
+        self.closed = 0  # connections the server closed while we trickled
         self.statuses: list[int] = []
 
     def run(self) -> None:
@@ -269,8 +285,9 @@ class SlowHeaders(_Attack):
 class LongAuthFlood(_Attack):
     """`parallel` clients sending requests with a 16 KB Authorization header back to back."""
 
-    def __init__(self, target: Target, value: str = LONG_AUTH, parallel: int = 4, duration: float = 5,
-                 max_requests: int = 400):
+    def __init__(
+        self, target: Target, value: str = LONG_AUTH, parallel: int = 4, duration: float = 5, max_requests: int = 400
+    ):
         super().__init__(duration)
         self.target, self.value, self.max_requests = target, value, max_requests
         self.parallel = min(parallel, 32)
@@ -294,17 +311,25 @@ class LongAuthFlood(_Attack):
 
 # ---------------------------------------------------------------- a refused upload: how much was read
 
+
 @dataclass
 class PushResult:
-    accepted: int                  # bytes our kernel took from us before the server closed
+    accepted: int  # bytes our kernel took from us before the server closed
     reply: Reply | None
     seconds: float
-    closed: bool                   # the server closed (or reset) before we sent everything
+    closed: bool  # the server closed (or reset) before we sent everything
     errors: list = field(default_factory=list)
 
 
-def push_body(target: Target, headers: dict, total: int = 10_000_000, limit: float = 5,
-              sndbuf: int = 65536, method: str = "POST", path: str = "/process") -> PushResult:
+def push_body(
+    target: Target,
+    headers: dict,
+    total: int = 10_000_000,
+    limit: float = 5,
+    sndbuf: int = 65536,
+    method: str = "POST",
+    path: str = "/process",
+) -> PushResult:
     """POST `total` declared bytes as fast as the server takes them, while reading its reply.
 
     `accepted` bounds what the server read from above: it is what the server read plus what sat
@@ -313,11 +338,10 @@ def push_body(target: Target, headers: dict, total: int = 10_000_000, limit: flo
     result = PushResult(0, None, 0.0, False)
     started = time.monotonic()
     replies: list = []
-    reading = sock.dup()   # its own timeout; the pusher's short timeouts must not cut the read
+    reading = sock.dup()  # its own timeout; the pusher's short timeouts must not cut the read
     reader = threading.Thread(target=lambda: replies.append(_read_quietly(reading, limit)), daemon=True)
     try:
-        sock.sendall(head(method, path, target, {"Content-Type": "image/png", "Content-Length": str(total),
-                                                 **headers}))
+        sock.sendall(head(method, path, target, {"Content-Type": "image/png", "Content-Length": str(total), **headers}))
         reader.start()
         result.accepted, result.closed = _push(sock, total, started + limit)
         reader.join(timeout=limit)
@@ -353,6 +377,7 @@ def _read_quietly(sock: socket.socket, limit: float) -> Reply | None:
 
 # ---------------------------------------------------------------- /healthz latency while attacked
 
+
 class HealthProbe:
     """Time GET /healthz on a fresh connection every `interval` seconds in a background thread.
 
@@ -361,7 +386,7 @@ class HealthProbe:
     def __init__(self, url: str, interval: float = 0.1, timeout: float = 5, max_samples: int = 600):
         self.target = Target.of(url)
         self.interval, self.timeout, self.max_samples = interval, timeout, max_samples
-        self.samples: list[tuple[float, int]] = []     # (seconds, status; 0 = no reply)
+        self.samples: list[tuple[float, int]] = []  # (seconds, status; 0 = no reply)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="health-probe")
 
@@ -392,8 +417,10 @@ class HealthProbe:
         times = sorted(seconds for seconds, _ in self.samples)
         if not times:
             return "no samples"
-        return (f"{len(times)} probes, median {times[len(times) // 2] * 1000:.0f} ms, "
-                f"max {times[-1] * 1000:.0f} ms, {self.failed()} not 200")
+        return (
+            f"{len(times)} probes, median {times[len(times) // 2] * 1000:.0f} ms, "
+            f"max {times[-1] * 1000:.0f} ms, {self.failed()} not 200"
+        )
 
     def __enter__(self):
         self._thread.start()
@@ -405,6 +432,7 @@ class HealthProbe:
 
 
 # ---------------------------------------------------------------- socket helpers
+
 
 def _closed_by_peer(sock: socket.socket, statuses: list | None = None) -> bool:
     """True when the peer has closed or reset. Whatever it sent first (a 408 or 401 reply, say)
