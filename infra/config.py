@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import pulumi
 
+from infra.pool_spec import PoolSize
 from stripes.roles import ROLE_SPECS
 
 MAX_WORKERS_PER_ROLE = 10  # a typo like 100 should not start 100 instances
@@ -51,13 +52,6 @@ POOL_KEYS = {"worker-python": "pythonPool", "worker-nodejs": "nodejsPool"}
 
 CLIENT_CIDR_HINT = 'pulumi config set clientCidr "$(curl -s https://checkip.amazonaws.com)/32"'
 ADMIN_CIDR_HINT = 'pulumi config set adminCidr "$(curl -s https://checkip.amazonaws.com)/32"'
-
-
-@dataclass(frozen=True)
-class PoolSize:
-    min: int
-    max: int
-    desired: int
 
 
 class ConfigError(pulumi.RunError):

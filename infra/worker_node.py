@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
+from infra.pool_spec import ROOT_VOLUME_GB  # one size for fixed and pooled hosts
 from stripes.roles import RoleSpec
-
-ROOT_VOLUME_GB = 8  # the Ubuntu image's size; the OS plus Node or a venv fit with room to spare
 
 
 @dataclass
