@@ -580,10 +580,8 @@ def process_one(batch: Batch, name: str, target: Target) -> int:
 
 def return_freed_memory() -> None:
     """Large buffers go straight to mmap and back to the system when freed (glibc; else nothing)."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-    except (OSError, AttributeError):
-        pass
 
 
 def process_command(args: argparse.Namespace, config: CoordinatorConfig) -> int:

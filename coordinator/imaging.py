@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import warnings
@@ -76,10 +77,9 @@ def load_image(data: bytes, max_pixels: int) -> Image.Image:
             raise InputError(f"image is {width}x{height}: it has no pixels")
         try:
             image.load()
-            try:
+            # unreadable EXIF: keep the stored orientation, as the workers do
+            with contextlib.suppress(OSError, ValueError, SyntaxError, EOFError, KeyError):
                 image = ImageOps.exif_transpose(image)
-            except (OSError, ValueError, SyntaxError, EOFError, KeyError):
-                pass  # unreadable EXIF: keep the stored orientation, as the workers do
             return image
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise InputError(f"image is truncated or corrupt ({image.format}): {exc}") from None

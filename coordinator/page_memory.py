@@ -12,6 +12,7 @@ optional malloc_trim: no Streamlit import, so it is tested with a fake clock and
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import threading
@@ -68,10 +69,8 @@ def release_freed_memory() -> None:
     name = ctypes.util.find_library("c")
     if not name:
         return
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def start_reaper(store: SessionImages, every: float = 10.0) -> threading.Thread:

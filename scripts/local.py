@@ -12,6 +12,7 @@ start with one line naming the variable to set. The page is pointed at the worke
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -178,10 +179,8 @@ def stop_all(grace: float = 15) -> int:
     names = [*WORKERS, "page"]
     pids = {name: pid for name in names if (pid := _running_pid(name))}
     for pid in pids.values():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(_alive(pid) for pid in pids.values()):
         time.sleep(0.1)

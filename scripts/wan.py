@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -172,10 +173,8 @@ class WanLink:
                     os.killpg(proc.pid, signal.SIGTERM)
                     proc.wait(timeout=10)
                 except (ProcessLookupError, subprocess.TimeoutExpired):
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.killpg(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
                     proc.wait(timeout=5)
         self.processes.clear()
         run("ip", "netns", "del", self.name, check=False)  # takes the veth pair with it

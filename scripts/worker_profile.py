@@ -16,6 +16,7 @@ made on the same machine at the same time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -57,10 +58,8 @@ class MemoryWatch:
     def rss(self) -> int:
         total = 0
         for proc in self.tree():
-            try:
+            with contextlib.suppress(psutil.Error):
                 total += proc.memory_info().rss
-            except psutil.Error:
-                pass
         return total
 
     def _run(self) -> None:
@@ -96,10 +95,8 @@ def vm_hwm(pid: int) -> int | None:
 
 
 def reset_hwm(pid: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # 5 = reset the peak RSS counter
-    except OSError:
-        pass
 
 
 def profile(

@@ -8,6 +8,7 @@ All paths sit under `remote_root` ('/' in production) so tests can use a tempora
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import re
 import shlex
@@ -135,10 +136,8 @@ cat {q(manifest)} 2>/dev/null || echo "#missing"
         try:
             home = sftp.normalize(".")
             staging = posixpath.join(home, STAGING_DIR)
-            try:
+            with contextlib.suppress(OSError):  # already there
                 sftp.mkdir(staging, 0o700)
-            except OSError:
-                pass  # already there
             remote = posixpath.join(staging, f"{self.worker.role}-{self.bundle.build_id}.tar.gz")
             with sftp.open(remote, "wb") as out:
                 out.write(self.bundle.tarball)

@@ -22,6 +22,7 @@ the faulty worker, which is the point):
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import os
@@ -118,10 +119,8 @@ class FaultProxy:
         except OSError:
             pass
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 client.close()
-            except OSError:
-                pass
 
     def _pump(self, client: socket.socket, throttled: bool) -> None:
         upstream = socket.create_connection(self.upstream, timeout=60)
@@ -142,10 +141,8 @@ class FaultProxy:
                 pass
             finally:
                 for sock in (src, dst):
-                    try:
+                    with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
 
         back = threading.Thread(target=copy, args=(upstream, client), daemon=True)
         back.start()

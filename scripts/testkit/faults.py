@@ -5,6 +5,7 @@ tests/test_faults.py asserts on them; scripts/soak.py runs them and tabulates th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -71,10 +72,8 @@ def retried(result) -> bool:
 
 def kill_group(worker, signum: int) -> bool:
     """Signal the worker's whole process group: a pre-fork server's children too."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(worker.pid, signum)
-    except ProcessLookupError:
-        pass
     return True
 
 

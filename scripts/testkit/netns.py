@@ -10,6 +10,7 @@ Needs root (CAP_NET_ADMIN) and iproute2's `ip` and `tc`; `available()` says why 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -81,10 +82,8 @@ class SlowLoopback:
     def __exit__(self, *exc) -> None:
         for proc in self.processes:  # started with start_new_session: kill the group
             if proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 proc.wait(timeout=10)
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=20)
 

@@ -4,6 +4,7 @@ Pure: bytes in, images out; raises only ImageError subclasses (errors.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import struct
@@ -121,10 +122,9 @@ def load_rgb(image: Image.Image, data: bytes, seconds: float = DECODE_SECONDS) -
         raise TooManyPixels(_one_line(exc)) from None
     except DECODER_ERRORS as exc:
         raise BadImage(f"cannot decode {image.format}: {_one_line(exc)}") from None
-    try:
+    # unreadable EXIF: keep the stored orientation rather than refuse the picture
+    with contextlib.suppress(DECODER_ERRORS):
         ImageOps.exif_transpose(image, in_place=True)
-    except DECODER_ERRORS:
-        pass  # unreadable EXIF: keep the stored orientation rather than refuse the picture
     try:
         return to_rgb(image)
     except DECODER_ERRORS as exc:
