@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from coordinator.config import CoordinatorConfig, redact_url
 from coordinator.plan import OPERATIONS
-from coordinator.transport import Limits, Transport, TransportError, daemon_map
+from coordinator.transport import Limits, Transport, TransportError, daemon_map, printable
 
 HEALTH_MAX_BYTES = 65536  # a real reply is ~400 bytes
 # Contract defaults (WORKER_MAX_BYTES / WORKER_MAX_PIXELS), assumed when a worker does not say.
@@ -87,16 +87,21 @@ def status_from(url: str, http_status: int, body: dict, latency: float) -> Worke
                           max_inflight=bounded_int(body.get("max_inflight"), 4, MAX_INFLIGHT_CAP),
                           max_bytes=bounded_int(body.get("max_bytes"), DEFAULT_MAX_BYTES, 1 << 40),
                           max_pixels=bounded_int(body.get("max_pixels"), DEFAULT_MAX_PIXELS, 1 << 40))
+    status.error = health_error(names, http_status, body)
+    status.ok = status.error is None
+    return status
+
+
+def health_error(names: dict, http_status: int, body: dict) -> str | None:
+    """Why a /healthz object makes its worker unusable, or None when it is healthy."""
     bad = [key for key in ("service", "runtime") if names[key] is None]  # routing needs these
     if bad:
-        status.error = f"not a worker: /healthz field {bad[0]!r} is missing or not a short name"
-    elif http_status != 200 or body.get("status") != "ok":
+        return f"not a worker: /healthz field {bad[0]!r} is missing or not a short name"
+    if http_status != 200 or body.get("status") != "ok":
         reason = body.get("reason") or body.get("status") or "not ok"
         shown = reason if isinstance(reason, str) and REASON.fullmatch(reason) else "reason not shown: unsafe text"
-        status.error = f"unhealthy (HTTP {http_status}, {shown})"
-    else:
-        status.ok = True
-    return status
+        return f"unhealthy (HTTP {http_status}, {shown})"
+    return None
 
 
 def bounded_int(value: object, default: int, high: int) -> int:
@@ -104,11 +109,6 @@ def bounded_int(value: object, default: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         return default
     return min(value, high)
-
-
-def printable(text: str, limit: int = 200) -> str:
-    """Worker-supplied text as we show it: printable characters only (no terminal escapes), bounded."""
-    return "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
 
 
 def short(text: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import http.client
 import itertools
+import json
 import select
 import socket
 import ssl
@@ -21,6 +22,10 @@ from urllib.parse import urlsplit
 
 READ_CHUNK = 1 << 20
 SEND_CHUNK = 1 << 16  # each piece's sendall waits at most the silence bound
+# An exchange must keep moving: beyond connect + read timeouts it may take 1 s per
+# MIN_TRANSFER_RATE bytes of its body and of the reply's raw size, so a worker (or a path)
+# that trickles bytes, headers included, cannot hold a strip forever.
+MIN_TRANSFER_RATE = 128 * 1024
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,28 @@ class Reply:
     @property
     def content_type(self) -> str:
         return (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+
+
+def exchange_limits(connect: float, idle: float, body_size: int, raw_size: int) -> Limits:
+    """Bounds of one request whose reply is at most raw_size pixels' bytes: connect, silence,
+    and a deadline for the whole exchange."""
+    allowance = (body_size + raw_size) / MIN_TRANSFER_RATE
+    return Limits(connect=connect, idle=idle, total=connect + idle + allowance,
+                  max_body=2 * raw_size + 65536)  # a compressed reply is never near twice the raw pixels
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Worker-supplied text as we show it: printable characters only (no terminal escapes), bounded."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
+
+
+def error_reason(status: int, content: bytes) -> str:
+    """A worker's error reply as one line: its JSON code and message, shown printable."""
+    try:
+        error = json.loads(content)["error"]
+        return printable(f"HTTP {status} {error['code']}: {error['message']}")
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return f"HTTP {status}"
 
 
 class TransportError(Exception):

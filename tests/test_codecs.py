@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from coordinator import codecs, engine, imaging
+from coordinator import codecs, imaging, pieces, request
 from coordinator.config import CoordinatorConfig, load_config
 from coordinator.engine import run_job
 from coordinator.errors import ConfigError
 from scripts.testkit.images import encoded, photo, png_bytes
-from tests.conftest import skip_or_fail
+from tests.support.ci import skip_or_fail
 
 PLAN = "grayscale,sepia,blur,invert,sepia"  # five strips over both runtimes, blur reads a halo
 
@@ -111,14 +111,14 @@ def test_lossless_transports_are_exact_through_both_workers(fleet_config, needs_
     data = jpeg_bytes(photo(320, 203))
     exact = job(data, fleet_config)  # raw PPM both ways
     requests_sent = []
-    real_send = engine.send_strip
+    real_send = request.send_strip
 
     def counting_send(*args, **kwargs):
         requests_sent.append(args[2].index)
         return real_send(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "send_strip", counting_send)
-    monkeypatch.setattr(engine, "WAN_PIECE_MIN_ROWS", 16)  # so these ~40-row strips go in pieces
+    monkeypatch.setattr(request, "send_strip", counting_send)
+    monkeypatch.setattr(pieces, "WAN_PIECE_MIN_ROWS", 16)  # so these ~40-row strips go in pieces
     result = job(data, fleet_config, transport=transport)
     assert {strip.runtime for strip in result.strips} == {"python", "nodejs"}
     assert {strip.wire for strip in result.strips} == {transport}
