@@ -15,6 +15,8 @@ const { FORMATS, encodeReply } = require('./encode');
 const { pauseFor } = require('./steps');
 const { createWorkerState } = require('./state');
 const { createHealth } = require('./health');
+const { createMetrics } = require('./metrics');
+const { NO_TRACING } = require('./tracing');
 const { oneLine, sendError, refuse, readBody, multipartImage, writeReply } = require('./transport');
 
 const BUSY_RETRY_AFTER_S = 1;
@@ -65,8 +67,9 @@ const healthz = (ctx) => (req, res) => {
 // ---------------------------------------------------------------- POST /process
 
 /** A slot for the request, or null once it has been refused (draining, token, busy). */
-function admit({ config, state }, req, res) {
+function admit({ config, state, metrics }, req, res) {
   if (state.draining) {
+    metrics.rejected('draining');
     const retry = { 'Retry-After': String(DRAINING_RETRY_AFTER_S) };
     refuse(req, res, 503, 'draining', 'worker is shutting down; retry on another worker', retry);
     return null;
@@ -77,6 +80,7 @@ function admit({ config, state }, req, res) {
   }
   const slot = state.enter();
   if (!slot) {
+    metrics.rejected('busy');
     const retry = { 'Retry-After': String(BUSY_RETRY_AFTER_S) };
     refuse(req, res, 503, 'busy', `${config.maxInflight} requests already in flight`, retry);
   }
@@ -86,6 +90,12 @@ function admit({ config, state }, req, res) {
 const processRoute = (ctx) => async (req, res) => {
   const slot = admit(ctx, req, res);
   if (!slot) return;
+  const span = ctx.tracing.startRequest(req.headers, 'POST /process', {
+    'http.request.method': req.method,
+    'url.path': req.path,
+    'worker.request_id': req.id,
+  });
+  res.once('close', () => ctx.tracing.endRequest(span, res.statusCode));
   // The slot (and the pixels it claims) is held until both the work has ended and the
   // reply is fully written or the connection is gone: memory follows the admission bound.
   const letGo = slot.heldBy(2);
@@ -95,7 +105,7 @@ const processRoute = (ctx) => async (req, res) => {
     letGo();
   });
   try {
-    await handleProcess(ctx, req, res, slot, work.signal);
+    await handleProcess(ctx, req, res, slot, { signal: work.signal, span });
   } catch (err) {
     answerFailure(ctx, req, res, err);
   } finally {
@@ -103,8 +113,8 @@ const processRoute = (ctx) => async (req, res) => {
   }
 };
 
-async function handleProcess(ctx, req, res, slot, signal) {
-  const { config, state } = ctx;
+async function handleProcess(ctx, req, res, slot, { signal, span }) {
+  const { config, state, metrics } = ctx;
   const request = {
     query: req.query,
     contentLength: req.get('content-length'),
@@ -120,12 +130,16 @@ async function handleProcess(ctx, req, res, slot, signal) {
   res.locals.op = job.op;
   const input = await readInput(ctx, req, res);
   if (!input) return;
-  const header = await inspect(input, { maxPixels: config.maxPixels, timeoutSeconds: WORK_TIMEOUT_S });
+  res.locals.metricOp = job.op; // the metrics' op label: set once the job is parsed and the image read
+  const header = await decodeStep(ctx, () =>
+    inspect(input, { maxPixels: config.maxPixels, timeoutSeconds: WORK_TIMEOUT_S }),
+  );
   if (!slot.claimPixels(header.width * header.height)) {
+    metrics.rejected('busy');
     throw busy(`${state.inflightPixels} pixels already in flight, limit is ${config.maxInflightPixels}`);
   }
   const started = process.hrtime.bigint();
-  const reply = await runJob(ctx, input, job, header, signal);
+  const reply = await runJob(ctx, input, job, header, { signal, span });
   await sendReply(ctx, res, reply, Number(process.hrtime.bigint() - started) / 1e6);
 }
 
@@ -150,12 +164,23 @@ async function readInput({ config }, req, res) {
 }
 
 /** Decode, op, encode. The body is ours alone, so decoding may work inside it. */
-async function runJob({ config }, input, job, header, signal) {
+async function runJob(ctx, input, job, header, { signal, span }) {
+  const { config, tracing } = ctx;
   const options = { maxPixels: config.maxPixels, reuseInput: true, header, signal, timeoutSeconds: WORK_TIMEOUT_S };
-  const image = await decodeImage(input, options);
+  const image = await tracing.child(span, 'decode', () => decodeStep(ctx, () => decodeImage(input, options)));
   const pause = pauseFor(signal);
-  await applyOperationAsync(image, job.op, job, pause);
-  return encodeReply(image, job, pause);
+  await tracing.child(span, 'op', () => applyOperationAsync(image, job.op, job, pause));
+  return tracing.child(span, 'encode', () => encodeReply(image, job, pause));
+}
+
+/** A sniff/decode step; an ImageError it throws is counted as a decode failure. */
+async function decodeStep({ metrics }, step) {
+  try {
+    return await step();
+  } catch (err) {
+    if (err instanceof ImageError) metrics.decodeFailed(err.code);
+    throw err;
+  }
 }
 
 async function sendReply({ state, replyPacing }, res, reply, ms) {
@@ -201,25 +226,37 @@ const unexpectedError = (logger) => (err, req, res, _next) => {
  * The Express app. `options.logger` is required; `options.selfCheck` (async () => reason|null)
  * replaces the built-in one in tests; `options.afterLargeRequest` runs once a request that
  * moved megabytes is over (server.js uses it to return big buffers to the OS promptly);
- * `options.replyPacing` ({allowanceMs, minBytesPerSecond}) overrides the reply rate bound.
+ * `options.replyPacing` ({allowanceMs, minBytesPerSecond}) overrides the reply rate bound;
+ * `options.tracing` (tracing.js; off by default) gets the /process spans.
  * app.locals.worker holds the live state (state.js) that server.js drains.
  */
 function buildApp(
   config,
-  { logger, selfCheck, now = () => Date.now(), afterLargeRequest = () => {}, replyPacing = {} } = {},
+  {
+    logger,
+    selfCheck,
+    now = () => Date.now(),
+    afterLargeRequest = () => {},
+    replyPacing = {},
+    tracing = NO_TRACING,
+  } = {},
 ) {
   if (!logger) throw new Error('buildApp needs a logger');
   const state = createWorkerState(config);
   const health = createHealth({ selfCheck, now, logger, timeoutSeconds: WORK_TIMEOUT_S });
-  const ctx = { config, logger, state, health, replyPacing };
+  const metrics = createMetrics();
+  const ctx = { config, logger, state, health, replyPacing, metrics, tracing };
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag'); // hashing a large image body per response buys nothing here
   app.locals.worker = state;
   app.use(requestLog(logger, afterLargeRequest));
+  app.use(metrics.middleware);
   app.get('/healthz', healthz(ctx));
+  app.get('/metrics', metrics.route);
   app.post('/process', processRoute(ctx));
   app.all('/healthz', methodNotAllowed('/healthz', 'GET, HEAD'));
+  app.all('/metrics', methodNotAllowed('/metrics', 'GET, HEAD'));
   app.all('/process', methodNotAllowed('/process', 'POST'));
   app.use(notFound);
   app.use(unexpectedError(logger));

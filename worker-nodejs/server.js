@@ -75,7 +75,7 @@ function listen(server, config, logger) {
  * callers get a clear 503 draining, and /healthz says so, instead of a refused connection),
  * then close and exit 0; exit 1 once the grace period is over.
  */
-function drainOnSignals(server, worker, config, logger) {
+function drainOnSignals(server, worker, config, logger, tracing) {
   let stopping = false;
   const stop = async (signal) => {
     if (stopping) return;
@@ -87,8 +87,9 @@ function drainOnSignals(server, worker, config, logger) {
       process.exit(1);
     }, config.graceSeconds * 1000);
     await worker.whenIdle();
-    server.close(() => {
+    server.close(async () => {
       clearTimeout(force);
+      await tracing.shutdown().catch(() => {}); // the last spans go out (tracing on) before exit
       logger.info('stopped', { signal });
       process.exit(0);
     });
@@ -109,6 +110,7 @@ function main() {
   const sharp = require('sharp');
   const { buildApp } = require('./app');
   const { createServer } = require('./transport');
+  const tracing = require('./tracing').createTracing();
   lastResortLogging(logger);
 
   // A t2.micro has 1 GiB: libvips' operation cache only holds memory we never reuse,
@@ -116,10 +118,10 @@ function main() {
   sharp.cache(false);
   sharp.concurrency(1);
 
-  const app = buildApp(config, { logger, afterLargeRequest: collectGarbage() });
+  const app = buildApp(config, { logger, afterLargeRequest: collectGarbage(), tracing });
   const server = createServer(app);
   listen(server, config, logger);
-  drainOnSignals(server, app.locals.worker, config, logger);
+  drainOnSignals(server, app.locals.worker, config, logger, tracing);
 }
 
 main();

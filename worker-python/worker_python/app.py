@@ -7,16 +7,18 @@ import math
 import re
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from worker_python import SERVICE, decode, encode, health, ops
+from worker_python import SERVICE, decode, encode, health, ops, tracing
 from worker_python.body import read_job
 from worker_python.config import Settings
 from worker_python.errors import ApiError, ImageError
 from worker_python.log import get_logger
+from worker_python.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from worker_python.metrics import Metrics
 from worker_python.params import authorized
 from worker_python.state import Slot, WorkerState
 
@@ -33,12 +35,16 @@ _HTTP_CODES = {
 
 
 def create_app(
-    settings: Settings, self_check: Callable[[], None] = health.self_check, clock: Callable[[], float] = time.monotonic
+    settings: Settings,
+    self_check: Callable[[], None] = health.self_check,
+    clock: Callable[[], float] = time.monotonic,
+    tracer: tracing.NoTracing | tracing.OtelTracing | None = None,
 ) -> Flask:
     app = Flask("worker_python")
     state = WorkerState(settings.max_inflight, settings.max_inflight_pixels)
     app.extensions["worker_python"] = state
     handlers = Handlers(settings, state, health.SelfCheck(self_check, clock))
+    handlers.tracer = tracer or tracing.NoTracing()
     app.before_request(handlers.start_request)
     app.after_request(handlers.finish_request)
     app.register_error_handler(ApiError, handlers.api_error)
@@ -47,6 +53,7 @@ def create_app(
     app.register_error_handler(HTTPException, handlers.other_http_error)
     app.register_error_handler(Exception, handlers.unexpected)
     app.add_url_rule("/healthz", view_func=handlers.healthz, methods=["GET"])
+    app.add_url_rule("/metrics", view_func=handlers.metrics_page, methods=["GET"])
     # no automatic OPTIONS: rule 7, any method but POST is 405 with Allow: POST
     app.add_url_rule("/process", view_func=handlers.process, methods=["POST"], provide_automatic_options=False)
     return app
@@ -58,6 +65,7 @@ class Handlers:
     def __init__(self, settings: Settings, state: WorkerState, checker: health.SelfCheck):
         self.settings, self.state, self.checker = settings, state, checker
         self.log = get_logger()
+        self.metrics, self.tracer = Metrics(), tracing.NoTracing()
 
     def error_response(self, status: int, code: str, message: str) -> Response:
         response = jsonify({"error": {"code": code, "message": " ".join(message.split())}})
@@ -78,6 +86,10 @@ class Handlers:
         given = request.headers.get("X-Request-Id", "")
         g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         g.started = time.perf_counter()
+        if request.path == "/metrics":  # not counted, not traced: a scrape must not see itself
+            return
+        g.counted = True
+        self.metrics.active.inc()
 
     def finish_request(self, response: Response) -> Response:
         response.headers["X-Request-Id"] = g.get("request_id", "")
@@ -96,6 +108,19 @@ class Handlers:
         if g.get("error_code"):
             fields["code"] = g.error_code
         self.log.log(10 if request.path == "/healthz" and response.status_code == 200 else 20, "request", extra=fields)
+        if g.get("counted"):
+            seconds = time.perf_counter() - g.started
+            self.metrics.request_over(
+                request.method,
+                request.path,
+                response.status_code,
+                g.get("metric_op"),
+                seconds,
+                fields["bytes_in"],
+                fields["bytes_out"],
+            )
+            response.call_on_close(self.metrics.active.dec)
+            self.tracer.end_request(g.get("span"), response.status_code)
         return response
 
     # ------------------------------------------------------------ errors
@@ -136,12 +161,20 @@ class Handlers:
         # The contract's check order: draining, token, busy, then the body (read_job).
         settings = self.settings
         if self.state.draining:
+            self.metrics.rejected("draining")
             raise ApiError(503, "draining", "worker is shutting down; send the request elsewhere")
         if settings.token and not authorized(request.headers.get("Authorization", ""), settings.token):
             raise ApiError(401, "unauthorized", "missing or wrong bearer token")
         if not self.state.try_acquire():
+            self.metrics.rejected("busy")
             raise ApiError(503, "busy", f"all {settings.max_inflight} slots are busy; retry shortly")
         slot = Slot(self.state)
+        attributes = {
+            "http.request.method": request.method,
+            "url.path": request.path,
+            "worker.request_id": g.request_id,
+        }
+        g.span = self.tracer.start_request(request.headers, "POST /process", attributes)  # admitted: traced
         try:
             response = self.in_slot(slot)
         except BaseException:
@@ -161,25 +194,43 @@ class Handlers:
         """Read, decode, admit the pixels, apply the op, encode; the upload is dropped once
         decoded and the image once encoded, so a request holds one full-size copy."""
         job, data = read_job(self.settings.max_bytes)
+        g.metric_op = job.op  # the metrics' op label: set once the job is parsed and the image read
         started = time.perf_counter()
+        span = g.get("span")
         try:
-            image = decode.open_checked(data, self.settings.max_pixels)
-            self.admit_pixels(image, slot)
-            image = decode.load_rgb(image, data)
+            with self.tracer.child(span, "decode"):
+                image = self.decode(data, slot)
             del data
-            image = ops.apply(job.op, image, job.radius, job.one_channel, in_place=True)
+            with self.tracer.child(span, "op"):
+                image = ops.apply(job.op, image, job.radius, job.one_channel, in_place=True)
             if job.fmt == "raw":
                 return raw_reply(image, started)
-            result = encode.encode(image, job.fmt, **job.options)
+            with self.tracer.child(span, "encode"):
+                result = encode.encode(image, job.fmt, **job.options)
             del image
         except ImageError as exc:
             raise ApiError(exc.status, exc.code, str(exc)) from None
         elapsed_ms = (time.perf_counter() - started) * 1000
         return Response(result, mimetype=encode.MEDIA_TYPES[job.fmt], headers={"X-Processing-Ms": f"{elapsed_ms:.1f}"})
 
+    def decode(self, data: bytes, slot: Slot):
+        """Sniff, check the size, admit the pixels, decode; an ImageError here is a decode failure."""
+        try:
+            image = decode.open_checked(data, self.settings.max_pixels)
+            self.admit_pixels(image, slot)
+            return decode.load_rgb(image, data)
+        except ImageError as exc:
+            self.metrics.decode_failed(exc.code)
+            raise
+
+    def metrics_page(self) -> Response:
+        """Prometheus text, from memory (no token: SECURITY.md)."""
+        return Response(self.metrics.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
     def admit_pixels(self, image, slot: Slot) -> None:
         pixels = image.width * image.height
         if not slot.add_pixels(pixels):
+            self.metrics.rejected("busy")
             raise ApiError(
                 503,
                 "busy",

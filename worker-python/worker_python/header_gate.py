@@ -7,7 +7,7 @@ token needed) take every thread and /healthz hangs (slowloris). Here:
   take longer than HEADER_TIMEOUT_SECONDS, then passes the bytes to gunicorn's parser;
 - idle connections (headers pending or kept alive) are capped at MAX_IDLE_CONNECTIONS: a new
   one evicts the oldest, so a thousand idle sockets cannot stop the worker accepting;
-- `GET /healthz` runs on its own small thread pool, never queued behind /process;
+- `GET /healthz` and `GET /metrics` run on their own small thread pool, never queued behind /process;
 - a connection that ends with unread body is half-closed and drained by the event loop for
   at most LINGER_SECONDS / LINGER_BYTES (gunicorn would block its loop for 2 s on each);
 - body reads and reply writes are rate-bounded (wire.PacedSocket);
@@ -35,7 +35,14 @@ HEALTH_THREADS = 2
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 64 * 1024
 _HEADER_ENDS = (b"\r\n\r\n", b"\n\n")
-_HEALTH_REQUESTS = (b"GET /healthz ", b"GET /healthz?", b"HEAD /healthz ", b"HEAD /healthz?")
+_HEALTH_REQUESTS = (
+    b"GET /healthz ",
+    b"GET /healthz?",
+    b"HEAD /healthz ",
+    b"HEAD /healthz?",
+    b"GET /metrics ",
+    b"GET /metrics?",
+)
 
 
 class GatedConn(TConn):

@@ -11,6 +11,7 @@ import threading
 
 from gunicorn.app.base import BaseApplication
 
+from worker_python import tracing
 from worker_python.app import create_app
 from worker_python.config import Settings, SettingsError, load_settings
 from worker_python.header_gate import HeaderGatedThreadWorker
@@ -94,7 +95,8 @@ class WorkerServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        return create_app(self.settings)
+        # called after gunicorn's fork, so the span exporter's thread (tracing on) runs in the worker
+        return create_app(self.settings, tracer=tracing.from_env())
 
 
 def main() -> int:
