@@ -129,6 +129,7 @@ def test_first_boot_makes_a_hardened_worker(role, image, program):
         box, result, boot_seconds = boot_role(stage, role, document)
         assert result["errors"] == [], result["log"]
         assert "status: done" in result["status"], result["log"]
+        assert inspect.fleet_boot_verdict(box).problem() is None
         reply = probe(stage, role, document, program["token"])
         for step, seconds in inspect.step_times(box, reply.get("healthy_at")).items():
             TIMINGS.append((role, step, seconds))
@@ -213,5 +214,7 @@ def test_failed_first_boot_is_reported_and_starts_nothing(case, image, program):
         assert "status: error" in result["status"], result["log"]
         assert any("scripts-user" in error for error in result["errors"]), result["errors"]
         assert any(message in result["output"] for message in messages), result["log"]
+        verdict = inspect.fleet_boot_verdict(box)  # what `fleet status` shows for this host
+        assert verdict.failed and "scripts-user" in verdict.detail, verdict
         facts = inspect.service_facts(box, role)
         assert facts["ActiveState"] != "active" and facts["UnitFileState"] != "enabled", facts

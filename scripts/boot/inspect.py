@@ -99,3 +99,13 @@ def step_times(box: Container, healthy_at: float | None) -> dict[str, float]:
 def _last_stamp(journal: list[str]) -> float:
     stamps = [float(line.split()[0]) for line in journal if re.match(r"^\d+\.\d+ ", line)]
     return stamps[-1] if stamps else 0.0
+
+
+def fleet_boot_verdict(box: Container):
+    """What `fleet status`/`wait` would report: the fleet's own commands and parsers (scripts.fleet.boot),
+    run as an ordinary login user (the image's default `debian`, no sudo), as over SSH."""
+    from scripts.fleet import boot
+
+    as_user = "runuser -u debian -- {}"
+    verdict = boot.from_json(box.sh(as_user.format(boot.JSON_COMMAND)).stdout)
+    return verdict or boot.from_long(box.sh(as_user.format(boot.LONG_COMMAND)).stdout)
