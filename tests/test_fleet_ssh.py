@@ -317,7 +317,8 @@ def test_logs_follow_streams_new_lines_until_interrupted(host):
     assert "-f" in host.calls("journalctl")[0].split()
 
 
-# --- redeploy ------------------------------------------------------------------------------
+# --- redeploy (--skip-pool-check: these loopback hosts have no EC2 to ask; tests/test_pools.py
+# proves the check refuses pooled hosts) ------------------------------------------------------
 
 
 def test_redeploy_ships_the_source_and_the_worker_restarts_at_the_new_build(host):
@@ -329,7 +330,7 @@ def test_redeploy_ships_the_source_and_the_worker_restarts_at_the_new_build(host
         (host.base / "releases" / stale).mkdir()
         os.utime(host.base / "releases" / stale, (time.time() - 3600 * age,) * 2)
 
-    result = fleet("redeploy", NAME, "--health-timeout", "60", "--keep", "3", *host.flags())
+    result = fleet("redeploy", "--skip-pool-check", NAME, "--health-timeout", "60", "--keep", "3", *host.flags())
     assert result.returncode == 0, result.stderr
     assert f"{NAME}: deployed build {new} (was {old}), healthy" in result.stdout
     assert health(host.url)["build"] == new
@@ -347,7 +348,7 @@ def test_redeploy_ships_the_source_and_the_worker_restarts_at_the_new_build(host
     assert host.calls("systemctl")[-1] == f"restart {ROLE}"
     assert not list(Path(os.path.expanduser("~"), ".hdtp-staging").glob(f"{ROLE}-{new}*"))
 
-    again = fleet("redeploy", "--all", *host.flags())
+    again = fleet("redeploy", "--skip-pool-check", "--all", *host.flags())
     assert again.returncode == 0, again.stderr
     assert f"already at build {new}, healthy" in again.stdout
 
@@ -357,7 +358,7 @@ def test_a_nodejs_redeploy_reuses_node_modules_when_the_lockfile_is_unchanged(ho
     shipped = bundle_files(node.role)
     old = node.install({**shipped, "OLD_RELEASE": b"x\n"})
     new = build_id(shipped)
-    result = fleet("redeploy", node.name, "--health-timeout", "60", *node.flags())
+    result = fleet("redeploy", "--skip-pool-check", node.name, "--health-timeout", "60", *node.flags())
     assert result.returncode == 0, result.stderr
     assert f"deployed build {new} (was {old}), healthy" in result.stdout
     assert health(node.url)["build"] == new and health(node.url)["runtime"] == "nodejs"
@@ -377,7 +378,7 @@ def test_a_build_that_fails_at_start_up_is_rolled_back(host):
     main.write_text('raise SystemExit("deliberately broken build")\n')
     broken = build_id(bundle_files(ROLE, source))
 
-    result = fleet("redeploy", NAME, "--source-root", str(source), "--health-timeout", "5", *host.flags())
+    result = fleet("redeploy", "--skip-pool-check", NAME, "--source-root", str(source), "--health-timeout", "5", *host.flags())
     line = assert_one_error_line(result, 4, f"build {broken} not healthy within 5s")
     assert f"rolled back to build {old}, healthy" in line
     assert health(host.url)["build"] == old
@@ -396,7 +397,7 @@ def test_a_failed_dependency_install_leaves_the_running_release_alone(host):
     (host.base / "venv" / "bin" / "pip").write_text(
         '#!/bin/sh\necho "ERROR: No matching distribution found for flask==99" >&2\nexit 1\n'
     )
-    result = fleet("redeploy", NAME, *host.flags())
+    result = fleet("redeploy", "--skip-pool-check", NAME, *host.flags())
     line = assert_one_error_line(result, 4, f"{NAME}: installing Python dependencies failed (exit 1)")
     assert line.endswith(f"No matching distribution found for flask==99; build {old} still running")
     assert host.current() == f"releases/{old}" and host.env_build() == old
@@ -415,7 +416,7 @@ def test_redeploy_without_a_previous_release_says_it_cannot_roll_back(host):
     (venv_bin / "pip").write_text("#!/bin/sh\nexit 0\n")
     for tool in venv_bin.iterdir():
         tool.chmod(0o755)
-    result = fleet("redeploy", NAME, "--health-timeout", "3", *host.flags())
+    result = fleet("redeploy", "--skip-pool-check", NAME, "--health-timeout", "3", *host.flags())
     assert_one_error_line(result, 5, "no previous release to roll back to")
 
 

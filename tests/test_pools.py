@@ -1,19 +1,39 @@
-"""Worker pools (workerPools: true) under Pulumi's mocks: groups, templates, policies, invariants.
+"""Worker pools (workerPools: true): first under Pulumi's mocks (groups, templates, policies,
+invariants), then on a real moto server with groups made from the program's own WorkerPoolArgs,
+discovered, scaled, healed and shown by the fleet tool (`python -m scripts.fleet`).
 
-The moto half (real Auto Scaling API, groups made from these same args) is in
-tests/test_fleet_pools.py's neighbour section below, `test_moto_*`.
+moto launches the groups' instances (tagged, with aws:autoscaling:groupName) and replaces a
+terminated one, but does not apply a launch template's metadata options to its instances and
+does not implement instance refreshes (500): the template's settings are checked on the template
+moto stores, and `fleet rollout` against a scripted Auto Scaling client. Health probes of the
+instances' (fake, public) addresses go through a loopback forward proxy (HTTP_PROXY) to real
+local workers: no traffic leaves the host.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
+import json
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
+import boto3
 import pulumi
 import pytest
 
 from infra import pool as pool_module
 from infra.config import ConfigError, parse_settings
+from infra.pool_spec import group_request, template_data
+from scripts.fleet import errors
+from scripts.fleet.errors import FleetError
+from scripts.fleet.pools import rollout
+from scripts.testkit.procs import free_port
 from tests.infra_harness import MOCK_SUBNETS, MOCK_TOKEN, PROJECT, REGION, STACK, run_program
+from tests.support.fleet_cli import assert_one_error_line, run_fleet
+from tests.support.moto_server import aws_env, start_moto_server, ubuntu_ami
 
 CLIENT = "198.51.100.7/32"
 BASE = {"clientCidr": CLIENT, "aws:region": REGION}
@@ -192,3 +212,360 @@ def test_bad_pool_settings_are_refused_with_one_line(raw, message):
             {"clientCidr": CLIENT, "workerPools": "true", **raw}, project=PROJECT, stack=STACK, region=REGION
         )
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+# ---------------------------------------------------------------- a real moto server
+
+fleet = functools.partial(run_fleet, timeout=90)
+MOTO_BIG = {
+    **POOLED,
+    "pythonPoolMin": "3",
+    "pythonPoolDesired": "3",
+    "pythonPoolMax": "6",
+    "nodejsPoolMin": "1",
+    "nodejsPoolDesired": "2",
+    "nodejsPoolMax": "4",
+}
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    server = start_moto_server(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
+
+
+def _asg(moto):
+    return boto3.client(
+        "autoscaling",
+        region_name="us-east-1",
+        endpoint_url=moto.url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def create_pools(moto, config: dict, tmp_path) -> dict:
+    """Run the program under mocks, then create its pools on moto from the same WorkerPoolArgs."""
+    moto.reset()
+    run = run_program(config)
+    ec2, asg = moto.ec2(), _asg(moto)
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    subnets = [
+        s["SubnetId"]
+        for s in ec2.describe_subnets(
+            Filters=[{"Name": "vpc-id", "Values": [vpc]}, {"Name": "default-for-az", "Values": ["true"]}]
+        )["Subnets"]
+    ]
+    group_id = ec2.create_security_group(GroupName="workers-sg", Description="w", VpcId=vpc)["GroupId"]
+    user_data = {t.inputs["tags"]["Role"]: t.inputs["userData"] for t in run.of_type(TEMPLATE)}
+    pools = []
+    for pool in run.namespace["pools"]:
+        args, role = pool.args, pool.role
+        encoded = user_data[role]["value"] if isinstance(user_data[role], dict) else user_data[role]
+        data = template_data(
+            args,
+            ami_id=ubuntu_ami(ec2),
+            security_group_id=group_id,
+            user_data=base64.b64decode(encoded).decode(),
+            instance_profile=f"{role}-profile",
+        )
+        template = ec2.create_launch_template(LaunchTemplateName=f"{role}-template", LaunchTemplateData=data)[
+            "LaunchTemplate"
+        ]
+        name = f"{STACK}-{role}"
+        asg.create_auto_scaling_group(
+            **group_request(args, name=name, template_id=template["LaunchTemplateId"], version="1", subnet_ids=subnets)
+        )
+        pools.append({**next(p for p in run.outputs["pools"] if p["role"] == role), "name": name})
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(
+        json.dumps(
+            {
+                "workers": [],
+                "pools": pools,
+                "worker_token": "t",
+                "project": PROJECT,
+                "stack": STACK,
+                "region": "us-east-1",
+                "ssh_user": "ubuntu",
+            }
+        )
+    )
+    return {"outputs": outputs, "ec2": ec2, "asg": asg, "pools": {p["role"]: p["name"] for p in pools}}
+
+
+def _members(asg, name: str) -> list[str]:
+    (group,) = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"]
+    return sorted(i["InstanceId"] for i in group["Instances"] if i["LifecycleState"] == "InService")
+
+
+def test_groups_from_the_program_args_launch_tagged_instances(moto, tmp_path):
+    made = create_pools(moto, MOTO_BIG, tmp_path)
+    ec2, asg = made["ec2"], made["asg"]
+    assert len(_members(asg, made["pools"]["worker-python"])) == 3
+    assert len(_members(asg, made["pools"]["worker-nodejs"])) == 2
+    reservations = ec2.describe_instances(
+        Filters=[{"Name": "tag:Project", "Values": [PROJECT]}, {"Name": "tag:Stack", "Values": [STACK]}]
+    )["Reservations"]
+    instances = [i for r in reservations for i in r["Instances"]]
+    assert len(instances) == 5
+    for instance in instances:
+        tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+        assert tags["aws:autoscaling:groupName"] == made["pools"][tags["Role"]]
+        assert tags["Name"] == f"{tags['Role']}-pool"
+    for role in made["pools"]:
+        (version,) = ec2.describe_launch_template_versions(LaunchTemplateName=f"{role}-template")[
+            "LaunchTemplateVersions"
+        ]
+        data = version["LaunchTemplateData"]
+        assert data["MetadataOptions"]["HttpTokens"] == "required"
+        assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
+        assert data["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is True
+        assert "#cloud-config" in base64.b64decode(data["UserData"]).decode()
+
+
+def test_scale_out_and_in_and_refuse_outside_the_bounds(moto, tmp_path):
+    made = create_pools(moto, MOTO_BIG, tmp_path)
+    env, outputs, name = aws_env(moto.url), str(made["outputs"]), made["pools"]["worker-python"]
+    result = fleet("scale", "worker-python", "5", "--outputs", outputs, env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"{name}: desired 5" in result.stdout
+    assert len(_members(made["asg"], name)) == 5
+    result = fleet("scale", name, "3", "--outputs", outputs, env=env)
+    assert result.returncode == 0, result.stderr
+    assert len(_members(made["asg"], name)) == 3
+    assert_one_error_line(fleet("scale", name, "7", "--outputs", outputs, env=env), 2, "holds 3..6 instances")
+    assert_one_error_line(fleet("scale", "nope", "1", "--outputs", outputs, env=env), 2, "no pool 'nope'")
+
+
+def test_a_terminated_instance_is_replaced(moto, tmp_path):
+    made = create_pools(moto, POOLED, tmp_path)
+    name = made["pools"]["worker-nodejs"]
+    (victim,) = _members(made["asg"], name)
+    made["ec2"].terminate_instances(InstanceIds=[victim])
+    (replacement,) = _members(made["asg"], name)
+    assert replacement != victim
+
+
+class _Proxy(BaseHTTPRequestHandler):
+    """A forward proxy that sends a request for any host's port P to the local worker for P."""
+
+    upstreams: dict[int, str] = {}
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        target = urlsplit(self.path)
+        upstream = self.upstreams.get(target.port)
+        if upstream is None:
+            self.send_error(502)
+            return
+        with urllib.request.urlopen(upstream + target.path, timeout=5) as response:
+            body = response.read()
+        self.send_response(response.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def proxy(python_worker, nodejs_worker):
+    handler = type("Proxy", (_Proxy,), {"upstreams": {5001: python_worker.url, 5002: nodejs_worker.url}})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def proxied_env(moto, proxy: str) -> dict:
+    return {
+        **aws_env(moto.url),
+        "HTTP_PROXY": proxy,
+        "http_proxy": proxy,
+        "NO_PROXY": "127.0.0.1",
+        "no_proxy": "127.0.0.1",
+    }
+
+
+def test_status_lists_pools_and_each_instance_with_its_release(moto, tmp_path, proxy):
+    made = create_pools(moto, POOLED, tmp_path)
+    result = fleet("status", "--json", "--outputs", str(made["outputs"]), env=proxied_env(moto, proxy))
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    pools = {p["role"]: p for p in status["pools"]}
+    for role, name in made["pools"].items():
+        assert pools[role]["name"] == name
+        assert (pools[role]["desired"], pools[role]["in_service"], pools[role]["healthy"]) == (1, 1, 1)
+        assert [i["template_version"] for i in pools[role]["instances"]] == ["1"]
+    rows = status["workers"]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["pool"] == made["pools"][row["role"]] and row["name"] == row["instance_id"]
+        assert row["health"]["runtime"] == row["role"].split("-")[1] and row["health"]["build"]
+        assert row["ready"] is True
+    table = fleet("status", "--outputs", str(made["outputs"]), env=proxied_env(moto, proxy))
+    assert table.returncode == 0, table.stderr
+    assert "pools" in table.stdout and made["pools"]["worker-python"] in table.stdout
+
+
+def test_wait_counts_pool_members_and_names_a_short_pool(moto, tmp_path, proxy):
+    made = create_pools(moto, POOLED, tmp_path)
+    outputs = str(made["outputs"])
+    result = fleet("wait", "--timeout", "30", "--interval", "0.5", "--outputs", outputs, env=proxied_env(moto, proxy))
+    assert result.returncode == 0, result.stderr
+    assert "all 2 workers ready" in result.stdout
+    dead = f"http://127.0.0.1:{free_port()}"  # a proxy nobody runs: every probe is refused on loopback
+    result = fleet("wait", "--timeout", "2", "--interval", "0.5", "--outputs", outputs, env=proxied_env(moto, dead))
+    assert_one_error_line(result, errors.WAIT_TIMEOUT, "timed out")
+
+
+def test_redeploy_refuses_hosts_a_group_launched(moto, tmp_path):
+    made = create_pools(moto, POOLED, tmp_path)
+    (instance_id,) = _members(made["asg"], made["pools"]["worker-python"])
+    fixed = tmp_path / "fixed.json"
+    fixed.write_text(
+        json.dumps(
+            {
+                "workers": [
+                    {
+                        "name": "worker-python-0",
+                        "role": "worker-python",
+                        "url": "http://127.0.0.1:5001",
+                        "instance_id": instance_id,
+                    }
+                ],
+                "worker_token": "t",
+                "project": PROJECT,
+                "stack": STACK,
+                "region": "us-east-1",
+                "ssh_user": "ubuntu",
+            }
+        )
+    )
+    env = aws_env(moto.url)
+    assert_one_error_line(
+        fleet("redeploy", "--all", "--outputs", str(fixed), env=env), 2, "belong to an Auto Scaling group"
+    )
+    assert_one_error_line(fleet("redeploy", "--all", "--outputs", str(made["outputs"]), env=env), 2, "no workers in")
+
+
+def test_redeploy_without_aws_keys_says_it_cannot_check(tmp_path):
+    fixed = tmp_path / "fixed.json"
+    fixed.write_text(
+        json.dumps(
+            {
+                "workers": [
+                    {
+                        "name": "w",
+                        "role": "worker-python",
+                        "url": "http://127.0.0.1:5001",
+                        "instance_id": "i-0123456789abcdef0",
+                    }
+                ],
+                "worker_token": "t",
+                "project": PROJECT,
+                "stack": STACK,
+                "region": "us-east-1",
+                "ssh_user": "ubuntu",
+            }
+        )
+    )
+    result = fleet("redeploy", "w", "--outputs", str(fixed), env=aws_env(None, credentials=False))
+    assert_one_error_line(result, errors.FAILED, "pass --skip-pool-check")
+
+
+# ---------------------------------------------------------------- rollout (moto has no instance refresh)
+
+
+class ScriptedAutoScaling:
+    """An Auto Scaling client that answers DescribeInstanceRefreshes from a script of statuses."""
+
+    def __init__(self, statuses: list[dict], in_progress: bool = False):
+        self.statuses, self.in_progress, self.started = list(statuses), in_progress, []
+
+    def get_paginator(self, _name):
+        group = {
+            "AutoScalingGroupName": "g",
+            "MinSize": 1,
+            "MaxSize": 2,
+            "DesiredCapacity": 1,
+            "Tags": [
+                {"Key": "Project", "Value": PROJECT},
+                {"Key": "Stack", "Value": STACK},
+                {"Key": "Role", "Value": "worker-python"},
+            ],
+            "Instances": [],
+        }
+        return type("P", (), {"paginate": lambda self, **kw: [{"AutoScalingGroups": [group]}]})()
+
+    def start_instance_refresh(self, **params):
+        from botocore.exceptions import ClientError
+
+        if self.in_progress:
+            raise ClientError({"Error": {"Code": "InstanceRefreshInProgress", "Message": "busy"}}, "Start")
+        self.started.append(params)
+        return {"InstanceRefreshId": "r-1"}
+
+    def describe_instance_refreshes(self, **params):
+        status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        return {"InstanceRefreshes": [{"InstanceRefreshId": "r-1", **status}]}
+
+
+@pytest.fixture
+def fleet_config(tmp_path):
+    from scripts.fleet.config import load_config
+
+    outputs = tmp_path / "o.json"
+    outputs.write_text(
+        json.dumps(
+            {
+                "workers": [],
+                "pools": [{"name": "g", "role": "worker-python", "port": 5001}],
+                "project": PROJECT,
+                "stack": STACK,
+                "region": "us-east-1",
+            }
+        )
+    )
+    return load_config(type("Args", (), {"outputs": str(outputs)})(), environ={})
+
+
+def test_rollout_starts_a_refresh_with_the_program_preferences_and_reports_progress(fleet_config, capsys):
+    client = ScriptedAutoScaling(
+        [
+            {"Status": "Pending"},
+            {"Status": "InProgress", "PercentageComplete": 50, "InstancesToUpdate": 1},
+            {"Status": "Successful", "PercentageComplete": 100},
+        ]
+    )
+    line = rollout(fleet_config, "worker-python", 60, 0, client=client, sleep=lambda _s: None)
+    assert line.startswith("g: rollout successful")
+    (started,) = client.started
+    assert started["Preferences"]["AutoRollback"] is True and started["Preferences"]["MinHealthyPercentage"] == 100
+    progress = capsys.readouterr().err
+    assert "InProgress, 50%, 1 to replace" in progress and "Successful" in progress
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [("RollbackSuccessful", errors.ROLLED_BACK), ("Failed", errors.FAILED), ("Cancelled", errors.FAILED)],
+)
+def test_a_rollout_that_does_not_succeed_says_how_it_ended(fleet_config, status, code):
+    client = ScriptedAutoScaling([{"Status": status, "StatusReason": "health checks failed"}])
+    with pytest.raises(FleetError) as caught:
+        rollout(fleet_config, "g", 60, 0, client=client, sleep=lambda _s: None)
+    assert caught.value.code == code and status in caught.value.message
+    assert "health checks failed" in caught.value.message
+
+
+def test_a_running_refresh_is_followed_not_restarted_and_a_timeout_is_named(fleet_config):
+    client = ScriptedAutoScaling([{"Status": "InProgress"}], in_progress=True)
+    ticks = iter(range(0, 1000, 10))
+    with pytest.raises(FleetError) as caught:
+        rollout(fleet_config, "g", 30, 0, client=client, clock=lambda: next(ticks), sleep=lambda _s: None)
+    assert caught.value.code == errors.WAIT_TIMEOUT and "goes on in AWS" in caught.value.message
+    assert client.started == []

@@ -31,6 +31,7 @@ class Instance:
     public_ip: str
     system_status: str = "unknown"
     instance_status: str = "unknown"
+    group: str = ""  # the Auto Scaling group that launched it ("" for a fixed instance)
 
     @property
     def checks(self) -> str:
@@ -49,7 +50,7 @@ def ec2_client(config: FleetConfig):
     )
 
 
-def _aws_error(action: str, exc: Exception) -> FleetError:
+def aws_error(action: str, exc: Exception) -> FleetError:
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return FleetError(
             "no AWS credentials found; set AWS_PROFILE or AWS_ACCESS_KEY_ID/"
@@ -90,7 +91,7 @@ def fleet_instances(config: FleetConfig, client=None) -> list[Instance]:
                 for status in page["InstanceStatuses"]:
                     statuses[status["InstanceId"]] = status
     except (BotoCoreError, ClientError) as exc:
-        raise _aws_error("DescribeInstances", exc) from None
+        raise aws_error("DescribeInstances", exc) from None
     instances = []
     for raw in found:
         status = statuses.get(raw["InstanceId"], {})
@@ -103,6 +104,7 @@ def fleet_instances(config: FleetConfig, client=None) -> list[Instance]:
                 public_ip=raw.get("PublicIpAddress", ""),
                 system_status=status.get("SystemStatus", {}).get("Status", "unknown"),
                 instance_status=status.get("InstanceStatus", {}).get("Status", "unknown"),
+                group=_tag(raw, "aws:autoscaling:groupName"),
             )
         )
     if not instances:

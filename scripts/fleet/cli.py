@@ -11,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from scripts.fleet import errors
-from scripts.fleet.config import FleetConfig, Worker, load_config
+from scripts.fleet.config import RUNTIME_OF_ROLE, FleetConfig, Worker, load_config
 from scripts.fleet.errors import FleetError
 
 EXIT_CODES = """exit codes: 0 ok, 1 failure (AWS, SSH, remote command), 2 bad usage or outputs file,
-3 wait timed out, 4 redeploy failed and the previous release runs, 5 redeploy and rollback failed,
-6 wait: a host's first boot failed (cloud-init error)"""
+3 wait or rollout timed out, 4 redeploy failed and the previous release runs (rollout: rolled back),
+5 redeploy and rollback failed (rollout: rollback failed), 6 wait: a host's first boot failed (cloud-init error)"""
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Row:
     health: object = None
     boot: object = None  # scripts.fleet.boot.Boot when cloud-init was asked, else None
     boot_strict: bool = False  # an unknown boot counts as a gap (--boot-check given)
+    pool: str = ""  # the Auto Scaling group that launched the instance, if any
 
     def missing(self) -> list[str]:
         """Everything that keeps this worker from being ready, in the order it is needed."""
@@ -77,6 +78,7 @@ class Row:
                 "operations": list(health.operations),
             },
             "boot": None if self.boot is None else {"state": self.boot.state, "detail": self.boot.detail},
+            "pool": self.pool,
             "ready": not self.missing(),
             "missing": self.missing(),
         }
@@ -98,17 +100,28 @@ def _join(config: FleetConfig, instances: list) -> tuple[list[Row], dict[str, Wo
         workers[row.name] = worker
     for instance in instances:
         if instance.instance_id not in seen:  # tagged for this stack, absent from the outputs
-            rows.append(
-                Row(
-                    instance.name or instance.instance_id,
-                    instance.role,
-                    instance.instance_id,
-                    instance.state,
-                    instance.checks,
-                    instance.public_ip,
-                )
-            )
+            rows.append(_extra_row(config, instance))
     return rows, workers
+
+
+def _extra_row(config: FleetConfig, instance) -> Row:
+    """A tagged instance the outputs file does not list: a pool's (probed on its pool's port,
+    named by its id: pool members share a Name) or a stray one."""
+    row = Row(
+        instance.name or instance.instance_id,
+        instance.role,
+        instance.instance_id,
+        instance.state,
+        instance.checks,
+        instance.public_ip,
+        pool=instance.group,
+    )
+    port = config.pool_ports.get(instance.role)
+    if instance.group and port:
+        row.name = instance.instance_id
+        row.expected_runtime = RUNTIME_OF_ROLE[instance.role]
+        row.url = f"http://{instance.public_ip}:{port}" if instance.public_ip else ""
+    return row
 
 
 def collect(config: FleetConfig, boot_done: frozenset[str] = frozenset()) -> list[Row]:
@@ -181,10 +194,21 @@ def _render_table(rows: list[Row]) -> None:
 
 
 def cmd_status(config: FleetConfig, args) -> int:
+    from scripts.fleet import pool_commands
+
     rows = collect(config)
+    pools = pool_commands.find_pools(config) if config.pooled else None
     if args.json:
-        print(json.dumps([row.as_json() for row in rows], indent=2))
+        listed = [row.as_json() for row in rows]
+        # A pooled stack's JSON is an object (pools + workers); a fixed one's stays the list.
+        print(
+            json.dumps(
+                listed if pools is None else {"pools": [p.as_json() for p in pools], "workers": listed}, indent=2
+            )
+        )
     else:
+        if pools is not None:
+            pool_commands.render_pools(pools)
         _render_table(rows)
     return errors.OK
 
@@ -209,6 +233,10 @@ def cmd_wait(config: FleetConfig, args) -> int:
         _stop_on_failed_boot(rows)  # a failed first boot never becomes ready: say so now
         booted |= {row.name for row in rows if row.boot is not None and row.boot.state == "done"}
         lagging = {row.name: row.missing() for row in rows if row.missing()}
+        if config.pooled:
+            from scripts.fleet.pool_commands import pool_gaps
+
+            lagging.update(pool_gaps(config))
         if not lagging:
             print(f"all {len(rows)} workers ready after {time.monotonic() - started:.0f}s", flush=True)
             return errors.OK
@@ -255,6 +283,10 @@ def cmd_redeploy(config: FleetConfig, args) -> int:
     workers: list[Worker] = list(config.workers) if args.all else [config.worker(args.name)]
     if not workers:
         raise FleetError(f"no workers in {config.outputs_path}", errors.USAGE)
+    if not args.skip_pool_check:
+        from scripts.fleet.pool_commands import refuse_pooled
+
+        refuse_pooled(config, workers)
     redeploy(config, workers, args.health_timeout, args.command_timeout, args.force, args.keep)
     return errors.OK
 
@@ -283,6 +315,40 @@ def _positive(value: str) -> float:
     if number <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return number
+
+
+def _size(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {value!r}")
+    return int(value)
+
+
+def _pool_parsers(commands, common) -> None:
+    from scripts.fleet.pool_commands import cmd_rollout, cmd_scale
+
+    scale = commands.add_parser(
+        "scale",
+        parents=[common],
+        epilog=EXIT_CODES,
+        help="set a pool's desired size",
+        description="Set an Auto Scaling group's desired size (within its min..max).",
+    )
+    scale.add_argument("pool", help="group name or role (worker-python)")
+    scale.add_argument("size", type=_size, help="desired number of instances")
+    scale.set_defaults(run=cmd_scale)
+    rollout = commands.add_parser(
+        "rollout",
+        parents=[common],
+        epilog=EXIT_CODES,
+        help="replace a pool's hosts from its launch template",
+        description="Start (or follow the running) instance refresh of a pool: new hosts boot the template's "
+        "release before old ones go, with checkpoints and automatic rollback. Prints progress; "
+        "exit 0 on success, 4 rolled back, 1 failed or cancelled, 3 timed out.",
+    )
+    rollout.add_argument("pool", help="group name or role (worker-python)")
+    rollout.add_argument("--timeout", type=_positive, default=3600, help="seconds (default 3600)")
+    rollout.add_argument("--interval", type=_positive, default=15, help="seconds between polls (default 15)")
+    rollout.set_defaults(run=cmd_rollout)
 
 
 def _count(value: str) -> int:
@@ -406,7 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="releases kept on the host after a deploy, new and previous included (default 5)",
     )
     redeploy.add_argument("--source-root", metavar="DIR", help="checkout to bundle from (default: this repository)")
+    redeploy.add_argument(
+        "--skip-pool-check",
+        action="store_true",
+        help="do not ask EC2 whether the hosts belong to an Auto Scaling group (redeploy "
+        "refuses pooled hosts; use when you have SSH but no AWS keys for a fixed fleet)",
+    )
     redeploy.set_defaults(run=cmd_redeploy)
+    _pool_parsers(commands, common)
 
     ssh_config = commands.add_parser(
         "ssh-config",

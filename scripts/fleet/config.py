@@ -7,7 +7,7 @@ coordinator reads the same file, so one file describes the fleet to every tool.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from scripts.fleet import values
@@ -53,6 +53,11 @@ class FleetConfig:
     source_root: Path | None
     boot_check: bool = False  # also ask cloud-init over SSH (status, wait)
     boot_strict: bool = False  # an unknown boot (SSH failed) keeps a worker from being ready
+    pool_ports: dict[str, int] = field(default_factory=dict)  # role -> port, for a pooled stack (`pools`)
+
+    @property
+    def pooled(self) -> bool:
+        return bool(self.pool_ports)
 
     def worker(self, name: str) -> Worker:
         for worker in self.workers:
@@ -81,6 +86,20 @@ def _required_text(data: dict, key: str, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise FleetError(f"{where} lacks `{key}` (a non-empty string)", USAGE)
     return value
+
+
+def _pool_ports(data: dict, path: Path) -> dict[str, int]:
+    """role -> port from the outputs file's `pools` (infra/outputs.py); {} for a fixed fleet."""
+    entries = data.get("pools") or []
+    if not isinstance(entries, list):
+        raise FleetError(f"{path}: pools must be a list", USAGE)
+    ports = {}
+    for index, entry in enumerate(entries):
+        where = f"{path}: pools[{index}]"
+        if not isinstance(entry, dict) or entry.get("role") not in RUNTIME_OF_ROLE:
+            raise FleetError(f"{where} must be an object with a role ({', '.join(RUNTIME_OF_ROLE)})", USAGE)
+        ports[entry["role"]] = _port(entry.get("port"), f"{where}.port")
+    return ports
 
 
 def _parse_worker(entry, index: int, path: Path) -> Worker:
@@ -181,6 +200,7 @@ def load_config(args, environ=os.environ) -> FleetConfig:
         stack=values.stack_word(_required_text(data, "stack", str(path)), f"{path}: stack"),
         region=_region(args, data, path, environ),
         workers=workers,
+        pool_ports=_pool_ports(data, path),
         ssh_user=values.ssh_user(
             getattr(args, "ssh_user", None) or data.get("ssh_user") or SSH_USER,
             "ssh user (--ssh-user, the outputs file's ssh_user)",
