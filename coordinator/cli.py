@@ -232,7 +232,7 @@ def show_workers(config: CoordinatorConfig) -> int:
         )
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4])
     print(f"(workers from {config.source})")
     if not any(status.ok for status in statuses):
         print("error: no worker is healthy", file=sys.stderr)
@@ -286,7 +286,7 @@ def plan_targets(inputs: list[str], output: str, format_flag: str | None) -> lis
     if directory:
         paths = [Path(output) / f"{'stdin' if name == STDIO else Path(name).stem}.{extension}" for name in inputs]
         seen: dict[Path, str] = {}
-        for name, path in zip(inputs, paths):
+        for name, path in zip(inputs, paths, strict=True):
             if path in seen:
                 raise InputError(f"{seen[path]} and {name} would both be written to {path}")
             seen[path] = name
@@ -613,7 +613,7 @@ def process_command(args: argparse.Namespace, config: CoordinatorConfig) -> int:
             codes = [process_one(batch, args.inputs[0], targets[0])]
         else:
             with ThreadPoolExecutor(max_workers=args.jobs) as pool, cancel_on_interrupt():  # Ctrl-C ends all
-                codes = list(pool.map(lambda pair: process_one(batch, *pair), zip(args.inputs, targets)))
+                codes = list(pool.map(lambda pair: process_one(batch, *pair), zip(args.inputs, targets, strict=True)))
     session.close()
     return summarise(codes, args.quiet)
 

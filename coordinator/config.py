@@ -87,7 +87,7 @@ def normalize_url(url: str, where: str) -> str:
     shown = repr(redact_url(text))[:200]
     try:
         parts = urlsplit(text)
-        parts.port
+        _ = parts.port  # urlsplit checks the port only when it is read
     except ValueError:
         raise ConfigError(f"{where}: {shown} has a bad port or host") from None
     if parts.scheme not in ("http", "https") or not HOST.fullmatch(parts.hostname or ""):

@@ -26,7 +26,7 @@ def split_ms(strip) -> dict[str, float]:
     queue = max(getattr(strip, "queue_ms", 0.0) or 0.0, 0.0)
     worker = max(strip.worker_ms or 0.0, 0.0)
     network = max(strip.total_ms - worker - encode - queue, 0.0)
-    return dict(zip(PARTS, (worker, network, encode, queue)))
+    return dict(zip(PARTS, (worker, network, encode, queue), strict=True))
 
 
 def _ms(value: float | None) -> float | None:

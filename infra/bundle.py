@@ -41,9 +41,8 @@ def is_shipped(relative_path: str) -> bool:
         return False
     if name.upper().startswith("README"):
         return False
-    if name.startswith("test_") and name.endswith(".py") or name.endswith((".test.js", ".spec.js")):
-        return False
-    return True
+    is_test = name.startswith("test_") and name.endswith(".py") or name.endswith((".test.js", ".spec.js"))
+    return not is_test
 
 
 def _git_tracked(folder: Path, root: Path) -> list[str] | None:

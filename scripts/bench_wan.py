@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import io
 import signal
 import statistics
@@ -97,16 +98,16 @@ def codec_table(jpeg: bytes, urls: list[str], link_mbit: tuple[float, float], le
     source = codecs.jpeg_source(jpeg)
     if source is not None:
         up_row("JPEG rows cut by jpegtran (no re-encode)", lambda: codecs.jpeg_rows(source, 0, height // 2)[0])
-        body, cut_top, cut_bottom = codecs.jpeg_rows(source, 0, height // 2)
+        body = codecs.jpeg_rows(source, 0, height // 2)[0]
         content_type = "image/jpeg"
     else:
         lines.append("  JPEG cut: jpegtran not found (Debian libjpeg-turbo-progs)")
-        body, content_type, cut_top, cut_bottom = imaging.encode_ppm(rows), "image/x-portable-pixmap", 0, height // 2
+        body, content_type = imaging.encode_ppm(rows), "image/x-portable-pixmap"
     lines.append(
         f"  {'reply (worker encodes; X-Processing-Ms)':44}{'MB':>7}{'wk ms':>8}{'wire s':>8}{'sum s':>7}{'PSNR dB':>9}"
     )
     with requests.Session() as session:
-        for url, runtime, op in zip(urls, ("python", "nodejs"), ("grayscale", "sepia")):
+        for url, runtime, op in zip(urls, ("python", "nodejs"), ("grayscale", "sepia"), strict=True):
             exact = None
             for label, query in (
                 ("raw", {"format": "raw"}),
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "c":
                     out, parts = timed(link, lambda: original_run(jpeg, urls))
                 else:
-                    out, parts = timed(link, lambda: coordinator_run(jpeg, designs[name][1], level))
+                    out, parts = timed(link, functools.partial(coordinator_run, jpeg, designs[name][1], level))
                 samples[name].append(parts)
                 outputs[name] = out
     reference = decoded(one_process_run(jpeg, level)[0])

@@ -112,15 +112,16 @@ class WanLink:
         self, command: list[str], *, env: dict | None = None, cwd: Path | None = None, log: Path | None = None
     ) -> subprocess.Popen:
         """Start a process inside the namespace; stopped by close()."""
-        out = open(log, "wb") if log else subprocess.DEVNULL
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.name, *command],
-            env={**os.environ, **(env or {})},
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # the child keeps its own copy of the log's descriptor
+        with open(log, "wb") if log else contextlib.nullcontext(subprocess.DEVNULL) as out:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.name, *command],
+                env={**os.environ, **(env or {})},
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.processes.append(proc)
         return proc
 

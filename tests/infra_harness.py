@@ -120,8 +120,8 @@ def run_program(config: dict[str, str], secret_keys: tuple[str, ...] = ()) -> Pr
         secrets = [pulumi.Output.from_input(value.is_secret()) for value in values]
 
         def record(resolved):
-            run.outputs = dict(zip(names, resolved[: len(names)]))
-            run.secret_outputs = {name for name, secret in zip(names, resolved[len(names) :]) if secret}
+            run.outputs = dict(zip(names, resolved[: len(names)], strict=True))
+            run.secret_outputs = {name for name, secret in zip(names, resolved[len(names) :], strict=True) if secret}
 
         return pulumi.Output.all(*values, *secrets).apply(record)
 

@@ -207,7 +207,7 @@ def test_batch_goes_on_past_a_bad_input(local_fleet, tmp_path):
         "error: 3 inputs: 2 written, 1 failed (exit 2)",
     ]
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png"]
-    for name, pixels in zip(("a", "c"), good):
+    for name, pixels in zip(("a", "c"), good, strict=True):
         assert np.array_equal(np.asarray(Image.open(out / f"{name}.png")), 255 - pixels)
 
 

@@ -222,7 +222,7 @@ def test_root_volumes_are_encrypted_gp3(nodes):
 def test_instances_carry_the_shared_tags(nodes):
     def check(args):
         names, tag_sets = args[: len(nodes)], args[len(nodes) :]
-        for name, tags in zip(names, tag_sets):
+        for name, tags in zip(names, tag_sets, strict=True):
             assert tags == {"Name": name, "Project": PROJECT, "Stack": STACK, "Role": name.rsplit("-", 1)[0]}
 
     return pulumi.Output.all(*[n.instance.tags["Name"] for n in nodes], *[n.instance.tags for n in nodes]).apply(check)

@@ -38,7 +38,7 @@ def test_fifty_jobs_under_backpressure_complete_correctly(pushy_fleet, record_pr
     busy_logged = sum(busy_responses_in_log(worker.log_text()) for worker in pushy_fleet)
     assert busy_logged > 0, "no 503 busy in the worker logs: backpressure went untested"
     assert outcome.busy_retries > 0, "the engine never met a 503 busy, so its retry went untested"
-    for worker, runtime in zip(pushy_fleet, ("python", "nodejs")):
+    for worker, runtime in zip(pushy_fleet, ("python", "nodejs"), strict=True):
         assert worker.proc.poll() is None, "a worker died under load"
         peak = peak_rss_mb(worker.pid)
         assert peak > 0

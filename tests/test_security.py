@@ -244,7 +244,7 @@ def test_coordinator_sends_one_request_id_per_strip_that_workers_log(tmp_path, l
     done, _ = run_cli(tmp_path, locked_fleet, TOKEN, strips=4)
     assert done.returncode == 0, done.stderr
     time.sleep(0.5)  # the last log lines may land just after the responses
-    ids = [rid for worker, mark in zip(locked_fleet, marks) for rid in logged_request_ids(worker, mark)]
+    ids = [rid for worker, mark in zip(locked_fleet, marks, strict=True) for rid in logged_request_ids(worker, mark)]
     assert len(ids) >= 4, f"workers logged {len(ids)} request ids for a 4-strip job"
     prefix = os_commonprefix(ids)
     assert len(prefix) >= 8, f"no common job id in the strips' request ids: {ids}"
@@ -256,7 +256,7 @@ def test_coordinator_output_names_the_request_ids_workers_logged(tmp_path, locke
     marks = [len(worker.log_text().splitlines()) for worker in locked_fleet]
     done, _ = run_cli(tmp_path, locked_fleet, TOKEN, strips=2)
     assert done.returncode == 0, done.stderr
-    ids = [rid for worker, mark in zip(locked_fleet, marks) for rid in logged_request_ids(worker, mark)]
+    ids = [rid for worker, mark in zip(locked_fleet, marks, strict=True) for rid in logged_request_ids(worker, mark)]
     assert ids
     missing = [rid for rid in ids if rid not in done.stdout + done.stderr]
     assert not missing, f"request ids the workers logged but the coordinator never showed: {missing}"

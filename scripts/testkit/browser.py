@@ -67,14 +67,14 @@ def start_page(tmp_dir: Path, workers: list[str], extra_env: dict | None = None,
     ]
     tmp_dir.mkdir(parents=True, exist_ok=True)
     log_path = tmp_dir / f"page-{port}.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     page = RunningProcess(proc, log_path, f"http://127.0.0.1:{port}", env)
     try:
         wait_http_ok(page.url + "/_stcore/health", proc, timeout=timeout)
     except RuntimeError as exc:
         page.stop()
-        raise RuntimeError(f"the page did not start: {exc}\n{page.log_text()[-3000:]}")
+        raise RuntimeError(f"the page did not start: {exc}\n{page.log_text()[-3000:]}") from exc
     return page
 
 

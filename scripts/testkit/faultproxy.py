@@ -152,25 +152,27 @@ class FaultProxy:
 
     def _http(self, client: socket.socket) -> None:
         """One request per connection (we answer `Connection: close`), parsed just enough."""
-        reader = client.makefile("rb")
-        request_line = reader.readline(65537).decode("latin-1").strip()
-        if not request_line:
+        request = _read_request(client.makefile("rb"))
+        if request is None:
             return
-        method, target, _ = request_line.split(" ", 2)
-        headers: list[tuple[str, str]] = []
-        while True:
-            line = reader.readline(65537).decode("latin-1")
-            if line in ("\r\n", "\n", ""):
-                break
-            name, _, value = line.partition(":")
-            headers.append((name.strip(), value.strip()))
-        lower = {k.lower(): v for k, v in headers}
-        body = _read_body(reader, lower)
+        method, target, headers, body = request
         faulted = method == "POST" and target.startswith("/process")
         if faulted and self.mode == "blackhole":
             self._count("faulted")
             self._stopping.wait(300)
             return
+        status, reason, out_headers, payload = self._forward(method, target, headers, body)
+        mode = self.mode
+        if faulted and status == 200 and mode != "pass":
+            self._count("faulted")
+            self._send_fault(client, mode, status, reason, out_headers, payload)
+            return
+        client.sendall(_head(status, reason, out_headers, len(payload)) + payload)
+
+    def _forward(
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes
+    ) -> tuple[int, str, list[tuple[str, str]], bytes]:
+        """The upstream's status, reason, headers (hop-by-hop ones dropped) and body."""
         sent = [
             (k, v)
             for k, v in headers
@@ -194,42 +196,68 @@ class FaultProxy:
             payload = response.read()
         finally:
             upstream.close()
-        mode = self.mode
-        if faulted and status == 200 and mode != "pass":
-            self._count("faulted")
-            if mode == "garbage":
-                payload = os.urandom(max(len(payload), 64))
-                out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-type"]
-                out_headers.append(("Content-Type", "image/png"))
-            elif mode == "wrong_size":
-                payload = _crop(payload, columns=1, rows=1)
-            elif mode == "one_column":
-                payload = _crop(payload, columns=None, rows=0)
-            elif mode == "narrow":
-                payload = _crop(payload, columns=1, rows=0)
-            elif mode == "bomb":
-                payload = _bomb_png(60000, 60000)
-                out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-type"]
-                out_headers.append(("Content-Type", "image/png"))
-            elif mode == "server_error":
-                status, reason = 500, "Internal Server Error"
-                payload = b'{"error": {"code": "internal", "message": "injected by faultproxy"}}'
-                out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-type"]
-                out_headers.append(("Content-Type", "application/json"))
-            elif mode == "drip":
-                client.sendall(_head(status, reason, out_headers, len(payload)))
-                for index in range(len(payload)):
-                    if self._stopping.wait(self.delay or 0.5):
-                        return
-                    client.sendall(payload[index : index + 1])
-                return
-            elif mode == "close_mid_response":
-                head = _head(status, reason, out_headers, len(payload))
-                client.sendall(head + payload[: len(payload) // 2])
-                # RST, not FIN, so the client sees a broken connection rather than a short read.
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                return
+        return status, reason, out_headers, payload
+
+    def _send_fault(
+        self,
+        client: socket.socket,
+        mode: str,
+        status: int,
+        reason: str,
+        out_headers: list[tuple[str, str]],
+        payload: bytes,
+    ) -> None:
+        """Answer a 200 from /process the way `mode` breaks it."""
+        if mode == "garbage":
+            payload = os.urandom(max(len(payload), 64))
+            out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-type"]
+            out_headers.append(("Content-Type", "image/png"))
+        elif mode == "wrong_size":
+            payload = _crop(payload, columns=1, rows=1)
+        elif mode == "one_column":
+            payload = _crop(payload, columns=None, rows=0)
+        elif mode == "narrow":
+            payload = _crop(payload, columns=1, rows=0)
+        elif mode == "bomb":
+            payload = _bomb_png(60000, 60000)
+            out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-type"]
+            out_headers.append(("Content-Type", "image/png"))
+        elif mode == "server_error":
+            status, reason = 500, "Internal Server Error"
+            payload = b'{"error": {"code": "internal", "message": "injected by faultproxy"}}'
+            out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-type"]
+            out_headers.append(("Content-Type", "application/json"))
+        elif mode == "drip":
+            client.sendall(_head(status, reason, out_headers, len(payload)))
+            for index in range(len(payload)):
+                if self._stopping.wait(self.delay or 0.5):
+                    return
+                client.sendall(payload[index : index + 1])
+            return
+        elif mode == "close_mid_response":
+            head = _head(status, reason, out_headers, len(payload))
+            client.sendall(head + payload[: len(payload) // 2])
+            # RST, not FIN, so the client sees a broken connection rather than a short read.
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            return
         client.sendall(_head(status, reason, out_headers, len(payload)) + payload)
+
+
+def _read_request(reader) -> tuple[str, str, list[tuple[str, str]], bytes] | None:
+    """Method, target, headers and body of one request; None when the client sent nothing."""
+    request_line = reader.readline(65537).decode("latin-1").strip()
+    if not request_line:
+        return None
+    method, target, _ = request_line.split(" ", 2)
+    headers: list[tuple[str, str]] = []
+    while True:
+        line = reader.readline(65537).decode("latin-1")
+        if line in ("\r\n", "\n", ""):
+            break
+        name, _, value = line.partition(":")
+        headers.append((name.strip(), value.strip()))
+    lower = {k.lower(): v for k, v in headers}
+    return method, target, headers, _read_body(reader, lower)
 
 
 def _read_body(reader, lower_headers: dict) -> bytes:

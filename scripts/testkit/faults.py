@@ -240,8 +240,8 @@ def tbf_slow_link(tmp_path: Path) -> tuple[bool, str]:
             command, cwd = worker_command(runtime)
             env = {**os.environ, "WORKER_HOST": "127.0.0.1", "WORKER_PORT": str(port)}
             env.pop("WORKER_TOKEN", None)
-            log = open(tmp_path / f"{runtime}.log", "wb")
-            ns.popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            with open(tmp_path / f"{runtime}.log", "wb") as log:  # the child keeps its own copy
+                ns.popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
             urls.append(f"http://127.0.0.1:{port}")
         ready = ns.run([sys.executable, "-c", WAIT_HEALTHY, *urls], capture_output=True, text=True, timeout=60)
         if ready.returncode != 0:

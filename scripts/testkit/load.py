@@ -28,6 +28,63 @@ class LoadOutcome:
     elapsed_s: float = 0.0
 
 
+@dataclass
+class _Jobs:
+    """The jobs of one load run and what became of them, shared by the client threads."""
+
+    config: object
+    strips: int
+    outcome: LoadOutcome = field(default_factory=LoadOutcome)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    to_retry: list = field(default_factory=list)
+
+    def note(self, kind: str, problem: str | None = None) -> None:
+        with self.lock:
+            setattr(self.outcome, kind, getattr(self.outcome, kind) + 1)
+            if problem and len(self.outcome.problems) < 20:
+                self.outcome.problems.append(problem)
+
+    def one(self, spec, retrying: bool = False) -> None:
+        from coordinator.engine import run_job
+        from coordinator.errors import CoordinatorError
+
+        index, plan, image = spec
+        busy = 0
+
+        def on_event(event) -> None:
+            nonlocal busy
+            if event.kind == "retry" and ("busy" in (event.message or "") or "503" in (event.message or "")):
+                busy += 1
+
+        try:
+            result = run_job(png_bytes(image), self.config, plan=plan, strips=self.strips, on_event=on_event)
+        except CoordinatorError as exc:
+            self._failed(spec, str(exc), retrying)
+            return
+        except Exception as exc:  # anything else is a bug: it is "lost"
+            self.note("lost", f"job {index}: {type(exc).__name__}: {exc}")
+            return
+        finally:
+            with self.lock:
+                self.outcome.busy_retries += busy
+        diff = max_pixel_diff(result.image, expected_pixels(image, plan))
+        if diff > 1:
+            self.note("lost", f"job {index} ({plan}): wrong pixels, max diff {diff}")
+        elif not retrying:
+            self.note("completed")
+
+    def _failed(self, spec, message: str, retrying: bool) -> None:
+        index = spec[0]
+        if "\n" in message or not message:
+            self.note("lost", f"job {index}: error is not one line: {message!r}")
+        elif retrying:
+            self.note("lost", f"job {index}: failed again on retry: {message}")
+        else:
+            self.note("failed_cleanly", None)
+            with self.lock:
+                self.to_retry.append(spec)
+
+
 def run_load(
     worker_urls: list[str],
     jobs: int = JOBS,
@@ -38,8 +95,6 @@ def run_load(
     neighbour_threads: int = 1,
 ) -> LoadOutcome:
     from coordinator.config import load_config
-    from coordinator.engine import run_job
-    from coordinator.errors import CoordinatorError
 
     environ = {"COORDINATOR_MAX_ATTEMPTS": "6", "COORDINATOR_READ_TIMEOUT": "30"}
     if token:
@@ -49,50 +104,8 @@ def run_load(
     specs = [
         (index, rng.choice(PLANS), sample_rgb(rng.randint(24, 96), rng.randint(16, 80), index)) for index in range(jobs)
     ]
-    outcome = LoadOutcome()
-    lock = threading.Lock()
-
-    def note(kind: str, problem: str | None = None) -> None:
-        with lock:
-            setattr(outcome, kind, getattr(outcome, kind) + 1)
-            if problem and len(outcome.problems) < 20:
-                outcome.problems.append(problem)
-
-    def one(spec, retrying: bool = False) -> None:
-        index, plan, image = spec
-        busy = 0
-
-        def on_event(event) -> None:
-            nonlocal busy
-            if event.kind == "retry" and ("busy" in (event.message or "") or "503" in (event.message or "")):
-                busy += 1
-
-        try:
-            result = run_job(png_bytes(image), config, plan=plan, strips=strips, on_event=on_event)
-        except CoordinatorError as exc:
-            message = str(exc)
-            if "\n" in message or not message:
-                note("lost", f"job {index}: error is not one line: {message!r}")
-            elif retrying:
-                note("lost", f"job {index}: failed again on retry: {message}")
-            else:
-                note("failed_cleanly", None)
-                with lock:
-                    to_retry.append(spec)
-            return
-        except Exception as exc:  # anything else is a bug: it is "lost"
-            note("lost", f"job {index}: {type(exc).__name__}: {exc}")
-            return
-        finally:
-            with lock:
-                outcome.busy_retries += busy
-        diff = max_pixel_diff(result.image, expected_pixels(image, plan))
-        if diff > 1:
-            note("lost", f"job {index} ({plan}): wrong pixels, max diff {diff}")
-        elif not retrying:
-            note("completed")
-
-    to_retry: list = []
+    run = _Jobs(config, strips)
+    outcome = run.outcome
     started = time.monotonic()
     stop_neighbour = threading.Event()
     neighbours = [
@@ -104,17 +117,17 @@ def run_load(
         thread.start()
     try:
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            futures = [pool.submit(one, spec) for spec in specs]
-            done, not_done = wait(futures, timeout=JOB_TIMEOUT_S * 2)
+            futures = [pool.submit(run.one, spec) for spec in specs]
+            _, not_done = wait(futures, timeout=JOB_TIMEOUT_S * 2)
     finally:
         stop_neighbour.set()
         for thread in neighbours:
             thread.join(timeout=15)
-    for future in not_done:
-        note("lost", "a job did not finish in time (hang)")
+    for _ in not_done:
+        run.note("lost", "a job did not finish in time (hang)")
     # "A retry fixes it": the user's retry, once the rush is over, must succeed.
-    for spec in to_retry:
-        one(spec, retrying=True)
+    for spec in run.to_retry:
+        run.one(spec, retrying=True)
     outcome.elapsed_s = time.monotonic() - started
     return outcome
 

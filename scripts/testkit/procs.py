@@ -88,15 +88,15 @@ def start_worker(
     full_env.update(env or {})
     tmp_dir.mkdir(parents=True, exist_ok=True)
     log_path = tmp_dir / f"worker-{runtime}-{port}.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        command, cwd=cwd or default_cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            command, cwd=cwd or default_cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     running = RunningProcess(proc, log_path, f"http://127.0.0.1:{port}", full_env)
     if wait:
         try:
             wait_http_ok(running.url + "/healthz", proc)
         except RuntimeError as exc:
             running.stop()
-            raise RuntimeError(f"{runtime} worker failed to start: {exc}\n{running.log_text()[-3000:]}")
+            raise RuntimeError(f"{runtime} worker failed to start: {exc}\n{running.log_text()[-3000:]}") from exc
     return running

@@ -73,20 +73,20 @@ def start_moto_server(tmp_dir: Path) -> MotoServer:
     tmp_dir.mkdir(parents=True, exist_ok=True)
     log_path = tmp_dir / f"moto-{port}.log"
     env = aws_env(None)
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     running = RunningProcess(proc, log_path, f"http://127.0.0.1:{port}")
     try:
         wait_http_ok(f"{running.url}/moto-api/", proc, timeout=60)
     except RuntimeError as exc:
         running.stop()
-        raise RuntimeError(f"moto server failed to start: {exc}\n{running.log_text()[-3000:]}")
+        raise RuntimeError(f"moto server failed to start: {exc}\n{running.log_text()[-3000:]}") from exc
     return MotoServer(running, running.url)
 
 

@@ -115,10 +115,10 @@ def start_sshd(tmp_dir: Path, env: dict | None = None, host_key: Path | None = N
     config.write_text("\n".join(lines) + "\n")
     Path("/run/sshd").mkdir(parents=True, exist_ok=True)
     log_path = tmp_dir / f"sshd-{port}.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     running = RunningProcess(proc, log_path, f"127.0.0.1:{port}")
     try:
         _wait_listening(port, running)
