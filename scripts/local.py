@@ -6,7 +6,13 @@
 
 Ports: PYTHON_WORKER_PORT, NODEJS_WORKER_PORT (defaults in stripes/roles.py) and
 COORDINATOR_PAGE_PORT (8501), e.g. `make run PYTHON_WORKER_PORT=5011`. A busy port stops the
-start with one line naming the variable to set. The page is pointed at the workers' ports unless a worker list is configured.
+start with one line naming the variable to set. The page is pointed at the workers' ports unless a
+worker list is configured.
+
+Pools: PYTHON_WORKERS / NODEJS_WORKERS (default 1, at most 8) start that many workers of a runtime,
+e.g. `make workers PYTHON_WORKERS=2 NODEJS_WORKERS=2`. The first keeps the role's port; the i-th
+extra one listens on that port + i*100 and is named <role>-<i>. Every worker started is listed in
+.run/workers.json (the stack outputs format), for the CLI: COORDINATOR_WORKERS_FILE=.run/workers.json.
 """
 
 from __future__ import annotations
@@ -34,6 +40,18 @@ PAGE_PORT_VAR = "COORDINATOR_PAGE_PORT"
 WORKER_SOURCES = ("COORDINATOR_WORKERS", "COORDINATOR_WORKERS_FILE", "COORDINATOR_PULUMI_STACK")
 # glibc returns freed strip buffers to the OS with these (node worker peak RSS 215 -> 129 MiB)
 MALLOC_LIMITS = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}
+MAX_PER_RUNTIME = 8  # a loopback pool on a laptop; each worker is a process of ~100 MiB
+PORT_STEP = 100  # extra instance i of a role listens on the role's port + i * PORT_STEP
+WORKERS_FILE = "workers.json"  # in RUN_DIR, in the stack outputs format the CLI reads
+
+
+def count_var(role: str) -> str:
+    return f"{WORKERS[role].runtime.upper()}_WORKERS"
+
+
+def role_of(name: str) -> str:
+    """worker-python-2 -> worker-python (the first instance is named after its role)."""
+    return name if name in WORKERS else name.rsplit("-", 1)[0]
 
 
 class PortError(Exception):
@@ -51,9 +69,26 @@ def _port_setting(var: str, default: int, environ=os.environ) -> int:
     return int(raw)
 
 
+def counts(environ=os.environ) -> dict[str, int]:
+    """role -> how many workers to start (PYTHON_WORKERS, NODEJS_WORKERS; default 1)."""
+    chosen = {}
+    for role in WORKERS:
+        raw = environ.get(count_var(role), "").strip() or "1"
+        if not raw.isdigit() or int(raw) > MAX_PER_RUNTIME:
+            raise PortError(f"{count_var(role)} must be a whole number from 0 to {MAX_PER_RUNTIME}, got {raw!r}", 2)
+        chosen[role] = int(raw)
+    if not any(chosen.values()):
+        raise PortError(f"{' and '.join(map(count_var, WORKERS))} are both 0; start at least one worker", 2)
+    return chosen
+
+
 def ports(environ=os.environ) -> dict[str, int]:
-    """name -> port for both workers and the page, from the environment (make passes its variables)."""
-    chosen = {name: _port_setting(spec.port_var, spec.port, environ) for name, spec in WORKERS.items()}
+    """name -> port for every worker instance and the page, from the environment (make passes its
+    variables). A role's first instance is named after the role; a role counted 0 is absent."""
+    chosen = {}
+    for role, number in counts(environ).items():
+        base = _port_setting(WORKERS[role].port_var, WORKERS[role].port, environ)
+        chosen.update({role if i == 0 else f"{role}-{i}": base + i * PORT_STEP for i in range(number)})
     chosen["page"] = _port_setting(PAGE_PORT_VAR, 8501, environ)
     if len(set(chosen.values())) != len(chosen):
         names = ", ".join(_port_var(name) for name in chosen)
@@ -62,7 +97,7 @@ def ports(environ=os.environ) -> dict[str, int]:
 
 
 def _port_var(name: str) -> str:
-    return WORKERS[name].port_var if name in WORKERS else PAGE_PORT_VAR
+    return PAGE_PORT_VAR if name == "page" else WORKERS[role_of(name)].port_var
 
 
 def check_free(name: str, port: int) -> None:
@@ -72,7 +107,7 @@ def check_free(name: str, port: int) -> None:
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
-            owner = _healthy(port) if name in WORKERS else None
+            owner = _healthy(port) if name != "page" else None
             held = f"already serves {owner}, not started by make" if owner else "is busy"
             raise PortError(
                 f"port {port} for {name} {held}; set {_port_var(name)} to a free "
@@ -85,13 +120,15 @@ def page_env(environ, chosen: dict[str, int]) -> dict:
     """The page's environment: it finds the workers at their chosen ports unless told otherwise."""
     env = dict(environ)
     if not any(env.get(var) for var in WORKER_SOURCES):
-        env["COORDINATOR_WORKERS"] = ",".join(f"http://127.0.0.1:{chosen[name]}" for name in WORKERS)
+        env["COORDINATOR_WORKERS"] = ",".join(
+            f"http://127.0.0.1:{port}" for name, port in chosen.items() if name != "page"
+        )
     return env
 
 
 def worker_command(name: str) -> tuple[list[str], Path]:
     """The argv and working directory that start worker `name` from this checkout."""
-    return WORKERS[name].local_command(), ROOT / name
+    return WORKERS[role_of(name)].local_command(), ROOT / role_of(name)
 
 
 def _pid_file(name: str) -> Path:
@@ -127,15 +164,16 @@ def _healthy(port: int) -> str | None:
 
 def _spawn(name: str, cmd: list[str], cwd: Path, env: dict) -> int:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    log = open(RUN_DIR / f"{name}.log", "ab")
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(RUN_DIR / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     _pid_file(name).write_text(str(proc.pid))
     return proc.pid
 
 
 def _spawn_workers(chosen: dict[str, int]) -> list[str]:
     """Start each worker not already running from our pid files; returns the names to wait for."""
-    pending = [name for name in WORKERS if not _running_pid(name)]
+    names = [name for name in chosen if name != "page"]
+    pending = [name for name in names if not _running_pid(name)]
     for name in pending:
         check_free(name, chosen[name])  # every port checked before anything starts
     if "WORKER_PORT" in os.environ:
@@ -146,14 +184,32 @@ def _spawn_workers(chosen: dict[str, int]) -> list[str]:
     for name in pending:
         env = {**os.environ, "WORKER_PORT": str(chosen[name]), **MALLOC_LIMITS}
         _spawn(name, *worker_command(name), env)
-    return list(WORKERS)
+    _write_workers_file(chosen)
+    return names
+
+
+def _write_workers_file(chosen: dict[str, int]) -> None:
+    """Every worker of this start, as the stack outputs file the CLI and page can read."""
+    workers = [
+        {
+            "name": name,
+            "role": role_of(name),
+            "runtime": WORKERS[role_of(name)].runtime,
+            "url": f"http://127.0.0.1:{port}",
+        }
+        for name, port in chosen.items()
+        if name != "page"
+    ]
+    temporary = RUN_DIR / f".{WORKERS_FILE}.tmp"
+    temporary.write_text(json.dumps({"workers": workers}, indent=2) + "\n")
+    temporary.replace(RUN_DIR / WORKERS_FILE)
 
 
 def _wait_healthy(waiting: dict[str, int], timeout: float) -> int:
     deadline = time.monotonic() + timeout
     while waiting and time.monotonic() < deadline:
         for name in list(waiting):
-            if _healthy(waiting[name]) == name:
+            if _healthy(waiting[name]) == role_of(name):
                 print(f"{name}: http://127.0.0.1:{waiting.pop(name)} healthy")
             elif not _running_pid(name):
                 print(f"error: {name} exited at start; see {RUN_DIR / (name + '.log')}", file=sys.stderr)
@@ -176,7 +232,7 @@ def start_workers(timeout: float = 30, chosen: dict[str, int] | None = None) -> 
 
 
 def stop_all(grace: float = 15) -> int:
-    names = [*WORKERS, "page"]
+    names = sorted(path.stem for path in RUN_DIR.glob("*.pid"))  # every instance, however many started
     pids = {name: pid for name in names if (pid := _running_pid(name))}
     for pid in pids.values():
         with contextlib.suppress(ProcessLookupError):
@@ -190,6 +246,7 @@ def stop_all(grace: float = 15) -> int:
         print(f"stopped {name} (pid {pid})")
     for name in names:
         _pid_file(name).unlink(missing_ok=True)
+    (RUN_DIR / WORKERS_FILE).unlink(missing_ok=True)
     return 0
 
 

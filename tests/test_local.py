@@ -25,7 +25,7 @@ def runner(command: str, tmp_path, timeout: float = 90, **ports: int) -> subproc
     env = {
         key: value
         for key, value in os.environ.items()
-        if key not in ("WORKER_PORT", "WORKER_TOKEN", *local.WORKER_SOURCES)
+        if key not in ("WORKER_PORT", "WORKER_TOKEN", "PYTHON_WORKERS", "NODEJS_WORKERS", *local.WORKER_SOURCES)
     }
     env.update({"LOCAL_RUN_DIR": str(tmp_path / "run"), **{k: str(v) for k, v in ports.items()}})
     return subprocess.run(
@@ -164,3 +164,79 @@ def _wait_for_page(pid_file: Path, port: int, proc: subprocess.Popen, timeout: f
                 pass
         time.sleep(0.3)
     raise AssertionError(f"the page did not answer on {port} within {timeout}s")
+
+
+def _base_port_with_room(extra: int) -> int:
+    """A free port whose +PORT_STEP neighbours are free too (the extra instances' ports)."""
+    for _ in range(50):
+        base = free_port()
+        if base + extra * local.PORT_STEP < 65536 and all(
+            _port_free(base + i * local.PORT_STEP) for i in range(1, extra + 1)
+        ):
+            return base
+    pytest.fail("no free port with free neighbours found")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_a_pool_of_two_per_runtime_starts_is_listed_for_the_cli_and_stops(tmp_path):
+    from coordinator.config import read_outputs_file
+
+    python_base, nodejs_base = _base_port_with_room(1), _base_port_with_room(1)
+    expected = {
+        python_base: "python",
+        python_base + local.PORT_STEP: "python",
+        nodejs_base: "nodejs",
+        nodejs_base + local.PORT_STEP: "nodejs",
+    }
+    try:
+        result = runner(
+            "start",
+            tmp_path,
+            timeout=120,
+            PYTHON_WORKERS=2,
+            NODEJS_WORKERS=2,
+            PYTHON_WORKER_PORT=python_base,
+            NODEJS_WORKER_PORT=nodejs_base,
+        )
+        assert result.returncode == 0, result.stderr
+        for port, runtime in expected.items():
+            assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()["runtime"] == runtime
+        assert "worker-python-1: http://127.0.0.1:" in result.stdout
+        urls, _token = read_outputs_file(str(tmp_path / "run" / local.WORKERS_FILE), "test")
+        assert sorted(urls) == sorted(f"http://127.0.0.1:{port}" for port in expected)
+    finally:
+        stopped = runner("stop", tmp_path, timeout=60)
+    assert stopped.returncode == 0 and stopped.stdout.count("stopped worker-") == 4
+    assert not (tmp_path / "run" / local.WORKERS_FILE).exists()
+    for port in expected:
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("counts", "fragment"),
+    [
+        ({"PYTHON_WORKERS": "9"}, "PYTHON_WORKERS must be a whole number from 0 to 8"),
+        ({"NODEJS_WORKERS": "two"}, "NODEJS_WORKERS must be a whole number"),
+        ({"PYTHON_WORKERS": "0", "NODEJS_WORKERS": "0"}, "are both 0"),
+    ],
+)
+def test_bad_worker_counts_are_usage_errors(counts, fragment, tmp_path):
+    result = runner("start", tmp_path, timeout=30, **counts)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and fragment in line
+
+
+def test_page_is_pointed_at_every_instance():
+    chosen = local.ports({"PYTHON_WORKERS": "2", "NODEJS_WORKERS": "0", "PYTHON_WORKER_PORT": "6100"})
+    assert chosen == {"worker-python": 6100, "worker-python-1": 6200, "page": 8501}
+    assert local.page_env({}, chosen)["COORDINATOR_WORKERS"] == "http://127.0.0.1:6100,http://127.0.0.1:6200"
