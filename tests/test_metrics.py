@@ -4,6 +4,7 @@ and counters that move by the right amount after known requests."""
 from __future__ import annotations
 
 import io
+import signal
 import socket
 import time
 from contextlib import contextmanager
@@ -143,6 +144,26 @@ def test_a_busy_rejection_counts_once_and_metrics_answer_while_the_slot_is_held(
         == 1
     )
     assert requests_counted(after, 503) - requests_counted(before, 503) == 1
+
+
+def test_a_draining_rejection_counts_once(worker_factory, runtime):
+    worker = worker_factory(runtime, {"WORKER_MAX_INFLIGHT": "1", "WORKER_GRACE_SECONDS": "15"})
+    with held_slot(worker):  # keeps the worker draining (not exiting) after SIGTERM
+        worker.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while requests.get(worker.url + "/healthz", timeout=TIMEOUT).json()["status"] != "draining":
+            assert time.monotonic() < deadline, "the worker never said draining"
+            time.sleep(0.05)
+        before = scrape(worker)
+        refused = post(worker, png_of(8, 8))
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
+        after = scrape(worker)
+    assert (
+        value(after, "worker_rejections_total", reason="draining")
+        - value(before, "worker_rejections_total", reason="draining")
+        == 1
+    )
+    assert value(after, "worker_rejections_total", reason="busy") == 0
 
 
 def test_metrics_need_no_token_and_show_no_secret(worker_factory, runtime):
