@@ -12,7 +12,7 @@ help:
 	@echo "make run     set up, start both workers and the page on http://localhost:8501"
 	@echo "make test    set up, then run every test (pytest + node --test)"
 	@echo "make lint    ruff check + ruff format --check, and worker-nodejs's npm lint; make format fixes"
-	@echo "make workers start both workers in the background; make stop stops them"
+	@echo "make workers start both workers in the background (PYTHON_WORKERS=2 NODEJS_WORKERS=2: more); make stop stops them"
 	@echo "make bench   benchmarks (tables of medians and ratios)"
 
 setup: $(VENV)/.installed worker-nodejs/node_modules/.installed
