@@ -378,7 +378,9 @@ def test_a_build_that_fails_at_start_up_is_rolled_back(host):
     main.write_text('raise SystemExit("deliberately broken build")\n')
     broken = build_id(bundle_files(ROLE, source))
 
-    result = fleet("redeploy", "--skip-pool-check", NAME, "--source-root", str(source), "--health-timeout", "5", *host.flags())
+    result = fleet(
+        "redeploy", "--skip-pool-check", NAME, "--source-root", str(source), "--health-timeout", "5", *host.flags()
+    )
     line = assert_one_error_line(result, 4, f"build {broken} not healthy within 5s")
     assert f"rolled back to build {old}, healthy" in line
     assert health(host.url)["build"] == old

@@ -45,9 +45,8 @@ class Row:
             gaps.append(f"state {self.state}")
         elif self.checks != "ok":
             gaps.append(f"status checks: {self.checks}")
-        if self.boot is not None and self.boot.problem():
-            if self.boot.state != "unknown" or self.boot_strict:
-                gaps.append(self.boot.problem())
+        if self.boot is not None and self.boot.problem() and (self.boot.state != "unknown" or self.boot_strict):
+            gaps.append(self.boot.problem())
         if self.health is None:
             gaps.append("no url in the outputs file")
         else:
@@ -145,7 +144,7 @@ def collect(config: FleetConfig, boot_done: frozenset[str] = frozenset()) -> lis
     with ThreadPoolExecutor(max_workers=8) as pool:
         healths = pool.map(lambda r: check_health(r.url) if r.url else None, rows)
         boots = pool.map(boot_of, rows)
-        for row, health, boot in zip(rows, healths, boots):
+        for row, health, boot in zip(rows, healths, boots, strict=True):
             row.health, row.boot, row.boot_strict = health, boot, config.boot_strict
     return rows
 
@@ -311,7 +310,7 @@ def _positive(value: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}")
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
     if number <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return number

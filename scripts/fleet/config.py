@@ -132,7 +132,7 @@ def _port(value, name: str) -> int:
     try:
         port = int(value)
     except (TypeError, ValueError):
-        raise FleetError(f"{name} must be a port number, got {value!r}", USAGE)
+        raise FleetError(f"{name} must be a port number, got {value!r}", USAGE) from None
     if not 0 < port < 65536:
         raise FleetError(f"{name} must be 1-65535, got {port}", USAGE)
     return port
@@ -142,7 +142,7 @@ def _seconds(value, name: str) -> float:
     try:
         seconds = float(value)
     except (TypeError, ValueError):
-        raise FleetError(f"{name} must be a number of seconds, got {value!r}", USAGE)
+        raise FleetError(f"{name} must be a number of seconds, got {value!r}", USAGE) from None
     if not 0 < seconds <= 3600:
         raise FleetError(f"{name} must be > 0 and <= 3600, got {value}", USAGE)
     return seconds

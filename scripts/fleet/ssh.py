@@ -88,7 +88,7 @@ def connect(config: FleetConfig, worker: Worker) -> paramiko.SSHClient:
         if config.known_hosts.exists():
             client.load_host_keys(str(config.known_hosts))
     except (OSError, paramiko.SSHException) as exc:
-        raise FleetError(f"cannot read known hosts file {config.known_hosts}: {exc}")
+        raise FleetError(f"cannot read known hosts file {config.known_hosts}: {exc}") from exc
     client.set_missing_host_key_policy(TrustOnFirstUse(config.known_hosts, _stderr))
     sock = _greeted_socket(host, config.ssh_port, target, timeout)
     key_options = (

@@ -16,6 +16,7 @@ token needed) take every thread and /healthz hangs (slowloris). Here:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import selectors
 import socket
@@ -169,10 +170,8 @@ class HeaderGatedThreadWorker(ThreadWorker):
         self.enqueue_req(conn)
 
     def _drop(self, conn: TConn) -> None:
-        try:
+        with contextlib.suppress(KeyError, ValueError, OSError):
             self.poller.unregister(conn.sock)
-        except (KeyError, ValueError, OSError):
-            pass
         self.header_waiting.pop(conn, None)
         self.nr_conns -= 1
         TConn.close(conn)
@@ -187,10 +186,8 @@ class HeaderGatedThreadWorker(ThreadWorker):
             < self.header_waiting[oldest_waiting][0] - HEADER_TIMEOUT_SECONDS
         ):
             self.keepalived_conns.popleft()
-            try:
+            with contextlib.suppress(KeyError, ValueError, OSError):
                 self.poller.unregister(oldest_kept.sock)
-            except (KeyError, ValueError, OSError):
-                pass
             self.nr_conns -= 1
             TConn.close(oldest_kept)
         elif oldest_waiting is not None:
@@ -228,10 +225,8 @@ class HeaderGatedThreadWorker(ThreadWorker):
 
     def _end_linger(self, sock) -> None:
         self.lingering.pop(sock, None)
-        try:
+        with contextlib.suppress(KeyError, ValueError, OSError):
             self.poller.unregister(sock)
-        except (KeyError, ValueError, OSError):
-            pass
         sock.close()
 
     def murder_pending(self) -> None:
