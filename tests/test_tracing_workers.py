@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -162,6 +163,20 @@ def test_worker_continues_the_callers_trace_with_decode_op_encode_children(trace
     assert request_span["attributes"]["http.response.status_code"] == 200
     for child in ("decode", "op", "encode"):
         assert spans[child]["parent_span_id"] == request_span["span_id"], f"{child} is not the request's child"
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_spans_still_batched_go_out_on_sigterm(runtime, worker_factory, receiver):
+    """A batch delay far past the test: the spans can only arrive by the exit's flush."""
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "600000"}
+    worker = worker_factory(runtime, env)
+    trace_id = uuid.uuid4().hex
+    headers = {"Content-Type": "image/png", "traceparent": f"00-{trace_id}-{PARENT_SPAN_ID}-01"}
+    response = requests.post(worker.url + "/process?op=invert", data=png_of(8, 8), headers=headers, timeout=TIMEOUT)
+    assert response.status_code == 200
+    worker.signal(signal.SIGTERM)
+    assert worker.proc.wait(timeout=TIMEOUT) == 0
+    assert len(receiver.wait_for(trace_id, 4, limit=5)) == 4
 
 
 def test_a_request_without_traceparent_starts_its_own_trace(traced_worker, receiver):
