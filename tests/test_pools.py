@@ -353,7 +353,7 @@ class _Proxy(BaseHTTPRequestHandler):
 
     upstreams: dict[int, str] = {}
 
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self):  # http.server's name
         target = urlsplit(self.path)
         upstream = self.upstreams.get(target.port)
         if upstream is None:
@@ -569,3 +569,20 @@ def test_a_running_refresh_is_followed_not_restarted_and_a_timeout_is_named(flee
         rollout(fleet_config, "g", 30, 0, client=client, clock=lambda: next(ticks), sleep=lambda _s: None)
     assert caught.value.code == errors.WAIT_TIMEOUT and "goes on in AWS" in caught.value.message
     assert client.started == []
+
+
+@pytest.mark.parametrize(
+    ("pools", "fragment"),
+    [
+        ({"name": "g", "role": "worker-rust", "port": 5001}, "must be an object with a role"),
+        ({"name": "g", "role": "worker-python", "port": "http"}, "port must be a port number"),
+        ("worker-python", "must be an object with a role"),
+    ],
+)
+def test_a_bad_pools_entry_in_the_outputs_file_is_a_usage_error(tmp_path, pools, fragment):
+    outputs = tmp_path / "o.json"
+    outputs.write_text(
+        json.dumps({"workers": [], "pools": [pools], "project": PROJECT, "stack": STACK, "region": "us-east-1"})
+    )
+    result = fleet("status", "--outputs", str(outputs), env=aws_env(None, credentials=False))
+    assert_one_error_line(result, errors.USAGE, fragment)
