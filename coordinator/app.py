@@ -531,7 +531,9 @@ def download(upload: dict, outcome: dict, choice: dict, config: CoordinatorConfi
 
 
 def timings(result) -> None:
-    runtime = lambda strip: safe_name(strip.runtime, "")  # noqa: E731
+    def runtime(strip) -> str:
+        return safe_name(strip.runtime, "")
+
     st.markdown("**Time per strip**")
     st.caption(
         "In the worker (its own timing), on the network (sending, the reply, reading it), "
@@ -632,7 +634,7 @@ def workbench(config: CoordinatorConfig, statuses: list) -> None:
         return
     try:
         workbench_body(upload, uploaded, config, statuses)
-    except Exception as exc:  # noqa: BLE001 - a fragment rerun is not inside main()'s catch
+    except Exception as exc:  # a fragment rerun is not inside main()'s catch
         last_resort(exc)
 
 
@@ -672,5 +674,5 @@ def last_resort(exc: Exception) -> None:
 
 try:
     main()
-except Exception as exc:  # noqa: BLE001 - last resort
+except Exception as exc:  # last resort
     last_resort(exc)

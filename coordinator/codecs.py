@@ -73,7 +73,7 @@ def jpeg_source(data: bytes) -> JpegSource | None:
                     return None  # rows of the file are not rows of the upright image
                 vertical = max((layer[2] for layer in getattr(image, "layer", [])), default=1)
                 return JpegSource(data, image.width, image.height, 8 * vertical, jpegtran)
-        except Exception:  # noqa: BLE001 - anything odd: fall back to a lossless re-encode
+        except Exception:  # anything odd: fall back to a lossless re-encode
             return None
 
 

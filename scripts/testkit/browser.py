@@ -36,7 +36,7 @@ def chromium_missing() -> str | None:
     if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
         return f"chromium not found at {CHROMIUM} (apt-get install chromium)"
     try:
-        import playwright.sync_api  # noqa: F401
+        import playwright.sync_api  # noqa: F401 - availability probe
     except ImportError:
         return "playwright is not installed (tests/requirements.txt)"
     return None

@@ -56,7 +56,7 @@ def read_body(max_bytes: int) -> bytes:
     while True:
         try:
             chunk = stream.read(min(READ_CHUNK, max_bytes + 1 - total))
-        except Exception as exc:  # noqa: BLE001 - the server's stream errors are the client's fault
+        except Exception as exc:  # the server's stream errors are the client's fault
             g.body_read = False  # the framing is lost: close the connection after the reply
             raise ApiError(400, "bad_image", f"the body ended early or is malformed ({type(exc).__name__})") from None
         if not chunk:
@@ -87,7 +87,7 @@ def multipart_image(body: bytes, content_type: str) -> bytes:
             elif isinstance(event, Data) and current is not None:
                 current.append(event.data)
             ended = isinstance(event, (Epilogue, NeedData))
-    except Exception as exc:  # noqa: BLE001 - any parser error on untrusted bytes is the client's
+    except Exception as exc:  # any parser error on untrusted bytes is the client's
         raise ApiError(400, "bad_image", f"cannot read the multipart body: {type(exc).__name__}") from None
     if not isinstance(event, Epilogue):
         raise ApiError(400, "bad_image", "the multipart body ends before its closing boundary")
