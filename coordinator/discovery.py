@@ -4,6 +4,7 @@ A worker's answer is untrusted: the body is capped, redirects are not followed, 
 field is checked (short names in a safe charset, ops from the known set, limits in range)
 before anything shows it or routes by it.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,9 @@ def health_limits(timeout: float) -> Limits:
 def check_worker(url: str, timeout: float, transport: Transport) -> WorkerStatus:
     started = time.perf_counter()
     try:
-        reply = transport.exchange("GET", f"{url}/healthz", health_limits(timeout),
-                                   headers={"Accept": "application/json"})
+        reply = transport.exchange(
+            "GET", f"{url}/healthz", health_limits(timeout), headers={"Accept": "application/json"}
+        )
     except TransportError as exc:
         return WorkerStatus(url, False, error=f"unreachable: {exc.reason}")
     latency = (time.perf_counter() - started) * 1000
@@ -76,17 +78,27 @@ def check_worker(url: str, timeout: float, transport: Transport) -> WorkerStatus
 def status_from(url: str, http_status: int, body: dict, latency: float) -> WorkerStatus:
     """A WorkerStatus from a /healthz object, each field checked; a bad required field makes
     the worker unusable, a bad optional one is dropped."""
-    names = {key: body.get(key) if isinstance(body.get(key), str) and NAME.fullmatch(body[key]) else None
-             for key in ("service", "runtime", "version", "build")}
+    names = {
+        key: body.get(key) if isinstance(body.get(key), str) and NAME.fullmatch(body[key]) else None
+        for key in ("service", "runtime", "version", "build")
+    }
     operations = body.get("operations") if isinstance(body.get("operations"), list) else []
     known = tuple(dict.fromkeys(op for op in operations[:64] if isinstance(op, str) and op in OPERATIONS))
     primary = body.get("primary") if body.get("primary") in OPERATIONS else None
-    status = WorkerStatus(url=url, ok=False, service=names["service"], runtime=names["runtime"],
-                          version=names["version"], build=names["build"], primary=primary, operations=known,
-                          latency_ms=latency,
-                          max_inflight=bounded_int(body.get("max_inflight"), 4, MAX_INFLIGHT_CAP),
-                          max_bytes=bounded_int(body.get("max_bytes"), DEFAULT_MAX_BYTES, 1 << 40),
-                          max_pixels=bounded_int(body.get("max_pixels"), DEFAULT_MAX_PIXELS, 1 << 40))
+    status = WorkerStatus(
+        url=url,
+        ok=False,
+        service=names["service"],
+        runtime=names["runtime"],
+        version=names["version"],
+        build=names["build"],
+        primary=primary,
+        operations=known,
+        latency_ms=latency,
+        max_inflight=bounded_int(body.get("max_inflight"), 4, MAX_INFLIGHT_CAP),
+        max_bytes=bounded_int(body.get("max_bytes"), DEFAULT_MAX_BYTES, 1 << 40),
+        max_pixels=bounded_int(body.get("max_pixels"), DEFAULT_MAX_PIXELS, 1 << 40),
+    )
     status.error = health_error(names, http_status, body)
     status.ok = status.error is None
     return status

@@ -4,6 +4,7 @@ The parts, one job each: transport.py (HTTP under deadlines), request.py (one st
 and its reply), routing.py (router, slots, the pure retry/failover decision), pieces.py (wire
 format and request split), job.py (body, attempt, strip, stitch).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,15 +18,27 @@ from coordinator import imaging
 from coordinator.config import CoordinatorConfig
 from coordinator.discovery import WorkerStatus, discover
 from coordinator.errors import NoWorkerError
-from coordinator.job import MAX_STRIP_THREADS, Finished, Job, JobResult, Progress, StripEvent, StripResult
+from coordinator.job import MAX_STRIP_THREADS, Job, JobResult, Progress, StripEvent, StripResult
 from coordinator.pieces import WAN_PIECES, piece_ranges, wire_for
 from coordinator.plan import Strip, check_params, parse_plan, plan_strips
 from coordinator.routing import Router, StripFailed, unavailable_reasons
 from coordinator.transport import Cancel, Transport, error_reason
 
 # Names callers import from here (cli.py, app.py, scripts, tests).
-__all__ = ["JobResult", "StripEvent", "StripFailed", "StripResult", "cancel_on_interrupt", "cancel_running_jobs",
-           "error_reason", "make_session", "piece_ranges", "run_job", "unavailable_reasons", "wire_for"]
+__all__ = [
+    "JobResult",
+    "StripEvent",
+    "StripFailed",
+    "StripResult",
+    "cancel_on_interrupt",
+    "cancel_running_jobs",
+    "error_reason",
+    "make_session",
+    "piece_ranges",
+    "run_job",
+    "unavailable_reasons",
+    "wire_for",
+]
 
 
 def make_session(pool_size: int) -> Transport:
@@ -97,10 +110,49 @@ def pump(job: Job, count: int, on_event: Callable[[StripEvent], None] | None) ->
     return results
 
 
-def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strips: int = 2,
-            params: dict | None = None, on_event: Callable[[StripEvent], None] | None = None,
-            workers: list[WorkerStatus] | None = None, session: Transport | None = None,
-            pixels: np.ndarray | None = None) -> JobResult:
+def run_strips(
+    job: Job, layout: list[Strip], on_event: Callable[[StripEvent], None] | None, own_session: Transport | None
+) -> list[StripResult]:
+    """The job's strips started and pumped; on any failure (or Ctrl-C) every exchange of the
+    job ends now; on success a session made for this job is closed."""
+    done = False
+    try:
+        job.start(layout)
+        results = pump(job, len(layout), on_event)
+        done = True
+    finally:
+        if not done:
+            job.stop()
+        elif own_session is not None:
+            own_session.close()
+    return [results[i] for i in range(len(layout))]
+
+
+def job_result(job: Job, ops: list[str], strips: list[StripResult], workers: list[WorkerStatus], marks) -> JobResult:
+    """marks: perf_counter at start, decoded, discovered, finished."""
+    started, decoded, discovered, finished = marks
+    timings = {
+        "decode_ms": (decoded - started) * 1000,
+        "discover_ms": (discovered - decoded) * 1000,
+        "dispatch_ms": (finished - discovered) * 1000,
+        "stitch_ms": job.stitch_seconds * 1000,
+    }
+    height, width = job.result.shape[:2]
+    return JobResult(job.result, width, height, ops, strips, (finished - started) * 1000, workers, timings)
+
+
+def run_job(
+    data: bytes,
+    config: CoordinatorConfig,
+    *,
+    plan: str = "seed",
+    strips: int = 2,
+    params: dict | None = None,
+    on_event: Callable[[StripEvent], None] | None = None,
+    workers: list[WorkerStatus] | None = None,
+    session: Transport | None = None,
+    pixels: np.ndarray | None = None,
+) -> JobResult:
     """Process one image on the workers. Raises InputError or NoWorkerError; never returns a
     partial image. on_event runs on the calling thread. `pixels`: the caller's own
     imaging.decode_pixels(data) result, so a caller that already decoded (the page) saves it."""
@@ -110,25 +162,13 @@ def run_job(data: bytes, config: CoordinatorConfig, *, plan: str = "seed", strip
     pixels = imaging.decode_pixels(data, config.max_pixels) if pixels is None else pixels
     decoded = time.perf_counter()
     ops, params, layout = plan_layout(plan, strips, params, pixels.shape[0])
-    own_session, session = session is None, session or make_session(min(len(layout), MAX_STRIP_THREADS))
+    own_session = None if session is not None else make_session(min(len(layout), MAX_STRIP_THREADS))
+    session = session or own_session
     workers = discover(config, session) if workers is None else workers
     discovered = time.perf_counter()
     router = Router(workers)
     router.check_capable(layout)
     job = Job(data, pixels, params, config, router, session)
-    done = False
     with _registered(job.cancel):
-        try:
-            job.start(layout)
-            results = pump(job, len(layout), on_event)
-            done = True
-        finally:
-            if not done:
-                job.stop()  # every exchange of this job ends now
-            elif own_session:
-                session.close()
-    finished = time.perf_counter()
-    return JobResult(job.result, pixels.shape[1], pixels.shape[0], ops, [results[i] for i in range(len(layout))],
-                     (finished - started) * 1000, workers,
-                     {"decode_ms": (decoded - started) * 1000, "discover_ms": (discovered - decoded) * 1000,
-                      "dispatch_ms": (finished - discovered) * 1000, "stitch_ms": job.stitch_seconds * 1000})
+        results = run_strips(job, layout, on_event, own_session)
+    return job_result(job, ops, results, workers, (started, decoded, discovered, time.perf_counter()))

@@ -1,4 +1,5 @@
 """Errors the coordinator raises on purpose; str(error) is always one clear line."""
+
 from __future__ import annotations
 
 

@@ -1,6 +1,7 @@
 """One image's strips on the workers: each strip's body (encoded or cut per piece), its
 attempts under routing's policy, and its reply stitched into the result. Strip threads report
 to the caller's thread through `events` (Progress and Finished)."""
+
 from __future__ import annotations
 
 import queue
@@ -20,8 +21,17 @@ from coordinator.discovery import WorkerStatus
 from coordinator.errors import NoWorkerError
 from coordinator.pieces import StripBody, piece_ranges, wire_for
 from coordinator.plan import OPERATIONS, Strip
-from coordinator.routing import (CANCELLED, DOWN, GIVE_UP, Decision, Router, RetryPolicy, StripFailed,
-                                 StripHistory, decide)
+from coordinator.routing import (
+    CANCELLED,
+    DOWN,
+    GIVE_UP,
+    Decision,
+    RetryPolicy,
+    Router,
+    StripFailed,
+    StripHistory,
+    decide,
+)
 from coordinator.transport import Cancel, Reply, Transport, daemon_map
 
 MAX_STRIP_THREADS = 32
@@ -82,12 +92,14 @@ class JobResult:
 @dataclass
 class Progress:
     """A strip event for the caller's on_event."""
+
     event: StripEvent
 
 
 @dataclass
 class Finished:
     """A strip is done (result) or has failed the job (error)."""
+
     index: int
     result: StripResult | None = None
     error: BaseException | None = None
@@ -96,6 +108,7 @@ class Finished:
 @dataclass
 class Sent:
     """One piece's request and what came back."""
+
     body: StripBody
     pixels: np.ndarray
     reply: Reply
@@ -111,8 +124,15 @@ class Job:
     """The strips of one image: started on daemon threads, each strip tried under the retry
     policy, its replies stitched into `result` as they arrive."""
 
-    def __init__(self, data: bytes, pixels: np.ndarray, params: dict, config: CoordinatorConfig,
-                 router: Router, session: Transport):
+    def __init__(
+        self,
+        data: bytes,
+        pixels: np.ndarray,
+        params: dict,
+        config: CoordinatorConfig,
+        router: Router,
+        session: Transport,
+    ):
         self.data, self.pixels, self.params, self.config = data, pixels, params, config
         self.router, self.session = router, session
         self.height, self.width = pixels.shape[0], pixels.shape[1]
@@ -148,7 +168,9 @@ class Job:
             return None  # jpegtran broke: the lossless PNG is exact too
         if not self.fits(worker, len(cut), cut_bottom - cut_top):
             return None
-        return StripBody(cut, "image/jpeg", "jpeg-cut", cut_top, cut_bottom - cut_top, piece.fill_top, piece.fill_bottom)
+        return StripBody(
+            cut, "image/jpeg", "jpeg-cut", cut_top, cut_bottom - cut_top, piece.fill_top, piece.fill_bottom
+        )
 
     def body(self, piece, wire: str, worker: WorkerStatus) -> StripBody:
         """The piece in the wanted wire format, or a fallback the worker accepts: jpeg-cut ->
@@ -167,8 +189,7 @@ class Job:
 
     # --- attempt ---------------------------------------------------------------------
 
-    def send_piece(self, worker: WorkerStatus, strip: Strip, key: tuple, piece, bodies: dict,
-                   request_id: str) -> Sent:
+    def send_piece(self, worker: WorkerStatus, strip: Strip, key: tuple, piece, bodies: dict, request_id: str) -> Sent:
         began = time.perf_counter()
         if key not in bodies:
             bodies[key] = self.body(piece, key[0], worker)
@@ -181,8 +202,19 @@ class Job:
             if self.abort.is_set():
                 raise StripFailed("cancelled", CANCELLED)
             pixels, reply, received = strip_request.send_strip(
-                self.session, worker, strip, self.width, body.data, body.content_type, body.wire, self.params,
-                self.config, request_id, body.rows, self.cancel)
+                self.session,
+                worker,
+                strip,
+                self.width,
+                body.data,
+                body.content_type,
+                body.wire,
+                self.params,
+                self.config,
+                request_id,
+                body.rows,
+                self.cancel,
+            )
         return Sent(body, pixels, reply, received, (encoded - began) * 1000, (queued - encoded) * 1000)
 
     def attempt(self, worker: WorkerStatus, strip: Strip, wire: str, bodies: dict, request_id: str) -> list[Sent]:
@@ -196,24 +228,51 @@ class Job:
             key = (wire, pieces[number], worker.max_bytes, worker.max_pixels)
             suffix = f"-p{number}" if len(pieces) > 1 else ""
             return self.send_piece(worker, strip, key, pieces[number], bodies, request_id + suffix)
+
         if len(pieces) == 1:
             return [send(0)]
         return daemon_map(send, range(len(pieces)))
 
     # --- strip -----------------------------------------------------------------------
 
-    def emit(self, kind: str, strip: Strip, worker: WorkerStatus | None, attempt: int, message: str = "",
-             elapsed: float = 0.0) -> None:
-        self.events.put(Progress(StripEvent(kind, strip.index, strip.op, worker.url if worker else None,
-                                            worker.runtime if worker else None, attempt, message, elapsed)))
+    def emit(
+        self,
+        kind: str,
+        strip: Strip,
+        worker: WorkerStatus | None,
+        attempt: int,
+        message: str = "",
+        elapsed: float = 0.0,
+    ) -> None:
+        self.events.put(
+            Progress(
+                StripEvent(
+                    kind,
+                    strip.index,
+                    strip.op,
+                    worker.url if worker else None,
+                    worker.runtime if worker else None,
+                    attempt,
+                    message,
+                    elapsed,
+                )
+            )
+        )
 
     def check_running(self, strip: Strip) -> None:
         if self.abort.is_set() or self.cancel.event.is_set():
             summary = "interrupted" if self.cancel.event.is_set() else "job aborted"
             raise NoWorkerError(strip.index, strip.op, [], summary=summary)
 
-    def failed(self, strip: Strip, worker: WorkerStatus, attempt: int, history: StripHistory,
-               failure: StripFailed, elapsed: float) -> None:
+    def failed(
+        self,
+        strip: Strip,
+        worker: WorkerStatus,
+        attempt: int,
+        history: StripHistory,
+        failure: StripFailed,
+        elapsed: float,
+    ) -> None:
         """Judge a failed attempt; raises NoWorkerError when the strip gives up."""
         decision: Decision = decide(failure.failure, history.tried[worker.url], self.policy)
         history.record(worker.url, failure.failure, decision)
@@ -254,8 +313,11 @@ class Job:
 
     def exhausted(self, strip: Strip, history: StripHistory):
         failures = history.failures
-        failures.extend(reason for reason in self.router.unavailable_reasons(strip.op)
-                        if reason.split(": ", 1)[0] not in history.tried)
+        failures.extend(
+            reason
+            for reason in self.router.unavailable_reasons(strip.op)
+            if reason.split(": ", 1)[0] not in history.tried
+        )
         self.emit("failed", strip, None, sum(history.tried.values()), "; ".join(failures))
         raise NoWorkerError(strip.index, strip.op, failures)
 
@@ -267,9 +329,9 @@ class Job:
             piece = one.body
             # rows of the result this piece fills: its range less its halo
             first = piece.fills_top - piece.first_row
-            rows = one.pixels[first:first + piece.fills_bottom - piece.fills_top]
+            rows = one.pixels[first : first + piece.fills_bottom - piece.fills_top]
             # a 1-channel (gray) reply broadcasts to R=G=B
-            self.result[piece.fills_top:piece.fills_bottom] = rows if rows.ndim == 3 else rows[:, :, None]
+            self.result[piece.fills_top : piece.fills_bottom] = rows if rows.ndim == 3 else rows[:, :, None]
         with self._stitch_lock:
             self.stitch_seconds += time.perf_counter() - began
 
@@ -282,8 +344,7 @@ class Job:
         for strip in layout:
             todo.put(strip)
         for number in range(min(len(layout), MAX_STRIP_THREADS)):
-            threading.Thread(target=self._strips, args=(todo,), name=f"strip-{self.id}-{number}",
-                             daemon=True).start()
+            threading.Thread(target=self._strips, args=(todo,), name=f"strip-{self.id}-{number}", daemon=True).start()
 
     def _strips(self, todo: queue.SimpleQueue) -> None:
         while not self.abort.is_set():
@@ -302,13 +363,33 @@ class Job:
         self.cancel.fire()
 
 
-def strip_result(strip: Strip, worker: WorkerStatus, attempt: int, total_ms: float, failures: list[str],
-                 sent: list[Sent], request_id: str) -> StripResult:
+def strip_result(
+    strip: Strip,
+    worker: WorkerStatus,
+    attempt: int,
+    total_ms: float,
+    failures: list[str],
+    sent: list[Sent],
+    request_id: str,
+) -> StripResult:
     piece_ms = [strip_request.parse_ms(one.reply.headers.get("X-Processing-Ms")) for one in sent]
     worker_ms = None if None in piece_ms else max(piece_ms)
-    return StripResult(strip.index, strip.top, strip.bottom, strip.op, worker.url, worker.runtime,
-                       attempt, worker_ms, total_ms,
-                       None if worker_ms is None else max(0.0, total_ms - worker_ms),
-                       failures, sent[0].body.wire, sum(len(one.body.data) for one in sent),
-                       sum(one.received for one in sent), request_id,
-                       max(one.encode_ms for one in sent), max(one.queue_ms for one in sent))
+    return StripResult(
+        strip.index,
+        strip.top,
+        strip.bottom,
+        strip.op,
+        worker.url,
+        worker.runtime,
+        attempt,
+        worker_ms,
+        total_ms,
+        None if worker_ms is None else max(0.0, total_ms - worker_ms),
+        failures,
+        sent[0].body.wire,
+        sum(len(one.body.data) for one in sent),
+        sum(one.received for one in sent),
+        request_id,
+        max(one.encode_ms for one in sent),
+        max(one.queue_ms for one in sent),
+    )

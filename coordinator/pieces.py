@@ -1,5 +1,6 @@
 """How a strip travels: the wire format per worker, and the strip split into requests (pieces)
 that fit the worker's limits, each with its halo."""
+
 from __future__ import annotations
 
 import math
@@ -36,6 +37,7 @@ def wire_for(worker_url: str, transport: str) -> str:
 class StripBody:
     """One request of a strip: the body holds rows [first_row, first_row + rows) of the image
     and fills rows [fills_top, fills_bottom) of the result."""
+
     data: bytes
     content_type: str
     wire: str  # what was actually sent: jpeg-cut falls back to png, anything to raw
@@ -49,6 +51,7 @@ class StripBody:
 class Piece:
     """Rows [send_top, send_bottom) go to the worker; rows [fill_top, fill_bottom) of the reply's
     image are kept (the rest is halo)."""
+
     send_top: int
     send_bottom: int
     fill_top: int
@@ -64,8 +67,14 @@ def piece_rows_cap(worker: WorkerStatus, width: int, halo: int, wire: str) -> in
     return min(raw_rows, pixel_rows) - 2 * halo - spare
 
 
-def piece_ranges(strip: Strip, wire: str, width: int = 1, height: int | None = None,
-                 worker: WorkerStatus | None = None, halo: int = 0) -> list[Piece]:
+def piece_ranges(
+    strip: Strip,
+    wire: str,
+    width: int = 1,
+    height: int | None = None,
+    worker: WorkerStatus | None = None,
+    halo: int = 0,
+) -> list[Piece]:
     """The strip split into requests: as many as the worker's limits need, and up to
     WAN_PIECES over a slow link when the op reads no neighbouring rows. Each piece carries
     its own halo. Raises StripFailed when this worker cannot take even one row's piece."""
@@ -78,8 +87,11 @@ def piece_ranges(strip: Strip, wire: str, width: int = 1, height: int | None = N
         cap = piece_rows_cap(worker, width, halo, wire)
         needed = math.ceil((bottom - top) / cap) if cap >= 1 else MAX_PIECES + 1
         if needed > MAX_PIECES:
-            raise StripFailed(f"its limits (max_bytes {worker.max_bytes}, max_pixels {worker.max_pixels}) "
-                              f"are too small for rows {width} pixels wide", UNFIT)
+            raise StripFailed(
+                f"its limits (max_bytes {worker.max_bytes}, max_pixels {worker.max_pixels}) "
+                f"are too small for rows {width} pixels wide",
+                UNFIT,
+            )
         count = max(count, needed)
     edges = [top + (bottom - top) * k // count for k in range(count + 1)]
-    return [Piece(max(0, a - halo), min(height, b + halo), a, b) for a, b in zip(edges[:-1], edges[1:])]
+    return [Piece(max(0, a - halo), min(height, b + halo), a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]

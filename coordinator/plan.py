@@ -1,4 +1,5 @@
 """Which op each horizontal strip gets, and which rows (with halo) each strip sends."""
+
 from __future__ import annotations
 
 import math

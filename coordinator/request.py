@@ -1,5 +1,6 @@
 """One strip request to one worker: query and headers, the exchange under its deadline, the
 reply's status read as a routing.Failure kind, and its pixels checked before they are kept."""
+
 from __future__ import annotations
 
 from urllib.parse import urlencode
@@ -11,12 +12,10 @@ from coordinator.config import CoordinatorConfig, redact_url
 from coordinator.discovery import WorkerStatus
 from coordinator.plan import OPERATIONS, Strip
 from coordinator.routing import BAD_REPLY, BUSY, CANCELLED, DOWN, REFUSED, SERVER, TOKEN, StripFailed
-from coordinator.transport import (Cancel, Reply, Transport, TransportError, error_reason, exchange_limits,
-                                   printable)
+from coordinator.transport import Cancel, Reply, Transport, TransportError, error_reason, exchange_limits, printable
 
 
-def post_strip(transport: Transport, url: str, body: bytes, headers: dict, limits,
-               cancel: Cancel | None) -> Reply:
+def post_strip(transport: Transport, url: str, body: bytes, headers: dict, limits, cancel: Cancel | None) -> Reply:
     """The exchange, its failures as StripFailed; a redirect is a failed attempt, not followed."""
     try:
         reply = transport.exchange("POST", url, limits, headers=headers, body=body, cancel=cancel)
@@ -57,21 +56,36 @@ def reply_pixels(content: bytes, width: int, rows: int, gray_ok: bool) -> np.nda
         raise StripFailed(printable(f"bad reply: {exc}"), BAD_REPLY) from None
     if pixels.shape != (rows, width, 3) and not (gray_ok and pixels.shape == (rows, width)):
         channels = pixels.shape[2] if pixels.ndim == 3 else 1
-        raise StripFailed(f"bad reply: {pixels.shape[1]}x{pixels.shape[0]} with {channels} channels, "
-                          f"expected {width}x{rows} RGB", BAD_REPLY)
+        raise StripFailed(
+            f"bad reply: {pixels.shape[1]}x{pixels.shape[0]} with {channels} channels, expected {width}x{rows} RGB",
+            BAD_REPLY,
+        )
     return pixels
 
 
-def send_strip(session: Transport, worker: WorkerStatus, strip: Strip, width: int, body: bytes,
-               content_type: str, wire: str, params: dict, config: CoordinatorConfig,
-               request_id: str, rows: int | None = None,
-               cancel: Cancel | None = None) -> tuple[np.ndarray, Reply, int]:
+def send_strip(
+    session: Transport,
+    worker: WorkerStatus,
+    strip: Strip,
+    width: int,
+    body: bytes,
+    content_type: str,
+    wire: str,
+    params: dict,
+    config: CoordinatorConfig,
+    request_id: str,
+    rows: int | None = None,
+    cancel: Cancel | None = None,
+) -> tuple[np.ndarray, Reply, int]:
     """POST one strip; returns its pixels (halo included), checked to be width x rows RGB, or
     width x rows gray when we asked for channels=auto (rows: of the body, default the strip
     with its halo), or raises StripFailed."""
     rows = strip.send_bottom - strip.send_top if rows is None else rows
-    query = {"op": strip.op, **codecs.reply_query(wire, config.wire_quality, worker.runtime),
-             **{name: str(params[name]) for name in OPERATIONS[strip.op].params}}
+    query = {
+        "op": strip.op,
+        **codecs.reply_query(wire, config.wire_quality, worker.runtime),
+        **{name: str(params[name]) for name in OPERATIONS[strip.op].params},
+    }
     headers = {"Content-Type": content_type, "X-Request-Id": request_id}
     if config.token:
         headers["Authorization"] = f"Bearer {config.token}"

@@ -4,6 +4,7 @@ slots, and the pure retry/backoff/failover decision.
 Nothing here does I/O; `decide` is a pure function of the failure and the attempt history,
 so the policy is unit-tested without processes (tests/test_routing.py).
 """
+
 from __future__ import annotations
 
 import collections
@@ -84,6 +85,7 @@ def decide(failure: Failure, tries: int, policy: RetryPolicy) -> Decision:
 class StripHistory:
     """A strip's attempts so far: tries per worker, workers ruled out, when each may be asked
     again, and the failure lines for the NoWorkerError."""
+
     tried: collections.Counter = field(default_factory=collections.Counter)
     excluded: set[str] = field(default_factory=set)
     delays: dict[str, float] = field(default_factory=dict)
@@ -138,8 +140,12 @@ class Router:
     def check_capable(self, layout: list[Strip]) -> None:
         for strip in layout:
             if not self.capable(strip.op):
-                raise NoWorkerError(strip.index, strip.op, self.unavailable_reasons(strip.op),
-                                    summary=f"no healthy worker offers {strip.op} (strip {strip.index + 1})")
+                raise NoWorkerError(
+                    strip.index,
+                    strip.op,
+                    self.unavailable_reasons(strip.op),
+                    summary=f"no healthy worker offers {strip.op} (strip {strip.index + 1})",
+                )
 
     def choose(self, op: str, tried: collections.Counter, excluded: set[str]) -> WorkerStatus | None:
         spec = OPERATIONS[op]

@@ -6,8 +6,10 @@ Built on http.client rather than requests/urllib3 because their timeouts bound e
 call, not the exchange: a worker that drips its headers a byte a second held a strip forever,
 and urllib3 sent the body under the connect timeout (issue 11, items 9 and 11).
 """
+
 from __future__ import annotations
 
+import contextlib
 import heapq
 import http.client
 import itertools
@@ -51,8 +53,9 @@ def exchange_limits(connect: float, idle: float, body_size: int, raw_size: int) 
     """Bounds of one request whose reply is at most raw_size pixels' bytes: connect, silence,
     and a deadline for the whole exchange."""
     allowance = (body_size + raw_size) / MIN_TRANSFER_RATE
-    return Limits(connect=connect, idle=idle, total=connect + idle + allowance,
-                  max_body=2 * raw_size + 65536)  # a compressed reply is never near twice the raw pixels
+    return Limits(
+        connect=connect, idle=idle, total=connect + idle + allowance, max_body=2 * raw_size + 65536
+    )  # a compressed reply is never near twice the raw pixels
 
 
 def printable(text: str, limit: int = 200) -> str:
@@ -103,10 +106,8 @@ class _Live:
 
 
 def _shutdown(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv or send on it
-    except OSError:
-        pass
 
 
 class _Watchdog:
@@ -185,8 +186,15 @@ class Transport:
             for connection in connections:
                 connection.close()
 
-    def exchange(self, method: str, url: str, limits: Limits, headers: dict | None = None,
-                 body: bytes | None = None, cancel: Cancel | None = None) -> Reply:
+    def exchange(
+        self,
+        method: str,
+        url: str,
+        limits: Limits,
+        headers: dict | None = None,
+        body: bytes | None = None,
+        cancel: Cancel | None = None,
+    ) -> Reply:
         """One request and its whole reply, or TransportError. A 3xx is returned, not followed."""
         parts = urlsplit(url)
         key = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
@@ -356,7 +364,7 @@ def _early_answer(connection: http.client.HTTPConnection) -> http.client.HTTPRes
 def _pieces(body: bytes):
     view = memoryview(body)
     for start in range(0, len(view), SEND_CHUNK):
-        yield view[start:start + SEND_CHUNK]
+        yield view[start : start + SEND_CHUNK]
 
 
 def _usable(connection: http.client.HTTPConnection) -> bool:

@@ -1,4 +1,5 @@
 """Coordinator's pure parts: config, plan and blur halo, imaging, the parallel PNG encoder."""
+
 from __future__ import annotations
 
 import io
@@ -25,10 +26,12 @@ def noise(height: int, width: int, seed: int = 7) -> np.ndarray:
 
 # --- config ---------------------------------------------------------------------------
 
+
 def outputs_file(tmp_path, urls, token="s3cret"):
     path = tmp_path / "outputs.json"
-    path.write_text(json.dumps({"workers": [{"name": f"w{i}", "url": url} for i, url in enumerate(urls)],
-                                "worker_token": token}))
+    path.write_text(
+        json.dumps({"workers": [{"name": f"w{i}", "url": url} for i, url in enumerate(urls)], "worker_token": token})
+    )
     return str(path)
 
 
@@ -48,24 +51,35 @@ def test_config_sources_in_order(tmp_path):
     assert load_config(None, path, {"COORDINATOR_WORKER_TOKEN": "other"}).token == "other"
 
 
-@pytest.mark.parametrize("env, setting", [
-    ({"COORDINATOR_WORKERS": "ftp://x:1"}, "COORDINATOR_WORKERS"),
-    ({"COORDINATOR_WORKERS": "http://x:1/path"}, "COORDINATOR_WORKERS"),
-    ({"COORDINATOR_WORKERS": "http://x:99999"}, "COORDINATOR_WORKERS"),
-    ({"COORDINATOR_WORKERS": " , "}, "COORDINATOR_WORKERS"),
-    ({"COORDINATOR_READ_TIMEOUT": "soon"}, "COORDINATOR_READ_TIMEOUT"),
-    ({"COORDINATOR_MAX_ATTEMPTS": "0"}, "COORDINATOR_MAX_ATTEMPTS"),
-    ({"COORDINATOR_MAX_PIXELS": "1.5"}, "COORDINATOR_MAX_PIXELS"),
-    ({"COORDINATOR_TRANSPORT": "carrier-pigeon"}, "COORDINATOR_TRANSPORT"),
-    ({"COORDINATOR_WORKERS_FILE": "/nonexistent/outputs.json"}, "COORDINATOR_WORKERS_FILE"),
-])
+@pytest.mark.parametrize(
+    "env, setting",
+    [
+        ({"COORDINATOR_WORKERS": "ftp://x:1"}, "COORDINATOR_WORKERS"),
+        ({"COORDINATOR_WORKERS": "http://x:1/path"}, "COORDINATOR_WORKERS"),
+        ({"COORDINATOR_WORKERS": "http://x:99999"}, "COORDINATOR_WORKERS"),
+        ({"COORDINATOR_WORKERS": " , "}, "COORDINATOR_WORKERS"),
+        ({"COORDINATOR_READ_TIMEOUT": "soon"}, "COORDINATOR_READ_TIMEOUT"),
+        ({"COORDINATOR_MAX_ATTEMPTS": "0"}, "COORDINATOR_MAX_ATTEMPTS"),
+        ({"COORDINATOR_MAX_PIXELS": "1.5"}, "COORDINATOR_MAX_PIXELS"),
+        ({"COORDINATOR_TRANSPORT": "carrier-pigeon"}, "COORDINATOR_TRANSPORT"),
+        ({"COORDINATOR_WORKERS_FILE": "/nonexistent/outputs.json"}, "COORDINATOR_WORKERS_FILE"),
+    ],
+)
 def test_config_errors_name_the_setting(env, setting):
     with pytest.raises(ConfigError, match=setting):
         load_config(environ=env)
 
 
-@pytest.mark.parametrize("content", ["not json", "[]", '{"workers": []}', '{"workers": [{"name": "x"}]}',
-                                     '{"workers": [{"url": "http://a:1"}], "worker_token": 5}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json",
+        "[]",
+        '{"workers": []}',
+        '{"workers": [{"name": "x"}]}',
+        '{"workers": [{"url": "http://a:1"}], "worker_token": 5}',
+    ],
+)
 def test_config_bad_outputs_file(tmp_path, content):
     path = tmp_path / "outputs.json"
     path.write_text(content)
@@ -73,11 +87,14 @@ def test_config_bad_outputs_file(tmp_path, content):
         load_config(None, str(path), {})
 
 
-@pytest.mark.parametrize("content, words", [
-    (b"\xff\xfe{not utf-8", "is not UTF-8"),
-    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
-    (b" " * (2 << 20), "is over 1048576 bytes"),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"\xff\xfe{not utf-8", "is not UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b" " * (2 << 20), "is over 1048576 bytes"),
+    ],
+)
 def test_config_outputs_file_read_is_bounded(tmp_path, content, words):
     """11.15: each was an uncaught UnicodeDecodeError / RecursionError / unbounded read (exit 1)."""
     path = tmp_path / "outputs.json"
@@ -94,8 +111,16 @@ def test_config_outputs_file_that_is_a_device_is_refused():
 TOKEN_SECRET = "s3cret-value"
 
 
-@pytest.mark.parametrize("token", [f"{TOKEN_SECRET}\nX-Evil: 1", f"{TOKEN_SECRET}\r\nX: y", f"{TOKEN_SECRET} two",
-                                   f"{TOKEN_SECRET}\u00e9", TOKEN_SECRET * 400])
+@pytest.mark.parametrize(
+    "token",
+    [
+        f"{TOKEN_SECRET}\nX-Evil: 1",
+        f"{TOKEN_SECRET}\r\nX: y",
+        f"{TOKEN_SECRET} two",
+        f"{TOKEN_SECRET}\u00e9",
+        TOKEN_SECRET * 400,
+    ],
+)
 def test_a_token_that_cannot_be_a_header_is_refused_without_echo(tmp_path, token):
     """11.13: before, requests' InvalidHeader printed `Bearer s3cret\nX-...` on the CLI and the page."""
     with pytest.raises(ConfigError) as info:
@@ -107,13 +132,16 @@ def test_a_token_that_cannot_be_a_header_is_refused_without_echo(tmp_path, token
     assert "worker_token" in str(info.value) and TOKEN_SECRET not in str(info.value)
 
 
-@pytest.mark.parametrize("url", ["http://user:pw-secret@10.0.0.1:5001", "http://pw-secret@10.0.0.1:5001/x",
-                                 "ftp://user:pw-secret@host:1"])
+@pytest.mark.parametrize(
+    "url", ["http://user:pw-secret@10.0.0.1:5001", "http://pw-secret@10.0.0.1:5001/x", "ftp://user:pw-secret@host:1"]
+)
 def test_url_credentials_are_refused_and_never_shown(tmp_path, url):
     """11.13: a user:pw@ worker URL was printed in full; workers take a bearer token, so the
     URL is refused, and the message shows it redacted."""
-    for where, call in (("COORDINATOR_WORKERS", lambda: load_config(environ={"COORDINATOR_WORKERS": url})),
-                        ("--workers-file", lambda: load_config(None, outputs_file(tmp_path, [url]), {}))):
+    for where, call in (
+        ("COORDINATOR_WORKERS", lambda: load_config(environ={"COORDINATOR_WORKERS": url})),
+        ("--workers-file", lambda: load_config(None, outputs_file(tmp_path, [url]), {})),
+    ):
         with pytest.raises(ConfigError) as info:
             call()
         assert where in str(info.value) and "pw-secret" not in str(info.value) and "***@" in str(info.value)
@@ -124,9 +152,11 @@ def test_config_reads_pulumi_stack_when_the_cli_is_there(tmp_path):
     fake = tmp_path / "bin" / "pulumi"
     fake.parent.mkdir()
     outputs = {"workers": [{"url": "http://192.0.2.7:5001"}], "worker_token": "from-stack"}
-    fake.write_text("#!/bin/sh\n"
-                    f"[ \"$4\" = --show-secrets ] && [ \"$6\" = dev ] && echo '{json.dumps(outputs)}' && exit 0\n"
-                    "echo 'error: no stack' >&2; exit 255\n")
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'[ "$4" = --show-secrets ] && [ "$6" = dev ] && echo \'{json.dumps(outputs)}\' && exit 0\n'
+        "echo 'error: no stack' >&2; exit 255\n"
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     env = {"PATH": str(fake.parent), "COORDINATOR_PULUMI_STACK": "dev", "COORDINATOR_PULUMI_DIR": str(tmp_path)}
     config = load_config(environ=env)
@@ -137,6 +167,7 @@ def test_config_reads_pulumi_stack_when_the_cli_is_there(tmp_path):
 
 
 # --- plan -------------------------------------------------------------------------------
+
 
 def test_parse_plan():
     assert parse_plan("seed", 1) == ["grayscale"]
@@ -156,7 +187,7 @@ def test_parse_plan():
 def test_plan_strips_cover_every_row_once(height, count):
     strips = plan_strips(height, ["blur"] * count, {"radius": 2})
     assert strips[0].top == 0 and strips[-1].bottom == height
-    assert all(a.bottom == b.top for a, b in zip(strips, strips[1:]))
+    assert all(a.bottom == b.top for a, b in zip(strips, strips[1:], strict=False))
     assert all(s.send_top >= 0 and s.send_bottom <= height and s.rows >= 1 for s in strips)
     assert strips[0].halo_top == 0 and strips[-1].halo_bottom == 0
 
@@ -176,8 +207,8 @@ def blur_in_strips(pixels: np.ndarray, radius: float, count: int, halo: int) -> 
     for index in range(count):
         top, bottom = index * height // count, (index + 1) * height // count
         above, below = min(halo, top), min(halo, height - bottom)
-        part = Image.fromarray(pixels[top - above:bottom + below]).filter(ImageFilter.GaussianBlur(radius))
-        out[top:bottom] = np.asarray(part)[above:above + bottom - top]
+        part = Image.fromarray(pixels[top - above : bottom + below]).filter(ImageFilter.GaussianBlur(radius))
+        out[top:bottom] = np.asarray(part)[above : above + bottom - top]
     return out
 
 
@@ -195,9 +226,10 @@ def test_blur_halo_is_exact(radius):
 
 # --- imaging ------------------------------------------------------------------------------
 
+
 def test_decode_refuses_bad_inputs_with_one_line():
     good = png_bytes(noise(40, 30))
-    cases = {b"": "empty", b"hello, not an image": "not an image", good[:len(good) // 2]: "truncated"}
+    cases = {b"": "empty", b"hello, not an image": "not an image", good[: len(good) // 2]: "truncated"}
     for data, words in cases.items():
         with pytest.raises(InputError, match=words) as info:
             imaging.decode_pixels(data, 10_000)
@@ -264,6 +296,7 @@ def test_output_formats():
 
 # --- parallel PNG encoder -----------------------------------------------------------------
 
+
 def test_adler32_combine_matches_zlib():
     data = os.urandom(100_003)
     for cut in (0, 1, 65521, 99_999):
@@ -287,9 +320,9 @@ def test_parallel_png_decodes_to_the_same_pixels(png_filter, level, shape):
 def chunk_data(png: bytes, kind: bytes) -> list[bytes]:
     out, offset = [], 8
     while offset < len(png):
-        length = struct.unpack(">I", png[offset:offset + 4])[0]
-        if png[offset + 4:offset + 8] == kind:
-            out.append(png[offset + 8:offset + 8 + length])
+        length = struct.unpack(">I", png[offset : offset + 4])[0]
+        if png[offset + 4 : offset + 8] == kind:
+            out.append(png[offset + 8 : offset + 8 + length])
         offset += 12 + length
     return out
 
@@ -305,7 +338,8 @@ def test_worker_error_text_is_shown_printable_and_bounded():
     screenful."""
     from coordinator.engine import error_reason
 
-    reason = error_reason(500, json.dumps({"error": {"code": "x", "message": "\x1b[2J\x1b]0;owned\x07" + "y" * 5000}}).encode())
+    hostile = {"error": {"code": "x", "message": "\x1b[2J\x1b]0;owned\x07" + "y" * 5000}}
+    reason = error_reason(500, json.dumps(hostile).encode())
     assert reason.startswith("HTTP 500 x: ") and "\x1b" not in reason and "\x07" not in reason
     assert len(reason) <= 200
     assert error_reason(502, b"[" * 100_000) == "HTTP 502"

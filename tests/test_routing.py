@@ -1,6 +1,7 @@
 """The engine's retry, backoff and failover policy without processes: the pure `decide`, and
 whole jobs run against FakeTransport, an in-memory stand-in for transport.Transport (as
 httpx's MockTransport stands in for its transports). No socket is opened here."""
+
 from __future__ import annotations
 
 import http.client
@@ -19,8 +20,23 @@ from coordinator.config import CoordinatorConfig
 from coordinator.discovery import WorkerStatus
 from coordinator.engine import run_job
 from coordinator.errors import NoWorkerError
-from coordinator.routing import (BAD_REPLY, BUSY, DOWN, FAILOVER, GIVE_UP, REFUSED, RETRY_SAME, SERVER, TOKEN,
-                                 UNFIT, Failure, RetryPolicy, Router, WorkerSlots, decide)
+from coordinator.routing import (
+    BAD_REPLY,
+    BUSY,
+    DOWN,
+    FAILOVER,
+    GIVE_UP,
+    REFUSED,
+    RETRY_SAME,
+    SERVER,
+    TOKEN,
+    UNFIT,
+    Failure,
+    RetryPolicy,
+    Router,
+    WorkerSlots,
+    decide,
+)
 from coordinator.transport import MIN_TRANSFER_RATE, Reply, TransportError
 
 OPS = ("grayscale", "sepia", "invert", "blur")
@@ -45,20 +61,24 @@ def test_backoff_doubles_per_try_on_the_worker_and_is_capped():
     assert delays[:4] == [0.05, 0.1, 0.2, 0.4] and delays[-1] == 1.0 and max(delays) == 1.0
 
 
-@pytest.mark.parametrize(("kind", "action", "down"), [
-    (DOWN, FAILOVER, True),  # connection error, timeout, redirect: down for the whole job
-    (TOKEN, FAILOVER, False),  # 401: not this worker for this strip
-    (UNFIT, FAILOVER, False),  # its limits are too small for this strip
-    (SERVER, RETRY_SAME, False),  # 5xx: stays a candidate, others first (least tried)
-    (BAD_REPLY, RETRY_SAME, False),
-    (REFUSED, GIVE_UP, False),  # other 4xx: our request is wrong, no worker will take it
-])
+@pytest.mark.parametrize(
+    ("kind", "action", "down"),
+    [
+        (DOWN, FAILOVER, True),  # connection error, timeout, redirect: down for the whole job
+        (TOKEN, FAILOVER, False),  # 401: not this worker for this strip
+        (UNFIT, FAILOVER, False),  # its limits are too small for this strip
+        (SERVER, RETRY_SAME, False),  # 5xx: stays a candidate, others first (least tried)
+        (BAD_REPLY, RETRY_SAME, False),
+        (REFUSED, GIVE_UP, False),  # other 4xx: our request is wrong, no worker will take it
+    ],
+)
 def test_each_failure_kind_has_one_action(kind, action, down):
     decision = decide(Failure("why", kind), 1, POLICY)
     assert (decision.action, decision.mark_down) == (action, down)
 
 
 # --- a fake transport ---------------------------------------------------------------------
+
 
 @dataclass
 class Sent:
@@ -97,8 +117,7 @@ class FakeTransport:
         with self.lock:
             self.sent.append(sent)
             self.in_flight[sent.worker] = self.in_flight.get(sent.worker, 0) + 1
-            self.most_in_flight[sent.worker] = max(self.most_in_flight.get(sent.worker, 0),
-                                                   self.in_flight[sent.worker])
+            self.most_in_flight[sent.worker] = max(self.most_in_flight.get(sent.worker, 0), self.in_flight[sent.worker])
         try:
             return self.handler(sent)
         finally:
@@ -133,8 +152,7 @@ def error(status: int, code: str, **headers) -> Reply:
 
 
 def worker(url: str, max_inflight: int = 4) -> WorkerStatus:
-    return WorkerStatus(url, True, service="worker-python", runtime="python", operations=OPS,
-                        max_inflight=max_inflight)
+    return WorkerStatus(url, True, service="worker-python", runtime="python", operations=OPS, max_inflight=max_inflight)
 
 
 def config(urls, **changes) -> CoordinatorConfig:
@@ -146,8 +164,16 @@ PIXELS = np.random.default_rng(3).integers(0, 256, (40, 30, 3), dtype=np.uint8)
 
 def job(urls, handler, strips=1, workers=None, on_event=None, **changes):
     fake = FakeTransport(handler)
-    result = run_job(b"", config(urls, **changes), plan="invert", strips=strips, pixels=PIXELS,
-                     workers=workers or [worker(url) for url in urls], session=fake, on_event=on_event)
+    result = run_job(
+        b"",
+        config(urls, **changes),
+        plan="invert",
+        strips=strips,
+        pixels=PIXELS,
+        workers=workers or [worker(url) for url in urls],
+        session=fake,
+        on_event=on_event,
+    )
     assert np.array_equal(result.pixels, 255 - PIXELS)
     return result, fake
 
@@ -159,15 +185,21 @@ def first_then(first, then=inverted):
     def handler(sent):
         calls.append(sent)
         return first(sent) if len(calls) == 1 else then(sent)
+
     return handler
 
 
 # --- jobs against the fake transport ----------------------------------------------------------
 
+
 def test_busy_worker_is_asked_again_after_its_retry_after():
     events = []
-    result, fake = job(["http://busy-a"], first_then(lambda sent: error(503, "busy", Retry_After="0.3")),
-                       on_event=events.append, retry_after_max=2.0)
+    result, fake = job(
+        ["http://busy-a"],
+        first_then(lambda sent: error(503, "busy", Retry_After="0.3")),
+        on_event=events.append,
+        retry_after_max=2.0,
+    )
     first, second = fake.sent
     assert second.at - first.at >= 0.3  # honoured
     assert result.strips[0].attempts == 2 and result.strips[0].failovers == ["http://busy-a: HTTP 503 busy: m"]
@@ -176,8 +208,9 @@ def test_busy_worker_is_asked_again_after_its_retry_after():
 
 def test_a_long_retry_after_is_capped():
     started = time.monotonic()
-    _, fake = job(["http://busy-b"], first_then(lambda sent: error(503, "busy", Retry_After="3600")),
-                  retry_after_max=0.2)
+    _, fake = job(
+        ["http://busy-b"], first_then(lambda sent: error(503, "busy", Retry_After="3600")), retry_after_max=0.2
+    )
     first, second = fake.sent
     assert second.at - first.at >= 0.2
     assert time.monotonic() - started < 30  # not the hour it asked for (generous bound: shared machine)
@@ -193,6 +226,7 @@ def test_connection_error_fails_over_and_marks_the_worker_down_for_the_job():
         if sent.worker == "http://dead":
             raise TransportError("connection refused", "connect")
         return inverted(sent)
+
     result, fake = job(["http://dead", "http://alive"], handler, strips=4)
     assert {strip.worker_url for strip in result.strips} == {"http://alive"}
     assert fake.to("http://dead")  # it was tried, so the failover was exercised
@@ -203,8 +237,10 @@ def test_connection_error_fails_over_and_marks_the_worker_down_for_the_job():
 def test_5xx_fails_over_to_another_worker_first():
     def handler(sent):
         return error(500, "internal") if sent.worker == "http://broken" else inverted(sent)
-    result, fake = job(["http://broken", "http://good"], handler, workers=[worker("http://broken"),
-                                                                           worker("http://good")])
+
+    result, fake = job(
+        ["http://broken", "http://good"], handler, workers=[worker("http://broken"), worker("http://good")]
+    )
     strip = result.strips[0]
     assert strip.worker_url == "http://good" and strip.attempts == 2
     assert strip.failovers == ["http://broken: HTTP 500 internal: m"]
@@ -214,10 +250,18 @@ def test_5xx_fails_over_to_another_worker_first():
 def test_gives_up_once_every_worker_is_tried():
     def handler(sent):
         raise TransportError("connection refused", "connect")
+
     fake = FakeTransport(handler)
     with pytest.raises(NoWorkerError) as caught:
-        run_job(b"", config(["http://x1", "http://x2"]), plan="invert", strips=1, pixels=PIXELS,
-                workers=[worker("http://x1"), worker("http://x2")], session=fake)
+        run_job(
+            b"",
+            config(["http://x1", "http://x2"]),
+            plan="invert",
+            strips=1,
+            pixels=PIXELS,
+            workers=[worker("http://x1"), worker("http://x2")],
+            session=fake,
+        )
     assert caught.value.exit_code == 3 and caught.value.strip_index == 0
     assert caught.value.attempts == ["http://x1: connection refused", "http://x2: connection refused"]
     assert sorted(sent.worker for sent in fake.sent) == ["http://x1", "http://x2"]  # each once: both down
@@ -226,22 +270,37 @@ def test_gives_up_once_every_worker_is_tried():
 def test_gives_up_after_max_attempts_on_a_worker_that_keeps_failing():
     fake = FakeTransport(lambda sent: error(500, "internal"))
     with pytest.raises(NoWorkerError, match="no worker could do strip 1"):
-        run_job(b"", config(["http://x3"], max_attempts=3, backoff=0.01), plan="invert", strips=1,
-                pixels=PIXELS, workers=[worker("http://x3")], session=fake)
+        run_job(
+            b"",
+            config(["http://x3"], max_attempts=3, backoff=0.01),
+            plan="invert",
+            strips=1,
+            pixels=PIXELS,
+            workers=[worker("http://x3")],
+            session=fake,
+        )
     assert len(fake.sent) == 3
 
 
 def test_a_4xx_is_not_retried():
     fake = FakeTransport(lambda sent: error(400, "bad_request"))
     with pytest.raises(NoWorkerError, match=r"http://r1 refused strip 1 \(op invert\)"):
-        run_job(b"", config(["http://r1", "http://r2"]), plan="invert", strips=1, pixels=PIXELS,
-                workers=[worker("http://r1"), worker("http://r2")], session=fake)
+        run_job(
+            b"",
+            config(["http://r1", "http://r2"]),
+            plan="invert",
+            strips=1,
+            pixels=PIXELS,
+            workers=[worker("http://r1"), worker("http://r2")],
+            session=fake,
+        )
     assert len(fake.sent) == 1
 
 
 def test_token_rejected_tries_the_other_worker():
     def handler(sent):
         return error(401, "unauthorized") if sent.worker == "http://t1" else inverted(sent)
+
     result, _ = job(["http://t1", "http://t2"], handler, strips=2)
     assert {strip.worker_url for strip in result.strips} == {"http://t2"}
 
@@ -249,10 +308,12 @@ def test_token_rejected_tries_the_other_worker():
 def test_a_slow_worker_gets_the_exchange_deadline_and_the_strip_moves_on():
     """The transport enforces the deadline (tests/test_faults.py does it on sockets); here the
     engine must ask for the right one and fail over when it runs out."""
+
     def handler(sent):
         if sent.worker == "http://slow":
             raise TransportError(f"no reply within the {sent.limits.total:.1f} s deadline", "timeout")
         return inverted(sent)
+
     settings = {"connect_timeout": 2.0, "read_timeout": 5.0}
     result, fake = job(["http://slow", "http://quick"], handler, **settings)
     slow = fake.to("http://slow")[0]
@@ -267,15 +328,24 @@ def test_requests_in_flight_stay_within_the_worker_slots_across_jobs():
     def handler(sent):
         time.sleep(0.05)
         return inverted(sent)
+
     fake = FakeTransport(handler)
     url, errors = "http://slots-a", []
 
     def one_job():
         try:
-            run_job(b"", config([url]), plan="invert", strips=8, pixels=PIXELS,
-                    workers=[worker(url, max_inflight=2)], session=fake)
+            run_job(
+                b"",
+                config([url]),
+                plan="invert",
+                strips=8,
+                pixels=PIXELS,
+                workers=[worker(url, max_inflight=2)],
+                session=fake,
+            )
         except Exception as exc:  # noqa: BLE001 - reported by the assert below
             errors.append(exc)
+
     threads = [threading.Thread(target=one_job) for _ in range(2)]
     for thread in threads:
         thread.start()
