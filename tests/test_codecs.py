@@ -1,5 +1,6 @@
 """Transport codecs: every path that claims lossless is exact through the real workers, the
 `high` path stays within codecs.HIGH_PSNR_DB, and the JPEG row cut falls back cleanly."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,6 +37,7 @@ def decoded_rows(jpeg: bytes) -> np.ndarray:
 
 # ---------------------------------------------------------------- JPEG row cuts, pure
 
+
 @pytest.mark.parametrize("subsampling, mcu_rows", [(2, 16), (0, 8)])  # 4:2:0 and 4:4:4
 def test_jpeg_rows_decode_exactly_like_the_whole_image(needs_jpegtran, subsampling, mcu_rows):
     data = jpeg_bytes(photo(200, 131), subsampling=subsampling)
@@ -47,7 +49,7 @@ def test_jpeg_rows_decode_exactly_like_the_whole_image(needs_jpegtran, subsampli
         assert cut_top % mcu_rows == 0 and cut_top <= top and bottom <= cut_bottom <= 131
         rows = decoded_rows(cut)
         assert rows.shape[0] == cut_bottom - cut_top
-        assert np.array_equal(rows[top - cut_top:bottom - cut_top], whole[top:bottom]), (top, bottom)
+        assert np.array_equal(rows[top - cut_top : bottom - cut_top], whole[top:bottom]), (top, bottom)
 
 
 def test_gray_jpeg_is_cut_too(needs_jpegtran):
@@ -57,8 +59,7 @@ def test_gray_jpeg_is_cut_too(needs_jpegtran):
     source = codecs.jpeg_source(buffer.getvalue())
     assert source is not None and source.mcu_rows == 8
     cut, cut_top, _ = codecs.jpeg_rows(source, 30, 50)
-    assert np.array_equal(decoded_rows(cut)[30 - cut_top:50 - cut_top],
-                          decoded_rows(buffer.getvalue())[30:50])
+    assert np.array_equal(decoded_rows(cut)[30 - cut_top : 50 - cut_top], decoded_rows(buffer.getvalue())[30:50])
 
 
 def test_inputs_a_cut_would_change_are_refused(needs_jpegtran):
@@ -96,6 +97,7 @@ def test_psnr():
 
 
 # ---------------------------------------------------------------- through the real workers
+
 
 @pytest.fixture
 def fleet_config(local_fleet):
@@ -170,6 +172,7 @@ def test_wire_quality_setting():
 
 def test_auto_transport_is_raw_on_loopback_and_compressed_elsewhere():
     from coordinator.engine import wire_for
+
     assert wire_for("http://127.0.0.1:5001", "auto") == "raw"
     assert wire_for("http://10.0.0.7:5001", "auto") == "jpeg-cut"
     assert wire_for("http://10.0.0.7:5001", "png") == "png"
@@ -216,8 +219,11 @@ def test_gray_reply_is_refused_unless_asked_for():
 
 def test_reply_formats():
     assert codecs.reply_query("raw", "lossless", "python") == {"format": "raw"}
-    assert codecs.reply_query("jpeg-cut", "lossless", "nodejs") == {"format": "png", "compression": "6",
-                                                                    "channels": "auto"}
+    assert codecs.reply_query("jpeg-cut", "lossless", "nodejs") == {
+        "format": "png",
+        "compression": "6",
+        "channels": "auto",
+    }
     assert codecs.reply_query("webp-lossless", "lossless", "python") == {"format": "webp", "lossless": "true"}
     assert codecs.reply_query("jpeg-cut", "high", "python") == {"format": "jpeg", "quality": "95"}
     assert imaging.decode_any  # replies of every kind decode through the same function

@@ -95,7 +95,7 @@ class OtlpReceiver(ThreadingHTTPServer):
 
 
 class OtlpHandler(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 (http.server's naming)
+    def do_POST(self):  # http.server's naming
         data = self.read_body()
         kind = self.headers.get("Content-Type", "")
         spans = spans_of_json(json.loads(data)) if "json" in kind else spans_of_protobuf(data)
