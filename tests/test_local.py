@@ -240,3 +240,70 @@ def test_page_is_pointed_at_every_instance():
     chosen = local.ports({"PYTHON_WORKERS": "2", "NODEJS_WORKERS": "0", "PYTHON_WORKER_PORT": "6100"})
     assert chosen == {"worker-python": 6100, "worker-python-1": 6200, "page": 8501}
     assert local.page_env({}, chosen)["COORDINATOR_WORKERS"] == "http://127.0.0.1:6100,http://127.0.0.1:6200"
+
+
+def test_a_2_plus_2_pool_finishes_a_batch_with_exact_pixels_when_a_worker_dies_mid_batch(tmp_path):
+    """Loopback pool (make workers PYTHON_WORKERS=2 NODEJS_WORKERS=2) + the coordinator CLI reading
+    .run/workers.json; worker-python-1 is SIGKILLed once the first strip is reported."""
+    import numpy as np
+    from PIL import Image
+
+    python_base, nodejs_base = _base_port_with_room(1), _base_port_with_room(1)
+    rng = np.random.default_rng(17)
+    images = {}
+    for index in range(6):
+        pixels = rng.integers(0, 256, (600, 400, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"in{index}.png")
+        images[f"in{index}.png"] = pixels
+    (tmp_path / "out").mkdir()
+    try:
+        started = runner(
+            "start",
+            tmp_path,
+            timeout=120,
+            PYTHON_WORKERS=2,
+            NODEJS_WORKERS=2,
+            PYTHON_WORKER_PORT=python_base,
+            NODEJS_WORKER_PORT=nodejs_base,
+        )
+        assert started.returncode == 0, started.stderr
+        env = {k: v for k, v in os.environ.items() if k not in local.WORKER_SOURCES and k != "WORKER_TOKEN"}
+        batch = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "coordinator",
+                "process",
+                *[str(tmp_path / name) for name in images],
+                "-o",
+                str(tmp_path / "out"),
+                "--plan",
+                "invert",
+                "--strips",
+                "8",
+                "--jobs",
+                "2",
+                "--workers-file",
+                str(tmp_path / "run" / local.WORKERS_FILE),
+            ],
+            cwd=ROOT,
+            env=env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        first = batch.stderr.readline()
+        assert batch.poll() is None, first  # still running: the kill lands mid-batch
+        # The whole group: the pid file names the worker's session leader, which may fork servers.
+        os.killpg(int((tmp_path / "run" / "worker-python-1.pid").read_text()), signal.SIGKILL)
+        killed = f"http://127.0.0.1:{python_base + local.PORT_STEP}"
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{killed}/healthz", timeout=5)
+        _, rest = batch.communicate(timeout=180)
+        assert batch.returncode == 0, first + rest
+        assert rest.count("strip ") >= 8  # most of the batch ran after the kill
+    finally:
+        runner("stop", tmp_path, timeout=60)
+    for name, pixels in images.items():
+        out = np.asarray(Image.open(tmp_path / "out" / name))
+        assert np.array_equal(out, 255 - pixels), name
