@@ -13,6 +13,7 @@ Makes a photo-like JPEG in memory, starts both workers on free loopback ports, a
 Prints medians, the ratios (c)/(a) and (a)/(b), where (a)'s time goes, and PNG filter
 choices for the final encode. Numbers are wall time on whatever else the machine runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,13 +28,13 @@ from pathlib import Path
 import numpy as np
 import requests
 from PIL import Image, ImageOps
+from worker_python import ops as python_ops
 
 from coordinator import imaging, pngfast
 from coordinator.config import CoordinatorConfig
 from coordinator.engine import make_session, run_job
 from scripts.testkit.images import encoded, photo
 from scripts.testkit.procs import start_worker
-from worker_python import imaging as python_ops
 
 WIRE_RUNS = 2
 
@@ -78,8 +79,7 @@ def one_process_run(jpeg: bytes, level: int) -> tuple[bytes, dict]:
     buffer = io.BytesIO()
     stitched.save(buffer, "PNG", compress_level=level)
     finished = time.perf_counter()
-    return buffer.getvalue(), {"encode_ms": (finished - encode_started) * 1000,
-                               "total_ms": (finished - started) * 1000}
+    return buffer.getvalue(), {"encode_ms": (finished - encode_started) * 1000, "total_ms": (finished - started) * 1000}
 
 
 def original_run(jpeg: bytes, urls: list[str]) -> tuple[bytes, dict]:
@@ -93,19 +93,19 @@ def original_run(jpeg: bytes, urls: list[str]) -> tuple[bytes, dict]:
     boxes = [(0, 0, width, middle), (0, middle, width, height)]
     stitched = Image.new("RGB", (width, height))
     with requests.Session() as session:
-        for url, box in zip(urls, boxes):
+        for url, box in zip(urls, boxes, strict=True):  # one half per worker
             buffer = io.BytesIO()
             image.crop(box).save(buffer, "PNG")
-            reply = session.post(f"{url}/process", files={"image": ("strip.png", buffer.getvalue(), "image/png")},
-                                 timeout=120)
+            reply = session.post(
+                f"{url}/process", files={"image": ("strip.png", buffer.getvalue(), "image/png")}, timeout=120
+            )
             reply.raise_for_status()
             stitched.paste(Image.open(io.BytesIO(reply.content)).convert("RGB"), (0, box[1]))
     encode_started = time.perf_counter()
     buffer = io.BytesIO()
     stitched.save(buffer, "PNG")
     finished = time.perf_counter()
-    return buffer.getvalue(), {"encode_ms": (finished - encode_started) * 1000,
-                               "total_ms": (finished - started) * 1000}
+    return buffer.getvalue(), {"encode_ms": (finished - encode_started) * 1000, "total_ms": (finished - started) * 1000}
 
 
 def decoded(png: bytes) -> np.ndarray:
@@ -121,18 +121,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.bench", description=__doc__.split("\n\n")[1])
     parser.add_argument("--runs", type=int, default=5, help="timed runs of each (default 5, at least 1)")
     parser.add_argument("--megapixels", type=float, default=12.0, help="input size (default 12)")
-    parser.add_argument("--level", type=int, default=None,
-                        help="PNG zlib level of (a) and (b) (default COORDINATOR_PNG_LEVEL's default)")
-    parser.add_argument("--wires", type=wire_list,
-                        default=["png"], help="other strip wire formats to time against raw "
-                        "(default png; webp-lossless is slow: minutes at 12 MP)")
+    parser.add_argument(
+        "--level",
+        type=int,
+        default=None,
+        help="PNG zlib level of (a) and (b) (default COORDINATOR_PNG_LEVEL's default)",
+    )
+    parser.add_argument(
+        "--wires",
+        type=wire_list,
+        default=["png"],
+        help="other strip wire formats to time against raw (default png; webp-lossless is slow: minutes at 12 MP)",
+    )
     args = parser.parse_args(argv)
     runs = max(1, args.runs)
     level = CoordinatorConfig().png_level if args.level is None else args.level
     jpeg = photo_jpeg(args.megapixels)
     size = Image.open(io.BytesIO(jpeg)).size
-    print(f"input: {size[0]}x{size[1]} JPEG, {len(jpeg) / 1e6:.1f} MB; {runs} runs each; PNG level {level} "
-          f"for (a) and (b); shared machine, other work may be running: treat small differences as noise")
+    print(
+        f"input: {size[0]}x{size[1]} JPEG, {len(jpeg) / 1e6:.1f} MB; {runs} runs each; PNG level {level} "
+        f"for (a) and (b); shared machine, other work may be running: treat small differences as noise"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workers = [start_worker("python", Path(tmp)), start_worker("nodejs", Path(tmp))]
         try:
@@ -142,9 +151,11 @@ def main(argv: list[str] | None = None) -> int:
             outputs = {}
             coordinator_run(jpeg, config, level)  # warm-up: imports, thread pools, first connections
             for _ in range(runs):  # interleaved, so background load hits all three alike
-                for name, run in (("a", lambda: coordinator_run(jpeg, config, level)),
-                                  ("b", lambda: one_process_run(jpeg, level)),
-                                  ("c", lambda: original_run(jpeg, urls))):
+                for name, run in (
+                    ("a", lambda: coordinator_run(jpeg, config, level)),
+                    ("b", lambda: one_process_run(jpeg, level)),
+                    ("c", lambda: original_run(jpeg, urls)),
+                ):
                     out, parts = run()
                     parts["bytes"] = len(out)
                     samples[name].append(parts)
@@ -166,9 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     a, b, c = (median(samples[name], "total_ms") for name in "abc")
     print()
     print(f"{'':4}{'design':58}{'median ms':>10}{'PNG MB':>8}")
-    rows = [("(a)", f"coordinator, raw PPM strips, parallel PNG level {level}", a, samples["a"]),
-            ("(b)", f"one process, Pillow PNG level {level}", b, samples["b"]),
-            ("(c)", "original: PNG 6 strips one by one, PNG 6 replies and output", c, samples["c"])]
+    rows = [
+        ("(a)", f"coordinator, raw PPM strips, parallel PNG level {level}", a, samples["a"]),
+        ("(b)", f"one process, Pillow PNG level {level}", b, samples["b"]),
+        ("(c)", "original: PNG 6 strips one by one, PNG 6 replies and output", c, samples["c"]),
+    ]
     for label, text, value, runs_of in rows:
         print(f"{label:4}{text:58}{value:10.0f}{median(runs_of, 'bytes') / 1e6:8.1f}")
     print()
@@ -176,18 +189,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(a)/(b) = {a / b:.2f}x  (target <= 1.15x)")
     # Derived, not timed: how much of (c)'s lead is only its final level-6 encode.
     c_same_encode = c - median(samples["c"], "encode_ms") + median(samples["a"], "encode_ms")
-    print(f"(c) with (a)'s final encode instead of its own: ~{c_same_encode:.0f} ms, "
-          f"{c_same_encode / a:.1f}x (a) (derived from the medians)")
+    print(
+        f"(c) with (a)'s final encode instead of its own: ~{c_same_encode:.0f} ms, "
+        f"{c_same_encode / a:.1f}x (a) (derived from the medians)"
+    )
     print()
     print("where (a)'s time goes (medians, ms):")
-    for key, text in (("decode_ms", "decode JPEG"), ("discover_ms", "GET /healthz on both workers"),
-                      ("dispatch_ms", "dispatch: PPM out, op on the workers, PPM back, stitch"),
-                      ("worker_ms", "  of which the slower worker's own time (X-Processing-Ms)"),
-                      ("stitch_ms", "  of which copying strips into the result"),
-                      ("encode_ms", f"parallel PNG encode, level {level}")):
+    for key, text in (
+        ("decode_ms", "decode JPEG"),
+        ("discover_ms", "GET /healthz on both workers"),
+        ("dispatch_ms", "dispatch: PPM out, op on the workers, PPM back, stitch"),
+        ("worker_ms", "  of which the slower worker's own time (X-Processing-Ms)"),
+        ("stitch_ms", "  of which copying strips into the result"),
+        ("encode_ms", f"parallel PNG encode, level {level}"),
+    ):
         print(f"  {text:58}{median(samples['a'], key):8.0f}")
-    print(f"(b) spends {median(samples['b'], 'encode_ms'):.0f} ms in its PNG encode; "
-          f"(c) spends {median(samples['c'], 'encode_ms'):.0f} ms in its final PNG encode")
+    print(
+        f"(b) spends {median(samples['b'], 'encode_ms'):.0f} ms in its PNG encode; "
+        f"(c) spends {median(samples['c'], 'encode_ms'):.0f} ms in its final PNG encode"
+    )
     print()
     print(f"(a) with each wire format for strips (raw: median of {runs}; others: median of {WIRE_RUNS}):")
     for wire, runs_of in wires.items():

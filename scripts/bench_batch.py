@@ -11,6 +11,7 @@ loopback ports, and times, interleaved, wall clock from start to the last PNG wr
       own grayscale/sepia on the two halves, stitch, Pillow PNG at the same zlib level.
 Prints medians, images/s, (a)/(b) throughput (target >= 0.9) and bytes per image.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from worker_python import ops as python_ops
 
 from coordinator.config import CoordinatorConfig
 from scripts.testkit.images import encoded, photo
 from scripts.testkit.procs import start_worker
-from worker_python import imaging as python_ops
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,8 +64,22 @@ def run_pool(inputs: list[Path], out: Path, level: int) -> float:
 
 
 def run_cli(inputs: list[Path], out: Path, urls: list[str], jobs: int, level: int) -> float:
-    command = [sys.executable, "-m", "coordinator", "process", *map(str, inputs), "-o", str(out), "--format", "png",
-               "--jobs", str(jobs), "--quiet", "--workers", ",".join(urls)]
+    command = [
+        sys.executable,
+        "-m",
+        "coordinator",
+        "process",
+        *map(str, inputs),
+        "-o",
+        str(out),
+        "--format",
+        "png",
+        "--jobs",
+        str(jobs),
+        "--quiet",
+        "--workers",
+        ",".join(urls),
+    ]
     env = {**os.environ, "COORDINATOR_PNG_LEVEL": str(level)}
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -94,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             path.write_bytes(photo_4k(100 + index))
             inputs.append(path)
         input_mb = sum(path.stat().st_size for path in inputs) / images / 1e6
-        print(f"batch: {images} photo-like {WIDTH}x{HEIGHT} JPEGs ({input_mb:.1f} MB each), {runs} runs each, "
-              f"PNG level {level}, coordinator --jobs {args.jobs}; shared machine: treat small differences as noise")
+        print(
+            f"batch: {images} photo-like {WIDTH}x{HEIGHT} JPEGs ({input_mb:.1f} MB each), {runs} runs each, "
+            f"PNG level {level}, coordinator --jobs {args.jobs}; shared machine: treat small differences as noise"
+        )
         workers = [start_worker("python", root), start_worker("nodejs", root)]
         times: dict[str, list[float]] = {"a": [], "b": []}
         sizes: dict[str, int] = {}
@@ -110,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         times[name].append(run_pool(inputs, out, level))
                     sizes[name] = folder_bytes(out)
-                    if len(list(out.glob("*.png"))) != images:
-                        print(f"error: ({name}) wrote {len(list(out.glob('*.png')))} of {images} outputs", file=sys.stderr)
+                    written = len(list(out.glob("*.png")))
+                    if written != images:
+                        print(f"error: ({name}) wrote {written} of {images} outputs", file=sys.stderr)
                         return 1
             check = inputs[0].stem + ".png"
             with Image.open(root / "out-a-0" / check) as got, Image.open(root / "out-b-0" / check) as want:
@@ -126,13 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     wire = WIDTH * HEIGHT * 3 * 2 + 2 * 2 * len(b"P6\n3840 1080\n255\n")  # raw PPM out and back
     print()
     print(f"{'':4}{'design':52}{'median s':>9}{'img/s':>7}{'PNG MB/img':>11}{'wire MB/img':>12}")
-    print(f"{'(a)':4}{'python -m coordinator process, 2 workers':52}{a:9.1f}{images / a:7.2f}"
-          f"{sizes['a'] / images / 1e6:11.1f}{wire / 1e6:12.1f}")
-    print(f"{'(b)':4}{'2-process Pillow pool, same ops, PNG level ' + str(level):52}{b:9.1f}{images / b:7.2f}"
-          f"{sizes['b'] / images / 1e6:11.1f}{0:12.1f}")
+    print(
+        f"{'(a)':4}{'python -m coordinator process, 2 workers':52}{a:9.1f}{images / a:7.2f}"
+        f"{sizes['a'] / images / 1e6:11.1f}{wire / 1e6:12.1f}"
+    )
+    print(
+        f"{'(b)':4}{'2-process Pillow pool, same ops, PNG level ' + str(level):52}{b:9.1f}{images / b:7.2f}"
+        f"{sizes['b'] / images / 1e6:11.1f}{0:12.1f}"
+    )
     print()
-    print(f"throughput (a)/(b) = {b / a:.2f}x  (target >= 0.9x); runs (s): a={', '.join(f'{t:.1f}' for t in times['a'])}"
-          f"  b={', '.join(f'{t:.1f}' for t in times['b'])}")
+    runs = {key: ", ".join(f"{t:.1f}" for t in times[key]) for key in ("a", "b")}
+    print(f"throughput (a)/(b) = {b / a:.2f}x  (target >= 0.9x); runs (s): a={runs['a']}  b={runs['b']}")
     return 0
 
 
