@@ -586,3 +586,22 @@ def test_a_bad_pools_entry_in_the_outputs_file_is_a_usage_error(tmp_path, pools,
     )
     result = fleet("status", "--outputs", str(outputs), env=aws_env(None, credentials=False))
     assert_one_error_line(result, errors.USAGE, fragment)
+
+
+def test_wait_and_status_name_hosts_left_on_an_older_template(moto, tmp_path, proxy):
+    """A new template version (a new release) the group points at, and hosts still on the old one:
+    not ready until a refresh replaces them (moto has no refresh, so they stay)."""
+    made = create_pools(moto, POOLED, tmp_path)
+    ec2, asg, name = made["ec2"], made["asg"], made["pools"]["worker-python"]
+    ec2.create_launch_template_version(
+        LaunchTemplateName="worker-python-template", SourceVersion="1", LaunchTemplateData={"InstanceType": "t2.micro"}
+    )
+    template = {"LaunchTemplateName": "worker-python-template", "Version": "2"}
+    asg.update_auto_scaling_group(AutoScalingGroupName=name, LaunchTemplate=template)
+    env, outputs = proxied_env(moto, proxy), str(made["outputs"])
+    status = json.loads(fleet("status", "--json", "--outputs", outputs, env=env).stdout)
+    (python_pool,) = [p for p in status["pools"] if p["role"] == "worker-python"]
+    assert python_pool["template_version"] == "2"
+    assert [i["template_version"] for i in python_pool["instances"]] == ["1"]
+    result = fleet("wait", "--timeout", "2", "--interval", "0.5", "--outputs", outputs, env=env)
+    assert_one_error_line(result, errors.WAIT_TIMEOUT, f"pool {name} (1 on an older template")
