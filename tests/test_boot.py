@@ -106,8 +106,8 @@ def probe(stage: Stage, role: str, document: str, token: str, timeout: float = 6
 
 
 def print_table() -> None:
-    lines = ["", "boot test timings (seconds)", f"{'boot':<34} {'step':<32} {'s':>7}"]
-    lines += [f"{boot:<34} {step:<32} {seconds:7.1f}" for boot, step, seconds in TIMINGS]
+    lines = ["", "boot test timings (seconds)", f"{'boot':<42} {'step':<32} {'s':>7}"]
+    lines += [f"{boot:<42} {step:<32} {seconds:7.1f}" for boot, step, seconds in TIMINGS]
     print("\n".join(lines), file=sys.stderr)
 
 
