@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import errno
 import os
 import secrets
@@ -17,17 +16,21 @@ import stat
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import coordinator
-from coordinator import imaging
 from coordinator.config import DEFAULT_WORKERS, TRANSPORTS, WIRE_QUALITIES, CoordinatorConfig, load_config
-from coordinator.discovery import WorkerStatus, discover
-from coordinator.engine import StripEvent, StripResult, cancel_on_interrupt, make_session, run_job
 from coordinator.errors import CoordinatorError, InputError
 from coordinator.plan import BLUR_RADIUS_DEFAULT, BLUR_RADIUS_MAX, OPERATIONS, SEED_OPS, check_params, parse_plan
+
+# numpy, Pillow and the engine (imaging, engine, discovery) are imported where `process` or
+# `workers` first needs them, so --help, --version and usage errors start in a fraction of the
+# time (tests/test_imports.py keeps it so).
+if TYPE_CHECKING:
+    from coordinator.discovery import WorkerStatus
+    from coordinator.engine import StripEvent, StripResult
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_NO_WORKER = 0, 1, 2, 3
 STDIO = "-"
@@ -190,6 +193,28 @@ def build_parser(prog: str = "stripes") -> Parser:
 
 
 def main(argv: list[str] | None = None, prog: str = "stripes") -> int:
+    """The program (`stripes`, `python -m coordinator`): argv None means sys.argv, and then the
+    process ends here; called with a list (tests, scripts) it returns the exit code."""
+    code = run(argv, prog)
+    if argv is None:
+        exit_now(code)
+    return code
+
+
+def exit_now(code: int) -> None:
+    """Leave without the interpreter's teardown (freeing numpy buffers and modules: 130-200 ms
+    measured) once everything is written: outputs are renamed into place before this, and
+    stdout/stderr are flushed here. If a flush fails (say a closed pipe), return and let the
+    normal exit report it."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    os._exit(code)
+
+
+def run(argv: list[str] | None, prog: str) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         config = load_config(
@@ -218,6 +243,8 @@ def fail(exc: CoordinatorError, prefix: str = "") -> int:
 
 
 def show_workers(config: CoordinatorConfig) -> int:
+    from coordinator.discovery import discover
+
     statuses = discover(config)
     rows = [("URL", "RUNTIME", "OPERATIONS", "LATENCY", "STATUS")]
     for status in statuses:
@@ -280,6 +307,8 @@ def plan_targets(inputs: list[str], output: str, format_flag: str | None) -> lis
             f"{len(inputs)} inputs need -o to be a directory, not {where}: end it with / "
             f"(e.g. -o {output.rstrip('/') if output != STDIO else 'results'}/)"
         )
+    from coordinator import imaging
+
     extension = FORMAT_CHOICES[format_flag or "png"]
     if output == STDIO:
         return [Target(None, imaging.format_for_path(f"out.{extension}"))]
@@ -510,6 +539,8 @@ def check_input(batch: Batch, size: tuple[int, int] | None, target: Target) -> N
     """Refuse before any work what the output format or --strips cannot do with this image."""
     if size is None:
         return  # unreadable header: decoding says why
+    from coordinator import imaging
+
     width, height = size
     imaging.check_output_size(target.fmt, width, height)
     if batch.args.strips is not None and batch.args.strips > height:
@@ -518,6 +549,9 @@ def check_input(batch: Batch, size: tuple[int, int] | None, target: Target) -> N
 
 def produce(batch: Batch, name: str, data: bytes, target: Target, on_event) -> tuple[int, list[StripResult]]:
     """Decode, process, encode and write one image; returns the bytes written and the strips."""
+    from coordinator import imaging
+    from coordinator.engine import run_job
+
     pixels, alpha = imaging.decode_with_alpha(data, batch.config.max_pixels)
     imaging.check_output_size(target.fmt, pixels.shape[1], pixels.shape[0])
     result = run_job(
@@ -552,6 +586,8 @@ def process_one(batch: Batch, name: str, target: Target) -> int:
         done[0] += event.kind == "done"
         batch.progress.on_event(event)
 
+    from coordinator import imaging
+
     prefix = f"{name}: " if len(batch.args.inputs) > 1 else ""
     try:
         data = read_input(name)
@@ -580,11 +616,18 @@ def process_one(batch: Batch, name: str, target: Target) -> int:
 
 def return_freed_memory() -> None:
     """Large buffers go straight to mmap and back to the system when freed (glibc; else nothing)."""
+    import ctypes
+
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 def process_command(args: argparse.Namespace, config: CoordinatorConfig) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from coordinator.discovery import discover
+    from coordinator.engine import cancel_on_interrupt, make_session
+
     strips, params = check_flags(args)
     targets = plan_targets(args.inputs, args.output, args.format)
     check_targets(args.inputs, targets, args.overwrite, args.quality)

@@ -6,8 +6,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
 from coordinator.errors import InputError
 
 GAUSSIAN_PASSES = 3  # Pillow's GaussianBlur: three extended box-blur passes
@@ -21,6 +19,8 @@ def gaussian_box_radius(radius: float, passes: int = GAUSSIAN_PASSES) -> float:
     The extended box of radius l + a covers int(l + a) whole pixels on each side plus a
     fractional weight on the next one, so one pass reads int(l + a) + 1 rows each way.
     """
+    import numpy as np  # here, not at the top: the CLI's --help and `workers` never need numpy
+
     f32 = np.float32
     sigma2 = f32(radius) * f32(radius) / f32(passes)
     big_l = f32(math.sqrt(12.0 * float(sigma2) + 1.0))
