@@ -603,7 +603,11 @@ def main() -> None:
         return
     if st.session_state.pop("refresh_workers_now", False):
         cached_discover.clear()
-    statuses = workers_panel(config)
+    try:
+        statuses = workers_panel(config)
+    except (ConfigError, NoWorkerError) as exc:  # a pooled stack that cannot be listed now
+        st.error(f"Workers: {exc}", icon=":material/cloud_off:")
+        return
     if not any(status.ok for status in statuses):
         st.warning(NO_WORKER_HELP, icon=":material/cloud_off:")
     try:

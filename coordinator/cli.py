@@ -561,7 +561,7 @@ def produce(batch: Batch, name: str, data: bytes, target: Target, on_event) -> t
         strips=batch.strips,
         params=batch.params,
         on_event=on_event,
-        workers=batch.statuses,
+        workers=None if batch.config.pool_fleet else batch.statuses,  # pools: re-discovered per job (cached)
         session=batch.session,
         pixels=pixels,
     )

@@ -7,6 +7,7 @@ COORDINATOR_WORKERS_FILE, `pulumi stack output` (when COORDINATOR_PULUMI_STACK i
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from coordinator.errors import ConfigError
+from coordinator.pool_discovery import PoolFleet, check_override, parse_pools
 from stripes import stack_outputs
 from stripes.roles import ROLE_SPECS
 
@@ -49,6 +51,7 @@ NUMERIC_SETTINGS = (
     Setting("COORDINATOR_BACKOFF", 0.05, 0, 10),  # first retry backoff, seconds (doubles, capped at 1 s)
     Setting("COORDINATOR_MAX_PIXELS", 50_000_000, 1, 1_000_000_000, integer=True),  # input width*height
     Setting("COORDINATOR_PNG_LEVEL", 2, 0, 9, integer=True),  # zlib level of PNG output and transport
+    Setting("COORDINATOR_DISCOVERY_SECONDS", 5.0, 0, 300),  # how long a pooled stack's instance list is reused
 )
 
 
@@ -67,6 +70,8 @@ class CoordinatorConfig:
     png_level: int = 2
     transport: str = "auto"
     wire_quality: str = "lossless"  # "high": JPEG q95 replies, PSNR >= 45 dB (codecs.HIGH_PSNR_DB)
+    pool_fleet: PoolFleet | None = None  # a pooled stack: workers found per job (pool_discovery)
+    discovery_seconds: float = 5.0
 
     @property
     def timeouts(self) -> tuple[float, float]:
@@ -131,6 +136,12 @@ def parse_worker_list(text: str, where: str) -> tuple[str, ...]:
 
 def parse_outputs(outputs: object, where: str) -> tuple[tuple[str, ...], str | None]:
     """Workers and token from the JSON of `pulumi stack output --json --show-secrets`."""
+    urls, token, _pools = parse_fleet(outputs, where)
+    return urls, token
+
+
+def parse_fleet(outputs: object, where: str) -> tuple[tuple[str, ...], str | None, PoolFleet | None]:
+    """Workers, token and pools (a pooled stack has `workers: []` and `pools`)."""
     if not isinstance(outputs, dict) or not isinstance(outputs.get("workers"), list):
         raise ConfigError(f"{where}: expected a JSON object with a 'workers' list")
     urls: list[str] = []
@@ -140,25 +151,34 @@ def parse_outputs(outputs: object, where: str) -> tuple[tuple[str, ...], str | N
         url = normalize_url(worker["url"], f"{where} workers[{index}].url")
         if url not in urls:
             urls.append(url)
-    if not urls:
-        raise ConfigError(f"{where}: the 'workers' list is empty")
+    pools = parse_pools(outputs, where)
+    if not urls and pools is None:
+        raise ConfigError(f"{where}: the 'workers' list is empty and there are no 'pools'")
     token = outputs.get("worker_token")
     if token is not None and not isinstance(token, str):
         raise ConfigError(f"{where}: 'worker_token' must be a string")
-    return tuple(urls), check_token(token or None, f"{where} worker_token")
+    return tuple(urls), check_token(token or None, f"{where} worker_token"), pools
 
 
 def read_outputs_file(path: str, where: str) -> tuple[tuple[str, ...], str | None]:
-    """Workers and token from an outputs file, read with a size bound; every failure (missing,
-    a device, too big, not UTF-8, not JSON, nested too deep) is one ConfigError."""
+    """Workers and token from an outputs file (read_fleet_file without the pools)."""
+    urls, token, _pools = read_fleet_file(path, where)
+    return urls, token
+
+
+def read_fleet_file(path: str, where: str) -> tuple[tuple[str, ...], str | None, PoolFleet | None]:
+    """Workers, token and pools from an outputs file, read with a size bound; every failure
+    (missing, a device, too big, not UTF-8, not JSON, nested too deep) is one ConfigError."""
     try:
         outputs = stack_outputs.read_file(path)
     except stack_outputs.OutputsError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    return parse_outputs(outputs, f"{where} {path}")
+    return parse_fleet(outputs, f"{where} {path}")
 
 
-def read_pulumi_stack(stack: str, environ: Mapping[str, str]) -> tuple[tuple[str, ...], str | None] | None:
+def read_pulumi_stack(
+    stack: str, environ: Mapping[str, str]
+) -> tuple[tuple[str, ...], str | None, PoolFleet | None] | None:
     """Stack outputs straight from the Pulumi CLI; None when the CLI is not installed."""
     cwd = environ.get("COORDINATOR_PULUMI_DIR") or str(REPO_ROOT / "infra")
     try:
@@ -167,7 +187,7 @@ def read_pulumi_stack(stack: str, environ: Mapping[str, str]) -> tuple[tuple[str
         raise ConfigError(f"COORDINATOR_PULUMI_STACK={stack}: {exc}") from None
     if outputs is None:
         return None
-    return parse_outputs(outputs, f"COORDINATOR_PULUMI_STACK={stack}")
+    return parse_fleet(outputs, f"COORDINATOR_PULUMI_STACK={stack}")
 
 
 def read_number(setting: Setting, environ: Mapping[str, str]) -> float | int:
@@ -193,22 +213,23 @@ def load_config(
 ) -> CoordinatorConfig:
     """The whole configuration, validated; raises ConfigError naming the bad setting."""
     token: str | None = None
+    pools: PoolFleet | None = None
     if workers:
         urls, source = parse_worker_list(workers, "--workers"), "--workers"
     elif workers_file:
-        urls, token = read_outputs_file(workers_file, "--workers-file")
+        urls, token, pools = read_fleet_file(workers_file, "--workers-file")
         source = f"outputs file {workers_file}"
     elif environ.get("COORDINATOR_WORKERS", "").strip():
         urls, source = parse_worker_list(environ["COORDINATOR_WORKERS"], "COORDINATOR_WORKERS"), "COORDINATOR_WORKERS"
     elif environ.get("COORDINATOR_WORKERS_FILE", "").strip():
         path = environ["COORDINATOR_WORKERS_FILE"].strip()
-        urls, token = read_outputs_file(path, "COORDINATOR_WORKERS_FILE")
+        urls, token, pools = read_fleet_file(path, "COORDINATOR_WORKERS_FILE")
         source = f"outputs file {path}"
     else:
         stack = environ.get("COORDINATOR_PULUMI_STACK", "").strip()
         from_pulumi = read_pulumi_stack(stack, environ) if stack else None
         if from_pulumi is not None:
-            (urls, token), source = from_pulumi, f"pulumi stack {stack}"
+            (urls, token, pools), source = from_pulumi, f"pulumi stack {stack}"
         else:
             urls, source = DEFAULT_WORKERS, "default"
     env_token = environ.get("COORDINATOR_WORKER_TOKEN", "")
@@ -223,6 +244,9 @@ def load_config(
         where = "--wire-quality" if wire_quality else "COORDINATOR_WIRE_QUALITY"
         raise ConfigError(f"{where}={chosen_quality!r} is not one of {', '.join(WIRE_QUALITIES)}")
     numbers = {s.name: read_number(s, environ) for s in NUMERIC_SETTINGS}
+    override = check_override(environ.get("COORDINATOR_POOL_ADDRESS_OVERRIDE", ""))
+    if pools is not None and override:
+        pools = dataclasses.replace(pools, address_override=override)
     return CoordinatorConfig(
         workers=urls,
         token=token,
@@ -237,6 +261,8 @@ def load_config(
         png_level=numbers["COORDINATOR_PNG_LEVEL"],
         transport=chosen_transport,
         wire_quality=chosen_quality,
+        pool_fleet=pools,
+        discovery_seconds=numbers["COORDINATOR_DISCOVERY_SECONDS"],
     )
 
 

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from coordinator.config import CoordinatorConfig, redact_url
+from coordinator.errors import NoWorkerError
 from coordinator.plan import OPERATIONS
 from coordinator.transport import Limits, Transport, TransportError, daemon_map, printable
 
@@ -128,12 +129,26 @@ def short(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9./+-]", "?", text[:60])
 
 
+def worker_urls(config: CoordinatorConfig) -> tuple[str, ...]:
+    """The configured workers, or a pooled stack's running instances (cached a few seconds)."""
+    if config.pool_fleet is None:
+        return config.workers
+    from coordinator import pool_discovery
+
+    urls = pool_discovery.worker_urls(config.pool_fleet, config.discovery_seconds)
+    if not urls:
+        raise NoWorkerError(None, "any", [], summary=f"no running instances in the {config.pool_fleet.label()}")
+    return urls
+
+
 def discover(config: CoordinatorConfig, session: Transport | None = None) -> list[WorkerStatus]:
-    """Health of every configured worker, in config order. Never raises: failures are reported."""
+    """Health of every configured worker, in config order. Failures of a worker are reported in
+    its status; a pooled stack that cannot be listed raises ConfigError or NoWorkerError."""
+    urls = worker_urls(config)
     own = session is None
-    transport = session or Transport(max(1, len(config.workers)))
+    transport = session or Transport(max(1, len(urls)))
     try:
-        return daemon_map(lambda url: check_worker(url, config.health_timeout, transport), config.workers)
+        return daemon_map(lambda url: check_worker(url, config.health_timeout, transport), urls)
     finally:
         if own:
             transport.close()

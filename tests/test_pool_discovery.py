@@ -1,0 +1,278 @@
+"""Issue 17, coordinator side: a pooled stack's workers found per job on a real moto server.
+
+Instances are run on moto with the tags infra/ puts on pool members; moto gives them 10.x/54.x
+addresses, which are never contacted: the loopback tests set the test-only
+COORDINATOR_POOL_ADDRESS_OVERRIDE=127.0.0.1 and tag each instance with its real loopback
+worker's port (coordinator-test-port). The batch tests run the real CLI against real workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from coordinator import pool_discovery
+from coordinator.config import load_config
+from coordinator.discovery import discover
+from coordinator.errors import ConfigError, NoWorkerError
+from scripts.testkit.cli import ROOT, clean_env
+from scripts.testkit.procs import free_port
+from tests.support.moto_server import REGION, aws_env, run_tagged_instance, start_moto_server
+
+PROJECT, STACK = "htp", "dev"
+POOLS = [
+    {"name": "pool-python-asg", "role": "worker-python", "runtime": "python", "port": 5001},
+    {"name": "pool-nodejs-asg", "role": "worker-nodejs", "runtime": "nodejs", "port": 5002},
+]
+INTERVAL = 0.5  # COORDINATOR_DISCOVERY_SECONDS in the batch tests
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    server = start_moto_server(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto, monkeypatch):
+    """This process's boto3 pointed at a fresh moto (dummy keys, no metadata lookups)."""
+    moto.reset()
+    pool_discovery.forget()
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    for key, value in aws_env(moto.url).items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    yield moto.ec2()
+    pool_discovery.forget()
+
+
+def outputs_file(tmp_path: Path, **changes) -> str:
+    data = {"workers": [], "pools": POOLS, "project": PROJECT, "stack": STACK, "region": REGION, **changes}
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def pooled_config(tmp_path: Path, **env: str):
+    return load_config(workers_file=outputs_file(tmp_path), environ={"COORDINATOR_DISCOVERY_SECONDS": "5", **env})
+
+
+def run_instance(ec2, role: str = "worker-python", stack: str = STACK, port: int | None = None) -> str:
+    instance = run_tagged_instance(ec2, f"{role}-x", role, PROJECT, stack)
+    if port is not None:
+        ec2.create_tags(Resources=[instance], Tags=[{"Key": pool_discovery.TEST_PORT_TAG, "Value": str(port)}])
+    return instance
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_a_pooled_outputs_file_gives_pools_not_an_error(tmp_path):
+    config = pooled_config(tmp_path)
+    assert config.workers == ()
+    assert config.pool_fleet.region == REGION
+    assert [(p.name, p.role, p.port) for p in config.pool_fleet.pools] == [
+        ("pool-python-asg", "worker-python", 5001),
+        ("pool-nodejs-asg", "worker-nodejs", 5002),
+    ]
+    assert config.discovery_seconds == 5
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"pools": []}, "the 'workers' list is empty and there are no 'pools'"),
+        ({"pools": [{"name": "a", "role": "worker-python", "port": 0}]}, "pools[0].port must be an integer"),
+        ({"pools": [{"role": "worker-python", "port": 5001}]}, "pools[0].name must be a non-empty string"),
+        ({"region": ""}, "region must be a non-empty string"),
+    ],
+)
+def test_bad_pools_are_refused_with_one_line(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")) as caught:
+        load_config(workers_file=outputs_file(tmp_path, **changes), environ={})
+    assert "\n" not in str(caught.value)
+
+
+def test_the_address_override_only_takes_loopback(tmp_path):
+    with pytest.raises(ConfigError, match="must be a loopback address"):
+        pooled_config(tmp_path, COORDINATOR_POOL_ADDRESS_OVERRIDE="10.0.0.5")
+    assert pooled_config(tmp_path, COORDINATOR_POOL_ADDRESS_OVERRIDE="127.0.0.1").pool_fleet.address_override
+
+
+def test_a_fixed_fleet_never_imports_boto3():
+    code = (
+        "import sys\n"
+        "from coordinator.config import load_config\n"
+        "from coordinator.discovery import discover\n"
+        "discover(load_config(workers='http://127.0.0.1:9', environ={'COORDINATOR_HEALTH_TIMEOUT': '0.2'}))\n"
+        "print('boto3' in sys.modules, 'botocore' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["False", "False"], done.stderr
+
+
+# ---------------------------------------------------------------- moto
+
+
+def test_instances_are_found_by_tag_across_pages(aws, tmp_path):
+    python = [run_instance(aws) for _ in range(7)]
+    run_instance(aws, "worker-nodejs")
+    run_instance(aws, stack="other")  # another stack's worker: not ours
+    aws.stop_instances(InstanceIds=[python[0]])  # not running: not a worker
+    first = aws.describe_instances(MaxResults=5)
+    assert first.get("NextToken"), "moto must paginate for this test to prove anything"
+    fleet = dataclasses.replace(pooled_config(tmp_path).pool_fleet, page_size=5)
+    urls = pool_discovery.describe(fleet)
+    assert len(urls) == 7  # 6 running python + 1 nodejs, over two pages
+    assert sum(url.endswith(":5001") for url in urls) == 6
+    assert sum(url.endswith(":5002") for url in urls) == 1
+
+
+def test_the_list_is_cached_within_the_interval_and_refreshed_after(aws, tmp_path):
+    fleet = pooled_config(tmp_path, COORDINATOR_POOL_ADDRESS_OVERRIDE="127.0.0.1").pool_fleet
+    now = [100.0]
+    run_instance(aws, port=6001)
+    assert pool_discovery.worker_urls(fleet, 5, clock=lambda: now[0]) == ("http://127.0.0.1:6001",)
+    run_instance(aws, port=6002)
+    now[0] += 4.9
+    assert pool_discovery.worker_urls(fleet, 5, clock=lambda: now[0]) == ("http://127.0.0.1:6001",)
+    now[0] += 0.2
+    assert pool_discovery.worker_urls(fleet, 5, clock=lambda: now[0]) == (
+        "http://127.0.0.1:6001",
+        "http://127.0.0.1:6002",
+    )
+
+
+def test_no_credentials_is_one_line_naming_what_to_set(moto, tmp_path, monkeypatch):
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    for key, value in aws_env(moto.url, credentials=False).items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    pool_discovery.forget()
+    with pytest.raises(ConfigError, match="no AWS credentials; set AWS_PROFILE or AWS_ACCESS_KEY_ID"):
+        discover(pooled_config(tmp_path))
+
+
+def test_an_unreachable_endpoint_is_one_line(aws, tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    with pytest.raises(ConfigError, match="cannot reach the EC2 endpoint"):
+        discover(pooled_config(tmp_path))
+
+
+def test_no_running_instance_is_a_no_worker_error(aws, tmp_path):
+    run_instance(aws, stack="other")
+    with pytest.raises(NoWorkerError, match="no running instances in the pools of stack htp/dev"):
+        discover(pooled_config(tmp_path))
+
+
+def test_discovery_probes_the_instances_it_found(aws, tmp_path, python_worker):
+    run_instance(aws, port=int(python_worker.url.rsplit(":", 1)[1]))
+    statuses = discover(pooled_config(tmp_path, COORDINATOR_POOL_ADDRESS_OVERRIDE="127.0.0.1"))
+    assert [(s.url, s.ok, s.runtime) for s in statuses] == [(python_worker.url, True, "python")]
+
+
+# ---------------------------------------------------------------- loopback batches
+
+
+def noise_png(path: Path, seed: int) -> np.ndarray:
+    pixels = np.random.default_rng(seed).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+def start_batch(moto, tmp_path: Path, count: int, fifo_at: int) -> tuple[subprocess.Popen, list, Path, Path]:
+    """A 4-strip invert batch of `count` inputs, --jobs 1; input `fifo_at` is a FIFO the test fills."""
+    inputs, expected = [], []
+    for index in range(count):
+        path = tmp_path / f"in{index:02d}.png"
+        if index == fifo_at:
+            os.mkfifo(path)
+            expected.append(None)
+        else:
+            expected.append(noise_png(path, index))
+        inputs.append(str(path))
+    out = tmp_path / "out"
+    env = clean_env(
+        {
+            **aws_env(moto.url),
+            "COORDINATOR_WORKERS_FILE": outputs_file(tmp_path),
+            "COORDINATOR_POOL_ADDRESS_OVERRIDE": "127.0.0.1",
+            "COORDINATOR_DISCOVERY_SECONDS": str(INTERVAL),
+        }
+    )
+    command = [sys.executable, "-m", "coordinator", "process", *inputs, "-o", f"{out}/", "--plan", "invert"]
+    command += ["--strips", "4", "--jobs", "1"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, expected, out, tmp_path / f"in{fifo_at:02d}.png"
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} not written in {timeout}s"
+        time.sleep(0.05)
+
+
+def fill_fifo(fifo: Path, expected: list, index: int) -> None:
+    pixels = np.random.default_rng(index).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    expected[index] = pixels
+    with open(fifo, "wb") as pipe:  # blocks until the CLI opens it to read
+        Image.fromarray(pixels).save(pipe, format="PNG")
+
+
+def finish(proc: subprocess.Popen, expected: list, out: Path) -> dict[str, set[str]]:
+    """Wait for the batch; check every output's pixels; input stem -> worker URLs of its strips."""
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    for index, pixels in enumerate(expected):
+        assert np.array_equal(np.asarray(Image.open(out / f"in{index:02d}.png").convert("RGB")), 255 - pixels)
+    used: dict[str, set[str]] = {}
+    for line in stderr.splitlines():
+        if ": strip " in line and " on http://" in line:
+            used.setdefault(line.split(".png:")[0].rsplit("/", 1)[-1], set()).add(line.split(" on ")[1].split()[0])
+    return used
+
+
+def test_a_worker_added_mid_batch_takes_strips_within_one_interval(aws, moto, tmp_path, worker_factory):
+    first, added = worker_factory("python"), worker_factory("python")
+    run_instance(aws, port=int(first.url.rsplit(":", 1)[1]))
+    proc, expected, out, fifo = start_batch(moto, tmp_path, count=6, fifo_at=3)
+    wait_for(out / "in02.png", proc)  # inputs 0-2 done; the batch now waits on the FIFO
+    run_instance(aws, port=int(added.url.rsplit(":", 1)[1]))
+    time.sleep(INTERVAL + 0.2)  # one discovery interval (plus a margin) after the instance runs
+    fill_fifo(fifo, expected, 3)
+    used = finish(proc, expected, out)
+    assert all(used[f"in{i:02d}"] == {first.url} for i in range(3))
+    for index in range(3, 6):  # 4 strips, least loaded first: the new worker takes two of each
+        assert used[f"in{index:02d}"] == {first.url, added.url}
+
+
+def test_a_worker_killed_mid_batch_is_dropped_with_identical_pixels(aws, moto, tmp_path, worker_factory):
+    kept, doomed = worker_factory("python"), worker_factory("python")
+    run_instance(aws, port=int(kept.url.rsplit(":", 1)[1]))
+    doomed_instance = run_instance(aws, port=int(doomed.url.rsplit(":", 1)[1]))
+    proc, expected, out, fifo = start_batch(moto, tmp_path, count=5, fifo_at=2)
+    wait_for(out / "in01.png", proc)
+    os.killpg(doomed.pid, signal.SIGKILL)  # its own session: the worker and its children, no one else
+    doomed.proc.wait(timeout=10)  # the host died; its instance stays "running" until AWS notices
+    fill_fifo(fifo, expected, 2)
+    time.sleep(0.2)
+    aws.terminate_instances(InstanceIds=[doomed_instance])
+    used = finish(proc, expected, out)
+    assert used["in00"] == {kept.url, doomed.url}  # both took strips before the kill
+    for index in range(2, 5):
+        assert used[f"in{index:02d}"] == {kept.url}
