@@ -113,8 +113,13 @@ def forget() -> None:
 
 
 def _client(fleet: PoolFleet):
-    import boto3  # only a pooled stack needs it
-    from botocore.config import Config
+    try:
+        import boto3  # only a pooled stack needs it
+        from botocore.config import Config
+    except ImportError:
+        raise ConfigError(
+            f"{fleet.label()}: boto3 is not installed (pip install -r coordinator/requirements.txt)"
+        ) from None
 
     config = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=3, read_timeout=10)
     # A new session each time: the default one keeps the first credentials it found forever.
@@ -123,6 +128,7 @@ def _client(fleet: PoolFleet):
 
 def describe(fleet: PoolFleet) -> tuple[str, ...]:
     """Every running pool instance's URL, in a stable order; ConfigError with one line on failure."""
+    client = _client(fleet)  # first: it says so in one line when boto3 is missing
     from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
     filters = [
@@ -133,7 +139,7 @@ def describe(fleet: PoolFleet) -> tuple[str, ...]:
     ]
     found: list[tuple[str, str]] = []
     try:
-        pages = _client(fleet).get_paginator("describe_instances")
+        pages = client.get_paginator("describe_instances")
         for page in pages.paginate(Filters=filters, PaginationConfig={"PageSize": fleet.page_size}):
             for reservation in page["Reservations"]:
                 found.extend(_urls(reservation["Instances"], fleet))
