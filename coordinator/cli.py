@@ -116,9 +116,10 @@ def add_process_options(process: argparse.ArgumentParser) -> None:
     )
     process.add_argument(
         "--strips",
-        type=int,
+        type=strips_value,
         default=None,
-        help="horizontal strips, at most the image's rows (default: 2, or the length of a comma-list plan)",
+        help="horizontal strips, at most the image's rows (default: 2, or the length of a comma-list plan); "
+        "auto: the capable workers' advertised slots (max_inflight), at most 32 and the image's rows",
     )
     process.add_argument(
         "--radius",
@@ -280,16 +281,47 @@ class Target:
         return str(self.path) if self.path is not None else "stdout"
 
 
+def strips_value(text: str) -> int | str:
+    """--strips: a whole number, or auto (see auto_strips)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or auto, not {text!r}") from None
+
+
+def auto_strips(statuses: list[WorkerStatus], plan: str, height: int | None = None) -> int:
+    """--strips auto: the capable workers' advertised slots, bounded by the strip threads and rows."""
+    from coordinator.discovery import advertised_slots
+    from coordinator.job import MAX_STRIP_THREADS
+
+    slots = min(advertised_slots(statuses, set(parse_plan(plan, 2))), MAX_STRIP_THREADS)
+    return max(1, min(slots, height)) if height is not None else slots
+
+
+def job_workers(batch: Batch) -> list[WorkerStatus]:
+    """The batch's workers; a pooled stack's are found again per job (cached a few seconds), so
+    an instance that joins takes strips and a dead one is dropped within one interval."""
+    if batch.config.pool_fleet is None:
+        return batch.statuses
+    from coordinator.discovery import discover
+
+    return discover(batch.config, batch.session)
+
+
 def check_flags(args: argparse.Namespace) -> tuple[int, dict]:
     """Strips and op parameters; InputError for a flag out of range or one that could not take effect."""
     if args.jobs < 1:
         raise InputError(f"--jobs must be >= 1, not {args.jobs}")
-    if args.strips is not None and args.strips < 1:
+    if args.strips == "auto" and len([op for op in args.plan.split(",") if op.strip()]) > 1:
+        raise InputError("--strips auto needs the seed plan or one op, not a comma list (its length is the count)")
+    if args.strips not in (None, "auto") and args.strips < 1:
         raise InputError(f"--strips must be >= 1, not {args.strips}")
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise InputError(f"--quality {args.quality} is out of range 1..100")
     listed = [op for op in args.plan.split(",") if op.strip()]
-    strips = args.strips if args.strips is not None else (len(listed) if len(listed) > 1 else 2)
+    strips = args.strips if args.strips not in (None, "auto") else (len(listed) if len(listed) > 1 else 2)
     ops = parse_plan(args.plan, strips)
     if args.radius is not None and "blur" not in ops:
         raise InputError(f"--radius applies to blur, and the plan ({args.plan}) has no blur strip")
@@ -543,7 +575,7 @@ def check_input(batch: Batch, size: tuple[int, int] | None, target: Target) -> N
 
     width, height = size
     imaging.check_output_size(target.fmt, width, height)
-    if batch.args.strips is not None and batch.args.strips > height:
+    if isinstance(batch.args.strips, int) and batch.args.strips > height:
         raise InputError(f"--strips {batch.args.strips} is more than the {height} rows of the image")
 
 
@@ -554,14 +586,16 @@ def produce(batch: Batch, name: str, data: bytes, target: Target, on_event) -> t
 
     pixels, alpha = imaging.decode_with_alpha(data, batch.config.max_pixels)
     imaging.check_output_size(target.fmt, pixels.shape[1], pixels.shape[0])
+    workers = job_workers(batch)
+    auto = batch.args.strips == "auto"
     result = run_job(
         data,
         batch.config,
         plan=batch.args.plan,
-        strips=batch.strips,
+        strips=auto_strips(workers, batch.args.plan, pixels.shape[0]) if auto else batch.strips,
         params=batch.params,
         on_event=on_event,
-        workers=None if batch.config.pool_fleet else batch.statuses,  # pools: re-discovered per job (cached)
+        workers=workers,
         session=batch.session,
         pixels=pixels,
     )
@@ -627,14 +661,18 @@ def process_command(args: argparse.Namespace, config: CoordinatorConfig) -> int:
 
     from coordinator.discovery import discover
     from coordinator.engine import cancel_on_interrupt, make_session
+    from coordinator.job import MAX_STRIP_THREADS
 
     strips, params = check_flags(args)
     targets = plan_targets(args.inputs, args.output, args.format)
     check_targets(args.inputs, targets, args.overwrite, args.quality)
     prepare_outputs(targets)
     return_freed_memory()
-    session = make_session(strips * max(1, min(args.jobs, len(args.inputs))))
+    most = MAX_STRIP_THREADS if args.strips == "auto" else strips
+    session = make_session(most * max(1, min(args.jobs, len(args.inputs))))
     statuses: list[WorkerStatus] = discover(config, session)
+    if args.strips == "auto":
+        strips = auto_strips(statuses, args.plan)
     if any(status.ok for status in statuses) and not args.quiet:
         for status in statuses:  # reported, not fatal: the healthy ones take the strips
             if not status.ok:

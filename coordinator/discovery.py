@@ -129,6 +129,12 @@ def short(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9./+-]", "?", text[:60])
 
 
+def advertised_slots(statuses: list[WorkerStatus], ops: set[str]) -> int:
+    """Strips the healthy workers say they take at once (max_inflight), summed over those that
+    offer one of the plan's ops; at least 1."""
+    return max(1, sum(s.max_inflight for s in statuses if s.ok and ops & set(s.operations)))
+
+
 def worker_urls(config: CoordinatorConfig) -> tuple[str, ...]:
     """The configured workers, or a pooled stack's running instances (cached a few seconds)."""
     if config.pool_fleet is None:

@@ -22,10 +22,11 @@ import pytest
 from PIL import Image
 
 from coordinator import pool_discovery
+from coordinator.cli import auto_strips
 from coordinator.config import load_config
-from coordinator.discovery import discover
+from coordinator.discovery import WorkerStatus, discover
 from coordinator.errors import ConfigError, NoWorkerError
-from scripts.testkit.cli import ROOT, clean_env
+from scripts.testkit.cli import ROOT, clean_env, run_cli
 from scripts.testkit.procs import free_port
 from tests.support.moto_server import REGION, aws_env, run_tagged_instance, start_moto_server
 
@@ -276,3 +277,32 @@ def test_a_worker_killed_mid_batch_is_dropped_with_identical_pixels(aws, moto, t
     assert used["in00"] == {kept.url, doomed.url}  # both took strips before the kill
     for index in range(2, 5):
         assert used[f"in{index:02d}"] == {kept.url}
+
+
+# ---------------------------------------------------------------- --strips auto
+
+
+def status(runtime: str, slots: int, ok: bool = True, operations=("invert", "sepia")) -> WorkerStatus:
+    return WorkerStatus(f"http://127.0.0.1:{slots}", ok, "w", runtime, operations=operations, max_inflight=slots)
+
+
+def test_auto_strips_sums_the_capable_workers_slots_within_the_bounds():
+    statuses = [status("python", 4), status("nodejs", 3), status("python", 5, ok=False), status("x", 7, operations=())]
+    assert auto_strips(statuses, "invert") == 7  # the down one and the one without invert do not count
+    assert auto_strips(statuses, "invert", height=5) == 5  # never more strips than rows
+    assert auto_strips([status("python", 64)] * 3, "invert") == 32  # the strip threads' limit
+    assert auto_strips([], "seed") == 1
+
+
+def test_strips_auto_on_real_workers(python_worker, nodejs_worker, tmp_path):
+    workers = f"{python_worker.url},{nodejs_worker.url}"
+    slots = sum(s.max_inflight for s in discover(load_config(workers=workers, environ={})))
+    noise_png(tmp_path / "in.png", 1)
+    done = run_cli("process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--strips", "auto",
+                   "--plan", "invert", "--workers", workers)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"strip 1/{min(slots, 32)} " in done.stderr
+    refused = run_cli("process", "in.png", "-o", "o.png", "--strips", "auto", "--plan", "sepia,invert", cwd=tmp_path)
+    assert refused.returncode == 2 and "--strips auto needs the seed plan or one op" in refused.stderr
+    bad = run_cli("process", "in.png", "-o", "o.png", "--strips", "many", cwd=tmp_path)
+    assert bad.returncode == 2 and "expected a whole number or auto, not 'many'" in bad.stderr
