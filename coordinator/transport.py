@@ -42,7 +42,7 @@ class Limits:
 class Reply:
     status: int
     headers: http.client.HTTPMessage
-    body: bytes
+    body: bytes | bytearray  # a bytearray when the reply had a Content-Length (read in place)
 
     @property
     def content_type(self) -> str:
@@ -264,6 +264,8 @@ class Transport:
         declared = response.getheader("Content-Length")
         if declared is not None and declared.strip().isdigit() and int(declared) > max_body:
             raise TransportError(f"reply of {int(declared)} bytes is over the {max_body} byte limit", "too_large")
+        if response.length is not None and not response.chunked:  # the length is known and within max_body
+            return _read_into(response, response.length)
         chunks, size = [], 0
         while chunk := response.read1(READ_CHUNK):
             size += len(chunk)
@@ -359,6 +361,21 @@ def _early_answer(connection: http.client.HTTPConnection) -> http.client.HTTPRes
         return connection.getresponse()
     except (OSError, http.client.HTTPException):
         return None
+
+
+def _read_into(response: http.client.HTTPResponse, length: int) -> bytearray:
+    """A body of known length received straight into one buffer: no chunk list to join, one
+    copy fewer of every reply (an 18 MB raw strip at 12 MP)."""
+    body = bytearray(length)
+    view, filled = memoryview(body), 0
+    with view:
+        while filled < length:
+            count = response.readinto(view[filled:])
+            if not count:  # the peer closed (or we shut the socket) before the whole body came
+                raise http.client.IncompleteRead(bytes(view[:filled][-16:]), length - filled)
+            filled += count
+    response.close()  # fully read: frees the connection for the next request
+    return body
 
 
 def _pieces(body: bytes):
