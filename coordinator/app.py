@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, StopException
 from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
 
-from coordinator import discovery, engine, imaging, plan
+from coordinator import discovery, engine, imaging, plan, pool_discovery
 from coordinator.config import CoordinatorConfig, load_config
 from coordinator.errors import ConfigError, InputError, NoWorkerError
 from coordinator.page_chart import COLOURS, PARTS, chart_height, strip_table, timing_frame, worker_host
@@ -105,6 +105,7 @@ def workers_panel(config: CoordinatorConfig) -> list:
         st.header("Workers")
         if st.button("Refresh", icon=":material/refresh:", key="refresh_workers"):
             cached_discover.clear()
+            pool_discovery.forget()  # a pooled stack: ask EC2 again too
         box = st.empty()
     statuses = cached_discover(config)
     draw_workers(box, config, statuses)

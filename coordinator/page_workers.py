@@ -29,7 +29,10 @@ def worker_card(status) -> None:
 def draw_workers(box, config, statuses: list) -> None:
     """The cards into `box` (an st.empty), replacing what it showed."""
     with box.container():
-        st.text(f"{len(config.workers)} configured, from {config.source}")
+        count = (
+            f"{len(statuses)} found in the stack's pools" if config.pool_fleet else f"{len(config.workers)} configured"
+        )
+        st.text(f"{count}, from {config.source}")
         for status in statuses:
             worker_card(status)
         if not any(status.ok for status in statuses):

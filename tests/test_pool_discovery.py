@@ -306,3 +306,37 @@ def test_strips_auto_on_real_workers(python_worker, nodejs_worker, tmp_path):
     assert refused.returncode == 2 and "--strips auto needs the seed plan or one op" in refused.stderr
     bad = run_cli("process", "in.png", "-o", "o.png", "--strips", "many", cwd=tmp_path)
     assert bad.returncode == 2 and "expected a whole number or auto, not 'many'" in bad.stderr
+
+
+# ---------------------------------------------------------------- the page and the CLI
+
+
+def test_the_page_shows_instances_joining_without_a_restart(aws, tmp_path, monkeypatch, worker_factory):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    first, joining = worker_factory("python"), worker_factory("python")
+    run_instance(aws, port=int(first.url.rsplit(":", 1)[1]))
+    for name in ("COORDINATOR_WORKERS", "COORDINATOR_PULUMI_STACK", "COORDINATOR_WORKER_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COORDINATOR_WORKERS_FILE", outputs_file(tmp_path))
+    monkeypatch.setenv("COORDINATOR_POOL_ADDRESS_OVERRIDE", "127.0.0.1")
+    st.cache_data.clear()
+    page = AppTest.from_file(str(ROOT / "coordinator" / "app.py"), default_timeout=60).run()
+    assert not page.exception, page.exception
+    assert any(t.value.startswith("1 found in the stack's pools") for t in page.sidebar.text)
+    run_instance(aws, port=int(joining.url.rsplit(":", 1)[1]))
+    page.sidebar.button(key="refresh_workers").click().run()  # or wait out the two 5 s caches
+    assert not page.exception, page.exception
+    assert any(t.value.startswith("2 found in the stack's pools") for t in page.sidebar.text)
+    st.cache_data.clear()
+
+
+def test_the_cli_says_in_one_line_what_is_missing(moto, tmp_path):
+    moto.reset()
+    file = outputs_file(tmp_path)
+    no_keys = run_cli("workers", "--workers-file", file, env=aws_env(moto.url, credentials=False))
+    assert no_keys.returncode == 2, no_keys.stderr
+    assert no_keys.stderr.count("\n") == 1 and "no AWS credentials; set AWS_PROFILE" in no_keys.stderr
+    empty = run_cli("workers", "--workers-file", file, env=aws_env(moto.url))
+    assert empty.returncode == 3 and "no running instances in the pools of stack htp/dev" in empty.stderr
