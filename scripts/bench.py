@@ -1,25 +1,33 @@
 """`make bench`: the coordinator against the one-process bound and the original design.
 
-    python -m scripts.bench [--runs 5] [--megapixels 12] [--level 2] [--wires png,webp-lossless]
+    python -m scripts.bench [--runs 5] [--megapixels 1,12,48] [--level 2] [--bound-level 1] [--wires png]
 
-Makes a photo-like JPEG in memory, starts both workers on free loopback ports, and times:
-  (a) this coordinator, end to end: JPEG bytes in -> stitched PNG bytes out (seed plan,
+For each size, makes a photo-like JPEG, starts both workers on free loopback ports, and times
+(interleaved run by run, so background load hits every design alike):
+  (a) this coordinator in-process: JPEG bytes in -> stitched PNG bytes out (seed plan,
       2 strips, 2 workers, auto transport = raw PPM on loopback, parallel PNG encode);
-  (b) the one-process bound: one Python process decoding, applying the same ops (the
-      Python worker's own functions), stitching and saving PNG with Pillow at the same level;
-  (c) the original design: strips saved as PNG level 6, posted one after the other as
-      multipart (field `image`, no op -> each worker's primary), the workers' default PNG
-      reply, then stitch and a final Pillow PNG save at its default level 6, as it did.
-Prints medians, the ratios (c)/(a) and (a)/(b), where (a)'s time goes, and PNG filter
-choices for the final encode. Numbers are wall time on whatever else the machine runs.
+  (A) the same as a user runs it: `python -m coordinator process in.jpg -o out.png` as a
+      whole process, start to exit (imports, discovery, file write, teardown included);
+  (b) the one-process bound in-process: decode, the same ops (the Python worker's own
+      functions), stitch and PNG with Pillow at --bound-level (default 1, issue 15's bound);
+  (B) the bound as a whole `python -c` program, file to file;
+  (c) the original design, re-created (scripts/README.md says how it was checked): strips
+      saved as PNG level 6, posted one after the other as multipart (field `image`, no op ->
+      each worker's primary), the workers' default PNG reply, stitch, final PNG level 6.
+Prints per size the median, min-max and PNG size of each, the ratios (c)/(a), (a)/(b) and
+(A)/(B); for 12 MP also where (a)'s time goes, the wire formats and PNG filter choices.
+Numbers are wall time on whatever else the machine runs (the load average is printed).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import io
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,10 +41,14 @@ from worker_python import ops as python_ops
 from coordinator import imaging, pngfast
 from coordinator.config import CoordinatorConfig
 from coordinator.engine import make_session, run_job
+from scripts.testkit.cli import clean_env
 from scripts.testkit.images import encoded, photo
-from scripts.testkit.procs import start_worker
+from scripts.testkit.procs import ROOT, start_worker
 
 WIRE_RUNS = 2
+# Issue 15's targets, by ratio's numerator and size in MP.
+TARGETS = {("c", 12.0): ">= 10x", ("a", 12.0): "<= 0.8x", ("a", 48.0): "<= 0.7x", ("A", 1.0): "<= 1.5x"}
+LARGE_MP, LARGE_RUNS = 12.0, 3  # above LARGE_MP at most LARGE_RUNS runs: (c) takes ~1 min a run at 48 MP
 
 
 def photo_jpeg(megapixels: float, seed: int = 12) -> bytes:
@@ -117,84 +129,160 @@ def median(samples: list[dict], key: str) -> float:
     return statistics.median(sample[key] for sample in samples)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.bench", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--runs", type=int, default=5, help="timed runs of each (default 5, at least 1)")
-    parser.add_argument("--megapixels", type=float, default=12.0, help="input size (default 12)")
-    parser.add_argument(
-        "--level",
-        type=int,
-        default=None,
-        help="PNG zlib level of (a) and (b) (default COORDINATOR_PNG_LEVEL's default)",
-    )
-    parser.add_argument(
-        "--wires",
-        type=wire_list,
-        default=["png"],
-        help="other strip wire formats to time against raw (default png; webp-lossless is slow: minutes at 12 MP)",
-    )
-    args = parser.parse_args(argv)
-    runs = max(1, args.runs)
-    level = CoordinatorConfig().png_level if args.level is None else args.level
-    jpeg = photo_jpeg(args.megapixels)
-    size = Image.open(io.BytesIO(jpeg)).size
-    print(
-        f"input: {size[0]}x{size[1]} JPEG, {len(jpeg) / 1e6:.1f} MB; {runs} runs each; PNG level {level} "
-        f"for (a) and (b); shared machine, other work may be running: treat small differences as noise"
-    )
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        workers = [start_worker("python", Path(tmp)), start_worker("nodejs", Path(tmp))]
-        try:
-            urls = [worker.url for worker in workers]
-            config = CoordinatorConfig(workers=tuple(urls), source="bench", png_level=level)
-            samples: dict[str, list[dict]] = {"a": [], "b": [], "c": []}
-            outputs = {}
-            coordinator_run(jpeg, config, level)  # warm-up: imports, thread pools, first connections
-            for _ in range(runs):  # interleaved, so background load hits all three alike
-                for name, run in (
-                    ("a", lambda: coordinator_run(jpeg, config, level)),
-                    ("b", lambda: one_process_run(jpeg, level)),
-                    ("c", lambda: original_run(jpeg, urls)),
-                ):
-                    out, parts = run()
-                    parts["bytes"] = len(out)
-                    samples[name].append(parts)
-                    outputs[name] = out
-            wires = {"raw": samples["a"]}
-            for wire in args.wires:  # why auto picks raw on loopback
-                wire_config = dataclasses.replace(config, transport=wire)
-                wires[wire] = [coordinator_run(jpeg, wire_config, level)[1] for _ in range(WIRE_RUNS)]
-            filters = filter_table(decoded(outputs["a"]), level)
-        finally:
-            for worker in workers:
-                worker.stop()
-    reference = decoded(outputs["b"])
+def spread(samples: list[dict], key: str = "total_ms") -> str:
+    values = [sample[key] for sample in samples]
+    return f"{min(values):.0f}-{max(values):.0f}"
+
+
+# The one-process bound as a whole program: what someone would write without workers.
+ONE_PROCESS_SCRIPT = """
+import sys
+from PIL import Image, ImageOps
+from worker_python import ops
+source, target, level = sys.argv[1], sys.argv[2], int(sys.argv[3])
+image = ImageOps.exif_transpose(Image.open(source)).convert("RGB")
+width, height = image.size
+middle = height // 2
+stitched = Image.new("RGB", (width, height))
+stitched.paste(ops.apply("grayscale", image.crop((0, 0, width, middle))), (0, 0))
+stitched.paste(ops.apply("sepia", image.crop((0, middle, width, height))), (0, middle))
+stitched.save(target, "PNG", compress_level=level)
+"""
+
+
+def timed_process(command: list[str], env: dict | None = None) -> dict:
+    """Wall time of one whole process, start to exit; a failure is its last stderr line."""
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=clean_env(env), capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"exit {done.returncode}: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return {"total_ms": (time.perf_counter() - started) * 1000}
+
+
+def cli_process(source: Path, target: Path, urls: list[str], level: int) -> dict:
+    """(A): `python -m coordinator process in.jpg -o out.png` as a user runs it, files and all."""
+    command = [sys.executable, "-m", "coordinator", "process", str(source), "-o", str(target), "--overwrite"]
+    parts = timed_process([*command, "--quiet", "--workers", ",".join(urls)], {"COORDINATOR_PNG_LEVEL": str(level)})
+    parts["bytes"] = target.stat().st_size
+    return parts
+
+
+def bound_process(source: Path, target: Path, level: int) -> dict:
+    """(B): the one-process bound as a whole `python -c` program, files and all."""
+    parts = timed_process([sys.executable, "-c", ONE_PROCESS_SCRIPT, str(source), str(target), str(level)])
+    parts["bytes"] = target.stat().st_size
+    return parts
+
+
+@dataclasses.dataclass
+class SizeRun:
+    """One input size: every design's samples (a dict per run), outputs and failures."""
+
+    megapixels: float
+    size: tuple[int, int]
+    samples: dict[str, list[dict]]
+    outputs: dict[str, bytes]
+    failed: dict[str, str]
+
+
+def runs_for(megapixels: float, runs: int) -> int:
+    return runs if megapixels <= LARGE_MP else max(1, min(runs, LARGE_RUNS))
+
+
+def bench_size(megapixels: float, runs: int, urls: list[str], levels: tuple[int, int], tmp: Path) -> SizeRun:
+    """All five designs at one size, interleaved run by run so background load hits them alike."""
+    level, bound_level = levels
+    jpeg = photo_jpeg(megapixels)
+    source = tmp / f"in-{megapixels:g}mp.jpg"
+    source.write_bytes(jpeg)
+    config = CoordinatorConfig(workers=tuple(urls), source="bench", png_level=level)
+    designs = {
+        "a": lambda: coordinator_run(jpeg, config, level),
+        "A": lambda: (None, cli_process(source, tmp / "out-A.png", urls, level)),
+        "b": lambda: one_process_run(jpeg, bound_level),
+        "B": lambda: (None, bound_process(source, tmp / "out-B.png", bound_level)),
+        "c": lambda: original_run(jpeg, urls),
+    }
+    run = SizeRun(megapixels, Image.open(io.BytesIO(jpeg)).size, {name: [] for name in designs}, {}, {})
+    with contextlib.suppress(Exception):  # warm-up: imports, thread pools, first connections
+        coordinator_run(jpeg, config, level)
+    for _ in range(runs_for(megapixels, runs)):
+        for name, design in designs.items():
+            if name in run.failed:
+                continue
+            try:
+                out, parts = design()
+            except Exception as exc:  # reported in its row; the other designs go on
+                run.failed[name] = " ".join(str(exc).split())[:100]
+                continue
+            if out is not None:
+                parts["bytes"] = len(out)
+                run.outputs[name] = out
+            run.samples[name].append(parts)
+    return run
+
+
+def check_exact(run: SizeRun) -> str | None:
+    """(a) and (c) must match (b) within 1 per channel (JPEG decode rounding); None if so."""
+    if "b" not in run.outputs:
+        return None
+    reference = decoded(run.outputs["b"]).astype(np.int16)
     for name in ("a", "c"):
-        difference = int(np.abs(decoded(outputs[name]).astype(int) - reference.astype(int)).max())
-        if difference > 1:
-            print(f"error: ({name}) differs from (b) by {difference} in some channel", file=sys.stderr)
-            return 1
-    a, b, c = (median(samples[name], "total_ms") for name in "abc")
+        if name in run.outputs:
+            difference = int(np.abs(decoded(run.outputs[name]).astype(np.int16) - reference).max())
+            if difference > 1:
+                return f"({name}) differs from (b) by {difference} in some channel at {run.megapixels:g} MP"
+    return None
+
+
+def print_sizes(sizes: list[SizeRun], levels: tuple[int, int]) -> None:
+    level, bound_level = levels
+    texts = {
+        "a": f"coordinator in-process: JPEG bytes -> PNG {level} bytes",
+        "A": "coordinator CLI, whole process, file to file",
+        "b": f"one-process bound in-process, Pillow PNG {bound_level}",
+        "B": "one-process bound, whole `python -c` process, file to file",
+        "c": "original: PNG 6 strips one by one as multipart, PNG 6 out",
+    }
+    print(f"{'':8}{'':5}{'design':60}{'median ms':>10}{'min-max':>14}{'PNG MB':>8}")
+    for run in sizes:
+        label = f"{run.megapixels:g} MP"
+        for name, text in texts.items():
+            samples = run.samples[name]
+            if name in run.failed or not samples:
+                print(f"{label:8}({name}) {text:60}  failed: {run.failed.get(name, 'no run')}")
+            else:
+                value, mb = median(samples, "total_ms"), median(samples, "bytes") / 1e6
+                print(f"{label:8}({name}) {text:60}{value:10.0f}{spread(samples):>14}{mb:8.1f}")
+            label = ""
     print()
-    print(f"{'':4}{'design':58}{'median ms':>10}{'PNG MB':>8}")
-    rows = [
-        ("(a)", f"coordinator, raw PPM strips, parallel PNG level {level}", a, samples["a"]),
-        ("(b)", f"one process, Pillow PNG level {level}", b, samples["b"]),
-        ("(c)", "original: PNG 6 strips one by one, PNG 6 replies and output", c, samples["c"]),
-    ]
-    for label, text, value, runs_of in rows:
-        print(f"{label:4}{text:58}{value:10.0f}{median(runs_of, 'bytes') / 1e6:8.1f}")
-    print()
-    print(f"(c)/(a) = {c / a:.1f}x  (target >= 8x)")
-    print(f"(a)/(b) = {a / b:.2f}x  (target <= 1.15x)")
+    print(f"{'':8}{'ratio (medians)':44}{'value':>8}  target")
+    for run in sizes:
+        label = f"{run.megapixels:g} MP"
+        for top, bottom, text in (
+            ("c", "a", "(c)/(a) faster than the original"),
+            ("a", "b", "(a)/(b) of the one-process bound"),
+            ("A", "B", "(A)/(B) whole processes"),
+        ):
+            if run.samples[top] and run.samples[bottom] and not {top, bottom} & set(run.failed):
+                ratio = median(run.samples[top], "total_ms") / median(run.samples[bottom], "total_ms")
+                print(f"{label:8}{text:44}{ratio:7.2f}x  {TARGETS.get((top, run.megapixels), '')}")
+            label = ""
+    counts = ", ".join(f"{run.megapixels:g} MP {len(run.samples['B'])}" for run in sizes)
+    print(f"timed runs per size: {counts}")
+
+
+def print_detail(run: SizeRun, level: int, wires: dict[str, list[dict]], runs: int) -> None:
+    samples = run.samples["a"]
+    c = median(run.samples["c"], "total_ms")
     # Derived, not timed: how much of (c)'s lead is only its final level-6 encode.
-    c_same_encode = c - median(samples["c"], "encode_ms") + median(samples["a"], "encode_ms")
+    c_same_encode = c - median(run.samples["c"], "encode_ms") + median(samples, "encode_ms")
     print(
-        f"(c) with (a)'s final encode instead of its own: ~{c_same_encode:.0f} ms, "
-        f"{c_same_encode / a:.1f}x (a) (derived from the medians)"
+        f"{run.megapixels:g} MP: (c) with (a)'s final encode instead of its own: ~{c_same_encode:.0f} ms, "
+        f"{c_same_encode / median(samples, 'total_ms'):.1f}x (a) (derived from the medians)"
     )
     print()
-    print("where (a)'s time goes (medians, ms):")
+    print(f"where (a)'s time goes at {run.megapixels:g} MP (medians, ms):")
     for key, text in (
         ("decode_ms", "decode JPEG"),
         ("discover_ms", "GET /healthz on both workers"),
@@ -203,21 +291,96 @@ def main(argv: list[str] | None = None) -> int:
         ("stitch_ms", "  of which copying strips into the result"),
         ("encode_ms", f"parallel PNG encode, level {level}"),
     ):
-        print(f"  {text:58}{median(samples['a'], key):8.0f}")
+        print(f"  {text:58}{median(samples, key):8.0f}")
     print(
-        f"(b) spends {median(samples['b'], 'encode_ms'):.0f} ms in its PNG encode; "
-        f"(c) spends {median(samples['c'], 'encode_ms'):.0f} ms in its final PNG encode"
+        f"(b) spends {median(run.samples['b'], 'encode_ms'):.0f} ms in its PNG encode; "
+        f"(c) spends {median(run.samples['c'], 'encode_ms'):.0f} ms in its final PNG encode"
     )
     print()
     print(f"(a) with each wire format for strips (raw: median of {runs}; others: median of {WIRE_RUNS}):")
-    for wire, runs_of in wires.items():
+    for wire, runs_of in {"raw": samples, **wires}.items():
         total, dispatch = median(runs_of, "total_ms"), median(runs_of, "dispatch_ms")
         print(f"  {wire:15}total {total:6.0f} ms   dispatch {dispatch:6.0f} ms")
     print()
     print(f"final encode, PNG filter choice at level {level} (median of 3):")
-    for name, seconds, length in filters:
+    for name, seconds, length in filter_table(decoded(run.outputs["a"]), level):
         print(f"  {name:6}{seconds * 1000:8.0f} ms{length / 1e6:8.1f} MB")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m scripts.bench", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--runs", type=int, default=5, help="timed runs of each (default 5, at least 1)")
+    parser.add_argument(
+        "--megapixels",
+        type=size_list,
+        default=[1.0, 12.0, 48.0],
+        help=f"input sizes, comma list (default 1,12,48; above {LARGE_MP:g} MP at most {LARGE_RUNS} runs)",
+    )
+    parser.add_argument(
+        "--level",
+        type=int,
+        default=None,
+        help="PNG zlib level of (a) and (A) (default COORDINATOR_PNG_LEVEL's default)",
+    )
+    parser.add_argument("--bound-level", type=int, default=1, help="PNG level of the bound (b), (B) (default 1)")
+    parser.add_argument(
+        "--wires",
+        type=wire_list,
+        default=["png"],
+        help="other strip wire formats to time against raw at 12 MP (or the first size) (default png; "
+        "webp-lossless is slow: minutes at 12 MP)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    runs = max(1, args.runs)
+    level = CoordinatorConfig().png_level if args.level is None else args.level
+    levels = (level, args.bound_level)
+    detail_mp = 12.0 if 12.0 in args.megapixels else args.megapixels[0]
+    print(
+        f"sizes {', '.join(f'{mp:g}' for mp in args.megapixels)} MP photo-like JPEGs; {runs} runs each "
+        f"(at most {LARGE_RUNS} above {LARGE_MP:g} MP); shared machine, load average "
+        f"{os.getloadavg()[0]:.1f} at the start: treat small differences as noise"
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        workers = [start_worker("python", Path(tmp)), start_worker("nodejs", Path(tmp))]
+        try:
+            urls = [worker.url for worker in workers]
+            sizes = [bench_size(mp, runs, urls, levels, Path(tmp)) for mp in args.megapixels]
+            detail = next(run for run in sizes if run.megapixels == detail_mp)
+            jpeg = photo_jpeg(detail_mp)
+            config = CoordinatorConfig(workers=tuple(urls), source="bench", png_level=level)
+            wires = {}
+            for wire in args.wires:  # why auto picks raw on loopback
+                wire_config = dataclasses.replace(config, transport=wire)
+                wires[wire] = [coordinator_run(jpeg, wire_config, level)[1] for _ in range(WIRE_RUNS)]
+        finally:
+            for worker in workers:
+                worker.stop()
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    for run in sizes:
+        problem = check_exact(run)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 1
+    print()
+    print_sizes(sizes, levels)
+    print()
+    if {"a", "b", "c"} <= {name for name, samples in detail.samples.items() if samples} and not detail.failed:
+        print_detail(detail, level, wires, runs)
     return 0
+
+
+def size_list(text: str) -> list[float]:
+    try:
+        sizes = [float(size) for size in text.split(",") if size.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of numbers: {text!r}") from None
+    if not sizes or any(size <= 0 for size in sizes):
+        raise argparse.ArgumentTypeError(f"sizes must be > 0: {text!r}")
+    return sizes
 
 
 def wire_list(text: str) -> list[str]:
