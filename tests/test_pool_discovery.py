@@ -28,7 +28,7 @@ from coordinator.discovery import WorkerStatus, discover
 from coordinator.errors import ConfigError, NoWorkerError
 from scripts.testkit.cli import ROOT, clean_env, run_cli
 from scripts.testkit.procs import free_port
-from tests.support.moto_server import REGION, aws_env, run_tagged_instance, start_moto_server
+from tests.support.moto_server import REGION, aws_env, run_tagged_instance, start_moto_server, ubuntu_ami
 
 PROJECT, STACK = "htp", "dev"
 POOLS = [
@@ -340,3 +340,35 @@ def test_the_cli_says_in_one_line_what_is_missing(moto, tmp_path):
     assert no_keys.stderr.count("\n") == 1 and "no AWS credentials; set AWS_PROFILE" in no_keys.stderr
     empty = run_cli("workers", "--workers-file", file, env=aws_env(moto.url))
     assert empty.returncode == 3 and "no running instances in the pools of stack htp/dev" in empty.stderr
+
+
+def make_group(moto, ec2, name: str, role: str, size: int) -> None:
+    """An Auto Scaling group on moto whose template tags instances as infra/ does."""
+    import boto3
+
+    tags = [{"Key": k, "Value": v} for k, v in {"Project": PROJECT, "Stack": STACK, "Role": role}.items()]
+    data = {"ImageId": ubuntu_ami(ec2), "InstanceType": "t2.micro"}
+    data["TagSpecifications"] = [{"ResourceType": "instance", "Tags": tags}]
+    template = ec2.create_launch_template(LaunchTemplateName=f"{name}-lt", LaunchTemplateData=data)
+    asg = boto3.client("autoscaling", region_name=REGION, endpoint_url=moto.url)
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName=name,
+        LaunchTemplate={"LaunchTemplateId": template["LaunchTemplate"]["LaunchTemplateId"], "Version": "1"},
+        MinSize=size,
+        MaxSize=size,
+        DesiredCapacity=size,
+        AvailabilityZones=[f"{REGION}a"],
+    )
+
+
+def test_instances_a_group_launched_are_found_and_other_groups_left_out(aws, moto, tmp_path):
+    make_group(moto, aws, "pool-python-asg", "worker-python", 2)
+    make_group(moto, aws, "someone-elses-asg", "worker-python", 1)  # same tags, not one of our pools
+    tags = {
+        tag["Key"]: tag["Value"]
+        for reservation in aws.describe_instances()["Reservations"]
+        for tag in reservation["Instances"][0].get("Tags", [])
+    }
+    assert pool_discovery.GROUP_TAG in tags, "moto must tag group members for this test to prove anything"
+    urls = pool_discovery.describe(pooled_config(tmp_path).pool_fleet)
+    assert len(urls) == 2 and all(url.endswith(":5001") for url in urls)
