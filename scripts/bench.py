@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -47,7 +48,14 @@ from scripts.testkit.procs import ROOT, start_worker
 
 WIRE_RUNS = 2
 # Issue 15's targets, by ratio's numerator and size in MP.
-TARGETS = {("c", 12.0): ">= 10x", ("a", 12.0): "<= 0.8x", ("a", 48.0): "<= 0.7x", ("A", 1.0): "<= 1.5x"}
+TARGETS = {
+    ("c", 12.0): ">= 10x",
+    ("a", 12.0): "<= 0.8x",
+    ("a", 48.0): "<= 0.7x",
+    ("A", 1.0): "<= 1.5x",
+    ("rss", 48.0): "<= 1.1x",
+}
+PROCESS_TIMEOUT = 600
 LARGE_MP, LARGE_RUNS = 12.0, 3  # above LARGE_MP at most LARGE_RUNS runs: (c) takes ~1 min a run at 48 MP
 
 
@@ -151,12 +159,38 @@ stitched.save(target, "PNG", compress_level=level)
 
 
 def timed_process(command: list[str], env: dict | None = None) -> dict:
-    """Wall time of one whole process, start to exit; a failure is its last stderr line."""
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=clean_env(env), capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError(f"exit {done.returncode}: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-    return {"total_ms": (time.perf_counter() - started) * 1000}
+    """Wall time and peak RSS of one whole process, start to exit (killed after
+    PROCESS_TIMEOUT s); a failure is its last stderr line."""
+    with tempfile.TemporaryFile() as errors:
+        started = time.perf_counter()
+        child = subprocess.Popen(command, cwd=ROOT, env=clean_env(env), stdout=subprocess.DEVNULL, stderr=errors)
+        killer = threading.Timer(PROCESS_TIMEOUT, child.kill)
+        killer.start()
+        peak, done = [0.0], threading.Event()
+        watcher = threading.Thread(target=watch_peak_rss, args=(child.pid, done, peak), daemon=True)
+        watcher.start()
+        _, status, _ = os.wait4(child.pid, 0)
+        elapsed = time.perf_counter() - started
+        done.set()
+        killer.cancel()
+        watcher.join()
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode != 0:
+            errors.seek(0)
+            last = (errors.read().decode(errors="replace").strip().splitlines() or ["?"])[-1]
+            raise RuntimeError(f"exit {child.returncode}: {last}")
+    return {"total_ms": elapsed * 1000, "rss_mb": peak[0]}
+
+
+def watch_peak_rss(pid: int, done: threading.Event, peak: list[float]) -> None:
+    """The child's VmHWM (MB) until it exits, polled every 5 ms. Not ru_maxrss: that starts
+    from this (large) parent's RSS at fork and exec, so small children all read the same."""
+    while not done.is_set():
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    peak[0] = max(peak[0], int(line.split()[1]) / 1024)
+        done.wait(0.005)
 
 
 def cli_process(source: Path, target: Path, urls: list[str], level: int) -> dict:
@@ -244,7 +278,7 @@ def print_sizes(sizes: list[SizeRun], levels: tuple[int, int]) -> None:
         "B": "one-process bound, whole `python -c` process, file to file",
         "c": "original: PNG 6 strips one by one as multipart, PNG 6 out",
     }
-    print(f"{'':8}{'':5}{'design':60}{'median ms':>10}{'min-max':>14}{'PNG MB':>8}")
+    print(f"{'':8}{'':5}{'design':60}{'median ms':>10}{'min-max':>14}{'PNG MB':>8}{'peak RSS MB':>12}")
     for run in sizes:
         label = f"{run.megapixels:g} MP"
         for name, text in texts.items():
@@ -253,7 +287,8 @@ def print_sizes(sizes: list[SizeRun], levels: tuple[int, int]) -> None:
                 print(f"{label:8}({name}) {text:60}  failed: {run.failed.get(name, 'no run')}")
             else:
                 value, mb = median(samples, "total_ms"), median(samples, "bytes") / 1e6
-                print(f"{label:8}({name}) {text:60}{value:10.0f}{spread(samples):>14}{mb:8.1f}")
+                rss = f"{median(samples, 'rss_mb'):.0f}" if "rss_mb" in samples[0] else "-"
+                print(f"{label:8}({name}) {text:60}{value:10.0f}{spread(samples):>14}{mb:8.1f}{rss:>12}")
             label = ""
     print()
     print(f"{'':8}{'ratio (medians)':44}{'value':>8}  target")
@@ -267,7 +302,10 @@ def print_sizes(sizes: list[SizeRun], levels: tuple[int, int]) -> None:
             if run.samples[top] and run.samples[bottom] and not {top, bottom} & set(run.failed):
                 ratio = median(run.samples[top], "total_ms") / median(run.samples[bottom], "total_ms")
                 print(f"{label:8}{text:44}{ratio:7.2f}x  {TARGETS.get((top, run.megapixels), '')}")
-            label = ""
+                label = ""
+        if run.samples["A"] and run.samples["B"] and not {"A", "B"} & set(run.failed):
+            ratio = median(run.samples["A"], "rss_mb") / median(run.samples["B"], "rss_mb")
+            print(f"{label:8}{'(A)/(B) peak RSS':44}{ratio:7.2f}x  {TARGETS.get(('rss', run.megapixels), '')}")
     counts = ", ".join(f"{run.megapixels:g} MP {len(run.samples['B'])}" for run in sizes)
     print(f"timed runs per size: {counts}")
 
