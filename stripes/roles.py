@@ -22,6 +22,8 @@ HOST_ENV_FILE = "/etc/{role}/env"
 # Where each runtime's interpreter is, locally (None: this Python) and on a host.
 LOCAL_INTERPRETER = {"python": None, "nodejs": "node"}
 HOST_NODE = "/usr/bin/node"
+# An installer that has not finished by then has failed (npm ci retries forever behind a proxy that refuses).
+INSTALL_TIMEOUT_SECONDS = 900
 
 
 @dataclass(frozen=True)
@@ -75,16 +77,18 @@ class RoleSpec:
 
     def install_steps(self, release: str, root: str = "/") -> list[str]:
         """Shell lines that install the pinned dependencies of the release in `release`
-        (python: into the role's shared venv; node: node_modules inside the release)."""
+        (python: into the role's shared venv; node: node_modules inside the release).
+        Each installer runs under `timeout`: npm retries forever behind a refusing proxy."""
         q = shlex.quote
+        bound = f"timeout {INSTALL_TIMEOUT_SECONDS}"
         if self.runtime == "python":
             venv = q(under(root, self.venv_dir))
             return [
                 f"[ -x {venv}/bin/pip ] || python3 -m venv {venv}",
-                f"{venv}/bin/pip install --no-cache-dir --disable-pip-version-check "
+                f"{bound} {venv}/bin/pip install --no-cache-dir --disable-pip-version-check "
                 f"-r {q(release)}/{self.deps_manifest}",
             ]
-        return [f"cd {q(release)} && npm ci --omit=dev --no-audit --no-fund"]
+        return [f"cd {q(release)} && {bound} npm ci --omit=dev --no-audit --no-fund"]
 
 
 ROLE_SPECS: dict[str, RoleSpec] = {

@@ -96,3 +96,11 @@ def test_each_worker_reports_the_registry_operations_and_primary_op(local_fleet)
         spec = roles.spec_of_runtime(health["runtime"])
         assert (health["service"], health["primary"]) == (spec.role, spec.primary_op)
         assert sorted(health["operations"]) == sorted(spec.operations)
+
+
+def test_every_installer_runs_under_a_timeout():
+    """npm ci behind a refusing proxy retries forever (found by the boot test): bound it."""
+    for spec in roles.ROLE_SPECS.values():
+        installers = [s for s in spec.install_steps("/r") if "pip install" in s or "npm ci" in s]
+        assert installers, spec.role
+        assert all(f"timeout {roles.INSTALL_TIMEOUT_SECONDS} " in s for s in installers), installers

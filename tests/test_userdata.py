@@ -158,7 +158,7 @@ def test_python_host_builds_a_venv_from_the_pinned_requirements():
     runcmd = parsed("worker-python")["runcmd"]
     assert "[ -x /opt/worker-python/venv/bin/pip ] || python3 -m venv /opt/worker-python/venv" in runcmd
     assert (
-        "/opt/worker-python/venv/bin/pip install --no-cache-dir --disable-pip-version-check "
+        "timeout 900 /opt/worker-python/venv/bin/pip install --no-cache-dir --disable-pip-version-check "
         "-r /opt/worker-python/current/requirements.txt"
     ) in runcmd
     assert "python3-venv" in parsed("worker-python")["packages"]
@@ -177,7 +177,7 @@ def test_node_host_installs_pinned_node_20_and_locked_deps():
         unpack = next(i for i, c in enumerate(runcmd) if c.startswith(f"tar -xzf {tarball_path}"))
         assert fetch < check < unpack
     assert f"ln -sfn /opt/node-{NODE_VERSION}/bin/node /usr/bin/node" in runcmd
-    assert "cd /opt/worker-nodejs/current && npm ci --omit=dev --no-audit --no-fund" in runcmd
+    assert "cd /opt/worker-nodejs/current && timeout 900 npm ci --omit=dev --no-audit --no-fund" in runcmd
 
 
 def test_unit_bounds_in_flight_pixels_under_its_memory_limit():
