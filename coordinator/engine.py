@@ -169,6 +169,13 @@ def run_job(
     router = Router(workers)
     router.check_capable(layout)
     job = Job(data, pixels, params, config, router, session)
-    with _registered(job.cancel):
-        results = run_strips(job, layout, on_event, own_session)
-    return job_result(job, ops, results, workers, (started, decoded, discovered, time.perf_counter()))
+    try:
+        with _registered(job.cancel):
+            results = run_strips(job, layout, on_event, own_session)
+    except BaseException as exc:
+        job.span.end(str(exc) or type(exc).__name__)
+        raise
+    job.span.end()
+    result = job_result(job, ops, results, workers, (started, decoded, discovered, time.perf_counter()))
+    result.trace_id = job.span.trace_id
+    return result

@@ -14,7 +14,7 @@ from functools import cached_property
 import numpy as np
 from PIL import Image
 
-from coordinator import codecs, imaging
+from coordinator import codecs, imaging, tracing
 from coordinator import request as strip_request
 from coordinator.config import CoordinatorConfig
 from coordinator.discovery import WorkerStatus
@@ -66,6 +66,7 @@ class StripResult:
     bytes_sent: int = 0
     bytes_received: int = 0
     request_id: str = ""  # X-Request-Id of the successful attempt, as the worker logged it
+    trace_id: str = ""  # the job's W3C trace id, sent to the worker in `traceparent`
     # Parts of total_ms spent before the wire: encoding (or cutting) the body and waiting for a
     # free slot on the worker (the longest piece's); the page's timing chart shows them apart.
     encode_ms: float = 0.0
@@ -83,6 +84,7 @@ class JobResult:
     workers: list[WorkerStatus]
     # decode_ms, discover_ms, dispatch_ms (send, work, receive, stitch), stitch_ms (copying strips in)
     timings: dict[str, float] = field(default_factory=dict)
+    trace_id: str = ""  # the job's W3C trace id (exported when OTEL_EXPORTER_OTLP_ENDPOINT is set)
 
     @cached_property
     def image(self) -> Image.Image:
@@ -146,6 +148,7 @@ class Job:
         self._stitch_lock = threading.Lock()
         self._jpeg_lock = threading.Lock()
         self._jpeg = _NOT_LOOKED
+        self.span = tracing.start_job({"job.id": self.id, "image.width": self.width, "image.height": self.height})
 
     # --- body ------------------------------------------------------------------------
 
@@ -189,7 +192,9 @@ class Job:
 
     # --- attempt ---------------------------------------------------------------------
 
-    def send_piece(self, worker: WorkerStatus, strip: Strip, key: tuple, piece, bodies: dict, request_id: str) -> Sent:
+    def send_piece(
+        self, worker: WorkerStatus, strip: Strip, key: tuple, piece, bodies: dict, request_id: str, traceparent: str
+    ) -> Sent:
         began = time.perf_counter()
         if key not in bodies:
             bodies[key] = self.body(piece, key[0], worker)
@@ -214,10 +219,13 @@ class Job:
                 request_id,
                 body.rows,
                 self.cancel,
+                traceparent,
             )
         return Sent(body, pixels, reply, received, (encoded - began) * 1000, (queued - encoded) * 1000)
 
-    def attempt(self, worker: WorkerStatus, strip: Strip, wire: str, bodies: dict, request_id: str) -> list[Sent]:
+    def attempt(
+        self, worker: WorkerStatus, strip: Strip, wire: str, bodies: dict, request_id: str, traceparent: str = ""
+    ) -> list[Sent]:
         """All pieces of a strip to one worker at once, each encoded (or cut) in its own thread
         and sent as soon as it is ready; any failure fails the attempt. `bodies` keeps encoded
         pieces for the next attempt."""
@@ -227,7 +235,7 @@ class Job:
         def send(number: int) -> Sent:
             key = (wire, pieces[number], worker.max_bytes, worker.max_pixels)
             suffix = f"-p{number}" if len(pieces) > 1 else ""
-            return self.send_piece(worker, strip, key, pieces[number], bodies, request_id + suffix)
+            return self.send_piece(worker, strip, key, pieces[number], bodies, request_id + suffix, traceparent)
 
         if len(pieces) == 1:
             return [send(0)]
@@ -285,6 +293,17 @@ class Job:
         self.emit("retry", strip, worker, attempt, failure.reason, elapsed)
 
     def strip(self, strip: Strip) -> StripResult:
+        """The strip under its `strip` span (ended with an error status when it gives up)."""
+        span = self.span.child("strip", {"strip.index": strip.index, "strip.op": strip.op})
+        try:
+            result = self._strip(strip, span)
+        except BaseException as exc:
+            span.end(str(exc))
+            raise
+        span.end()
+        return result
+
+    def _strip(self, strip: Strip, span) -> StripResult:
         """The strip's attempts, one worker each, until one succeeds or the policy gives up."""
         bodies: dict[tuple, StripBody] = {}  # (wire, piece, worker limits) -> body, kept for retries
         history = StripHistory()
@@ -300,15 +319,21 @@ class Job:
             self.emit("start", strip, worker, attempt)
             started = time.perf_counter()
             request_id = f"{self.id}-s{strip.index}-a{attempt}"
+            attempt_span = span.child("attempt", {"request_id": request_id, "worker.url": worker.url})
             try:
-                sent = self.attempt(worker, strip, wire_for(worker.url, self.config.transport), bodies, request_id)
+                wire = wire_for(worker.url, self.config.transport)
+                sent = self.attempt(worker, strip, wire, bodies, request_id, attempt_span.traceparent())
             except StripFailed as failure:
+                attempt_span.end(failure.reason)
                 self.failed(strip, worker, attempt, history, failure, (time.perf_counter() - started) * 1000)
                 continue
+            attempt_span.end()
             total_ms = (time.perf_counter() - started) * 1000
             self.stitch(sent)
             self.emit("done", strip, worker, attempt, "", total_ms)
-            return strip_result(strip, worker, attempt, total_ms, history.failures, sent, request_id)
+            result = strip_result(strip, worker, attempt, total_ms, history.failures, sent, request_id)
+            result.trace_id = self.span.trace_id
+            return result
         return self.exhausted(strip, history)
 
     def exhausted(self, strip: Strip, history: StripHistory):

@@ -76,6 +76,7 @@ def send_strip(
     request_id: str,
     rows: int | None = None,
     cancel: Cancel | None = None,
+    traceparent: str = "",
 ) -> tuple[np.ndarray, Reply, int]:
     """POST one strip; returns its pixels (halo included), checked to be width x rows RGB, or
     width x rows gray when we asked for channels=auto (rows: of the body, default the strip
@@ -87,6 +88,8 @@ def send_strip(
         **{name: str(params[name]) for name in OPERATIONS[strip.op].params},
     }
     headers = {"Content-Type": content_type, "X-Request-Id": request_id}
+    if traceparent:
+        headers["traceparent"] = traceparent  # W3C: the attempt's span, which the worker continues
     if config.token:
         headers["Authorization"] = f"Bearer {config.token}"
     limits = exchange_limits(config.connect_timeout, config.read_timeout, len(body), rows * width * 3)

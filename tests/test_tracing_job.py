@@ -1,0 +1,126 @@
+"""Coordinator traces (issue 18): one trace per job, `job` -> `strip` -> `attempt` spans, each
+attempt's span continued by the worker it was sent to; both real workers and the coordinator
+export to one real OTLP receiver on 127.0.0.1 (tests/test_tracing_workers.py's)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from coordinator import tracing
+from coordinator.config import CoordinatorConfig
+from coordinator.engine import run_job
+from tests.test_coordinator_engine import png
+from tests.test_tracing_workers import OtlpReceiver
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST_BATCH = {"OTEL_BSP_SCHEDULE_DELAY": "100"}
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    server = OtlpReceiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def traced_fleet(worker_factory, receiver):
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, **FAST_BATCH}
+    return [worker_factory(runtime, env).url for runtime in ("python", "nodejs")]
+
+
+@pytest.fixture
+def tracing_on(receiver, monkeypatch):
+    for name, value in {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, **FAST_BATCH}.items():
+        monkeypatch.setenv(name, value)
+
+
+def traced_job(urls: list[str], strips: int = 2):
+    config = dataclasses.replace(CoordinatorConfig(workers=tuple(urls), source="test"))
+    pixels = np.random.default_rng(5).integers(0, 255, (40, 24, 3), dtype=np.uint8)
+    result = run_job(png(pixels), config, plan="seed", strips=strips)
+    tracing.flush()
+    return result
+
+
+def wait_names(receiver, trace_id: str, wanted: dict[str, int], limit: float = 15) -> list[dict]:
+    """The trace's spans once it holds at least `wanted` spans of each name (decode/op/encode
+    are the workers' own business: tests/test_tracing_workers.py)."""
+    deadline = time.monotonic() + limit
+    while True:
+        with receiver.lock:
+            spans = [span for span in receiver.spans if span["trace_id"] == trace_id]
+        names = Counter(span["name"] for span in spans)
+        if all(names[name] >= count for name, count in wanted.items()) or time.monotonic() > deadline:
+            return spans
+        time.sleep(0.05)
+
+
+def by_id(spans: list[dict]) -> dict[str, dict]:
+    return {span["span_id"]: span for span in spans}
+
+
+def test_one_trace_covers_the_job_its_strips_attempts_and_both_workers(traced_fleet, receiver, tracing_on):
+    result = traced_job(traced_fleet)
+    spans = wait_names(receiver, result.trace_id, {"job": 1, "strip": 2, "attempt": 2, "POST /process": 2})
+    ids, names = by_id(spans), [span["name"] for span in spans]
+    [job] = [span for span in spans if span["name"] == "job"]
+    assert job["parent_span_id"] == "" and names.count("strip") == 2 and names.count("attempt") == 2
+    for strip in result.strips:
+        assert strip.trace_id == result.trace_id
+        [attempt] = [s for s in spans if s["attributes"].get("request_id") == strip.request_id]
+        assert attempt["name"] == "attempt" and ids[attempt["parent_span_id"]]["name"] == "strip"
+        assert ids[ids[attempt["parent_span_id"]]["parent_span_id"]] is job
+        [served] = [s for s in spans if s["attributes"].get("worker.request_id") == strip.request_id]
+        assert served["parent_span_id"] == attempt["span_id"], "the worker's span is not the attempt's child"
+
+
+def test_a_retried_strip_has_two_attempts_under_one_strip_span(traced_fleet, receiver, tracing_on):
+    """The hostile worker claims grayscale first and answers 500: the strip's second attempt
+    goes to a real worker, both attempts under the same strip span, only the second continued."""
+    from tests.support.hostile_worker import HostileWorker
+
+    with HostileWorker(health="ok", process="ok") as bad:
+        result = traced_job([bad.url, *traced_fleet])
+        assert bad.requests["/process"] >= 1
+    retried = next(strip for strip in result.strips if strip.attempts > 1)
+    spans = wait_names(receiver, result.trace_id, {"job": 1, "strip": 2, "attempt": 3, "POST /process": 2})
+    ids = by_id(spans)
+    attempts = [s for s in spans if s["name"] == "attempt" and s["attributes"]["worker.url"] == bad.url]
+    good = next(s for s in spans if s["attributes"].get("request_id") == retried.request_id)
+    assert attempts and attempts[0]["parent_span_id"] == good["parent_span_id"]
+    assert ids[good["parent_span_id"]]["attributes"]["strip.index"] == retried.index
+    served = [s for s in spans if s["attributes"].get("worker.request_id") == retried.request_id]
+    assert len(served) == 1 and served[0]["parent_span_id"] == good["span_id"]
+
+
+def test_without_an_endpoint_the_job_still_sends_one_trace_id_and_loads_no_sdk(python_worker, nodejs_worker):
+    """A job in a fresh interpreter with no OTEL variable: strips share the job's random trace
+    id, and no opentelemetry module was imported."""
+    probe = (
+        "import sys, dataclasses, numpy as np\n"
+        "from coordinator.config import CoordinatorConfig\n"
+        "from coordinator.engine import run_job\n"
+        "from tests.test_coordinator_engine import png\n"
+        f"config = CoordinatorConfig(workers=({python_worker.url!r}, {nodejs_worker.url!r}), source='test')\n"
+        "r = run_job(png(np.zeros((8, 8, 3), np.uint8)), config, plan='seed', strips=2)\n"
+        "assert len(r.trace_id) == 32 and int(r.trace_id, 16), r.trace_id\n"
+        "assert {s.trace_id for s in r.strips} == {r.trace_id}\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
