@@ -58,12 +58,12 @@ format: setup
 	else echo "worker-nodejs: no npm format script, skipped"; fi
 
 test-python:
-	$(PY) -m pytest -c tests/pytest.ini --rootdir=. $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Only the real first boot of each role's user-data (systemd-nspawn; root, mmdebstrap,
 # systemd-container), with its timing table; `make test` runs it too.
 boot-test: setup
-	$(PY) -m pytest -c tests/pytest.ini --rootdir=. tests/test_boot.py $(PYTEST_ARGS)
+	$(PY) -m pytest tests/test_boot.py $(PYTEST_ARGS)
 
 # Loopback, WAN (network namespace; needs root + iproute2, else one skip line), batch, page.
 bench: setup
@@ -79,4 +79,4 @@ stack-outputs: setup
 	$(PY) -m scripts.stack_outputs $(STACK_OUTPUTS_ARGS)
 
 clean: stop
-	rm -rf $(VENV) worker-nodejs/node_modules .run .artifacts
+	rm -rf $(VENV) worker-nodejs/node_modules .run .artifacts .ruff_cache
