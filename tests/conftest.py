@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from scripts.testkit.procs import RUNTIMES, start_worker
-from tests.support.ci import skip_or_fail  # noqa: F401 re-export: test_codecs.py (in flight) still imports it here
 
 
 @pytest.fixture(scope="session")
