@@ -1,9 +1,11 @@
 """The coordinator engine against the real workers on loopback: plans, strips, exact blur,
 failover (kill -9, SIGSTOP), retries, and the errors when no worker can do a strip."""
+
 from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import os
 import re
 import signal
@@ -12,6 +14,7 @@ import threading
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
+from worker_python import ops as reference
 
 from coordinator import imaging
 from coordinator.config import CoordinatorConfig
@@ -19,7 +22,6 @@ from coordinator.discovery import discover
 from coordinator.engine import run_job
 from coordinator.errors import InputError, NoWorkerError
 from scripts.testkit.faultproxy import FaultProxy
-from worker_python import ops as reference
 
 
 def photo(height: int, width: int, seed: int = 3) -> np.ndarray:
@@ -121,8 +123,10 @@ def test_blur_in_strips_is_byte_identical_to_one_process(local_fleet, radius, co
 
 def test_blur_goes_only_to_workers_that_offer_it(local_fleet, python_worker, nodejs_worker):
     statuses = discover(config_for(local_fleet))
-    without_blur = [dataclasses.replace(s, operations=tuple(o for o in s.operations if o != "blur"))
-                    if s.runtime == "nodejs" else s for s in statuses]
+    without_blur = [
+        dataclasses.replace(s, operations=tuple(o for o in s.operations if o != "blur")) if s.runtime == "nodejs" else s
+        for s in statuses
+    ]
     result = run_job(png(photo(40, 20)), config_for(local_fleet), plan="blur", strips=3, workers=without_blur)
     assert {s.worker_url for s in result.strips} == {python_worker.url}
     nobody = [dataclasses.replace(s, operations=("grayscale",)) for s in statuses]
@@ -236,8 +240,15 @@ def test_compressed_transports_give_the_same_pixels(local_fleet, transport):
     assert np.array_equal(raw.pixels, other.pixels) and {s.wire for s in other.strips} == {transport}
 
 
-@pytest.mark.parametrize("mode, words", [("narrow", "bad reply: 79x"), ("one_column", "bad reply: 1x"),
-                                         ("garbage", "bad reply"), ("close_mid_response", "connection")])
+@pytest.mark.parametrize(
+    "mode, words",
+    [
+        ("narrow", "bad reply: 79x"),
+        ("one_column", "bad reply: 1x"),
+        ("garbage", "bad reply"),
+        ("close_mid_response", "connection"),
+    ],
+)
 def test_a_bad_reply_is_never_stitched(python_worker, nodejs_worker, mode, words):
     pixels = photo(90, 80)
     proxy = FaultProxy(python_worker.url, mode=mode).start()
@@ -260,6 +271,7 @@ def test_many_strips_on_a_tall_narrow_image(local_fleet):
 
 
 # -- discovery against a hostile worker (tests/support/hostile_worker.py) ----------------------
+
 
 def hostile_status(**modes):
     from tests.support.hostile_worker import HostileWorker
@@ -305,8 +317,16 @@ def test_markup_in_health_fields_never_reaches_a_status():
 def test_health_field_rules():
     from coordinator.discovery import status_from
 
-    good = {"status": "ok", "service": "worker-python", "runtime": "python", "version": "1.0.0",
-            "operations": ["grayscale", "sepia"], "max_inflight": 2, "max_bytes": 1000, "max_pixels": 300}
+    good = {
+        "status": "ok",
+        "service": "worker-python",
+        "runtime": "python",
+        "version": "1.0.0",
+        "operations": ["grayscale", "sepia"],
+        "max_inflight": 2,
+        "max_bytes": 1000,
+        "max_pixels": 300,
+    }
     status = status_from("http://w", 200, good, 1.0)
     assert status.ok and (status.max_inflight, status.max_bytes, status.max_pixels) == (2, 1000, 300)
     bad_runtime = status_from("http://w", 200, {**good, "runtime": "py](http://x)"}, 1.0)
@@ -358,6 +378,7 @@ def test_the_largest_input_goes_through_at_the_default_strips(local_fleet, trans
     if transport == "jpeg-cut":
         if codecs.jpegtran_path() is None:
             from tests.support.ci import skip_or_fail
+
             skip_or_fail("jpegtran not installed (Debian package libjpeg-turbo-progs)")
         buffer = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, "JPEG", quality=90)
@@ -367,8 +388,14 @@ def test_the_largest_input_goes_through_at_the_default_strips(local_fleet, trans
         data, decoded = b"", np.ascontiguousarray(pixels)
     statuses = discover(config_for(local_fleet))
     assert all(s.max_bytes == 50_000_000 and s.max_pixels == 50_000_000 for s in statuses)
-    result = run_job(data, config_for(local_fleet, transport=transport, read_timeout=120), plan="invert",
-                     strips=2, pixels=None if transport == "jpeg-cut" else decoded, workers=statuses)
+    result = run_job(
+        data,
+        config_for(local_fleet, transport=transport, read_timeout=120),
+        plan="invert",
+        strips=2,
+        pixels=None if transport == "jpeg-cut" else decoded,
+        workers=statuses,
+    )
     assert len(result.strips) == 2 and all(s.attempts == 1 and not s.failovers for s in result.strips)
     assert max(s.bytes_sent for s in result.strips) > 0
     assert np.array_equal(result.pixels, 255 - decoded)
@@ -387,14 +414,17 @@ def test_no_request_is_over_a_small_workers_advertised_limits(worker_factory, tr
     if transport == "jpeg-cut":
         if codecs.jpegtran_path() is None:
             from tests.support.ci import skip_or_fail
+
             skip_or_fail("jpegtran not installed (Debian package libjpeg-turbo-progs)")
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
         data = buffer.getvalue()
         pixels = imaging.decode_pixels(data, 10**6)
     config = config_for([small.url], transport=transport)
-    for plan, wanted in (("invert", 255 - pixels),
-                         ("blur", np.asarray(Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(2))))):
+    for plan, wanted in (
+        ("invert", 255 - pixels),
+        ("blur", np.asarray(Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(2)))),
+    ):
         result = run_job(data, config, plan=plan, strips=1, pixels=None if data else pixels)
         assert np.array_equal(result.pixels, wanted), plan
         assert result.strips[0].attempts == 1 and not result.strips[0].failovers
@@ -410,7 +440,7 @@ def test_piece_ranges_follow_the_worker_limits_and_carry_their_halo():
     worker = WorkerStatus("http://w", True, max_bytes=32 + 3 * 10 * 62, max_pixels=10**6)  # 62 rows of 10 px
     pieces = piece_ranges(strip, "raw", width=10, height=500, worker=worker, halo=6)
     assert [p.fill_top for p in pieces][0] == 100 and pieces[-1].fill_bottom == 400
-    assert all(a.fill_bottom == b.fill_top for a, b in zip(pieces, pieces[1:]))  # every row once
+    assert all(a.fill_bottom == b.fill_top for a, b in itertools.pairwise(pieces))  # every row once
     assert all((p.send_top, p.send_bottom) == (p.fill_top - 6, p.fill_bottom + 6) for p in pieces)
     assert all(p.send_bottom - p.send_top <= 62 for p in pieces) and len(pieces) == 6
     tiny = WorkerStatus("http://w", True, max_bytes=100, max_pixels=10**6)
@@ -443,5 +473,10 @@ def test_an_early_refusal_of_a_big_body_is_read_not_reported_as_a_broken_pipe(wo
     strip our send breaks first, and the answer waiting in the socket is what we report."""
     guarded = worker_factory(runtime, {"WORKER_TOKEN": "right"})
     with pytest.raises(NoWorkerError, match=f"token rejected by {guarded.url}"):
-        run_job(b"", config_for([guarded.url], token="wrong"), plan="invert", strips=1,
-                pixels=np.zeros((2000, 3000, 3), np.uint8))
+        run_job(
+            b"",
+            config_for([guarded.url], token="wrong"),
+            plan="invert",
+            strips=1,
+            pixels=np.zeros((2000, 3000, 3), np.uint8),
+        )

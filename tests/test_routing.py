@@ -343,7 +343,7 @@ def test_requests_in_flight_stay_within_the_worker_slots_across_jobs():
                 workers=[worker(url, max_inflight=2)],
                 session=fake,
             )
-        except Exception as exc:  # noqa: BLE001 - reported by the assert below
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=one_job) for _ in range(2)]
