@@ -162,6 +162,11 @@ def add_process_options(process: argparse.ArgumentParser) -> None:
         "of COORDINATOR_MAX_PIXELS pixels in flight (one 50 MP image, or four of 12 MP)",
     )
     process.add_argument(
+        "--trace",
+        action="store_true",
+        help="print each image's trace id (its spans go to OTEL_EXPORTER_OTLP_ENDPOINT when set)",
+    )
+    process.add_argument(
         "--quiet", action="store_true", help="only errors and warnings: no per-strip lines, wrote lines or progress bar"
     )
     add_worker_options(process)
@@ -207,6 +212,9 @@ def exit_now(code: int) -> None:
     measured) once everything is written: outputs are renamed into place before this, and
     stdout/stderr are flushed here. If a flush fails (say a closed pipe), return and let the
     normal exit report it."""
+    from coordinator import tracing
+
+    tracing.flush()  # spans still batched: os._exit skips the SDK's own flush at exit
     try:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -261,11 +269,20 @@ def show_workers(config: CoordinatorConfig) -> int:
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4])
+    print_metrics([status.url for status in statuses if status.ok], config.health_timeout)
     print(f"(workers from {config.source})")
     if not any(status.ok for status in statuses):
         print("error: no worker is healthy", file=sys.stderr)
         return EXIT_NO_WORKER
     return EXIT_OK
+
+
+def print_metrics(urls: list[str], timeout: float) -> None:
+    """Each healthy worker's /metrics figures (coordinator/worker_metrics.py), one line each."""
+    from coordinator import worker_metrics
+
+    for one in worker_metrics.fetch_all(urls, timeout):
+        print(f"{one.url}  {worker_metrics.line(one)}")
 
 
 # -- what the flags ask for, checked before any work -------------------------------------------
@@ -638,6 +655,9 @@ def process_one(batch: Batch, name: str, target: Target) -> int:
         return EXIT_UNEXPECTED
     finally:
         batch.progress.advance(batch.strips - done[0])
+    if batch.args.trace and strips:
+        with batch.lock:
+            batch.progress.line(f"{prefix}trace {strips[0].trace_id}")
     if not batch.args.quiet:
         with batch.lock:
             for line in strip_summary(name, strips):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -124,3 +125,17 @@ def test_without_an_endpoint_the_job_still_sends_one_trace_id_and_loads_no_sdk(p
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_process_trace_prints_the_trace_id_whose_spans_the_cli_exported(traced_fleet, receiver, tmp_path):
+    """`--trace` prints the id; the CLI's spans leave at exit (the SDK's flush), not lost."""
+    source = tmp_path / "in.png"
+    source.write_bytes(png(np.zeros((16, 8, 3), np.uint8)))
+    command = [sys.executable, "-m", "coordinator", "process", str(source), "-o", str(tmp_path / "out.png")]
+    command += ["--trace", "--workers", ",".join(traced_fleet)]
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    [trace_id] = re.findall(r"^trace ([0-9a-f]{32})$", done.stderr, re.MULTILINE)
+    spans = wait_names(receiver, trace_id, {"job": 1, "strip": 2, "attempt": 2})
+    assert Counter(span["name"] for span in spans)["job"] == 1
