@@ -49,6 +49,7 @@ from coordinator.page_text import (
     too_many_pixels,
 )
 from coordinator.page_workers import draw_workers
+from coordinator.tracing import enabled as tracing_enabled
 
 log = page_logger()
 
@@ -580,6 +581,8 @@ def show_outcome(upload: dict, config: CoordinatorConfig, choice: dict) -> None:
         download(upload, outcome, choice, config)
     st.markdown("**Strips**")
     table = strip_table(result.strips, lambda strip: safe_name(strip.runtime, ""))
+    if tracing_enabled():  # the id to look the job up by in the trace collector
+        table["trace"] = [strip.trace_id for strip in sorted(result.strips, key=lambda s: s.index)]
     st.dataframe(table.drop(columns=["failed attempts"]), hide_index=True, width="stretch")
     failures = failed_attempts(result.strips)
     if failures:  # in full, as text: as the table's last column they were cut off

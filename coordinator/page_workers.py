@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import streamlit as st
 
+from coordinator import worker_metrics
 from coordinator.page_chart import worker_host
 from coordinator.page_text import safe_name
 
 
-def worker_card(status) -> None:
-    """One worker; its own words (runtime, service, version, ops, error) as plain text only."""
+def worker_card(status, figures: str = "") -> None:
+    """One worker; its own words (runtime, service, version, ops, error) and its /metrics
+    figures (worker_metrics.line) as plain text only."""
     with st.container(border=True):
         if status.ok:
             st.markdown(f":green[:material/check_circle:] **{safe_name(status.runtime or status.service)}**")
@@ -21,6 +23,8 @@ def worker_card(status) -> None:
                 f"{status.latency_ms:,.0f} ms · primary {status.primary or '?'}\n"
                 f"ops: {', '.join(status.operations) or 'none'}"
             )
+            if figures:
+                st.text(figures)
         else:
             st.markdown(":red[:material/error:] **Not available**")
             st.text(f"{worker_host(status.url)}\n{status.error or 'no answer'}")
@@ -33,7 +37,10 @@ def draw_workers(box, config, statuses: list) -> None:
             f"{len(statuses)} found in the stack's pools" if config.pool_fleet else f"{len(config.workers)} configured"
         )
         st.text(f"{count}, from {config.source}")
+        healthy = [status.url for status in statuses if status.ok]
+        fetched = worker_metrics.fetch_all(healthy, config.health_timeout)
+        figures = {one.url: worker_metrics.line(one) for one in fetched}
         for status in statuses:
-            worker_card(status)
+            worker_card(status, figures.get(status.url, ""))
         if not any(status.ok for status in statuses):
             st.caption(":material/cloud_off: None reachable: see the note on the page.")

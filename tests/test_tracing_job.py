@@ -139,3 +139,13 @@ def test_process_trace_prints_the_trace_id_whose_spans_the_cli_exported(traced_f
     [trace_id] = re.findall(r"^trace ([0-9a-f]{32})$", done.stderr, re.MULTILINE)
     spans = wait_names(receiver, trace_id, {"job": 1, "strip": 2, "attempt": 2})
     assert Counter(span["name"] for span in spans)["job"] == 1
+
+
+def test_the_pages_strip_table_shows_the_trace_id_when_tracing_is_on(monkeypatch, traced_fleet, receiver, tracing_on):
+    from tests.test_page import colourful_png, open_page, process, upload
+
+    page = process(upload(open_page(monkeypatch, traced_fleet), "colour.png", colourful_png()))
+    [trace_id] = set(page.dataframe[0].value["trace"])
+    tracing.flush()
+    spans = wait_names(receiver, trace_id, {"job": 1, "attempt": 2})
+    assert Counter(span["name"] for span in spans)["job"] == 1, "the trace shown is not the job's"

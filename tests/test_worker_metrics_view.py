@@ -5,6 +5,7 @@ not Prometheus text gets a one-line error, not made-up figures."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -79,3 +80,12 @@ def test_a_worker_whose_metrics_are_not_prometheus_text_gets_an_error_line(pytho
         done = run_workers_command([python_worker.url, bad.url])
         assert bad.requests["other"] >= 1
     assert f"{bad.url}  /metrics: not Prometheus text" in done.stdout, done.stdout
+
+
+def test_the_pages_worker_cards_show_the_same_figures(monkeypatch, fresh_fleet):
+    from tests.test_page import open_page, texts
+
+    page = open_page(monkeypatch, fresh_fleet)
+    shown = texts(page.sidebar.text)
+    figures = re.findall(r"^\d+ requests, \d+ errors, \d+ busy \(503\), \d+ in flight, p50 .+, p95 .+$", shown, re.M)
+    assert len(figures) == 2, shown
