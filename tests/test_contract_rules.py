@@ -3,7 +3,7 @@ table-driven, each case run against both real worker processes.
 
 One table per rule; one test id per row, carrying the runtime (`-k python`, `-k nodejs`). The
 four drifts that issue 14 measured between the runtimes are `test_issue14_drift[...]`. Hostile
-clients come from tests/support/hostile_client.py; every attack is bounded in count and time.
+clients come from scripts/testkit/hostile_client.py; every attack is bounded in count and time.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from PIL import Image
 from referencing import Registry
 from referencing.jsonschema import DRAFT7
 
+from scripts.testkit import hostile_client as hostile
+from scripts.testkit.hostile_client import HealthProbe, Reply, Target
 from scripts.testkit.procs import ROOT, RUNTIMES, start_worker
-from tests.support import hostile_client as hostile
-from tests.support.hostile_client import HealthProbe, Reply, Target
 
 SPEC = json.loads((ROOT / "tests" / "contract" / "openapi.json").read_text())
 SCHEMAS = Registry().with_resource("urn:openapi", DRAFT7.create_resource(SPEC))

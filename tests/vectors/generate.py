@@ -1,6 +1,6 @@
 """Write the shared worker test vectors: small inputs, expected outputs and manifest.json.
 
-    python tests/vectors/generate.py      # from the repo root; rewrites this folder
+    python -m tests.vectors.generate      # from the repo root; rewrites this folder
 
 Expected pixels for grayscale/sepia/invert come from a numpy reference of the contract's
 formulas applied to the source arrays below, not from either worker's code. Blur has no
@@ -20,10 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-try:
-    from tests.vectors.rule_vectors import build_rule_vectors
-except ModuleNotFoundError:  # run as a script: python tests/vectors/generate.py
-    from rule_vectors import build_rule_vectors
+from tests.vectors.rule_vectors import build_rule_vectors
 
 HERE = Path(__file__).resolve().parent
 WIDTH, HEIGHT = 17, 11  # odd sizes catch row-stride and edge bugs

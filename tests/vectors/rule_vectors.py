@@ -19,6 +19,8 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from scripts.testkit.scan_jpeg import many_scan_jpeg
+
 MIB = 1 << 20
 SCAN_LIMIT = 100
 FIXED_DATE = time.strptime("2026-11-28", "%Y-%m-%d")  # a deterministic PDF
@@ -47,39 +49,6 @@ def iccp(size: int) -> bytes:
 
 def itxt_compressed(size: int) -> bytes:
     return b"Comment\x00\x01\x00en\x00\x00" + inflating(size)
-
-
-# ---- JPEG with many scans ----
-
-
-def _segment(marker: int, payload: bytes) -> bytes:
-    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
-
-
-def many_scan_jpeg(scans: int, size: int = 16) -> bytes:
-    """A valid progressive 8-bit gray JPEG, flat 128, of exactly `scans` scans (2..127).
-
-    One DC scan, then one AC scan per coefficient band; bands get a first pass at Al=1 plus a
-    refinement pass while scans remain. Every coefficient is 0, so each block codes one symbol
-    (DC difference 0, or EOB) whose Huffman code is the single bit 0."""
-    if not 2 <= scans <= 1 + 2 * 63:
-        raise ValueError("scans must be 2..127")
-    blocks = (size // 8) ** 2
-    bits = "0" * blocks + "1" * (-blocks % 8)
-    entropy = bytes(int(bits[i : i + 8], 2) for i in range(0, len(bits), 8))
-    one_symbol = bytes([1] + [0] * 15) + b"\x00"
-    out = b"\xff\xd8" + _segment(0xDB, b"\x00" + bytes([1] * 64))
-    out += _segment(0xC2, struct.pack(">BHHB", 8, size, size, 1) + b"\x01\x11\x00")
-    out += _segment(0xC4, b"\x00" + one_symbol + b"\x10" + one_symbol)
-    passes = [(0, 0, 0)]
-    refined = max(0, scans - 1 - 63)
-    for band in range(1, 64):
-        if len(passes) + 1 > scans:
-            break
-        passes += [(band, 0, 1), (band, 1, 0)] if band <= refined else [(band, 0, 0)]
-    for band, high, low in passes:
-        out += _segment(0xDA, bytes([1, 1, 0x00, band, band, (high << 4) | low])) + entropy
-    return out + b"\xff\xd9"
 
 
 # ---- RLE BMP ----
