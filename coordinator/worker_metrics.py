@@ -44,6 +44,8 @@ def samples(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
             value = float(match.group(3))
         except ValueError:
             continue
+        if not math.isfinite(value) or abs(value) > 1e15:  # counts we could not show (int(inf) raises)
+            continue
         yield match.group(1), dict(LABEL.findall(match.group(2) or "")), value
         count += 1
         if count >= MAX_SAMPLES:

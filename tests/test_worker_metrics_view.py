@@ -47,6 +47,13 @@ def test_figures_from_a_worker_body():
     assert one.p95_ms == pytest.approx(10.0)  # in +Inf: the highest finite bound
 
 
+def test_values_no_count_can_hold_are_skipped_not_raised():
+    """int(inf) raises OverflowError: a worker's +Inf or NaN count must not crash `workers`."""
+    text = f"{DURATION}_count{{{PROCESS.format('200', 'op')}}} +Inf\nhttp_server_active_requests NaN\n"
+    one = worker_metrics.figures("http://w", text)
+    assert (one.requests, one.inflight) == (0, 0)
+
+
 def test_quantile_of_an_empty_histogram_is_none():
     assert worker_metrics.quantile(0.5, {}) is None
     assert worker_metrics.figures("http://w", "").p50_ms is None
