@@ -71,6 +71,14 @@ def quantile(q: float, buckets: dict[float, float]) -> float | None:
     return lower
 
 
+def bucket_bound(text: str) -> float:
+    """A bucket's `le` (NaN when it is not a number: that bucket is skipped)."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def figures(url: str, text: str) -> WorkerFigures:
     result, buckets = WorkerFigures(url), {}
     for name, labels, value in samples(text):
@@ -84,7 +92,7 @@ def figures(url: str, text: str) -> WorkerFigures:
             result.errors += int(value) if status[:1] in ("4", "5") else 0
             result.busy += int(value) if status == "503" else 0
         elif name == f"{DURATION}_bucket":
-            le = float(labels.get("le", "nan"))
+            le = bucket_bound(labels.get("le", ""))
             if not math.isnan(le):
                 buckets[le] = buckets.get(le, 0.0) + value
     p50, p95 = quantile(0.5, buckets), quantile(0.95, buckets)

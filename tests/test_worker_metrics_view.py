@@ -52,6 +52,8 @@ def test_values_no_count_can_hold_are_skipped_not_raised():
     text = f"{DURATION}_count{{{PROCESS.format('200', 'op')}}} +Inf\nhttp_server_active_requests NaN\n"
     one = worker_metrics.figures("http://w", text)
     assert (one.requests, one.inflight) == (0, 0)
+    bad_bound = f'{DURATION}_bucket{{le="abc",{PROCESS.format("200", "op")}}} 1\n'
+    assert worker_metrics.figures("http://w", bad_bound).p50_ms is None
 
 
 def test_quantile_of_an_empty_histogram_is_none():
