@@ -2,10 +2,12 @@
 
     python -m scripts.soak                 # ~1000 fuzz cases per runtime, 100 jobs, every fault
     python -m scripts.soak --fuzz-cases 200 --jobs 50      # shorter
+    python -m scripts.soak --only hostile                  # issue 11's slow attacks, ~5 min
 
 Runs the same functions as tests/test_fuzz.py, test_load.py, test_faults.py and
 test_shutdown.py with bigger budgets, then prints: cases fuzzed per runtime and 5xx seen; jobs
-under load (completed, failed cleanly, lost); each fault and its outcome; peak RSS per worker.
+under load (completed, failed cleanly, lost); each fault and its outcome; each hostile-client
+attack (scripts/testkit/hostile_soak.py) with /healthz latency under it; peak RSS per worker.
 Loopback only. Exit 0 when every row passed, 1 otherwise (the table says which and why).
 """
 
@@ -211,11 +213,42 @@ def shutdown_rows(fleet: Fleet) -> list:
     return rows
 
 
+def hostile_rows(fleet: Fleet) -> list:
+    """Issue 11's attacks that take time, each bounded (about 20-30 s), per runtime."""
+    from scripts.testkit import hostile_soak as attack
+
+    open_attacks = [
+        attack.idle_connections,
+        attack.truncated_multiparts,
+        lambda w: attack.scan_jpegs(w, 100),
+        lambda w: attack.scan_jpegs(w, 127),
+    ]
+    token_attacks = [
+        lambda w: attack.slow_bodies(w, authorised=False),
+        lambda w: attack.slow_bodies(w, authorised=True),
+        attack.long_auth_flood,
+        attack.refused_push,
+    ]
+    rows = []
+    for runtime in RUNTIMES:
+        for env, attacks, kind in ((None, open_attacks, "open"), (attack.TOKEN_ENV, token_attacks, "token")):
+            worker = None
+            for run in attacks:
+                if worker is None or worker.proc.poll() is not None:  # a killed worker is replaced
+                    worker = fleet.start(runtime, env, label=f"hostile-{kind}-{runtime}")
+                try:
+                    subject, figures, ok = run(worker)
+                except Exception as exc:
+                    subject, figures, ok = getattr(run, "__name__", "attack"), f"harness error: {exc}", False
+                rows.append(("hostile", f"{subject}, worker-{runtime}", figures, ok, []))
+    return rows
+
+
 def print_table(rows: list, rss: dict, header: str) -> None:
     rows = rows + [
         ("rss", f"peak RSS {label}", f"{mb:.0f} MB (VmHWM)", mb > 0, []) for label, mb in sorted(rss.items())
     ]
-    widths = (5, max(len(r[1]) for r in rows), 6)
+    widths = (7, max(len(r[1]) for r in rows), 6)
     print(header)
     line = f"{'area':<{widths[0]}}  {'subject':<{widths[1]}}  {'result':<{widths[2]}}  figures"
     print(line)
@@ -236,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=100, help="jobs under load (100)")
     parser.add_argument("--threads", type=int, default=10, help="client threads (10)")
     parser.add_argument("--seed", type=int, default=20261128, help="seed for every generator")
-    parser.add_argument("--only", choices=("fuzz", "load", "faults"), help="run one part")
+    parser.add_argument("--only", choices=("fuzz", "load", "faults", "hostile"), help="run one part")
     args = parser.parse_args(argv)
     for name in ("fuzz_cases", "jobs", "threads", "bitflips"):
         if getattr(args, name) < 1:
@@ -255,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.only in (None, "faults"):
                 rows += fault_rows(fleet)
                 rows += shutdown_rows(fleet)
+            if args.only in (None, "hostile"):
+                rows += hostile_rows(fleet)
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             return 130
