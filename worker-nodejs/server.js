@@ -50,12 +50,17 @@ function configOrExit() {
   }
 }
 
+// Pending connections the kernel queues for us: Node's default (511) filled while 1000 idle
+// connections were being renewed and a health probe's SYN waited 1 s for a retransmit.
+// gunicorn's default is the same 2048.
+const LISTEN_BACKLOG = 2048;
+
 function listen(server, config, logger) {
   server.on('error', (err) => {
     process.stderr.write(`error: cannot listen on ${config.host}:${config.port}: ${err.message}\n`);
     process.exit(1);
   });
-  server.listen(config.port, config.host, () => {
+  server.listen({ port: config.port, host: config.host, backlog: LISTEN_BACKLOG }, () => {
     const { port } = server.address();
     logger.info('listening', {
       host: config.host,
