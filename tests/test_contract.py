@@ -24,6 +24,7 @@ from PIL import Image
 from referencing import Registry
 from referencing.jsonschema import DRAFT7
 
+from scripts.testkit.images import solid_png
 from scripts.testkit.procs import ROOT, RUNTIMES, start_worker
 
 SPEC = json.loads((ROOT / "tests" / "contract" / "openapi.json").read_text())
@@ -123,12 +124,6 @@ def runtime_of(worker) -> str:
 
 def expected_for(op: str, name: str = "photo.png") -> np.ndarray:
     return np.asarray(Image.open(VECTORS / "expected" / f"{name.replace('.', '_')}-{op}.png").convert("RGB"))
-
-
-def png_of(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (10, 120, 240)).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 class SlowUpload:
@@ -619,8 +614,8 @@ def test_huge_declared_body_is_refused_without_reading_it(strict_worker):
 
 
 def test_pixel_limit_is_checked_from_the_header(strict_worker):
-    assert_error(post(strict_worker, png_of(200, 51), headers=AUTH), 413, "too_many_pixels")
-    assert post(strict_worker, png_of(200, 50), headers=AUTH).status_code == 200  # exactly the limit
+    assert_error(post(strict_worker, solid_png(200, 51), headers=AUTH), 413, "too_many_pixels")
+    assert post(strict_worker, solid_png(200, 50), headers=AUTH).status_code == 200  # exactly the limit
 
 
 @pytest.mark.parametrize(

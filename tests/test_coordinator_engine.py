@@ -22,6 +22,7 @@ from coordinator.discovery import discover
 from coordinator.engine import run_job
 from coordinator.errors import InputError, NoWorkerError
 from scripts.testkit.faultproxy import FaultProxy
+from scripts.testkit.images import png_bytes
 
 
 def photo(height: int, width: int, seed: int = 3) -> np.ndarray:
@@ -31,12 +32,6 @@ def photo(height: int, width: int, seed: int = 3) -> np.ndarray:
     x = np.linspace(0, 1, width)[None, :, None]
     base = 128 + 90 * np.sin(6 * x + 3 * y + np.array([0, 1, 2]))
     return np.clip(base + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)
-
-
-def png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def expected(pixels: np.ndarray, ops: list[str], radius: float = 2) -> np.ndarray:
@@ -62,7 +57,7 @@ def assert_close(actual: np.ndarray, wanted: np.ndarray) -> None:
 def test_seed_plan_routes_each_op_to_its_own_runtime(local_fleet):
     pixels = photo(121, 90)
     threads = set()
-    result = run_job(png(pixels), config_for(local_fleet), on_event=lambda e: threads.add(threading.get_ident()))
+    result = run_job(png_bytes(pixels), config_for(local_fleet), on_event=lambda e: threads.add(threading.get_ident()))
     assert threads == {threading.get_ident()}  # events arrive on the caller's thread (Streamlit needs it)
     assert result.ops == ["grayscale", "sepia"]
     assert [s.runtime for s in result.strips] == ["python", "nodejs"]
@@ -85,7 +80,7 @@ def test_already_decoded_pixels_are_used_instead_of_decoding_again(local_fleet):
 def test_one_op_for_all_strips(local_fleet, count):
     pixels = photo(53, 31, seed=count)
     events = []
-    result = run_job(png(pixels), config_for(local_fleet), plan="invert", strips=count, on_event=events.append)
+    result = run_job(png_bytes(pixels), config_for(local_fleet), plan="invert", strips=count, on_event=events.append)
     assert len(result.strips) == count and result.ops == ["invert"] * count
     assert np.array_equal(result.pixels, 255 - pixels)
     assert sorted(e.index for e in events if e.kind == "done") == list(range(count))
@@ -96,26 +91,26 @@ def test_one_op_for_all_strips(local_fleet, count):
 @pytest.mark.parametrize("height, count", [(1, 1), (1, 3), (2, 7), (7, 3), (13, 7)])
 def test_small_and_odd_heights(local_fleet, height, count):
     pixels = photo(height, 17)
-    result = run_job(png(pixels), config_for(local_fleet), plan="seed", strips=count)
+    result = run_job(png_bytes(pixels), config_for(local_fleet), plan="seed", strips=count)
     assert len(result.strips) == min(height, count)  # capped by the image height
     assert_close(result.pixels, expected(pixels, result.ops))
 
 
 def test_comma_plan_and_strips_must_agree(local_fleet):
     pixels = photo(30, 20)
-    result = run_job(png(pixels), config_for(local_fleet), plan="sepia,invert,grayscale", strips=3)
+    result = run_job(png_bytes(pixels), config_for(local_fleet), plan="sepia,invert,grayscale", strips=3)
     assert_close(result.pixels, expected(pixels, ["sepia", "invert", "grayscale"]))
     with pytest.raises(InputError, match="plan lists 3 ops but there are 2 strips"):
-        run_job(png(pixels), config_for(local_fleet), plan="sepia,invert,grayscale", strips=2)
+        run_job(png_bytes(pixels), config_for(local_fleet), plan="sepia,invert,grayscale", strips=2)
     with pytest.raises(InputError, match="only 2 rows"):
-        run_job(png(photo(2, 20)), config_for(local_fleet), plan="sepia,invert,grayscale", strips=3)
+        run_job(png_bytes(photo(2, 20)), config_for(local_fleet), plan="sepia,invert,grayscale", strips=3)
 
 
 @pytest.mark.parametrize("radius", [0.7, 2.5, 15])
 @pytest.mark.parametrize("count", [2, 3, 7])
 def test_blur_in_strips_is_byte_identical_to_one_process(local_fleet, radius, count):
     pixels = photo(150, 64, seed=int(radius * 10))
-    result = run_job(png(pixels), config_for(local_fleet), plan="blur", strips=count, params={"radius": radius})
+    result = run_job(png_bytes(pixels), config_for(local_fleet), plan="blur", strips=count, params={"radius": radius})
     whole = np.asarray(Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(radius)))
     assert np.array_equal(result.pixels, whole)
     assert {s.runtime for s in result.strips} == {"python", "nodejs"}  # both runtimes took part
@@ -127,11 +122,11 @@ def test_blur_goes_only_to_workers_that_offer_it(local_fleet, python_worker, nod
         dataclasses.replace(s, operations=tuple(o for o in s.operations if o != "blur")) if s.runtime == "nodejs" else s
         for s in statuses
     ]
-    result = run_job(png(photo(40, 20)), config_for(local_fleet), plan="blur", strips=3, workers=without_blur)
+    result = run_job(png_bytes(photo(40, 20)), config_for(local_fleet), plan="blur", strips=3, workers=without_blur)
     assert {s.worker_url for s in result.strips} == {python_worker.url}
     nobody = [dataclasses.replace(s, operations=("grayscale",)) for s in statuses]
     with pytest.raises(NoWorkerError) as info:
-        run_job(png(photo(40, 20)), config_for(local_fleet), plan="seed", workers=nobody)
+        run_job(png_bytes(photo(40, 20)), config_for(local_fleet), plan="seed", workers=nobody)
     message = str(info.value)
     assert "no healthy worker offers sepia (strip 2)" in message
     assert f"{nodejs_worker.url}: does not offer sepia" in message and "\n" not in message
@@ -140,7 +135,7 @@ def test_blur_goes_only_to_workers_that_offer_it(local_fleet, python_worker, nod
 def test_all_workers_down_names_each_worker(worker_factory):
     config = config_for(["http://127.0.0.1:9", "http://127.0.0.1:1"], health_timeout=0.5)
     with pytest.raises(NoWorkerError) as info:
-        run_job(png(photo(10, 10)), config)
+        run_job(png_bytes(photo(10, 10)), config)
     assert info.value.exit_code == 3
     assert "http://127.0.0.1:9: unreachable: connection refused" in str(info.value)
     assert "http://127.0.0.1:1: unreachable" in str(info.value)
@@ -164,12 +159,12 @@ def test_failover_when_a_worker_is_killed(pair):
     python, nodejs = pair
     pixels = photo(200, 80)
     config = config_for([python.url, nodejs.url])
-    healthy = run_job(png(pixels), config, strips=4)
+    healthy = run_job(png_bytes(pixels), config, strips=4)
     statuses = discover(config)  # taken while both were up: the python worker dies after it
     signal_all(python, signal.SIGKILL)
     python.proc.wait(timeout=10)
     events = []
-    result = run_job(png(pixels), config, strips=4, workers=statuses, on_event=events.append)
+    result = run_job(png_bytes(pixels), config, strips=4, workers=statuses, on_event=events.append)
     assert np.array_equal(result.pixels, healthy.pixels)
     assert {s.worker_url for s in result.strips} == {nodejs.url}
     failed_over = [s for s in result.strips if s.failovers]
@@ -181,11 +176,11 @@ def test_failover_when_a_worker_hangs(pair):
     python, nodejs = pair
     pixels = photo(160, 60)
     config = config_for([python.url, nodejs.url], connect_timeout=0.5, read_timeout=1.5)
-    healthy = run_job(png(pixels), config, strips=2)
+    healthy = run_job(png_bytes(pixels), config, strips=2)
     statuses = discover(config)
     signal_all(nodejs, signal.SIGSTOP)
     try:
-        result = run_job(png(pixels), config, strips=2, workers=statuses)
+        result = run_job(png_bytes(pixels), config, strips=2, workers=statuses)
     finally:
         signal_all(nodejs, signal.SIGCONT)
     assert np.array_equal(result.pixels, healthy.pixels)
@@ -210,7 +205,7 @@ def test_busy_worker_is_retried_after_retry_after(worker_factory):
     # Pretend it takes 8 at once, so our own per-worker cap does not hide its 503s.
     statuses = [dataclasses.replace(s, max_inflight=8) for s in discover(config)]
     pixels = photo(400, 300)
-    result = run_job(png(pixels), config, plan="invert", strips=6, workers=statuses)
+    result = run_job(png_bytes(pixels), config, plan="invert", strips=6, workers=statuses)
     assert np.array_equal(result.pixels, 255 - pixels)
     assert any("busy" in reason for s in result.strips for reason in s.failovers)
 
@@ -220,14 +215,14 @@ def test_token_rejected_is_named_and_other_4xx_are_not_retried(worker_factory):
     small = worker_factory("nodejs", {"WORKER_MAX_BYTES": "1000"})
     pixels = photo(60, 60)
     with pytest.raises(NoWorkerError, match=f"token rejected by {guarded.url}"):
-        run_job(png(pixels), config_for([guarded.url], token="wrong"), plan="invert", strips=1)
-    assert run_job(png(pixels), config_for([guarded.url], token="right"), plan="invert", strips=1)
+        run_job(png_bytes(pixels), config_for([guarded.url], token="wrong"), plan="invert", strips=1)
+    assert run_job(png_bytes(pixels), config_for([guarded.url], token="right"), plan="invert", strips=1)
     # 413 means our request is bad: the strip fails at once although another worker could try.
     # (The small worker advertises its 1000-byte limit, so we must pretend it said more.)
     config = config_for([small.url, guarded.url], token="right")
     lying = [dataclasses.replace(s, max_bytes=50_000_000) if s.url == small.url else s for s in discover(config)]
     with pytest.raises(NoWorkerError) as info:
-        run_job(png(pixels), config, plan="sepia", strips=1, workers=lying)
+        run_job(png_bytes(pixels), config, plan="sepia", strips=1, workers=lying)
     assert f"{small.url} refused strip 1 (op sepia)" in str(info.value) and "too_large" in str(info.value)
     assert len(info.value.attempts) == 1
 
@@ -235,8 +230,8 @@ def test_token_rejected_is_named_and_other_4xx_are_not_retried(worker_factory):
 @pytest.mark.parametrize("transport", ["png", "webp-lossless"])
 def test_compressed_transports_give_the_same_pixels(local_fleet, transport):
     pixels = photo(70, 50)
-    raw = run_job(png(pixels), config_for(local_fleet), plan="blur", strips=3)
-    other = run_job(png(pixels), config_for(local_fleet, transport=transport), plan="blur", strips=3)
+    raw = run_job(png_bytes(pixels), config_for(local_fleet), plan="blur", strips=3)
+    other = run_job(png_bytes(pixels), config_for(local_fleet, transport=transport), plan="blur", strips=3)
     assert np.array_equal(raw.pixels, other.pixels) and {s.wire for s in other.strips} == {transport}
 
 
@@ -254,7 +249,7 @@ def test_a_bad_reply_is_never_stitched(python_worker, nodejs_worker, mode, words
     proxy = FaultProxy(python_worker.url, mode=mode).start()
     try:
         config = config_for([proxy.url, nodejs_worker.url], read_timeout=5)
-        result = run_job(png(pixels), config, plan="invert", strips=2)
+        result = run_job(png_bytes(pixels), config, plan="invert", strips=2)
     finally:
         proxy.stop()
     assert proxy.faulted >= 1
@@ -266,7 +261,7 @@ def test_a_bad_reply_is_never_stitched(python_worker, nodejs_worker, mode, words
 
 def test_many_strips_on_a_tall_narrow_image(local_fleet):
     pixels = photo(300, 5)
-    result = run_job(png(pixels), config_for(local_fleet), plan="invert", strips=100)
+    result = run_job(png_bytes(pixels), config_for(local_fleet), plan="invert", strips=100)
     assert len(result.strips) == 100 and np.array_equal(result.pixels, 255 - pixels)
 
 

@@ -3,7 +3,6 @@ and counters that move by the right amount after known requests."""
 
 from __future__ import annotations
 
-import io
 import signal
 import socket
 import time
@@ -11,9 +10,9 @@ from contextlib import contextmanager
 
 import pytest
 import requests
-from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from scripts.testkit.images import solid_png
 from scripts.testkit.procs import RUNTIMES
 
 TIMEOUT = 30
@@ -37,12 +36,6 @@ NODE_ONLY = {"nodejs_eventloop_lag_seconds": ("gauge", set())}
 def worker(request, worker_factory):
     """One slot, so a second /process is a 503 busy."""
     return worker_factory(request.param, {"WORKER_MAX_INFLIGHT": "1"})
-
-
-def png_of(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (10, 120, 240)).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @contextmanager
@@ -87,7 +80,7 @@ def post(worker, body: bytes, op: str = "grayscale") -> requests.Response:
 
 
 def test_metric_names_types_and_labels_are_the_contracts(worker):
-    post(worker, png_of(4, 4))  # so the histogram has a labelled series
+    post(worker, solid_png(4, 4))  # so the histogram has a labelled series
     response = requests.get(worker.url + "/metrics", timeout=TIMEOUT)
     families = {family.name: family for family in text_string_to_metric_families(response.text)}
     expected = {**FAMILIES, **(NODE_ONLY if "nodejs" in worker.log_path.name else {})}
@@ -102,7 +95,7 @@ def test_metric_names_types_and_labels_are_the_contracts(worker):
 
 def test_counters_move_by_the_right_amount(worker):
     before = scrape(worker)
-    image = png_of(64, 48)
+    image = solid_png(64, 48)
     ok = post(worker, image)
     assert ok.status_code == 200
     bad_param = post(worker, image, op="no-such-op")
@@ -136,7 +129,7 @@ def test_a_busy_rejection_counts_once_and_metrics_answer_while_the_slot_is_held(
     with held_slot(worker):
         before = scrape(worker)  # answered while the only slot is held
         assert value(before, "http_server_active_requests") >= 1
-        refused = post(worker, png_of(8, 8))
+        refused = post(worker, solid_png(8, 8))
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "busy"
         after = scrape(worker)
     assert (
@@ -155,7 +148,7 @@ def test_a_draining_rejection_counts_once(worker_factory, runtime):
             assert time.monotonic() < deadline, "the worker never said draining"
             time.sleep(0.05)
         before = scrape(worker)
-        refused = post(worker, png_of(8, 8))
+        refused = post(worker, solid_png(8, 8))
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
         after = scrape(worker)
     assert (

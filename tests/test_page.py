@@ -30,19 +30,9 @@ from coordinator.page_text import (
     runtimes_note,
     safe_name,
 )
-from scripts.testkit.procs import ROOT, free_port
+from scripts.testkit.procs import free_port
 from tests.support.hostile_worker import HostileWorker
-
-APP = str(ROOT / "coordinator" / "app.py")
-RUN_TIMEOUT = 60
-
-
-def colourful_png(width: int = 240, height: int = 160) -> bytes:
-    y, x = np.mgrid[0:height, 0:width]
-    pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], axis=-1)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.astype(np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
+from tests.support.page import RUN_TIMEOUT, colourful_png, open_page, process, texts, upload
 
 
 def encoded_bmp(width: int, height: int) -> bytes:
@@ -57,31 +47,6 @@ def fresh_cache():
     st.cache_data.clear()
     yield
     st.cache_data.clear()
-
-
-def open_page(monkeypatch, workers: list[str]) -> AppTest:
-    monkeypatch.setenv("COORDINATOR_WORKERS", ",".join(workers))
-    for name in ("COORDINATOR_WORKERS_FILE", "COORDINATOR_PULUMI_STACK", "COORDINATOR_WORKER_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    page = AppTest.from_file(APP, default_timeout=RUN_TIMEOUT).run()
-    assert not page.exception, page.exception
-    return page
-
-
-def upload(page: AppTest, name: str, data: bytes, mime: str = "image/png") -> AppTest:
-    page.file_uploader[0].set_value((name, data, mime)).run()
-    assert not page.exception, page.exception
-    return page
-
-
-def process(page: AppTest) -> AppTest:
-    page.button(key="process").click().run()
-    assert not page.exception, page.exception
-    return page
-
-
-def texts(elements) -> str:
-    return "\n".join(str(element.value) for element in elements)
 
 
 def captions(page: AppTest) -> str:

@@ -1,6 +1,6 @@
 """Coordinator traces (issue 18): one trace per job, `job` -> `strip` -> `attempt` spans, each
 attempt's span continued by the worker it was sent to; both real workers and the coordinator
-export to one real OTLP receiver on 127.0.0.1 (tests/test_tracing_workers.py's)."""
+export to one real OTLP receiver on 127.0.0.1 (tests/support/otlp.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 
@@ -19,8 +18,9 @@ import pytest
 from coordinator import tracing
 from coordinator.config import CoordinatorConfig
 from coordinator.engine import run_job
-from tests.test_coordinator_engine import png
-from tests.test_tracing_workers import OtlpReceiver
+from scripts.testkit.images import png_bytes
+from tests.support.otlp import otlp_receiver
+from tests.support.page import colourful_png, open_page, process, upload
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST_BATCH = {"OTEL_BSP_SCHEDULE_DELAY": "100"}
@@ -28,12 +28,8 @@ FAST_BATCH = {"OTEL_BSP_SCHEDULE_DELAY": "100"}
 
 @pytest.fixture(scope="module")
 def receiver():
-    server = OtlpReceiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with otlp_receiver() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +47,7 @@ def tracing_on(receiver, monkeypatch):
 def traced_job(urls: list[str], strips: int = 2):
     config = dataclasses.replace(CoordinatorConfig(workers=tuple(urls), source="test"))
     pixels = np.random.default_rng(5).integers(0, 255, (40, 24, 3), dtype=np.uint8)
-    result = run_job(png(pixels), config, plan="seed", strips=strips)
+    result = run_job(png_bytes(pixels), config, plan="seed", strips=strips)
     tracing.flush()
     return result
 
@@ -114,9 +110,9 @@ def test_without_an_endpoint_the_job_still_sends_one_trace_id_and_loads_no_sdk(p
         "import sys, dataclasses, numpy as np\n"
         "from coordinator.config import CoordinatorConfig\n"
         "from coordinator.engine import run_job\n"
-        "from tests.test_coordinator_engine import png\n"
+        "from scripts.testkit.images import png_bytes\n"
         f"config = CoordinatorConfig(workers=({python_worker.url!r}, {nodejs_worker.url!r}), source='test')\n"
-        "r = run_job(png(np.zeros((8, 8, 3), np.uint8)), config, plan='seed', strips=2)\n"
+        "r = run_job(png_bytes(np.zeros((8, 8, 3), np.uint8)), config, plan='seed', strips=2)\n"
         "assert len(r.trace_id) == 32 and int(r.trace_id, 16), r.trace_id\n"
         "assert {s.trace_id for s in r.strips} == {r.trace_id}\n"
         "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
@@ -130,7 +126,7 @@ def test_without_an_endpoint_the_job_still_sends_one_trace_id_and_loads_no_sdk(p
 def test_process_trace_prints_the_trace_id_whose_spans_the_cli_exported(traced_fleet, receiver, tmp_path):
     """`--trace` prints the id; the CLI's spans leave at exit (the SDK's flush), not lost."""
     source = tmp_path / "in.png"
-    source.write_bytes(png(np.zeros((16, 8, 3), np.uint8)))
+    source.write_bytes(png_bytes(np.zeros((16, 8, 3), np.uint8)))
     command = [sys.executable, "-m", "coordinator", "process", str(source), "-o", str(tmp_path / "out.png")]
     command += ["--trace", "--workers", ",".join(traced_fleet)]
     env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}
@@ -142,8 +138,6 @@ def test_process_trace_prints_the_trace_id_whose_spans_the_cli_exported(traced_f
 
 
 def test_the_pages_strip_table_shows_the_trace_id_when_tracing_is_on(monkeypatch, traced_fleet, receiver, tracing_on):
-    from tests.test_page import colourful_png, open_page, process, upload
-
     page = process(upload(open_page(monkeypatch, traced_fleet), "colour.png", colourful_png()))
     [trace_id] = set(page.dataframe[0].value["trace"])
     tracing.flush()

@@ -13,8 +13,9 @@ import pytest
 import requests
 
 from coordinator import worker_metrics
+from scripts.testkit.images import solid_png
 from tests.support.hostile_worker import HostileWorker
-from tests.test_tracing_workers import png_of
+from tests.support.page import open_page, texts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROCESS = 'http_request_method="POST",http_route="/process",http_response_status_code="{}",op="{}"'
@@ -74,8 +75,8 @@ def run_workers_command(urls: list[str]) -> subprocess.CompletedProcess:
 
 def test_the_workers_command_prints_each_workers_figures(fresh_fleet):
     for url in fresh_fleet:
-        ok = requests.post(url + "/process?op=invert", data=png_of(8, 8), headers={"Content-Type": "image/png"})
-        bad = requests.post(url + "/process?op=bogus", data=png_of(8, 8), headers={"Content-Type": "image/png"})
+        ok = requests.post(url + "/process?op=invert", data=solid_png(8, 8), headers={"Content-Type": "image/png"})
+        bad = requests.post(url + "/process?op=bogus", data=solid_png(8, 8), headers={"Content-Type": "image/png"})
         assert (ok.status_code, bad.status_code) == (200, 400)
     done = run_workers_command(fresh_fleet)
     assert done.returncode == 0, done.stderr
@@ -92,8 +93,6 @@ def test_a_worker_whose_metrics_are_not_prometheus_text_gets_an_error_line(pytho
 
 
 def test_the_pages_worker_cards_show_the_same_figures(monkeypatch, fresh_fleet):
-    from tests.test_page import open_page, texts
-
     page = open_page(monkeypatch, fresh_fleet)
     shown = texts(page.sidebar.text)
     figures = re.findall(r"^\d+ requests, \d+ errors, \d+ busy \(503\), \d+ in flight, p50 .+, p95 .+$", shown, re.M)

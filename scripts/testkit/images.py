@@ -76,3 +76,8 @@ def colourful_image(width: int, height: int) -> Image.Image:
     y, x = np.mgrid[0:height, 0:width]
     pixels = np.stack([x * 255 // width, y * 255 // height, 255 - (x + y) * 255 // (width + height)], axis=-1)
     return Image.fromarray(pixels.astype(np.uint8))
+
+
+def solid_png(width: int, height: int, colour: tuple[int, int, int] = (10, 120, 240)) -> bytes:
+    """A one-colour RGB PNG: the smallest valid request body for a worker."""
+    return png_bytes(Image.new("RGB", (width, height), colour))
