@@ -129,6 +129,11 @@ def preview_of(image: Image.Image) -> tuple[Image.Image, bool]:
     return small.resize((small.width, min_rows), Image.Resampling.NEAREST), True
 
 
+def shown_pixels(colour: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """What a preview shows: the colour, with transparent parts on white (as JPEG output gets)."""
+    return colour if alpha is None else imaging.flatten_on_white(np.dstack((colour, alpha)))
+
+
 def jpeg_bytes(image: Image.Image) -> bytes:
     """Encoded once and kept: st.image re-encodes a PIL image on every rerun, bytes it sends as-is."""
     buffer = io.BytesIO()
@@ -184,16 +189,18 @@ def decode_upload(uploaded, config: CoordinatorConfig) -> dict:
     if size is not None and size[0] * size[1] > config.max_pixels:
         raise UploadRefused(too_many_pixels(size[0], size[1], config.max_pixels))
     try:
-        pixels = imaging.decode_pixels(data, config.max_pixels)  # once: run_job reuses it
+        # once: run_job reuses the colour; the alpha waits beside it (issue 12.7)
+        pixels, alpha = imaging.decode_with_alpha(data, config.max_pixels)
     except InputError as exc:
         raise UploadRefused(input_problem(str(exc))) from None
-    preview, stretched = preview_of(Image.fromarray(pixels))
+    preview, stretched = preview_of(Image.fromarray(shown_pixels(pixels, alpha)))
     # The raw bytes are not kept: Streamlit holds the upload already (uploaded.getvalue()).
     return {
         "file_id": uploaded.file_id,
         "name": uploaded.name,
         "size": len(data),
         "pixels": pixels,
+        "alpha": alpha,
         "width": pixels.shape[1],
         "height": pixels.shape[0],
         "preview": jpeg_bytes(preview),
@@ -388,8 +395,10 @@ def process(upload: dict, uploaded, config: CoordinatorConfig, choice: dict, kno
     images().pop("outcome", None)  # the old result goes before the new preview is made
     images().pop("encoded", None)
     release_freed_memory()  # the job's strip bodies and replies, freed in its threads' arenas
+    radius = (choice["params"] or {}).get("radius")
+    output = imaging.with_alpha(result.pixels, upload["alpha"], result.strips, radius)
     # frombuffer shares the result's memory (fromarray would copy 36 MB for 12 MP); only read.
-    pixels = np.ascontiguousarray(result.pixels)
+    pixels = np.ascontiguousarray(result.pixels if upload["alpha"] is None else imaging.flatten_on_white(output))
     preview_image, stretched = preview_of(
         Image.frombuffer("RGB", (result.width, result.height), pixels, "raw", "RGB", 0, 1)
     )
@@ -397,6 +406,7 @@ def process(upload: dict, uploaded, config: CoordinatorConfig, choice: dict, kno
     images()["outcome"] = {
         "job": uuid.uuid4().hex,
         "result": result,
+        "output": output,  # the result with the input's alpha back, when it had one
         "preview": jpeg_bytes(preview_image),
         "preview_image": preview_image,
         "stretched": stretched,
@@ -505,9 +515,17 @@ def download_bytes(outcome: dict, out_format: str, quality: int, png_level: int)
         return cached["data"]
     images().pop("encoded", None)  # one encoded copy per session
     with st.spinner(f"Encoding the full-size {out_format.upper()}…"):
-        data = imaging.encode_output(outcome["result"].pixels, out_format, quality, png_level)
+        data = imaging.encode_output(outcome["output"], out_format, quality, png_level)
     images()["encoded"] = {"key": key, "data": data}
     return data
+
+
+def transparency_note(outcome: dict, out_format: str) -> str:
+    if outcome["output"].shape[2] != 4:
+        return ""
+    if out_format in imaging.ALPHA_FORMATS:
+        return " Transparency is kept."
+    return f" {out_format.upper()} has no transparency: transparent parts are flattened onto white."
 
 
 def download(upload: dict, outcome: dict, choice: dict, config: CoordinatorConfig) -> None:
@@ -517,6 +535,7 @@ def download(upload: dict, outcome: dict, choice: dict, config: CoordinatorConfi
         f"Full size, {out_format.upper()}"
         + (f", quality {quality}" if out_format != "png" else "")
         + ". Change the format above; no need to process again."
+        + transparency_note(outcome, out_format)
     )
     data = download_bytes(outcome, out_format, quality, config.png_level)
     stem = Path(upload["name"]).stem or "image"

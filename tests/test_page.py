@@ -415,3 +415,28 @@ def test_missing_workers_name_the_runtime_and_reason():
     assert runtimes_note([strip(0, 0, 10)], [("python", "python at h:1: down")]).startswith(
         "This job ran without 1 configured worker (below), on **python**."
     )
+
+
+def test_transparency_is_kept_in_png_and_flattened_onto_white_for_jpeg(monkeypatch, local_fleet):
+    """Issue 12.7: the ops change colour, the upload's alpha passes through to the download."""
+    rng = np.random.default_rng(7)
+    rgba = rng.integers(0, 256, (160, 240, 4), dtype=np.uint8)
+    rgba[:, :120, 3] = 0  # a transparent left half, as a logo's background
+    rgba[:, 120:, 3] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buffer, "PNG")
+    page = upload(open_page(monkeypatch, local_fleet), "logo.png", buffer.getvalue())
+    process(page)
+    assert not page.error, texts(page.error)
+    outcome = page.session_state["images"]["outcome"]
+    assert (outcome["output"][..., 3] == rgba[..., 3]).all()
+    assert (outcome["output"][..., :3] == outcome["result"].pixels).all()
+    png = Image.open(io.BytesIO(page.session_state["images"]["encoded"]["data"]))
+    assert png.mode == "RGBA" and (np.asarray(png)[..., 3] == rgba[..., 3]).all()
+    assert "Transparency is kept." in texts(page.caption)
+
+    page.button_group(key="out_format").set_value("JPEG").run()
+    assert "transparent parts are flattened onto white" in texts(page.caption)
+    jpeg = np.asarray(Image.open(io.BytesIO(page.session_state["images"]["encoded"]["data"])))
+    # white, away from the edge where JPEG rings against the noise (16 px chroma blocks)
+    assert jpeg.shape == (160, 240, 3) and jpeg[:, :96].min() >= 250
