@@ -63,7 +63,7 @@ test-python:
 # Only the real first boot of each role's user-data (systemd-nspawn; root, mmdebstrap,
 # systemd-container), with its timing table; `make test` runs it too.
 boot-test: setup
-	$(PY) -m pytest tests/test_boot.py $(PYTEST_ARGS)
+	$(PY) -m pytest tests/infra/test_boot.py $(PYTEST_ARGS)
 
 # Loopback, WAN (network namespace; needs root + iproute2, else one skip line), batch, page.
 bench: setup

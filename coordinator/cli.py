@@ -27,7 +27,7 @@ from coordinator.plan import BLUR_RADIUS_DEFAULT, BLUR_RADIUS_MAX, OPERATIONS, S
 
 # numpy, Pillow and the engine (imaging, engine, discovery) are imported where `process` or
 # `workers` first needs them, so --help, --version and usage errors start in a fraction of the
-# time (tests/test_imports.py keeps it so).
+# time (tests/coordinator/test_imports.py keeps it so).
 if TYPE_CHECKING:
     from coordinator.discovery import WorkerStatus
     from coordinator.engine import StripEvent, StripResult

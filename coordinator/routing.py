@@ -2,7 +2,7 @@
 slots, and the pure retry/backoff/failover decision.
 
 Nothing here does I/O; `decide` is a pure function of the failure and the attempt history,
-so the policy is unit-tested without processes (tests/test_routing.py).
+so the policy is unit-tested without processes (tests/coordinator/test_routing.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The launch template carries what infra/worker_node.py sets on a fixed instance (the same
 user-data, IMDSv2 with hop limit 1, encrypted gp3 root, tags, security group, instance profile).
 The settings themselves live in infra/pool_spec.py, which also renders them in the EC2/Auto
-Scaling API shape, so tests create real groups from them on a moto server (tests/test_pools.py).
+Scaling API shape, so tests create real groups from them on a moto server (tests/infra/test_pools.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 No Pulumi here: infra/pool.py declares the same settings as resources, the fleet tool starts
 instance refreshes with `refresh_preferences()`, and tests create real groups on a moto server
-from `template_data` / `group_request` (tests/test_pools.py).
+from `template_data` / `group_request` (tests/infra/test_pools.py).
 """
 
 from __future__ import annotations

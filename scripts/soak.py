@@ -4,7 +4,7 @@
     python -m scripts.soak --fuzz-cases 200 --jobs 50      # shorter
     python -m scripts.soak --only hostile                  # issue 11's slow attacks, ~5 min
 
-Runs the same functions as tests/test_fuzz.py, test_load.py, test_faults.py and
+Runs the same functions as tests/reliability/test_fuzz.py, test_load.py, test_faults.py and
 test_shutdown.py with bigger budgets, then prints: cases fuzzed per runtime and 5xx seen; jobs
 under load (completed, failed cleanly, lost); each fault and its outcome; each hostile-client
 attack (scripts/testkit/hostile_soak.py) with /healthz latency under it; peak RSS per worker.

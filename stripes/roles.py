@@ -4,7 +4,7 @@ Read by infra (bundle, config, user-data, nodes, outputs), the local runner (scr
 the tests' launcher (scripts/testkit/procs.py), the fleet deploy (scripts/fleet/) and the
 coordinator's default worker list. Stdlib only and imports nothing of the project, so every
 component may import it without a cycle. A new runtime is one more ROLE_SPECS entry; a port,
-start command or host path is one line here (tests/test_roles.py proves every consumer follows).
+start command or host path is one line here (tests/infra/test_roles.py proves every consumer follows).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class RoleSpec:
     start: tuple[str, ...]  # interpreter arguments that start the server, in the worker folder
     deps_manifest: str  # pinned dependencies; its hash decides whether a host reinstalls
     required_files: tuple[str, ...]  # a bundle without them is refused
-    # As the worker lists them in /healthz (tests/test_roles.py checks); the coordinator routes
+    # As the worker lists them in /healthz (tests/infra/test_roles.py checks); the coordinator routes
     # by /healthz. The primary op is the one applied when a request names none.
     operations: tuple[str, ...]
     primary_op: str

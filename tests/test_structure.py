@@ -54,3 +54,17 @@ def test_nothing_edits_sys_path():
         for p in python_files(*COMPONENTS, "tests")
         if any(edit in p.read_text() for edit in edits)
     ]
+
+
+# Each behaviour has one home: a test module sits in the folder of the component it checks.
+TEST_FOLDERS = ("contract", "coordinator", "fleet", "infra", "page", "reliability", "workers")
+
+
+def test_tests_are_laid_out_by_component():
+    misplaced = [
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "tests").rglob("test_*.py")
+        if p.relative_to(ROOT / "tests").parts[0] not in TEST_FOLDERS and p.name != "test_structure.py"
+    ]
+    assert not misplaced
+    assert all((ROOT / "tests" / folder / "__init__.py").is_file() for folder in TEST_FOLDERS)

@@ -1,6 +1,6 @@
 """Fault drivers: each runs a real job with one fault injected and judges the outcome.
 
-tests/test_faults.py asserts on them; scripts/soak.py runs them and tabulates the outcome.
+tests/reliability/test_faults.py asserts on them; scripts/soak.py runs them and tabulates the outcome.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Fuzz drivers for both workers: the HTTP contract (schemathesis) and the image decoders.
 
-Run bounded by tests/test_fuzz.py and with bigger budgets by scripts/soak.py.
+Run bounded by tests/reliability/test_fuzz.py and with bigger budgets by scripts/soak.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The long forms of the hostile-client attacks (issue 11, contract rules 3, 5 and 10), for the soak.
 
 Each function attacks one running worker for a bounded time and returns (subject, figures, ok).
-The short forms, with assertions, are in tests/test_contract_rules.py. PASS means /healthz
+The short forms, with assertions, are in tests/contract/test_contract_rules.py. PASS means /healthz
 stayed under 1 s (every probe answered 200), the worker is alive and the statuses are right.
 Loopback only; every attack has a deadline and closes its sockets.
 """

@@ -1,4 +1,5 @@
-"""A load run through the coordinator engine against workers made to push back (tests/test_load.py, soak)."""
+"""A load run through the coordinator engine against workers made to push back (tests/reliability/test_load.py,
+soak)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SIGTERM while a request is in flight: drivers for tests/test_shutdown.py and scripts/soak.py."""
+"""SIGTERM while a request is in flight: drivers for tests/reliability/test_shutdown.py and scripts/soak.py."""
 
 from __future__ import annotations
 

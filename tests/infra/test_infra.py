@@ -24,7 +24,7 @@ from infra import bundle
 from infra.config import DEFAULTS, MIN_PREFIX_LENGTH, ConfigError, parse_settings
 from infra.releases import host_read_policy
 from stripes.roles import ROLE_SPECS
-from tests.infra_harness import (
+from tests.support.infra_harness import (
     LAST_MOCKS,
     MOCK_AMI,
     MOCK_TOKEN,

@@ -21,7 +21,7 @@ from scripts import local
 from scripts.fleet.deploy import HostPaths
 from scripts.testkit import procs
 from stripes.roles import ROLE_SPECS
-from tests.infra_harness import REGION, reveal, run_program
+from tests.support.infra_harness import REGION, reveal, run_program
 
 ROLE = "worker-python"
 INSTANCE = "aws:ec2/instance:Instance"

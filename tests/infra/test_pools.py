@@ -31,8 +31,8 @@ from scripts.fleet import errors
 from scripts.fleet.errors import FleetError
 from scripts.fleet.pools import rollout
 from scripts.testkit.procs import free_port
-from tests.infra_harness import MOCK_SUBNETS, MOCK_TOKEN, PROJECT, REGION, STACK, run_program
 from tests.support.fleet_cli import assert_one_error_line, run_fleet
+from tests.support.infra_harness import MOCK_SUBNETS, MOCK_TOKEN, PROJECT, REGION, STACK, run_program
 from tests.support.moto_server import aws_env, start_moto_server, ubuntu_ami
 
 CLIENT = "198.51.100.7/32"

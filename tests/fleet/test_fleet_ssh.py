@@ -317,7 +317,7 @@ def test_logs_follow_streams_new_lines_until_interrupted(host):
     assert "-f" in host.calls("journalctl")[0].split()
 
 
-# --- redeploy (--skip-pool-check: these loopback hosts have no EC2 to ask; tests/test_pools.py
+# --- redeploy (--skip-pool-check: these loopback hosts have no EC2 to ask; tests/infra/test_pools.py
 # proves the check refuses pooled hosts) ------------------------------------------------------
 
 

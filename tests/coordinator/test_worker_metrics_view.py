@@ -17,7 +17,7 @@ from scripts.testkit.images import solid_png
 from tests.support.hostile_worker import HostileWorker
 from tests.support.page import open_page, texts
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROCESS = 'http_request_method="POST",http_route="/process",http_response_status_code="{}",op="{}"'
 DURATION = "http_server_request_duration_seconds"
 

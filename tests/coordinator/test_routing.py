@@ -306,7 +306,7 @@ def test_token_rejected_tries_the_other_worker():
 
 
 def test_a_slow_worker_gets_the_exchange_deadline_and_the_strip_moves_on():
-    """The transport enforces the deadline (tests/test_faults.py does it on sockets); here the
+    """The transport enforces the deadline (tests/reliability/test_faults.py does it on sockets); here the
     engine must ask for the right one and fail over when it runs out."""
 
     def handler(sent):

@@ -22,7 +22,7 @@ from scripts.testkit.images import png_bytes
 from tests.support.otlp import otlp_receiver
 from tests.support.page import colourful_png, open_page, process, upload
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAST_BATCH = {"OTEL_BSP_SCHEDULE_DELAY": "100"}
 
 
@@ -54,7 +54,7 @@ def traced_job(urls: list[str], strips: int = 2):
 
 def wait_names(receiver, trace_id: str, wanted: dict[str, int], limit: float = 15) -> list[dict]:
     """The trace's spans once it holds at least `wanted` spans of each name (decode/op/encode
-    are the workers' own business: tests/test_tracing_workers.py)."""
+    are the workers' own business: tests/workers/test_tracing_workers.py)."""
     deadline = time.monotonic() + limit
     while True:
         with receiver.lock:

@@ -26,8 +26,8 @@ from scripts.boot.image import build_image
 from scripts.boot.netplan import machine_address
 from scripts.boot.stage import Stage
 from stripes.roles import ROLE_SPECS
-from tests.infra_harness import reveal, run_program
 from tests.support.ci import skip_or_fail
+from tests.support.infra_harness import reveal, run_program
 
 ROLES = ("worker-python", "worker-nodejs")
 REGISTRY_OF = {"worker-python": "files.pythonhosted.org", "worker-nodejs": "registry.npmjs.org"}

@@ -14,7 +14,7 @@ import pulumi
 from pulumi.runtime import rpc
 from pulumi.runtime import settings as runtime_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 INFRA_DIR = ROOT / "infra"
 PROJECT = "heterogeneous-task-processor"
 STACK = "dev"
