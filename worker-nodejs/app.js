@@ -244,7 +244,7 @@ function buildApp(
   if (!logger) throw new Error('buildApp needs a logger');
   const state = createWorkerState(config);
   const health = createHealth({ selfCheck, now, logger, timeoutSeconds: WORK_TIMEOUT_S });
-  const metrics = createMetrics();
+  const metrics = createMetrics({ enabled: config.metrics !== false });
   const ctx = { config, logger, state, health, replyPacing, metrics, tracing };
   const app = express();
   app.disable('x-powered-by');
@@ -253,10 +253,10 @@ function buildApp(
   app.use(requestLog(logger, afterLargeRequest));
   app.use(metrics.middleware);
   app.get('/healthz', healthz(ctx));
-  app.get('/metrics', metrics.route);
+  if (metrics.route) app.get('/metrics', metrics.route);
   app.post('/process', processRoute(ctx));
   app.all('/healthz', methodNotAllowed('/healthz', 'GET, HEAD'));
-  app.all('/metrics', methodNotAllowed('/metrics', 'GET, HEAD'));
+  if (metrics.route) app.all('/metrics', methodNotAllowed('/metrics', 'GET, HEAD'));
   app.all('/process', methodNotAllowed('/process', 'POST'));
   app.use(notFound);
   app.use(unexpectedError(logger));

@@ -65,6 +65,8 @@ function loadConfig(env = process.env) {
     graceSeconds: readNumber(env, 'WORKER_GRACE_SECONDS', 20, 0, 3600),
     build: readText(env, 'WORKER_BUILD', 'dev'),
     logLevel: readChoice(env, 'WORKER_LOG_LEVEL', 'info', LOG_LEVELS),
+    // WORKER_METRICS=off is for benchmarking the metrics' own cost only: no prom-client, no /metrics.
+    metrics: readChoice(env, 'WORKER_METRICS', 'on', ['on', 'off']) === 'on',
   });
 }
 

@@ -2,7 +2,7 @@
 // The Prometheus metrics behind GET /metrics (contract "Metrics"): the same names and labels as
 // worker-python's metrics.py, in one registry per app, answered from memory.
 
-const client = require('prom-client');
+let client; // prom-client, required only when metrics are on (WORKER_METRICS=off measures its cost)
 
 // OpenTelemetry's http.server.request.duration buckets, stretched to the worker's 60 s decode bound
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
@@ -36,7 +36,17 @@ const countRequests =
     return next();
   };
 
-function createMetrics() {
+/** WORKER_METRICS=off (benchmarking only): nothing counted, and the app serves no /metrics. */
+const NO_METRICS = Object.freeze({
+  middleware: (req, res, next) => next(),
+  route: null,
+  rejected: () => {},
+  decodeFailed: () => {},
+});
+
+function createMetrics({ enabled = true } = {}) {
+  if (!enabled) return NO_METRICS;
+  client = client || require('prom-client');
   const registers = [new client.Registry()];
   // process_resident_memory_bytes, process_cpu_seconds_total, nodejs_eventloop_lag_seconds, ...
   client.collectDefaultMetrics({ register: registers[0] });

@@ -237,6 +237,7 @@ def test_healthz_shows_configured_limits_and_needs_no_token(strict_worker):
         ("WORKER_MAX_INFLIGHT", "0"),
         ("WORKER_GRACE_SECONDS", "-1"),
         ("WORKER_MAX_BYTES", "lots"),
+        ("WORKER_METRICS", "maybe"),
     ],
 )
 @pytest.mark.parametrize("runtime", RUNTIMES)

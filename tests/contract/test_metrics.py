@@ -168,6 +168,14 @@ def test_metrics_need_no_token_and_show_no_secret(worker_factory, runtime):
     assert "WORKER_" not in response.text
 
 
+def test_metrics_off_serves_no_metrics_and_still_processes(worker_factory, runtime):
+    """WORKER_METRICS=off is the bench's switch (scripts/bench_observe.py): nothing else changes."""
+    worker = worker_factory(runtime, {"WORKER_METRICS": "off"})
+    assert requests.get(worker.url + "/metrics", timeout=TIMEOUT).status_code == 404
+    assert post(worker, solid_png(8, 8)).status_code == 200
+    assert requests.get(worker.url + "/healthz", timeout=TIMEOUT).status_code == 200
+
+
 @pytest.fixture(params=RUNTIMES)
 def runtime(request):
     return request.param

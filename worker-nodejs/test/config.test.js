@@ -21,8 +21,14 @@ test('defaults make the worker run with no config at all', () => {
       graceSeconds: 20,
       build: 'dev',
       logLevel: 'info',
+      metrics: true,
     },
   );
+});
+
+test('WORKER_METRICS=off turns the metrics off; any other word is refused', () => {
+  assert.equal(loadConfig({ WORKER_METRICS: 'OFF' }).metrics, false);
+  assert.throws(() => loadConfig({ WORKER_METRICS: 'maybe' }), ConfigError);
 });
 
 test('values are read from WORKER_* variables', () => {

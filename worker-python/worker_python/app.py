@@ -18,7 +18,7 @@ from worker_python.config import Settings
 from worker_python.errors import ApiError, ImageError
 from worker_python.log import get_logger
 from worker_python.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from worker_python.metrics import Metrics
+from worker_python.metrics import Metrics, NoMetrics
 from worker_python.params import authorized
 from worker_python.state import Slot, WorkerState
 
@@ -53,7 +53,8 @@ def create_app(
     app.register_error_handler(HTTPException, handlers.other_http_error)
     app.register_error_handler(Exception, handlers.unexpected)
     app.add_url_rule("/healthz", view_func=handlers.healthz, methods=["GET"])
-    app.add_url_rule("/metrics", view_func=handlers.metrics_page, methods=["GET"])
+    if settings.metrics:
+        app.add_url_rule("/metrics", view_func=handlers.metrics_page, methods=["GET"])
     # no automatic OPTIONS: rule 7, any method but POST is 405 with Allow: POST
     app.add_url_rule("/process", view_func=handlers.process, methods=["POST"], provide_automatic_options=False)
     return app
@@ -65,7 +66,8 @@ class Handlers:
     def __init__(self, settings: Settings, state: WorkerState, checker: health.SelfCheck):
         self.settings, self.state, self.checker = settings, state, checker
         self.log = get_logger()
-        self.metrics, self.tracer = Metrics(), tracing.NoTracing()
+        self.metrics = Metrics() if settings.metrics else NoMetrics()
+        self.tracer = tracing.NoTracing()
 
     def error_response(self, status: int, code: str, message: str) -> Response:
         response = jsonify({"error": {"code": code, "message": " ".join(message.split())}})

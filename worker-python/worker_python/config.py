@@ -25,6 +25,7 @@ class Settings:
     grace_seconds: float = 20.0
     build: str = "dev"
     log_level: str = "info"
+    metrics: bool = True  # WORKER_METRICS=off: for benchmarking the metrics' own cost only
 
     def __repr__(self) -> str:  # never show the token, e.g. in a traceback or a log line
         token = "set" if self.token else "unset"
@@ -32,7 +33,8 @@ class Settings:
             f"Settings(host={self.host!r}, port={self.port}, token={token}, max_bytes={self.max_bytes}, "
             f"max_pixels={self.max_pixels}, max_inflight={self.max_inflight}, "
             f"max_inflight_pixels={self.max_inflight_pixels}, "
-            f"grace_seconds={self.grace_seconds}, build={self.build!r}, log_level={self.log_level!r})"
+            f"grace_seconds={self.grace_seconds}, build={self.build!r}, log_level={self.log_level!r}, "
+            f"metrics={self.metrics})"
         )
 
 
@@ -72,6 +74,16 @@ def _text(environ: Mapping[str, str], name: str, default: str, max_length: int =
     return value
 
 
+def _switch(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value not in ("on", "off"):
+        raise SettingsError(f"{name} must be on or off, got {raw!r}")
+    return value == "on"
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and check every WORKER_* variable; raises SettingsError naming the first bad one."""
     environ = os.environ if environ is None else environ
@@ -96,4 +108,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         grace_seconds=_seconds(environ, "WORKER_GRACE_SECONDS", 20.0, 3600),
         build=_text(environ, "WORKER_BUILD", "dev"),
         log_level=log_level,
+        metrics=_switch(environ, "WORKER_METRICS", True),
     )

@@ -79,3 +79,26 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Idle:
+    def inc(self) -> None:
+        pass
+
+    def dec(self) -> None:
+        pass
+
+
+class NoMetrics:
+    """WORKER_METRICS=off (benchmarking only): nothing counted, and the app serves no /metrics."""
+
+    active = _Idle()
+
+    def request_over(self, *args: object) -> None:
+        pass
+
+    def rejected(self, reason: str) -> None:
+        pass
+
+    def decode_failed(self, reason: str) -> None:
+        pass
