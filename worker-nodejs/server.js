@@ -14,6 +14,13 @@ const { createLogger } = require('./log');
  */
 function collectGarbage() {
   try {
+    // Each large request's Buffers also count as "external memory pressure". Once the heap's old
+    // generation is past V8's 8 MB incremental-marking threshold (prom-client's ~0.6 MB put it
+    // there; any 1 MB of live objects does too), every such event started an incremental
+    // mark-compact beside the full GC below: 20 vs 9 mark-compacts over 6 requests and ~30 ms
+    // more CPU per 6 MP strip (half a 12 MP job). Without incremental marking V8 answers the
+    // pressure with a scavenge (test/server.test.js).
+    v8.setFlagsFromString('--no-incremental-marking');
     v8.setFlagsFromString('--expose-gc');
     const gc = vm.runInNewContext('gc');
     return typeof gc === 'function' ? () => gc() : () => {};
