@@ -71,6 +71,7 @@ bench: setup
 	$(PY) -m scripts.bench_wan
 	$(PY) -m scripts.bench_batch
 	$(PY) -m scripts.bench_page
+	$(PY) -m scripts.bench_observe
 
 soak: setup
 	$(PY) -m scripts.soak $(SOAK_ARGS)
