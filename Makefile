@@ -15,7 +15,13 @@ help:
 	@echo "make workers start both workers in the background (PYTHON_WORKERS=2 NODEJS_WORKERS=2: more); make stop stops them"
 	@echo "make bench   benchmarks (tables of medians and ratios)"
 
-setup: $(VENV)/.installed worker-nodejs/node_modules/.installed
+setup: $(VENV)/.installed worker-nodejs/node_modules/.installed infra/policy/.venv/.installed
+
+# The policy pack has its own venv: pulumi-policy pins protobuf 5.29, the workers' OpenTelemetry 6.
+infra/policy/.venv/.installed: infra/policy/requirements.txt
+	test -x infra/policy/.venv/bin/python || $(PYTHON) -m venv infra/policy/.venv
+	infra/policy/.venv/bin/python -m pip install --quiet --disable-pip-version-check -r infra/policy/requirements.txt
+	touch $@
 
 $(VENV)/.installed: $(REQUIREMENTS) pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
