@@ -86,4 +86,4 @@ stack-outputs: setup
 	$(PY) -m scripts.stack_outputs $(STACK_OUTPUTS_ARGS)
 
 clean: stop
-	rm -rf $(VENV) worker-nodejs/node_modules .run .artifacts .ruff_cache
+	rm -rf $(VENV) infra/policy/.venv worker-nodejs/node_modules .run .artifacts .ruff_cache
