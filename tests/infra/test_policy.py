@@ -2,8 +2,8 @@
 
 Directly: each policy's validate() on the inputs Pulumi's mocks record, deserialized the way
 the analyzer does (in the pack's own venv: tests/support/policy_pack.py says why). Over gRPC:
-the pack started as the engine starts it (`python __main__.py` in its folder; it prints its
-port), configured with Configure and asked with Analyze per resource, so a policy that breaks
+the pack started as the engine starts it (`python -u -m pulumi.policy <engine> <pack>`; it
+prints its port), configured with Configure and asked with Analyze per resource, so a policy that breaks
 only on the engine's wire format (Struct, floats, secrets) is caught. Each deliberately broken
 resource must fail exactly the matching policies, both ways.
 """

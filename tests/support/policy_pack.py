@@ -52,11 +52,13 @@ def validate_directly(resources: list[tuple[str, dict]], config: dict) -> list[d
 
 
 def start_pack() -> tuple[subprocess.Popen, int]:
-    """`python __main__.py` in the pack's folder, as the CLI starts it; returns it and its gRPC port."""
+    """The pack as the CLI's pulumi-analyzer-policy-python starts it: `<venv>/bin/python -u -m
+    pulumi.policy <engine-address> <pack-dir>` (that runs the pack's __main__.py, whose
+    PolicyPack serves the Analyzer and prints its port). No engine here: the address is unused."""
     require_pack()
     proc = subprocess.Popen(
-        [str(PACK_PYTHON), "__main__.py"],
-        cwd=PACK_DIR,
+        [str(PACK_PYTHON), "-u", "-m", "pulumi.policy", "127.0.0.1:9", str(PACK_DIR)],
+        cwd=INFRA_DIR,  # the stack's folder, not the pack's: the pack must not depend on its cwd
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
