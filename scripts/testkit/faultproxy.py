@@ -27,10 +27,11 @@ import http.client
 import io
 import os
 import socket
-import socketserver
 import threading
 import time
 from urllib.parse import urlsplit
+
+from scripts.testkit.socket_server import ThreadedSocketServer
 
 MODES = (
     "pass",
@@ -48,7 +49,9 @@ MODES = (
 _CHUNK = 16384
 
 
-class FaultProxy:
+class FaultProxy(ThreadedSocketServer):
+    thread_name = "faultproxy"
+
     def __init__(
         self, upstream_url: str, mode: str = "pass", rate: int = 100_000, delay: float = 0.0, host: str = "127.0.0.1"
     ):
@@ -60,21 +63,7 @@ class FaultProxy:
         self.faulted = 0  # /process requests that got the fault
         self.connections = 0
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        proxy = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self):
-                proxy._handle(self.request)
-
-        class Server(socketserver.ThreadingTCPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-        self._server = Server((host, 0), Handler)
-        self.port = self._server.server_address[1]
-        self.url = f"http://{host}:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name=f"faultproxy-{self.port}")
+        self._serve(host)
 
     @property
     def mode(self) -> str:
@@ -85,21 +74,6 @@ class FaultProxy:
         if value not in MODES:
             raise ValueError(f"unknown fault mode {value!r}; one of {', '.join(MODES)}")
         self._mode = value
-
-    def start(self) -> FaultProxy:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
     # -- connection handling -------------------------------------------------------------
 

@@ -29,9 +29,10 @@ from __future__ import annotations
 import json
 import re
 import socket
-import socketserver
 import threading
 import time
+
+from scripts.testkit.socket_server import ThreadedSocketServer
 
 MODES = ("ok", "drip_headers", "redirect", "huge", "markdown", "eps", "html", "late_reader")
 MAX_BODY = 200_000_000
@@ -64,7 +65,9 @@ HTML = b"<!doctype html><html><head><title>Not a worker</title></head><body>hell
 HUGE_DECLARED = 2_000_000_000
 
 
-class HostileWorker:
+class HostileWorker(ThreadedSocketServer):
+    thread_name = "hostile"
+
     def __init__(
         self,
         health: str = "ok",
@@ -83,41 +86,9 @@ class HostileWorker:
         self.requests = {"/healthz": 0, "/process": 0, "other": 0}
         self.sent = 0
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        hostile = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self):
-                hostile._handle(self.request)
-
-        class Server(socketserver.ThreadingTCPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-        self._server = Server(("127.0.0.1", 0), Handler, bind_and_activate=False)
-        # A small receive buffer (inherited by accepted sockets), so a client's upload really
-        # waits while we do not read, instead of landing in up to 32 MB of kernel buffer.
-        self._server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        self._server.server_bind()
-        self._server.server_activate()
-        self.port = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name=f"hostile-{self.port}")
-
-    def start(self) -> HostileWorker:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+        # A small receive buffer, so a client's upload really waits while we do not read,
+        # instead of landing in up to 32 MB of kernel buffer.
+        self._serve(receive_buffer=65536)
 
     def _handle(self, client: socket.socket) -> None:
         client.settimeout(10)
