@@ -19,6 +19,23 @@ SERVICE_USER = "worker"
 # Host layout (infra/README.md): code and releases under the base dir, systemd's env file apart.
 HOST_BASE_DIR = "/opt/{role}"
 HOST_ENV_FILE = "/etc/{role}/env"
+# Secrets fetched from SSM at boot and by the {role}-secrets.timer (infra/README.md "Secrets").
+HOST_SECRETS_DIR = "/etc/{role}/secrets"
+# The one DNS name every fleet server certificate carries: the coordinator connects by IP and
+# verifies this name, so pooled instances with any address share one certificate.
+FLEET_TLS_NAME = "workers.stripes.internal"
+# SSM parameter (under /{project}/{stack}/) -> its file in the secrets dir. The names are the
+# contract between infra (writes), the host's fetch-worker-secrets and the fleet tool (read).
+PARAM_TOKEN = "worker-token"  # SecureString: one token line, or "current\nnext" during a rotation
+PARAM_TLS_KEY = "worker-tls-key"  # SecureString: the server's private key PEM
+PARAM_TLS_CERT = "worker-tls-cert"  # String: the server certificate PEM
+PARAM_CLIENT_CA = "worker-client-ca"  # String: the CA clients must be signed by (mutual TLS only)
+SECRET_FILES = {
+    PARAM_TOKEN: "worker-token",
+    PARAM_TLS_KEY: "tls.key",
+    PARAM_TLS_CERT: "tls.crt",
+    PARAM_CLIENT_CA: "client-ca.crt",
+}
 # Where each runtime's interpreter is, locally (None: this Python) and on a host.
 LOCAL_INTERPRETER = {"python": None, "nodejs": "node"}
 HOST_NODE = "/usr/bin/node"
@@ -59,6 +76,19 @@ class RoleSpec:
     @property
     def env_file(self) -> str:
         return HOST_ENV_FILE.format(role=self.role)
+
+    @property
+    def secrets_dir(self) -> str:
+        return HOST_SECRETS_DIR.format(role=self.role)
+
+    def secret_file(self, parameter: str) -> str:
+        """Where the host keeps the SSM parameter `parameter` (a SECRET_FILES key)."""
+        return posixpath.join(self.secrets_dir, SECRET_FILES[parameter])
+
+    @property
+    def secrets_unit(self) -> str:
+        """The oneshot unit that fetches the secrets; its .timer twin repeats it every minute."""
+        return f"{self.role}-secrets.service"
 
     @property
     def current_dir(self) -> str:
@@ -120,6 +150,11 @@ ROLE_SPECS: dict[str, RoleSpec] = {
 ROLES = tuple(ROLE_SPECS)
 RUNTIME_OF_ROLE = {spec.role: spec.runtime for spec in ROLE_SPECS.values()}
 ROLE_OF_RUNTIME = {spec.runtime: spec.role for spec in ROLE_SPECS.values()}
+
+
+def parameter_prefix(project: str, stack: str) -> str:
+    """The SSM path holding one stack's secrets; a host profile may read under it only."""
+    return f"/{project}/{stack}"
 
 
 def under(root: str, path: str) -> str:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # The name the fleet's server certificate carries (infra); tests use it so the pinning code is the real one.
-FLEET_TLS_NAME = "workers.stripes.internal"
+from stripes.roles import FLEET_TLS_NAME
 
 
 @dataclass(frozen=True)
