@@ -1,4 +1,9 @@
-"""A real moto server on a free loopback port, and boto3 clients pointed at it with dummy keys."""
+"""A real moto server on a free loopback port, and boto3 clients pointed at it with dummy keys.
+
+`python -m tests.support.moto_server ARGS` runs moto's own server with one change (see
+`scope_ssm_by_parameter`): with IAM enforcement on, SSM calls are authorised against each
+parameter's ARN, as AWS does, instead of moto's "*".
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+import requests
 
 from scripts.testkit.procs import RunningProcess, free_port, wait_http_ok
 
+ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
 # Dummy keys: moto accepts any; they also keep boto3 from looking further (or off-host) for keys.
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -58,25 +65,37 @@ class MotoServer:
             aws_secret_access_key="testing",
         )
 
+    def client(self, service: str, **keys):
+        """A boto3 client for `service`; dummy keys unless `aws_access_key_id`/... are given."""
+        keys = keys or {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+        return boto3.client(service, region_name=REGION, endpoint_url=self.url, **keys)
+
     def reset(self) -> None:
         """Forget every resource (moto's own reset endpoint), so tests do not see each other's."""
-        import requests
-
         requests.post(f"{self.url}/moto-api/reset", timeout=10).raise_for_status()
+
+    def enforce_iam(self, on: bool = True) -> None:
+        """From now on every request must be signed by a known key and allowed by its policies
+        (moto's `INITIAL_NO_AUTH_ACTION_COUNT`, set at run time through its reset-auth endpoint)."""
+        count = b"0" if on else b"inf"
+        requests.post(f"{self.url}/moto-api/reset-auth", data=count, timeout=10).raise_for_status()
 
     def stop(self) -> None:
         self.process.stop()
 
 
-def start_moto_server(tmp_dir: Path) -> MotoServer:
+def start_moto_server(tmp_dir: Path, ssm_arns: bool = False) -> MotoServer:
+    """`ssm_arns`: run through this module so IAM checks SSM calls per parameter ARN."""
     port = free_port()
+    module = "tests.support.moto_server" if ssm_arns else "moto.server"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     log_path = tmp_dir / f"moto-{port}.log"
     env = aws_env(None)
     with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", module, "-H", "127.0.0.1", "-p", str(port)],
             env=env,
+            cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -112,3 +131,30 @@ def run_tagged_instance(ec2, name: str, role: str, project: str, stack: str) -> 
         TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
     )
     return reservation["Instances"][0]["InstanceId"]
+
+
+def ssm_parameter_arn(region: str, account: str, name: str) -> str:
+    return f"arn:aws:ssm:{region}:{account}:parameter/{name.lstrip('/')}"
+
+
+def scope_ssm_by_parameter() -> None:
+    """moto authorises every SSM call against resource "*", so a policy scoped to parameter ARNs
+    (the instance profiles') would deny everything; AWS checks each named parameter's ARN."""
+    from moto.ssm.responses import SimpleSystemManagerResponse
+
+    authorize = SimpleSystemManagerResponse._authenticate_and_authorize_normal_action
+
+    def per_parameter(self, resource: str = "*") -> None:
+        names = self._get_param("Names") or [self._get_param("Name")]
+        arns = [ssm_parameter_arn(self.region, self.current_account, n) for n in names if n] or [resource]
+        for arn in arns:
+            authorize(self, arn)
+
+    SimpleSystemManagerResponse._authenticate_and_authorize_normal_action = per_parameter
+
+
+if __name__ == "__main__":
+    from moto.server import main
+
+    scope_ssm_by_parameter()
+    main()
