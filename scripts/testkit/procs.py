@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from scripts import local
+from scripts.testkit.tls import FLEET_TLS_NAME
 from stripes.roles import ROLE_OF_RUNTIME, spec_of_runtime
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,12 +32,50 @@ def worker_command(runtime: str) -> tuple[list[str], Path]:
     return local.worker_command(spec_of_runtime(runtime).role)
 
 
+@dataclass(frozen=True)
+class TlsClient:
+    """How a client reaches a TLS worker: the CA it pins, the name it verifies (not the IP it
+    connects to) and, for mutual TLS, its own certificate and key files."""
+
+    ca_file: Path
+    name: str = FLEET_TLS_NAME
+    cert: tuple[Path, Path] | None = None
+
+
+class _NamedHostAdapter(HTTPAdapter):
+    """Connects to the URL's host (an IP) but sends and verifies `name` (SNI and certificate)."""
+
+    def __init__(self, name: str):
+        self._name = name
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["server_hostname"] = self._name
+        super().init_poolmanager(*args, **kwargs)
+
+
+def http_session(tls: TlsClient | None = None) -> requests.Session:
+    """A requests session for a worker: plain, or pinned to tls.ca_file and tls.name."""
+    session = requests.Session()
+    if tls is not None:
+        session.mount("https://", _NamedHostAdapter(tls.name))
+        session.verify = str(tls.ca_file)
+        if tls.cert is not None:
+            session.cert = (str(tls.cert[0]), str(tls.cert[1]))
+    return session
+
+
 @dataclass
 class RunningProcess:
     proc: subprocess.Popen
     log_path: Path
     url: str = ""
     env: dict = field(default_factory=dict)
+    tls: TlsClient | None = None
+
+    def session(self) -> requests.Session:
+        """A new session that reaches this process (pinned CA and name when it serves TLS)."""
+        return http_session(self.tls)
 
     @property
     def pid(self) -> int:
@@ -60,14 +100,17 @@ class RunningProcess:
         return self.proc.returncode
 
 
-def wait_http_ok(url: str, proc: subprocess.Popen | None = None, timeout: float = 30) -> None:
+def wait_http_ok(
+    url: str, proc: subprocess.Popen | None = None, timeout: float = 30, tls: TlsClient | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     last = "no answer"
+    session = http_session(tls) if tls is not None else requests
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
         try:
-            response = requests.get(url, timeout=1)
+            response = session.get(url, timeout=1)
             if response.status_code == 200:
                 return
             last = f"HTTP {response.status_code}"
@@ -78,13 +121,21 @@ def wait_http_ok(url: str, proc: subprocess.Popen | None = None, timeout: float 
 
 
 def start_worker(
-    runtime: str, tmp_dir: Path, env: dict | None = None, wait: bool = True, cwd: Path | None = None
+    runtime: str,
+    tmp_dir: Path,
+    env: dict | None = None,
+    wait: bool = True,
+    cwd: Path | None = None,
+    tls: TlsClient | None = None,
 ) -> RunningProcess:
-    """Start one real worker process on a free loopback port; returns once /healthz is 200."""
+    """Start one real worker process on a free loopback port; returns once /healthz is 200.
+    With `tls` (the worker's WORKER_TLS_* go in env) the URL is https:// and the wait verifies
+    the worker's certificate with tls.ca_file and tls.name."""
     command, default_cwd = worker_command(runtime)
     port = free_port()
     full_env = {**os.environ, "WORKER_HOST": "127.0.0.1", "WORKER_PORT": str(port), "WORKER_LOG_LEVEL": "debug"}
-    full_env.pop("WORKER_TOKEN", None)
+    for inherited in ("WORKER_TOKEN", "WORKER_TOKEN_FILE", "WORKER_TLS_CERT", "WORKER_TLS_KEY", "WORKER_TLS_CLIENT_CA"):
+        full_env.pop(inherited, None)
     full_env.update(env or {})
     tmp_dir.mkdir(parents=True, exist_ok=True)
     log_path = tmp_dir / f"worker-{runtime}-{port}.log"
@@ -92,10 +143,11 @@ def start_worker(
         proc = subprocess.Popen(
             command, cwd=cwd or default_cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    running = RunningProcess(proc, log_path, f"http://127.0.0.1:{port}", full_env)
+    scheme = "https" if tls is not None else "http"
+    running = RunningProcess(proc, log_path, f"{scheme}://127.0.0.1:{port}", full_env, tls)
     if wait:
         try:
-            wait_http_ok(running.url + "/healthz", proc)
+            wait_http_ok(running.url + "/healthz", proc, tls=tls)
         except RuntimeError as exc:
             running.stop()
             raise RuntimeError(f"{runtime} worker failed to start: {exc}\n{running.log_text()[-3000:]}") from exc
