@@ -269,7 +269,7 @@ def show_workers(config: CoordinatorConfig) -> int:
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4])
-    print_metrics([status.url for status in statuses if status.ok], config.health_timeout)
+    print_metrics([status.url for status in statuses if status.ok], config.health_timeout, config.tls)
     print(f"(workers from {config.source})")
     if not any(status.ok for status in statuses):
         print("error: no worker is healthy", file=sys.stderr)
@@ -277,11 +277,11 @@ def show_workers(config: CoordinatorConfig) -> int:
     return EXIT_OK
 
 
-def print_metrics(urls: list[str], timeout: float) -> None:
+def print_metrics(urls: list[str], timeout: float, tls=None) -> None:
     """Each healthy worker's /metrics figures (coordinator/worker_metrics.py), one line each."""
     from coordinator import worker_metrics
 
-    for one in worker_metrics.fetch_all(urls, timeout):
+    for one in worker_metrics.fetch_all(urls, timeout, tls):
         print(f"{one.url}  {worker_metrics.line(one)}")
 
 

@@ -3,6 +3,9 @@
 Worker list, first found wins: --workers, --workers-file, COORDINATOR_WORKERS,
 COORDINATOR_WORKERS_FILE, `pulumi stack output` (when COORDINATOR_PULUMI_STACK is set and
 `pulumi` is on PATH), then the two local workers. Flags beat variables, as in every CLI.
+TLS (the fleet CA, its name, a client certificate) comes from the same outputs or
+COORDINATOR_TLS_*, checked by tls.read_settings. The token is re-read from where it came from
+when a worker answers 401 (`refreshed_token`), so a rotation needs no restart.
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ import dataclasses
 import ipaddress
 import os
 import re
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from coordinator.errors import ConfigError
+from coordinator.errors import ConfigError, CoordinatorError
 from coordinator.pool_discovery import PoolFleet, check_override, parse_pools
+from coordinator.tls import TlsSettings, read_settings
 from stripes import stack_outputs
 from stripes.roles import ROLE_SPECS
 
@@ -29,6 +35,7 @@ HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+")  # a name, IPv4, or IPv6 (u
 USERINFO = re.compile(r"(//)[^/@\s]*@")
 TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what an HTTP header value can carry as is
 TOKEN_MAX_CHARS = 4000  # the workers refuse an Authorization header over 4096 bytes
+PULUMI_REREAD_SECONDS = 5.0  # a 401 re-runs `pulumi stack output` at most this often
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,16 @@ NUMERIC_SETTINGS = (
 
 
 @dataclass(frozen=True)
+class TokenSource:
+    """Where the token came from: kind "file" (an outputs file's path), "env" (a variable's
+    name) or "pulumi" (a stack), with `stack_dir` the folder pulumi runs in."""
+
+    kind: str
+    where: str
+    stack_dir: str = ""
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     workers: tuple[str, ...] = DEFAULT_WORKERS
     token: str | None = None
@@ -72,6 +89,8 @@ class CoordinatorConfig:
     wire_quality: str = "lossless"  # "high": JPEG q95 replies, PSNR >= 45 dB (codecs.HIGH_PSNR_DB)
     pool_fleet: PoolFleet | None = None  # a pooled stack: workers found per job (pool_discovery)
     discovery_seconds: float = 5.0
+    tls: TlsSettings | None = None  # the fleet CA and name, verified on every connection
+    token_source: TokenSource | None = None  # where the token is re-read from on a 401
 
     @property
     def timeouts(self) -> tuple[float, float]:
@@ -134,12 +153,6 @@ def parse_worker_list(text: str, where: str) -> tuple[str, ...]:
     return tuple(urls)
 
 
-def parse_outputs(outputs: object, where: str) -> tuple[tuple[str, ...], str | None]:
-    """Workers and token from the JSON of `pulumi stack output --json --show-secrets`."""
-    urls, token, _pools = parse_fleet(outputs, where)
-    return urls, token
-
-
 def parse_fleet(outputs: object, where: str) -> tuple[tuple[str, ...], str | None, PoolFleet | None]:
     """Workers, token and pools (a pooled stack has `workers: []` and `pools`)."""
     if not isinstance(outputs, dict) or not isinstance(outputs.get("workers"), list):
@@ -169,25 +182,88 @@ def read_outputs_file(path: str, where: str) -> tuple[tuple[str, ...], str | Non
 def read_fleet_file(path: str, where: str) -> tuple[tuple[str, ...], str | None, PoolFleet | None]:
     """Workers, token and pools from an outputs file, read with a size bound; every failure
     (missing, a device, too big, not UTF-8, not JSON, nested too deep) is one ConfigError."""
+    return parse_fleet(read_outputs_object(path, where), f"{where} {path}")
+
+
+def read_outputs_object(path: str, where: str) -> object:
     try:
-        outputs = stack_outputs.read_file(path)
+        return stack_outputs.read_file(path)
     except stack_outputs.OutputsError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    return parse_fleet(outputs, f"{where} {path}")
 
 
-def read_pulumi_stack(
-    stack: str, environ: Mapping[str, str]
-) -> tuple[tuple[str, ...], str | None, PoolFleet | None] | None:
+def pulumi_outputs(stack: str, stack_dir: str, environ: Mapping[str, str]) -> object | None:
     """Stack outputs straight from the Pulumi CLI; None when the CLI is not installed."""
-    cwd = environ.get("COORDINATOR_PULUMI_DIR") or str(REPO_ROOT / "infra")
     try:
-        outputs = stack_outputs.run_pulumi(stack, cwd=cwd, env=dict(environ))
+        return stack_outputs.run_pulumi(stack, cwd=stack_dir, env=dict(environ))
     except stack_outputs.OutputsError as exc:
         raise ConfigError(f"COORDINATOR_PULUMI_STACK={stack}: {exc}") from None
-    if outputs is None:
-        return None
-    return parse_fleet(outputs, f"COORDINATOR_PULUMI_STACK={stack}")
+
+
+@dataclass
+class Found:
+    """Where the workers are, and what came with them from the same source."""
+
+    urls: tuple[str, ...]
+    source: str
+    token: str | None = None
+    pools: PoolFleet | None = None
+    outputs: Mapping = dataclasses.field(default_factory=dict)  # an outputs object: TLS is read from it
+    where: str = ""  # the setting that named the outputs, for messages
+    token_source: TokenSource | None = None
+
+
+def from_outputs(outputs: object, where: str, source: str, token_source: TokenSource) -> Found:
+    urls, token, pools = parse_fleet(outputs, where)
+    return Found(urls, source, token, pools, outputs, where, token_source)
+
+
+def find_workers(workers: str | None, workers_file: str | None, environ: Mapping[str, str]) -> Found:
+    """The first worker source that is set (module docstring)."""
+    if workers:
+        return Found(parse_worker_list(workers, "--workers"), "--workers")
+    if workers_file:
+        return from_file(workers_file, "--workers-file")
+    if environ.get("COORDINATOR_WORKERS", "").strip():
+        return Found(parse_worker_list(environ["COORDINATOR_WORKERS"], "COORDINATOR_WORKERS"), "COORDINATOR_WORKERS")
+    if environ.get("COORDINATOR_WORKERS_FILE", "").strip():
+        return from_file(environ["COORDINATOR_WORKERS_FILE"].strip(), "COORDINATOR_WORKERS_FILE")
+    return from_stack(environ)
+
+
+def from_file(path: str, setting: str) -> Found:
+    outputs = read_outputs_object(path, setting)
+    return from_outputs(outputs, f"{setting} {path}", f"outputs file {path}", TokenSource("file", path))
+
+
+def from_stack(environ: Mapping[str, str]) -> Found:
+    """`pulumi stack output` when COORDINATOR_PULUMI_STACK is set and pulumi is installed, else the defaults."""
+    stack = environ.get("COORDINATOR_PULUMI_STACK", "").strip()
+    stack_dir = environ.get("COORDINATOR_PULUMI_DIR") or str(REPO_ROOT / "infra")
+    outputs = pulumi_outputs(stack, stack_dir, environ) if stack else None
+    if outputs is not None:
+        where = f"COORDINATOR_PULUMI_STACK={stack}"
+        return from_outputs(outputs, where, f"pulumi stack {stack}", TokenSource("pulumi", stack, stack_dir))
+    return Found(DEFAULT_WORKERS, "default")
+
+
+def fleet_tls(found: Found, environ: Mapping[str, str]) -> TlsSettings | None:
+    """The TLS settings, checked against the URLs: with a CA no worker may be plain HTTP; an
+    https:// stack must bring its CA."""
+    settings = read_settings(found.outputs, found.where or "outputs", environ)
+    urls = found.urls
+    if settings is not None:
+        plain = [url for url in urls if url.startswith("http://")]
+        if plain:
+            raise ConfigError(
+                f"plain HTTP refused: the fleet has a TLS CA ({settings.origin}), but {found.source} lists {plain[0]}"
+            )
+    elif found.where and any(url.startswith("https://") for url in urls):
+        raise ConfigError(
+            f"{found.where}: the workers are https:// but there is no worker_ca_pem to verify them by "
+            "(or set COORDINATOR_TLS_CA_FILE)"
+        )
+    return settings
 
 
 def read_number(setting: Setting, environ: Mapping[str, str]) -> float | int:
@@ -212,29 +288,13 @@ def load_config(
     wire_quality: str | None = None,
 ) -> CoordinatorConfig:
     """The whole configuration, validated; raises ConfigError naming the bad setting."""
-    token: str | None = None
-    pools: PoolFleet | None = None
-    if workers:
-        urls, source = parse_worker_list(workers, "--workers"), "--workers"
-    elif workers_file:
-        urls, token, pools = read_fleet_file(workers_file, "--workers-file")
-        source = f"outputs file {workers_file}"
-    elif environ.get("COORDINATOR_WORKERS", "").strip():
-        urls, source = parse_worker_list(environ["COORDINATOR_WORKERS"], "COORDINATOR_WORKERS"), "COORDINATOR_WORKERS"
-    elif environ.get("COORDINATOR_WORKERS_FILE", "").strip():
-        path = environ["COORDINATOR_WORKERS_FILE"].strip()
-        urls, token, pools = read_fleet_file(path, "COORDINATOR_WORKERS_FILE")
-        source = f"outputs file {path}"
-    else:
-        stack = environ.get("COORDINATOR_PULUMI_STACK", "").strip()
-        from_pulumi = read_pulumi_stack(stack, environ) if stack else None
-        if from_pulumi is not None:
-            (urls, token, pools), source = from_pulumi, f"pulumi stack {stack}"
-        else:
-            urls, source = DEFAULT_WORKERS, "default"
+    found = find_workers(workers, workers_file, environ)
+    tls = fleet_tls(found, environ)
+    token, token_source, pools = found.token, found.token_source, found.pools
     env_token = environ.get("COORDINATOR_WORKER_TOKEN", "")
     if env_token.strip():
         token = check_token(env_token.strip(), "COORDINATOR_WORKER_TOKEN")
+        token_source = TokenSource("env", "COORDINATOR_WORKER_TOKEN")
     chosen_transport = (transport or environ.get("COORDINATOR_TRANSPORT", "") or "auto").strip()
     if chosen_transport not in TRANSPORTS:
         where = "--transport" if transport else "COORDINATOR_TRANSPORT"
@@ -247,10 +307,12 @@ def load_config(
     override = check_override(environ.get("COORDINATOR_POOL_ADDRESS_OVERRIDE", ""))
     if pools is not None and override:
         pools = dataclasses.replace(pools, address_override=override)
+    if pools is not None and tls is not None:
+        pools = dataclasses.replace(pools, scheme="https")
     return CoordinatorConfig(
-        workers=urls,
+        workers=found.urls,
         token=token,
-        source=source,
+        source=found.source,
         connect_timeout=numbers["COORDINATOR_CONNECT_TIMEOUT"],
         read_timeout=numbers["COORDINATOR_READ_TIMEOUT"],
         max_attempts=numbers["COORDINATOR_MAX_ATTEMPTS"],
@@ -263,6 +325,8 @@ def load_config(
         wire_quality=chosen_quality,
         pool_fleet=pools,
         discovery_seconds=numbers["COORDINATOR_DISCOVERY_SECONDS"],
+        tls=tls,
+        token_source=token_source,
     )
 
 
@@ -274,3 +338,54 @@ def is_loopback(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+# -- the token, re-read on a 401 (a rotation: `fleet rotate-token` rewrites the outputs file) --
+
+_refreshed: dict[tuple[TokenSource, str | None], str] = {}  # (source, token at load) -> newest read
+_last_pulumi_read: dict[TokenSource, float] = {}
+_token_lock = threading.Lock()
+
+
+def current_token(config: CoordinatorConfig) -> str | None:
+    """The token to send: the one loaded, or a newer one a 401 made us re-read from its source."""
+    if config.token_source is None:
+        return config.token
+    with _token_lock:
+        return _refreshed.get((config.token_source, config.token), config.token)
+
+
+def refreshed_token(config: CoordinatorConfig, sent: str | None) -> str | None:
+    """After a 401 to `sent`: the token read again from its source if it differs from `sent`
+    (another strip may have re-read it already); None when it did not change or cannot be
+    read now (the 401 then stands, as before)."""
+    source = config.token_source
+    if source is None:
+        return None
+    key = (source, config.token)
+    with _token_lock:  # one re-read at a time; the strips that wait find it done
+        latest = _refreshed.get(key, config.token)
+        if latest != sent:
+            return latest
+        try:
+            fresh = reread_token(source)
+        except CoordinatorError:
+            return None
+        if not fresh or fresh == sent:
+            return None
+        _refreshed[key] = fresh
+        return fresh
+
+
+def reread_token(source: TokenSource) -> str | None:
+    """The token as its source holds it now; ConfigError when it cannot be read or is bad."""
+    if source.kind == "env":
+        return check_token(os.environ.get(source.where, "").strip() or None, source.where)
+    if source.kind == "file":
+        return read_fleet_file(source.where, "token re-read")[1]
+    now = time.monotonic()
+    if now - _last_pulumi_read.get(source, -PULUMI_REREAD_SECONDS) < PULUMI_REREAD_SECONDS:
+        return None  # a batch of 401s must not start a pulumi process each
+    _last_pulumi_read[source] = now
+    outputs = pulumi_outputs(source.where, source.stack_dir, os.environ)
+    return None if outputs is None else parse_fleet(outputs, f"COORDINATOR_PULUMI_STACK={source.where}")[1]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from coordinator.config import CoordinatorConfig, redact_url
 from coordinator.errors import NoWorkerError
 from coordinator.plan import OPERATIONS
+from coordinator.tls import TlsSettings
 from coordinator.transport import Limits, Transport, TransportError, daemon_map, printable
 
 HEALTH_MAX_BYTES = 65536  # a real reply is ~400 bytes
@@ -50,11 +51,12 @@ def health_limits(timeout: float) -> Limits:
     return Limits(connect=timeout, idle=timeout, total=timeout, max_body=HEALTH_MAX_BYTES)
 
 
-def check_worker(url: str, timeout: float, transport: Transport) -> WorkerStatus:
+def check_worker(url: str, timeout: float, transport: Transport, tls: TlsSettings | None = None) -> WorkerStatus:
+    """One worker's /healthz, the TLS handshake (fleet CA and name, when configured) included in `timeout`."""
     started = time.perf_counter()
     try:
         reply = transport.exchange(
-            "GET", f"{url}/healthz", health_limits(timeout), headers={"Accept": "application/json"}
+            "GET", f"{url}/healthz", health_limits(timeout), headers={"Accept": "application/json"}, tls=tls
         )
     except TransportError as exc:
         return WorkerStatus(url, False, error=f"unreachable: {exc.reason}")
@@ -154,7 +156,7 @@ def discover(config: CoordinatorConfig, session: Transport | None = None) -> lis
     own = session is None
     transport = session or Transport(max(1, len(urls)))
     try:
-        return daemon_map(lambda url: check_worker(url, config.health_timeout, transport), urls)
+        return daemon_map(lambda url: check_worker(url, config.health_timeout, transport, config.tls), urls)
     finally:
         if own:
             transport.close()

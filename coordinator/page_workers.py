@@ -38,7 +38,7 @@ def draw_workers(box, config, statuses: list) -> None:
         )
         st.text(f"{count}, from {config.source}")
         healthy = [status.url for status in statuses if status.ok]
-        fetched = worker_metrics.fetch_all(healthy, config.health_timeout)
+        fetched = worker_metrics.fetch_all(healthy, config.health_timeout, config.tls)
         figures = {one.url: worker_metrics.line(one) for one in fetched}
         for status in statuses:
             worker_card(status, figures.get(status.url, ""))

@@ -3,7 +3,7 @@
 A pooled outputs file has `workers: []` and `pools` (group name, role, runtime, port) plus the
 stack's `project`, `stack` and `region`. Running instances are found by the tags infra/ puts on
 them (Project, Stack, Role; an aws:autoscaling:groupName must be one of the pools) with a
-paginated DescribeInstances; each gives `http://<public address, else private>:<pool port>`
+paginated DescribeInstances; each gives `http(s)://<public address, else private>:<pool port>`
 (the coordinator sits outside the VPC, as with fixed workers). boto3 is imported here, inside
 the function that calls AWS, so a coordinator without pools never loads it.
 
@@ -41,6 +41,7 @@ class PoolFleet:
     region: str
     pools: tuple[PoolRef, ...]
     address_override: str | None = None  # tests only (module docstring)
+    scheme: str = "http"  # "https" when the stack has a fleet CA (config.fleet_tls)
     page_size: int = PAGE_SIZE
 
     def label(self) -> str:
@@ -175,5 +176,5 @@ def _urls(instances: list[dict], fleet: PoolFleet) -> list[tuple[str, str]]:
         if fleet.address_override:  # tests only: never the instance's own address
             address, port = fleet.address_override, int(tags.get(TEST_PORT_TAG, port))
         host = f"[{address}]" if ":" in address else address
-        urls.append((instance["InstanceId"], f"http://{host}:{port}"))
+        urls.append((instance["InstanceId"], f"{fleet.scheme}://{host}:{port}"))
     return urls

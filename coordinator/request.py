@@ -8,17 +8,19 @@ from urllib.parse import urlencode
 import numpy as np
 
 from coordinator import codecs, imaging
-from coordinator.config import CoordinatorConfig, redact_url
+from coordinator.config import CoordinatorConfig, current_token, redact_url, refreshed_token
 from coordinator.discovery import WorkerStatus
 from coordinator.plan import OPERATIONS, Strip
 from coordinator.routing import BAD_REPLY, BUSY, CANCELLED, DOWN, REFUSED, SERVER, TOKEN, StripFailed
 from coordinator.transport import Cancel, Reply, Transport, TransportError, error_reason, exchange_limits, printable
 
 
-def post_strip(transport: Transport, url: str, body: bytes, headers: dict, limits, cancel: Cancel | None) -> Reply:
+def post_strip(
+    transport: Transport, url: str, body: bytes, headers: dict, limits, cancel: Cancel | None, tls=None
+) -> Reply:
     """The exchange, its failures as StripFailed; a redirect is a failed attempt, not followed."""
     try:
-        reply = transport.exchange("POST", url, limits, headers=headers, body=body, cancel=cancel)
+        reply = transport.exchange("POST", url, limits, headers=headers, body=body, cancel=cancel, tls=tls)
     except TransportError as exc:
         if exc.kind == "too_large":
             raise StripFailed(f"bad reply: {exc.reason}", BAD_REPLY) from None
@@ -90,13 +92,21 @@ def send_strip(
     headers = {"Content-Type": content_type, "X-Request-Id": request_id}
     if traceparent:
         headers["traceparent"] = traceparent  # W3C: the attempt's span, which the worker continues
-    if config.token:
-        headers["Authorization"] = f"Bearer {config.token}"
     limits = exchange_limits(config.connect_timeout, config.read_timeout, len(body), rows * width * 3)
-    reply = post_strip(session, f"{worker.url}/process?{urlencode(query)}", body, headers, limits, cancel)
+    url = f"{worker.url}/process?{urlencode(query)}"
+    token = current_token(config)
+    reply = post_strip(session, url, body, with_token(headers, token), limits, cancel, config.tls)
+    if reply.status == 401:  # a rotated token? read it again from its source, and retry once with it
+        fresh = refreshed_token(config, token)
+        if fresh is not None:
+            reply = post_strip(session, url, body, with_token(headers, fresh), limits, cancel, config.tls)
     check_status(reply, worker)
     gray_ok = query.get("channels") == "auto"  # a 1-channel reply only when we asked for one
     return reply_pixels(reply.body, width, rows, gray_ok), reply, len(reply.body)
+
+
+def with_token(headers: dict, token: str | None) -> dict:
+    return {**headers, "Authorization": f"Bearer {token}"} if token else headers
 
 
 def parse_ms(value: str | None) -> float | None:

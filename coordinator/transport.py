@@ -1,6 +1,9 @@
 """HTTP to the workers: each exchange (connect, send, status line, headers, body) runs under
 one deadline, with separate bounds for connecting and for silence, a cap on the body, no
-redirects followed, and keep-alive connections pooled per worker.
+redirects followed, and keep-alive connections pooled per worker. With a fleet CA
+(tls.TlsSettings) every connection connects to the URL's address, verifies the pinned CA and
+the fleet's name, and keeps its TLS session for the next requests; the handshake runs under
+the exchange's deadline.
 
 Built on http.client rather than requests/urllib3 because their timeouts bound each socket
 call, not the exchange: a worker that drips its headers a byte a second held a strip forever,
@@ -21,6 +24,8 @@ import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from coordinator import tls as fleet_tls
 
 READ_CHUNK = 1 << 20
 SEND_CHUNK = 1 << 16  # each piece's sendall waits at most the silence bound
@@ -73,7 +78,7 @@ def error_reason(status: int, content: bytes) -> str:
 
 
 class TransportError(Exception):
-    """One exchange failed. kind: connect | timeout | closed | too_large | protocol | cancelled."""
+    """One exchange failed. kind: connect | tls | timeout | closed | too_large | protocol | cancelled."""
 
     def __init__(self, reason: str, kind: str):
         super().__init__(reason)
@@ -176,7 +181,7 @@ class Transport:
 
     def __init__(self, pool_size: int = 8):
         self.pool_size = max(1, pool_size)
-        self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
+        self._idle: dict[tuple, list[http.client.HTTPConnection]] = {}  # (scheme, host, port, tls)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -194,10 +199,15 @@ class Transport:
         headers: dict | None = None,
         body: bytes | None = None,
         cancel: Cancel | None = None,
+        tls: fleet_tls.TlsSettings | None = None,
     ) -> Reply:
-        """One request and its whole reply, or TransportError. A 3xx is returned, not followed."""
+        """One request and its whole reply, or TransportError. A 3xx is returned, not followed.
+        tls: the fleet's CA and name, verified on every connection (None: an https URL is
+        verified against the system's trust store and its own host)."""
         parts = urlsplit(url)
-        key = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        if tls is not None and parts.scheme != "https":
+            raise TransportError("plain HTTP refused: the fleet has a TLS CA", "tls")
+        key = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), tls)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         live = _Live(time.monotonic() + limits.total)
         WATCHDOG.watch(live)
@@ -224,6 +234,7 @@ class Transport:
         started = False
         try:
             if connection.sock is None:
+                connection.on_socket = live.attach  # the deadline covers the TLS handshake too
                 connection.connect()
             connection.sock.settimeout(limits.idle)  # sending is bounded by silence, not connect
             live.attach(connection.sock)
@@ -288,9 +299,12 @@ class Transport:
         return self._new(key, limits), False
 
     def _new(self, key, limits: Limits) -> http.client.HTTPConnection:
-        scheme, host, port = key
+        scheme, host, port, tls = key
+        if scheme == "https" and tls is not None:
+            context, name = fleet_tls.client_context(tls), tls.name or host
+            return _TimedHTTPS(host, port, timeout=limits.connect, context=context, server_name=name)
         if scheme == "https":
-            return _TimedHTTPS(host, port, timeout=limits.connect, context=ssl.create_default_context())
+            return _TimedHTTPS(host, port, timeout=limits.connect, context=fleet_tls.system_context(), server_name=host)
         return _TimedHTTP(host, port, timeout=limits.connect)
 
     def _give_back(self, key, connection: http.client.HTTPConnection) -> None:
@@ -308,7 +322,9 @@ class Transport:
         if live.ended == "deadline":
             return TransportError(f"timed out: no complete reply within {limits.total:.1f} s", "timeout")
         if isinstance(exc, _ConnectFailed):
-            return TransportError(exc.reason, "connect")
+            return TransportError(exc.reason, exc.kind)
+        if isinstance(exc, ssl.SSLError):  # an alert after the handshake: TLS 1.3 refuses a client certificate so
+            return TransportError(fleet_tls.failure_reason(exc, "the fleet name"), "tls")
         if isinstance(exc, (socket.timeout, TimeoutError)):
             return TransportError(f"timed out: no bytes moved for {limits.idle:g} s", "timeout")
         if isinstance(exc, (http.client.RemoteDisconnected, http.client.IncompleteRead)):
@@ -323,9 +339,9 @@ class _Stale(Exception):
 
 
 class _ConnectFailed(OSError):
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, kind: str = "connect"):
         super().__init__(reason)
-        self.reason = reason
+        self.reason, self.kind = reason, kind
 
 
 def _connect_reason(exc: OSError) -> str:
@@ -339,21 +355,42 @@ def _connect_reason(exc: OSError) -> str:
 
 
 class _TimedHTTP(http.client.HTTPConnection):
+    on_socket = None  # called with the TCP socket as soon as it is connected
+
     def connect(self):
         try:
             super().connect()
         except OSError as exc:
             raise _ConnectFailed(_connect_reason(exc)) from None
+        if self.on_socket is not None:
+            self.on_socket(self.sock)
 
 
-class _TimedHTTPS(http.client.HTTPSConnection):
+class _TimedHTTPS(_TimedHTTP):
+    """TCP to the URL's address, then TLS verifying `server_name` (the fleet's name, not the IP)."""
+
+    default_port = http.client.HTTPS_PORT
+
+    def __init__(self, host: str, port: int, *, timeout: float, context: ssl.SSLContext, server_name: str):
+        super().__init__(host, port, timeout=timeout)
+        self.context, self.server_name = context, server_name
+
     def connect(self):
+        super().connect()  # the watchdog holds the raw socket: a stalled handshake ends at the deadline
         try:
-            super().connect()
+            self.sock = self.context.wrap_socket(self.sock, server_hostname=self.server_name)
         except ssl.SSLError as exc:
-            raise _ConnectFailed(f"TLS failed: {exc.reason or exc}") from None
+            self.sock.close()
+            raise _ConnectFailed(fleet_tls.failure_reason(exc, self.server_name), "tls") from None
         except OSError as exc:
-            raise _ConnectFailed(_connect_reason(exc)) from None
+            self.sock.close()
+            raise _ConnectFailed(_tls_cut_reason(exc)) from None
+
+
+def _tls_cut_reason(exc: OSError) -> str:
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "TLS handshake timed out"
+    return f"connection closed during the TLS handshake ({type(exc).__name__})"
 
 
 def _early_answer(connection: http.client.HTTPConnection) -> http.client.HTTPResponse | None:
@@ -397,7 +434,8 @@ def _usable(connection: http.client.HTTPConnection) -> bool:
 
 
 def _is_stale(exc: BaseException) -> bool:
-    return isinstance(exc, (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected))
+    closed = (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected)
+    return isinstance(exc, (*closed, ssl.SSLEOFError, ssl.SSLZeroReturnError))
 
 
 def _closed_reason(exc: BaseException) -> str:

@@ -101,11 +101,11 @@ def figures(url: str, text: str) -> WorkerFigures:
     return result
 
 
-def fetch(url: str, timeout: float, transport: Transport) -> WorkerFigures:
+def fetch(url: str, timeout: float, transport: Transport, tls=None) -> WorkerFigures:
     """One worker's figures; a failure is in `error`."""
     limits = Limits(connect=timeout, idle=timeout, total=2 * timeout, max_body=METRICS_MAX_BYTES)
     try:
-        reply = transport.exchange("GET", f"{url}/metrics", limits, headers={"Accept": "text/plain"})
+        reply = transport.exchange("GET", f"{url}/metrics", limits, headers={"Accept": "text/plain"}, tls=tls)
     except TransportError as exc:
         return WorkerFigures(url, error=f"/metrics: {exc.reason}")
     if reply.status != 200:
@@ -115,10 +115,11 @@ def fetch(url: str, timeout: float, transport: Transport) -> WorkerFigures:
     return figures(url, reply.body.decode("utf-8", "replace"))
 
 
-def fetch_all(urls: list[str], timeout: float) -> list[WorkerFigures]:
+def fetch_all(urls: list[str], timeout: float, tls=None) -> list[WorkerFigures]:
+    """Every worker's figures at once; tls: the config's TlsSettings (fleet CA and name)."""
     transport = Transport(max(1, len(urls)))
     try:
-        return daemon_map(lambda url: fetch(url, timeout, transport), urls)
+        return daemon_map(lambda url: fetch(url, timeout, transport, tls), urls)
     finally:
         transport.close()
 

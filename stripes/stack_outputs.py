@@ -101,15 +101,29 @@ def run_pulumi(stack: str | None, *, cwd: str | os.PathLike = REPO_ROOT, env: di
 
 
 def check_complete(outputs: object) -> dict:
-    """What every reader relies on: a non-empty worker list with http:// URLs, and the token."""
+    """What every reader relies on: a non-empty worker list with http(s):// URLs, the token,
+    and the fleet CA when the workers are https:// (nobody may verify them by anything else)."""
     if not isinstance(outputs, dict) or not outputs.get("workers"):
         raise OutputsError("the stack has no workers in its outputs; run `pulumi up` first")
     workers = outputs["workers"]
-    if not isinstance(workers, list) or not all(
-        isinstance(w, dict) and str(w.get("url", "")).startswith("http://") for w in workers
-    ):
-        raise OutputsError("a worker in the stack outputs has no http:// url")
+    if not isinstance(workers, list) or not all(isinstance(w, dict) and _scheme(w.get("url")) for w in workers):
+        raise OutputsError("a worker in the stack outputs has no http:// or https:// url")
     token = outputs.get("worker_token")
     if not isinstance(token, str) or not token or token == "[secret]":
         raise OutputsError("worker_token is missing or still masked in the stack outputs")
+    if any(_scheme(w["url"]) == "https" for w in workers) and not _pem(outputs.get("worker_ca_pem")):
+        raise OutputsError(
+            "the workers are https:// but worker_ca_pem (the fleet CA) is missing from the stack outputs"
+        )
+    if "worker_client_key_pem" in outputs and not _pem(outputs["worker_client_key_pem"]):
+        raise OutputsError("worker_client_key_pem is empty or still masked in the stack outputs")
     return outputs
+
+
+def _scheme(url: object) -> str | None:
+    text = str(url or "")
+    return next((scheme for scheme in ("http", "https") if text.startswith(f"{scheme}://")), None)
+
+
+def _pem(value: object) -> bool:
+    return isinstance(value, str) and value.lstrip().startswith("-----BEGIN ")

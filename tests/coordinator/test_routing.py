@@ -112,7 +112,7 @@ class FakeTransport:
         self.most_in_flight: dict[str, int] = {}
         self.closed = False
 
-    def exchange(self, method, url, limits, headers=None, body=None, cancel=None) -> Reply:
+    def exchange(self, method, url, limits, headers=None, body=None, cancel=None, tls=None) -> Reply:
         sent = Sent(method, url, limits, dict(headers or {}), body, time.monotonic())
         with self.lock:
             self.sent.append(sent)
