@@ -1,4 +1,4 @@
-"""Command line: `python -m scripts.fleet {status,wait,logs,redeploy,ssh-config} --help`."""
+"""Command line: `python -m scripts.fleet {status,wait,logs,redeploy,rotate-token,refresh-secrets,...} --help`."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from scripts.fleet.config import RUNTIME_OF_ROLE, FleetConfig, Worker, load_conf
 from scripts.fleet.errors import FleetError
 
 EXIT_CODES = """exit codes: 0 ok, 1 failure (AWS, SSH, remote command), 2 bad usage or outputs file,
-3 wait or rollout timed out, 4 redeploy failed and the previous release runs (rollout: rolled back),
-5 redeploy and rollback failed (rollout: rollback failed), 6 wait: a host's first boot failed (cloud-init error)"""
+3 wait, rollout or a secrets wait timed out, 4 redeploy failed and the previous release runs (rollout,
+rotate-token: rolled back), 5 redeploy and rollback failed (rollout, rotate-token: rollback failed),
+6 wait: a host's first boot failed (cloud-init error)"""
 
 
 @dataclass
@@ -119,7 +120,7 @@ def _extra_row(config: FleetConfig, instance) -> Row:
     if instance.group and port:
         row.name = instance.instance_id
         row.expected_runtime = RUNTIME_OF_ROLE[instance.role]
-        row.url = f"http://{instance.public_ip}:{port}" if instance.public_ip else ""
+        row.url = f"{config.scheme}://{instance.public_ip}:{port}" if instance.public_ip else ""
     return row
 
 
@@ -142,7 +143,7 @@ def collect(config: FleetConfig, boot_done: frozenset[str] = frozenset()) -> lis
         return Boot("done") if row.name in boot_done else read_boot(config, worker)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        healths = pool.map(lambda r: check_health(r.url) if r.url else None, rows)
+        healths = pool.map(lambda r: check_health(r.url, tls=config.tls) if r.url else None, rows)
         boots = pool.map(boot_of, rows)
         for row, health, boot in zip(rows, healths, boots, strict=True):
             row.health, row.boot, row.boot_strict = health, boot, config.boot_strict
@@ -306,6 +307,25 @@ def cmd_ssh_config(config: FleetConfig, args) -> int:
     return errors.OK
 
 
+def cmd_rotate_token(config: FleetConfig, args) -> int:
+    from scripts.fleet import parameters, trigger
+    from scripts.fleet.rotate import Rotation
+
+    chosen, how = trigger.choose(config, args.trigger)
+    print(f"hosts fetch secrets {how}", file=sys.stderr, flush=True)
+    rotation = Rotation(config, parameters.ssm_client(config), chosen, args.timeout, args.interval, args.grace)
+    return rotation.run()
+
+
+def cmd_refresh_secrets(config: FleetConfig, args) -> int:
+    from scripts.fleet import parameters, trigger
+    from scripts.fleet.refresh import refresh
+
+    chosen, how = trigger.choose(config, args.trigger)
+    print(f"hosts fetch secrets {how}", file=sys.stderr, flush=True)
+    return refresh(config, parameters.ssm_client(config), chosen, args.timeout, args.interval)
+
+
 def _positive(value: str) -> float:
     try:
         number = float(value)
@@ -348,6 +368,60 @@ def _pool_parsers(commands, common) -> None:
     rollout.add_argument("--timeout", type=_positive, default=3600, help="seconds (default 3600)")
     rollout.add_argument("--interval", type=_positive, default=15, help="seconds between polls (default 15)")
     rollout.set_defaults(run=cmd_rollout)
+
+
+def _not_negative(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0 <= number <= 600:
+        raise argparse.ArgumentTypeError(f"must be 0-600, got {value}")
+    return number
+
+
+def _secrets_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trigger",
+        choices=("ssh", "timer"),
+        help="how hosts fetch the SSM secrets now: ssh runs `systemctl start <role>-secrets.service`, "
+        "timer waits for <role>-secrets.timer (~60 s) (default: ssh with --ssh-key / FLEET_SSH_KEY "
+        "on a fixed stack, else timer)",
+    )
+    parser.add_argument("--timeout", type=_positive, default=180, help="seconds per wait (default 180)")
+    parser.add_argument("--interval", type=_positive, default=2, help="seconds between probes (default 2)")
+
+
+def _secrets_parsers(commands, common) -> None:
+    rotate = commands.add_parser(
+        "rotate-token",
+        parents=[common],
+        epilog=EXIT_CODES,
+        help="replace the workers' bearer token with no failed request",
+        description="Put current+new in the SSM parameter worker-token, make hosts fetch it, wait until "
+        "every worker accepts the new token, switch the outputs file's worker_token (atomic, mode kept), "
+        "put the new token alone, and check the old one is refused. A failure before the switch puts "
+        "the parameter back (exit 4). No token is ever printed.",
+    )
+    _secrets_flags(rotate)
+    rotate.add_argument(
+        "--grace",
+        type=_not_negative,
+        default=5,
+        help="seconds between switching the outputs file and retiring the old token (default 5)",
+    )
+    rotate.set_defaults(run=cmd_rotate_token)
+    refresh = commands.add_parser(
+        "refresh-secrets",
+        parents=[common],
+        epilog=EXIT_CODES,
+        help="hosts fetch token and certificate from SSM now; check the certificate served",
+        description="Make every host fetch its secrets from SSM (over SSH, or wait for the timer), then "
+        "check that every worker presents the certificate in the parameter worker-tls-cert (SHA-256), "
+        "verified against the fleet CA and name. Exit 3 when one does not within --timeout.",
+    )
+    _secrets_flags(refresh)
+    refresh.set_defaults(run=cmd_refresh_secrets)
 
 
 def _count(value: str) -> int:
@@ -479,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     redeploy.set_defaults(run=cmd_redeploy)
     _pool_parsers(commands, common)
+    _secrets_parsers(commands, common)
 
     ssh_config = commands.add_parser(
         "ssh-config",

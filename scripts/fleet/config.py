@@ -12,8 +12,9 @@ from pathlib import Path
 
 from scripts.fleet import values
 from scripts.fleet.errors import USAGE, FleetError
+from scripts.fleet.tls import Pinning
 from stripes import stack_outputs
-from stripes.roles import RUNTIME_OF_ROLE, SSH_USER
+from stripes.roles import RUNTIME_OF_ROLE, SSH_USER, parameter_prefix
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,6 +55,17 @@ class FleetConfig:
     boot_check: bool = False  # also ask cloud-init over SSH (status, wait)
     boot_strict: bool = False  # an unknown boot (SSH failed) keeps a worker from being ready
     pool_ports: dict[str, int] = field(default_factory=dict)  # role -> port, for a pooled stack (`pools`)
+    tls: Pinning | None = None  # the fleet CA and name (`worker_ca_pem`, `worker_tls_name`); None: plain HTTP
+    secret_parameters: dict[str, str] = field(default_factory=dict)  # SSM names: worker-token, worker-tls-cert, ...
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def parameter(self, key: str) -> str:
+        """The SSM name of one secret (`worker-token`, `worker-tls-cert`): the outputs file's
+        `secret_parameters`, else infra's layout /{project}/{stack}/{key} (stripes/roles.py)."""
+        return self.secret_parameters.get(key) or f"{parameter_prefix(self.project, self.stack)}/{key}"
 
     @property
     def pooled(self) -> bool:
@@ -128,6 +140,38 @@ def _parse_worker(entry, index: int, path: Path) -> Worker:
     )
 
 
+def _pinning(data: dict, path: Path) -> Pinning | None:
+    """The fleet CA and name when the stack has TLS; a half-given pair is refused."""
+    ca, name = data.get("worker_ca_pem"), data.get("worker_tls_name")
+    if not ca and not name:
+        return None
+    if not isinstance(ca, str) or "-----BEGIN CERTIFICATE-----" not in ca:
+        raise FleetError(f"{path}: worker_ca_pem must be the fleet CA's PEM certificate", USAGE)
+    name = values.hostname(name, f"{path}: worker_tls_name")
+    cert, key = data.get("worker_client_cert_pem") or "", data.get("worker_client_key_pem") or ""
+    if bool(cert) != bool(key) or not isinstance(cert, str) or not isinstance(key, str):
+        raise FleetError(f"{path}: worker_client_cert_pem and worker_client_key_pem go together (PEM text)", USAGE)
+    return Pinning(ca, name, cert, key)
+
+
+def _secret_parameters(data: dict, path: Path) -> dict[str, str]:
+    names = data.get("secret_parameters") or {}
+    if not isinstance(names, dict):
+        raise FleetError(f"{path}: secret_parameters must be an object of SSM parameter names", USAGE)
+    return {
+        key.replace("_", "-"): values.parameter_name(value, f"{path}: secret_parameters.{key}")
+        for key, value in names.items()
+    }
+
+
+def _plain_http_refused(workers: tuple[Worker, ...], tls: Pinning | None, path: Path) -> None:
+    plain = [w.name for w in workers if w.url.startswith("http://")]
+    if tls and plain:
+        raise FleetError(
+            f"{path}: plain HTTP refused: the fleet has a TLS CA, but {', '.join(plain)} have http:// URLs", USAGE
+        )
+
+
 def _port(value, name: str) -> int:
     try:
         port = int(value)
@@ -194,6 +238,8 @@ def load_config(args, environ=os.environ) -> FleetConfig:
     if not remote_root.startswith("/"):
         raise FleetError(f"--remote-root must be an absolute path, got {remote_root!r}", USAGE)
     source_root = getattr(args, "source_root", None)
+    tls = _pinning(data, path)
+    _plain_http_refused(workers, tls, path)
     return FleetConfig(
         outputs_path=path,
         project=values.stack_word(_required_text(data, "project", str(path)), f"{path}: project"),
@@ -201,6 +247,8 @@ def load_config(args, environ=os.environ) -> FleetConfig:
         region=_region(args, data, path, environ),
         workers=workers,
         pool_ports=_pool_ports(data, path),
+        tls=tls,
+        secret_parameters=_secret_parameters(data, path),
         ssh_user=values.ssh_user(
             getattr(args, "ssh_user", None) or data.get("ssh_user") or SSH_USER,
             "ssh user (--ssh-user, the outputs file's ssh_user)",

@@ -229,7 +229,7 @@ mv -T {q(link_new)} {q(self.paths.current)}
         deadline = time.monotonic() + self.health_timeout
         problem = "not checked"
         while time.monotonic() < deadline:
-            problem = check_health(self.worker.url).problem(self.worker.runtime, build)
+            problem = check_health(self.worker.url, tls=self.config.tls).problem(self.worker.runtime, build)
             if problem is None:
                 return None
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))

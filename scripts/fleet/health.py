@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import requests
 
+from scripts.fleet.tls import Pinning, reason
+
 
 @dataclass(frozen=True)
 class Health:
@@ -45,22 +47,26 @@ def _bounded_json(response: requests.Response):
     return json.loads(body.decode("utf-8"))
 
 
-def check_health(url: str, timeout: float = 3) -> Health:
+def check_health(url: str, timeout: float = 3, tls: Pinning | None = None) -> Health:
     """GET `url`/healthz, the whole exchange within `timeout` + 1 seconds (a reply that drips
     a byte at a time beats any per-read timeout); never raises for network or body faults.
-    A host that drips keeps a daemon thread until it stops; the caller moves on."""
+    A host that drips keeps a daemon thread until it stops; the caller moves on.
+    With `tls`, an https:// URL is checked against the pinned CA and name."""
     result: list[Health] = []
-    probe = threading.Thread(target=lambda: result.append(_get_health(url, timeout)), daemon=True)
+    probe = threading.Thread(target=lambda: result.append(_get_health(url, timeout, tls)), daemon=True)
     probe.start()
     probe.join(timeout + 1)
     return result[0] if result else Health(error=f"no complete answer within {timeout + 1:g}s")
 
 
-def _get_health(url: str, timeout: float) -> Health:
+def _get_health(url: str, timeout: float, tls: Pinning | None) -> Health:
     """One GET with per-read timeouts and a capped body. Redirects are not followed: a worker
     answers its own /healthz."""
     try:
-        with requests.get(f"{url}/healthz", timeout=timeout, stream=True, allow_redirects=False) as response:
+        with (
+            tls.session() if tls else requests.Session() as session,
+            session.get(f"{url}/healthz", timeout=timeout, stream=True, allow_redirects=False) as response,
+        ):
             status = response.status_code
             if response.is_redirect:
                 return Health(error=f"HTTP {status} redirect (not followed)")
@@ -69,6 +75,8 @@ def _get_health(url: str, timeout: float) -> Health:
             except (ValueError, RecursionError) as exc:
                 detail = str(exc) if str(exc).startswith("a body over") else "without a JSON body"
                 return Health(error=f"HTTP {status} {detail}")
+    except requests.exceptions.SSLError as exc:
+        return Health(error=f"TLS {reason(exc)}")
     except requests.ConnectionError as exc:
         refused = "refused" in str(exc).lower()
         return Health(error="connection refused" if refused else "unreachable")

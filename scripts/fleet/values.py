@@ -22,6 +22,7 @@ _STACK_WORD = re.compile(r"[A-Za-z0-9._-]{1,100}")  # Pulumi project/stack names
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")  # us-east-1, eu-central-2
 _HOSTNAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PARAMETER = re.compile(r"(/[A-Za-z0-9._-]{1,200}){1,15}")  # an SSM parameter name such as /hdtp/dev/worker-token
 
 
 def _bad(where: str, value, what: str) -> FleetError:
@@ -59,6 +60,15 @@ def stack_word(value, where: str) -> str:
 
 def region(value, where: str) -> str:
     return _match(_REGION, value, where, "an AWS region such as us-east-1")
+
+
+def hostname(value, where: str) -> str:
+    """A DNS name such as workers.stripes.internal (the fleet's TLS name)."""
+    return _match(_HOSTNAME, value, where, "a DNS name such as workers.stripes.internal")
+
+
+def parameter_name(value, where: str) -> str:
+    return _match(_PARAMETER, value, where, "an SSM parameter name such as /project/stack/worker-token")
 
 
 def ip_address(value, where: str) -> str:

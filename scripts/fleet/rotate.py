@@ -1,0 +1,176 @@
+"""`fleet rotate-token`: replace the workers' bearer token with no failed request.
+
+Workers accept every token listed in their token file (one or two), and hosts copy the SSM
+parameter `worker-token` into that file (infra/fetch_secrets.py). So: publish current+next,
+wait until every worker accepts next, switch the outputs file the coordinator reads, publish
+next alone, and check the old one is refused. Until the outputs file is switched, a failure
+puts the parameter back and leaves the file as it was. Tokens are never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from scripts.fleet import parameters, tokens
+from scripts.fleet.config import FleetConfig
+from scripts.fleet.errors import ROLLBACK_FAILED, ROLLED_BACK, USAGE, WAIT_TIMEOUT, FleetError
+from scripts.fleet.tokens import ACCEPTED, REFUSED, Endpoint
+from scripts.fleet.trigger import Trigger
+from stripes import stack_outputs
+from stripes.roles import PARAM_TOKEN
+
+STEPS = 7
+
+
+@dataclass
+class Rotation:
+    config: FleetConfig
+    ssm: object  # a boto3 SSM client
+    trigger: Trigger
+    timeout: float = 180  # per wait: every worker accepts next / refuses current
+    interval: float = 2
+    grace: float = 5  # after switching the outputs file, before retiring the current token
+    step: int = 0
+
+    def say(self, message: str) -> None:
+        self.step += 1
+        print(f"[{self.step}/{STEPS}] {message}", file=sys.stderr, flush=True)
+
+    def run(self) -> int:
+        name = self.config.parameter(PARAM_TOKEN)
+        current, before = self.check_start(name)
+        targets = tokens.endpoints(self.config)
+        self.check_workers(targets, current)
+        following = tokens.new_token()
+        self.publish_both(name, before, current, following, targets)
+        rewrite_token(self.config.outputs_path, following)
+        self.say(f"outputs file {self.config.outputs_path} now holds the new token")
+        time.sleep(self.grace)  # requests already sent with the current token finish
+        self.retire(name, current, following, targets)
+        print(f"token rotated: {len(targets)} workers accept only the new token")
+        return 0
+
+    def check_start(self, name: str) -> tuple[str, str]:
+        """(the coordinator's current token, the parameter's value as found)."""
+        current = outputs_token(self.config.outputs_path)
+        before = parameters.get_value(self.ssm, name)
+        if current not in token_lines(before):
+            raise FleetError(
+                f"the outputs file's worker_token is not in {name}; refresh the file "
+                "(`make stack-outputs`) before rotating (no value shown)"
+            )
+        self.say(f"read {name}: {len(token_lines(before))} token(s), the outputs file's among them")
+        return current, before
+
+    def check_workers(self, targets: list[Endpoint], current: str) -> None:
+        if not targets:
+            raise FleetError(f"no workers in {self.config.outputs_path} to rotate the token of", USAGE)
+        stray = tokens.new_token()
+        wanted = [("current token", current, ACCEPTED), ("a random token", stray, REFUSED)]
+        lagging = tokens.wait_for(self.config, targets, wanted, 0, self.interval)
+        if lagging:
+            raise FleetError(f"not rotating: {_summary(lagging)}")
+        self.say(f"{len(targets)} workers accept the current token and refuse a random one")
+
+    def publish_both(self, name: str, before: str, current: str, following: str, targets: list[Endpoint]) -> None:
+        """current+next on every worker, or the parameter as it was and FleetError."""
+        try:
+            parameters.put_value(self.ssm, name, f"{current}\n{following}")
+            self.say(f"{name} = current + new token; hosts fetch it {self.trigger_problems(targets)}")
+            wanted = [("new token", following, ACCEPTED), ("current token", current, ACCEPTED)]
+            lagging = tokens.wait_for(self.config, targets, wanted, self.timeout, self.interval)
+            if lagging:
+                raise FleetError(f"after {self.timeout:g}s {_summary(lagging)}")
+            self.say(f"every worker accepts both tokens ({len(targets)})")
+        except (Exception, KeyboardInterrupt) as exc:
+            raise self.roll_back(name, before, targets, exc) from None
+
+    def roll_back(self, name: str, before: str, targets: list[Endpoint], cause: BaseException) -> FleetError:
+        why = cause.message if isinstance(cause, FleetError) else (str(cause) or type(cause).__name__)
+        try:
+            parameters.put_value(self.ssm, name, before)
+        except FleetError as exc:
+            return FleetError(f"{why}; rolling back also failed ({exc.message}): fix {name} by hand", ROLLBACK_FAILED)
+        self.trigger(targets)  # hosts drop the new token now (else their timer does)
+        return FleetError(f"{why}; rolled back: {name} restored, outputs file unchanged", ROLLED_BACK)
+
+    def retire(self, name: str, current: str, following: str, targets: list[Endpoint]) -> None:
+        parameters.put_value(self.ssm, name, following)
+        self.say(f"{name} = new token only; hosts fetch it {self.trigger_problems(targets)}")
+        wanted = [("old token", current, REFUSED), ("new token", following, ACCEPTED)]
+        lagging = tokens.wait_for(self.config, targets, wanted, self.timeout, self.interval)
+        if lagging:
+            raise FleetError(f"the new token is in use, but after {self.timeout:g}s {_summary(lagging)}", WAIT_TIMEOUT)
+        self.say(f"every worker refuses the old token ({len(targets)})")
+
+    def trigger_problems(self, targets: list[Endpoint]) -> str:
+        problems = self.trigger(targets)
+        return "now" if not problems else f"(trigger failed on {'; '.join(problems)}: their timer will)"
+
+
+def _summary(lagging: dict[str, str]) -> str:
+    return "; ".join(f"{name}: {what}" for name, what in sorted(lagging.items()))
+
+
+def token_lines(value: str) -> list[str]:
+    return [line.strip() for line in value.splitlines() if line.strip()]
+
+
+def outputs_token(path: Path) -> str:
+    """The outputs file's worker_token; the file must be one this tool can rewrite in place."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise FleetError(f"cannot read {path}: {exc.strerror}", USAGE) from None
+    if not stat.S_ISREG(mode) or not os.access(path.parent, os.W_OK):
+        raise FleetError(f"{path} must be a regular file in a folder this user can write (it gets rewritten)", USAGE)
+    token = _outputs(path).get("worker_token")
+    if not isinstance(token, str) or not token.strip():
+        raise FleetError(f"{path} has no worker_token: the workers take no token to rotate", USAGE)
+    return token.strip()
+
+
+def _outputs(path: Path) -> dict:
+    try:
+        data = stack_outputs.read_file(path)
+    except stack_outputs.OutputsError as exc:
+        raise FleetError(f"outputs file: {exc}", USAGE) from None
+    if not isinstance(data, dict):
+        raise FleetError(f"{path} must hold a JSON object", USAGE)
+    return data
+
+
+def rewrite_token(path: Path, token: str) -> None:
+    """The outputs file with worker_token = token, replaced atomically (same folder, fsync,
+    rename) with its mode and, where allowed, owner kept: a reader sees the old or the new file."""
+    data = _outputs(path)
+    data["worker_token"] = token
+    info = path.stat()
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, stat.S_IMODE(info.st_mode))
+        if os.geteuid() == 0:
+            os.fchown(fd, info.st_uid, info.st_gid)
+        with os.fdopen(fd, "w") as out:
+            fd = -1
+            out.write(json.dumps(data, indent=2) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    finally:
+        if fd != -1:
+            os.close(fd)
+        if os.path.exists(temp):
+            os.unlink(temp)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)

@@ -1,0 +1,109 @@
+"""Which workers accept a bearer token, asked the cheapest way the contract allows.
+
+The probe is `POST /process` with the token, an empty body and `Content-Type: text/plain`: the
+contract checks the token (401 `unauthorized`) before the content type (415), so a wrong token
+gets 401 and a right one 415, answered at once without decoding anything and without adding an
+endpoint. 503 `busy` also comes after the token check (accepted); 503 `draining` comes before
+it (no verdict: ask again).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import requests
+
+from scripts.fleet.config import RUNTIME_OF_ROLE, FleetConfig
+from scripts.fleet.tls import reason
+
+ACCEPTED, REFUSED = "accepted", "refused"
+TOKEN_ALPHABET = string.ascii_letters + string.digits
+TOKEN_LENGTH = 40
+
+
+def new_token() -> str:
+    return "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_LENGTH))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A worker to probe and the host that runs it."""
+
+    name: str
+    role: str
+    url: str
+    host: str  # public IP for SSH ('' when unknown)
+
+
+def endpoints(config: FleetConfig) -> list[Endpoint]:
+    """The outputs file's workers, plus a pooled stack's running instances (found in EC2)."""
+    found = [Endpoint(w.name, w.role, w.url, w.public_ip) for w in config.workers]
+    if config.pooled:
+        from scripts.fleet.aws import fleet_instances
+
+        listed = {w.instance_id for w in config.workers}
+        for i in fleet_instances(config):
+            port = config.pool_ports.get(i.role)
+            if i.group and port and i.public_ip and i.state == "running" and i.instance_id not in listed:
+                found.append(Endpoint(i.instance_id, i.role, f"{config.scheme}://{i.public_ip}:{port}", i.public_ip))
+    return [e for e in found if e.role in RUNTIME_OF_ROLE]
+
+
+def verdict(session: requests.Session, url: str, token: str, timeout: float = 5) -> str:
+    """ACCEPTED, REFUSED, or why there is no verdict yet (one line, never the token)."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain", "Connection": "close"}
+    try:
+        response = session.post(f"{url}/process", data=b"", headers=headers, timeout=timeout, allow_redirects=False)
+    except requests.exceptions.SSLError as exc:
+        return f"TLS {reason(exc)}"
+    except requests.ConnectionError:
+        return "unreachable"
+    except requests.RequestException as exc:
+        return type(exc).__name__
+    status = response.status_code
+    if status == 401:
+        return REFUSED
+    if status == 503:
+        return ACCEPTED if _error_code(response) == "busy" else "draining (HTTP 503)"
+    return ACCEPTED if status in (400, 413, 415) else f"HTTP {status}"
+
+
+def _error_code(response: requests.Response) -> str:
+    try:
+        return str(json.loads(response.content[:4096])["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+def verdicts(config: FleetConfig, targets: list[Endpoint], token: str) -> dict[str, str]:
+    """{worker name: verdict} for every target, asked in parallel."""
+
+    def ask(target: Endpoint) -> str:
+        with config.tls.session() if config.tls else requests.Session() as session:
+            return verdict(session, target.url, token)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(zip((t.name for t in targets), pool.map(ask, targets), strict=True))
+
+
+def wait_for(
+    config: FleetConfig, targets: list[Endpoint], wanted: list[tuple[str, str, str]], timeout: float, interval: float
+) -> dict[str, str]:
+    """Ask until every target gives each token its wanted verdict ((label, token, ACCEPTED or
+    REFUSED) each); returns {name: what is still wrong} ({} on success) once done or after
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lagging: dict[str, str] = {}
+        for label, token, want in wanted:
+            for name, got in verdicts(config, targets, token).items():
+                if got != want:
+                    lagging.setdefault(name, f"{label}: {got}, not {want}")
+        if not lagging or time.monotonic() >= deadline:
+            return lagging
+        time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
