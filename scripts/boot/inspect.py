@@ -10,6 +10,7 @@ from scripts.boot.machine import Container
 # Trace lines of the runcmd script (set -x) that start each step of the timing table.
 STEP_MARKERS = (
     ("fetch", "+ /usr/local/sbin/fetch-worker-release"),
+    ("secrets", "+ /usr/local/sbin/fetch-worker-secrets"),
     ("runtime (venv / node)", ("+ python3 -m venv", "+ curl ")),
     ("dependencies", ("/bin/pip install", "npm ci")),
     ("enable + start", "+ systemctl daemon-reload"),
@@ -55,6 +56,22 @@ def env_file_facts(box: Container, role: str) -> dict:
     return {"mode_owner": stat, "worker_can_read": as_worker.returncode == 0}
 
 
+def secrets_facts(box: Container, role: str) -> dict:
+    """Mode and owner of the secrets folder and each file in it; who may read the token."""
+    folder = f"/etc/{role}/secrets"
+    listing = box.sh(f"stat -c '%n %a %U:%G' {folder} {folder}/*").stdout.split("\n")
+    facts = {line.split()[0].rsplit("/", 1)[-1]: " ".join(line.split()[1:]) for line in listing if line}
+    facts["worker_reads_token"] = box.sh(f"runuser -u worker -- cat {folder}/worker-token").returncode == 0
+    facts["login_user_reads_token"] = box.sh(f"runuser -u debian -- cat {folder}/worker-token").returncode == 0
+    return facts
+
+
+def unit_state(box: Container, unit: str) -> tuple[str, str]:
+    show = box.sh(f"systemctl show {unit} -p ActiveState -p UnitFileState").stdout
+    facts = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+    return facts.get("ActiveState", ""), facts.get("UnitFileState", "")
+
+
 def exposure(box: Container, role: str) -> float | None:
     out = box.sh(f"systemd-analyze security {role} --no-pager 2>&1 | tail -1").stdout
     match = re.search(r"exposure level for \S+: (\d+\.\d+)", out)
@@ -90,6 +107,7 @@ def step_times(box: Container, healthy_at: float | None) -> dict[str, float]:
         )
         if stamp is not None:
             starts.append((name, stamp))
+    starts.sort(key=lambda item: item[1])  # in the order runcmd ran them
     ends = [stamp for _, stamp in starts[1:]] + [healthy_at or _last_stamp(journal)]
     for (name, start), end in zip(starts, ends, strict=True):
         times[name] = end - start

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 SUBNET_PREFIX = "10.213.0"
-GATEWAY = f"{SUBNET_PREFIX}.1"  # the bridge: S3 stand-in (443) and the proxy relay (3128)
+GATEWAY = f"{SUBNET_PREFIX}.1"  # the bridge: S3 and SSM stand-in (443) and the proxy relay (3128)
 IMDS = "169.254.169.254"  # the IMDSv2 stand-in, also on the bridge
 PROXY_PORT = 3128
 PROXY_URL = f"http://{GATEWAY}:{PROXY_PORT}"
@@ -23,3 +23,8 @@ def s3_hosts(bucket: str, region: str) -> list[str]:
         f"s3.{region}.amazonaws.com",
         "s3.amazonaws.com",
     ]
+
+
+def aws_hosts(bucket: str, region: str) -> list[str]:
+    """Every AWS name the hosts use, all answered by the moto stand-in: S3's, then SSM's."""
+    return [*s3_hosts(bucket, region), f"ssm.{region}.amazonaws.com"]

@@ -1,10 +1,14 @@
-"""HTTP checks of a booted worker from outside its container (run inside the private namespace).
+"""HTTP(S) checks of a booted worker from outside its container (run inside the private namespace).
 
-python -m scripts.boot.probe URL TOKEN      # prints one JSON object
+python -m scripts.boot.probe URL TOKEN [TIMEOUT] [--ca CA_FILE --name NAME]   # prints one JSON object
+
+With --ca, an https URL is verified against that CA only and the certificate must carry NAME
+(the fleet's fixed name) while the connection goes to the URL's IP, as the coordinator does.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import sys
@@ -12,6 +16,28 @@ import time
 
 import requests
 from PIL import Image, ImageChops
+from requests.adapters import HTTPAdapter
+
+
+class PinnedName(HTTPAdapter):
+    """Connects to the URL's address but checks (and sends as SNI) the fleet's name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        kwargs["server_hostname"] = self.name
+        kwargs["assert_hostname"] = self.name
+        super().init_poolmanager(*args, **kwargs)
+
+
+def session(ca: str | None, name: str | None) -> requests.Session:
+    http = requests.Session()
+    if ca:
+        http.verify = ca
+        http.mount("https://", PinnedName(name))
+    return http
 
 
 def gradient_png(width: int = 24, height: int = 10) -> tuple[bytes, Image.Image]:
@@ -22,31 +48,34 @@ def gradient_png(width: int = 24, height: int = 10) -> tuple[bytes, Image.Image]
     return out.getvalue(), image
 
 
-def wait_healthy(url: str, timeout: float) -> dict:
+def wait_healthy(http: requests.Session, url: str, timeout: float) -> tuple[dict, str]:
+    """(/healthz body, "") once it answers 200, or ({}, the last failure) after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            reply = requests.get(f"{url}/healthz", timeout=3)
+            reply = http.get(f"{url}/healthz", timeout=3)
             if reply.status_code == 200:
-                return reply.json()
-        except requests.RequestException:
-            pass
+                return reply.json(), ""
+        except requests.RequestException as exc:
+            last_error = str(exc)[-300:]
+        else:
+            last_error = f"HTTP {reply.status_code}"
         if time.monotonic() > deadline:
-            return {}
+            return {}, last_error
         time.sleep(0.3)
 
 
-def probe(url: str, token: str, timeout: float) -> dict:
-    health = wait_healthy(url, timeout)
+def probe(http: requests.Session, url: str, token: str, timeout: float) -> dict:
+    health, error = wait_healthy(http, url, timeout)
+    if error:
+        return {"healthz": {}, "error": error}
     result = {"healthz": health, "healthy_at": time.time()}
-    if not health:
-        return result
     body, image = gradient_png()
     headers = {"Content-Type": "image/png"}
-    result["no_token_status"] = requests.post(
+    result["no_token_status"] = http.post(
         f"{url}/process?op=grayscale", data=body, headers=headers, timeout=30
     ).status_code
-    reply = requests.post(
+    reply = http.post(
         f"{url}/process?op=grayscale&format=png",
         data=body,
         timeout=30,
@@ -62,9 +91,14 @@ def probe(url: str, token: str, timeout: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = argv if argv is not None else sys.argv[1:]
-    timeout = float(args[2]) if len(args) > 2 else 60.0
-    print(json.dumps(probe(args[0], args[1], timeout)))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("url")
+    parser.add_argument("token")
+    parser.add_argument("timeout", nargs="?", type=float, default=60.0)
+    parser.add_argument("--ca", help="PEM file: the only CA trusted for an https URL")
+    parser.add_argument("--name", help="DNS name the certificate must carry (with --ca)")
+    args = parser.parse_args(argv)
+    print(json.dumps(probe(session(args.ca, args.name), args.url, args.token, args.timeout)))
     return 0
 
 

@@ -1,7 +1,7 @@
-"""One boot on its own stage: private network, CA, S3/IMDS stand-ins, registry proxy, container.
+"""One boot on its own stage: private network, CA, S3/SSM/IMDS stand-ins, registry proxy, container.
 
-with Stage(image, workdir, user_data, objects, bucket=..., region=...) as stage:
-    box = stage.boot("worker-python", index=0)
+with Stage(image, bucket=..., region=..., objects=..., parameters=...) as stage:
+    box = stage.boot("worker-python", 0, user_data)
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from scripts.boot import ssm
 from scripts.boot.machine import Container, PrivateNet, stop_group
-from scripts.boot.netplan import GATEWAY, s3_hosts
+from scripts.boot.netplan import GATEWAY, aws_hosts
 from scripts.boot.tls import make_ca_and_cert
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +28,7 @@ class Stage(contextlib.ExitStack):
         bucket: str,
         region: str,
         objects: dict[str, bytes],
+        parameters: dict[str, tuple[str, str]] | None = None,
         deny_registries: tuple[str, ...] = (),
         registry_budget: dict[str, int] | None = None,
         deny_s3: bool = False,
@@ -34,6 +36,8 @@ class Stage(contextlib.ExitStack):
         super().__init__()
         self.registry_budget = registry_budget or {}
         self.image, self.bucket, self.region, self.objects = image, bucket, region, objects
+        self.parameters = parameters or {}  # SSM name: (type, value)
+        self.setup_port = 0
         self.deny_registries, self.deny_s3 = deny_registries, deny_s3
         self.workdir = Path(tempfile.mkdtemp(prefix="hdtp-boot-"))
         self.net: PrivateNet | None = None
@@ -52,7 +56,7 @@ class Stage(contextlib.ExitStack):
         return [sys.executable, "-m", module, *args]
 
     def _start(self) -> None:
-        self.tls = make_ca_and_cert(self.workdir, s3_hosts(self.bucket, self.region), GATEWAY)
+        self.tls = make_ca_and_cert(self.workdir, aws_hosts(self.bucket, self.region), GATEWAY)
         socket_path = str(self.workdir / "proxy.sock")
         proxy = subprocess.Popen(
             self._python(
@@ -82,20 +86,24 @@ class Stage(contextlib.ExitStack):
             path = self.workdir / f"object-{index}"
             path.write_bytes(data)
             args.append(f"--object={key}={path}")
+        if self.parameters:
+            args.append(f"--parameters={ssm.write_parameters(self.workdir / 'parameters.json', self.parameters)}")
         if self.deny_s3:
             args.append("--deny-s3")
         standins = self.net.popen(
             self._python("scripts.boot.standins", *args), cwd=ROOT, stdout=subprocess.PIPE, text=True
         )
-        if standins.stdout.readline().strip() != "ready":
-            raise RuntimeError("the S3/IMDS stand-ins did not start")
+        ready, _, port = standins.stdout.readline().strip().partition(" ")
+        if ready != "ready":
+            raise RuntimeError("the S3/SSM/IMDS stand-ins did not start")
+        self.setup_port = int(port)
 
     def boot(self, name: str, index: int, user_data: str) -> Container:
         box = Container(self.net, self.image, self.workdir, name, index)
         self.callback(box.stop)
         # The test's CA (S3 stand-in) and any CA this machine's own egress re-signs TLS with.
         host_cas = sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
-        box.prepare(user_data, s3_hosts(self.bucket, self.region), [self.tls["ca"], *host_cas])
+        box.prepare(user_data, aws_hosts(self.bucket, self.region), [self.tls["ca"], *host_cas])
         box.start()
         return box
 
@@ -108,6 +116,14 @@ class Stage(contextlib.ExitStack):
             text=True,
             timeout=timeout,
         )
+
+    def put_parameters(self, parameters: dict[str, tuple[str, str]]) -> None:
+        """Change parameters in the running SSM stand-in (the file is removed once read)."""
+        path = ssm.write_parameters(self.workdir / "put-parameters.json", parameters)
+        url = f"http://127.0.0.1:{self.setup_port}"
+        done = self.in_net(self._python("scripts.boot.ssm", url, self.region, str(path)), timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"put_parameters: {done.stderr.strip()[-500:]}")
 
     def proxy_log(self) -> str:
         path = self.workdir / "proxy.sock.log"

@@ -1,13 +1,17 @@
-"""The AWS side of a first boot, run inside the private namespace: IMDSv2, S3 over TLS, proxy relay.
+"""The AWS side of a first boot, run inside the private namespace: IMDSv2, S3 and SSM over TLS, proxy relay.
 
 - IMDSv2 on 169.254.169.254:80: a session token (PUT), then instance-profile credentials.
-- S3: a moto server behind TLS on the bridge address, with a certificate for the bucket's
-  virtual-host names signed by the test's CA; the release objects are put in before `ready`.
+- S3 and SSM: one moto server behind TLS on the bridge address, with a certificate for the
+  bucket's virtual-host names and SSM's regional name signed by the test's CA; the release
+  objects and the parameters (a JSON file, scripts/boot/ssm.py) are put in before `ready`.
   `--deny-s3` answers every object read with 403 AccessDenied, as S3 does when IAM says no.
 - A TCP relay from the bridge's port 3128 to the allow-listing proxy's Unix socket.
 
     python -m scripts.boot.standins --cert C --key K --proxy-socket S --bucket B --region R \
-        --object KEY=PATH ... [--deny-s3]
+        --object KEY=PATH ... [--parameters FILE] [--deny-s3]
+
+It prints `ready <port>`: moto's plain-HTTP setup port on the namespace's 127.0.0.1, through
+which the test changes parameters later.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from scripts.boot import ssm
 from scripts.boot.netplan import GATEWAY, IMDS, PROXY_PORT
 
 ROLE_NAME = "worker-release-reader"
@@ -118,7 +123,8 @@ def copy(src: socket.socket, dst: socket.socket) -> None:
             dst.shutdown(socket.SHUT_WR)
 
 
-def start_s3(args) -> None:
+def start_aws(args) -> int:
+    """Returns the plain-HTTP setup port."""
     import boto3
     from moto.server import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import make_server
@@ -139,9 +145,12 @@ def start_s3(args) -> None:
         key, path = item.split("=", 1)
         with open(path, "rb") as body:
             client.put_object(Bucket=args.bucket, Key=key, Body=body.read())
+    if args.parameters:
+        ssm.put_all(ssm.client(f"http://127.0.0.1:{setup.port}", args.region), args.parameters)
     served = deny_reads(app) if args.deny_s3 else app
     tls = make_server(GATEWAY, 443, served, threaded=True, ssl_context=(args.cert, args.key))
     threading.Thread(target=tls.serve_forever, daemon=True).start()
+    return setup.port
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("--cert", "--key", "--proxy-socket", "--bucket", "--region"):
         parser.add_argument(name, required=True)
     parser.add_argument("--object", action="append", default=[], help="KEY=PATH to put in the bucket")
+    parser.add_argument("--parameters", help="JSON file {name: [type, value]} to put in Parameter Store")
     parser.add_argument("--deny-s3", action="store_true")
     args = parser.parse_args(argv)
 
@@ -157,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=imds.serve_forever, daemon=True).start()
     relay = Relay((GATEWAY, PROXY_PORT), relay_handler(args.proxy_socket))
     threading.Thread(target=relay.serve_forever, daemon=True).start()
-    start_s3(args)
-    print("ready", flush=True)
+    setup_port = start_aws(args)
+    print(f"ready {setup_port}", flush=True)
     threading.Event().wait()
     return 0
 
