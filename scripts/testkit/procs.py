@@ -58,6 +58,8 @@ def http_session(tls: TlsClient | None = None) -> requests.Session:
     """A requests session for a worker: plain, or pinned to tls.ca_file and tls.name."""
     session = requests.Session()
     if tls is not None:
+        # REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE in the environment would override verify (requests' rule)
+        session.trust_env = False
         session.mount("https://", _NamedHostAdapter(tls.name))
         session.verify = str(tls.ca_file)
         if tls.cert is not None:

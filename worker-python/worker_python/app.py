@@ -19,7 +19,8 @@ from worker_python.errors import ApiError, ImageError
 from worker_python.log import get_logger
 from worker_python.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from worker_python.metrics import Metrics, NoMetrics
-from worker_python.params import authorized
+from worker_python.params import authorized_by_any
+from worker_python.secret_files import SecretFiles
 from worker_python.state import Slot, WorkerState
 
 BUSY_RETRY_AFTER_SECONDS = 1
@@ -39,11 +40,14 @@ def create_app(
     self_check: Callable[[], None] = health.self_check,
     clock: Callable[[], float] = time.monotonic,
     tracer: tracing.NoTracing | tracing.OtelTracing | None = None,
+    secrets: SecretFiles | None = None,
 ) -> Flask:
+    """The app; `secrets` holds the accepted tokens (WORKER_TOKEN or WORKER_TOKEN_FILE, re-read on change)."""
     app = Flask("worker_python")
     state = WorkerState(settings.max_inflight, settings.max_inflight_pixels)
     app.extensions["worker_python"] = state
     handlers = Handlers(settings, state, health.SelfCheck(self_check, clock))
+    handlers.secrets = secrets or SecretFiles.load(settings)
     handlers.tracer = tracer or tracing.NoTracing()
     app.before_request(handlers.start_request)
     app.after_request(handlers.finish_request)
@@ -68,6 +72,7 @@ class Handlers:
         self.log = get_logger()
         self.metrics = Metrics() if settings.metrics else NoMetrics()
         self.tracer = tracing.NoTracing()
+        self.secrets = SecretFiles(settings)
 
     def error_response(self, status: int, code: str, message: str) -> Response:
         response = jsonify({"error": {"code": code, "message": " ".join(message.split())}})
@@ -165,7 +170,8 @@ class Handlers:
         if self.state.draining:
             self.metrics.rejected("draining")
             raise ApiError(503, "draining", "worker is shutting down; send the request elsewhere")
-        if settings.token and not authorized(request.headers.get("Authorization", ""), settings.token):
+        tokens = self.secrets.tokens
+        if tokens and not authorized_by_any(request.headers.get("Authorization", ""), tokens):
             raise ApiError(401, "unauthorized", "missing or wrong bearer token")
         if not self.state.try_acquire():
             self.metrics.rejected("busy")

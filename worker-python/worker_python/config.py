@@ -26,6 +26,15 @@ class Settings:
     build: str = "dev"
     log_level: str = "info"
     metrics: bool = True  # WORKER_METRICS=off: for benchmarking the metrics' own cost only
+    # secret files (paths, not secrets), re-read on change by secret_files.SecretFiles
+    token_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     def __repr__(self) -> str:  # never show the token, e.g. in a traceback or a log line
         token = "set" if self.token else "unset"
@@ -34,7 +43,8 @@ class Settings:
             f"max_pixels={self.max_pixels}, max_inflight={self.max_inflight}, "
             f"max_inflight_pixels={self.max_inflight_pixels}, "
             f"grace_seconds={self.grace_seconds}, build={self.build!r}, log_level={self.log_level!r}, "
-            f"metrics={self.metrics})"
+            f"metrics={self.metrics}, token_file={self.token_file!r}, tls_cert={self.tls_cert!r}, "
+            f"tls_key={self.tls_key!r}, tls_client_ca={self.tls_client_ca!r})"
         )
 
 
@@ -84,6 +94,30 @@ def _switch(environ: Mapping[str, str], name: str, default: bool) -> bool:
     return value == "on"
 
 
+def _path(environ: Mapping[str, str], name: str) -> str | None:
+    raw = environ.get(name)
+    return raw.strip() if raw is not None and raw.strip() else None
+
+
+def _secret_files(environ: Mapping[str, str], token: str | None) -> dict:
+    """The paths of WORKER_TOKEN_FILE and WORKER_TLS_*, checked for the combinations allowed."""
+    files = {
+        "token_file": _path(environ, "WORKER_TOKEN_FILE"),
+        "tls_cert": _path(environ, "WORKER_TLS_CERT"),
+        "tls_key": _path(environ, "WORKER_TLS_KEY"),
+        "tls_client_ca": _path(environ, "WORKER_TLS_CLIENT_CA"),
+    }
+    if token is not None and files["token_file"] is not None:
+        raise SettingsError("WORKER_TOKEN_FILE and WORKER_TOKEN are both set; set one of them")
+    if files["tls_cert"] is None and files["tls_key"] is not None:
+        raise SettingsError("WORKER_TLS_KEY is set without WORKER_TLS_CERT; set both or neither")
+    if files["tls_cert"] is not None and files["tls_key"] is None:
+        raise SettingsError("WORKER_TLS_CERT is set without WORKER_TLS_KEY; set both or neither")
+    if files["tls_client_ca"] is not None and files["tls_cert"] is None:
+        raise SettingsError("WORKER_TLS_CLIENT_CA needs TLS: set WORKER_TLS_CERT and WORKER_TLS_KEY too")
+    return files
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and check every WORKER_* variable; raises SettingsError naming the first bad one."""
     environ = os.environ if environ is None else environ
@@ -109,4 +143,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         build=_text(environ, "WORKER_BUILD", "dev"),
         log_level=log_level,
         metrics=_switch(environ, "WORKER_METRICS", True),
+        **_secret_files(environ, token),
     )

@@ -11,7 +11,13 @@ token needed) take every thread and /healthz hangs (slowloris). Here:
 - a connection that ends with unread body is half-closed and drained by the event loop for
   at most LINGER_SECONDS / LINGER_BYTES (gunicorn would block its loop for 2 s on each);
 - body reads and reply writes are rate-bounded (wire.PacedSocket);
-- gunicorn's own error replies are the contract's JSON and never quote the request.
+- gunicorn's own error replies are the contract's JSON and never quote the request;
+- with TLS (secret_files.SecretFiles holds the context) the handshake runs on the event loop,
+  without blocking, under the same HEADER_TIMEOUT_SECONDS as the headers: a peer that never
+  finishes it (idle, a stalled ClientHello, plain HTTP) holds no thread and is cut off. Each
+  connection takes the context current at accept, so a reloaded certificate reaches new
+  handshakes while open connections keep theirs. (gunicorn's own TLS handshakes in a request
+  thread, blocking, with no deadline.)
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import contextlib
 import errno
 import selectors
 import socket
+import ssl
 import time
 from concurrent import futures
 from functools import partial
@@ -66,6 +73,9 @@ class HeaderGatedThreadWorker(ThreadWorker):
         self.header_waiting: dict[TConn, tuple[float, bytearray]] = {}
         self.lingering: dict[socket.socket, list] = {}
         self.health_pool = futures.ThreadPoolExecutor(HEALTH_THREADS, thread_name_prefix="healthz")
+        self.secret_files = getattr(self.app, "secrets", None)
+        if self.secret_files is not None:
+            self.secret_files.start_watching()  # here, after the fork: the thread runs in this process
         super().init_process()
 
     def load_wsgi(self) -> None:
@@ -74,9 +84,6 @@ class HeaderGatedThreadWorker(ThreadWorker):
         self.wsgi = wire.contract_headers(self.wsgi)
 
     def accept(self, listener) -> None:
-        if self.cfg.is_ssl:  # the TLS handshake needs a blocking socket: keep gunicorn's way
-            super().accept(listener)
-            return
         try:
             client_sock, client_addr = listener.accept()
         except OSError as exc:
@@ -87,10 +94,20 @@ class HeaderGatedThreadWorker(ThreadWorker):
             return
         if len(self.header_waiting) + len(self.keepalived_conns) >= MAX_IDLE_CONNECTIONS:
             self._evict_oldest_idle()
+        context = self.secret_files.context if self.secret_files is not None else None
+        if context is not None:
+            try:
+                client_sock = context.wrap_socket(client_sock, server_side=True, do_handshake_on_connect=False)
+            except (OSError, ValueError):
+                client_sock.close()
+                return
         self.nr_conns += 1
         conn = GatedConn(self, self.cfg, client_sock, client_addr, listener.getsockname())
-        conn.init()  # creates the HTTP/1 parser; reads nothing
-        self._wait_for_headers(conn)
+        conn.init()  # creates the HTTP/1 parser (on the TLS socket, if any); reads nothing
+        if context is not None:
+            self._start_handshake(conn)
+        else:
+            self._wait_for_headers(conn)
 
     def enqueue_req(self, conn) -> None:
         """Hand a connection whose next request's headers are buffered to a thread: /healthz
@@ -106,12 +123,17 @@ class HeaderGatedThreadWorker(ThreadWorker):
         future.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
 
     def on_client_socket_readable(self, conn, client) -> None:
-        if self.cfg.is_ssl:
-            super().on_client_socket_readable(conn, client)
-            return
         self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
         self._wait_for_headers(conn)
+
+    def finish_request(self, conn, fs) -> None:
+        super().finish_request(conn, fs)
+        # a kept-alive TLS connection may hold a pipelined request already decrypted by the last
+        # read: the socket will not turn readable for it, so read it now
+        if self.keepalived_conns and self.keepalived_conns[-1] is conn and _tls_pending(conn.sock):
+            self.on_client_socket_readable(conn, conn.sock)
+            self._on_header_bytes(conn, conn.sock)
 
     def handle_request(self, req, conn):
         raw = conn.sock
@@ -140,6 +162,31 @@ class HeaderGatedThreadWorker(ThreadWorker):
         except OSError:
             pass
 
+    # ------------------------------------------------------------ TLS handshake
+
+    def _start_handshake(self, conn: TConn) -> None:
+        """Handshake without blocking; the deadline covers the handshake and the headers."""
+        conn.sock.setblocking(False)
+        self.header_waiting[conn] = (time.monotonic() + HEADER_TIMEOUT_SECONDS, bytearray())
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_handshake, conn))
+
+    def _on_handshake(self, conn: TConn, sock) -> None:
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.poller.modify(sock, selectors.EVENT_READ, partial(self._on_handshake, conn))
+            return
+        except ssl.SSLWantWriteError:
+            self.poller.modify(sock, selectors.EVENT_WRITE, partial(self._on_handshake, conn))
+            return
+        except (OSError, ValueError) as exc:  # a failed handshake: plain HTTP, no client certificate, a reset
+            get_logger().debug("TLS handshake failed", extra={"code": type(exc).__name__})
+            self._drop(conn)
+            return
+        self.poller.modify(sock, selectors.EVENT_READ, partial(self._on_header_bytes, conn))
+        if _tls_pending(sock):
+            self._on_header_bytes(conn, sock)
+
     # ------------------------------------------------------------ header gate
 
     def _wait_for_headers(self, conn: TConn, received: bytes = b"") -> None:
@@ -149,8 +196,8 @@ class HeaderGatedThreadWorker(ThreadWorker):
 
     def _on_header_bytes(self, conn: TConn, sock) -> None:
         try:
-            data = sock.recv(HEADER_LIMIT_BYTES)
-        except (BlockingIOError, InterruptedError):
+            data = _recv_available(sock)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError:
             data = b""
@@ -238,3 +285,17 @@ class HeaderGatedThreadWorker(ThreadWorker):
         for sock, (deadline, _) in list(self.lingering.items()):
             if now >= deadline or not self.alive:
                 self._end_linger(sock)
+
+
+def _tls_pending(sock) -> bool:
+    """Decrypted bytes buffered in a TLS socket, which a poller cannot see."""
+    return isinstance(sock, ssl.SSLSocket) and sock.fileno() != -1 and sock.pending() > 0
+
+
+def _recv_available(sock) -> bytes:
+    """What the socket has now, up to HEADER_LIMIT_BYTES; a TLS socket returns one record per
+    read, so its buffered rest is read too."""
+    data = sock.recv(HEADER_LIMIT_BYTES)
+    while data and len(data) < HEADER_LIMIT_BYTES and _tls_pending(sock):
+        data += sock.recv(HEADER_LIMIT_BYTES - len(data))
+    return data

@@ -84,6 +84,7 @@ def report(settings: Settings, state: WorkerState, checker: SelfCheck) -> dict:
         "max_inflight_pixels": settings.max_inflight_pixels,
         "max_bytes": settings.max_bytes,
         "max_pixels": settings.max_pixels,
+        "tls": settings.tls,
     }
     if reason:
         body["reason"] = reason

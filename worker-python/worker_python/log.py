@@ -28,6 +28,8 @@ REQUEST_FIELDS = (
     "port",
     "host",
     "inflight",
+    "tls",
+    "files",
 )
 
 

@@ -55,6 +55,12 @@ def authorized(header: str, token: str) -> bool:
     return hmac.compare_digest(given.lstrip(" ").encode(), token.encode())
 
 
+def authorized_by_any(header: str, tokens: tuple[str, ...]) -> bool:
+    """authorized() against each token (one or two during a rotation); every one is compared."""
+    results = [authorized(header, token) for token in tokens]
+    return any(results)
+
+
 def single_values(args) -> dict[str, str]:
     """The known query keys, each given at most once (rule 1); unknown keys are ignored."""
     values = {}

@@ -16,6 +16,7 @@ from worker_python.app import create_app
 from worker_python.config import Settings, SettingsError, load_settings
 from worker_python.header_gate import HeaderGatedThreadWorker
 from worker_python.log import GunicornJsonLogger, get_logger, setup_logging
+from worker_python.secret_files import SecretFiles
 
 # The drain must end before gunicorn's master stops waiting (it SIGKILLs at grace seconds).
 DRAIN_MARGIN_SECONDS = 1.0
@@ -66,8 +67,9 @@ def tune_malloc() -> None:
 
 
 class WorkerServer(BaseApplication):
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, secrets: SecretFiles | None = None):
         self.settings = settings
+        self.secrets = secrets or SecretFiles.load(settings)  # the worker's TLS context and tokens
         super().__init__()
 
     def load_config(self) -> None:
@@ -96,17 +98,18 @@ class WorkerServer(BaseApplication):
 
     def load(self):
         # called after gunicorn's fork, so the span exporter's thread (tracing on) runs in the worker
-        return create_app(self.settings, tracer=tracing.from_env())
+        return create_app(self.settings, tracer=tracing.from_env(), secrets=self.secrets)
 
 
 def main() -> int:
     try:
         settings = load_settings()
+        secrets = SecretFiles.load(settings)
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     log = setup_logging(settings.log_level)
-    log.info("starting", extra={"host": settings.host, "port": settings.port})
+    log.info("starting", extra={"host": settings.host, "port": settings.port, "tls": settings.tls})
     tune_malloc()
-    WorkerServer(settings).run()
+    WorkerServer(settings, secrets).run()
     return 0
