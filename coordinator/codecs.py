@@ -20,24 +20,39 @@ from PIL import Image
 # strip of noisy saturated colour can dip to ~44. Promise (and test): >= HIGH_PSNR_DB per image.
 HIGH_QUALITY = 95
 HIGH_PSNR_DB = 45.0
-# PNG zlib level asked of each runtime for lossless replies (measured: coordinator/README.md,
-# "Wire formats"). worker-python: a 1-channel gray reply is Z_RLE at levels 1-6, the same
-# 2.4 MB per 6 MP strip at each, so 1 is the cheapest. sharp: sizes fall with the level.
-REPLY_PNG_LEVEL = {"python": 1, "nodejs": 6}
+# Lossless replies, per runtime and op, by measured bytes and CPU on a 4000x1500 photo strip
+# (coordinator/README.md, "Wire formats"). WebP lossless at its fastest (method/effort 0 via
+# compression=0, quality 1) subtracts green and codes the rest, which PNG cannot: sepia is
+# nearly rank-one, so it falls from 6.0-7.3 MB (PNG) to 5.2 MB and invert from 6.4-9.7 to 4.2,
+# for less CPU than PNG on worker-python and ~0.25 s more on sharp. A grayscale strip stays a
+# 1-channel PNG (2.4-2.7 MB; WebP's fastest is 3.9). Blur on worker-python: PNG 6 (Z_RLE) is
+# 1.4 MB, WebP 1.5. worker-python's gray PNG is Z_RLE at levels 1-6, all the same size, so 1.
+WEBP_LOSSLESS_FAST = {"format": "webp", "lossless": "true", "quality": "1", "compression": "0"}
+WEBP_MAX_SIDE = 16383  # a larger strip or piece comes back as PNG
+LOSSLESS_REPLY = {
+    "python": {"grayscale": ("png", 1), "blur": ("png", 6)},
+    "nodejs": {"grayscale": ("png", 6)},
+}
 ORIENTATION_TAG = 0x0112
 JPEGTRAN_TIMEOUT_SECONDS = 30
 
 
-def reply_query(wire: str, quality: str, runtime: str | None) -> dict[str, str]:
-    """Query parameters that pick the worker's reply format. Lossless PNG replies ask for
-    channels=auto: a grayscale strip then comes back as one channel, a third of the bytes."""
+def reply_query(
+    wire: str, quality: str, runtime: str | None, op: str = "", size: tuple[int, int] = (0, 0)
+) -> dict[str, str]:
+    """Query parameters that pick the worker's reply format for a strip of `op` and `size`
+    (width, rows). Lossless PNG replies ask for channels=auto: a grayscale strip then comes
+    back as one channel, a third of the bytes."""
     if quality == "high":
         return {"format": "jpeg", "quality": str(HIGH_QUALITY)}
     if wire == "raw":
         return {"format": "raw"}
+    codec, level = LOSSLESS_REPLY.get(runtime or "", {}).get(op, ("webp", 0))
     if wire == "webp-lossless":
-        return {"format": "webp", "lossless": "true"}
-    return {"format": "png", "compression": str(REPLY_PNG_LEVEL.get(runtime or "", 1)), "channels": "auto"}
+        codec = "webp"
+    if codec == "webp" and max(size) <= WEBP_MAX_SIDE:
+        return dict(WEBP_LOSSLESS_FAST)
+    return {"format": "png", "compression": str(level or 6), "channels": "auto"}
 
 
 @dataclass(frozen=True)

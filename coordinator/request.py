@@ -86,7 +86,7 @@ def send_strip(
     rows = strip.send_bottom - strip.send_top if rows is None else rows
     query = {
         "op": strip.op,
-        **codecs.reply_query(wire, config.wire_quality, worker.runtime),
+        **codecs.reply_query(wire, config.wire_quality, worker.runtime, strip.op, (width, rows)),
         **{name: str(params[name]) for name in OPERATIONS[strip.op].params},
     }
     headers = {"Content-Type": content_type, "X-Request-Id": request_id}

@@ -24,7 +24,7 @@ from PIL import Image
 from referencing import Registry
 from referencing.jsonschema import DRAFT7
 
-from scripts.testkit.images import solid_png
+from scripts.testkit.images import encoded, photo, solid_png
 from scripts.testkit.procs import ROOT, RUNTIMES, start_worker
 
 SPEC = json.loads((ROOT / "tests" / "contract" / "openapi.json").read_text())
@@ -370,6 +370,21 @@ def test_output_format(any_worker, fmt):
         assert_close(rgb_pixels(response.content), expected, 0, what=fmt)
     else:  # lossy: right size and roughly the right picture
         assert_close(np.asarray(image.convert("RGB")), expected, 255, 40, what=fmt)
+
+
+def test_webp_compression_sets_its_effort_and_lossless_stays_exact(any_worker):
+    """compression 0-9 is also WebP's effort (compression * 2 // 3, so the default 6 is libwebp's
+    4): the coordinator asks for lossless at 0 over a slow link, which must stay exact."""
+    data = encoded(photo(192, 128), "PNG")
+    expected = ppm_pixels(post(any_worker, data, params={"op": "sepia", "format": "raw"}).content)
+    sizes = {}
+    for compression in ("0", "6", "9"):
+        params = {"op": "sepia", "format": "webp", "lossless": "true", "quality": "1", "compression": compression}
+        response = post(any_worker, data, params=params)
+        assert response.status_code == 200, response.text[:300]
+        assert_close(rgb_pixels(response.content), expected, 0, what=f"webp lossless, compression={compression}")
+        sizes[compression] = len(response.content)
+    assert sizes["6"] < sizes["0"], sizes  # effort 4 finds a smaller file than effort 0
 
 
 def test_raw_ppm_in_and_out(any_worker):

@@ -8,12 +8,14 @@ import io
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 from coordinator import codecs, imaging, pieces, request
 from coordinator.config import CoordinatorConfig, load_config
 from coordinator.engine import run_job
 from coordinator.errors import ConfigError
+from coordinator.plan import OPERATIONS
 from scripts.testkit.images import encoded, photo, png_bytes
 from tests.support.ci import skip_or_fail
 
@@ -219,11 +221,49 @@ def test_gray_reply_is_refused_unless_asked_for():
 
 def test_reply_formats():
     assert codecs.reply_query("raw", "lossless", "python") == {"format": "raw"}
-    assert codecs.reply_query("jpeg-cut", "lossless", "nodejs") == {
+    assert codecs.reply_query("jpeg-cut", "lossless", "nodejs", "grayscale", (4000, 1500)) == {
         "format": "png",
         "compression": "6",
         "channels": "auto",
     }
-    assert codecs.reply_query("webp-lossless", "lossless", "python") == {"format": "webp", "lossless": "true"}
-    assert codecs.reply_query("jpeg-cut", "high", "python") == {"format": "jpeg", "quality": "95"}
+    assert codecs.reply_query("png", "lossless", "python", "grayscale", (4000, 1500))["compression"] == "1"
+    assert codecs.reply_query("png", "lossless", "python", "blur", (4000, 1500))["compression"] == "6"
+    fast_webp = {"format": "webp", "lossless": "true", "quality": "1", "compression": "0"}
+    for runtime in ("python", "nodejs", None):
+        assert codecs.reply_query("jpeg-cut", "lossless", runtime, "sepia", (4000, 1500)) == fast_webp
+        assert codecs.reply_query("png", "lossless", runtime, "invert", (4000, 1500)) == fast_webp
+        assert codecs.reply_query("webp-lossless", "lossless", runtime, "grayscale", (64, 64)) == fast_webp
+    # WebP holds at most 16383 per side: a wider strip or a taller piece comes back as PNG
+    for size in [(16384, 100), (100, 16384)]:
+        assert codecs.reply_query("jpeg-cut", "lossless", "nodejs", "sepia", size)["format"] == "png"
+        assert codecs.reply_query("webp-lossless", "lossless", "python", "sepia", size)["format"] == "png"
+    assert codecs.reply_query("jpeg-cut", "high", "python", "sepia", (64, 64)) == {"format": "jpeg", "quality": "95"}
     assert imaging.decode_any  # replies of every kind decode through the same function
+
+
+@pytest.mark.parametrize("runtime", ["python", "nodejs"])
+def test_every_lossless_reply_codec_is_exact(python_worker, nodejs_worker, runtime):
+    """Each (runtime, op) reply the coordinator asks for decodes to the raw reply's pixels."""
+    url = {"python": python_worker, "nodejs": nodejs_worker}[runtime].url
+    pixels = photo(331, 203)  # odd sizes: no codec gets an aligned block for free
+    body, content_type = imaging.encode_strip(pixels, "raw")
+    for op in OPERATIONS:
+        extra = {"radius": "3"} if op == "blur" else {}
+
+        def reply(query, op=op, extra=extra):
+            got = requests.post(
+                f"{url}/process",
+                params={"op": op, **query, **extra},
+                data=body,
+                headers={"Content-Type": content_type},
+                timeout=60,
+            )
+            assert got.status_code == 200, got.text[:200]
+            return got
+
+        query = codecs.reply_query("jpeg-cut", "lossless", runtime, op, (331, 203))
+        compressed = reply(query)
+        assert compressed.headers["Content-Type"].startswith(f"image/{query['format']}")
+        got = imaging.decode_any(compressed.content, expected_size=(331, 203), gray_ok=True)
+        got = got if got.ndim == 3 else np.repeat(got[:, :, None], 3, axis=2)
+        assert np.array_equal(got, imaging.decode_any(reply({"format": "raw"}).content)), (runtime, op, query)
