@@ -36,7 +36,7 @@ RETRYABLE_CODES = {
     "ThrottlingException",
     "InternalServerError",
 }
-MAX_TOKEN_LENGTH = 1024  # the workers refuse an Authorization header over 4096 bytes anyway
+MAX_TOKEN_LENGTH = 4096  # the workers' own rule for WORKER_TOKEN_FILE (visible ASCII, 1-4096)
 DIR_MODE = 0o750
 
 

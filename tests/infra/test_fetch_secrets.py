@@ -171,7 +171,7 @@ def test_a_missing_parameter_is_named_and_nothing_is_written(stack, tls, tmp_pat
 @pytest.mark.parametrize(
     ("parameter", "value", "reason"),
     [
-        ("worker-token", "Secret-One Secret-Two", "is not 1-1024 visible ASCII characters"),
+        ("worker-token", "Secret-One Secret-Two", "is not 1-4096 visible ASCII characters"),
         ("worker-token", "Secret-One\nSecret-Two\nSecret-Three", "holds 3 tokens; expected 1 or 2"),
         ("worker-token", " \n \n", "holds 0 tokens; expected 1 or 2"),
         ("worker-tls-key", "Secret-NotAKey", "is not a PEM private key"),
