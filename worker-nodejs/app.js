@@ -17,6 +17,7 @@ const { createWorkerState } = require('./state');
 const { createHealth } = require('./health');
 const { createMetrics } = require('./metrics');
 const { NO_TRACING } = require('./tracing');
+const { loadSecrets } = require('./secrets');
 const { oneLine, sendError, refuse, readBody, multipartImage, writeReply } = require('./transport');
 
 const BUSY_RETRY_AFTER_S = 1;
@@ -30,7 +31,7 @@ const busy = (message) =>
 
 // ---------------------------------------------------------------- GET /healthz
 
-function healthBody({ config, state }, status, problem) {
+function healthBody({ config, state, secrets }, status, problem) {
   const body = {
     status,
     service: SERVICE,
@@ -48,6 +49,7 @@ function healthBody({ config, state }, status, problem) {
     max_inflight_pixels: config.maxInflightPixels,
     max_bytes: config.maxBytes,
     max_pixels: config.maxPixels,
+    tls: secrets.tls,
   };
   if (problem) body.reason = problem;
   return body;
@@ -67,14 +69,14 @@ const healthz = (ctx) => (req, res) => {
 // ---------------------------------------------------------------- POST /process
 
 /** A slot for the request, or null once it has been refused (draining, token, busy). */
-function admit({ config, state, metrics }, req, res) {
+function admit({ config, state, metrics, secrets }, req, res) {
   if (state.draining) {
     metrics.rejected('draining');
     const retry = { 'Retry-After': String(DRAINING_RETRY_AFTER_S) };
     refuse(req, res, 503, 'draining', 'worker is shutting down; retry on another worker', retry);
     return null;
   }
-  if (!authorized(req.get('authorization'), config.token)) {
+  if (!authorized(req.get('authorization'), secrets.tokens())) {
     refuse(req, res, 401, 'unauthorized', 'missing or wrong bearer token', { 'WWW-Authenticate': 'Bearer' });
     return null;
   }
@@ -227,7 +229,8 @@ const unexpectedError = (logger) => (err, req, res, _next) => {
  * replaces the built-in one in tests; `options.afterLargeRequest` runs once a request that
  * moved megabytes is over (server.js uses it to return big buffers to the OS promptly);
  * `options.replyPacing` ({allowanceMs, minBytesPerSecond}) overrides the reply rate bound;
- * `options.tracing` (tracing.js; off by default) gets the /process spans.
+ * `options.tracing` (tracing.js; off by default) gets the /process spans; `options.secrets`
+ * (secrets.js) holds the accepted tokens, loaded from `config` when not given.
  * app.locals.worker holds the live state (state.js) that server.js drains.
  */
 function buildApp(
@@ -239,13 +242,15 @@ function buildApp(
     afterLargeRequest = () => {},
     replyPacing = {},
     tracing = NO_TRACING,
+    secrets,
   } = {},
 ) {
   if (!logger) throw new Error('buildApp needs a logger');
+  secrets ??= loadSecrets(config, { logger });
   const state = createWorkerState(config);
   const health = createHealth({ selfCheck, now, logger, timeoutSeconds: WORK_TIMEOUT_S });
   const metrics = createMetrics({ enabled: config.metrics !== false });
-  const ctx = { config, logger, state, health, replyPacing, metrics, tracing };
+  const ctx = { config, logger, state, health, replyPacing, metrics, tracing, secrets };
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag'); // hashing a large image body per response buys nothing here

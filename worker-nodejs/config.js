@@ -50,9 +50,36 @@ function readText(env, name, fallback) {
   return raw.trim();
 }
 
+/**
+ * The secret files' paths (read by secrets.js): both TLS files or neither, a client CA only
+ * with them, and the token either inline (WORKER_TOKEN) or in a file, not both.
+ */
+function readSecretPaths(env) {
+  const paths = {
+    tokenFile: readText(env, 'WORKER_TOKEN_FILE', null),
+    tlsCert: readText(env, 'WORKER_TLS_CERT', null),
+    tlsKey: readText(env, 'WORKER_TLS_KEY', null),
+    tlsClientCa: readText(env, 'WORKER_TLS_CLIENT_CA', null),
+  };
+  if (paths.tokenFile && env.WORKER_TOKEN) {
+    throw new ConfigError('WORKER_TOKEN and WORKER_TOKEN_FILE are both set; set one of them');
+  }
+  if (Boolean(paths.tlsCert) !== Boolean(paths.tlsKey)) {
+    const [set, missing] = paths.tlsCert
+      ? ['WORKER_TLS_CERT', 'WORKER_TLS_KEY']
+      : ['WORKER_TLS_KEY', 'WORKER_TLS_CERT'];
+    throw new ConfigError(`${missing} must be set together with ${set}`);
+  }
+  if (paths.tlsClientCa && !paths.tlsCert) {
+    throw new ConfigError('WORKER_TLS_CLIENT_CA needs WORKER_TLS_CERT and WORKER_TLS_KEY (mutual TLS is TLS)');
+  }
+  return paths;
+}
+
 /** The worker's settings from the environment; throws ConfigError naming the bad variable. */
 function loadConfig(env = process.env) {
   return Object.freeze({
+    ...readSecretPaths(env),
     host: readText(env, 'WORKER_HOST', '127.0.0.1'),
     port: readInteger(env, 'WORKER_PORT', 5002, 0, 65535),
     // An empty token means "no token", as if unset.

@@ -46,11 +46,15 @@ function tokenMatches(presented, expected) {
   return crypto.timingSafeEqual(a, b);
 }
 
-/** True when `Authorization` carries the expected bearer token (or none is required). */
-function authorized(header, token) {
-  if (!token) return true;
+/**
+ * True when `Authorization` carries one of the accepted bearer tokens (a list of 1 or 2 during
+ * a rotation; null or empty: none is required). Every token is compared, match or not.
+ */
+function authorized(header, tokens) {
+  if (!tokens || tokens.length === 0) return true;
   const presented = bearerToken(header);
-  return presented !== null && tokenMatches(presented, token);
+  if (presented === null) return false;
+  return tokens.reduce((found, token) => tokenMatches(presented, token) || found, false);
 }
 
 /** The media type of a Content-Type header, lower case, without parameters. */

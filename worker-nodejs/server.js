@@ -6,6 +6,7 @@ const vm = require('node:vm');
 
 const { loadConfig, ConfigError } = require('./config');
 const { createLogger } = require('./log');
+const { loadSecrets } = require('./secrets');
 
 /**
  * A full GC after a request that moved megabytes. Its Buffers live outside the V8 heap, so
@@ -46,10 +47,10 @@ function lastResortLogging(logger) {
   });
 }
 
-/** The settings, or exit 2 with a one-line error naming the bad variable. */
-function configOrExit() {
+/** `load()`'s value (the settings, the secrets), or exit 2 with a one-line error naming the bad variable. */
+function orExit(load) {
   try {
-    return loadConfig(process.env);
+    return load();
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     process.stderr.write(`error: ${err.message}\n`);
@@ -62,7 +63,7 @@ function configOrExit() {
 // gunicorn's default is the same 2048.
 const LISTEN_BACKLOG = 2048;
 
-function listen(server, config, logger) {
+function listen(server, config, secrets, logger) {
   server.on('error', (err) => {
     process.stderr.write(`error: cannot listen on ${config.host}:${config.port}: ${err.message}\n`);
     process.exit(1);
@@ -77,7 +78,9 @@ function listen(server, config, logger) {
       max_bytes: config.maxBytes,
       max_pixels: config.maxPixels,
       max_inflight_pixels: config.maxInflightPixels,
-      token_required: Boolean(config.token),
+      token_required: Boolean(secrets.tokens()),
+      tls: secrets.tls,
+      mutual_tls: secrets.mutualTls,
     });
   });
 }
@@ -111,9 +114,17 @@ function drainOnSignals(server, worker, config, logger, tracing) {
   process.on('SIGINT', () => stop('SIGINT'));
 }
 
+/** Changed secret files apply to new requests and handshakes; open connections keep theirs. */
+function watchSecrets(server, secrets, logger) {
+  // Scanners and plain-HTTP callers end here; at debug, so they cannot flood the log.
+  if (secrets.tls) server.on('tlsClientError', (err) => logger.debug('tls handshake failed', { reason: err.code }));
+  secrets.watch((tlsOptions) => server.setSecureContext(tlsOptions));
+}
+
 function main() {
-  const config = configOrExit();
+  const config = orExit(() => loadConfig(process.env));
   const logger = createLogger({ level: config.logLevel });
+  const secrets = orExit(() => loadSecrets(config, { logger }));
   // Each request's libvips pipelines run on libuv's thread pool (default 4 threads): leave
   // room beyond WORKER_MAX_INFLIGHT for the health self-check, so it is never queued behind
   // every request. libuv reads this when the pool starts, which loading sharp does: so sharp
@@ -130,9 +141,10 @@ function main() {
   sharp.cache(false);
   sharp.concurrency(1);
 
-  const app = buildApp(config, { logger, afterLargeRequest: collectGarbage(), tracing });
-  const server = createServer(app);
-  listen(server, config, logger);
+  const app = buildApp(config, { logger, afterLargeRequest: collectGarbage(), tracing, secrets });
+  const server = createServer(app, secrets.tlsOptions());
+  watchSecrets(server, secrets, logger);
+  listen(server, config, secrets, logger);
   drainOnSignals(server, app.locals.worker, config, logger, tracing);
 }
 

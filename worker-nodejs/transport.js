@@ -3,6 +3,7 @@
 // refusing early and closing, writing replies at a minimum rate. No routes, no pixels.
 
 const http = require('node:http');
+const https = require('node:https');
 const busboy = require('busboy');
 
 const { HttpError } = require('./errors');
@@ -237,9 +238,12 @@ function classifyClientError(err) {
   return [400, 'bad_param', 'the request is not valid HTTP/1.1'];
 }
 
+// A failed TLS handshake (https forwards it as a clientError): there is no HTTP to answer in.
+const isTlsFailure = (err) => /^ERR_(TLS|SSL)_/.test(err.code || '') || err.library !== undefined;
+
 /** Node's parse errors as the contract's JSON (never quoting the request: it may hold a token). */
 function answerClientError(err, socket) {
-  if (err.code === 'ECONNRESET' || !socket.writable) {
+  if (err.code === 'ECONNRESET' || isTlsFailure(err) || !socket.writable) {
     socket.destroy();
     return;
   }
@@ -260,11 +264,25 @@ function answerClientError(err, socket) {
 }
 
 /**
- * An http.Server for `app` with the contract's bounds: headers within 5 s, idle keep-alive
- * connections closed after 5 s (checked every second), and JSON for Node's own errors.
+ * The TLS half of the server options: TLS 1.2+, a client certificate signed by `ca` required
+ * when there is one (mutual TLS), and a handshake that must end within the header timeout, so
+ * a peer that never finishes it (or speaks plain HTTP) is cut off like a slow header sender.
  */
-function createServer(app) {
-  const server = http.createServer({ connectionsCheckingInterval: 1_000 }, app);
+function tlsServerOptions(tlsOptions) {
+  const mutual = Boolean(tlsOptions.ca);
+  return { ...tlsOptions, requestCert: mutual, rejectUnauthorized: mutual, handshakeTimeout: HEADERS_TIMEOUT_MS };
+}
+
+/**
+ * An http.Server for `app` (an https.Server with `tlsOptions`, from secrets.js) with the
+ * contract's bounds: headers within 5 s, idle keep-alive connections closed after 5 s
+ * (checked every second), and JSON for Node's own errors.
+ */
+function createServer(app, tlsOptions = null) {
+  const options = { connectionsCheckingInterval: 1_000 };
+  const server = tlsOptions
+    ? https.createServer({ ...options, ...tlsServerOptions(tlsOptions) }, app)
+    : http.createServer(options, app);
   server.headersTimeout = HEADERS_TIMEOUT_MS;
   server.requestTimeout = REQUEST_TIMEOUT_MS;
   server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;

@@ -22,6 +22,10 @@ test('defaults make the worker run with no config at all', () => {
       build: 'dev',
       logLevel: 'info',
       metrics: true,
+      tokenFile: null,
+      tlsCert: null,
+      tlsKey: null,
+      tlsClientCa: null,
     },
   );
 });

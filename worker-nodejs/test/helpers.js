@@ -9,21 +9,31 @@ const { buildApp } = require('../app');
 const { createServer } = require('../transport');
 const { loadConfig } = require('../config');
 const { createLogger } = require('../log');
+const { loadSecrets } = require('../secrets');
 
+/**
+ * A worker on a free loopback port, as server.js builds it (HTTPS when `env` names TLS files).
+ * Its secret files are re-read only when a test calls `secrets.check()`.
+ */
 async function startWorker(env = {}, options = {}) {
   const lines = [];
   const logger = createLogger({ level: 'debug', write: (line) => lines.push(line) });
-  const app = buildApp(loadConfig(env), { logger, ...options });
-  const server = createServer(app);
+  const config = loadConfig(env);
+  const secrets = loadSecrets(config, { logger });
+  const app = buildApp(config, { logger, secrets, ...options });
+  const server = createServer(app, secrets.tlsOptions());
+  secrets.watch((tlsOptions) => server.setSecureContext(tlsOptions), 3_600_000);
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address();
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: `${secrets.tls ? 'https' : 'http'}://127.0.0.1:${port}`,
     port,
     app,
     lines,
+    secrets,
     close: () =>
       new Promise((resolve) => {
+        secrets.stop();
         server.closeAllConnections();
         server.close(resolve);
       }),
