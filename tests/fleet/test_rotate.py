@@ -9,14 +9,25 @@ fetch-worker-secrets) against moto, writing the token file the local workers rea
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import stat
+import subprocess
+import sys
+import threading
+import time
 
+import numpy as np
 import pytest
 
+from coordinator import config as coordinator_config
+from coordinator.engine import run_job
 from scripts.fleet import tokens
 from scripts.fleet.config import load_config
-from scripts.fleet.rotate import rewrite_token
+from scripts.fleet.rotate import Rotation, rewrite_token
+from scripts.testkit.images import png_bytes
+from scripts.testkit.procs import ROOT, TlsClient
+from scripts.testkit.tls import FLEET_TLS_NAME, Authority
 from tests.support.fleet_cli import assert_one_error_line, run_fleet
 from tests.support.moto_server import REGION, aws_env, start_moto_server
 
@@ -123,3 +134,127 @@ def test_rewrite_token_replaces_the_file_atomically_with_its_mode(tmp_path):
     assert stat.S_IMODE(outputs.stat().st_mode) == 0o600
     assert outputs.stat().st_ino != inode  # a new file renamed over the old: readers see one or the other
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left
+
+
+# --- the rotation under load: hosts fetch from SSM (the real fetch-worker-secrets), real TLS workers
+
+
+FETCH_SECRETS = ROOT / "infra" / "fetch_secrets.py"
+LOAD_JOBS, LOAD_THREADS, LOAD_CAP, LOAD_SECONDS = 50, 4, 400, 240
+LOAD_PAUSE = 0.2  # seconds between one thread's jobs: the load spans the whole rotation, not the cap
+
+
+class Hosts:
+    """Both runtimes as TLS workers whose secrets folder (token file, key, certificate) is
+    filled by the real fetch-worker-secrets from moto, as user-data and the timer do."""
+
+    def __init__(self, moto, ssm, worker_factory, tmp_path, tls: bool = True):
+        self.moto, self.tmp = moto, tmp_path
+        authority = Authority()
+        server = authority.issue()
+        ssm.put_parameter(Name=f"{PREFIX}/worker-tls-key", Value=server.key_pem.decode(), Type="SecureString")
+        ssm.put_parameter(Name=f"{PREFIX}/worker-tls-cert", Value=server.cert_pem.decode(), Type="String")
+        self.dests = {runtime: tmp_path / f"etc-{runtime}" / "secrets" for runtime in ("python", "nodejs")}
+        assert self.fetch([]) == []  # the boot's first fetch, before the workers start
+        ca_file = authority.write_ca(tmp_path)
+        self.workers = {}
+        for runtime, dest in self.dests.items():
+            env = {"WORKER_TOKEN_FILE": str(dest / "worker-token")}
+            if tls:
+                env.update(WORKER_TLS_CERT=str(dest / "tls.crt"), WORKER_TLS_KEY=str(dest / "tls.key"))
+            self.workers[runtime] = worker_factory(runtime, env, tls=TlsClient(ca_file) if tls else None)
+        pinning = {"worker_ca_pem": authority.cert_pem.decode(), "worker_tls_name": FLEET_TLS_NAME} if tls else {}
+        self.outputs = write_outputs(
+            tmp_path / "stack-outputs.json",
+            [(f"worker-{runtime}", worker.url) for runtime, worker in self.workers.items()],
+            **pinning,
+        )
+
+    def fetch(self, _targets) -> list[str]:
+        """The trigger: each host's fetch-worker-secrets, now (what `systemctl start
+        <role>-secrets.service` runs on a real host)."""
+        for dest in self.dests.values():
+            done = subprocess.run(
+                [sys.executable, str(FETCH_SECRETS), "--region", REGION, "--prefix", PREFIX, "--dest", str(dest),
+                 "--group", "root"],
+                env=aws_env(self.moto.url), capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+        return []
+
+
+class Load:
+    """LOAD_THREADS threads running coordinator jobs on a small image with ONE config loaded
+    before the rotation (the coordinator re-reads the outputs file's token on a 401), until at
+    least LOAD_JOBS jobs are done and `stop` is set; bounded by LOAD_CAP jobs and LOAD_SECONDS."""
+
+    def __init__(self, outputs):
+        self.config = coordinator_config.load_config(workers_file=str(outputs), environ={})
+        self.image = png_bytes(np.random.default_rng(7).integers(0, 255, (64, 48, 3), dtype=np.uint8))
+        self.stop, self.lock = threading.Event(), threading.Lock()
+        self.jobs: list[tuple[float, float, str]] = []  # (start, end, "" or the failure)
+        self.deadline = time.monotonic() + LOAD_SECONDS
+        self.threads = [threading.Thread(target=self.loop, daemon=True) for _ in range(LOAD_THREADS)]
+
+    def loop(self) -> None:
+        while time.monotonic() < self.deadline:
+            with self.lock:
+                if len(self.jobs) >= LOAD_CAP or (self.stop.is_set() and len(self.jobs) >= LOAD_JOBS):
+                    return
+            started = time.monotonic()
+            try:
+                run_job(self.image, self.config, plan="seed", strips=2)
+                failure = ""
+            except Exception as exc:  # every failure is counted and shown, none stops the load
+                failure = f"{type(exc).__name__}: {exc}"
+            with self.lock:
+                self.jobs.append((started, time.monotonic(), failure))
+            time.sleep(LOAD_PAUSE)
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=LOAD_SECONDS)
+
+    def running_during(self, start: float, end: float) -> int:
+        with self.lock:
+            return sum(1 for s, e, _ in self.jobs if s < end and e > start)
+
+
+class MarkedRotation(Rotation):
+    """The real rotation, with the time of each progress line kept."""
+
+    def say(self, message: str) -> None:
+        super().say(message)
+        self.marks.append(time.monotonic())
+
+
+def test_a_token_rotation_under_a_50_job_load_fails_no_job(moto, ssm, worker_factory, tmp_path):
+    hosts = Hosts(moto, ssm, worker_factory, tmp_path, tls=False)
+    config = load_config(_args(hosts.outputs), {})
+    rotation = MarkedRotation(config, ssm, hosts.fetch, timeout=60, interval=0.3, grace=1)
+    rotation.marks = []
+    with Load(hosts.outputs) as load:
+        while load.running_during(0, time.monotonic()) < 8:  # the load is up before the rotation starts
+            time.sleep(0.05)
+        rotation.marks.append(time.monotonic())
+        assert rotation.run() == 0
+    failures = [f for _, _, f in load.jobs if f]
+    assert failures == [] and len(load.jobs) >= LOAD_JOBS, (len(load.jobs), failures[:3])
+    # Jobs ran while the hosts fetched current+next ([2/7]-[3/7]: put, trigger) and while they
+    # fetched the new token alone ([5/7]-[6/7]: grace, put, trigger), so some met the switch.
+    windows = list(itertools.pairwise(rotation.marks))
+    assert len(windows) == 7 and all(load.running_during(*windows[i]) for i in (2, 5)), len(load.jobs)
+    following = json.loads(hosts.outputs.read_text())["worker_token"]
+    assert following != T1 and len(following) == 40 and following.isalnum()
+    assert stat.S_IMODE(hosts.outputs.stat().st_mode) == 0o640
+    assert parameter(ssm) == following
+    assert coordinator_config.current_token(load.config) == following  # the loaded config switched on a 401
+    targets = tokens.endpoints(config)
+    assert set(tokens.verdicts(config, targets, T1).values()) == {tokens.REFUSED}  # the old token is dead
+    assert set(tokens.verdicts(config, targets, following).values()) == {tokens.ACCEPTED}
