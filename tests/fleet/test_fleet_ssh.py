@@ -24,6 +24,7 @@ import requests
 
 from infra.bundle import build_id, bundle_files
 from scripts.testkit.procs import ROOT, free_port
+from scripts.testkit.tls import Authority
 from tests.support.ci import skip_or_fail
 from tests.support.fleet_cli import assert_one_error_line, run_fleet
 from tests.support.moto_server import aws_env, run_tagged_instance, start_moto_server
@@ -549,3 +550,68 @@ def status_row_with(host: Host, moto, flags: list[str]) -> dict:
     assert result.returncode == 0, result.stderr
     (row,) = json.loads(result.stdout)
     return row
+
+
+# --- rotate-token over SSH: each host's <role>-secrets unit runs the real fetch-worker-secrets --
+
+
+def secrets_unit(host: Host, moto) -> Path:
+    """What the host's `<role>-secrets.service` runs (the stand-in systemctl starts units/<unit>):
+    infra/fetch_secrets.py against moto, into the secrets folder the worker reads."""
+    unit = host.root / "units" / f"{host.role}-secrets"
+    unit.parent.mkdir(parents=True, exist_ok=True)
+    keys = " ".join(f"{k}={v}" for k, v in aws_env(moto.url).items() if k.startswith("AWS_"))
+    unit.write_text(
+        f"#!/bin/sh\nexec env {keys} {sys.executable} {ROOT / 'infra' / 'fetch_secrets.py'} --region us-east-1 "
+        f"--prefix /hdtp/fleet-test --dest {host.root / 'etc' / host.role / 'secrets'} --group root\n"
+    )
+    unit.chmod(0o755)
+    return unit
+
+
+def test_rotate_token_over_ssh_starts_each_hosts_secrets_unit(host, moto):
+    moto.reset()
+    ssm, server = moto.client("ssm"), Authority().issue()
+    for name, value in (("worker-token", "OldToken1"), ("worker-tls-key", server.key_pem.decode())):
+        ssm.put_parameter(Name=f"/hdtp/fleet-test/{name}", Value=value, Type="SecureString")
+    ssm.put_parameter(Name="/hdtp/fleet-test/worker-tls-cert", Value=server.cert_pem.decode(), Type="String")
+    build = host.install(bundle_files(ROLE))
+    subprocess.run([str(secrets_unit(host, moto))], check=True, timeout=60, capture_output=True)  # the boot's fetch
+    token_file = host.root / "etc" / ROLE / "secrets" / "worker-token"
+    host.env_file.write_text(host.env_file.read_text().replace("WORKER_TOKEN=\n", f"WORKER_TOKEN_FILE={token_file}\n"))
+    stand_in_systemctl(host.root, "restart")
+    wait_build(host.url, build)
+    host.outputs.write_text(json.dumps({**json.loads(host.outputs.read_text()), "worker_token": "OldToken1"}))
+
+    result = fleet("rotate-token", "--interval", "0.3", "--grace", "0", "--timeout", "30", *host.flags(),
+                   env=aws_env(moto.url))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "over SSH" in result.stderr and "[7/7]" in result.stderr
+    assert host.calls("systemctl").count(f"start {ROLE}-secrets") == 2  # current+next, then next alone
+    new = json.loads(host.outputs.read_text())["worker_token"]
+    assert new != "OldToken1" and token_file.read_text() == f"{new}\n"
+    assert ssm.get_parameter(Name="/hdtp/fleet-test/worker-token", WithDecryption=True)["Parameter"]["Value"] == new
+    probe = {"Authorization": "Bearer OldToken1", "Content-Type": "text/plain"}
+    assert requests.post(f"{host.url}/process", data=b"", headers=probe, timeout=5).status_code == 401
+    assert new not in result.stdout + result.stderr
+
+
+def test_a_host_whose_secrets_unit_fails_is_named_and_the_rotation_rolls_back(host, moto):
+    moto.reset()
+    ssm = moto.client("ssm")
+    ssm.put_parameter(Name="/hdtp/fleet-test/worker-token", Value="OldToken1", Type="SecureString")
+    build = host.install(bundle_files(ROLE))
+    host.env_file.write_text(host.env_file.read_text().replace("WORKER_TOKEN=\n", "WORKER_TOKEN=OldToken1\n"))
+    stand_in_systemctl(host.root, "restart")
+    wait_build(host.url, build)
+    host.outputs.write_text(json.dumps({**json.loads(host.outputs.read_text()), "worker_token": "OldToken1"}))
+    before = host.outputs.read_bytes()
+    # No units/<role>-secrets here: systemctl answers "not found" (exit 5), as a host without the unit would.
+    result = fleet("rotate-token", "--interval", "0.3", "--timeout", "2", *host.flags(), env=aws_env(moto.url))
+    assert f"trigger failed on {NAME}: {ROLE}-secrets.service failed (exit 5)" in result.stderr
+    assert_one_error_line(result, 4, "rolled back")
+    assert host.calls("systemctl").count(f"start {ROLE}-secrets") == 2  # the try, then the rollback's
+    assert host.outputs.read_bytes() == before
+    assert ssm.get_parameter(Name="/hdtp/fleet-test/worker-token", WithDecryption=True)["Parameter"]["Value"] == (
+        "OldToken1"
+    )
