@@ -19,7 +19,7 @@ from infra.pool_spec import PoolSize
 from stripes.roles import ROLE_SPECS
 
 MAX_WORKERS_PER_ROLE = 10  # a typo like 100 should not start 100 instances
-# Who may reach plain-HTTP, token-guarded ports (infra/README.md "Choices and why"):
+# Who may reach the token-guarded worker ports (infra/README.md "Choices and why"):
 MIN_PREFIX_LENGTH = 8  # never wider, whatever the config says: that is "the internet"
 WIDE_PREFIX_LENGTH = 16  # wider than this only with allowWideCidr: true
 WARN_PREFIX_LENGTH = 24  # wider than this is allowed, with a warning on every `pulumi up`
@@ -46,6 +46,8 @@ DEFAULTS: dict[str, str] = {
     "nodejsPoolMax": "1",
     "nodejsPoolDesired": "1",
     "poolNetworkInTargetMb": "300",
+    "workerTls": "true",
+    "mutualTls": "false",
 }
 # The pool keys of each runtime (a role's pool is off when its max is 0).
 POOL_KEYS = {"worker-python": "pythonPool", "worker-nodejs": "nodejsPool"}
@@ -78,6 +80,8 @@ class FleetSettings:
     worker_pools: bool = False  # True: an Auto Scaling group per role instead of fixed instances
     pool_sizes: Mapping[str, PoolSize] = field(default_factory=dict)  # role -> sizes (pools only)
     network_in_target_mb: int = 300  # scaling policy: MB received per instance per 5 minutes
+    worker_tls: bool = True  # False: the workers speak plain HTTP (unsafe; the policy pack refuses it)
+    mutual_tls: bool = False  # True: workers require a client certificate signed by the fleet CA
 
     @property
     def ssh_enabled(self) -> bool:
@@ -134,10 +138,23 @@ def cidr_warning(key: str, cidr: str) -> str | None:
     if network.prefixlen >= WARN_PREFIX_LENGTH:
         return None
     return (
-        f"{key} {cidr} admits {network.num_addresses:,} addresses to plain-HTTP ports "
-        f"(wider than /{WARN_PREFIX_LENGTH}); anyone there can sniff the token. Narrow it "
+        f"{key} {cidr} admits {network.num_addresses:,} addresses to the worker ports "
+        f"(wider than /{WARN_PREFIX_LENGTH}); anyone there can knock on them. Narrow it "
         "to your own address unless this network is yours alone"
     )
+
+
+PLAIN_HTTP_WARNING = (
+    "workerTls is false: the workers speak plain HTTP, so the token and every image cross the network "
+    "in clear text; the policy pack (tls-on-worker-ports) refuses this stack"
+)
+
+
+def _tls_settings(raw: Mapping[str, str]) -> tuple[bool, bool]:
+    worker_tls, mutual_tls = _bool_setting(raw, "workerTls"), _bool_setting(raw, "mutualTls")
+    if mutual_tls and not worker_tls:
+        raise ConfigError("mutualTls needs workerTls: true (a client certificate is checked in the TLS handshake)")
+    return worker_tls, mutual_tls
 
 
 def _bool_setting(raw: Mapping[str, str], key: str) -> bool:
@@ -248,6 +265,7 @@ def parse_settings(
         raise ConfigError(f"pythonPort and nodejsPort are both {python_port}; they must differ")
 
     client_cidr, admin_cidr, ssh_public_key = _network_settings(raw)
+    worker_tls, mutual_tls = _tls_settings(raw)
 
     worker_token = text("workerToken") or None
     if worker_token is not None:
@@ -284,9 +302,15 @@ def parse_settings(
         worker_pools=worker_pools,
         pool_sizes=pool_sizes,
         network_in_target_mb=_int_setting(raw, "poolNetworkInTargetMb", 1, 100_000),
+        worker_tls=worker_tls,
+        mutual_tls=mutual_tls,
         warnings=tuple(
             w
-            for w in (cidr_warning("clientCidr", client_cidr), admin_cidr and cidr_warning("adminCidr", admin_cidr))
+            for w in (
+                cidr_warning("clientCidr", client_cidr),
+                admin_cidr and cidr_warning("adminCidr", admin_cidr),
+                None if worker_tls else PLAIN_HTTP_WARNING,
+            )
             if w
         ),
     )

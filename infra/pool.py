@@ -42,6 +42,11 @@ class WorkerPoolArgs:
     network_in_target_mb: int = 300  # MB received per instance per 5-minute period
     key_name: pulumi.Input[str] | None = None
     tags: Mapping[str, str] = field(default_factory=dict)  # Project and Stack
+    tls: bool = True  # the workers serve HTTPS (workerTls); False: plain HTTP
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def instance_tags(self) -> dict[str, str]:
@@ -75,6 +80,7 @@ class WorkerPool(pulumi.ComponentResource):
                 "role": args.spec.role,
                 "runtime": args.spec.runtime,
                 "port": args.port,
+                "scheme": args.scheme,  # worker URLs are {scheme}://<instance address>:{port}
                 "min": args.size.min,
                 "max": args.size.max,
                 "desired": args.size.desired,

@@ -45,6 +45,8 @@ class Release:
 class ReleaseStoreArgs:
     releases: Mapping[str, Release]  # role -> release
     tags: Mapping[str, str] = field(default_factory=dict)
+    # Every host role also gets this policy (the stack's SSM secrets: infra/fleet_secrets.py).
+    secrets_policy: pulumi.Input[str] | None = None
 
 
 def host_read_policy(bucket_arn: str, role: str) -> str:
@@ -127,17 +129,23 @@ class ReleaseStore(pulumi.ComponentResource):
                 tags=tags,
                 opts=child,
             )
-            self.instance_profile_names[role] = self._host_profile(name, role, bucket, obj, tags)
+            self.instance_profile_names[role] = self._host_profile(name, role, bucket, obj, tags, args.secrets_policy)
         self.register_outputs({"bucket_name": self.bucket_name, "instance_profile_names": self.instance_profile_names})
 
     def _host_profile(
-        self, name: str, role: str, bucket: aws.s3.Bucket, release: aws.s3.BucketObjectv2, tags: dict
+        self,
+        name: str,
+        role: str,
+        bucket: aws.s3.Bucket,
+        release: aws.s3.BucketObjectv2,
+        tags: dict,
+        secrets_policy: pulumi.Input[str] | None,
     ) -> pulumi.Output[str]:
-        """One IAM role + instance profile per worker role, reading that role's prefix only."""
+        """One IAM role + instance profile per worker role: that role's releases and the stack's secrets only."""
         child = pulumi.ResourceOptions(parent=self)
         host_role = aws.iam.Role(
             f"{name}-{role}-host-role",
-            description=f"{role} hosts: read {role} releases from the release bucket, nothing else",
+            description=f"{role} hosts: read {role} releases and the stack's worker secrets, nothing else",
             assume_role_policy=EC2_TRUST,
             tags={**tags, "Role": role},
             opts=child,
@@ -148,11 +156,16 @@ class ReleaseStore(pulumi.ComponentResource):
             policy=bucket.arn.apply(lambda arn: host_read_policy(arn, role)),
             opts=child,
         )
-        # Instances wait for the profile; the profile waits until the release is readable.
+        readable = [read_policy, release]
+        if secrets_policy is not None:
+            readable.append(
+                aws.iam.RolePolicy(f"{name}-{role}-read-secrets", role=host_role.id, policy=secrets_policy, opts=child)
+            )
+        # Instances wait for the profile; the profile waits until the release and the secrets are readable.
         profile = aws.iam.InstanceProfile(
             f"{name}-{role}-host-profile",
             role=host_role.name,
             tags={**tags, "Role": role},
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[read_policy, release]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=readable),
         )
         return profile.name

@@ -1,7 +1,10 @@
 """Render the cloud-init user-data that turns a fresh Ubuntu 24.04 instance into one worker.
 
 Pure: settings in, text out. The host layout (user, release dir, `current` symlink, env file,
-systemd unit) is the one in infra/README.md, which the fleet tool's deploys rely on.
+secrets dir, systemd units) is the one in infra/README.md, which the fleet tool's deploys rely on.
+
+No secret is in the document: it names the stack's SSM parameters, and the host fetches the
+token and the TLS key with its instance profile (fetch-worker-secrets, at boot and every minute).
 
 The worker files do not fit in EC2's 16 KB user-data (about 26 KB gzipped for worker-nodejs), so
 the document carries a small fetch script and the release's S3 key and sha256 instead.
@@ -9,18 +12,32 @@ the document carries a small fetch script and the release's S3 key and sha256 in
 
 from __future__ import annotations
 
+import base64
+import gzip
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from infra.releases import Release
-from stripes.roles import HOST_NODE, SERVICE_USER, RoleSpec
+from stripes.roles import (
+    HOST_NODE,
+    PARAM_CLIENT_CA,
+    PARAM_TLS_CERT,
+    PARAM_TLS_KEY,
+    PARAM_TOKEN,
+    SERVICE_USER,
+    RoleSpec,
+)
 
 USER_DATA_LIMIT = 16384  # bytes: the EC2 API's limit on user-data
 
 FETCH_SCRIPT_SOURCE = Path(__file__).with_name("fetch_release.py")
 FETCH_SCRIPT_PATH = "/usr/local/sbin/fetch-worker-release"
+SECRETS_SCRIPT_SOURCE = Path(__file__).with_name("fetch_secrets.py")
+SECRETS_SCRIPT_PATH = "/usr/local/sbin/fetch-worker-secrets"
+SECRETS_INTERVAL_SECONDS = 60  # a rotated token or certificate reaches every host within ~61 s
 
 # Ubuntu 24.04's apt nodejs is 18, too old for sharp 0.35 (needs >= 20.9). Node comes from the npm
 # registry, which the hosts already need for `npm ci` and which the boot test can reach (nodejs.org
@@ -45,12 +62,73 @@ COMMON_APT_PACKAGES = ("python3-boto3",)
 _UNSAFE_IN_ENV_VALUE = set("\"'\\$`#")
 
 
-def env_file(*, port: int, token: str, build: str) -> str:
-    """KEY=VALUE lines read by systemd (EnvironmentFile=) as root; the worker user never reads it."""
-    for name, value in (("token", token), ("build", build)):
+@dataclass(frozen=True)
+class HostSecrets:
+    """Where a host finds its secrets: the stack's SSM path and which parameters it uses. Names only."""
+
+    prefix: str  # /{project}/{stack} (stripes.roles.parameter_prefix)
+    tls: bool = True  # False (workerTls: false): plain HTTP, the worker gets no certificate
+    client_ca: bool = False  # mutual TLS: the worker refuses clients without a fleet certificate
+
+    def env(self, spec: RoleSpec) -> dict[str, str]:
+        """The worker's variables naming the fetched files (the worker re-reads them when they change)."""
+        found = {"WORKER_TOKEN_FILE": spec.secret_file(PARAM_TOKEN)}
+        if self.tls:
+            found |= {
+                "WORKER_TLS_CERT": spec.secret_file(PARAM_TLS_CERT),
+                "WORKER_TLS_KEY": spec.secret_file(PARAM_TLS_KEY),
+            }
+        if self.client_ca:
+            found["WORKER_TLS_CLIENT_CA"] = spec.secret_file(PARAM_CLIENT_CA)
+        return found
+
+
+def env_file(spec: RoleSpec, *, port: int, build: str, secrets: HostSecrets) -> str:
+    """KEY=VALUE lines read by systemd (EnvironmentFile=) as root. Paths only: no secret value."""
+    values = {"WORKER_HOST": "0.0.0.0", "WORKER_PORT": str(port), **secrets.env(spec), "WORKER_BUILD": build}
+    for name, value in values.items():
         if not value or any(ch.isspace() or ch in _UNSAFE_IN_ENV_VALUE for ch in value):
             raise ValueError(f"{name} must be non-empty with no spaces, quotes, $, ` or #")
-    return f"WORKER_HOST=0.0.0.0\nWORKER_PORT={port}\nWORKER_TOKEN={token}\nWORKER_BUILD={build}\n"
+    return "".join(f"{name}={value}\n" for name, value in values.items())
+
+
+def secrets_command(spec: RoleSpec, *, region: str, secrets: HostSecrets) -> str:
+    q = shlex.quote
+    return (
+        f"{SECRETS_SCRIPT_PATH} --region {q(region)} --prefix {q(secrets.prefix)} --dest {q(spec.secrets_dir)} "
+        f"--group {SERVICE_USER}" + (" --client-ca" if secrets.client_ca else "")
+    )
+
+
+def secrets_units(spec: RoleSpec, command: str) -> dict[str, str]:
+    """unit file name -> text: a oneshot fetch and a timer repeating it (no SSH needed to rotate)."""
+    service = f"""[Unit]
+Description={spec.role} secrets from SSM (token, TLS certificate and key)
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=oneshot
+ExecStart={command}
+NoNewPrivileges=yes
+ProtectSystem=strict
+ReadWritePaths={spec.secrets_dir}
+ProtectHome=yes
+PrivateTmp=yes
+"""
+    timer = f"""[Unit]
+Description=refresh {spec.role} secrets from SSM every {SECRETS_INTERVAL_SECONDS} s
+
+[Timer]
+OnBootSec={SECRETS_INTERVAL_SECONDS}
+OnUnitActiveSec={SECRETS_INTERVAL_SECONDS}
+# systemd's default accuracy (1 min) would let a rotation wait up to two minutes
+AccuracySec=1s
+
+[Install]
+WantedBy=timers.target
+"""
+    return {spec.secrets_unit: service, spec.secrets_timer: timer}
 
 
 def systemd_unit(spec: RoleSpec) -> str:
@@ -157,42 +235,64 @@ def _represent_str(dumper: yaml.SafeDumper, value: str):
 _LiteralDumper.add_representer(str, _represent_str)
 
 
-def render_cloud_config(spec: RoleSpec, release: Release, *, bucket: str, region: str, port: int, token: str) -> str:
+def packed(text: str) -> str:
+    """gzip (no timestamp: same input, same user-data) then base64, cloud-init's `gz+b64` encoding."""
+    return base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
+
+
+def file_text(entry: dict) -> str:
+    """A write_files entry's content as the host gets it (undoes `gz+b64`)."""
+    if entry.get("encoding") == "gz+b64":
+        return gzip.decompress(base64.b64decode(entry["content"])).decode()
+    return entry["content"]
+
+
+def _write_files(spec: RoleSpec, release: Release, *, port: int, region: str, secrets: HostSecrets) -> list[dict]:
+    def root_file(path: str, mode: str, content: str) -> dict:
+        return {"path": path, "permissions": mode, "owner": "root:root", "content": content}
+
+    def script(path: str, source: Path) -> dict:
+        # The two fetch scripts are most of the document; packed, everything fits EC2's 16 KB.
+        return {**root_file(path, "0755", packed(source.read_text())), "encoding": "gz+b64"}
+
+    units = {
+        spec.unit_name: systemd_unit(spec),
+        **secrets_units(spec, secrets_command(spec, region=region, secrets=secrets)),
+    }
+    return [
+        script(FETCH_SCRIPT_PATH, FETCH_SCRIPT_SOURCE),
+        script(SECRETS_SCRIPT_PATH, SECRETS_SCRIPT_SOURCE),
+        root_file(spec.env_file, "0600", env_file(spec, port=port, build=release.build, secrets=secrets)),
+        *(root_file(f"/etc/systemd/system/{name}", "0644", text) for name, text in units.items()),
+    ]
+
+
+def render_cloud_config(
+    spec: RoleSpec, release: Release, *, bucket: str, region: str, port: int, secrets: HostSecrets
+) -> str:
     """The `#cloud-config` document for one host of `spec.role` running `release`."""
     release_dir = spec.release_dir(release.build)
-    root_file = {"owner": "root:root"}
-    write_files = [
-        {"path": FETCH_SCRIPT_PATH, "permissions": "0755", **root_file, "content": FETCH_SCRIPT_SOURCE.read_text()},
-        {
-            "path": spec.env_file,
-            "permissions": "0600",
-            **root_file,
-            "content": env_file(port=port, token=token, build=release.build),
-        },
-        {
-            "path": f"/etc/systemd/system/{spec.unit_name}",
-            "permissions": "0644",
-            **root_file,
-            "content": systemd_unit(spec),
-        },
-    ]
     runcmd = [
         # runcmd is one shell script: stop at the first failure instead of starting a broken worker.
         "set -eux",
         "export HOME=/root",
         f"id -u {SERVICE_USER} >/dev/null 2>&1 || useradd --system --user-group --no-create-home "
         f"--home-dir /nonexistent --shell /usr/sbin/nologin {SERVICE_USER}",
+        f"install -d -m 0750 -o root -g {SERVICE_USER} {spec.secrets_dir}",
         fetch_command(release, bucket=bucket, region=region, dest=release_dir),
+        # After the release fetch, whose retries have waited out IAM propagation; before the worker starts.
+        secrets_command(spec, region=region, secrets=secrets),
         f"ln -sfn releases/{release.build} {spec.base_dir}/current",
         *_install_dependencies(spec),
         "systemctl daemon-reload",
         f"systemctl enable --now {spec.unit_name}",
+        f"systemctl enable --now {spec.secrets_timer}",
     ]
     document = {
         "package_update": True,
         "package_upgrade": False,  # unattended-upgrades applies security fixes; a full upgrade doubles boot time
         "packages": [*COMMON_APT_PACKAGES, *spec.apt_packages],
-        "write_files": write_files,
+        "write_files": _write_files(spec, release, port=port, region=region, secrets=secrets),
         "runcmd": runcmd,
     }
     body = yaml.dump(document, Dumper=_LiteralDumper, sort_keys=False, width=1000, allow_unicode=True)

@@ -24,6 +24,11 @@ class WorkerNodeArgs:
     subnet_id: str | None = None  # None: the default VPC's default subnet
     key_name: pulumi.Input[str] | None = None
     tags: Mapping[str, str] = field(default_factory=dict)  # Project and Stack
+    tls: bool = True  # the worker serves HTTPS (workerTls); False: plain HTTP
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
 
 class WorkerNode(pulumi.ComponentResource):
@@ -73,7 +78,7 @@ class WorkerNode(pulumi.ComponentResource):
         self.instance = instance
         self.instance_id = instance.id
         self.public_ip = instance.public_ip
-        self.url = instance.public_ip.apply(lambda ip: f"http://{ip}:{args.port}")
+        self.url = instance.public_ip.apply(lambda ip: f"{args.scheme}://{ip}:{args.port}")
         self.descriptor = pulumi.Output.all(instance.id, instance.public_ip, self.url).apply(
             lambda values: {
                 "name": name,

@@ -91,6 +91,10 @@ class RoleSpec:
         return f"{self.role}-secrets.service"
 
     @property
+    def secrets_timer(self) -> str:
+        return f"{self.role}-secrets.timer"
+
+    @property
     def current_dir(self) -> str:
         return posixpath.join(self.base_dir, "current")
 

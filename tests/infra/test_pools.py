@@ -165,13 +165,20 @@ def test_templates_carry_the_same_user_data_as_fixed_instances(pooled_run):
 
 
 @pulumi.runtime.test
-def test_template_user_data_stays_secret():
+def test_template_user_data_holds_no_secret_so_is_not_one():
+    """No secret Output flows into it (infra/userdata.py renders parameter names only)."""
     pools = run_program(POOLED).namespace["pools"]
 
     def check(flags):
-        assert flags == [True, True]
+        assert flags == [False, False]
 
     return pulumi.Output.all(*[p.template.user_data.is_secret() for p in pools]).apply(check)
+
+
+def test_pool_descriptors_name_the_scheme_of_their_urls():
+    https = {p["role"]: p["scheme"] for p in run_program(POOLED).outputs["pools"]}
+    http = {p["role"]: p["scheme"] for p in run_program({**POOLED, "workerTls": "false"}).outputs["pools"]}
+    assert (set(https.values()), set(http.values())) == ({"https"}, {"http"})
 
 
 def test_a_new_release_changes_the_template_user_data(monkeypatch):

@@ -16,7 +16,7 @@ import yaml
 import stripes.roles as roles
 from coordinator.config import DEFAULT_WORKERS
 from infra.releases import Release
-from infra.userdata import render_cloud_config
+from infra.userdata import HostSecrets, render_cloud_config
 from scripts import local
 from scripts.fleet.deploy import HostPaths
 from scripts.testkit import procs
@@ -44,7 +44,7 @@ def program_user_data(role: str) -> str:
 
 def cloud_config(spec: roles.RoleSpec) -> dict:
     release = Release(role=spec.role, build="0123456789ab", key=f"{spec.role}/x.tar.gz", sha256="0" * 64, archive=b"")
-    text = render_cloud_config(spec, release, bucket="b", region=REGION, port=spec.port, token="t" * 20)
+    text = render_cloud_config(spec, release, bucket="b", region=REGION, port=spec.port, secrets=HostSecrets("/p/s"))
     return yaml.safe_load(text)
 
 

@@ -2,11 +2,13 @@
 
 The end-to-end test does on loopback what a fresh instance does at first boot: the embedded fetch
 script downloads the release from S3 (a real moto server here), checks its sha256 and unpacks it;
-the embedded env file configures the worker; the worker starts and serves the contract.
+the embedded secrets script reads the token and the TLS key and certificate from SSM (the same
+moto server); the embedded env file configures the worker; it starts and serves the contract over TLS.
 """
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import io
 import os
@@ -19,7 +21,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-import requests
 import yaml
 from PIL import Image
 
@@ -35,17 +36,24 @@ from infra.userdata import (
     NODE_VERSION,
     NPM_TARBALL_SHA256,
     NPM_TARBALL_URL,
+    SECRETS_SCRIPT_PATH,
+    SECRETS_SCRIPT_SOURCE,
     USER_DATA_LIMIT,
+    HostSecrets,
     env_file,
+    file_text,
     render_cloud_config,
 )
-from scripts.testkit.procs import ROOT, start_worker
+from scripts.testkit.procs import ROOT, TlsClient, start_worker
+from scripts.testkit.tls import Authority
 from stripes.roles import ROLE_SPECS, SERVICE_USER
 from tests.support.ci import skip_or_fail
 from tests.support.moto_server import REGION, aws_env, start_moto_server
 
 BUCKET = "releases-bucket-test"
 TOKEN = "Xq7vLr2NcT9wHs4KpB6dFy1MzJ8gUe3Ra5WkQn0t"
+PREFIX = "/heterogeneous-task-processor/dev"
+SECRETS = HostSecrets(PREFIX)
 PORTS = {"worker-python": 5001, "worker-nodejs": 5002}
 CLOUD_INIT = shutil.which("cloud-init") or ("/usr/bin/cloud-init" if os.path.exists("/usr/bin/cloud-init") else None)
 
@@ -54,9 +62,9 @@ def release(role: str) -> Release:
     return Release.of(role, bundle_files(role))
 
 
-def render(role: str, token: str = TOKEN, bucket: str = BUCKET) -> str:
+def render(role: str, secrets: HostSecrets = SECRETS, bucket: str = BUCKET) -> str:
     return render_cloud_config(
-        ROLE_SPECS[role], release(role), bucket=bucket, region=REGION, port=PORTS[role], token=token
+        ROLE_SPECS[role], release(role), bucket=bucket, region=REGION, port=PORTS[role], secrets=secrets
     )
 
 
@@ -101,12 +109,22 @@ def test_schema_check_catches_a_broken_document(tmp_path):
     assert "'path' is a required property" in result.stdout + result.stderr
 
 
+@pytest.mark.cloudinit
+def test_schema_accepts_the_mutual_tls_document(tmp_path):
+    path = tmp_path / "mtls.yaml"
+    path.write_text(render("worker-nodejs", HostSecrets(PREFIX, client_ca=True)))
+    result = schema_check(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("role", sorted(ROLE_SPECS))
-def test_user_data_fits_ec2_limit_even_with_the_longest_token(role):
-    longest = render(role, token="T" * 256, bucket="b" * 63)
-    assert len(longest.encode()) < USER_DATA_LIMIT
+def test_user_data_fits_ec2_limit_even_with_the_longest_names(role):
+    # 100-character project and stack names; S3 bucket names are at most 63.
+    longest_prefix = f"/{'p' * 100}/{'s' * 100}"
+    longest = render(role, HostSecrets(longest_prefix, client_ca=True), bucket="b" * 63)
+    assert len(longest.encode()) < USER_DATA_LIMIT - 2048, len(longest.encode())  # room for growth
     with pytest.raises(ValueError, match="over EC2's 16384-byte limit"):
-        render(role, token="T" * USER_DATA_LIMIT)
+        render(role, HostSecrets("/" + "p" * USER_DATA_LIMIT))
 
 
 @pytest.mark.parametrize("role", sorted(ROLE_SPECS))
@@ -115,8 +133,10 @@ def test_host_layout_matches_the_shared_design(role):
     document = parsed(role)
     env = embedded(document, f"/etc/{role}/env")
     assert (env["permissions"], env["owner"]) == ("0600", "root:root")
+    secrets = f"/etc/{role}/secrets"
     assert env["content"] == (
-        f"WORKER_HOST=0.0.0.0\nWORKER_PORT={PORTS[role]}\nWORKER_TOKEN={TOKEN}\nWORKER_BUILD={rel.build}\n"
+        f"WORKER_HOST=0.0.0.0\nWORKER_PORT={PORTS[role]}\nWORKER_TOKEN_FILE={secrets}/worker-token\n"
+        f"WORKER_TLS_CERT={secrets}/tls.crt\nWORKER_TLS_KEY={secrets}/tls.key\nWORKER_BUILD={rel.build}\n"
     )
     unit = embedded(document, f"/etc/systemd/system/{role}.service")["content"]
     for line in (
@@ -136,8 +156,10 @@ def test_host_layout_matches_the_shared_design(role):
         "WantedBy=multi-user.target",
     ):
         assert line in unit.splitlines(), line
-    fetcher = embedded(document, FETCH_SCRIPT_PATH)
-    assert (fetcher["permissions"], fetcher["content"]) == ("0755", FETCH_SCRIPT_SOURCE.read_text())
+    for path, source in ((FETCH_SCRIPT_PATH, FETCH_SCRIPT_SOURCE), (SECRETS_SCRIPT_PATH, SECRETS_SCRIPT_SOURCE)):
+        script = embedded(document, path)
+        assert (script["permissions"], script["encoding"]) == ("0755", "gz+b64")
+        assert file_text(script) == source.read_text()
 
     runcmd = document["runcmd"]
     assert runcmd[0] == "set -eux"  # one script: the first failure stops the boot script
@@ -149,9 +171,43 @@ def test_host_layout_matches_the_shared_design(role):
     assert f"--dest /opt/{role}/releases/{rel.build}" in steps
     assert f"--key {role}/{rel.build}.tar.gz --sha256 {rel.sha256} " in steps
     assert f"ln -sfn releases/{rel.build} /opt/{role}/current" in runcmd
-    assert runcmd[-2:] == ["systemctl daemon-reload", f"systemctl enable --now {role}.service"]
+    assert runcmd[-3:] == [
+        "systemctl daemon-reload",
+        f"systemctl enable --now {role}.service",
+        f"systemctl enable --now {role}-secrets.timer",
+    ]
     assert "python3-boto3" in document["packages"]
     assert document["package_update"] is True
+
+
+@pytest.mark.parametrize("role", sorted(ROLE_SPECS))
+def test_secrets_are_fetched_before_the_worker_starts_and_every_minute(role):
+    document = parsed(role)
+    runcmd = document["runcmd"]
+    command = (
+        f"{SECRETS_SCRIPT_PATH} --region {REGION} --prefix {PREFIX} --dest /etc/{role}/secrets --group {SERVICE_USER}"
+    )
+    make_dir = runcmd.index(f"install -d -m 0750 -o root -g {SERVICE_USER} /etc/{role}/secrets")
+    useradd = next(i for i, c in enumerate(runcmd) if "useradd" in c)
+    assert useradd < make_dir < runcmd.index(command) < runcmd.index(f"systemctl enable --now {role}.service")
+    service = embedded(document, f"/etc/systemd/system/{role}-secrets.service")["content"].splitlines()
+    assert {"Type=oneshot", f"ExecStart={command}", f"ReadWritePaths=/etc/{role}/secrets"} <= set(service)
+    timer = embedded(document, f"/etc/systemd/system/{role}-secrets.timer")["content"].splitlines()
+    assert {"OnBootSec=60", "OnUnitActiveSec=60", "AccuracySec=1s", "WantedBy=timers.target"} <= set(timer)
+
+
+def test_tls_and_mutual_tls_settings_change_only_the_env_file_and_the_fetch():
+    plain, mutual = (
+        parsed("worker-python", secrets=HostSecrets(PREFIX, tls=False)),
+        parsed("worker-python", secrets=HostSecrets(PREFIX, client_ca=True)),
+    )
+    plain_env, mutual_env = env_from(plain, "worker-python"), env_from(mutual, "worker-python")
+    assert plain_env["WORKER_TOKEN_FILE"] == "/etc/worker-python/secrets/worker-token"
+    assert not {"WORKER_TLS_CERT", "WORKER_TLS_KEY", "WORKER_TLS_CLIENT_CA", "WORKER_TOKEN"} & set(plain_env)
+    assert mutual_env["WORKER_TLS_CLIENT_CA"] == "/etc/worker-python/secrets/client-ca.crt"
+    assert mutual_env["WORKER_TLS_KEY"] == "/etc/worker-python/secrets/tls.key"
+    assert any(c.startswith(SECRETS_SCRIPT_PATH) and c.endswith(" --client-ca") for c in mutual["runcmd"])
+    assert not any(c.startswith(SECRETS_SCRIPT_PATH) and "--client-ca" in c for c in plain["runcmd"])
 
 
 def test_python_host_builds_a_venv_from_the_pinned_requirements():
@@ -248,13 +304,17 @@ def test_boot_enables_the_service_once_the_dependencies_load(tmp_path):
     link = f"ln -s {ROOT / 'worker-nodejs' / 'node_modules'} node_modules"
     done, systemctl = run_install_tail("worker-nodejs", tmp_path, link)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert systemctl.splitlines() == ["daemon-reload", "enable --now worker-nodejs.service"]
+    assert systemctl.splitlines() == [
+        "daemon-reload",
+        "enable --now worker-nodejs.service",
+        "enable --now worker-nodejs-secrets.timer",
+    ]
 
 
-@pytest.mark.parametrize("token", ["has space", "quote'", "dollar$x", "", "new\nline"])
-def test_env_file_refuses_values_systemd_would_misread(token):
-    with pytest.raises(ValueError, match="token must be non-empty"):
-        env_file(port=5001, token=token, build="abc123")
+@pytest.mark.parametrize("build", ["has space", "quote'", "dollar$x", "", "new\nline"])
+def test_env_file_refuses_values_systemd_would_misread(build):
+    with pytest.raises(ValueError, match="WORKER_BUILD must be non-empty"):
+        env_file(ROLE_SPECS["worker-python"], port=5001, build=build, secrets=SECRETS)
 
 
 # ---------------------------------------------------------------- first boot, on loopback
@@ -271,21 +331,40 @@ def s3(tmp_path_factory):
     server.stop()
 
 
-def boot_fetch(document: dict, tmp: Path, endpoint: str, dest: Path) -> subprocess.CompletedProcess:
-    """Run the document's own fetch step (script and arguments) with the release dir moved to `dest`."""
-    script = tmp / "fetch-worker-release"
-    script.write_text(embedded(document, FETCH_SCRIPT_PATH)["content"])
-    (command,) = [c for c in document["runcmd"] if c.startswith(FETCH_SCRIPT_PATH + " ")]
+def boot_fetch(
+    document: dict, tmp: Path, endpoint: str, dest: Path, script_path: str = FETCH_SCRIPT_PATH
+) -> subprocess.CompletedProcess:
+    """Run one of the document's fetch steps (embedded script, same arguments) with --dest moved to
+    `dest`, and the secrets' group (`worker` on a host) the test's own."""
+    script = tmp / script_path.rsplit("/", 1)[-1]
+    script.write_text(file_text(embedded(document, script_path)))
+    (command,) = [c for c in document["runcmd"] if c.startswith(script_path + " ")]
     argv = shlex.split(command)[1:]
     argv[argv.index("--dest") + 1] = str(dest)
+    if "--group" in argv:
+        argv[argv.index("--group") + 1] = grp.getgrgid(os.getegid()).gr_name
     return subprocess.run(
-        [sys.executable, str(script), *argv], env=aws_env(endpoint), capture_output=True, text=True, timeout=60
+        [sys.executable, str(script), *argv], env=aws_env(endpoint), capture_output=True, text=True, timeout=90
     )
 
 
 def env_from(document: dict, role: str) -> dict[str, str]:
     lines = embedded(document, f"/etc/{role}/env")["content"].splitlines()
     return dict(line.split("=", 1) for line in lines)
+
+
+def put_stack_secrets(endpoint: str, authority: Authority) -> None:
+    """What the Pulumi program writes to SSM (infra/fleet_secrets.py), with a throwaway CA's certificate."""
+    ssm = boto3.client(
+        "ssm", region_name=REGION, endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
+    server = authority.issue()
+    for name, value, kind in (
+        ("worker-token", TOKEN, "SecureString"),
+        ("worker-tls-key", server.key_pem.decode(), "SecureString"),
+        ("worker-tls-cert", server.cert_pem.decode(), "String"),
+    ):
+        ssm.put_parameter(Name=f"{PREFIX}/{name}", Value=value, Type=kind, Overwrite=True)
 
 
 def small_png(width: int = 12, height: int = 7) -> bytes:
@@ -312,25 +391,42 @@ def test_first_boot_fetches_the_release_and_starts_a_real_worker(role, s3, tmp_p
         # The host runs `npm ci`; here the already installed, same lockfile's modules stand in.
         (release_dir / "node_modules").symlink_to(ROOT / "worker-nodejs" / "node_modules")
 
+    authority = Authority()
+    put_stack_secrets(server.url, authority)
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir(mode=0o750)
+    fetched = boot_fetch(document, tmp_path, server.url, secrets_dir, SECRETS_SCRIPT_PATH)
+    assert fetched.returncode == 0, fetched.stderr
+    assert (secrets_dir / "worker-token").read_text().strip() == TOKEN
+
     env = env_from(document, role)
     assert env["WORKER_HOST"] == "0.0.0.0" and env["WORKER_PORT"] == str(PORTS[role])
-    # Same settings as on the host, except the address: tests listen on loopback only.
-    local_env = {k: v for k, v in env.items() if k not in ("WORKER_HOST", "WORKER_PORT")}
-    worker = start_worker(spec.runtime, tmp_path / "run", local_env, cwd=release_dir)
+    # Same settings as on the host, except the address (tests listen on loopback only) and the
+    # secrets folder, which the fetch above filled the way the host's first boot does.
+    local_env = {
+        k: v.replace(f"/etc/{role}/secrets", str(secrets_dir))
+        for k, v in env.items()
+        if k not in ("WORKER_HOST", "WORKER_PORT")
+    }
+    tls = TlsClient(authority.write_ca(tmp_path))
+    worker = start_worker(spec.runtime, tmp_path / "run", local_env, cwd=release_dir, tls=tls)
     try:
-        health = requests.get(f"{worker.url}/healthz", timeout=10)
+        session = worker.session()
+        assert worker.url.startswith("https://")
+        health = session.get(f"{worker.url}/healthz", timeout=10)
         assert health.status_code == 200
         body = health.json()
         assert body["runtime"] == spec.runtime
         assert body["build"] == rel.build
         assert body["operations"] == list(spec.operations)
+        assert body["tls"] is True
 
         png = small_png()
-        unauthorized = requests.post(
+        unauthorized = session.post(
             f"{worker.url}/process", data=png, headers={"Content-Type": "image/png"}, timeout=30
         )
         assert unauthorized.status_code == 401
-        response = requests.post(
+        response = session.post(
             f"{worker.url}/process",
             data=png,
             timeout=30,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pulumi
 from pulumi.runtime import rpc
 from pulumi.runtime import settings as runtime_settings
+from pulumi.runtime.mocks import MockMonitor
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA_DIR = ROOT / "infra"
@@ -23,6 +24,16 @@ MOCK_AMI = "ami-0123456789abcdef0"
 MOCK_VPC = "vpc-0123456789abcdef0"
 MOCK_SUBNETS = ("subnet-0aaaaaaaaaaaaaaa1", "subnet-0aaaaaaaaaaaaaaa2", "subnet-0aaaaaaaaaaaaaaa3")
 MOCK_TOKEN = "generated-token-0123456789abcdefghij"
+MOCK_ACCOUNT = "123456789012"
+
+
+def mock_key_pem(name: str) -> str:
+    """What the mocks' tls.PrivateKey `name` holds: PEM-shaped, so a leak is found by its header."""
+    return f"-----BEGIN EC PRIVATE KEY-----\nmock-key-{name}\n-----END EC PRIVATE KEY-----\n"
+
+
+def mock_cert_pem(name: str) -> str:
+    return f"-----BEGIN CERTIFICATE-----\nmock-cert-{name}\n-----END CERTIFICATE-----\n"
 
 
 def is_secret_input(value) -> bool:
@@ -34,12 +45,21 @@ def reveal(value):
     return value["value"] if is_secret_input(value) else value
 
 
+@dataclass(frozen=True)
+class SeenOptions:
+    """The resource options the engine would get (the mocks' own records leave them out)."""
+
+    ignore_changes: tuple[str, ...]
+    dependencies: tuple[str, ...]  # URNs
+
+
 class FleetMocks(pulumi.runtime.Mocks):
     """Answers like AWS would, with predictable ids and public IPs from TEST-NET-3."""
 
     def __init__(self) -> None:
         self.resources: list[pulumi.runtime.MockResourceArgs] = []
         self.calls: list[pulumi.runtime.MockCallArgs] = []
+        self.options: dict[str, SeenOptions] = {}  # resource name -> options
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         self.resources.append(args)
@@ -60,8 +80,21 @@ class FleetMocks(pulumi.runtime.Mocks):
             outputs["latestVersion"] = 1
         if args.typ == "aws:autoscaling/group:Group":
             outputs["name"] = f"{args.name}-0001"
+        outputs |= self._tls_outputs(args)
+        if args.typ == "aws:ssm/parameter:Parameter":
+            outputs["arn"] = f"arn:aws:ssm:{REGION}:{MOCK_ACCOUNT}:parameter{args.inputs['name']}"
         resource_id = f"i-{args.name}" if args.typ == "aws:ec2/instance:Instance" else f"{args.name}-id"
         return resource_id, outputs
+
+    @staticmethod
+    def _tls_outputs(args: pulumi.runtime.MockResourceArgs) -> dict:
+        if args.typ == "tls:index/privateKey:PrivateKey":
+            return {"privateKeyPem": mock_key_pem(args.name), "publicKeyPem": f"public-{args.name}"}
+        if args.typ in ("tls:index/selfSignedCert:SelfSignedCert", "tls:index/locallySignedCert:LocallySignedCert"):
+            return {"certPem": mock_cert_pem(args.name)}
+        if args.typ == "tls:index/certRequest:CertRequest":
+            return {"certRequestPem": f"-----BEGIN CERTIFICATE REQUEST-----\nmock-{args.name}\n"}
+        return {}
 
     def call(self, args: pulumi.runtime.MockCallArgs):
         self.calls.append(args)
@@ -73,7 +106,18 @@ class FleetMocks(pulumi.runtime.Mocks):
             return {"id": MOCK_VPC, "ids": list(MOCK_SUBNETS)}
         if args.token == "aws:ec2/getSubnet:getSubnet":
             return {"id": args.args["id"], "vpcId": MOCK_VPC}
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            arn = f"arn:aws:iam::{MOCK_ACCOUNT}:user/deployer"
+            return {"id": MOCK_ACCOUNT, "accountId": MOCK_ACCOUNT, "arn": arn, "userId": "AIDAMOCK"}
         return {}
+
+
+class RecordingMonitor(MockMonitor):
+    """Pulumi's mock monitor, also noting each registration's ignore_changes and dependencies."""
+
+    def RegisterResource(self, request):
+        self.mocks.options[request.name] = SeenOptions(tuple(request.ignoreChanges), tuple(request.dependencies))
+        return super().RegisterResource(request)
 
 
 @dataclass
@@ -101,7 +145,7 @@ def configure(config: dict[str, str], secret_keys: tuple[str, ...] = ()) -> Flee
     mocks = FleetMocks()
     LAST_MOCKS[:] = [mocks]
     runtime_settings.set_root_resource(None)
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=STACK, preview=False)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=STACK, preview=False, monitor=RecordingMonitor(mocks))
     full = {key if ":" in key else f"{PROJECT}:{key}": value for key, value in config.items()}
     pulumi.runtime.set_all_config(full, [k if ":" in k else f"{PROJECT}:{k}" for k in secret_keys])
     return mocks
