@@ -7,15 +7,12 @@ SSH policies read the client and admin CIDRs from the pack's config (`--policy-p
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import re
 
 from pulumi_policy import PolicyConfigSchema, ResourceValidationPolicy
+from user_data import HOSTS, INSTANCE, TEMPLATE, env_values, files, user_data
 
-INSTANCE = "aws:ec2/instance:Instance"
-TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 GROUP = "aws:autoscaling/group:Group"
 VOLUME = "aws:ebs/volume:Volume"
 SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
@@ -35,19 +32,28 @@ TAGGED = {
     "aws:s3/bucketObjectv2:BucketObjectv2",
     "aws:iam/role:Role",
     "aws:iam/instanceProfile:InstanceProfile",
+    "aws:ssm/parameter:Parameter",
 }
-HOSTS = (INSTANCE, TEMPLATE)  # what runs a worker: fixed instances and pool launch templates
 FALLBACK_PREFIX = 16  # without configured CIDRs: never wider than config.py's WIDE_PREFIX_LENGTH
 SSH = 22
 EGRESS_PORTS = (80, 443)  # infra/security.py EGRESS_PORTS
 ALL_PROTOCOLS = ("-1", "all")
-# Secrets that must never be in user-data. The worker token IS there (WORKER_TOKEN=, written to
-# /etc/...env by cloud-init) until it moves to SSM: a documented exception, not matched here.
+# Secrets that must never be in user-data, nor in any file it writes: anyone with
+# ec2:DescribeInstanceAttribute, or IMDS on the host, reads it. Hosts fetch secrets from SSM.
 SECRET_PATTERNS = {
     "a private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
     "an AWS access key id": re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
     "an AWS secret access key": re.compile(r"aws_secret_access_key\s*[=:]", re.IGNORECASE),
+    "the worker token (WORKER_TOKEN=<value>)": re.compile(r"\bWORKER_TOKEN\s*=\s*\S"),
+    "a bearer token": re.compile(r"\bBearer\s+[A-Za-z0-9._~+/=-]{16,}"),
+    # KEY=value or key: value where the key ends in token/password/secret and the value is long
+    # enough to be one (a path is not: WORKER_TOKEN_FILE=/etc/... ends in _FILE).
+    "a token-looking value": re.compile(
+        r"(?i)(?<![a-z0-9])(?:[a-z0-9]+[_-])*(?:token|password|passwd|secret)\s*[=:]\s*[\"']?[A-Za-z0-9._~+=-]{16,}"
+    ),
 }
+# Worker ports carry the token and every image: in the cloud, always TLS (infra/userdata.py's env).
+TLS_VARIABLES = ("WORKER_TLS_CERT", "WORKER_TLS_KEY")
 CIDR_CONFIG = PolicyConfigSchema(
     properties={"clientCidr": {"type": "string"}, "adminCidr": {"type": "string"}, "egressPorts": {"type": "array"}}
 )
@@ -175,24 +181,36 @@ def check_egress(resource_type: str, props, config, report) -> None:
             )
 
 
-def _user_data(resource_type: str, props) -> str:
-    if resource_type not in HOSTS:
-        return ""
-    text = props.get("userData") or ""
-    encoded = props.get("userDataBase64") or (text if resource_type == TEMPLATE else "")
-    if encoded:
-        try:
-            return base64.b64decode(encoded, validate=True).decode("utf-8", "replace")
-        except (binascii.Error, ValueError):
-            return text
-    return text
-
-
 def check_user_data(resource_type: str, props, report) -> None:
-    text = _user_data(resource_type, props)
-    for what, pattern in SECRET_PATTERNS.items():
-        if pattern.search(text):
-            report(f"user-data contains {what}")
+    text = user_data(resource_type, props)
+    for where, content in {"user-data": text, **files(text)}.items():
+        if content is None:
+            report(f"user-data file {where} does not decode, so it cannot be checked for secrets")
+            continue
+        for what, pattern in SECRET_PATTERNS.items():
+            if pattern.search(content):
+                report(
+                    f"{where} contains {what}" if where == "user-data" else f"user-data file {where} contains {what}"
+                )
+
+
+def _worker_envs(text: str) -> dict[str, dict[str, str]]:
+    """path -> variables of every env file the user-data writes for a worker (one sets WORKER_PORT)."""
+    envs = {path: env_values(content) for path, content in files(text).items() if content is not None}
+    return {path: values for path, values in envs.items() if "WORKER_PORT" in values}
+
+
+def check_worker_tls(resource_type: str, props, report) -> None:
+    if resource_type not in HOSTS:
+        return
+    tags = props.get("tags") or {}
+    envs = _worker_envs(user_data(resource_type, props))
+    if not envs and str(tags.get("Role", "")).startswith("worker-"):
+        report(f"{tags['Role']} host: no worker env file (WORKER_PORT=) in its user-data, so TLS cannot be shown")
+    for path, values in sorted(envs.items()):
+        missing = [name for name in TLS_VARIABLES if not values.get(name)]
+        if missing:
+            report(f"{path} sets no {' or '.join(missing)}: the worker port speaks plain HTTP (workerTls: false?)")
 
 
 def _tags(resource_type: str, props) -> list[tuple[str, dict]]:
@@ -247,8 +265,13 @@ POLICIES = [
     _policy("egress-limited", "Egress only TCP to the first boot's ports (80, 443 by default).", check_egress, True),
     _policy(
         "no-secrets-in-user-data",
-        "No private key or AWS key in user-data (the worker token excepted).",
+        "No private key, AWS key, worker token or token-looking value in user-data or the files it writes.",
         check_user_data,
+    ),
+    _policy(
+        "tls-on-worker-ports",
+        "Every worker's env sets WORKER_TLS_CERT and WORKER_TLS_KEY (TLS on the worker port, workerTls: true).",
+        check_worker_tls,
     ),
     _policy("required-tags", "Project and Stack tags everywhere; Role on instances, templates and groups.", check_tags),
 ]

@@ -16,10 +16,12 @@ from collections.abc import Callable
 
 import grpc
 import pytest
+import yaml
 from google.protobuf import empty_pb2, json_format, struct_pb2
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
 
-from tests.support.infra_harness import REGION, is_secret_input, reveal, run_program
+from infra.userdata import packed
+from tests.support.infra_harness import REGION, is_secret_input, run_program
 from tests.support.policy_pack import start_pack, validate_directly
 
 CLIENT = "198.51.100.7/32"
@@ -34,9 +36,11 @@ POLICY_NAMES = (
     "encrypted-volumes",
     *CONFIGURED,
     "no-secrets-in-user-data",
+    "tls-on-worker-ports",
     "required-tags",
 )
 PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+TOKEN = "Xq7vLr2NcT9wHs4KpB6dFy1MzJ8gUe3Ra5WkQn0t"
 
 
 @pytest.fixture(scope="module")
@@ -113,17 +117,41 @@ def _set(path: str, value) -> Callable[[dict], None]:
     return mutate
 
 
-def _user_data(extra: str, encode: bool) -> Callable[[dict], None]:
-    """Appends `extra` to the (secret) user-data, base64 again for a launch template."""
+def _edit_user_data(edit: Callable[[str], str], encode: bool) -> Callable[[dict], None]:
+    """Applies `edit` to the user-data text (base64 again for a launch template). It holds no
+    secret, so the engine gets it as plain text, not a secret."""
 
     def mutate(raw: dict) -> None:
-        text = reveal(raw["userData"])
-        assert is_secret_input(raw["userData"])
-        plain = base64.b64decode(text).decode() if encode else text
-        plain += extra
-        raw["userData"]["value"] = base64.b64encode(plain.encode()).decode() if encode else plain
+        assert not is_secret_input(raw["userData"])
+        plain = base64.b64decode(raw["userData"]).decode() if encode else raw["userData"]
+        changed = edit(plain)
+        assert changed != plain
+        raw["userData"] = base64.b64encode(changed.encode()).decode() if encode else changed
 
     return mutate
+
+
+def _user_data(extra: str, encode: bool) -> Callable[[dict], None]:
+    """Appends `extra` as YAML comment lines: the document stays valid cloud-config."""
+    comment = "".join(f"# {line}\n" for line in extra.splitlines())
+    return _edit_user_data(lambda text: text + comment, encode)
+
+
+def _packed_file(content: str, encode: bool) -> Callable[[dict], None]:
+    """Adds a write_files entry the way infra packs its scripts (gz+b64), so only decoding finds it."""
+
+    def edit(text: str) -> str:
+        document = yaml.safe_load(text)
+        document["write_files"].append({"path": "/etc/extra.conf", "encoding": "gz+b64", "content": packed(content)})
+        return "#cloud-config\n" + yaml.safe_dump(document)
+
+    return _edit_user_data(edit, encode)
+
+
+def _without_tls(role: str, encode: bool) -> Callable[[dict], None]:
+    """What workerTls: false renders: the env file without the certificate and key."""
+    lines = f"WORKER_TLS_CERT=/etc/{role}/secrets/tls.crt\n    WORKER_TLS_KEY=/etc/{role}/secrets/tls.key\n    "
+    return _edit_user_data(lambda text: text.replace(lines, ""), encode)
 
 
 BROKEN = {
@@ -179,6 +207,32 @@ BROKEN = {
         _user_data(PRIVATE_KEY, True),
         {"no-secrets-in-user-data"},
     ),
+    "instance-user-data-worker-token": (
+        "worker-python-0-instance",
+        _edit_user_data(
+            lambda t: t.replace("WORKER_TOKEN_FILE=/etc/worker-python/secrets/worker-token", f"WORKER_TOKEN={TOKEN}"),
+            False,
+        ),
+        {"no-secrets-in-user-data"},
+    ),
+    "instance-user-data-bearer-token": (
+        "worker-nodejs-0-instance",
+        _user_data(f"curl -H 'Authorization: Bearer {TOKEN}'", False),
+        {"no-secrets-in-user-data"},
+    ),
+    "template-packed-file-token": (
+        "worker-python-template",
+        _packed_file(f"API_TOKEN={TOKEN}\n", True),
+        {"no-secrets-in-user-data"},
+    ),
+    "instance-packed-file-private-key": (
+        "worker-python-0-instance",
+        _packed_file(PRIVATE_KEY, False),
+        {"no-secrets-in-user-data"},
+    ),
+    "instance-plain-http": ("worker-python-0-instance", _without_tls("worker-python", False), {"tls-on-worker-ports"}),
+    "template-plain-http": ("worker-nodejs-template", _without_tls("worker-nodejs", True), {"tls-on-worker-ports"}),
+    "parameter-without-tags": ("secrets-worker-token", _set("tags", {}), {"required-tags"}),
 }
 
 
@@ -211,3 +265,36 @@ def test_without_pack_config_ssh_is_refused_and_ingress_capped_at_16():
         "ingress-within-cidrs": ["ingress from 10.0.0.0/8 is wider than /16 (no clientCidr/adminCidr configured)"],
         "ssh-only-from-admin": ["SSH (port 22) is open to 10.0.0.0/8 but no adminCidr is configured"],
     }
+
+
+@pytest.fixture(scope="module")
+def plain_http_hosts() -> dict[str, tuple[str, dict]]:
+    """The hosts of a workerTls: false stack, fixed and pooled."""
+    found = {}
+    for config in (STACK_CONFIG, {**STACK_CONFIG, "workerPools": "true"}):
+        run = run_program({**config, "workerTls": "false"})
+        found |= {r.name: (r.typ, r.inputs) for r in run.mocks.resources if r.typ.startswith("aws:ec2/")}
+    hosts = {n: r for n, r in found.items() if n.endswith(("-instance", "-template"))}
+    assert len(hosts) == 4
+    return hosts
+
+
+def test_a_plain_http_stack_fails_tls_on_worker_ports_both_ways(plain_http_hosts, analyzer):
+    names = sorted(plain_http_hosts)
+    results = direct(*(plain_http_hosts[name] for name in names))
+    assert [sorted(found) for found in results] == [["tls-on-worker-ports"]] * len(names)
+    for name in names:
+        violations = over_grpc(analyzer, *plain_http_hosts[name])
+        assert list(violations) == ["tls-on-worker-ports"], name
+        assert "sets no WORKER_TLS_CERT or WORKER_TLS_KEY" in violations["tls-on-worker-ports"][0]
+
+
+def test_a_worker_host_without_an_env_file_cannot_show_tls():
+    typ, raw = (
+        "aws:ec2/instance:Instance",
+        {"userData": "#cloud-config\nruncmd: [true]\n", "tags": {"Role": "worker-x"}},
+    )
+    [found] = direct((typ, raw))
+    assert found["tls-on-worker-ports"] == [
+        "worker-x host: no worker env file (WORKER_PORT=) in its user-data, so TLS cannot be shown"
+    ]
