@@ -7,12 +7,15 @@ import contextlib
 import io
 import json
 import logging
+import os
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,10 +30,14 @@ from worker_python.errors import ApiError, BadImage, CannotEncode, TooManyPixels
 from worker_python.health import self_check
 from worker_python.log import JsonFormatter
 from worker_python.ops import apply, grayscale, invert, sepia
-from worker_python.params import encoding_options, response_format
+from worker_python.params import authorized_by_any, encoding_options, response_format
+from worker_python.secret_files import SecretFiles, read_tokens
 from worker_python.sniff import ACCEPTED_PILLOW_FORMATS, sniff_format
+from worker_python.tls import server_context
 
-from scripts.testkit.procs import ROOT
+from scripts.testkit.images import solid_png
+from scripts.testkit.procs import ROOT, TlsClient, start_worker
+from scripts.testkit.tls import FLEET_TLS_NAME, Authority
 from tests.vectors.generate import SEPIA_PER_MILLE, huge_header_png, ppm_bytes, ref_grayscale
 
 VECTORS = ROOT / "tests" / "vectors"
@@ -1107,3 +1114,182 @@ def test_decode_has_a_deadline():
     with pytest.raises(BadImage, match="decoding took longer"):
         load_rgb(open_checked(data, 10**8), data, seconds=0.0)
     assert time.monotonic() - started < 2
+
+
+# ---------------------------------------------------------------- TLS and the token file (issue 16)
+
+
+@pytest.mark.parametrize(
+    "env, name",
+    [
+        ({"WORKER_TLS_CERT": "a.crt"}, "WORKER_TLS_KEY"),
+        ({"WORKER_TLS_KEY": "a.key"}, "WORKER_TLS_CERT"),
+        ({"WORKER_TLS_CLIENT_CA": "ca.crt"}, "WORKER_TLS_CLIENT_CA"),
+        ({"WORKER_TOKEN": "t0k", "WORKER_TOKEN_FILE": "tokens"}, "WORKER_TOKEN_FILE"),
+    ],
+)
+def test_secret_file_variables_that_do_not_go_together(env, name):
+    with pytest.raises(SettingsError, match=name):
+        load_settings(env)
+
+
+def test_secret_file_paths_are_read_and_tls_follows_the_cert():
+    settings = load_settings({"WORKER_TLS_CERT": " a.crt ", "WORKER_TLS_KEY": "a.key", "WORKER_TOKEN_FILE": "t"})
+    assert (settings.tls_cert, settings.tls_key, settings.token_file, settings.tls) == ("a.crt", "a.key", "t", True)
+    assert load_settings({}).tls is False
+
+
+def test_token_file_lines_are_stripped_and_the_errors_never_show_a_token(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text("\n  first-t0k \r\n\n\tsecond-t0k\n")
+    assert read_tokens(str(path)) == ("first-t0k", "second-t0k")
+    for text in ("", " \n\n", "one-t0k\ntwo-t0k\nthree-t0k\n", "has space-t0k\n", "tab\tin-t0k\n"):
+        path.write_text(text)
+        with pytest.raises(SettingsError, match="WORKER_TOKEN_FILE") as caught:
+            read_tokens(str(path))
+        assert "t0k" not in str(caught.value)
+
+
+def test_any_listed_token_is_accepted():
+    assert authorized_by_any("Bearer b-t0k", ("a-t0k", "b-t0k"))
+    assert authorized_by_any("Bearer a-t0k", ("a-t0k", "b-t0k"))
+    assert not authorized_by_any("Bearer c-t0k", ("a-t0k", "b-t0k"))
+    assert not authorized_by_any("Bearer a-t0k", ())
+
+
+def replace_file(path, data: bytes) -> None:
+    temp = path.with_name(path.name + ".new")
+    temp.write_bytes(data)
+    os.replace(temp, path)
+
+
+def test_token_file_reload_swaps_the_set_and_a_broken_one_keeps_it(tmp_path, caplog):
+    path = tmp_path / "tokens"
+    path.write_text("old-t0k\n")
+    files = SecretFiles.load(load_settings({"WORKER_TOKEN_FILE": str(path)}))
+    assert files.tokens == ("old-t0k",)
+    files.refresh()  # nothing changed: nothing logged
+    assert not caplog.records
+    replace_file(path, b"old-t0k\nnew-t0k\n")
+    with caplog.at_level(logging.INFO, logger="worker_python"):
+        files.refresh()
+        assert files.tokens == ("old-t0k", "new-t0k")
+        replace_file(path, b"\n")
+        files.refresh()
+    assert files.tokens == ("old-t0k", "new-t0k")
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["secrets reloaded", "secrets reload failed"]
+    assert caplog.records[0].files == ["WORKER_TOKEN_FILE"] and caplog.records[1].levelname == "ERROR"
+    assert "keeping the previous ones" in caplog.records[1].getMessage()
+    assert not any("t0k" in r.getMessage() for r in caplog.records)
+
+
+def server_files(tmp_path, ca: Authority | None = None) -> tuple[Authority, dict]:
+    ca = ca or Authority()
+    cert, key = ca.issue(FLEET_TLS_NAME).write(tmp_path, "server")
+    return ca, {"WORKER_TLS_CERT": str(cert), "WORKER_TLS_KEY": str(key)}
+
+
+def test_tls_reload_builds_a_new_context_and_a_broken_key_keeps_the_old_one(tmp_path):
+    ca, env = server_files(tmp_path)
+    files = SecretFiles.load(load_settings(env))
+    first = files.context
+    assert first is not None and first.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert first.verify_mode == ssl.CERT_NONE  # no client CA: no client certificate asked for
+    replace_file(Path(env["WORKER_TLS_KEY"]), ca.issue(FLEET_TLS_NAME).key_pem)  # the key of another cert
+    files.refresh()
+    assert files.context is first
+    fresh = ca.issue(FLEET_TLS_NAME)
+    replace_file(Path(env["WORKER_TLS_CERT"]), fresh.cert_pem)
+    replace_file(Path(env["WORKER_TLS_KEY"]), fresh.key_pem)
+    files.refresh()
+    assert files.context is not first and files.context is not None
+
+
+def test_client_ca_asks_for_a_client_certificate(tmp_path):
+    ca, env = server_files(tmp_path)
+    env["WORKER_TLS_CLIENT_CA"] = str(ca.write_ca(tmp_path))
+    assert SecretFiles.load(load_settings(env)).context.verify_mode == ssl.CERT_REQUIRED
+
+
+@pytest.mark.parametrize(
+    "variable, content",
+    [
+        ("WORKER_TLS_CERT", b"not PEM"),
+        ("WORKER_TLS_CERT", b"-----BEGIN CERTIFICATE-----\nbad\n-----END CERTIFICATE-----\n"),
+        ("WORKER_TLS_KEY", b"not PEM"),
+    ],
+)
+def test_a_bad_pem_names_its_variable(tmp_path, variable, content):
+    _, env = server_files(tmp_path)
+    Path(env[variable]).write_bytes(content)
+    with pytest.raises(SettingsError, match=variable):
+        server_context(env["WORKER_TLS_CERT"], env["WORKER_TLS_KEY"])
+
+
+def test_healthz_says_whether_the_worker_serves_tls(tmp_path):
+    _, env = server_files(tmp_path)
+    assert create_app(Settings()).test_client().get("/healthz").json["tls"] is False
+    assert create_app(load_settings(env)).test_client().get("/healthz").json["tls"] is True
+
+
+@pytest.fixture(scope="module")
+def tls_worker(tmp_path_factory):
+    """A TLS worker with one /process slot (3 threads), for the header gate over TLS."""
+    folder = tmp_path_factory.mktemp("tls-worker")
+    ca, env = server_files(folder)
+    worker = start_worker(
+        "python", folder, {**env, "WORKER_MAX_INFLIGHT": "1"}, tls=TlsClient(ca.write_ca(folder), FLEET_TLS_NAME)
+    )
+    yield worker
+    worker.stop()
+
+
+def tls_connect(worker) -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=str(worker.tls.ca_file))
+    host, port = worker.url.removeprefix("https://").split(":")
+    return context.wrap_socket(socket.create_connection((host, int(port)), timeout=10), server_hostname=worker.tls.name)
+
+
+def test_half_sent_requests_over_tls_do_not_take_the_threads(tls_worker):
+    socks = [tls_connect(tls_worker) for _ in range(8)]
+    try:
+        for sock in socks:
+            sock.sendall(b"POST /process HTTP/1.1\r\nHost: x\r\n")
+        session = tls_worker.session()
+        started = time.monotonic()
+        assert session.get(tls_worker.url + "/healthz", timeout=5).status_code == 200
+        assert time.monotonic() - started < 2.5
+        body = (VECTORS / "inputs" / "photo.png").read_bytes()
+        response = session.post(
+            tls_worker.url + "/process", data=body, headers={"Content-Type": "image/png"}, timeout=10
+        )
+        assert response.status_code == 200
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_pipelined_requests_left_in_the_tls_buffer_are_answered(tls_worker):
+    """gunicorn reads a request in 8192-byte pieces; a TLS record holding the end of a body and
+    the next requests leaves decrypted bytes in the TLS socket once the parser's buffer ends on
+    a request boundary. The poller cannot see them: without the gate reading them after the
+    reply, the last requests hang until the idle timeout closes the connection."""
+    body = solid_png(8, 8)
+    head = f"POST /process HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {len(body)}\r\n\r\n"
+    health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    in_the_parser = 8192 - len(body)  # after the body, the rest of the parser's first 8192-byte read
+    pad = in_the_parser - 3 * len(health) - len(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: \r\n\r\n")
+    padded = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * pad + b"\r\n\r\n"
+    last = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    record = body + 3 * health + padded + 2 * health + last  # one TLS record (under 16 KiB)
+    assert len(body + 3 * health + padded) == 8192 and len(record) < 16384
+    with tls_connect(tls_worker) as sock:
+        sock.sendall(head.encode())
+        time.sleep(0.3)  # the headers alone reach the gate
+        sock.sendall(record)
+        sock.settimeout(4)  # under the 5 s idle bound: a hang shows as a timeout, not a close
+        answer = b""
+        with contextlib.suppress(TimeoutError):
+            while data := sock.recv(65536):
+                answer += data
+    assert answer.count(b"HTTP/1.1 200") == 8, answer.count(b"HTTP/1.1 200")
