@@ -17,6 +17,7 @@ import sys
 import botocore.exceptions
 import pytest
 
+from infra.fleet_secrets import host_secrets_policy
 from scripts.testkit.tls import Authority
 from tests.support.moto_server import REGION, ROOT, aws_env, ssm_parameter_arn, start_moto_server
 
@@ -31,23 +32,8 @@ GROUP = next((g.gr_name for g in grp.getgrall() if g.gr_gid != 0), grp.getgrgid(
 
 
 def instance_policy(region: str, account: str, prefix: str) -> dict:
-    """The instance profile's SSM policy as the design fixes it."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Action": ["ssm:GetParameter", "ssm:GetParameters"],
-                "Resource": f"arn:aws:ssm:{region}:{account}:parameter{prefix}/*",
-            },
-            {
-                "Effect": "Allow",
-                "Action": "kms:Decrypt",
-                "Resource": "*",
-                "Condition": {"StringEquals": {"kms:ViaService": f"ssm.{region}.amazonaws.com"}},
-            },
-        ],
-    }
+    """The instance profile's SSM policy, from the program's own function."""
+    return json.loads(host_secrets_policy(prefix, region=region, account=account))
 
 
 @pytest.fixture(scope="module")
