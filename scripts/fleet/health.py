@@ -81,7 +81,9 @@ def _get_health(url: str, timeout: float, tls: Pinning | None) -> Health:
         refused = "refused" in str(exc).lower()
         return Health(error="connection refused" if refused else "unreachable")
     except requests.Timeout:
-        return Health(error=f"no answer within {timeout:g}s")
+        # A plain-HTTP server behind an https:// URL waits for a request line and never answers the handshake.
+        hint = " (https: is it serving TLS?)" if url.startswith("https://") else ""
+        return Health(error=f"no answer within {timeout:g}s{hint}")
     except requests.RequestException as exc:
         return Health(error=type(exc).__name__)
     if not isinstance(body, dict):

@@ -14,7 +14,8 @@ import pytest
 
 from scripts.fleet.boot import Boot
 from scripts.fleet.cli import main
-from scripts.testkit.procs import free_port
+from scripts.testkit.procs import TlsClient, free_port
+from scripts.testkit.tls import FLEET_TLS_NAME, Authority
 from tests.support.fleet_cli import assert_one_error_line, run_fleet
 from tests.support.moto_server import REGION, aws_env, run_tagged_instance, start_moto_server
 
@@ -391,3 +392,49 @@ def test_not_json_is_not_a_report():
     from scripts.fleet.boot import from_json
 
     assert [from_json(t) for t in ("", "[]", '{"status": 1}', "[" * 100_000)] == [None] * 4
+
+
+# --- a TLS fleet: /healthz over https, verified against the pinned CA and the fleet name --------
+
+
+@pytest.fixture(scope="module")
+def tls_worker(worker_factory, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tls")
+    authority = Authority()
+    cert, key = authority.issue().write(folder, "server")
+    env = {"WORKER_TLS_CERT": str(cert), "WORKER_TLS_KEY": str(key)}
+    return worker_factory("python", env, tls=TlsClient(authority.write_ca(folder))), authority
+
+
+def tls_status(moto, tmp_path, workers: list[dict], ca_pem: bytes, name: str = FLEET_TLS_NAME) -> dict:
+    outputs = write_outputs(tmp_path / "out.json", workers)
+    data = {**json.loads(outputs.read_text()), "worker_ca_pem": ca_pem.decode(), "worker_tls_name": name}
+    outputs.write_text(json.dumps(data))
+    result = fleet("status", "--json", "--outputs", str(outputs), env=aws_env(moto.url))
+    assert result.returncode == 0, result.stderr
+    return {row["name"]: row["health"] for row in json.loads(result.stdout)}
+
+
+def test_status_probes_https_workers_by_the_pinned_ca_and_name(ec2, moto, tls_worker, python_worker, tmp_path):
+    worker, authority = tls_worker
+    instance = run_tagged_instance(ec2, "worker-python-0", "worker-python", PROJECT, STACK)
+    plain = python_worker.url.replace("http://", "https://")  # a plain-HTTP worker behind an https URL
+    workers = [
+        worker_entry("worker-python-0", "worker-python", worker.url, instance),
+        worker_entry("worker-python-1", "worker-python", plain),
+    ]
+    health = tls_status(moto, tmp_path, workers, authority.cert_pem)
+    assert health["worker-python-0"]["status"] == "ok" and health["worker-python-0"]["error"] == ""
+    assert health["worker-python-1"]["error"] == "no answer within 3s (https: is it serving TLS?)"
+    other_ca = tls_status(moto, tmp_path, workers[:1], Authority().cert_pem)["worker-python-0"]["error"]
+    assert other_ca.startswith("TLS certificate verify failed") and "\n" not in other_ca
+    wrong_name = tls_status(moto, tmp_path, workers[:1], authority.cert_pem, "other.stripes.internal")
+    assert "Hostname mismatch" in wrong_name["worker-python-0"]["error"]
+
+
+def test_an_http_worker_in_a_fleet_with_a_ca_is_refused(tmp_path):
+    outputs = write_outputs(tmp_path / "out.json", [GOOD_WORKER])
+    data = {**json.loads(outputs.read_text()), "worker_ca_pem": Authority().cert_pem.decode()}
+    outputs.write_text(json.dumps({**data, "worker_tls_name": FLEET_TLS_NAME}))
+    result = fleet("status", "--outputs", str(outputs), env=aws_env(None))
+    assert_one_error_line(result, 2, "plain HTTP refused: the fleet has a TLS CA, but worker-python-0")

@@ -22,9 +22,12 @@ import pytest
 
 from coordinator import config as coordinator_config
 from coordinator.engine import run_job
-from scripts.fleet import tokens
+from scripts.fleet import tls, tokens
 from scripts.fleet.config import load_config
+from scripts.fleet.errors import WAIT_TIMEOUT, FleetError
+from scripts.fleet.refresh import presented, refresh
 from scripts.fleet.rotate import Rotation, rewrite_token
+from scripts.fleet.trigger import timer_trigger
 from scripts.testkit.images import png_bytes
 from scripts.testkit.procs import ROOT, TlsClient
 from scripts.testkit.tls import FLEET_TLS_NAME, Authority
@@ -148,26 +151,36 @@ class Hosts:
     """Both runtimes as TLS workers whose secrets folder (token file, key, certificate) is
     filled by the real fetch-worker-secrets from moto, as user-data and the timer do."""
 
-    def __init__(self, moto, ssm, worker_factory, tmp_path, tls: bool = True):
+    def __init__(self, moto, ssm, worker_factory, tmp_path):
         self.moto, self.tmp = moto, tmp_path
-        authority = Authority()
-        server = authority.issue()
-        ssm.put_parameter(Name=f"{PREFIX}/worker-tls-key", Value=server.key_pem.decode(), Type="SecureString")
-        ssm.put_parameter(Name=f"{PREFIX}/worker-tls-cert", Value=server.cert_pem.decode(), Type="String")
+        self.authority = authority = Authority()
+        self.put_server_certificate(ssm, authority.issue())
         self.dests = {runtime: tmp_path / f"etc-{runtime}" / "secrets" for runtime in ("python", "nodejs")}
         assert self.fetch([]) == []  # the boot's first fetch, before the workers start
         ca_file = authority.write_ca(tmp_path)
         self.workers = {}
         for runtime, dest in self.dests.items():
-            env = {"WORKER_TOKEN_FILE": str(dest / "worker-token")}
-            if tls:
-                env.update(WORKER_TLS_CERT=str(dest / "tls.crt"), WORKER_TLS_KEY=str(dest / "tls.key"))
-            self.workers[runtime] = worker_factory(runtime, env, tls=TlsClient(ca_file) if tls else None)
-        pinning = {"worker_ca_pem": authority.cert_pem.decode(), "worker_tls_name": FLEET_TLS_NAME} if tls else {}
+            env = {
+                "WORKER_TOKEN_FILE": str(dest / "worker-token"),
+                "WORKER_TLS_CERT": str(dest / "tls.crt"),
+                "WORKER_TLS_KEY": str(dest / "tls.key"),
+            }
+            self.workers[runtime] = worker_factory(runtime, env, tls=TlsClient(ca_file))
         self.outputs = write_outputs(
             tmp_path / "stack-outputs.json",
             [(f"worker-{runtime}", worker.url) for runtime, worker in self.workers.items()],
-            **pinning,
+            worker_ca_pem=authority.cert_pem.decode(),
+            worker_tls_name=FLEET_TLS_NAME,
+        )
+
+    @staticmethod
+    def put_server_certificate(ssm, server) -> None:
+        """What `pulumi up` does with a renewed server certificate (same CA)."""
+        ssm.put_parameter(
+            Name=f"{PREFIX}/worker-tls-key", Value=server.key_pem.decode(), Type="SecureString", Overwrite=True
+        )
+        ssm.put_parameter(
+            Name=f"{PREFIX}/worker-tls-cert", Value=server.cert_pem.decode(), Type="String", Overwrite=True
         )
 
     def fetch(self, _targets) -> list[str]:
@@ -235,7 +248,7 @@ class MarkedRotation(Rotation):
 
 
 def test_a_token_rotation_under_a_50_job_load_fails_no_job(moto, ssm, worker_factory, tmp_path):
-    hosts = Hosts(moto, ssm, worker_factory, tmp_path, tls=False)
+    hosts = Hosts(moto, ssm, worker_factory, tmp_path)
     config = load_config(_args(hosts.outputs), {})
     rotation = MarkedRotation(config, ssm, hosts.fetch, timeout=60, interval=0.3, grace=1)
     rotation.marks = []
@@ -258,3 +271,28 @@ def test_a_token_rotation_under_a_50_job_load_fails_no_job(moto, ssm, worker_fac
     targets = tokens.endpoints(config)
     assert set(tokens.verdicts(config, targets, T1).values()) == {tokens.REFUSED}  # the old token is dead
     assert set(tokens.verdicts(config, targets, following).values()) == {tokens.ACCEPTED}
+
+
+# --- refresh-secrets: a new server certificate (same CA) reaches every worker ------------------
+
+
+def test_refresh_secrets_checks_every_worker_serves_the_certificate_in_ssm(moto, ssm, worker_factory, tmp_path):
+    hosts = Hosts(moto, ssm, worker_factory, tmp_path)
+    config = load_config(_args(hosts.outputs), {})
+    assert refresh(config, ssm, hosts.fetch, timeout=10, interval=0.3) == 0
+    renewed = hosts.authority.issue()
+    hosts.put_server_certificate(ssm, renewed)
+    with pytest.raises(FleetError) as stale:  # the hosts have not fetched yet: both still serve the old one
+        refresh(config, ssm, timer_trigger, timeout=1, interval=0.3)
+    assert stale.value.code == WAIT_TIMEOUT
+    assert "worker-0: sha256" in stale.value.message and "worker-1: sha256" in stale.value.message
+    assert refresh(config, ssm, hosts.fetch, timeout=10, interval=0.3) == 0
+    wanted = tls.sha256(tls.first_certificate(renewed.cert_pem.decode(), "renewed"))
+    assert set(presented(config, tokens.endpoints(config)).values()) == {wanted}
+    # The coordinator pins the CA, not the leaf: a job still runs after the certificate changed.
+    run_job(
+        png_bytes(np.zeros((16, 16, 3), np.uint8)),
+        coordinator_config.load_config(workers_file=str(hosts.outputs), environ={}),
+        plan="seed",
+        strips=2,
+    )
