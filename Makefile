@@ -78,6 +78,7 @@ bench: setup
 	$(PY) -m scripts.bench_batch
 	$(PY) -m scripts.bench_page
 	$(PY) -m scripts.bench_observe
+	$(PY) -m scripts.bench_tls
 
 soak: setup
 	$(PY) -m scripts.soak $(SOAK_ARGS)
