@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import signal
 import socket
 import ssl
 import struct
@@ -1293,3 +1294,57 @@ def test_pipelined_requests_left_in_the_tls_buffer_are_answered(tls_worker):
             while data := sock.recv(65536):
                 answer += data
     assert answer.count(b"HTTP/1.1 200") == 8, answer.count(b"HTTP/1.1 200")
+
+
+def error_lines(worker) -> list[str]:
+    return [line for line in worker.log_text().splitlines() if '"level": "error"' in line]
+
+
+def test_a_broken_tls_record_mid_request_closes_without_an_error_line(tls_worker):
+    """A record that fails its integrity check while the body is read: the body counts as ended
+    early (400, which cannot be sent on the broken session), the connection closes, nothing is
+    logged as the worker's error and the worker goes on serving."""
+    before = len(error_lines(tls_worker))
+    head = b"POST /process HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+    with tls_connect(tls_worker) as sock:
+        sock.sendall(head + b"\x89PNG\r\n\x1a\n")
+        time.sleep(0.3)
+        with socket.socket(fileno=os.dup(sock.fileno())) as raw:  # under TLS: a forged application-data record
+            raw.sendall(b"\x17\x03\x03\x00\x20" + bytes(32))
+        sock.settimeout(5)  # a TimeoutError here: the worker kept the broken connection open
+        answer = b""
+        with contextlib.suppress(ssl.SSLError, ConnectionResetError):  # the worker's alert, or its close
+            while data := sock.recv(65536):
+                answer += data
+    assert b"HTTP/1.1" not in answer
+    assert len(error_lines(tls_worker)) == before, error_lines(tls_worker)[before:]
+    assert tls_worker.session().get(tls_worker.url + "/healthz", timeout=5).status_code == 200
+
+
+def test_a_restarted_worker_process_starts_with_the_current_token_file(tmp_path):
+    """gunicorn forks a new worker process from the master's copy of the secrets, read at start;
+    the new process re-reads the changed files before it serves (not a second later)."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("old-t0k\n")
+    worker = start_worker("python", tmp_path / "w", {"WORKER_TOKEN_FILE": str(tokens)})
+    try:
+        replace_file(tokens, b"new-t0k\n")
+        deadline = time.monotonic() + 15
+        while process_status(worker, "old-t0k") != 401 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        child = int(Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()[0])
+        os.kill(child, signal.SIGKILL)
+        while time.monotonic() < deadline:
+            with contextlib.suppress(requests.RequestException):
+                status = process_status(worker, "old-t0k")
+                assert status == 401, "the restarted worker process took the retired token"
+                return
+            time.sleep(0.05)
+        pytest.fail("the worker did not come back")
+    finally:
+        worker.stop()
+
+
+def process_status(worker, token: str) -> int:
+    headers = {"Content-Type": "image/png", "Authorization": f"Bearer {token}"}
+    return requests.post(worker.url + "/process", data=solid_png(4, 4), headers=headers, timeout=5).status_code

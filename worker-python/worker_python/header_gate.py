@@ -75,6 +75,7 @@ class HeaderGatedThreadWorker(ThreadWorker):
         self.health_pool = futures.ThreadPoolExecutor(HEALTH_THREADS, thread_name_prefix="healthz")
         self.secret_files = getattr(self.app, "secrets", None)
         if self.secret_files is not None:
+            self.secret_files.refresh()  # files changed since the master read them (a restarted worker)
             self.secret_files.start_watching()  # here, after the fork: the thread runs in this process
         super().init_process()
 
