@@ -2,7 +2,8 @@
 verified on every connection while the TCP connect goes to the URL's address, an optional
 client certificate (mutual TLS). Settings come from the stack outputs or COORDINATOR_TLS_*
 (config.py asks `read_settings`), are checked once, and each distinct set gets one SSLContext.
-An ssl failure is said as one line naming what is wrong (`failure_reason`).
+An ssl failure is said as one line naming what is wrong (`failure_reason`). ssl and tempfile
+are imported when a context is built: the CLI's start-up never pays for them (issue 15).
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import functools
 import ipaddress
 import os
 import re
-import ssl
 import stat
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from coordinator.errors import ConfigError
+
+if TYPE_CHECKING:
+    import ssl
 
 MAX_PEM_BYTES = 1 << 20
 LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -46,6 +49,14 @@ CLIENT_CERT_REFUSED = {
 }
 
 
+# A TLS 1.3 server checks the client's certificate after the client's handshake is done, then
+# alerts and closes; when the close (a reset) overtakes the alert, this is all a client sees.
+CLOSED_AT_HANDSHAKE = (
+    "TLS refused: the worker closed the connection at the TLS handshake "
+    "(mutual TLS: our client certificate missing, or not signed by its client CA?)"
+)
+
+
 @dataclass(frozen=True)
 class TlsSettings:
     """What every connection to the fleet verifies. Hashable: the context cache and the
@@ -65,6 +76,8 @@ class TlsSettings:
 @functools.lru_cache(maxsize=16)
 def client_context(settings: TlsSettings) -> ssl.SSLContext:
     """The one context for these settings: TLS 1.2+, only the fleet CA trusted, names checked."""
+    import ssl
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED by default
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_verify_locations(cadata=settings.ca_pem)
@@ -76,11 +89,15 @@ def client_context(settings: TlsSettings) -> ssl.SSLContext:
 @functools.lru_cache(maxsize=1)
 def system_context() -> ssl.SSLContext:
     """https:// workers with no CA configured: the system's trust store, as any client."""
+    import ssl
+
     return ssl.create_default_context()
 
 
 def _load_client_pair(context: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
     """ssl loads a certificate chain only from files: a private 0700 folder, removed at once."""
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="stripes-tls-") as folder:
         cert, key = os.path.join(folder, "client.crt"), os.path.join(folder, "client.key")
         for path, text in ((cert, cert_pem), (key, key_pem)):
@@ -154,6 +171,8 @@ def read_settings(outputs: Mapping, where: str, environ: Mapping[str, str]) -> T
 
 def check(settings: TlsSettings, ca_from: str, cert_from: str, key_from: str) -> None:
     """Build the context now, so bad PEM stops the command at start-up by the setting's name."""
+    import ssl
+
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=settings.ca_pem)
     except (ssl.SSLError, ValueError):
@@ -168,6 +187,8 @@ def check(settings: TlsSettings, ca_from: str, cert_from: str, key_from: str) ->
 
 def failure_reason(exc: BaseException, name: str) -> str:
     """An ssl failure as one line a person can act on."""
+    import ssl
+
     if isinstance(exc, ssl.SSLCertVerificationError):
         return _verify_reason(exc, name)
     reason = getattr(exc, "reason", None) or ""
@@ -176,7 +197,7 @@ def failure_reason(exc: BaseException, name: str) -> str:
     if reason in CLIENT_CERT_REFUSED:
         return f"TLS refused: the worker refused our client certificate, or its absence (mutual TLS; alert {reason})"
     if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-        return "TLS refused: the worker closed the connection during the TLS handshake"
+        return CLOSED_AT_HANDSHAKE
     return f"TLS failed: {reason or type(exc).__name__}"
 
 

@@ -257,6 +257,8 @@ class Transport:
             connection.close()
             if reused and not started and not live.ended and _is_stale(exc):
                 raise _Stale() from None
+            if not reused and not started and isinstance(connection, _TimedHTTPS) and _is_stale(exc):
+                raise _ConnectFailed(fleet_tls.CLOSED_AT_HANDSHAKE, "tls") from None  # nothing was answered
             raise
         except BaseException:
             connection.close()
@@ -319,6 +321,8 @@ class Transport:
     def _failure(exc: BaseException, live: _Live, limits: Limits) -> TransportError:
         if live.ended == "cancelled":
             return TransportError("cancelled", "cancelled")
+        if live.ended == "deadline" and getattr(exc, "handshake", False):
+            return TransportError(_no_handshake(limits.total), "timeout")
         if live.ended == "deadline":
             return TransportError(f"timed out: no complete reply within {limits.total:.1f} s", "timeout")
         if isinstance(exc, _ConnectFailed):
@@ -339,9 +343,9 @@ class _Stale(Exception):
 
 
 class _ConnectFailed(OSError):
-    def __init__(self, reason: str, kind: str = "connect"):
+    def __init__(self, reason: str, kind: str = "connect", handshake: bool = False):
         super().__init__(reason)
-        self.reason, self.kind = reason, kind
+        self.reason, self.kind, self.handshake = reason, kind, handshake
 
 
 def _connect_reason(exc: OSError) -> str:
@@ -376,21 +380,29 @@ class _TimedHTTPS(_TimedHTTP):
         self.context, self.server_name = context, server_name
 
     def connect(self):
-        super().connect()  # the watchdog holds the raw socket: a stalled handshake ends at the deadline
+        super().connect()
         try:
-            self.sock = self.context.wrap_socket(self.sock, server_hostname=self.server_name)
+            # wrap_socket detaches the TCP socket: the TLS one is handed over before its handshake,
+            # so a deadline or a cancel can end a stalled handshake too
+            self.sock = self.context.wrap_socket(
+                self.sock, server_hostname=self.server_name, do_handshake_on_connect=False
+            )
+            if self.on_socket is not None:
+                self.on_socket(self.sock)
+            self.sock.do_handshake()
         except ssl.SSLError as exc:
             self.sock.close()
-            raise _ConnectFailed(fleet_tls.failure_reason(exc, self.server_name), "tls") from None
+            raise _ConnectFailed(fleet_tls.failure_reason(exc, self.server_name), "tls", True) from None
         except OSError as exc:
             self.sock.close()
-            raise _ConnectFailed(_tls_cut_reason(exc)) from None
+            if isinstance(exc, (socket.timeout, TimeoutError)):
+                raise _ConnectFailed(_no_handshake(self.timeout), "tls", True) from None
+            raise _ConnectFailed(f"TLS failed: connection closed during the handshake ({type(exc).__name__})") from None
 
 
-def _tls_cut_reason(exc: OSError) -> str:
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        return "TLS handshake timed out"
-    return f"connection closed during the TLS handshake ({type(exc).__name__})"
+def _no_handshake(seconds: float) -> str:
+    # gunicorn keeps waiting for the end of a request line that a ClientHello never sends
+    return f"TLS failed: no TLS handshake from the worker within {seconds:.1f} s (a plain HTTP server on that port?)"
 
 
 def _early_answer(connection: http.client.HTTPConnection) -> http.client.HTTPResponse | None:
