@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import errno
 import os
-import secrets
 import stat
 import sys
 import threading
@@ -201,10 +200,20 @@ def build_parser(prog: str = "stripes") -> Parser:
 def main(argv: list[str] | None = None, prog: str = "stripes") -> int:
     """The program (`stripes`, `python -m coordinator`): argv None means sys.argv, and then the
     process ends here; called with a list (tests, scripts) it returns the exit code."""
+    one_blas_thread()
     code = run(argv, prog)
     if argv is None:
         exit_now(code)
     return code
+
+
+def one_blas_thread() -> None:
+    """Before numpy is first imported: OpenBLAS starts a thread per core at load and lets them
+    spin, and on 2 shared cores they took the CPU from the imports (numpy's import 160 -> 100 ms
+    measured). The coordinator calls no BLAS routine; a value the user set is kept (an empty one
+    is unset, as OpenBLAS reads it)."""
+    if "numpy" not in sys.modules and not os.environ.get("OPENBLAS_NUM_THREADS"):
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
 
 def exit_now(code: int) -> None:
@@ -311,7 +320,7 @@ def strips_value(text: str) -> int | str:
 def auto_strips(statuses: list[WorkerStatus], plan: str, height: int | None = None) -> int:
     """--strips auto: the capable workers' advertised slots, bounded by the strip threads and rows."""
     from coordinator.discovery import advertised_slots
-    from coordinator.job import MAX_STRIP_THREADS
+    from coordinator.pieces import MAX_STRIP_THREADS
 
     slots = min(advertised_slots(statuses, set(parse_plan(plan, 2))), MAX_STRIP_THREADS)
     return max(1, min(slots, height)) if height is not None else slots
@@ -427,7 +436,7 @@ def write_atomic(path: Path, data: bytes, replace: bool = True) -> None:
     gets its mode from the umask like any other; a replaced one keeps its mode. With
     replace=False an existing target is kept, even one that appeared during the run
     (FileExistsError)."""
-    temp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    temp = path.parent / f".{path.name}.{os.urandom(4).hex()}.tmp"  # not secrets: it loads hashlib (~5 ms)
     descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with contextlib.suppress(FileNotFoundError):
@@ -676,21 +685,43 @@ def return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
-def process_command(args: argparse.Namespace, config: CoordinatorConfig) -> int:
-    from concurrent.futures import ThreadPoolExecutor
+class InBackground:
+    """function(*args) started now on a daemon thread; result() waits for it and re-raises its error."""
 
+    def __init__(self, function, *args):
+        self.value, self.error = None, None
+        self.thread = threading.Thread(target=self.run, args=(function, args), daemon=True)
+        self.thread.start()
+
+    def run(self, function, args) -> None:
+        try:
+            self.value = function(*args)
+        except BaseException as exc:  # handed to result()'s caller
+            self.error = exc
+
+    def result(self):
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def process_command(args: argparse.Namespace, config: CoordinatorConfig) -> int:
     from coordinator.discovery import discover
-    from coordinator.engine import cancel_on_interrupt, make_session
-    from coordinator.job import MAX_STRIP_THREADS
+    from coordinator.pieces import MAX_STRIP_THREADS, make_session
 
     strips, params = check_flags(args)
+    most = MAX_STRIP_THREADS if args.strips == "auto" else strips
+    session = make_session(most * max(1, min(args.jobs, len(args.inputs))))
+    # The health probes go out now and the workers answer while numpy and Pillow load (imaging,
+    # below): a probe's few ms off the fixed cost. Its errors are raised only after the checks
+    # of the outputs, so a usage error still comes first.
+    probes = InBackground(discover, config, session)
     targets = plan_targets(args.inputs, args.output, args.format)
     check_targets(args.inputs, targets, args.overwrite, args.quality)
     prepare_outputs(targets)
     return_freed_memory()
-    most = MAX_STRIP_THREADS if args.strips == "auto" else strips
-    session = make_session(most * max(1, min(args.jobs, len(args.inputs))))
-    statuses: list[WorkerStatus] = discover(config, session)
+    statuses: list[WorkerStatus] = probes.result()
     if args.strips == "auto":
         strips = auto_strips(statuses, args.plan)
     if any(status.ok for status in statuses) and not args.quiet:
@@ -713,10 +744,19 @@ def process_command(args: argparse.Namespace, config: CoordinatorConfig) -> int:
         if len(args.inputs) == 1:
             codes = [process_one(batch, args.inputs[0], targets[0])]
         else:
-            with ThreadPoolExecutor(max_workers=args.jobs) as pool, cancel_on_interrupt():  # Ctrl-C ends all
-                codes = list(pool.map(lambda pair: process_one(batch, *pair), zip(args.inputs, targets, strict=True)))
+            codes = process_many(batch, targets)
     session.close()
     return summarise(codes, args.quiet)
+
+
+def process_many(batch: Batch, targets: list[Target]) -> list[int]:
+    """A batch, --jobs images at once; Ctrl-C ends all of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from coordinator.engine import cancel_on_interrupt
+
+    with ThreadPoolExecutor(max_workers=batch.args.jobs) as pool, cancel_on_interrupt():
+        return list(pool.map(lambda pair: process_one(batch, *pair), zip(batch.args.inputs, targets, strict=True)))
 
 
 def summarise(codes: list[int], quiet: bool) -> int:

@@ -18,8 +18,8 @@ from coordinator import imaging
 from coordinator.config import CoordinatorConfig
 from coordinator.discovery import WorkerStatus, discover
 from coordinator.errors import NoWorkerError
-from coordinator.job import MAX_STRIP_THREADS, Job, JobResult, Progress, StripEvent, StripResult
-from coordinator.pieces import WAN_PIECES, piece_ranges, wire_for
+from coordinator.job import Job, JobResult, Progress, StripEvent, StripResult
+from coordinator.pieces import MAX_STRIP_THREADS, make_session, piece_ranges, wire_for
 from coordinator.plan import Strip, check_params, parse_plan, plan_strips
 from coordinator.routing import Router, StripFailed, unavailable_reasons
 from coordinator.transport import Cancel, Transport, error_reason
@@ -39,11 +39,6 @@ __all__ = [
     "unavailable_reasons",
     "wire_for",
 ]
-
-
-def make_session(pool_size: int) -> Transport:
-    """One keep-alive transport; the pool holds a connection per concurrent strip."""
-    return Transport(pool_size=max(4, pool_size * WAN_PIECES))
 
 
 _STOPPING = threading.Event()

@@ -4,10 +4,10 @@ to the caller's thread through `events` (Progress and Finished)."""
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -19,7 +19,7 @@ from coordinator import request as strip_request
 from coordinator.config import CoordinatorConfig
 from coordinator.discovery import WorkerStatus
 from coordinator.errors import NoWorkerError
-from coordinator.pieces import StripBody, piece_ranges, wire_for
+from coordinator.pieces import MAX_STRIP_THREADS, StripBody, piece_ranges, wire_for
 from coordinator.plan import OPERATIONS, Strip
 from coordinator.routing import (
     CANCELLED,
@@ -33,8 +33,6 @@ from coordinator.routing import (
     decide,
 )
 from coordinator.transport import Cancel, Reply, Transport, daemon_map
-
-MAX_STRIP_THREADS = 32
 
 
 @dataclass
@@ -143,7 +141,7 @@ class Job:
         self.events: queue.Queue = queue.Queue()
         self.abort = threading.Event()
         self.cancel = Cancel()
-        self.id = uuid.uuid4().hex[:12]
+        self.id = os.urandom(6).hex()  # as uuid4().hex[:12], without loading uuid and libuuid
         self.stitch_seconds = 0.0  # strips are stitched as they arrive
         self._stitch_lock = threading.Lock()
         self._jpeg_lock = threading.Lock()

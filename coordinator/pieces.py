@@ -10,6 +10,7 @@ from coordinator.config import is_loopback
 from coordinator.discovery import WorkerStatus
 from coordinator.plan import OPERATIONS, Strip, no_halo
 from coordinator.routing import UNFIT, StripFailed
+from coordinator.transport import Transport
 
 # Over a compressed (slow-link) wire a pointwise strip travels as up to WAN_PIECES requests to
 # the same worker, so the first piece's reply is downloading while the worker still encodes
@@ -22,6 +23,13 @@ WAN_PIECE_MIN_ROWS = 256
 PPM_HEADER_MAX = 32
 JPEG_CUT_SPARE_ROWS = 2 * (16 + 2)
 MAX_PIECES = 64  # more requests per strip than this means a worker's limits are absurd for the image
+MAX_STRIP_THREADS = 32  # a job's strips in flight at once (job.py's threads)
+
+
+def make_session(pool_size: int) -> Transport:
+    """One keep-alive transport; the pool holds a connection per concurrent strip (and its
+    pieces). Here, not in engine.py, so the CLI can start its health probes before numpy loads."""
+    return Transport(pool_size=max(4, pool_size * WAN_PIECES))
 
 
 def wire_for(worker_url: str, transport: str) -> str:

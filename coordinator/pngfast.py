@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -66,6 +66,31 @@ def png_chunk(kind: bytes, data: bytes | memoryview) -> bytes:
     return b"".join([struct.pack(">I", len(data)), kind, data, struct.pack(">I", crc)])
 
 
+def in_threads(function, count: int, threads: int) -> list:
+    """[function(0), ..., function(count - 1)] on up to `threads` threads, this one included.
+    Plain threads, not concurrent.futures: that import (and logging's) is ~5 ms of a 1 MP run."""
+    results: list = [None] * count
+    errors: list[BaseException] = []
+    todo = iter(range(count))  # shared: each thread takes the next number (next() is atomic)
+
+    def work() -> None:
+        try:
+            for number in todo:
+                results[number] = function(number)
+        except BaseException as exc:  # re-raised on the calling thread
+            errors.append(exc)
+
+    helpers = [threading.Thread(target=work, daemon=True) for _ in range(min(threads, count) - 1)]
+    for helper in helpers:
+        helper.start()
+    work()
+    for helper in helpers:
+        helper.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
 def encode_png(pixels: np.ndarray, level: int = 2, png_filter: str = "sub", threads: int | None = None) -> bytes:
     """PNG bytes of an (H, W, 3) RGB or (H, W) gray uint8 array, deflated in parallel."""
     if pixels.dtype != np.uint8:
@@ -89,11 +114,7 @@ def encode_png(pixels: np.ndarray, level: int = 2, png_filter: str = "sub", thre
         body = compressor.compress(data) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
         return body, deflate_lib.adler32(data), len(data)
 
-    if len(bounds) == 1 or threads == 1:
-        pieces = [deflate(index) for index in range(len(bounds))]
-    else:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            pieces = list(pool.map(deflate, range(len(bounds))))
+    pieces = in_threads(deflate, len(bounds), threads)
     adler = 1
     for _, piece_adler, length in pieces:
         adler = adler32_combine(adler, piece_adler, length)

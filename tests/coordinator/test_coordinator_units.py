@@ -327,6 +327,19 @@ def chunk_data(png: bytes, kind: bytes) -> list[bytes]:
     return out
 
 
+def test_png_threads_keep_order_and_hand_back_an_error():
+    assert pngfast.in_threads(lambda number: number * number, 7, 3) == [n * n for n in range(7)]
+    assert pngfast.in_threads(lambda number: number, 1, 4) == [0]
+
+    def fails_at_five(number: int) -> int:
+        if number == 5:
+            raise ValueError("chunk 5")
+        return number
+
+    with pytest.raises(ValueError, match="chunk 5"):
+        pngfast.in_threads(fails_at_five, 8, 2)
+
+
 def test_parallel_png_gray():
     pixels = noise(50, 40)[:, :, 0]
     with Image.open(io.BytesIO(pngfast.encode_png(pixels))) as image:
