@@ -11,11 +11,17 @@ For each size, makes a photo-like JPEG, starts both workers on free loopback por
   (b) the one-process bound in-process: decode, the same ops (the Python worker's own
       functions), stitch and PNG with Pillow at --bound-level (default 1, issue 15's bound);
   (B) the bound as a whole `python -c` program, file to file;
+  (F) the CLI's fixed cost, at the smallest size: start to its first worker connection (seen
+      by a pass-through relay in front of each worker) and last output byte (to a pipe, -o -)
+      to exit;
   (c) the original design, re-created (scripts/README.md says how it was checked): strips
       saved as PNG level 6, posted one after the other as multipart (field `image`, no op ->
       each worker's primary), the workers' default PNG reply, stitch, final PNG level 6.
 Prints per size the median, min-max and PNG size of each, the ratios (c)/(a), (a)/(b) and
 (A)/(B); for 12 MP also where (a)'s time goes, the wire formats and PNG filter choices.
+Whole processes run as installed: Python's bytecode cache on, in a private folder (pip compiles
+it at install, a checkout writes __pycache__ on first run; under PYTHONDONTWRITEBYTECODE=1 every
+changed module is recompiled each run), after one untimed run of each.
 Numbers are wall time on whatever else the machine runs (the load average is printed).
 """
 
@@ -43,6 +49,7 @@ from coordinator import imaging, pngfast
 from coordinator.config import CoordinatorConfig
 from coordinator.engine import make_session, run_job
 from scripts.testkit.cli import clean_env
+from scripts.testkit.faultproxy import FaultProxy
 from scripts.testkit.images import encoded, photo
 from scripts.testkit.procs import ROOT, start_worker
 
@@ -55,6 +62,7 @@ TARGETS = {
     ("A", 1.0): "<= 1.5x",
     ("rss", 48.0): "<= 1.1x",
 }
+FIXED_COST_TARGET_MS = 150
 PROCESS_TIMEOUT = 600
 LARGE_MP, LARGE_RUNS = 12.0, 3  # above LARGE_MP at most LARGE_RUNS runs: (c) takes ~1 min a run at 48 MP
 
@@ -158,12 +166,21 @@ stitched.save(target, "PNG", compress_level=level)
 """
 
 
+PYCACHE = [""]  # the bench's bytecode folder, in its temporary directory (set by main)
+
+
+def process_env(env: dict | None = None) -> dict:
+    """A whole process's environment: no COORDINATOR_* of ours, bytecode cached in PYCACHE as
+    an installed program has it."""
+    return clean_env({"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": PYCACHE[0], **(env or {})})
+
+
 def timed_process(command: list[str], env: dict | None = None) -> dict:
     """Wall time and peak RSS of one whole process, start to exit (killed after
     PROCESS_TIMEOUT s); a failure is its last stderr line."""
     with tempfile.TemporaryFile() as errors:
         started = time.perf_counter()
-        child = subprocess.Popen(command, cwd=ROOT, env=clean_env(env), stdout=subprocess.DEVNULL, stderr=errors)
+        child = subprocess.Popen(command, cwd=ROOT, env=process_env(env), stdout=subprocess.DEVNULL, stderr=errors)
         killer = threading.Timer(PROCESS_TIMEOUT, child.kill)
         killer.start()
         peak, done = [0.0], threading.Event()
@@ -201,6 +218,64 @@ def cli_process(source: Path, target: Path, urls: list[str], level: int) -> dict
     return parts
 
 
+class FirstContact(FaultProxy):
+    """A pass-through relay in front of a worker that notes when a connection first reached it
+    (the CLI's health probe) and when the first POST began (its first strip)."""
+
+    def __init__(self, upstream_url: str):
+        super().__init__(upstream_url)
+        self.first: float | None = None
+        self.first_post: float | None = None
+
+    def _handle(self, client) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+        super()._handle(Stamped(client, self))
+
+
+class Stamped:
+    """A client socket whose recv notes the relay's first POST: a request's head arrives at the
+    start of a read (the client sends it whole, after reading the previous reply)."""
+
+    def __init__(self, sock, relay: FirstContact):
+        self._sock, self._relay = sock, relay
+
+    def recv(self, size: int) -> bytes:
+        data = self._sock.recv(size)
+        if self._relay.first_post is None and data.startswith(b"POST "):
+            self._relay.first_post = time.perf_counter()
+        return data
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+def fixed_cost(source: Path, relays: list[FirstContact], level: int) -> dict:
+    """(F): the CLI from start to its first worker connection, and from the last byte of its
+    output (to a pipe) to its exit; both are the user's wait that no image size changes."""
+    for relay in relays:
+        relay.first = relay.first_post = None
+    urls = ",".join(relay.url for relay in relays)
+    command = [sys.executable, "-m", "coordinator", "process", str(source), "-o", "-", "--quiet", "--workers", urls]
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        command, cwd=ROOT, env=process_env({"COORDINATOR_PNG_LEVEL": str(level)}), stdout=subprocess.PIPE
+    )
+    last, length = started, 0
+    while chunk := child.stdout.read1(1 << 20):
+        last, length = time.perf_counter(), length + len(chunk)
+    code = child.wait(PROCESS_TIMEOUT)
+    exited = time.perf_counter()
+    child.stdout.close()
+    contacts = [relay.first for relay in relays if relay.first is not None]
+    posts = [relay.first_post for relay in relays if relay.first_post is not None]
+    if code != 0 or not contacts or not posts or not length:
+        raise RuntimeError(f"exit {code}, {length} bytes out, {len(contacts)} workers reached, {len(posts)} posts")
+    start_ms, exit_ms = (min(contacts) - started) * 1000, (exited - last) * 1000
+    parts = {"start_ms": start_ms, "post_ms": (min(posts) - started) * 1000, "exit_ms": exit_ms, "bytes": length}
+    return {"total_ms": start_ms + exit_ms, **parts}
+
+
 def bound_process(source: Path, target: Path, level: int) -> dict:
     """(B): the one-process bound as a whole `python -c` program, files and all."""
     parts = timed_process([sys.executable, "-c", ONE_PROCESS_SCRIPT, str(source), str(target), str(level)])
@@ -223,8 +298,11 @@ def runs_for(megapixels: float, runs: int) -> int:
     return runs if megapixels <= LARGE_MP else max(1, min(runs, LARGE_RUNS))
 
 
-def bench_size(megapixels: float, runs: int, urls: list[str], levels: tuple[int, int], tmp: Path) -> SizeRun:
-    """All five designs at one size, interleaved run by run so background load hits them alike."""
+def bench_size(
+    megapixels: float, runs: int, urls: list[str], levels: tuple[int, int], tmp: Path, relays: list | None = None
+) -> SizeRun:
+    """All five designs at one size (and (F) given relays), interleaved run by run so background
+    load hits them alike."""
     level, bound_level = levels
     jpeg = photo_jpeg(megapixels)
     source = tmp / f"in-{megapixels:g}mp.jpg"
@@ -237,9 +315,12 @@ def bench_size(megapixels: float, runs: int, urls: list[str], levels: tuple[int,
         "B": lambda: (None, bound_process(source, tmp / "out-B.png", bound_level)),
         "c": lambda: original_run(jpeg, urls),
     }
+    if relays:
+        designs["F"] = lambda: (None, fixed_cost(source, relays, level))
     run = SizeRun(megapixels, Image.open(io.BytesIO(jpeg)).size, {name: [] for name in designs}, {}, {})
-    with contextlib.suppress(Exception):  # warm-up: imports, thread pools, first connections
-        coordinator_run(jpeg, config, level)
+    for warm_up in ("a", "A", "B"):  # imports, thread pools, first connections, bytecode cache
+        with contextlib.suppress(Exception):
+            designs[warm_up]()
     for _ in range(runs_for(megapixels, runs)):
         for name, design in designs.items():
             if name in run.failed:
@@ -308,6 +389,23 @@ def print_sizes(sizes: list[SizeRun], levels: tuple[int, int]) -> None:
             print(f"{label:8}{'(A)/(B) peak RSS':44}{ratio:7.2f}x  {TARGETS.get(('rss', run.megapixels), '')}")
     counts = ", ".join(f"{run.megapixels:g} MP {len(run.samples['B'])}" for run in sizes)
     print(f"timed runs per size: {counts}")
+    for run in sizes:
+        if "F" in run.failed:
+            print(f"{run.megapixels:g} MP (F) CLI fixed cost: failed: {run.failed['F']}")
+        elif run.samples.get("F"):
+            print_fixed_cost(run)
+
+
+def print_fixed_cost(run: SizeRun) -> None:
+    samples = run.samples["F"]
+    print(f"{run.megapixels:g} MP (F) CLI fixed cost, whole process, median of {len(samples)} (min-max):")
+    for key, text, target in (
+        ("start_ms", "start -> first worker connection (its health probe)", ""),
+        ("exit_ms", "last output byte (to a pipe) -> exit", ""),
+        ("total_ms", "fixed cost: the two together", f"<= {FIXED_COST_TARGET_MS} ms"),
+        ("post_ms", "start -> first strip POST (imports and decode done)", ""),
+    ):
+        print(f"  {text:58}{median(samples, key):6.0f} ms {spread(samples, key):>10}  {target}")
 
 
 def print_detail(run: SizeRun, level: int, wires: dict[str, list[dict]], runs: int) -> None:
@@ -382,11 +480,17 @@ def main(argv: list[str] | None = None) -> int:
         f"(at most {LARGE_RUNS} above {LARGE_MP:g} MP); shared machine, load average "
         f"{os.getloadavg()[0]:.1f} at the start: treat small differences as noise"
     )
+    smallest = min(args.megapixels)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        PYCACHE[0] = str(Path(tmp) / "pycache")
         workers = [start_worker("python", Path(tmp)), start_worker("nodejs", Path(tmp))]
+        relays = [FirstContact(worker.url).start() for worker in workers]
         try:
             urls = [worker.url for worker in workers]
-            sizes = [bench_size(mp, runs, urls, levels, Path(tmp)) for mp in args.megapixels]
+            sizes = [
+                bench_size(mp, runs, urls, levels, Path(tmp), relays if mp == smallest else None)
+                for mp in args.megapixels
+            ]
             detail = next(run for run in sizes if run.megapixels == detail_mp)
             jpeg = photo_jpeg(detail_mp)
             config = CoordinatorConfig(workers=tuple(urls), source="bench", png_level=level)
@@ -395,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
                 wire_config = dataclasses.replace(config, transport=wire)
                 wires[wire] = [coordinator_run(jpeg, wire_config, level)[1] for _ in range(WIRE_RUNS)]
         finally:
+            for relay in relays:
+                relay.stop()
             for worker in workers:
                 worker.stop()
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
