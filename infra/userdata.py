@@ -56,7 +56,7 @@ NPM_DIR = f"/opt/npm-{NPM_VERSION}"
 
 MAX_INFLIGHT_PIXELS = 40_000_000
 MEMORY_MAX = "700M"  # t2.micro has 1 GiB; leave room for sshd, journald and cloud-init
-# Every host: python3-boto3 runs the fetch script (Ubuntu's python3 is always there).
+# Every host: python3-boto3 runs the fetch scripts (Ubuntu's python3 is always there).
 COMMON_APT_PACKAGES = ("python3-boto3",)
 
 _UNSAFE_IN_ENV_VALUE = set("\"'\\$`#")
