@@ -112,9 +112,7 @@ def check_complete(outputs: object) -> dict:
     if not isinstance(token, str) or not token or token == "[secret]":
         raise OutputsError("worker_token is missing or still masked in the stack outputs")
     if any(_scheme(w["url"]) == "https" for w in workers) and not _pem(outputs.get("worker_ca_pem")):
-        raise OutputsError(
-            "the workers are https:// but worker_ca_pem (the fleet CA) is missing from the stack outputs"
-        )
+        raise OutputsError("the workers are https:// but the stack outputs have no worker_ca_pem (the fleet CA)")
     if "worker_client_key_pem" in outputs and not _pem(outputs["worker_client_key_pem"]):
         raise OutputsError("worker_client_key_pem is empty or still masked in the stack outputs")
     return outputs

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from coordinator import imaging, pngfast
-from coordinator.config import DEFAULT_WORKERS, load_config
+from coordinator import imaging, pngfast, pool_discovery
+from coordinator.config import DEFAULT_WORKERS, current_token, load_config, refreshed_token
 from coordinator.errors import ConfigError, InputError
 from coordinator.plan import blur_halo, parse_plan, plan_strips
 from scripts.testkit.images import png_bytes
+from scripts.testkit.tls import Authority
 
 
 def noise(height: int, width: int, seed: int = 7) -> np.ndarray:
@@ -164,6 +165,40 @@ def test_config_reads_pulumi_stack_when_the_cli_is_there(tmp_path):
     with pytest.raises(ConfigError, match="COORDINATOR_PULUMI_STACK=prod: pulumi exited 255: error: no stack"):
         load_config(environ={**env, "COORDINATOR_PULUMI_STACK": "prod"})
     assert load_config(environ={**env, "PATH": str(tmp_path / "empty")}).source == "default"
+
+
+def test_a_401_re_reads_the_token_from_its_outputs_file_once_per_change(tmp_path):
+    path = outputs_file(tmp_path, ["http://192.0.2.7:5001"], token="first-token")
+    config = load_config(workers_file=path, environ={})
+    assert current_token(config) == "first-token"
+    assert refreshed_token(config, "first-token") is None  # unchanged: the 401 stands
+    outputs_file(tmp_path, ["http://192.0.2.7:5001"], token="second-token")  # `fleet rotate-token`
+    assert refreshed_token(config, "first-token") == "second-token"
+    assert current_token(config) == "second-token"  # every later piece of the batch sends it
+    os.unlink(path)
+    assert refreshed_token(config, "first-token") == "second-token"  # another strip: no second read
+    assert refreshed_token(config, "second-token") is None  # unreadable now: the 401 stands, no crash
+
+
+def test_a_401_re_reads_an_environment_token(monkeypatch):
+    monkeypatch.setenv("COORDINATOR_WORKER_TOKEN", "env-token-1")
+    config = load_config(workers="http://192.0.2.7:5001", environ=dict(os.environ))
+    monkeypatch.setenv("COORDINATOR_WORKER_TOKEN", "env-token-2")
+    assert refreshed_token(config, "env-token-1") == "env-token-2"
+    assert refreshed_token(load_config(workers="http://192.0.2.7:5001", environ={}), None) is None  # no source
+
+
+def test_a_pooled_stack_with_a_fleet_ca_is_reached_over_https(tmp_path):
+    path = tmp_path / "pooled.json"
+    pools = [{"name": "asg-python", "role": "worker-python", "runtime": "python", "port": 5001}]
+    outputs = {"workers": [], "pools": pools, "project": "p", "stack": "s", "region": "eu-west-1"}
+    path.write_text(json.dumps({**outputs, "worker_ca_pem": Authority().cert_pem.decode()}))
+    config = load_config(workers_file=str(path), environ={})
+    tags = [{"Key": "Role", "Value": "worker-python"}]
+    instance = {"InstanceId": "i-1", "PublicIpAddress": "192.0.2.9", "Tags": tags}
+    assert pool_discovery._urls([instance], config.pool_fleet) == [("i-1", "https://192.0.2.9:5001")]
+    path.write_text(json.dumps(outputs))
+    assert load_config(workers_file=str(path), environ={}).pool_fleet.scheme == "http"
 
 
 # --- plan -------------------------------------------------------------------------------

@@ -58,3 +58,23 @@ def test_the_coordinator_and_make_stack_outputs_run_the_same_pulumi_command(tmp_
     assert make_stack_outputs.main(["--stack", "dev", "--output", str(tmp_path / "o.json")]) == 0
     first, second = (tmp_path / "argv").read_text().splitlines()
     assert first == second == "stack output --json --show-secrets --stack dev --non-interactive"
+
+
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({}, None),
+        ({"workers": [{"url": "https://192.0.2.7:5001"}], "worker_ca_pem": "-----BEGIN CERTIFICATE-----\n"}, None),
+        ({"workers": [{"url": "https://192.0.2.7:5001"}]}, "the workers are https:// but the stack outputs have no"),
+        ({"workers": [{"url": "https://192.0.2.7:5001"}], "worker_ca_pem": "[secret]"}, "no worker_ca_pem"),
+        ({"workers": [{"url": "ftp://192.0.2.7:5001"}]}, "has no http:// or https:// url"),
+        ({"worker_client_key_pem": "[secret]"}, "worker_client_key_pem is empty or still masked"),
+    ],
+)
+def test_complete_outputs_accept_https_only_with_the_fleet_ca(changes, reason):
+    outputs = {"workers": [{"url": "http://192.0.2.7:5001"}], "worker_token": "t0123456789", **changes}
+    if reason is None:
+        assert stack_outputs.check_complete(outputs) is outputs
+    else:
+        with pytest.raises(stack_outputs.OutputsError, match=reason):
+            stack_outputs.check_complete(outputs)
