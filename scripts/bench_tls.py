@@ -199,7 +199,7 @@ def print_table(samples: dict[tuple[str, str], list[Run]], cases: list[str], run
 
 def print_cpu_parts(samples: dict[tuple[str, str], list[Run]], cases: list[str]) -> None:
     """Where the CPU goes: the median per process, so TLS's share in each runtime shows."""
-    names = ("coordinator", *RUNTIMES, "stunnel")
+    names = ("coordinator", *RUNTIMES, *(["stunnel"] if "stunnel" in cases else []))
     print("CPU ms by process (median)")
     print("{:<9} {:<12}".format("wire", "TLS ends in") + "".join(f" {name:>11}" for name in names))
     for wire in WIRES:
