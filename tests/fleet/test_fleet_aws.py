@@ -406,9 +406,16 @@ def tls_worker(worker_factory, tmp_path_factory):
     return worker_factory("python", env, tls=TlsClient(authority.write_ca(folder))), authority
 
 
-def tls_status(moto, tmp_path, workers: list[dict], ca_pem: bytes, name: str = FLEET_TLS_NAME) -> dict:
+def tls_status(
+    moto, tmp_path, workers: list[dict], ca_pem: bytes, name: str = FLEET_TLS_NAME, extra: dict | None = None
+) -> dict:
     outputs = write_outputs(tmp_path / "out.json", workers)
-    data = {**json.loads(outputs.read_text()), "worker_ca_pem": ca_pem.decode(), "worker_tls_name": name}
+    data = {
+        **json.loads(outputs.read_text()),
+        "worker_ca_pem": ca_pem.decode(),
+        "worker_tls_name": name,
+        **(extra or {}),
+    }
     outputs.write_text(json.dumps(data))
     result = fleet("status", "--json", "--outputs", str(outputs), env=aws_env(moto.url))
     assert result.returncode == 0, result.stderr
@@ -438,3 +445,19 @@ def test_an_http_worker_in_a_fleet_with_a_ca_is_refused(tmp_path):
     outputs.write_text(json.dumps({**data, "worker_tls_name": FLEET_TLS_NAME}))
     result = fleet("status", "--outputs", str(outputs), env=aws_env(None))
     assert_one_error_line(result, 2, "plain HTTP refused: the fleet has a TLS CA, but worker-python-0")
+
+
+def test_status_presents_the_client_certificate_of_a_mutual_tls_fleet(ec2, moto, worker_factory, tmp_path):
+    authority = Authority()
+    cert, key = authority.issue().write(tmp_path, "server")
+    ca_file = authority.write_ca(tmp_path)
+    client = authority.issue("coordinator", client=True)
+    env = {"WORKER_TLS_CERT": str(cert), "WORKER_TLS_KEY": str(key), "WORKER_TLS_CLIENT_CA": str(ca_file)}
+    worker = worker_factory("nodejs", env, tls=TlsClient(ca_file, cert=client.write(tmp_path, "client")))
+    instance = run_tagged_instance(ec2, "worker-nodejs-0", "worker-nodejs", PROJECT, STACK)
+    workers = [worker_entry("worker-nodejs-0", "worker-nodejs", worker.url, instance)]
+    pair = {"worker_client_cert_pem": client.cert_pem.decode(), "worker_client_key_pem": client.key_pem.decode()}
+    with_pair = tls_status(moto, tmp_path, workers, authority.cert_pem, extra=pair)["worker-nodejs-0"]
+    assert with_pair["status"] == "ok" and with_pair["runtime"] == "nodejs"
+    without = tls_status(moto, tmp_path, workers, authority.cert_pem)["worker-nodejs-0"]
+    assert without["error"] == "TLS tlsv13 alert certificate required", without
