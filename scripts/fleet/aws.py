@@ -41,13 +41,18 @@ class Instance:
         return f"system {self.system_status}, instance {self.instance_status}"
 
 
-def ec2_client(config: FleetConfig):
+def client(config: FleetConfig, service: str):
+    """A boto3 client for the stack's region (and endpoint), with bounded retries and timeouts."""
     return boto3.client(
-        "ec2",
+        service,
         region_name=config.region,
         endpoint_url=config.endpoint_url,
         config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=20),
     )
+
+
+def ec2_client(config: FleetConfig):
+    return client(config, "ec2")
 
 
 def aws_error(action: str, exc: Exception) -> FleetError:

@@ -326,11 +326,15 @@ def cmd_refresh_secrets(config: FleetConfig, args) -> int:
     return refresh(config, parameters.ssm_client(config), chosen, args.timeout, args.interval)
 
 
-def _positive(value: str) -> float:
+def _number(value: str) -> float:
     try:
-        number = float(value)
+        return float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+
+
+def _positive(value: str) -> float:
+    number = _number(value)
     if number <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return number
@@ -371,10 +375,7 @@ def _pool_parsers(commands, common) -> None:
 
 
 def _not_negative(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    number = _number(value)
     if not 0 <= number <= 600:
         raise argparse.ArgumentTypeError(f"must be 0-600, got {value}")
     return number

@@ -3,21 +3,14 @@ overwrite one keeping its type and KMS key. No message here ever holds a paramet
 
 from __future__ import annotations
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from scripts.fleet.aws import aws_error
+from scripts.fleet.aws import aws_error, client
 from scripts.fleet.config import FleetConfig
 
 
 def ssm_client(config: FleetConfig):
-    return boto3.client(
-        "ssm",
-        region_name=config.region,
-        endpoint_url=config.endpoint_url,
-        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=20),
-    )
+    return client(config, "ssm")
 
 
 def get_value(client, name: str) -> str:

@@ -11,13 +11,11 @@ import sys
 import time
 from dataclasses import dataclass
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.pool_spec import refresh_preferences
 from scripts.fleet import errors
-from scripts.fleet.aws import aws_error
+from scripts.fleet.aws import aws_error, client
 from scripts.fleet.config import RUNTIME_OF_ROLE, FleetConfig
 from scripts.fleet.errors import FleetError
 
@@ -73,12 +71,7 @@ class Pool:
 
 
 def autoscaling_client(config: FleetConfig):
-    return boto3.client(
-        "autoscaling",
-        region_name=config.region,
-        endpoint_url=config.endpoint_url,
-        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=20),
-    )
+    return client(config, "autoscaling")
 
 
 def _tags(group: dict) -> dict[str, str]:
