@@ -12,6 +12,7 @@ const net = require('node:net');
 const path = require('node:path');
 const { spawn } = require('node:child_process');
 
+const { createServer } = require('../transport');
 const { startWorker, waitFor } = require('./helpers');
 const { FLEET_TLS_NAME, tempFolder, authority } = require('./certs');
 
@@ -231,4 +232,21 @@ test('server.js over TLS picks up a changed token file by itself within seconds'
   fs.writeFileSync(tokenFile, 'current-token\nnext-token\n');
   await waitFor(async () => (await statusWith('next-token')) === 400, 'the new token', 8_000);
   assert.match(output, /"msg":"secrets reloaded"/);
+});
+
+test('a failed TLS handshake (forwarded as a clientError) gets no HTTP answer, just a close', () => {
+  const server = createServer(() => {});
+  for (const err of [
+    Object.assign(new Error('timed out'), { code: 'ERR_TLS_HANDSHAKE_TIMEOUT' }),
+    Object.assign(new Error('http request'), { code: 'ERR_SSL_HTTP_REQUEST', library: 'SSL routines' }),
+  ]) {
+    const socket = { writable: true, written: [], destroyed: false };
+    socket.end = (data) => socket.written.push(data);
+    socket.destroy = () => {
+      socket.destroyed = true;
+    };
+    server.emit('clientError', err, socket);
+    // Before: a plain-text 400 was written into the TLS stream and the close waited 1 s more.
+    assert.deepEqual([socket.written, socket.destroyed], [[], true], err.code);
+  }
 });
