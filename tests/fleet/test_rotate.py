@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from scripts.testkit.images import png_bytes
 from scripts.testkit.procs import ROOT, TlsClient
 from scripts.testkit.tls import FLEET_TLS_NAME, Authority
 from tests.support.fleet_cli import assert_one_error_line, run_fleet
-from tests.support.moto_server import REGION, aws_env, start_moto_server
+from tests.support.moto_server import REGION, aws_env, start_moto_server, ubuntu_ami
 
 PROJECT, STACK = "hdtp", "rotate-test"
 PREFIX = f"/{PROJECT}/{STACK}"
@@ -296,3 +297,31 @@ def test_refresh_secrets_checks_every_worker_serves_the_certificate_in_ssm(moto,
         plan="seed",
         strips=2,
     )
+
+
+def test_a_pooled_stack_probes_every_running_pool_instance_over_https(moto, tmp_path, monkeypatch):
+    moto.reset()
+    for key in [k for k in os.environ if k.startswith("AWS_")]:  # this process's boto3 talks to moto only
+        monkeypatch.delenv(key)
+    for key, value in aws_env(moto.url).items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    ec2, autoscaling = moto.ec2(), moto.client("autoscaling")
+    template = ec2.create_launch_template(
+        LaunchTemplateName="py", LaunchTemplateData={"ImageId": ubuntu_ami(ec2), "InstanceType": "t3.small"}
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    tags = {"Project": PROJECT, "Stack": STACK, "Role": "worker-python", "Name": "worker-python-pool"}
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName="py-pool", LaunchTemplate={"LaunchTemplateId": template, "Version": "$Latest"},
+        MinSize=2, MaxSize=2, DesiredCapacity=2, AvailabilityZones=[f"{REGION}a"],
+        Tags=[{"Key": k, "Value": v, "PropagateAtLaunch": True} for k, v in tags.items()],
+    )  # fmt: skip
+    outputs = write_outputs(
+        tmp_path / "out.json", [], pools=[{"role": "worker-python", "port": 5001}],
+        worker_ca_pem=Authority().cert_pem.decode(), worker_tls_name=FLEET_TLS_NAME,
+    )  # fmt: skip
+    config = load_config(_args(outputs))
+    found = tokens.endpoints(config)
+    ips = {i["PublicIpAddress"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
+    assert len(found) == 2 and {e.url for e in found} == {f"https://{ip}:5001" for ip in ips}
+    assert {e.role for e in found} == {"worker-python"} and all(e.name.startswith("i-") for e in found)
