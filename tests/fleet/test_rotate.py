@@ -129,6 +129,12 @@ def test_an_outputs_token_the_parameter_lacks_stops_the_rotation(moto, ssm, tmp_
     assert parameter(ssm) == T1
 
 
+def test_a_missing_parameter_is_one_error_line(moto, ssm, tmp_path):
+    ssm.delete_parameter(Name=TOKEN_PARAMETER)
+    outputs = write_outputs(tmp_path / "out.json", [("worker-python", "http://127.0.0.1:9")])
+    assert_one_error_line(rotate_cli(outputs, moto), 1, f"AWS GetParameter {TOKEN_PARAMETER} failed: ParameterNotFound")
+
+
 def test_rewrite_token_replaces_the_file_atomically_with_its_mode(tmp_path):
     outputs = write_outputs(tmp_path / "out.json", [("worker-python", "http://127.0.0.1:9")], mode=0o600)
     inode = outputs.stat().st_ino
