@@ -100,6 +100,21 @@ class PacedSocket:
         self._received += len(data)
         return data
 
+    def recv_into(self, buffer, nbytes: int = 0) -> int:
+        """recv() into a caller's buffer (no new bytes object per read), under the same bound."""
+        remaining = self._remaining(self._read_started, self._received)
+        if remaining <= 0:
+            return 0
+        self._sock.settimeout(remaining)
+        try:
+            count = self._sock.recv_into(buffer, nbytes)
+        except TimeoutError:
+            return 0
+        finally:
+            self._sock.settimeout(None)
+        self._received += count
+        return count
+
     def sendall(self, data) -> None:
         if self._write_started is None:
             self._write_started = self._clock()
