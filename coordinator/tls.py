@@ -52,8 +52,8 @@ CLIENT_CERT_REFUSED = {
 # A TLS 1.3 server checks the client's certificate after the client's handshake is done, then
 # alerts and closes; when the close (a reset) overtakes the alert, this is all a client sees.
 CLOSED_AT_HANDSHAKE = (
-    "TLS refused: the worker closed the connection at the TLS handshake "
-    "(mutual TLS: our client certificate missing, or not signed by its client CA?)"
+    "TLS: the worker closed the connection at the handshake or before answering "
+    "(if it requires mutual TLS: our client certificate is missing or not signed by its client CA)"
 )
 
 
