@@ -151,7 +151,12 @@ def _pinning(data: dict, path: Path) -> Pinning | None:
     cert, key = data.get("worker_client_cert_pem") or "", data.get("worker_client_key_pem") or ""
     if bool(cert) != bool(key) or not isinstance(cert, str) or not isinstance(key, str):
         raise FleetError(f"{path}: worker_client_cert_pem and worker_client_key_pem go together (PEM text)", USAGE)
-    return Pinning(ca, name, cert, key)
+    pinning = Pinning(ca, name, cert, key)
+    try:
+        pinning.context()  # a CA or client pair that does not load is the file's fault: say so now
+    except FleetError as exc:
+        raise FleetError(f"{path}: {exc.message}", USAGE) from None
+    return pinning
 
 
 def _secret_parameters(data: dict, path: Path) -> dict[str, str]:

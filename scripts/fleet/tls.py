@@ -4,6 +4,7 @@ a worker presents, for `refresh-secrets`."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import socket
@@ -48,7 +49,12 @@ class Pinning:
     client_key_pem: str = ""
 
     def context(self) -> ssl.SSLContext:
-        """A client context that trusts the pinned CA only (no system store), TLS 1.2+."""
+        """A client context that trusts the pinned CA only (no system store), TLS 1.2+; made
+        once and shared (an SSLContext may serve many threads' connections)."""
+        return self._context
+
+    @functools.cached_property
+    def _context(self) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED on
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:

@@ -461,3 +461,21 @@ def test_status_presents_the_client_certificate_of_a_mutual_tls_fleet(ec2, moto,
     assert with_pair["status"] == "ok" and with_pair["runtime"] == "nodejs"
     without = tls_status(moto, tmp_path, workers, authority.cert_pem)["worker-nodejs-0"]
     assert without["error"] == "TLS tlsv13 alert certificate required", without
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        ({"worker_ca_pem": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}, "not a usable CA"),
+        ({"worker_ca_pem": "not a PEM"}, "worker_ca_pem must be the fleet CA's PEM"),
+        ({"worker_tls_name": "bad name!"}, "is not a DNS name"),
+        ({"worker_client_cert_pem": "x"}, "go together"),
+        ({"worker_client_cert_pem": "x", "worker_client_key_pem": "y"}, "do not load"),
+    ],
+)
+def test_bad_tls_values_in_the_outputs_file_are_usage_errors(extra, fragment, tmp_path):
+    https = {**GOOD_WORKER, "url": "https://203.0.113.10:5001"}
+    outputs = write_outputs(tmp_path / "out.json", [https])
+    pinning = {"worker_ca_pem": Authority().cert_pem.decode(), "worker_tls_name": FLEET_TLS_NAME}
+    outputs.write_text(json.dumps({**json.loads(outputs.read_text()), **pinning, **extra}))
+    assert_one_error_line(fleet("ssh-config", "--outputs", str(outputs), env=aws_env(None)), 2, fragment)
