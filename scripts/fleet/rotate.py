@@ -50,8 +50,6 @@ class Rotation:
         self.check_workers(targets, current)
         following = tokens.new_token()
         self.publish_both(name, before, current, following, targets)
-        rewrite_token(self.config.outputs_path, following)
-        self.say(f"outputs file {self.config.outputs_path} now holds the new token")
         time.sleep(self.grace)  # requests already sent with the current token finish
         self.retire(name, current, following, targets)
         print(f"token rotated: {len(targets)} workers accept only the new token")
@@ -80,7 +78,8 @@ class Rotation:
         self.say(f"{len(targets)} workers accept the current token and refuse a random one")
 
     def publish_both(self, name: str, before: str, current: str, following: str, targets: list[Endpoint]) -> None:
-        """current+next on every worker, or the parameter as it was and FleetError."""
+        """current+next on every worker, then the outputs file switched to next; or the
+        parameter as it was, the file untouched, and FleetError."""
         try:
             parameters.put_value(self.ssm, name, f"{current}\n{following}")
             self.say(f"{name} = current + new token; hosts fetch it {self.trigger_problems(targets)}")
@@ -89,6 +88,11 @@ class Rotation:
             if lagging:
                 raise FleetError(f"after {self.timeout:g}s {_summary(lagging)}")
             self.say(f"every worker accepts both tokens ({len(targets)})")
+            try:
+                rewrite_token(self.config.outputs_path, following)
+            except OSError as exc:
+                raise FleetError(f"cannot rewrite {self.config.outputs_path}: {exc.strerror or exc}") from None
+            self.say(f"outputs file {self.config.outputs_path} now holds the new token")
         except (Exception, KeyboardInterrupt) as exc:
             raise self.roll_back(name, before, targets, exc) from None
 
@@ -169,8 +173,11 @@ def rewrite_token(path: Path, token: str) -> None:
             os.close(fd)
         if os.path.exists(temp):
             os.unlink(temp)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    try:  # the rename reaches the disk; it is done either way, so a failure here is not the caller's
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError:
+        pass

@@ -25,7 +25,7 @@ from coordinator import config as coordinator_config
 from coordinator.engine import run_job
 from scripts.fleet import tls, tokens
 from scripts.fleet.config import load_config
-from scripts.fleet.errors import WAIT_TIMEOUT, FleetError
+from scripts.fleet.errors import ROLLED_BACK, WAIT_TIMEOUT, FleetError
 from scripts.fleet.refresh import presented, refresh
 from scripts.fleet.rotate import Rotation, rewrite_token
 from scripts.fleet.trigger import timer_trigger
@@ -127,6 +127,31 @@ def test_an_outputs_token_the_parameter_lacks_stops_the_rotation(moto, ssm, tmp_
     line = assert_one_error_line(result, 1, f"worker_token is not in {TOKEN_PARAMETER}")
     assert "stale-token" not in result.stderr and line
     assert parameter(ssm) == T1
+
+
+def test_an_outputs_file_that_cannot_be_rewritten_rolls_the_rotation_back(
+    moto, ssm, worker_factory, tmp_path, monkeypatch
+):
+    token_file = tmp_path / "worker-token"
+    token_file.write_text(f"{T1}\n")
+    worker = worker_factory("nodejs", {"WORKER_TOKEN_FILE": str(token_file)})
+    outputs = write_outputs(tmp_path / "out.json", [("worker-nodejs", worker.url)])
+    before = outputs.read_bytes()
+
+    def copy_parameter(_targets) -> list[str]:  # the host's fetch, reduced to its effect
+        token_file.write_text(parameter(ssm) + "\n")
+        return []
+
+    def disk_full(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("scripts.fleet.rotate.rewrite_token", disk_full)
+    rotation = Rotation(load_config(_args(outputs), {}), ssm, copy_parameter, timeout=15, interval=0.3, grace=0)
+    with pytest.raises(FleetError) as failed:
+        rotation.run()
+    assert failed.value.code == ROLLED_BACK
+    assert f"cannot rewrite {outputs}: No space left on device; rolled back" in failed.value.message
+    assert parameter(ssm) == T1 and token_file.read_text() == f"{T1}\n" and outputs.read_bytes() == before
 
 
 def test_a_missing_parameter_is_one_error_line(moto, ssm, tmp_path):
