@@ -154,10 +154,14 @@ def test_an_outputs_file_that_cannot_be_rewritten_rolls_the_rotation_back(
     assert parameter(ssm) == T1 and token_file.read_text() == f"{T1}\n" and outputs.read_bytes() == before
 
 
-def test_a_missing_parameter_is_one_error_line(moto, ssm, tmp_path):
+@pytest.mark.parametrize("listed", [None, f"{PREFIX}/elsewhere"])
+def test_a_missing_parameter_is_one_error_line(listed, moto, ssm, tmp_path):
+    """The name comes from the outputs file's secret_parameters when it lists one, else the layout."""
     ssm.delete_parameter(Name=TOKEN_PARAMETER)
-    outputs = write_outputs(tmp_path / "out.json", [("worker-python", "http://127.0.0.1:9")])
-    assert_one_error_line(rotate_cli(outputs, moto), 1, f"AWS GetParameter {TOKEN_PARAMETER} failed: ParameterNotFound")
+    names = {"secret_parameters": {"worker-token": listed}} if listed else {}
+    outputs = write_outputs(tmp_path / "out.json", [("worker-python", "http://127.0.0.1:9")], **names)
+    wanted = f"AWS GetParameter {listed or TOKEN_PARAMETER} failed: ParameterNotFound"
+    assert_one_error_line(rotate_cli(outputs, moto), 1, wanted)
 
 
 def test_rewrite_token_replaces_the_file_atomically_with_its_mode(tmp_path):
