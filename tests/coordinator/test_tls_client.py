@@ -18,11 +18,13 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 
 from coordinator.config import CoordinatorConfig, load_config
 from coordinator.discovery import discover
@@ -32,6 +34,7 @@ from scripts.testkit.cli import assert_one_error_line, clean_env, run_cli
 from scripts.testkit.procs import ROOT, RUNTIMES, TlsClient
 from scripts.testkit.socket_server import ThreadedSocketServer
 from scripts.testkit.tls import FLEET_TLS_NAME, Authority
+from tests.support.page import APP, RUN_TIMEOUT, colourful_png, process, texts, upload
 
 HEALTH = {"status": "ok", "service": "worker-python", "runtime": "python", "operations": ["invert"], "tls": True}
 REFUSED = {
@@ -399,50 +402,80 @@ def wait_refused(worker, token: str, timeout: float = 15) -> None:
     raise AssertionError(f"{worker.url} still takes the old token")
 
 
+OLD_TOKEN, NEW_TOKEN = "T1-old-token-0123456789", "T2-new-token-9876543210"
+
+
+def token_fleet(worker_factory, pki, folder) -> SimpleNamespace:
+    """Both runtimes on TLS taking OLD_TOKEN from a WORKER_TOKEN_FILE, and an outputs file for them."""
+    token_file = folder / "worker-token"
+    token_file.write_text(f"{OLD_TOKEN}\n")
+    env = {**worker_tls_env(pki.server), "WORKER_TOKEN_FILE": str(token_file)}
+    workers = [worker_factory(runtime, env, tls=TlsClient(pki.ca)) for runtime in RUNTIMES]
+    keys = {"worker_ca_pem": pki.ca_pem, "worker_tls_name": FLEET_TLS_NAME}
+    outputs = outputs_file(folder, [w.url for w in workers], OLD_TOKEN, **keys)
+    return SimpleNamespace(workers=workers, token_file=token_file, outputs=outputs)
+
+
+def rotate(fleet: SimpleNamespace) -> None:
+    """The outputs file (atomically, as `fleet rotate-token` writes it) and then every worker
+    switch to NEW_TOKEN; returns once every worker refuses OLD_TOKEN."""
+    data = json.loads(Path(fleet.outputs).read_text())
+    staged = f"{fleet.outputs}.next"
+    with open(staged, "w", encoding="utf-8") as handle:
+        json.dump({**data, "worker_token": NEW_TOKEN}, handle)
+    os.replace(staged, fleet.outputs)
+    fleet.token_file.write_text(f"{NEW_TOKEN}\n")
+    for worker in fleet.workers:
+        wait_refused(worker, OLD_TOKEN)
+
+
 def test_a_token_rotated_mid_batch_fails_no_job(worker_factory, pki, tmp_path):
-    """Every worker and the outputs file switch from T1 to T2 while a --jobs 2 batch is held at
+    """The workers and the outputs file switch from T1 to T2 while a --jobs 2 batch is held at
     two FIFO inputs; the jobs after that still carry T1, get 401, re-read the outputs file and
     go on with T2: 0 failed."""
-    old, new = "T1-old-token-0123456789", "T2-new-token-9876543210"
-    token_file = tmp_path / "worker-token"
-    token_file.write_text(f"{old}\n")
-    fleet = [
-        worker_factory(
-            runtime, {**worker_tls_env(pki.server), "WORKER_TOKEN_FILE": str(token_file)}, tls=TlsClient(pki.ca)
-        )
-        for runtime in RUNTIMES
-    ]
-    keys = {"worker_ca_pem": pki.ca_pem, "worker_tls_name": FLEET_TLS_NAME}
-    outputs = outputs_file(tmp_path, [w.url for w in fleet], old, **keys)
-    json_outputs = json.loads((tmp_path / "outputs.json").read_text())
-    inputs = [photo(tmp_path, f"in{i}.png", seed=i) for i in range(2)]
+    fleet = token_fleet(worker_factory, pki, tmp_path)
     fifos = [tmp_path / "held0.png", tmp_path / "held1.png"]
     for fifo in fifos:
         os.mkfifo(fifo)
-    inputs += [str(f) for f in fifos] + [photo(tmp_path, f"in{i}.png", seed=i) for i in range(4, 10)]
-    command = [sys.executable, "-m", "coordinator", "process", *inputs, "-o", str(tmp_path / "out") + "/"]
-    env = clean_env({"COORDINATOR_WORKERS_FILE": outputs})
-    with subprocess.Popen(
-        [*command, "--jobs", "2", "--quiet"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
-    ) as proc:
+    inputs = [photo(tmp_path, f"in{i}.png", seed=i) for i in range(2)] + [str(fifo) for fifo in fifos]
+    inputs += [photo(tmp_path, f"in{i}.png", seed=i) for i in range(4, 10)]
+    command = [sys.executable, "-m", "coordinator", "process", *inputs, "-o", f"{tmp_path / 'out'}/", "--jobs", "2"]
+    env = clean_env({"COORDINATOR_WORKERS_FILE": fleet.outputs})
+    with subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) as proc:
         try:
-            writers = [open_fifo_writer(fifo, proc) for fifo in fifos]
-            json_outputs["worker_token"] = new
-            (tmp_path / "next.json").write_text(json.dumps(json_outputs))
-            os.replace(tmp_path / "next.json", outputs)  # as `fleet rotate-token` does: atomically
-            token_file.write_text(f"{new}\n")
-            for worker in fleet:
-                wait_refused(worker, old)
-            image = (tmp_path / "in0.png").read_bytes()
+            writers = [open_fifo_writer(fifo, proc) for fifo in fifos]  # both jobs wait at their FIFO
+            rotate(fleet)
             for writer in writers:
                 os.set_blocking(writer, True)
-                os.write(writer, image)
+                os.write(writer, (tmp_path / "in0.png").read_bytes())
                 os.close(writer)
             _, stderr = proc.communicate(timeout=120)
         finally:
             proc.kill()
     assert proc.returncode == 0, stderr
+    assert "10 inputs: 10 written, 0 failed" in stderr
     assert len(list((tmp_path / "out").iterdir())) == len(inputs)
+
+
+def test_the_page_picks_up_a_rotated_token_without_restart(worker_factory, pki, tmp_path, monkeypatch):
+    """One page session processes before and after a rotation (each run reads the config)."""
+    fleet = token_fleet(worker_factory, pki, tmp_path)
+    monkeypatch.setenv("COORDINATOR_WORKERS_FILE", fleet.outputs)
+    for name in ("COORDINATOR_WORKERS", "COORDINATOR_PULUMI_STACK", "COORDINATOR_WORKER_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    page = upload(AppTest.from_file(APP, default_timeout=RUN_TIMEOUT).run(), "colour.png", colourful_png())
+    before = processed(page)
+    rotate(fleet)  # the page's process keeps running
+    after = processed(page)
+    assert after is not before and np.array_equal(after.pixels, before.pixels)
+
+
+def processed(page):
+    process(page)
+    assert not page.error, texts(page.error)
+    result = page.session_state["images"]["outcome"]["result"]
+    assert result.ops == ["grayscale", "sepia"]
+    return result
 
 
 def test_a_401_with_an_unchanged_token_still_fails_as_before(worker_factory, pki, tmp_path):
