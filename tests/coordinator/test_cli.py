@@ -4,6 +4,7 @@ errors, atomic outputs, batches."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import pty
 import stat
@@ -20,6 +21,7 @@ from coordinator import cli
 from scripts.testkit.cli import assert_one_error_line, clean_env, run_cli
 from scripts.testkit.faultproxy import FaultProxy
 from scripts.testkit.procs import ROOT
+from tests.support.moto_server import REGION, aws_env
 
 ERROR_EXITS = {"usage": 2, "input": 2, "no_worker": 3, "unexpected": 1}
 
@@ -597,6 +599,23 @@ def test_output_format_limits_refused_before_any_work(tmp_path, size, out, words
     # The only worker is unreachable: any work would end in exit 3, the early check in exit 2.
     done = run_cli("process", str(tmp_path / "in.png"), "-o", str(tmp_path / out), "--workers", "127.0.0.1:9")
     assert_one_error_line(done, 2, words)
+
+
+def test_a_refused_output_comes_before_a_discovery_error(tmp_path):
+    """The health probes start before the outputs are checked (they overlap numpy's import), yet
+    their error is raised only after the checks: a refused output is still the one error."""
+    picture(tmp_path / "in.png")
+    (tmp_path / "out.png").write_bytes(b"precious")
+    pools = [{"name": "pool-python-asg", "role": "worker-python", "runtime": "python", "port": 5001}]
+    stack = {"workers": [], "pools": pools, "project": "htp", "stack": "dev", "region": REGION}
+    (tmp_path / "outputs.json").write_text(json.dumps(stack))
+    args = ("process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"))
+    no_keys = aws_env(None, credentials=False)  # a pooled stack's discovery fails at once
+    done = run_cli(*args, "--workers-file", str(tmp_path / "outputs.json"), env=no_keys)
+    assert_one_error_line(done, 2, "exists; pass --overwrite")
+    assert (tmp_path / "out.png").read_bytes() == b"precious"
+    done = run_cli(*args, "--overwrite", "--workers-file", str(tmp_path / "outputs.json"), env=no_keys)
+    assert_one_error_line(done, 2, "no AWS credentials")
 
 
 def test_concurrent_jobs_are_bounded_by_pixels(python_worker, tmp_path):
