@@ -113,7 +113,7 @@ def secure_dir(path: str, gid: int) -> None:
 
 
 def put_owner(path_or_fd, mode: int, gid: int) -> None:
-    """Mode always; owner root:gid when running as root (tests run unprivileged)."""
+    """Mode always; owner root:gid when running as root (an unprivileged run cannot chown)."""
     if isinstance(path_or_fd, int):
         os.fchmod(path_or_fd, mode)
         if os.geteuid() == 0:

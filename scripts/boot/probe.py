@@ -34,6 +34,8 @@ class PinnedName(HTTPAdapter):
 
 def session(ca: str | None, name: str | None) -> requests.Session:
     http = requests.Session()
+    # No REQUESTS_CA_BUNDLE (it would override `verify`) and no proxy from the environment.
+    http.trust_env = False
     if ca:
         http.verify = ca
         http.mount("https://", PinnedName(name))

@@ -1,10 +1,13 @@
 """A real first boot: each role's user-data, as the Pulumi program renders it, through cloud-init
 and systemd in a systemd-nspawn container (Debian 12 built by mmdebstrap), on a private network.
 
-Stand-ins outside the document (scripts/boot/): IMDSv2 with instance-profile credentials, a moto
-S3 server behind TLS under the bucket's own name (a test CA in the image's trust store), and a
-proxy that lets only the package registries through. Needs root, mmdebstrap, systemd-nspawn,
-nsenter and ip; without them it skips (a failure under CI=true, which installs them).
+Stand-ins outside the document (scripts/boot/): IMDSv2 with instance-profile credentials, one moto
+server behind TLS under the bucket's own name and SSM's regional name (a test CA in the image's
+trust store) holding the release and the stack's parameters (token, and a server certificate for
+the fleet's name from a throwaway fleet CA), and a proxy that lets only the package registries
+through. The worker is then reached over HTTPS by IP, verifying that CA and the fleet's name.
+Needs root, mmdebstrap, systemd-nspawn, nsenter and ip; without them it skips (a failure under
+CI=true, which installs them).
 `make boot-test` runs only this file and prints a timing table per boot.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -25,6 +29,7 @@ from scripts.boot import inspect
 from scripts.boot.image import build_image
 from scripts.boot.netplan import machine_address
 from scripts.boot.stage import Stage
+from scripts.testkit.tls import FLEET_TLS_NAME, Authority
 from stripes.roles import ROLE_SPECS
 from tests.support.ci import skip_or_fail
 from tests.support.infra_harness import reveal, run_program
@@ -83,15 +88,32 @@ def program():
         o.inputs["key"]: base64.b64decode(o.inputs["contentBase64"])
         for o in run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
     }
-    fetch = next(line for line in user_data["worker-python"].splitlines() if "fetch-worker-release --" in line)
-    argv = shlex.split(fetch.lstrip("- "))
-    where = {"bucket": argv[argv.index("--bucket") + 1], "region": argv[argv.index("--region") + 1]}
-    token = next(
-        line.split("=", 1)[1]
-        for line in user_data["worker-python"].splitlines()
-        if line.strip().startswith("WORKER_TOKEN=")
-    )
-    return {"user_data": user_data, "objects": objects, "token": token, **where}
+    release = argument_of(user_data["worker-python"], "fetch-worker-release", ("--bucket", "--region"))
+    prefix = argument_of(user_data["worker-python"], "fetch-worker-secrets", ("--prefix",))["prefix"]
+    fleet_ca = Authority("boot-test fleet CA")
+    server = fleet_ca.issue(FLEET_TLS_NAME)
+    token = secrets.token_hex(20)
+    parameters = {
+        f"{prefix}/worker-token": ("SecureString", token),
+        f"{prefix}/worker-tls-key": ("SecureString", server.key_pem.decode()),
+        f"{prefix}/worker-tls-cert": ("String", server.cert_pem.decode()),
+    }
+    return {
+        "user_data": user_data,
+        "objects": objects,
+        "token": token,
+        "prefix": prefix,
+        "parameters": parameters,
+        "fleet_ca": fleet_ca.cert_pem,
+        **release,
+    }
+
+
+def argument_of(document: str, command: str, options: tuple[str, ...]) -> dict[str, str]:
+    """The values of `options` on the runcmd line that runs `command`."""
+    line = next(line for line in document.splitlines() if f"{command} --" in line)
+    argv = shlex.split(line.lstrip("- "))
+    return {option.lstrip("-"): argv[argv.index(option) + 1] for option in options}
 
 
 def port_of(role: str, document: str) -> int:
@@ -99,10 +121,24 @@ def port_of(role: str, document: str) -> int:
 
 
 def probe(stage: Stage, role: str, document: str, token: str, timeout: float = 60) -> dict:
-    url = f"http://{machine_address(ROLES.index(role))}:{port_of(role, document)}"
-    done = stage.in_net([sys.executable, "-m", "scripts.boot.probe", url, token, str(timeout)], timeout + 120)
+    """Over HTTPS to the machine's IP, trusting only the fleet CA and checking the fleet's name."""
+    url = f"https://{machine_address(ROLES.index(role))}:{port_of(role, document)}"
+    ca = stage.workdir / "fleet-ca.crt"
+    argv = [sys.executable, "-m", "scripts.boot.probe", url, token, str(timeout), f"--ca={ca}"]
+    done = stage.in_net([*argv, f"--name={FLEET_TLS_NAME}"], timeout + 120)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)
+
+
+def staged(image, program, parameters=None, objects=None, **options) -> Stage:
+    return Stage(
+        image,
+        bucket=program["bucket"],
+        region=program["region"],
+        objects=program["objects"] if objects is None else objects,
+        parameters=program["parameters"] if parameters is None else parameters,
+        **options,
+    )
 
 
 def print_table() -> None:
@@ -125,7 +161,9 @@ def boot_role(stage: Stage, role: str, document: str):
 @pytest.mark.parametrize("role", ROLES)
 def test_first_boot_makes_a_hardened_worker(role, image, program):
     document = program["user_data"][role]
-    with Stage(image, bucket=program["bucket"], region=program["region"], objects=program["objects"]) as stage:
+    assert "WORKER_TOKEN=" not in document and "-----BEGIN" not in document  # names only, no secret
+    with staged(image, program) as stage:
+        (stage.workdir / "fleet-ca.crt").write_bytes(program["fleet_ca"])
         box, result, boot_seconds = boot_role(stage, role, document)
         assert result["errors"] == [], result["log"]
         assert "status: done" in result["status"], result["log"]
@@ -135,8 +173,10 @@ def test_first_boot_makes_a_hardened_worker(role, image, program):
             TIMINGS.append((role, step, seconds))
         TIMINGS.append((role, "boot to cloud-init done", boot_seconds))
 
+        assert reply["healthz"], (reply, box.sh(f"journalctl -u {role} --no-pager -n 20").stdout)
         spec = ROLE_SPECS[role]
         assert reply["healthz"]["runtime"] == spec.runtime, reply
+        assert reply["healthz"]["tls"] is True, reply
         assert reply["healthz"]["operations"] == list(spec.operations)
         assert (reply["no_token_status"], reply["token_status"]) == (401, 200), reply
         assert reply["size"] == [24, 10] and reply["max_pixel_diff"] <= 1, reply
@@ -158,6 +198,16 @@ def test_first_boot_makes_a_hardened_worker(role, image, program):
         assert exposure is not None and exposure <= EXPOSURE_TODAY, exposure
 
         assert inspect.env_file_facts(box, role) == {"mode_owner": "600 root:root", "worker_can_read": False}
+        assert inspect.secrets_facts(box, role) == {
+            "secrets": "750 root:worker",
+            "worker-token": "640 root:worker",
+            "tls.key": "640 root:worker",
+            "tls.crt": "644 root:worker",
+            "worker_reads_token": True,
+            "login_user_reads_token": False,
+        }
+        assert inspect.unit_state(box, f"{role}-secrets.timer") == ("active", "enabled")
+        rotate_token(stage, box, role, document, program)
 
         logs = inspect.json_log_lines(box, role)
         assert any(line.get("service") == role and {"time", "level", "msg"} <= line.keys() for line in logs), logs[-5:]
@@ -173,6 +223,24 @@ def test_first_boot_makes_a_hardened_worker(role, image, program):
         assert f"CONNECT {REGISTRY_OF[role]}:443" in stage.proxy_log()
 
 
+def rotate_token(stage: Stage, box, role: str, document: str, program: dict) -> None:
+    """`fleet rotate-token`'s host side: "current\nnext" in SSM, the secrets unit run (as over SSH),
+    the worker accepts both without a restart."""
+    started = time.monotonic()
+    pid = inspect.service_facts(box, role)["MainPID"]
+    following = secrets.token_hex(20)
+    stage.put_parameters({f"{program['prefix']}/worker-token": ("SecureString", f"{program['token']}\n{following}")})
+    box.sh(f"systemctl start {role}-secrets.service", check=True)
+    for _ in range(10):  # the worker notices a changed file within ~1 s
+        if probe(stage, role, document, following, timeout=10).get("token_status") == 200:
+            break
+        time.sleep(1)
+    TIMINGS.append((role, "token rotation picked up", time.monotonic() - started))
+    assert probe(stage, role, document, following, timeout=10)["token_status"] == 200
+    assert probe(stage, role, document, program["token"], timeout=10)["token_status"] == 200
+    assert inspect.service_facts(box, role)["MainPID"] == pid  # reloaded, not restarted
+
+
 # ---------------------------------------------------------------- failed boots are visible
 
 
@@ -180,11 +248,16 @@ def tampered(objects: dict[str, bytes]) -> dict[str, bytes]:
     return {key: data + b"tampered" for key, data in objects.items()}
 
 
-# case: (role, Stage options, objects transform, any of these in cloud-init's output)
+def without(names: tuple[str, ...]):
+    return lambda parameters: {k: v for k, v in parameters.items() if k.rsplit("/", 1)[-1] not in names}
+
+
+# case: (role, Stage options, objects transform, parameters transform, any of these in cloud-init's output)
 FAILURES = {
     "pip-registry-unreachable": (
         "worker-python",
         {"deny_registries": ("pypi.org", "files.pythonhosted.org")},
+        None,
         None,
         ("No matching distribution found",),
     ),
@@ -192,23 +265,38 @@ FAILURES = {
         "worker-nodejs",
         {"deny_registries": ("registry.npmjs.org",)},
         None,
+        None,
         ("CONNECT tunnel failed", "403"),
     ),
     # Node and npm arrive (curl's two connections), then `npm ci` is cut off. npm prints `Exit
     # handler never called!` and exits 0, so set -e goes on: the dependency check is what stops
     # the boot (without it: cloud-init `done`, the unit enabled and crash-looping; seen here).
-    "npm-ci-cut-off": ("worker-nodejs", {"registry_budget": {"registry.npmjs.org": 2}}, None, ("Cannot find module",)),
-    "wrong-release-sha256": ("worker-python", {}, tampered, ("sha256 mismatch",)),
-    "s3-access-denied": ("worker-python", {"deny_s3": True}, None, ("AccessDenied",)),
+    "npm-ci-cut-off": (
+        "worker-nodejs",
+        {"registry_budget": {"registry.npmjs.org": 2}},
+        None,
+        None,
+        ("Cannot find module",),
+    ),
+    "wrong-release-sha256": ("worker-python", {}, tampered, None, ("sha256 mismatch",)),
+    "s3-access-denied": ("worker-python", {"deny_s3": True}, None, None, ("AccessDenied",)),
+    "ssm-parameter-missing": (
+        "worker-python",
+        {},
+        None,
+        without(("worker-tls-key",)),
+        ("/worker-tls-key not found",),
+    ),
 }
 
 
 @pytest.mark.timeout(BOOT_TIMEOUT + 300)
 @pytest.mark.parametrize("case", sorted(FAILURES))
 def test_failed_first_boot_is_reported_and_starts_nothing(case, image, program):
-    role, options, transform, messages = FAILURES[case]
-    objects = transform(program["objects"]) if transform else program["objects"]
-    with Stage(image, bucket=program["bucket"], region=program["region"], objects=objects, **options) as stage:
+    role, options, objects_change, parameters_change, messages = FAILURES[case]
+    objects = objects_change(program["objects"]) if objects_change else None
+    parameters = parameters_change(program["parameters"]) if parameters_change else None
+    with staged(image, program, parameters, objects, **options) as stage:
         box, result, seconds = boot_role(stage, role, program["user_data"][role])
         TIMINGS.append((f"{role} ({case})", "boot to cloud-init error", seconds))
         assert "status: error" in result["status"], result["log"]
