@@ -327,7 +327,7 @@ class Transport:
             return TransportError(f"timed out: no complete reply within {limits.total:.1f} s", "timeout")
         if isinstance(exc, _ConnectFailed):
             return TransportError(exc.reason, exc.kind)
-        if isinstance(exc, ssl.SSLError):  # an alert after the handshake: TLS 1.3 refuses a client certificate so
+        if isinstance(exc, ssl.SSLError) and not _is_stale(exc):  # an alert after the handshake (TLS 1.3 mTLS)
             return TransportError(fleet_tls.failure_reason(exc, "the fleet name"), "tls")
         if isinstance(exc, (socket.timeout, TimeoutError)):
             return TransportError(f"timed out: no bytes moved for {limits.idle:g} s", "timeout")
@@ -459,6 +459,8 @@ def _closed_reason(exc: BaseException) -> str:
         return "connection reset"
     if isinstance(exc, BrokenPipeError):
         return "broken pipe"
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return "TLS connection closed by the worker"
     return f"connection failed: {type(exc).__name__}"
 
 
