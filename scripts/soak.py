@@ -162,35 +162,11 @@ def tbf_row() -> tuple:
 
 def cli_blackhole_row(pair: dict) -> tuple:
     """Every worker hangs: the CLI must fail with one line, exit 3, and write no file."""
-    from scripts.testkit.faultproxy import FaultProxy
-    from scripts.testkit.faults import run_cli
-    from scripts.testkit.images import png_bytes, sample_rgb
+    from scripts.testkit.faults import cli_through_faults
 
     with tempfile.TemporaryDirectory() as tmp:
-        source, out = Path(tmp) / "in.png", Path(tmp) / "out.png"
-        source.write_bytes(png_bytes(sample_rgb(64, 48)))
-        with (
-            FaultProxy(pair["python"].url, mode="blackhole") as a,
-            FaultProxy(pair["nodejs"].url, mode="blackhole") as b,
-        ):
-            started = time.monotonic()
-            done = run_cli(
-                [
-                    "process",
-                    str(source),
-                    "-o",
-                    str(out),
-                    "--plan",
-                    "grayscale",
-                    "--strips",
-                    "4",
-                    "--workers",
-                    f"{a.url},{b.url}",
-                ],
-                {"COORDINATOR_READ_TIMEOUT": "1.5"},
-            )
-            seconds = time.monotonic() - started
-        leftovers = [p.name for p in Path(tmp).iterdir() if p.name != "in.png"]
+        urls = [pair["python"].url, pair["nodejs"].url]
+        done, seconds, leftovers = cli_through_faults(urls, "blackhole", Path(tmp))
     message = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
     ok = done.returncode == 3 and not leftovers and "Traceback" not in done.stderr
     return (

@@ -207,6 +207,27 @@ def run_cli(args: list[str], environ: dict, timeout: float = 60) -> subprocess.C
     return cli.run_cli(*args, env={**FAST_TIMEOUTS, **environ}, timeout=timeout)
 
 
+def process_args(source: Path, out: Path, urls: list[str], strips: int = STRIPS) -> list[str]:
+    """`process` of one file with the faults' plan, over exactly these workers."""
+    return ["process", str(source), "-o", str(out), "--plan", OP, "--strips", str(strips), "--workers", ",".join(urls)]
+
+
+def cli_through_faults(
+    urls: list[str], mode: str, folder: Path
+) -> tuple[subprocess.CompletedProcess, float, list[str]]:
+    """The CLI on a small image with every worker behind a FaultProxy in `mode`: its result, its
+    seconds, and the files it left in `folder` besides its input (a failed job must leave none)."""
+    source = folder / "in.png"
+    source.write_bytes(png_bytes(sample_rgb(64, 48)))
+    with contextlib.ExitStack() as stack:
+        proxies = [stack.enter_context(FaultProxy(url, mode=mode)) for url in urls]
+        started = time.monotonic()
+        args = process_args(source, folder / "out.png", [proxy.url for proxy in proxies])
+        done = run_cli(args, {"COORDINATOR_READ_TIMEOUT": "1.5"})
+        seconds = time.monotonic() - started
+    return done, seconds, sorted(path.name for path in folder.iterdir() if path != source)
+
+
 # -- a slow link made by the kernel: tc tbf on the loopback of a throwaway namespace ------------
 
 WAIT_HEALTHY = """
@@ -246,18 +267,7 @@ def tbf_slow_link(tmp_path: Path) -> tuple[bool, str]:
         ready = ns.run([sys.executable, "-c", WAIT_HEALTHY, *urls], capture_output=True, text=True, timeout=60)
         if ready.returncode != 0:
             return False, f"workers in the namespace did not start: {ready.stderr.strip()}"
-        args = [
-            "process",
-            str(source),
-            "-o",
-            str(out),
-            "--plan",
-            OP,
-            "--strips",
-            str(STRIPS),
-            "--workers",
-            ",".join(urls),
-        ]
+        args = process_args(source, out, urls)
         env = {**os.environ, **FAST_TIMEOUTS, "COORDINATOR_READ_TIMEOUT": "10"}
         started = time.monotonic()
         done = ns.run(

@@ -23,8 +23,9 @@ from scripts.testkit.faults import (
     ALL_FAULTS,
     FAULT_BUGS,
     OP,
-    STRIPS,
+    cli_through_faults,
     kill_group,
+    process_args,
     retried,
     run_and_check,
     run_cli,
@@ -118,31 +119,9 @@ def test_fault_proxy_modes_do_what_they_say(fleet):
 
 @pytest.mark.parametrize("mode", ["garbage", "close_mid_response", "blackhole"])
 def test_cli_fails_clearly_and_writes_no_partial_output(mode, fleet, tmp_path):
-    python, nodejs = fleet
-    source = tmp_path / "in.png"
-    source.write_bytes(png_bytes(sample_rgb(64, 48)))
-    out = tmp_path / "out.png"
-    with FaultProxy(python.url, mode=mode) as bad_python, FaultProxy(nodejs.url, mode=mode) as bad_node:
-        started = time.monotonic()
-        done = run_cli(
-            [
-                "process",
-                str(source),
-                "-o",
-                str(out),
-                "--plan",
-                OP,
-                "--strips",
-                str(STRIPS),
-                "--workers",
-                f"{bad_python.url},{bad_node.url}",
-            ],
-            {"COORDINATOR_READ_TIMEOUT": "1.5"},
-        )
-        seconds = time.monotonic() - started
+    done, seconds, leftovers = cli_through_faults([worker.url for worker in fleet], mode, tmp_path)
     assert done.returncode == 3, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
-    assert not out.exists(), "a failed job left an output file behind"
-    leftovers = [path.name for path in tmp_path.iterdir() if path.name != "in.png"]
+    assert not (tmp_path / "out.png").exists(), "a failed job left an output file behind"
     assert not leftovers, f"files left behind by a failed job: {leftovers}"
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     assert "Traceback" not in done.stderr
@@ -158,21 +137,7 @@ def test_cli_success_writes_the_right_pixels(fleet, tmp_path):
     source = tmp_path / "in.png"
     source.write_bytes(png_bytes(image))
     out = tmp_path / "out.png"
-    done = run_cli(
-        [
-            "process",
-            str(source),
-            "-o",
-            str(out),
-            "--plan",
-            OP,
-            "--strips",
-            str(STRIPS),
-            "--workers",
-            f"{python.url},{nodejs.url}",
-        ],
-        {},
-    )
+    done = run_cli(process_args(source, out, [python.url, nodejs.url]), {})
     assert done.returncode == 0, done.stderr
     from PIL import Image
 
@@ -275,21 +240,7 @@ def test_an_eps_reply_never_runs_ghostscript(fleet, tmp_path):
     source, out = tmp_path / "in.png", tmp_path / "out.png"
     source.write_bytes(png_bytes(image))
     with HostileWorker(process="eps") as bad:
-        done = run_cli(
-            [
-                "process",
-                str(source),
-                "-o",
-                str(out),
-                "--plan",
-                OP,
-                "--strips",
-                "2",
-                "--workers",
-                f"{bad.url},{nodejs.url}",
-            ],
-            env,
-        )
+        done = run_cli(process_args(source, out, [bad.url, nodejs.url], strips=2), env)
         assert bad.requests["/process"] >= 1
     assert done.returncode == 0, done.stderr
     assert not marker.exists(), f"Ghostscript ran: {marker.read_text()}"
