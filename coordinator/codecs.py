@@ -24,14 +24,16 @@ HIGH_PSNR_DB = 45.0
 # (coordinator/README.md, "Wire formats"). WebP lossless at its fastest (method/effort 0 via
 # compression=0, quality 1) subtracts green and codes the rest, which PNG cannot: sepia is
 # nearly rank-one, so it falls from 6.0-7.3 MB (PNG) to 5.2 MB and invert from 6.4-9.7 to 4.2,
-# for less CPU than PNG on worker-python and ~0.25 s more on sharp. A grayscale strip stays a
-# 1-channel PNG (2.4-2.7 MB; WebP's fastest is 3.9). Blur on worker-python: PNG 6 (Z_RLE) is
-# 1.4 MB, WebP 1.5. worker-python's gray PNG is Z_RLE at levels 1-6, all the same size, so 1.
+# for less CPU than PNG on worker-python and ~0.25 s more on sharp (hidden while the previous
+# piece downloads). A grayscale strip stays a 1-channel PNG (2.4-2.7 MB; WebP's fastest is 3.9).
+# Blur (never split, so its encode is not hidden): PNG 6, 1.4 MB (Z_RLE) / 2.2 MB (sharp), where
+# WebP saves <= 0.65 MB (0.1 s at 50 Mbit/s) for ~0.16 s more CPU. worker-python's gray PNG is
+# Z_RLE at levels 1-6, all the same size, so 1.
 WEBP_LOSSLESS_FAST = {"format": "webp", "lossless": "true", "quality": "1", "compression": "0"}
 WEBP_MAX_SIDE = 16383  # a larger strip or piece comes back as PNG
 LOSSLESS_REPLY = {
     "python": {"grayscale": ("png", 1), "blur": ("png", 6)},
-    "nodejs": {"grayscale": ("png", 6)},
+    "nodejs": {"grayscale": ("png", 6), "blur": ("png", 6)},
 }
 ORIENTATION_TAG = 0x0112
 JPEGTRAN_TIMEOUT_SECONDS = 30

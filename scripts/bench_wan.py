@@ -8,6 +8,7 @@ namespace behind a veth pair with tbf on both ends and a delaying relay (scripts
 starts both workers inside it, measures the link, then times, interleaved, over that link:
   (a) the coordinator, lossless (auto transport: JPEG rows cut without re-encoding up,
       each op's lossless reply codec down: codecs.LOSSLESS_REPLY), JPEG bytes in -> stitched PNG out;
+  (r) (a) with PNG replies for every op (the reply policy before WebP), an A/B of the codecs;
   (p) the coordinator with PNG strips up (what auto does for non-JPEG inputs), same replies;
   (h) the coordinator with `--wire-quality high` (JPEG q95 replies);
   (c) the original design, re-created in scripts/bench.py (PNG 6 strips one after the
@@ -20,6 +21,7 @@ runtime and op, with the coordinator's decode CPU, the chosen one starred.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import io
@@ -138,6 +140,20 @@ def reply_codecs(runtime: str, op: str, size: tuple[int, int]) -> list[tuple[str
 HIGH = codecs.reply_query("jpeg-cut", "high", None)
 
 
+# The reply policy before per-op codecs: PNG for every op, level 1 from python, 6 from nodejs.
+PNG_REPLIES = {runtime: dict.fromkeys(REPLY_OPS, ("png", level)) for runtime, level in (("python", 1), ("nodejs", 6))}
+
+
+@contextlib.contextmanager
+def reply_table(table: dict):
+    """Run with another per-runtime, per-op lossless reply table (an A/B of codecs.LOSSLESS_REPLY)."""
+    saved, codecs.LOSSLESS_REPLY = codecs.LOSSLESS_REPLY, table
+    try:
+        yield
+    finally:
+        codecs.LOSSLESS_REPLY = saved
+
+
 def reply_rows(session, endpoint: str, runtime: str, op: str, upload: tuple, down: float) -> list[str]:
     """One line per reply codec of `op` on one worker: bytes, worker ms, coordinator decode ms
     (CPU), PSNR against the op's first (lossless) reply. upload: (body, content type, size)."""
@@ -207,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         designs = {
             "a": ("coordinator, lossless (auto: JPEG cut up, per-op codec down)", base),
+            "r": ("coordinator, lossless, PNG replies only (the policy before WebP)", base),
             "p": ("coordinator, lossless, PNG up, per-op codec down", dataclasses.replace(base, transport="png")),
         }
         if "wire_quality" in {f.name for f in dataclasses.fields(CoordinatorConfig)}:
@@ -222,13 +239,14 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "c":
                     out, parts = timed(link, lambda: original_run(jpeg, urls))
                 else:
-                    out, parts = timed(link, functools.partial(coordinator_run, jpeg, designs[name][1], level))
+                    with reply_table(PNG_REPLIES if name == "r" else codecs.LOSSLESS_REPLY):
+                        out, parts = timed(link, functools.partial(coordinator_run, jpeg, designs[name][1], level))
                 samples[name].append(parts)
                 outputs[name] = out
     reference = decoded(one_process_run(jpeg, level)[0])
     print()
     print(f"end to end over the link: JPEG in -> PNG out ({runs} runs, medians)")
-    print(f"  {'':5}{'design':62}{'median s':>9}{'up MB':>7}{'down MB':>8}{'(c)/x':>7}{'vs exact':>10}")
+    print(f"  {'':5}{'design':62}{'median s':>9}{'min-max':>12}{'up MB':>7}{'down MB':>8}{'(c)/x':>7}{'vs exact':>10}")
     original_s = statistics.median(p["total_ms"] for p in samples["c"]) / 1000
     rows = [
         *((name, text) for name, (text, _) in designs.items()),
@@ -248,7 +266,12 @@ def main(argv: list[str] | None = None) -> int:
             difference = int(np.abs(got.astype(int) - reference.astype(int)).max())
             verdict = "exact" if difference == 0 else f"max {difference}"
             failed |= difference > 1
-        print(f"  ({name}) {text:62}{seconds:9.2f}{up:7.1f}{down:8.1f}{original_s / seconds:7.1f}{verdict:>10}")
+        totals = [p["total_ms"] / 1000 for p in samples[name]]
+        spread = f"{min(totals):.2f}-{max(totals):.2f}"
+        print(
+            f"  ({name}) {text:62}{seconds:9.2f}{spread:>12}{up:7.1f}{down:8.1f}"
+            f"{original_s / seconds:7.1f}{verdict:>10}"
+        )
     a = statistics.median(p["total_ms"] for p in samples["a"]) / 1000
     print()
     floor = statistics.median(p["down_bytes"] for p in samples["a"]) * 8 / (measured.download_mbit * 1e6)

@@ -227,7 +227,8 @@ def test_reply_formats():
         "channels": "auto",
     }
     assert codecs.reply_query("png", "lossless", "python", "grayscale", (4000, 1500))["compression"] == "1"
-    assert codecs.reply_query("png", "lossless", "python", "blur", (4000, 1500))["compression"] == "6"
+    for runtime in ("python", "nodejs"):
+        assert codecs.reply_query("png", "lossless", runtime, "blur", (4000, 1500))["compression"] == "6"
     fast_webp = {"format": "webp", "lossless": "true", "quality": "1", "compression": "0"}
     for runtime in ("python", "nodejs", None):
         assert codecs.reply_query("jpeg-cut", "lossless", runtime, "sepia", (4000, 1500)) == fast_webp
