@@ -176,7 +176,7 @@ def process_env(env: dict | None = None) -> dict:
 
 
 def timed_process(command: list[str], env: dict | None = None) -> dict:
-    """Wall time and peak RSS of one whole process, start to exit (killed after
+    """Wall time, CPU time and peak RSS of one whole process, start to exit (killed after
     PROCESS_TIMEOUT s); a failure is its last stderr line."""
     with tempfile.TemporaryFile() as errors:
         started = time.perf_counter()
@@ -186,7 +186,7 @@ def timed_process(command: list[str], env: dict | None = None) -> dict:
         peak, done = [0.0], threading.Event()
         watcher = threading.Thread(target=watch_peak_rss, args=(child.pid, done, peak), daemon=True)
         watcher.start()
-        _, status, _ = os.wait4(child.pid, 0)
+        _, status, usage = os.wait4(child.pid, 0)
         elapsed = time.perf_counter() - started
         done.set()
         killer.cancel()
@@ -196,7 +196,32 @@ def timed_process(command: list[str], env: dict | None = None) -> dict:
             errors.seek(0)
             last = (errors.read().decode(errors="replace").strip().splitlines() or ["?"])[-1]
             raise RuntimeError(f"exit {child.returncode}: {last}")
-    return {"total_ms": elapsed * 1000, "rss_mb": peak[0]}
+    return {"total_ms": elapsed * 1000, "rss_mb": peak[0], "cpu_ms": (usage.ru_utime + usage.ru_stime) * 1000}
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants now (a gunicorn master and its workers), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            if entry.name.isdigit():
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                parents.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo.extend(parents.get(tree[-1], []))
+    return tree
+
+
+def cpu_ms(pids: list[int]) -> float:
+    """CPU time used so far by every thread of these processes (schedstat, in ns)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e6
 
 
 def watch_peak_rss(pid: int, done: threading.Event, peak: list[float]) -> None:
@@ -210,10 +235,13 @@ def watch_peak_rss(pid: int, done: threading.Event, peak: list[float]) -> None:
         done.wait(0.005)
 
 
-def cli_process(source: Path, target: Path, urls: list[str], level: int) -> dict:
-    """(A): `python -m coordinator process in.jpg -o out.png` as a user runs it, files and all."""
+def cli_process(source: Path, target: Path, urls: list[str], level: int, worker_pids: list[int]) -> dict:
+    """(A): `python -m coordinator process in.jpg -o out.png` as a user runs it, files and all;
+    its CPU time counts the workers' too (the bound does their work itself)."""
     command = [sys.executable, "-m", "coordinator", "process", str(source), "-o", str(target), "--overwrite"]
+    workers_before = cpu_ms(worker_pids)
     parts = timed_process([*command, "--quiet", "--workers", ",".join(urls)], {"COORDINATOR_PNG_LEVEL": str(level)})
+    parts["cpu_ms"] += cpu_ms(worker_pids) - workers_before
     parts["bytes"] = target.stat().st_size
     return parts
 
@@ -299,7 +327,13 @@ def runs_for(megapixels: float, runs: int) -> int:
 
 
 def bench_size(
-    megapixels: float, runs: int, urls: list[str], levels: tuple[int, int], tmp: Path, relays: list | None = None
+    megapixels: float,
+    runs: int,
+    urls: list[str],
+    levels: tuple[int, int],
+    tmp: Path,
+    relays: list | None = None,
+    worker_pids: list[int] | None = None,
 ) -> SizeRun:
     """All five designs at one size (and (F) given relays), interleaved run by run so background
     load hits them alike."""
@@ -310,7 +344,7 @@ def bench_size(
     config = CoordinatorConfig(workers=tuple(urls), source="bench", png_level=level)
     designs = {
         "a": lambda: coordinator_run(jpeg, config, level),
-        "A": lambda: (None, cli_process(source, tmp / "out-A.png", urls, level)),
+        "A": lambda: (None, cli_process(source, tmp / "out-A.png", urls, level, worker_pids or [])),
         "b": lambda: one_process_run(jpeg, bound_level),
         "B": lambda: (None, bound_process(source, tmp / "out-B.png", bound_level)),
         "c": lambda: original_run(jpeg, urls),
@@ -387,6 +421,11 @@ def print_sizes(sizes: list[SizeRun], levels: tuple[int, int]) -> None:
         if run.samples["A"] and run.samples["B"] and not {"A", "B"} & set(run.failed):
             ratio = median(run.samples["A"], "rss_mb") / median(run.samples["B"], "rss_mb")
             print(f"{label:8}{'(A)/(B) peak RSS':44}{ratio:7.2f}x  {TARGETS.get(('rss', run.megapixels), '')}")
+            cpu_a, cpu_b = median(run.samples["A"], "cpu_ms"), median(run.samples["B"], "cpu_ms")
+            print(
+                f"{'':8}{'(A)/(B) CPU time, the CLI + both workers':44}{cpu_a / cpu_b:7.2f}x  "
+                f"({cpu_a:.0f} vs {cpu_b:.0f} ms: what a saturated machine's wall time tends to)"
+            )
     counts = ", ".join(f"{run.megapixels:g} MP {len(run.samples['B'])}" for run in sizes)
     print(f"timed runs per size: {counts}")
     for run in sizes:
@@ -487,8 +526,9 @@ def main(argv: list[str] | None = None) -> int:
         relays = [FirstContact(worker.url).start() for worker in workers]
         try:
             urls = [worker.url for worker in workers]
+            worker_pids = [pid for worker in workers for pid in process_tree(worker.pid)]
             sizes = [
-                bench_size(mp, runs, urls, levels, Path(tmp), relays if mp == smallest else None)
+                bench_size(mp, runs, urls, levels, Path(tmp), relays if mp == smallest else None, worker_pids)
                 for mp in args.megapixels
             ]
             detail = next(run for run in sizes if run.megapixels == detail_mp)
