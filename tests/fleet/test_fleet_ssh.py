@@ -23,8 +23,9 @@ import pytest
 import requests
 
 from infra.bundle import build_id, bundle_files
-from scripts.testkit.procs import ROOT, free_port
-from scripts.testkit.tls import Authority
+from scripts.fleet import tls as fleet_tls
+from scripts.testkit.procs import ROOT, TlsClient, free_port, wait_http_ok
+from scripts.testkit.tls import FLEET_TLS_NAME, Authority
 from tests.support.ci import skip_or_fail
 from tests.support.fleet_cli import assert_one_error_line, run_fleet
 from tests.support.moto_server import aws_env, run_tagged_instance, start_moto_server
@@ -569,19 +570,40 @@ def secrets_unit(host: Host, moto) -> Path:
     return unit
 
 
+def put_secrets(moto, server) -> object:
+    """The stack's SSM parameters as infra writes them; returns the SSM client."""
+    ssm = moto.client("ssm")
+    for name, value in (("worker-token", "OldToken1"), ("worker-tls-key", server.key_pem.decode())):
+        ssm.put_parameter(Name=f"/hdtp/fleet-test/{name}", Value=value, Type="SecureString", Overwrite=True)
+    ssm.put_parameter(
+        Name="/hdtp/fleet-test/worker-tls-cert", Value=server.cert_pem.decode(), Type="String", Overwrite=True
+    )
+    return ssm
+
+
+def serve_from_secrets(host: Host, moto, tls_ca: Path | None = None) -> Path:
+    """Install the worker as user-data does now: the boot's fetch, then the unit reading the
+    secrets folder (token file; with `tls_ca`, the certificate and key too). Returns the folder."""
+    host.install(bundle_files(ROLE))
+    subprocess.run([str(secrets_unit(host, moto))], check=True, timeout=60, capture_output=True)
+    secrets = host.root / "etc" / ROLE / "secrets"
+    env = f"WORKER_TOKEN_FILE={secrets / 'worker-token'}\n"
+    if tls_ca:
+        env += f"WORKER_TLS_CERT={secrets / 'tls.crt'}\nWORKER_TLS_KEY={secrets / 'tls.key'}\n"
+        host.url = host.url.replace("http://", "https://")
+    host.env_file.write_text(host.env_file.read_text().replace("WORKER_TOKEN=\n", env))
+    stand_in_systemctl(host.root, "restart")
+    wait_http_ok(f"{host.url}/healthz", timeout=30, tls=TlsClient(tls_ca) if tls_ca else None)
+    outputs = {**json.loads(host.outputs.read_text()), "worker_token": "OldToken1"}
+    outputs["workers"][0]["url"] = host.url
+    host.outputs.write_text(json.dumps(outputs))
+    return secrets
+
+
 def test_rotate_token_over_ssh_starts_each_hosts_secrets_unit(host, moto):
     moto.reset()
-    ssm, server = moto.client("ssm"), Authority().issue()
-    for name, value in (("worker-token", "OldToken1"), ("worker-tls-key", server.key_pem.decode())):
-        ssm.put_parameter(Name=f"/hdtp/fleet-test/{name}", Value=value, Type="SecureString")
-    ssm.put_parameter(Name="/hdtp/fleet-test/worker-tls-cert", Value=server.cert_pem.decode(), Type="String")
-    build = host.install(bundle_files(ROLE))
-    subprocess.run([str(secrets_unit(host, moto))], check=True, timeout=60, capture_output=True)  # the boot's fetch
-    token_file = host.root / "etc" / ROLE / "secrets" / "worker-token"
-    host.env_file.write_text(host.env_file.read_text().replace("WORKER_TOKEN=\n", f"WORKER_TOKEN_FILE={token_file}\n"))
-    stand_in_systemctl(host.root, "restart")
-    wait_build(host.url, build)
-    host.outputs.write_text(json.dumps({**json.loads(host.outputs.read_text()), "worker_token": "OldToken1"}))
+    ssm = put_secrets(moto, Authority().issue())
+    token_file = serve_from_secrets(host, moto) / "worker-token"
 
     result = fleet("rotate-token", "--interval", "0.3", "--grace", "0", "--timeout", "30", *host.flags(),
                    env=aws_env(moto.url))  # fmt: skip
@@ -615,3 +637,23 @@ def test_a_host_whose_secrets_unit_fails_is_named_and_the_rotation_rolls_back(ho
     assert ssm.get_parameter(Name="/hdtp/fleet-test/worker-token", WithDecryption=True)["Parameter"]["Value"] == (
         "OldToken1"
     )
+
+
+def test_refresh_secrets_over_ssh_brings_a_renewed_certificate_to_a_tls_host(host, moto):
+    moto.reset()
+    authority = Authority()
+    put_secrets(moto, authority.issue())
+    ca_file = authority.write_ca(host.tmp)
+    serve_from_secrets(host, moto, tls_ca=ca_file)
+    pinning = {"worker_ca_pem": authority.cert_pem.decode(), "worker_tls_name": FLEET_TLS_NAME}
+    host.outputs.write_text(json.dumps({**json.loads(host.outputs.read_text()), **pinning}))
+    renewed = authority.issue()
+    put_secrets(moto, renewed)  # what `pulumi up` does with a renewed certificate (same CA)
+
+    result = fleet("refresh-secrets", "--interval", "0.3", "--timeout", "30", *host.flags(), env=aws_env(moto.url))
+    assert result.returncode == 0, result.stderr
+    wanted = fleet_tls.sha256(fleet_tls.first_certificate(renewed.cert_pem.decode(), "renewed"))
+    assert f"all 1 workers present the certificate in /hdtp/fleet-test/worker-tls-cert (sha256 {wanted})" in (
+        result.stdout
+    )
+    assert host.calls("systemctl").count(f"start {ROLE}-secrets") == 1
