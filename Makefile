@@ -13,6 +13,7 @@ help:
 	@echo "make test    set up, then run every test (pytest + node --test)"
 	@echo "make lint    ruff check + ruff format --check, and worker-nodejs's npm lint; make format fixes"
 	@echo "make workers start both workers in the background (PYTHON_WORKERS=2 NODEJS_WORKERS=2: more); make stop stops them"
+	@echo "make run TLS=1 (or MTLS=1)  the same over verified TLS with a local CA and a token, as in the cloud"
 	@echo "make bench   benchmarks (tables of medians and ratios)"
 
 setup: $(VENV)/.installed worker-nodejs/node_modules/.installed infra/policy/.venv/.installed
@@ -33,11 +34,14 @@ worker-nodejs/node_modules/.installed: worker-nodejs/package.json worker-nodejs/
 	cd worker-nodejs && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# TLS=1: the workers serve HTTPS with a local CA and a token, as the cloud does; MTLS=1 adds client certificates.
+LOCAL_FLAGS = $(if $(filter-out 0,$(TLS)),--tls) $(if $(filter-out 0,$(MTLS)),--mtls)
+
 workers: setup
-	$(PY) -m scripts.local start
+	$(PY) -m scripts.local start $(LOCAL_FLAGS)
 
 run: setup
-	$(PY) -m scripts.local run
+	$(PY) -m scripts.local run $(LOCAL_FLAGS)
 
 stop:
 	@test -x $(PY) && $(PY) -m scripts.local stop || true

@@ -6,6 +6,7 @@ developer's own `make run` is never touched; every run is bounded by a timeout.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ from scripts import local
 from scripts.testkit.procs import ROOT, free_port
 
 
-def runner(command: str, tmp_path, timeout: float = 90, **ports: int) -> subprocess.CompletedProcess:
+def runner(command: str, tmp_path, timeout: float = 90, flags: tuple = (), **ports: int) -> subprocess.CompletedProcess:
     env = {
         key: value
         for key, value in os.environ.items()
@@ -29,7 +30,7 @@ def runner(command: str, tmp_path, timeout: float = 90, **ports: int) -> subproc
     }
     env.update({"LOCAL_RUN_DIR": str(tmp_path / "run"), **{k: str(v) for k, v in ports.items()}})
     return subprocess.run(
-        [sys.executable, "-m", "scripts.local", command],
+        [sys.executable, "-m", "scripts.local", command, *flags],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -307,3 +308,138 @@ def test_a_2_plus_2_pool_finishes_a_batch_with_exact_pixels_when_a_worker_dies_m
     for name, pixels in images.items():
         out = np.asarray(Image.open(tmp_path / "out" / name))
         assert np.array_equal(out, 255 - pixels), name
+
+
+# --- TLS=1 / MTLS=1: the cloud's security setup on loopback ------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def _tls_start(tmp_path, flag: str, **ports: int) -> subprocess.CompletedProcess:
+    """`make workers TLS=1` (MTLS=1) as make runs it: the runner with --tls (--mtls)."""
+    return runner("start", tmp_path, flags=(flag,), **ports)
+
+
+def _cli_invert(tmp_path, source: Path, out: Path) -> subprocess.CompletedProcess:
+    from scripts.testkit.cli import run_cli
+
+    workers_file = str(tmp_path / "run" / local.WORKERS_FILE)
+    return run_cli("process", str(source), "-o", str(out), "--plan", "invert", "--workers-file", workers_file)
+
+
+def test_make_run_tls_leaves_the_plain_default_alone():
+    """The Makefile passes --tls / --mtls only when asked; plain `make run` is the same command as before."""
+    plain = subprocess.run(["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    tls = subprocess.run(["make", "-n", "workers", "TLS=1"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    off = subprocess.run(["make", "-n", "run", "TLS=0"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert plain.stdout.strip().splitlines()[-1].split() == [".venv/bin/python", "-m", "scripts.local", "run"]
+    assert tls.stdout.strip().splitlines()[-1].split()[-2:] == ["start", "--tls"]
+    assert off.stdout.strip().splitlines()[-1].split()[-1] == "run"
+    assert local.page_env({}, {"worker-python": 6011, "page": 6013}, tls=True)["COORDINATOR_WORKERS_FILE"] == str(
+        local.RUN_DIR / local.WORKERS_FILE
+    )
+
+
+def test_tls_workers_serve_verified_https_and_the_cli_gets_the_pixels_of_plain_mode(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from scripts.testkit.procs import TlsClient, http_session
+
+    ports = {"PYTHON_WORKER_PORT": free_port(), "NODEJS_WORKER_PORT": free_port()}
+    source = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (240, 160, 3), dtype=np.uint8)).save(source)
+    folder, outputs = tmp_path / "run" / local.TLS_DIR, tmp_path / "run" / local.WORKERS_FILE
+    try:
+        started = _tls_start(tmp_path, "--tls", **ports)
+        assert started.returncode == 0, started.stderr
+        assert "TLS: made CA, server certificate, token in" in started.stdout
+        listed = json.loads(outputs.read_text())
+        assert [w["url"] for w in listed["workers"]] == [f"https://127.0.0.1:{p}" for p in ports.values()]
+        assert listed["worker_tls_name"] == local.FLEET_TLS_NAME and "BEGIN CERTIFICATE" in listed["worker_ca_pem"]
+        assert _mode(outputs) == 0o600 and _mode(folder) == 0o700
+        assert all(_mode(folder / name) == 0o600 for name in ("ca.key", "server.key", "worker-token"))
+        pinned = http_session(TlsClient(folder / "ca.crt"))
+        for port in ports.values():
+            url = f"https://127.0.0.1:{port}"
+            assert pinned.get(f"{url}/healthz", timeout=5).json()["tls"] is True
+            assert pinned.post(f"{url}/process", data=b"", timeout=5).status_code == 401  # the token is required
+            with pytest.raises(requests.ConnectionError):  # a plain-HTTP client is cut off
+                requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            with pytest.raises(requests.exceptions.SSLError):  # the system's CAs do not vouch for it
+                requests.get(f"{url}/healthz", timeout=5)
+        plain_start = runner("start", tmp_path, timeout=30, **ports)
+        assert plain_start.returncode == 1 and "already running over TLS" in plain_start.stderr
+        over_tls = _cli_invert(tmp_path, source, tmp_path / "tls.png")
+        assert over_tls.returncode == 0, over_tls.stderr
+        assert "on https://127.0.0.1:" in over_tls.stderr
+        assert runner("stop", tmp_path, timeout=60).returncode == 0
+        assert runner("start", tmp_path, **ports).returncode == 0  # the default: plain HTTP, as before
+        assert "worker_ca_pem" not in json.loads(outputs.read_text())
+        over_http = _cli_invert(tmp_path, source, tmp_path / "plain.png")
+        assert over_http.returncode == 0 and "on http://127.0.0.1:" in over_http.stderr, over_http.stderr
+    finally:
+        runner("stop", tmp_path, timeout=60)
+    tls_pixels, plain_pixels = (np.asarray(Image.open(tmp_path / name)) for name in ("tls.png", "plain.png"))
+    assert np.array_equal(tls_pixels, plain_pixels)
+    assert np.array_equal(plain_pixels, 255 - np.asarray(Image.open(source)))
+
+
+def test_a_second_tls_start_reuses_the_ca_and_remakes_an_expired_server_certificate(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from scripts import local_tls
+
+    ports = {"PYTHON_WORKER_PORT": free_port(), "NODEJS_WORKER_PORT": free_port()}
+    folder = tmp_path / "run" / local.TLS_DIR
+    _tls, made = local_tls.ensure(folder)
+    assert made == ["CA", "server certificate", "token"]
+    ca_pem, token = (folder / "ca.crt").read_bytes(), (folder / "worker-token").read_bytes()
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    ca_key = load_pem_private_key((folder / "ca.key").read_bytes(), None)
+    old = local_tls.issue(ca, ca_key, local.FLEET_TLS_NAME, local_tls.validity(30, expired=True))
+    local_tls.write_private(folder / "server.crt", local_tls.cert_pem(old[0]))
+    local_tls.write_private(folder / "server.key", local_tls.key_pem(old[1]))  # a pair: only the date is wrong
+    try:
+        started = _tls_start(tmp_path, "--tls", **ports)
+        assert started.returncode == 0, started.stderr  # healthy: the start's probe verified the new certificate
+        assert "TLS: made server certificate in" in started.stdout
+        assert (folder / "ca.crt").read_bytes() == ca_pem and (folder / "worker-token").read_bytes() == token
+        renewed = x509.load_pem_x509_certificate((folder / "server.crt").read_bytes())
+        assert renewed.not_valid_after_utc > old[0].not_valid_after_utc
+        assert _mode(folder / "server.key") == 0o600
+        assert runner("stop", tmp_path, timeout=60).returncode == 0
+        again = _tls_start(tmp_path, "--tls", **ports)
+        assert again.returncode == 0 and "TLS: reusing the local CA, certificates and token in" in again.stdout
+        assert (folder / "server.crt").read_bytes() == local_tls.cert_pem(renewed)
+    finally:
+        runner("stop", tmp_path, timeout=60)
+
+
+def test_mtls_workers_require_the_local_client_certificate_and_the_cli_presents_it(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from scripts.testkit.procs import TlsClient, http_session
+
+    ports = {"PYTHON_WORKER_PORT": free_port(), "NODEJS_WORKER_PORT": free_port()}
+    source = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(6).integers(0, 256, (120, 90, 3), dtype=np.uint8)).save(source)
+    folder = tmp_path / "run" / local.TLS_DIR
+    try:
+        started = _tls_start(tmp_path, "--mtls", **ports)
+        assert started.returncode == 0, started.stderr
+        assert _mode(folder / "client.key") == 0o600
+        assert "worker_client_key_pem" in json.loads((tmp_path / "run" / local.WORKERS_FILE).read_text())
+        no_client_cert = http_session(TlsClient(folder / "ca.crt"))
+        for port in ports.values():
+            with pytest.raises(requests.ConnectionError):  # SSLError included: refused at the handshake
+                no_client_cert.get(f"https://127.0.0.1:{port}/healthz", timeout=5)
+        done = _cli_invert(tmp_path, source, tmp_path / "out.png")
+        assert done.returncode == 0, done.stderr
+    finally:
+        runner("stop", tmp_path, timeout=60)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), 255 - np.asarray(Image.open(source)))
