@@ -52,7 +52,10 @@ class Rotation:
         self.publish_both(name, before, current, following, targets)
         time.sleep(self.grace)  # requests already sent with the current token finish
         self.retire(name, current, following, targets)
-        print(f"token rotated: {len(targets)} workers accept only the new token")
+        print(
+            f"token rotated: {len(targets)} workers accept only the new token. Run `pulumi refresh` before "
+            "the next `make stack-outputs`: until then Pulumi's state holds the old token"
+        )
         return 0
 
     def check_start(self, name: str) -> tuple[str, str]:
@@ -62,7 +65,7 @@ class Rotation:
         if current not in token_lines(before):
             raise FleetError(
                 f"the outputs file's worker_token is not in {name}; refresh the file "
-                "(`make stack-outputs`) before rotating (no value shown)"
+                "(`pulumi refresh`, then `make stack-outputs`) before rotating (no value shown)"
             )
         self.say(f"read {name}: {len(token_lines(before))} token(s), the outputs file's among them")
         return current, before

@@ -609,6 +609,7 @@ def test_rotate_token_over_ssh_starts_each_hosts_secrets_unit(host, moto):
                    env=aws_env(moto.url))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "over SSH" in result.stderr and "[7/7]" in result.stderr
+    assert "Run `pulumi refresh` before the next `make stack-outputs`" in result.stdout
     assert host.calls("systemctl").count(f"start {ROLE}-secrets") == 2  # current+next, then next alone
     new = json.loads(host.outputs.read_text())["worker_token"]
     assert new != "OldToken1" and token_file.read_text() == f"{new}\n"
