@@ -19,18 +19,12 @@ import uuid
 import numpy as np
 import pytest
 import requests
-from jsonschema import Draft7Validator
 from PIL import Image
-from referencing import Registry
-from referencing.jsonschema import DRAFT7
 
 from scripts.testkit.images import encoded, photo, solid_png
-from scripts.testkit.procs import ROOT, RUNTIMES, start_worker
+from scripts.testkit.procs import RUNTIMES
+from tests.support.contract import MANIFEST, VECTORS, assert_start_up_refused, check_error, validate, vector_input
 
-SPEC = json.loads((ROOT / "tests" / "contract" / "openapi.json").read_text())
-SCHEMAS = Registry().with_resource("urn:openapi", DRAFT7.create_resource(SPEC))
-VECTORS = ROOT / "tests" / "vectors"
-MANIFEST = json.loads((VECTORS / "manifest.json").read_text())
 KNOWN_OPS = {"grayscale", "sepia", "invert", "blur"}
 REQUIRED_OPS = {"grayscale", "sepia", "invert"}
 SERVICE = {"python": "worker-python", "nodejs": "worker-nodejs"}
@@ -50,10 +44,6 @@ TIMEOUT = 30
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def vector_input(name: str) -> bytes:
-    return (VECTORS / "inputs" / name).read_bytes()
 
 
 def content_type_of(name: str) -> str:
@@ -83,23 +73,6 @@ def assert_close(got: np.ndarray, expected: np.ndarray, tolerance: float, mean_t
     )
     if mean_tolerance is not None:
         assert diff.mean() <= mean_tolerance, f"{what}: mean |diff| {diff.mean():.2f} > {mean_tolerance}"
-
-
-def validate(instance, schema_name: str) -> None:
-    Draft7Validator({"$ref": f"urn:openapi#/components/schemas/{schema_name}"}, registry=SCHEMAS).validate(instance)
-
-
-def assert_error(response: requests.Response, status: int, code: str) -> dict:
-    assert response.status_code == status, f"want {status} {code}, got {response.status_code}: {response.text[:300]}"
-    assert response.headers.get("Content-Type", "").startswith("application/json")
-    body = response.json()
-    validate(body, "Error")
-    assert body["error"]["code"] == code, body
-    message = body["error"]["message"]
-    assert message.strip() and "\n" not in message, f"message must be one line: {message!r}"
-    if status == 503:
-        assert re.fullmatch(r"\d+", response.headers.get("Retry-After", "")), "503 needs Retry-After seconds"
-    return body
 
 
 def post(
@@ -242,14 +215,7 @@ def test_healthz_shows_configured_limits_and_needs_no_token(strict_worker):
 )
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_bad_config_stops_start_up_with_one_line_and_exit_2(tmp_path, runtime, name, value):
-    worker = start_worker(runtime, tmp_path, {name: value}, wait=False)
-    try:
-        code = worker.proc.wait(timeout=20)
-    finally:
-        worker.stop()
-    lines = [line for line in worker.log_text().splitlines() if line.strip()]
-    assert code == 2, worker.log_text()[-500:]
-    assert len(lines) == 1 and name in lines[0], f"want one line naming {name}, got: {lines}"
+    assert_start_up_refused(runtime, tmp_path, {name: value}, name)
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -282,13 +248,13 @@ def test_vector(any_worker, worker_health, case):
 @pytest.mark.parametrize("error", MANIFEST["errors"], ids=[e["input"] for e in MANIFEST["errors"]])
 def test_error_vector(any_worker, error):
     response = post(any_worker, vector_input(error["input"]), error["content_type"], params={"op": "invert"})
-    assert_error(response, error["status"], error["code"])
+    check_error(response, error["status"], error["code"])
 
 
 def test_unoffered_ops_are_unknown(any_worker, worker_health):
     for op in ["sharpen", "GRAYSCALE", *sorted(KNOWN_OPS - set(worker_health["operations"]))]:
         response = post(any_worker, vector_input("photo.png"), params={"op": op})
-        assert_error(response, 400, "unknown_op")
+        check_error(response, 400, "unknown_op")
 
 
 def test_no_op_applies_primary_and_returns_png(any_worker, worker_health):
@@ -328,11 +294,11 @@ def test_multipart_without_image_field(any_worker):
         timeout=TIMEOUT,
         files={"picture": ("strip.png", vector_input("photo.png"), "image/png")},
     )
-    assert_error(response, 400, "missing_image")
+    check_error(response, 400, "missing_image")
 
 
 def test_empty_body_is_missing_image(any_worker):
-    assert_error(post(any_worker, b"", params={"op": "invert"}), 400, "missing_image")
+    check_error(post(any_worker, b"", params={"op": "invert"}), 400, "missing_image")
 
 
 def test_multipart_body_without_its_boundary_is_bad_image(any_worker):
@@ -340,7 +306,7 @@ def test_multipart_body_without_its_boundary_is_bad_image(any_worker):
     response = post(
         any_worker, b"this body has no parts at all", "multipart/form-data; boundary=xyz123", params={"op": "invert"}
     )
-    assert_error(response, 400, "bad_image")
+    check_error(response, 400, "bad_image")
 
 
 def test_bytes_decide_the_input_format_not_the_content_type(any_worker):
@@ -487,7 +453,7 @@ def test_parameter_defaults(any_worker, default, explicit):
 )
 def test_bad_parameters(any_worker, params):
     response = post(any_worker, vector_input("photo.png"), params={"op": "invert", **params})
-    assert_error(response, 400, "bad_param")
+    check_error(response, 400, "bad_param")
 
 
 @pytest.mark.parametrize("radius", ["0", "-1", "50.5", "51", "wide"])
@@ -495,7 +461,7 @@ def test_bad_blur_radius(any_worker, worker_health, radius):
     if "blur" not in worker_health["operations"]:
         pytest.skip(f"{worker_health['service']} does not offer blur")
     response = post(any_worker, vector_input("photo.png"), params={"op": "blur", "radius": radius})
-    assert_error(response, 400, "bad_param")
+    check_error(response, 400, "bad_param")
 
 
 def test_blur_radius_upper_bound_is_allowed(any_worker, worker_health):
@@ -524,7 +490,7 @@ def test_request_id_generated_when_absent_and_on_errors(any_worker):
     other = post(any_worker, vector_input("photo.png"), params={"op": "invert"})
     assert other.headers["X-Request-Id"] != ok.headers["X-Request-Id"]
     failed = post(any_worker, b"", params={"op": "invert"}, headers={"X-Request-Id": "contract-req-err"})
-    assert_error(failed, 400, "missing_image")
+    check_error(failed, 400, "missing_image")
     assert failed.headers.get("X-Request-Id") == "contract-req-err"
 
 
@@ -566,13 +532,13 @@ def test_logs_are_json_lines_with_request_fields_and_no_token(strict_worker):
 )
 def test_unknown_route_or_method(any_worker, method, path, status, code):
     response = requests.request(method, any_worker.url + path, timeout=TIMEOUT)
-    assert_error(response, status, code)
+    check_error(response, status, code)
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/octet-stream", None])
 def test_unsupported_content_type(any_worker, content_type):
     response = post(any_worker, vector_input("photo.png"), content_type, params={"op": "invert"})
-    assert_error(response, 415, "unsupported_type")
+    check_error(response, 415, "unsupported_type")
 
 
 def test_mutated_inputs_never_get_500(any_worker):
@@ -596,22 +562,22 @@ def test_mutated_inputs_never_get_500(any_worker):
 
 def test_token_required(strict_worker):
     body = vector_input("photo.png")
-    assert_error(post(strict_worker, body), 401, "unauthorized")
+    check_error(post(strict_worker, body), 401, "unauthorized")
     for value in (f"Bearer {TOKEN}x", "Bearer wrong", TOKEN, f"Basic {TOKEN}", "Bearer "):
-        assert_error(post(strict_worker, body, headers={"Authorization": value}), 401, "unauthorized")
+        check_error(post(strict_worker, body, headers={"Authorization": value}), 401, "unauthorized")
     assert post(strict_worker, body, headers=AUTH).status_code == 200
 
 
 def test_too_large_by_content_length(strict_worker):
     response = post(strict_worker, b"\x89PNG" + bytes(25000), headers=AUTH)
-    assert_error(response, 413, "too_large")
+    check_error(response, 413, "too_large")
 
 
 def test_too_large_counted_while_reading_chunked_body(strict_worker):
     chunks = (bytes(1000) for _ in range(30))  # a generator: requests sends it chunked, no length
     response = post(strict_worker, chunks, headers=AUTH)
     assert "Content-Length" not in response.request.headers
-    assert_error(response, 413, "too_large")
+    check_error(response, 413, "too_large")
 
 
 def test_huge_declared_body_is_refused_without_reading_it(strict_worker):
@@ -630,7 +596,7 @@ def test_huge_declared_body_is_refused_without_reading_it(strict_worker):
 
 
 def test_pixel_limit_is_checked_from_the_header(strict_worker):
-    assert_error(post(strict_worker, solid_png(200, 51), headers=AUTH), 413, "too_many_pixels")
+    check_error(post(strict_worker, solid_png(200, 51), headers=AUTH), 413, "too_many_pixels")
     assert post(strict_worker, solid_png(200, 50), headers=AUTH).status_code == 200  # exactly the limit
 
 
@@ -673,16 +639,16 @@ def test_check_order(strict_worker, name, request_kwargs, status, code):
         data = kwargs.pop("data")
         data = vector_input("huge_header.png") if data is None else data
         response = post(strict_worker, data, kwargs.pop("content_type", "image/png"), headers=headers, **kwargs)
-    assert_error(response, status, code)
+    check_error(response, status, code)
 
 
 def test_busy_when_all_slots_are_taken(strict_worker):
     held, busy = hold_slot(strict_worker, AUTH)
     try:
-        assert_error(busy, 503, "busy")
+        check_error(busy, 503, "busy")
         # the order still holds while busy: 401 before busy, busy before 413 and 415
-        assert_error(post(strict_worker, vector_input("photo.png")), 401, "unauthorized")
-        assert_error(post(strict_worker, bytes(25000), "text/plain", headers=AUTH), 503, "busy")
+        check_error(post(strict_worker, vector_input("photo.png")), 401, "unauthorized")
+        check_error(post(strict_worker, bytes(25000), "text/plain", headers=AUTH), 503, "busy")
         assert requests.get(strict_worker.url + "/healthz", timeout=TIMEOUT).status_code == 200
         status, headers, data = held.finish()
     finally:
@@ -718,7 +684,7 @@ def test_sigterm_lets_inflight_request_finish_and_exits_0(worker_factory, runtim
     worker = worker_factory(runtime, STRICT_ENV)
     held, busy = hold_slot(worker, AUTH)
     try:
-        assert_error(busy, 503, "busy")
+        check_error(busy, 503, "busy")
         worker.signal(signal.SIGTERM)
         wait_not_ok(worker)
         status, _, data = held.finish()
@@ -735,7 +701,7 @@ def test_draining_refuses_new_work(worker_factory, runtime):
     worker = worker_factory(runtime, STRICT_ENV)
     held, busy = hold_slot(worker, AUTH)
     try:
-        assert_error(busy, 503, "busy")
+        check_error(busy, 503, "busy")
         worker.signal(signal.SIGTERM)
         deadline = time.monotonic() + 5
         while (
@@ -745,9 +711,9 @@ def test_draining_refuses_new_work(worker_factory, runtime):
         assert response.status_code == 503
         validate(response.json(), "Health")
         assert response.json()["status"] == "draining"
-        assert_error(post(worker, vector_input("photo.png")), 503, "draining")  # before 401
-        assert_error(post(worker, vector_input("photo.png"), headers=AUTH), 503, "draining")
-        assert_error(requests.get(worker.url + "/nope", timeout=TIMEOUT), 404, "not_found")
+        check_error(post(worker, vector_input("photo.png")), 503, "draining")  # before 401
+        check_error(post(worker, vector_input("photo.png"), headers=AUTH), 503, "draining")
+        check_error(requests.get(worker.url + "/nope", timeout=TIMEOUT), 404, "not_found")
         status, _, _ = held.finish()
     finally:
         held.close()

@@ -9,26 +9,19 @@ clients come from scripts/testkit/hostile_client.py; every attack is bounded in 
 from __future__ import annotations
 
 import io
-import json
 import re
 import time
 
 import numpy as np
 import pytest
 import requests
-from jsonschema import Draft7Validator
 from PIL import Image
-from referencing import Registry
-from referencing.jsonschema import DRAFT7
 
 from scripts.testkit import hostile_client as hostile
 from scripts.testkit.hostile_client import HealthProbe, Reply, Target
-from scripts.testkit.procs import ROOT, RUNTIMES, start_worker
+from scripts.testkit.procs import RUNTIMES
+from tests.support.contract import MANIFEST, VECTORS, assert_start_up_refused, check_error, validate, vector_input
 
-SPEC = json.loads((ROOT / "tests" / "contract" / "openapi.json").read_text())
-SCHEMAS = Registry().with_resource("urn:openapi", DRAFT7.create_resource(SPEC))
-VECTORS = ROOT / "tests" / "vectors"
-MANIFEST = json.loads((VECTORS / "manifest.json").read_text())
 TOKEN = "rules-s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MAX_BYTES = 20000
@@ -42,38 +35,6 @@ TIMEOUT = 30
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def vector(name: str) -> bytes:
-    return (VECTORS / "inputs" / name).read_bytes()
-
-
-def validate(instance, schema_name: str) -> None:
-    Draft7Validator({"$ref": f"urn:openapi#/components/schemas/{schema_name}"}, registry=SCHEMAS).validate(instance)
-
-
-def as_reply(response: requests.Response) -> Reply:
-    headers = {name.lower(): value for name, value in response.headers.items()}
-    return Reply(response.status_code, headers, response.content, response.elapsed.total_seconds())
-
-
-def check_error(reply: Reply | requests.Response | None, status: int | tuple, code: str | None = None) -> dict:
-    """The reply is the contract's JSON error with that status (one of them) and code."""
-    assert reply is not None, f"the server closed the connection without a reply (want {status} {code})"
-    if isinstance(reply, requests.Response):
-        reply = as_reply(reply)
-    statuses = status if isinstance(status, tuple) else (status,)
-    assert reply.status in statuses, f"want {status} {code}, got {reply.status}: {reply.body[:300]!r}"
-    assert reply.headers.get("content-type", "").startswith("application/json"), reply.headers
-    body = json.loads(reply.body)
-    validate(body, "Error")
-    if code is not None:
-        assert body["error"]["code"] == code, body
-    message = body["error"]["message"]
-    assert message.strip() and "\n" not in message, f"message must be one line: {message!r}"
-    if reply.status == 503:
-        assert re.fullmatch(r"\d+", reply.headers.get("retry-after", "")), "503 needs Retry-After seconds"
-    return body
 
 
 def post_query(worker, query: str, data: bytes, content_type: str = "image/png", headers=None):
@@ -162,7 +123,7 @@ DRIFTS = [  # (id, query, input, content type, status, code)
 def test_issue14_drift(any_worker, name, query, data, content_type, status, code):
     if "op=blur" in query and not offers(any_worker, "blur"):
         pytest.skip("blur not offered")
-    response = post_query(any_worker, query, vector(data), content_type)
+    response = post_query(any_worker, query, vector_input(data), content_type)
     if status == 200:
         assert response.status_code == 200, response.text[:300]
     else:
@@ -265,32 +226,32 @@ def skip_unless_offered(worker, query: str) -> None:
 @pytest.mark.parametrize("query", [q for _, q in PARAMS_OK], ids=[i for i, _ in PARAMS_OK])
 def test_param_accepted(any_worker, query):
     skip_unless_offered(any_worker, query)
-    response = post_query(any_worker, query, vector("photo.png"))
+    response = post_query(any_worker, query, vector_input("photo.png"))
     assert response.status_code == 200, response.text[:300]
 
 
 @pytest.mark.parametrize("query", [q for _, q in PARAMS_BAD], ids=[i for i, _ in PARAMS_BAD])
 def test_param_refused(any_worker, query):
     skip_unless_offered(any_worker, query)
-    check_error(post_query(any_worker, query, vector("photo.png")), 400, "bad_param")
+    check_error(post_query(any_worker, query, vector_input("photo.png")), 400, "bad_param")
 
 
 @pytest.mark.parametrize("query", [q for _, q in OP_VALUES_UNKNOWN], ids=[i for i, _ in OP_VALUES_UNKNOWN])
 def test_op_value_not_exact_is_unknown_op(any_worker, query):
-    check_error(post_query(any_worker, query, vector("photo.png")), 400, "unknown_op")
+    check_error(post_query(any_worker, query, vector_input("photo.png")), 400, "unknown_op")
 
 
 def test_uppercase_op_key_is_ignored_so_the_primary_op_applies(any_worker):
     """`OP=invert` is an unknown key: ignored, the primary op applies (not invert)."""
     primary = health(any_worker)["primary"]
-    response = post_query(any_worker, "OP=invert&format=raw", vector("photo.png"))
+    response = post_query(any_worker, "OP=invert&format=raw", vector_input("photo.png"))
     assert response.status_code == 200, response.text[:300]
     expected = expected_pixels(f"expected/photo_png-{primary}.png")
     assert_pixels(raw_pixels(response.content), expected, 1, "OP=invert")
 
 
 def test_lossless_1_is_lossless(any_worker):
-    response = post_query(any_worker, "op=invert&format=webp&lossless=1", vector("photo.png"))
+    response = post_query(any_worker, "op=invert&format=webp&lossless=1", vector_input("photo.png"))
     assert response.status_code == 200, response.text[:300]
     got = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
     assert_pixels(got, expected_pixels("expected/photo_png-invert.png"), 0, "lossless=1")
@@ -321,7 +282,7 @@ AUTH_FORMS = [  # (id, header value, status)
 
 @pytest.mark.parametrize("value, status", [(v, s) for _, v, s in AUTH_FORMS], ids=[i for i, _, _ in AUTH_FORMS])
 def test_authorization_form(token_worker, value, status):
-    reply = authorised_raw(Target.of(token_worker.url), value, vector("photo.png"))
+    reply = authorised_raw(Target.of(token_worker.url), value, vector_input("photo.png"))
     if status == 200:
         assert reply is not None and reply.status == 200, reply and reply.body[:300]
     else:
@@ -352,7 +313,7 @@ SNIFF_EXTRA = [  # existing inputs whose format is refused, sent under a content
     "case", RULE_VECTORS + SNIFF_EXTRA, ids=[f"rule{c['rule']}-{c['input']}" for c in RULE_VECTORS + SNIFF_EXTRA]
 )
 def test_format_rule(any_worker, case):
-    response = post_query(any_worker, "op=invert&format=raw", vector(case["input"]), case["content_type"])
+    response = post_query(any_worker, "op=invert&format=raw", vector_input(case["input"]), case["content_type"])
     if case["status"] != 200:
         check_error(response, case["status"], case["code"])
         return
@@ -374,7 +335,7 @@ MULTIPART_TYPE = "multipart/form-data; boundary=RuleBoundary"
 
 
 def test_multipart_image_without_filename(any_worker):
-    body = multipart([('name="image"', vector("photo.png"))])
+    body = multipart([('name="image"', vector_input("photo.png"))])
     response = post_query(any_worker, "op=invert&format=raw", body, MULTIPART_TYPE)
     assert response.status_code == 200, response.text[:300]
     assert_pixels(raw_pixels(response.content), expected_pixels("expected/photo_png-invert.png"), 1)
@@ -383,15 +344,15 @@ def test_multipart_image_without_filename(any_worker):
 def test_multipart_two_image_parts_is_bad_param(any_worker):
     body = multipart(
         [
-            ('name="image"; filename="a.png"', vector("photo.png")),
-            ('name="image"; filename="b.png"', vector("photo.png")),
+            ('name="image"; filename="a.png"', vector_input("photo.png")),
+            ('name="image"; filename="b.png"', vector_input("photo.png")),
         ]
     )
     check_error(post_query(any_worker, "op=invert", body, MULTIPART_TYPE), 400, "bad_param")
 
 
 def test_multipart_without_closing_boundary_is_bad_image(any_worker):
-    body = multipart([('name="image"; filename="a.png"', vector("photo.png"))], close=False)
+    body = multipart([('name="image"; filename="a.png"', vector_input("photo.png"))], close=False)
     check_error(post_query(any_worker, "op=invert", body, MULTIPART_TYPE), 400, "bad_image")
     alive(any_worker)
 
@@ -472,12 +433,12 @@ def framework_probe_replies(worker) -> dict:
         "healthz": requests.get(url + "/healthz", timeout=TIMEOUT),
         "process-200": requests.post(
             url + "/process?op=invert",
-            data=vector("photo.png"),
+            data=vector_input("photo.png"),
             timeout=TIMEOUT,
             headers={"Content-Type": "image/png", **AUTH},
         ),
         "401": requests.post(
-            url + "/process", data=vector("photo.png"), timeout=TIMEOUT, headers={"Content-Type": "image/png"}
+            url + "/process", data=vector_input("photo.png"), timeout=TIMEOUT, headers={"Content-Type": "image/png"}
         ),
         "404": requests.get(url + "/nope", timeout=TIMEOUT),
         "405": requests.options(url + "/process", timeout=TIMEOUT),
@@ -568,14 +529,7 @@ def test_healthz_shows_pixel_admission_defaults(any_worker):
 @pytest.mark.parametrize("value", ["0", "lots", "-5"])
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_bad_inflight_pixels_setting_stops_start_up(tmp_path, runtime, value):
-    worker = start_worker(runtime, tmp_path, {"WORKER_MAX_INFLIGHT_PIXELS": value}, wait=False)
-    try:
-        code = worker.proc.wait(timeout=20)
-    finally:
-        worker.stop()
-    lines = [line for line in worker.log_text().splitlines() if line.strip()]
-    assert code == 2, worker.log_text()[-500:]
-    assert len(lines) == 1 and "WORKER_MAX_INFLIGHT_PIXELS" in lines[0], lines
+    assert_start_up_refused(runtime, tmp_path, {"WORKER_MAX_INFLIGHT_PIXELS": value}, "WORKER_MAX_INFLIGHT_PIXELS")
 
 
 class HeldReply:
@@ -621,12 +575,12 @@ def test_pixel_admission_holds_until_the_reply_is_gone(admission_worker):
         assert body.get("max_inflight_pixels") == 6_000_000, body
         assert body.get("inflight_pixels") == width * height, body
         check_error(post_query(admission_worker, "op=invert", flat_png(width, height)), 503, "busy")
-        check_error(post_query(admission_worker, "op=invert", vector("photo.png")), 503, "busy")
+        check_error(post_query(admission_worker, "op=invert", vector_input("photo.png")), 503, "busy")
     finally:
         held.close()
     freed = wait_for(lambda: health(admission_worker).get("inflight_pixels") == 0)
     assert freed, f"pixels still held after the client left: {health(admission_worker)}"
-    assert post_query(admission_worker, "op=invert", vector("photo.png")).status_code == 200
+    assert post_query(admission_worker, "op=invert", vector_input("photo.png")).status_code == 200
 
 
 # ---------------------------------------------------------------- rule 10: health under attack
