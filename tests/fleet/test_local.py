@@ -112,8 +112,8 @@ def test_the_page_is_pointed_at_the_chosen_ports_unless_a_worker_list_is_set():
     assert chosen_by_user["COORDINATOR_WORKERS"] == "http://x:1"
 
 
-def test_run_points_the_page_at_the_chosen_worker_ports_and_ctrl_c_stops_all(tmp_path):
-    python_port, nodejs_port, page_port = free_port(), free_port(), free_port()
+def _run_in_background(tmp_path, ports: tuple[int, int, int], *flags: str) -> subprocess.Popen:
+    """`make run` (with flags) as a child: Ctrl-C is proc.send_signal(SIGINT)."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -122,19 +122,24 @@ def test_run_points_the_page_at_the_chosen_worker_ports_and_ctrl_c_stops_all(tmp
     env.update(
         {
             "LOCAL_RUN_DIR": str(tmp_path / "run"),
-            "PYTHON_WORKER_PORT": str(python_port),
-            "NODEJS_WORKER_PORT": str(nodejs_port),
-            "COORDINATOR_PAGE_PORT": str(page_port),
+            "PYTHON_WORKER_PORT": str(ports[0]),
+            "NODEJS_WORKER_PORT": str(ports[1]),
+            "COORDINATOR_PAGE_PORT": str(ports[2]),
         }
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.local", "run"],
+    return subprocess.Popen(
+        [sys.executable, "-m", "scripts.local", "run", *flags],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_run_points_the_page_at_the_chosen_worker_ports_and_ctrl_c_stops_all(tmp_path):
+    python_port, nodejs_port, page_port = free_port(), free_port(), free_port()
+    proc = _run_in_background(tmp_path, (python_port, nodejs_port, page_port))
     try:
         page_pid = _wait_for_page(tmp_path / "run" / "page.pid", page_port, proc)
         environ = Path(f"/proc/{page_pid}/environ").read_bytes().split(b"\0")
@@ -443,3 +448,34 @@ def test_mtls_workers_require_the_local_client_certificate_and_the_cli_presents_
     finally:
         runner("stop", tmp_path, timeout=60)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), 255 - np.asarray(Image.open(source)))
+
+
+def test_run_tls_points_the_page_at_the_workers_file_and_the_page_processes_over_tls(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.support.page import APP, RUN_TIMEOUT, colourful_png, process, texts, upload
+
+    ports = (free_port(), free_port(), free_port())
+    proc = _run_in_background(tmp_path, ports, "--tls")
+    workers_file = tmp_path / "run" / local.WORKERS_FILE
+    try:
+        page_pid = _wait_for_page(tmp_path / "run" / "page.pid", ports[2], proc)
+        environ = Path(f"/proc/{page_pid}/environ").read_bytes().split(b"\0")
+        assert f"COORDINATOR_WORKERS_FILE={workers_file}".encode() in environ
+        assert not [item for item in environ if item.startswith(b"COORDINATOR_WORKERS=")]
+        # The page's code (headless, in this process) on the file the page above was given.
+        monkeypatch.setenv("COORDINATOR_WORKERS_FILE", str(workers_file))
+        for name in ("COORDINATOR_WORKERS", "COORDINATOR_PULUMI_STACK", "COORDINATOR_WORKER_TOKEN"):
+            monkeypatch.delenv(name, raising=False)
+        page = process(upload(AppTest.from_file(APP, default_timeout=RUN_TIMEOUT).run(), "c.png", colourful_png()))
+        assert not page.error, texts(page.error)
+        strips = page.session_state["images"]["outcome"]["result"].strips
+        assert strips and all(strip.worker_url.startswith("https://127.0.0.1:") for strip in strips)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        runner("stop", tmp_path, timeout=60)
+    assert not list((tmp_path / "run").glob("*.pid"))
