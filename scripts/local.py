@@ -222,7 +222,7 @@ def _check_mode(names: list[str], tls: LocalTls | None) -> None:
         listed = "http"  # a start before the workers file existed was plain
     if running and listed != _scheme(tls):
         was = "over TLS" if listed == "https" else "without TLS"
-        raise PortError(f"{running[0]} is already running {was}; `make stop` first, then start again", 1)
+        raise PortError(f"{running[0]} is already running {was}; stop it first (make stop), then start again", 1)
 
 
 def _worker_env(port: int, tls: LocalTls | None) -> dict:
