@@ -6,7 +6,9 @@
 
 For each op the worker offers it sends --requests requests (sequential unless --concurrency),
 and prints the median X-Processing-Ms (decode+op+encode inside the worker), the median wall
-time seen by the client, and peak memory: the sampled peak RSS of the process tree (psutil,
+time seen by the client and their ratio (the per-strip HTTP overhead; `--client lean` sends
+with one sendall and reads the reply with recv_into into one buffer, so the ratio is the
+worker's and the kernel's, not requests'), and peak memory: the sampled peak RSS of the process tree (psutil,
 children included) and the largest per-process VmHWM from /proc/PID/status. VmHWM is reset
 before each op (clear_refs) where the kernel allows it. The strip is generated (numpy
 gradients + noise); nothing is downloaded. Timings depend on machine load: compare runs
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import socket
 import statistics
 import sys
 import tempfile
@@ -24,6 +27,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit
 
 import numpy as np
 import psutil
@@ -99,31 +103,66 @@ def reset_hwm(pid: int) -> None:
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # 5 = reset the peak RSS counter
 
 
-def profile(
-    url: str, pid: int, body: bytes, content_type: str, requests_per_op: int, concurrency: int, output_format: str
-) -> list[dict]:
+def lean_post(url: str, params: dict, body: bytes, content_type: str) -> tuple[int, dict, bytes]:
+    """POST /process over a plain socket: one sendall of the body, the reply read with recv_into
+    into a buffer of its Content-Length. (status, lower-case headers, body)."""
+    where = urlsplit(url)
+    with socket.create_connection((where.hostname, where.port), timeout=300) as sock:
+        head = (
+            f"POST /process?{urlencode(params)} HTTP/1.1\r\nHost: {where.netloc}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        sock.sendall(head.encode("latin-1"))
+        sock.sendall(body)
+        status, headers, rest = read_head(sock)
+        reply = bytearray(int(headers.get("content-length", len(rest))))
+        view = memoryview(reply)
+        got = len(rest)
+        view[:got] = rest
+        while got < len(reply) and (count := sock.recv_into(view[got:])):
+            got += count
+        return status, headers, bytes(reply[:got])
+
+
+def read_head(sock: socket.socket) -> tuple[int, dict, bytes]:
+    """(status, lower-case headers, the body bytes read with them)."""
+    received = bytearray()
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise SystemExit("error: the worker closed the connection before its reply's headers")
+        received += chunk
+    head, _, rest = bytes(received).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = (line.partition(":") for line in lines[1:])
+    return int(lines[0].split()[1]), {name.strip().lower(): value.strip() for name, _, value in fields}, rest
+
+
+def profile(url: str, pid: int, upload: tuple[bytes, str], options: argparse.Namespace) -> list[dict]:
+    body, content_type = upload
     health = requests.get(url + "/healthz", timeout=10).json()
     rows = []
     session = requests.Session()
 
     def one(op: str) -> tuple[float, float]:
+        params = {"op": op, "format": options.output_format}
         started = time.perf_counter()
-        response = session.post(
-            f"{url}/process",
-            params={"op": op, "format": output_format},
-            data=body,
-            headers={"Content-Type": content_type},
-            timeout=300,
-        )
+        if options.client == "lean":
+            status, headers, text = lean_post(url, params, body, content_type)
+        else:
+            response = session.post(
+                f"{url}/process", params=params, data=body, headers={"Content-Type": content_type}, timeout=300
+            )
+            status, headers, text = response.status_code, response.headers, response.content
         wall = (time.perf_counter() - started) * 1000
-        if response.status_code != 200:
-            raise SystemExit(f"error: {health['service']} {op}: HTTP {response.status_code} {response.text[:200]}")
-        return float(response.headers["X-Processing-Ms"]), wall
+        if status != 200:
+            raise SystemExit(f"error: {health['service']} {op}: HTTP {status} {text[:200]!r}")
+        return float(headers["x-processing-ms"]), wall
 
     one(health["primary"])  # warm-up (imports, first allocations) outside the figures
-    for op in health["operations"]:
-        with MemoryWatch(pid) as watch, ThreadPoolExecutor(concurrency) as pool:
-            results = list(pool.map(one, [op] * requests_per_op))
+    for op in options.ops or health["operations"]:
+        with MemoryWatch(pid) as watch, ThreadPoolExecutor(options.concurrency) as pool:
+            results = list(pool.map(one, [op] * options.requests))
         rows.append(
             {
                 "service": health["service"],
@@ -131,6 +170,7 @@ def profile(
                 "n": len(results),
                 "worker_ms": statistics.median(r[0] for r in results),
                 "wall_ms": statistics.median(r[1] for r in results),
+                "ratio": statistics.median(r[1] / r[0] for r in results),
                 "peak_rss": watch.peak,
                 "vm_hwm": watch.max_hwm(),
             }
@@ -141,14 +181,14 @@ def profile(
 def print_table(rows: list[dict], header: str) -> None:
     print(header)
     print(
-        f"{'service':<14} {'op':<10} {'n':>3} {'median worker ms':>17} {'median wall ms':>15} "
+        f"{'service':<14} {'op':<10} {'n':>3} {'median worker ms':>17} {'median wall ms':>15} {'wall/worker':>12} "
         f"{'peak RSS tree MiB':>18} {'max VmHWM MiB':>14}"
     )
     for row in rows:
         hwm = f"{row['vm_hwm'] / MIB:.0f}" if row["vm_hwm"] else "n/a"
         print(
             f"{row['service']:<14} {row['op']:<10} {row['n']:>3} {row['worker_ms']:>17.1f} "
-            f"{row['wall_ms']:>15.1f} {row['peak_rss'] / MIB:>18.0f} {hwm:>14}"
+            f"{row['wall_ms']:>15.1f} {row['ratio']:>12.2f} {row['peak_rss'] / MIB:>18.0f} {hwm:>14}"
         )
 
 
@@ -165,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=2000)
     parser.add_argument("--input-format", choices=["png", "jpeg", "raw"], default="png")
     parser.add_argument("--output-format", choices=["png", "jpeg", "webp", "raw"], default="png")
+    parser.add_argument("--client", choices=["requests", "lean"], default="requests", help="see above")
+    parser.add_argument("--ops", type=lambda text: text.split(","), help="comma-separated (default: all offered)")
     args = parser.parse_args(argv)
     if bool(args.url) != bool(args.pid):
         parser.error("--url and --pid go together")
@@ -175,15 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"{args.width}x{args.height} strip ({args.width * args.height / 1e6:.1f} MP), "
         f"{args.input_format} in ({len(body) / MIB:.1f} MiB), {args.output_format} out, "
-        f"{args.requests} requests per op, concurrency {args.concurrency}"
+        f"{args.requests} requests per op, concurrency {args.concurrency}, client {args.client}"
     )
     if args.url:
-        print_table(
-            profile(
-                args.url.rstrip("/"), args.pid, body, content_type, args.requests, args.concurrency, args.output_format
-            ),
-            header,
-        )
+        print_table(profile(args.url.rstrip("/"), args.pid, (body, content_type), args), header)
         return 0
     rows = []
     runtimes = RUNTIMES if args.runtime == "both" else (args.runtime,)
@@ -197,9 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 idle = MemoryWatch(worker.pid).rss()
                 print(f"{runtime}: idle RSS of the process tree {idle / MIB:.0f} MiB", file=sys.stderr)
-                rows += profile(
-                    worker.url, worker.pid, body, content_type, args.requests, args.concurrency, args.output_format
-                )
+                rows += profile(worker.url, worker.pid, (body, content_type), args)
             finally:
                 worker.stop()
     print_table(rows, header)
