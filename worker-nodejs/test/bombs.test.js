@@ -9,6 +9,7 @@ const zlib = require('node:zlib');
 const sharp = require('sharp');
 
 const { decodeBomb } = require('../sniff');
+const bmpFiles = require('./bmp');
 const { decodeImage } = require('../decode');
 const { applyOperation, applyOperationAsync } = require('../ops');
 
@@ -72,20 +73,7 @@ test('rule 5: zTXt, iCCP and compressed iTXt inflating past 1 MiB are bad_image;
 function rle8Bmp(width, height, codes) {
   const palette = Buffer.alloc(4 * 4);
   for (let i = 0; i < 4; i += 1) palette.set([30 * i, 20 * i, 10 * i, 0], i * 4); // B, G, R, X
-  const offset = 14 + 40 + palette.length;
-  const head = Buffer.alloc(54);
-  head.write('BM', 0, 'latin1');
-  head.writeUInt32LE(offset + codes.length, 2);
-  head.writeUInt32LE(offset, 10);
-  head.writeUInt32LE(40, 14);
-  head.writeInt32LE(width, 18);
-  head.writeInt32LE(height, 22);
-  head.writeUInt16LE(1, 26);
-  head.writeUInt16LE(8, 28);
-  head.writeUInt32LE(1, 30);
-  head.writeUInt32LE(codes.length, 34);
-  head.writeUInt32LE(4, 46);
-  return Buffer.concat([head, palette, Buffer.from(codes)]);
+  return bmpFiles.rle8Bmp(width, height, palette, codes, 4);
 }
 
 const color = (i) => [10 * i, 20 * i, 30 * i];

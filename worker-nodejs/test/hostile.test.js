@@ -7,6 +7,7 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 
 const { encodeImage } = require('../encode');
+const { rle8Bmp } = require('./bmp');
 const { startWorker, post, assertError, waitFor, health, rawConnection, requestHead } = require('./helpers');
 
 /** A flat PNG: tiny on the wire, `width*height` pixels once decoded. */
@@ -172,19 +173,7 @@ function rle8Runs(width, height) {
     codes.push(0, 0);
   }
   codes.push(0, 1);
-  const offset = 14 + 40 + palette.length;
-  const head = Buffer.alloc(54);
-  head.write('BM', 0, 'latin1');
-  head.writeUInt32LE(offset + codes.length, 2);
-  head.writeUInt32LE(offset, 10);
-  head.writeUInt32LE(40, 14);
-  head.writeInt32LE(width, 18);
-  head.writeInt32LE(height, 22);
-  head.writeUInt16LE(1, 26);
-  head.writeUInt16LE(8, 28);
-  head.writeUInt32LE(1, 30);
-  head.writeUInt32LE(codes.length, 34);
-  return Buffer.concat([head, palette, Buffer.from(codes)]);
+  return rle8Bmp(width, height, palette, codes);
 }
 
 /** Probes /healthz every 50 ms until `stop()`; resolves the worst latency in ms. */
