@@ -35,7 +35,9 @@ worker-nodejs/node_modules/.installed: worker-nodejs/package.json worker-nodejs/
 	touch $@
 
 # TLS=1: the workers serve HTTPS with a local CA and a token, as the cloud does; MTLS=1 adds client certificates.
-LOCAL_FLAGS = $(if $(filter-out 0,$(TLS)),--tls) $(if $(filter-out 0,$(MTLS)),--mtls)
+# Only from the command line: a TLS or MTLS variable that happens to be in the shell's environment is ignored.
+cli_flag = $(if $(filter command line,$(origin $(1))),$(if $(filter-out 0,$($(1))),$(2)))
+LOCAL_FLAGS = $(call cli_flag,TLS,--tls) $(call cli_flag,MTLS,--mtls)
 
 workers: setup
 	$(PY) -m scripts.local start $(LOCAL_FLAGS)

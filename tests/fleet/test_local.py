@@ -339,9 +339,13 @@ def test_make_run_tls_leaves_the_plain_default_alone():
     plain = subprocess.run(["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     tls = subprocess.run(["make", "-n", "workers", "TLS=1"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     off = subprocess.run(["make", "-n", "run", "TLS=0"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    shell_env = subprocess.run(
+        ["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True, timeout=30, env={**os.environ, "TLS": "1"}
+    )
     assert plain.stdout.strip().splitlines()[-1].split() == [".venv/bin/python", "-m", "scripts.local", "run"]
     assert tls.stdout.strip().splitlines()[-1].split()[-2:] == ["start", "--tls"]
     assert off.stdout.strip().splitlines()[-1].split()[-1] == "run"
+    assert shell_env.stdout.strip().splitlines()[-1].split()[-1] == "run"  # only a command-line TLS=1 counts
     assert local.page_env({}, {"worker-python": 6011, "page": 6013}, tls=True)["COORDINATOR_WORKERS_FILE"] == str(
         local.RUN_DIR / local.WORKERS_FILE
     )
