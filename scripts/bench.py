@@ -289,11 +289,14 @@ def fixed_cost(source: Path, relays: list[FirstContact], level: int) -> dict:
     child = subprocess.Popen(
         command, cwd=ROOT, env=process_env({"COORDINATOR_PNG_LEVEL": str(level)}), stdout=subprocess.PIPE
     )
+    killer = threading.Timer(PROCESS_TIMEOUT, child.kill)  # a hung run ends the read below too
+    killer.start()
     last, length = started, 0
     while chunk := child.stdout.read1(1 << 20):
         last, length = time.perf_counter(), length + len(chunk)
-    code = child.wait(PROCESS_TIMEOUT)
+    code = child.wait()
     exited = time.perf_counter()
+    killer.cancel()
     child.stdout.close()
     contacts = [relay.first for relay in relays if relay.first is not None]
     posts = [relay.first_post for relay in relays if relay.first_post is not None]
