@@ -13,11 +13,13 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import botocore.exceptions
 import pytest
 
 from infra.fleet_secrets import host_secrets_policy
+from scripts.testkit.procs import free_port
 from scripts.testkit.tls import Authority
 from tests.support.moto_server import REGION, ROOT, aws_env, ssm_parameter_arn, start_moto_server
 
@@ -194,3 +196,21 @@ def test_another_stacks_parameters_are_out_of_the_policys_reach(moto, stack, tls
         host.get_parameters(Names=[f"{OTHER_PREFIX}/worker-token"], WithDecryption=True)
     assert "<Code>AccessDenied</Code>" in denied.value.response["Error"]["Message"]
     assert host.get_parameters(Names=[f"{PREFIX}/worker-token"], WithDecryption=True)["Parameters"]
+
+
+def test_an_unknown_group_is_one_line_and_writes_nothing(stack, tls, tmp_path):
+    done = fetch(stack, tmp_path / "secrets", "--group", "no-such-group-hdtp")
+    assert done.returncode == 1
+    assert (
+        assert_one_line_without_secrets(done, tls) == "fetch-worker-secrets: group 'no-such-group-hdtp' does not exist"
+    )
+    assert not (tmp_path / "secrets").exists()
+
+
+def test_an_unreachable_endpoint_fails_in_bounded_time(stack, tls, tmp_path):
+    closed = {**stack, "url": f"http://127.0.0.1:{free_port()}"}  # nothing listens there
+    started = time.monotonic()
+    done = fetch(closed, tmp_path / "secrets", "--attempts", "2")
+    line = assert_one_line_without_secrets(done, tls)
+    assert done.returncode == 1 and line.endswith(": EndpointConnectionError"), line
+    assert time.monotonic() - started < 60  # 2 attempts x botocore's 3 tries, 5 s connect timeout each
