@@ -22,6 +22,17 @@ def worker_factory(tmp_path_factory):
         worker.stop()
 
 
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    """A real moto server (tests/support/moto_server.py) for one test module; a module that needs
+    another kind (SSM checked per parameter ARN) makes its own."""
+    from tests.support.moto_server import start_moto_server  # boto3 loads only where a test uses it
+
+    server = start_moto_server(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def python_worker(worker_factory):
     return worker_factory("python")

@@ -28,7 +28,7 @@ from coordinator.discovery import WorkerStatus, discover
 from coordinator.errors import ConfigError, NoWorkerError
 from scripts.testkit.cli import ROOT, clean_env, run_cli
 from scripts.testkit.procs import free_port
-from tests.support.moto_server import REGION, aws_env, run_tagged_instance, start_moto_server, ubuntu_ami
+from tests.support.moto_server import REGION, aws_env, run_tagged_instance, ubuntu_ami
 
 PROJECT, STACK = "htp", "dev"
 POOLS = [
@@ -36,13 +36,6 @@ POOLS = [
     {"name": "pool-nodejs-asg", "role": "worker-nodejs", "runtime": "nodejs", "port": 5002},
 ]
 INTERVAL = 0.5  # COORDINATOR_DISCOVERY_SECONDS in the batch tests
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    server = start_moto_server(tmp_path_factory.mktemp("moto"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture

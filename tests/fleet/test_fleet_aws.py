@@ -17,17 +17,10 @@ from scripts.fleet.cli import main
 from scripts.testkit.procs import TlsClient, free_port
 from scripts.testkit.tls import FLEET_TLS_NAME, Authority
 from tests.support.fleet_cli import assert_one_error_line, run_fleet
-from tests.support.moto_server import REGION, aws_env, run_tagged_instance, start_moto_server
+from tests.support.moto_server import REGION, aws_env, run_tagged_instance
 
 PROJECT, STACK = "hdtp", "fleet-test"
 fleet = functools.partial(run_fleet, timeout=60)  # this file's bound per command
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    server = start_moto_server(tmp_path_factory.mktemp("moto"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture

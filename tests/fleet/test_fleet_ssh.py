@@ -28,7 +28,7 @@ from scripts.testkit.procs import ROOT, TlsClient, free_port, wait_http_ok
 from scripts.testkit.tls import FLEET_TLS_NAME, Authority
 from tests.support.ci import skip_or_fail
 from tests.support.fleet_cli import assert_one_error_line, run_fleet
-from tests.support.moto_server import aws_env, run_tagged_instance, start_moto_server
+from tests.support.moto_server import aws_env, run_tagged_instance
 from tests.support.sshd import make_key, sshd_available, start_sshd
 
 pytestmark = pytest.mark.sshd
@@ -446,13 +446,6 @@ FAILED_REPORT = {
 }
 # cloud-init 22.x (Debian 12) has no --format; its --long text:
 OLD_LONG_TEXT = f"status: error\ntime: Mon, 30 Nov 2026 01:00:00 +0000\ndetail:\n{RUNCMD_ERROR}\n"
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    server = start_moto_server(tmp_path_factory.mktemp("moto"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from scripts.fleet.pools import rollout
 from scripts.testkit.procs import free_port
 from tests.support.fleet_cli import assert_one_error_line, run_fleet
 from tests.support.infra_harness import MOCK_SUBNETS, MOCK_TOKEN, PROJECT, REGION, STACK, run_program
-from tests.support.moto_server import aws_env, start_moto_server, ubuntu_ami
+from tests.support.moto_server import aws_env, ubuntu_ami
 
 CLIENT = "198.51.100.7/32"
 BASE = {"clientCidr": CLIENT, "aws:region": REGION}
@@ -233,13 +233,6 @@ MOTO_BIG = {
     "nodejsPoolDesired": "2",
     "nodejsPoolMax": "4",
 }
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    server = start_moto_server(tmp_path_factory.mktemp("moto"))
-    yield server
-    server.stop()
 
 
 def _asg(moto):
