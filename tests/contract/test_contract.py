@@ -6,6 +6,7 @@ cross-runtime tests are named `python-vs-nodejs`.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -679,17 +680,24 @@ def wait_not_ok(worker, limit: float = 5) -> None:
     raise AssertionError("worker still reports ok after SIGTERM")
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
-def test_sigterm_lets_inflight_request_finish_and_exits_0(worker_factory, runtime):
-    worker = worker_factory(runtime, STRICT_ENV)
+@contextlib.contextmanager
+def sigterm_while_busy(worker):
+    """One request holds the only slot (the next is 503 busy) when SIGTERM arrives; yields it."""
     held, busy = hold_slot(worker, AUTH)
     try:
         check_error(busy, 503, "busy")
         worker.signal(signal.SIGTERM)
-        wait_not_ok(worker)
-        status, _, data = held.finish()
+        yield held
     finally:
         held.close()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_sigterm_lets_inflight_request_finish_and_exits_0(worker_factory, runtime):
+    worker = worker_factory(runtime, STRICT_ENV)
+    with sigterm_while_busy(worker) as held:
+        wait_not_ok(worker)
+        status, _, data = held.finish()
     assert status == 200, data[:300]
     assert_close(rgb_pixels(data), expected_for("invert"), 1)
     assert worker.proc.wait(timeout=15) == 0
@@ -699,10 +707,7 @@ def test_sigterm_lets_inflight_request_finish_and_exits_0(worker_factory, runtim
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_draining_refuses_new_work(worker_factory, runtime):
     worker = worker_factory(runtime, STRICT_ENV)
-    held, busy = hold_slot(worker, AUTH)
-    try:
-        check_error(busy, 503, "busy")
-        worker.signal(signal.SIGTERM)
+    with sigterm_while_busy(worker) as held:
         deadline = time.monotonic() + 5
         while (
             response := requests.get(worker.url + "/healthz", timeout=5)
@@ -715,8 +720,6 @@ def test_draining_refuses_new_work(worker_factory, runtime):
         check_error(post(worker, vector_input("photo.png"), headers=AUTH), 503, "draining")
         check_error(requests.get(worker.url + "/nope", timeout=TIMEOUT), 404, "not_found")
         status, _, _ = held.finish()
-    finally:
-        held.close()
     assert status == 200
     assert worker.proc.wait(timeout=15) == 0
 
