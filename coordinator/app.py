@@ -166,13 +166,26 @@ def session_store() -> SessionImages:
     return store
 
 
+def session_id() -> str:
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx else "bare"
+
+
 def images() -> dict:
     """This session's "upload", "outcome" and "encoded" (one of each at most); st.session_state
     holds the same dict, so tests see it as session_state["images"]."""
-    ctx = get_script_run_ctx()
-    held = session_store().for_session(ctx.session_id if ctx else "bare")
+    held = session_store().for_session(session_id())
     st.session_state["images"] = held
     return held
+
+
+@st.cache_resource(show_spinner=False)
+def running_jobs() -> dict:
+    """Session id -> {"done", "total"} of the job its script is running now. A whole-page rerun
+    (a new upload, the workers' Refresh) does not wait for a job: Streamlit starts the new run at
+    once and stops the old one at its next event (runner.fastReruns). The new run finds the job
+    here and says it is stopped; the old run cannot (its st calls, session state included, raise)."""
+    return {}
 
 
 def forget_images() -> None:
@@ -253,10 +266,13 @@ def output_formats(width: int, height: int) -> tuple[list[str], str | None]:
 
 
 def strip_controls(strips: int, ops: list[str], fmt) -> str:
+    """A dropdown per strip, four to a row. A row of columns each, not four columns for all:
+    the page's order (and so Tab's) is then strip order; four tall columns read 1, 5, 9, 13, 2..."""
     chosen = []
-    columns = st.columns(4)
     for index in range(strips):
         default = plan.SEED_OPS[index % len(plan.SEED_OPS)]  # as the demo, until changed
+        if index % 4 == 0:
+            columns = st.columns(4)
         with columns[index % 4]:
             chosen.append(
                 st.selectbox(
@@ -342,17 +358,19 @@ def store_failure(exc: NoWorkerError, total: int, lines: list[str], status) -> N
 
 def run_with_progress(upload: dict, uploaded, config: CoordinatorConfig, choice: dict, status, lines: list):
     """engine.run_job with each event shown as it comes. A control change does not stop it (the
-    fragment's rerun waits for it); a full rerun (a new upload) or Stop does: that is recorded,
-    so the next run says so instead of dropping the job silently."""
-    total, done = choice["strips"], [0]
+    fragment's rerun waits for it); a whole-page rerun or Stop does, at the job's next event
+    (Streamlit raises StopException there). The job is listed in running_jobs meanwhile, so the
+    new run can say so instead of dropping the job silently."""
+    total, running, session = choice["strips"], running_jobs(), session_id()
+    progress = running[session] = {"done": 0, "total": total}
 
     def on_event(event) -> None:  # the engine calls this on this (the script's) thread
-        done[0] += event.kind == "done"
+        progress["done"] += event.kind == "done"
         line = event_line(event)
         if line:
             lines.append(line)
             status.text(line)
-        status.update(label=status_label(done[0], total, event))
+        status.update(label=status_label(progress["done"], total, event))
 
     try:
         return engine.run_job(
@@ -366,9 +384,11 @@ def run_with_progress(upload: dict, uploaded, config: CoordinatorConfig, choice:
             pixels=upload["pixels"],
         )
     except (RerunException, StopException):
-        st.session_state["cancelled"] = {"done": done[0], "total": total}
-        log.info("job cancelled", extra={"fields": {"done": done[0], "strips": total}})
+        log.info("job cancelled", extra={"fields": {"done": progress["done"], "strips": total}})
         raise
+    finally:
+        if running.get(session) is progress:
+            del running[session]
 
 
 def process(upload: dict, uploaded, config: CoordinatorConfig, choice: dict, known_runtimes: dict) -> bool:
@@ -376,7 +396,6 @@ def process(upload: dict, uploaded, config: CoordinatorConfig, choice: dict, kno
     workers panel is then out of date)."""
     lines: list[str] = []
     status = st.status(status_label(0, choice["strips"]), expanded=True)
-    st.session_state.pop("cancelled", None)
     started = time.perf_counter()
     try:
         result = run_with_progress(upload, uploaded, config, choice, status, lines)
@@ -440,11 +459,11 @@ def process(upload: dict, uploaded, config: CoordinatorConfig, choice: dict, kno
 
 
 def show_notes(outcome: dict, choice: dict, replay_log: bool) -> None:
-    """The cancelled-job note, a failed job's error, the progress log replayed, and a warning
+    """The stopped-job note, a failed job's error, the progress log replayed, and a warning
     on a result whose settings no longer match the controls."""
-    cancelled = st.session_state.pop("cancelled", None)
-    if cancelled:
-        st.warning(cancelled_message(cancelled), icon=":material/cancel:")
+    stopped = running_jobs().get(session_id())  # a job of this session's previous run, being stopped
+    if stopped:
+        st.warning(cancelled_message(stopped), icon=":material/cancel:")
     replay_log = replay_log and bool(outcome.get("lines"))
     if "error" in outcome:
         if replay_log:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from itertools import groupby
+from urllib.parse import urlsplit
 
 from coordinator.page_chart import worker_host
 
@@ -162,11 +163,27 @@ def no_worker_message(error, strip_count: int) -> tuple[str, list[str]]:
 
 
 def cancelled_message(info: dict) -> str:
+    """A job cut short by a whole-page rerun (a new upload, the workers' Refresh); a control
+    change does not cut a job short (the controls' rerun waits for it)."""
     return (
-        f"The job you started was cancelled after {info['done']} of {plural(info['total'], 'strip')}: "
-        "a control changed while it ran, and the page starts over on every change. "
+        f"The job you started was stopped after {info['done']} of {plural(info['total'], 'strip')}: "
+        "the whole page reloaded while it ran (a new upload, or the workers' **Refresh**). "
         "The result below (if any) is from before. Press **Process** to run it again."
     )
+
+
+def connection_note(url: str, ok: bool, tls) -> str:
+    """How the page reaches a worker (plain text for its card): https verified against the
+    pinned fleet CA and the name every connection checks, https on the system's trust store,
+    or plain http. `tls`: the config's TlsSettings or None."""
+    if not url.startswith("https://"):
+        return "http · not encrypted"
+    if not ok:
+        return "https · not verified"
+    if tls is None:
+        return "https · verified by the system's CAs"
+    name = tls.name or urlsplit(url).hostname or "?"
+    return f"https · verified {name} (fleet CA)" + (" · mutual TLS" if tls.mutual else "")
 
 
 def missing_workers(workers: Sequence, strips: Sequence, known_runtimes: dict) -> list[tuple[str, str]]:

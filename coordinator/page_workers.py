@@ -9,17 +9,18 @@ import streamlit as st
 
 from coordinator import worker_metrics
 from coordinator.page_chart import worker_host
-from coordinator.page_text import safe_name
+from coordinator.page_text import connection_note, safe_name
 
 
-def worker_card(status, figures: str = "") -> None:
-    """One worker; its own words (runtime, service, version, ops, error) and its /metrics
-    figures (worker_metrics.line) as plain text only."""
+def worker_card(status, figures: str = "", tls=None) -> None:
+    """One worker; how it is reached (connection_note), its own words (runtime, service,
+    version, ops, error) and its /metrics figures (worker_metrics.line), as plain text only."""
+    where = f"{worker_host(status.url)}\n{connection_note(status.url, status.ok, tls)}"
     with st.container(border=True):
         if status.ok:
             st.markdown(f":green[:material/check_circle:] **{safe_name(status.runtime or status.service)}**")
             st.text(
-                f"{worker_host(status.url)}\n{status.service or '?'} {status.version or ''} · "
+                f"{where}\n{status.service or '?'} {status.version or ''} · "
                 f"{status.latency_ms:,.0f} ms · primary {status.primary or '?'}\n"
                 f"ops: {', '.join(status.operations) or 'none'}"
             )
@@ -27,7 +28,7 @@ def worker_card(status, figures: str = "") -> None:
                 st.text(figures)
         else:
             st.markdown(":red[:material/error:] **Not available**")
-            st.text(f"{worker_host(status.url)}\n{status.error or 'no answer'}")
+            st.text(f"{where}\n{status.error or 'no answer'}")
 
 
 def draw_workers(box, config, statuses: list) -> None:
@@ -41,6 +42,6 @@ def draw_workers(box, config, statuses: list) -> None:
         fetched = worker_metrics.fetch_all(healthy, config.health_timeout, config.tls)
         figures = {one.url: worker_metrics.line(one) for one in fetched}
         for status in statuses:
-            worker_card(status, figures.get(status.url, ""))
+            worker_card(status, figures.get(status.url, ""), config.tls)
         if not any(status.ok for status in statuses):
             st.caption(":material/cloud_off: None reachable: see the note on the page.")

@@ -9,7 +9,6 @@ real workers with WORKER_TLS_*."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
@@ -35,6 +34,7 @@ from scripts.testkit.procs import ROOT, RUNTIMES, TlsClient
 from scripts.testkit.socket_server import ThreadedSocketServer
 from scripts.testkit.tls import FLEET_TLS_NAME, Authority
 from tests.support.page import APP, RUN_TIMEOUT, colourful_png, process, texts, upload
+from tests.support.tls_fleet import wait_refused
 
 HEALTH = {"status": "ok", "service": "worker-python", "runtime": "python", "operations": ["invert"], "tls": True}
 REFUSED = {
@@ -385,21 +385,6 @@ def open_fifo_writer(path, proc: subprocess.Popen, timeout: float = 60) -> int:
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.05)
     raise AssertionError(f"the CLI never opened {path}")
-
-
-def wait_refused(worker, token: str, timeout: float = 15) -> None:
-    """Until the worker answers 401 to `token` (it re-reads WORKER_TOKEN_FILE within ~1 s)."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (2, 2)).save(buffer, "PNG")
-    deadline = time.monotonic() + timeout
-    with worker.session() as session:
-        while time.monotonic() < deadline:
-            headers = {"Authorization": f"Bearer {token}", "Content-Type": "image/png"}
-            reply = session.post(f"{worker.url}/process?op=invert", data=buffer.getvalue(), headers=headers, timeout=5)
-            if reply.status_code == 401:
-                return
-            time.sleep(0.2)
-    raise AssertionError(f"{worker.url} still takes the old token")
 
 
 OLD_TOKEN, NEW_TOKEN = "T1-old-token-0123456789", "T2-new-token-9876543210"

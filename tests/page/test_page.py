@@ -21,6 +21,7 @@ from coordinator.page_memory import SessionImages
 from coordinator.page_overlay import StripBox, draw_strip_overlay, runtime_colour
 from coordinator.page_text import (
     changed_settings,
+    connection_note,
     event_line,
     human_bytes,
     input_problem,
@@ -30,7 +31,9 @@ from coordinator.page_text import (
     runtimes_note,
     safe_name,
 )
+from coordinator.tls import TlsSettings
 from scripts.testkit.procs import free_port
+from scripts.testkit.tls import FLEET_TLS_NAME
 from tests.support.hostile_worker import HostileWorker
 from tests.support.page import RUN_TIMEOUT, colourful_png, open_page, process, texts, upload
 
@@ -60,6 +63,7 @@ def dead_url() -> str:
 def test_default_run_processes_top_grayscale_bottom_sepia(monkeypatch, local_fleet):
     page = open_page(monkeypatch, local_fleet)
     assert "2 configured, from COORDINATOR_WORKERS" in texts(page.sidebar.text)
+    assert texts(page.sidebar.text).count("http · not encrypted") == 2
     assert "Upload an image" in texts(page.info)
     upload(page, "colour.png", colourful_png())
     assert "240×160 px" in texts(page.caption)
@@ -121,6 +125,15 @@ def test_failover_is_shown_when_a_worker_rejects_the_strip(monkeypatch, worker_f
     assert "failed on attempt 1" in texts(page.text)
     assert f"Strip 1, attempt 1: {locked.url}: token rejected by {locked.url}" in texts(page.text)
     assert "failed attempts" not in list(page.dataframe[0].value.columns)  # listed in full instead
+
+
+def test_per_strip_dropdowns_are_in_strip_order(monkeypatch, local_fleet):
+    """Four to a row, row by row: the page's order (Tab's, a screen reader's) is strip order;
+    four tall columns gave 1, 5, 2, 6, 3, 4 (the browser test presses Tab)."""
+    page = upload(open_page(monkeypatch, local_fleet), "colour.png", colourful_png())
+    page.radio(key="plan_mode").set_value("An operation per strip").run()
+    page.slider(key="strips").set_value(6).run()
+    assert [box.key for box in page.selectbox] == [f"strip_op_{index}" for index in range(6)]
 
 
 def test_no_worker_reachable_shows_guidance_and_process_is_disabled(monkeypatch):
@@ -324,6 +337,17 @@ def strip(index, top, bottom, runtime="python", worker_ms=10.0, total_ms=25.0, f
         transfer_ms=None if worker_ms is None else total_ms - worker_ms,
         failovers=list(failovers),
     )
+
+
+def test_a_worker_card_says_how_the_worker_is_reached():
+    fleet = TlsSettings("fleet CA PEM", FLEET_TLS_NAME)
+    assert connection_note("https://10.0.1.5:5001", True, fleet) == f"https · verified {FLEET_TLS_NAME} (fleet CA)"
+    assert connection_note("https://10.0.1.5:5001", True, TlsSettings("pem")) == "https · verified 10.0.1.5 (fleet CA)"
+    mutual = TlsSettings("pem", FLEET_TLS_NAME, "client cert", "client key")
+    assert connection_note("https://10.0.1.5:5001", True, mutual).endswith("(fleet CA) · mutual TLS")
+    assert connection_note("https://10.0.1.5:5001", False, fleet) == "https · not verified"  # the reason follows
+    assert connection_note("https://w.example:443", True, None) == "https · verified by the system's CAs"
+    assert connection_note("http://127.0.0.1:5001", True, None) == "http · not encrypted"
 
 
 def test_plan_caption_groups_runs_of_the_same_op():

@@ -6,6 +6,8 @@ The time a 12 MP upload takes on the page is a benchmark, not a test: scripts/be
 from __future__ import annotations
 
 import re
+import time
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -21,10 +23,13 @@ from scripts.testkit.browser import (
     upload_and_process,
     wait_until_idle,
 )
+from scripts.testkit.cli import run_cli
 from scripts.testkit.images import colourful_image, encoded
 from scripts.testkit.procs import free_port
+from scripts.testkit.tls import FLEET_TLS_NAME, Authority
 from tests.support.ci import skip_or_fail
 from tests.support.hostile_worker import HostileWorker
+from tests.support.tls_fleet import TlsFleet, process_statuses
 
 pytestmark = pytest.mark.browser
 
@@ -194,24 +199,30 @@ def test_a_worker_that_died_is_named_in_the_result_and_the_panel(worker_factory,
         server.stop()
 
 
+def start_a_slow_job(page, url: str) -> None:
+    """A 3000×2000 image, blur radius 50 on both strips (a job of a few seconds), Process
+    clicked; returns once the job's progress shows."""
+    page.goto(url)
+    page.get_by_text("Upload an image to start").wait_for(timeout=30_000)
+    page.locator('input[type="file"]').set_input_files(
+        files=[{"name": "slow.png", "mimeType": "image/png", "buffer": encoded(colourful_image(3000, 2000), "PNG")}]
+    )
+    page.get_by_text("One operation for every strip").click()
+    page.get_by_test_id("stSelectbox").first.click()
+    page.get_by_role("option", name="blur").click()
+    radius = page.get_by_role("slider").nth(1)  # strips, then the blur radius under the op
+    radius.wait_for(timeout=30_000)
+    radius.focus()
+    page.keyboard.press("End")  # radius 50
+    page.get_by_role("button", name=re.compile("Process")).click()
+    page.get_by_text(re.compile(r"^Processing: ")).first.wait_for(timeout=30_000)
+
+
 def test_a_control_changed_while_a_job_runs_keeps_the_job(page_server):
     """Issue 12.6: the controls live in a fragment, whose reruns wait for the running job (a full
     rerun used to stop it silently). The job finishes, and its result is marked out of date."""
     with chromium_page(viewport=(1400, 2200)) as page:
-        page.goto(page_server.url)
-        page.get_by_text("Upload an image to start").wait_for(timeout=30_000)
-        page.locator('input[type="file"]').set_input_files(
-            files=[{"name": "slow.png", "mimeType": "image/png", "buffer": encoded(colourful_image(3000, 2000), "PNG")}]
-        )
-        page.get_by_text("One operation for every strip").click()
-        page.get_by_test_id("stSelectbox").first.click()
-        page.get_by_role("option", name="blur").click()
-        radius = page.get_by_role("slider").nth(1)  # strips, then the blur radius under the op
-        radius.wait_for(timeout=30_000)
-        radius.focus()
-        page.keyboard.press("End")  # radius 50: a job of a few seconds
-        page.get_by_role("button", name=re.compile("Process")).click()
-        page.get_by_text(re.compile(r"^Processing: ")).first.wait_for(timeout=30_000)
+        start_a_slow_job(page, page_server.url)
         strips = page.get_by_role("slider").first
         strips.focus()
         page.keyboard.press("ArrowRight")
@@ -225,6 +236,61 @@ def test_a_control_changed_while_a_job_runs_keeps_the_job(page_server):
         assert page.get_by_text("was cancelled").count() == 0
         wait_until_idle(page)
         shot(page, "page-changed-while-running.png")
+
+
+def test_a_whole_page_rerun_during_a_job_stops_it_and_says_so(page_server):
+    """The workers' Refresh sits outside the controls' fragment: a click reruns the whole page,
+    which stops the running job at its next progress event. The page then says how far the job
+    got, instead of dropping it silently, and has no result to show."""
+    with chromium_page(viewport=(1400, 2200)) as page:
+        start_a_slow_job(page, page_server.url)
+        page.get_by_test_id("stSidebar").get_by_role("button", name=re.compile("Refresh")).click()
+        page.get_by_text(re.compile(r"^The job you started was stopped after \d of 2 strips: the whole page")).wait_for(
+            timeout=RESULT_TIMEOUT_MS
+        )
+        page.get_by_text("The result appears here after").wait_for(timeout=10_000)
+        shot(page, "page-job-stopped.png")
+    assert '"msg": "job cancelled"' in page_server.log_text()
+
+
+def focused_label(page) -> str:
+    """The label of the dropdown that has the keyboard focus (or the focused tag's name)."""
+    return page.evaluate(
+        """() => {
+            const box = document.activeElement && document.activeElement.closest('[data-testid="stSelectbox"]');
+            return box ? box.querySelector('[data-testid="stWidgetLabel"]').innerText.trim()
+                       : String(document.activeElement && document.activeElement.tagName);
+        }"""
+    )
+
+
+def test_tab_moves_through_the_strip_dropdowns_in_strip_order(page_server):
+    """Six per-strip dropdowns, four to a row: Tab goes 1, 2, 3 ... 6 (four tall columns went 1, 5, 2, 6, 3, 4)."""
+    with chromium_page(viewport=(1400, 1700)) as page:
+        page.goto(page_server.url)
+        page.get_by_text("Upload an image to start").wait_for(timeout=30_000)
+        page.locator('input[type="file"]').set_input_files(
+            files=[{"name": "tabs.png", "mimeType": "image/png", "buffer": encoded(colourful_image(300, 200), "PNG")}]
+        )
+        page.get_by_text("An operation per strip").click()
+        page.get_by_text("Strip 2", exact=True).wait_for(timeout=30_000)
+        page.get_by_role("slider").first.focus()
+        for _ in range(4):
+            page.keyboard.press("ArrowRight")  # 2 -> 6 strips
+        page.get_by_text("Strip 6", exact=True).wait_for(timeout=30_000)
+        wait_until_settled(page)
+        first = page.get_by_test_id("stSelectbox").filter(has=page.get_by_text("Strip 1", exact=True))
+        first.locator("input").focus()
+        order = [focused_label(page)]
+        for _ in range(5):
+            page.keyboard.press("Tab")
+            order.append(focused_label(page))
+    assert order == [f"Strip {number}" for number in range(1, 7)]
+
+
+def wait_until_settled(page) -> None:
+    page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=30_000)
+    page.wait_for_timeout(500)
 
 
 def test_a_very_wide_thin_image_is_visible_and_offers_formats_that_fit(page_server):
@@ -264,3 +330,97 @@ def test_process_is_disabled_with_no_worker(tmp_path):
             shot(page, "page-no-worker.png")
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------- a TLS fleet (issue 16)
+
+VERIFIED = f"https · verified {FLEET_TLS_NAME} (fleet CA)"
+NOT_OUR_CA = "unreachable: TLS refused: the worker's certificate is not signed by the pinned fleet CA"
+
+
+@pytest.fixture(scope="module")
+def tls_page(worker_factory, tmp_path_factory):
+    """Both runtimes on TLS with the fleet's certificate and token file, a third worker whose
+    certificate another CA signed, and the page reading the outputs file that lists all three."""
+    reason = chromium_missing()
+    if reason:
+        skip_or_fail(reason)
+    folder = tmp_path_factory.mktemp("tls-page")
+    fleet = TlsFleet(worker_factory, folder)
+    good = [fleet.start("python"), fleet.start("nodejs")]
+    stranger = fleet.start("python", authority=Authority("another CA"))
+    server = start_page(folder, [], {"COORDINATOR_WORKERS_FILE": str(fleet.outputs)})
+    yield SimpleNamespace(fleet=fleet, good=good, stranger=stranger, server=server, folder=folder)
+    server.stop()
+
+
+def cli_pixels(tls_page, source: bytes) -> np.ndarray:
+    """What the command line makes of `source` with the page's outputs file (seed plan, 2 strips)."""
+    path, out = tls_page.folder / "cli-in.png", tls_page.folder / "cli-out.png"
+    path.write_bytes(source)
+    done = run_cli("process", str(path), "-o", str(out), "--workers-file", str(tls_page.fleet.outputs), "--overwrite")
+    assert done.returncode == 0, done.stderr
+    return np.asarray(Image.open(out).convert("RGB"))
+
+
+def downloaded_pixels(page) -> np.ndarray:
+    with page.expect_download(timeout=30_000) as download_info:
+        page.get_by_test_id("stDownloadButton").get_by_role("button").click()
+    image = Image.open(download_info.value.path())
+    image.load()
+    assert image.format == "PNG"
+    return np.asarray(image.convert("RGB"))
+
+
+def test_a_tls_fleet_works_on_the_page_and_each_card_says_how_it_is_reached(tls_page):
+    """Issue 16: https workers verified against the pinned CA and the fleet's name; the one
+    signed by another CA is named with the coordinator's one-line reason, as plain text; the
+    download is the CLI's result to the pixel."""
+    source = encoded(colourful_image(600, 400), "PNG")
+    with chromium_page(viewport=(1400, 2000)) as page:
+        upload_and_process(page, tls_page.server.url, "tls.png", source, "image/png")
+        wait_until_idle(page)
+        page.get_by_text(re.compile(r"^Done: 2 strips")).wait_for(timeout=10_000)
+        sidebar = page.get_by_test_id("stSidebar")
+        for worker in tls_page.good:
+            card = sidebar.get_by_test_id("stText").filter(has_text=urlsplit(worker.url).netloc)
+            assert card.count() == 1 and VERIFIED in card.inner_text(), sidebar.inner_text()
+        stranger = sidebar.get_by_test_id("stText").filter(has_text=urlsplit(tls_page.stranger.url).netloc)
+        assert stranger.count() == 1 and NOT_OUR_CA in stranger.inner_text(), sidebar.inner_text()
+        assert "https · not verified" in stranger.inner_text()
+        assert sidebar.get_by_test_id("stMarkdown").filter(has_text="TLS refused").count() == 0  # plain text only
+        shot(page, "page-tls-fleet.png")
+        pixels = downloaded_pixels(page)
+    assert pixels.shape == (400, 600, 3)
+    assert np.array_equal(pixels, cli_pixels(tls_page, source))
+
+
+def test_a_token_rotated_while_the_page_is_open_is_picked_up_by_the_next_job(tls_page):
+    """Issue 16: the outputs file and the workers switch tokens while a page session is open.
+    Process reruns only the controls' fragment, which holds the config read before the rotation:
+    its first requests get 401, the coordinator re-reads the outputs file and the job succeeds
+    with the new token (the workers' logs show both)."""
+    source = encoded(colourful_image(300, 200), "PNG")
+    with chromium_page(viewport=(1400, 2000)) as page:
+        upload_and_process(page, tls_page.server.url, "rotate.png", source, "image/png")
+        wait_until_idle(page)
+        done_before = tls_page.server.log_text().count('"msg": "job done"')
+        tls_page.fleet.rotate(tls_page.good)
+        marks = [len(worker.log_text()) for worker in tls_page.good]
+        page.get_by_role("button", name=re.compile("Process")).click()
+        wait_for_log(tls_page.server, '"msg": "job done"', done_before + 1)
+        wait_until_idle(page)
+        assert page.get_by_text("could not be done by any worker").count() == 0
+        assert page.get_by_text("token rejected").count() == 0
+        pixels = downloaded_pixels(page)
+    after = [process_statuses(worker, mark) for worker, mark in zip(tls_page.good, marks, strict=True)]
+    assert 401 in sum(after, []) and sum(after, []).count(200) >= 2, after
+    assert '"msg": "job failed"' not in tls_page.server.log_text()
+    assert np.array_equal(pixels, cli_pixels(tls_page, source))
+
+
+def wait_for_log(server, marker: str, count: int, timeout: float = RESULT_TIMEOUT_MS / 1000) -> None:
+    deadline = time.monotonic() + timeout
+    while server.log_text().count(marker) < count:
+        assert time.monotonic() < deadline, server.log_text()[-3000:]
+        time.sleep(0.2)
