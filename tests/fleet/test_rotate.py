@@ -33,20 +33,13 @@ from scripts.testkit.images import png_bytes
 from scripts.testkit.procs import ROOT, TlsClient
 from scripts.testkit.tls import FLEET_TLS_NAME, Authority
 from tests.support.fleet_cli import assert_one_error_line, run_fleet
-from tests.support.moto_server import REGION, aws_env, start_moto_server, ubuntu_ami
+from tests.support.moto_server import REGION, aws_env, ubuntu_ami
 
 PROJECT, STACK = "hdtp", "rotate-test"
 PREFIX = f"/{PROJECT}/{STACK}"
 TOKEN_PARAMETER = f"{PREFIX}/worker-token"
 T1 = "CurrentToken0123456789abcdefghijklmnopqr"
 fleet = functools.partial(run_fleet, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    server = start_moto_server(tmp_path_factory.mktemp("moto"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture
