@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from scripts.testkit.procs import ROOT, RunningProcess, free_port, wait_http_ok
+from scripts.testkit.procs import ROOT, RunningProcess, free_port, spawn_logged, wait_started
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 # Without the background-networking flags Chromium phones home at start, which this closed
@@ -65,17 +64,9 @@ def start_page(tmp_dir: Path, workers: list[str], extra_env: dict | None = None,
         "--client.toolbarMode",
         "minimal",
     ]
-    tmp_dir.mkdir(parents=True, exist_ok=True)
     log_path = tmp_dir / f"page-{port}.log"
-    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    page = RunningProcess(proc, log_path, f"http://127.0.0.1:{port}", env)
-    try:
-        wait_http_ok(page.url + "/_stcore/health", proc, timeout=timeout)
-    except RuntimeError as exc:
-        page.stop()
-        raise RuntimeError(f"the page did not start: {exc}\n{page.log_text()[-3000:]}") from exc
-    return page
+    page = RunningProcess(spawn_logged(cmd, log_path, ROOT, env), log_path, f"http://127.0.0.1:{port}", env)
+    return wait_started(page, page.url + "/_stcore/health", "the page did not start", timeout=timeout)
 
 
 @contextmanager

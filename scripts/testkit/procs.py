@@ -139,18 +139,30 @@ def start_worker(
     for inherited in ("WORKER_TOKEN", "WORKER_TOKEN_FILE", "WORKER_TLS_CERT", "WORKER_TLS_KEY", "WORKER_TLS_CLIENT_CA"):
         full_env.pop(inherited, None)
     full_env.update(env or {})
-    tmp_dir.mkdir(parents=True, exist_ok=True)
     log_path = tmp_dir / f"worker-{runtime}-{port}.log"
-    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(
-            command, cwd=cwd or default_cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    proc = spawn_logged(command, log_path, cwd or default_cwd, full_env)
     scheme = "https" if tls is not None else "http"
     running = RunningProcess(proc, log_path, f"{scheme}://127.0.0.1:{port}", full_env, tls)
     if wait:
-        try:
-            wait_http_ok(running.url + "/healthz", proc, tls=tls)
-        except RuntimeError as exc:
-            running.stop()
-            raise RuntimeError(f"{runtime} worker failed to start: {exc}\n{running.log_text()[-3000:]}") from exc
+        wait_started(running, running.url + "/healthz", f"{runtime} worker failed to start", tls=tls)
+    return running
+
+
+def spawn_logged(
+    command: list[str], log_path: Path, cwd: Path | None = None, env: dict | None = None
+) -> subprocess.Popen:
+    """`command` in a session of its own (a stop reaches its children), stdout and stderr to log_path."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_started(running: RunningProcess, health_url: str, what: str, **wait) -> RunningProcess:
+    """`running`, once health_url answers 200 (wait_http_ok's `timeout`, `tls`); else it is stopped and
+    the error, `what: reason`, carries the tail of its log."""
+    try:
+        wait_http_ok(health_url, running.proc, **wait)
+    except RuntimeError as exc:
+        running.stop()
+        raise RuntimeError(f"{what}: {exc}\n{running.log_text()[-3000:]}") from exc
     return running

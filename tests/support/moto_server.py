@@ -8,7 +8,6 @@ parameter's ARN, as AWS does, instead of moto's "*".
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import boto3
 import requests
 
-from scripts.testkit.procs import RunningProcess, free_port, wait_http_ok
+from scripts.testkit.procs import RunningProcess, free_port, spawn_logged, wait_started
 
 ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
@@ -88,24 +87,12 @@ def start_moto_server(tmp_dir: Path, ssm_arns: bool = False) -> MotoServer:
     """`ssm_arns`: run through this module so IAM checks SSM calls per parameter ARN."""
     port = free_port()
     module = "tests.support.moto_server" if ssm_arns else "moto.server"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
     log_path = tmp_dir / f"moto-{port}.log"
-    env = aws_env(None)
-    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module, "-H", "127.0.0.1", "-p", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = spawn_logged(
+        [sys.executable, "-m", module, "-H", "127.0.0.1", "-p", str(port)], log_path, ROOT, aws_env(None)
+    )
     running = RunningProcess(proc, log_path, f"http://127.0.0.1:{port}")
-    try:
-        wait_http_ok(f"{running.url}/moto-api/", proc, timeout=60)
-    except RuntimeError as exc:
-        running.stop()
-        raise RuntimeError(f"moto server failed to start: {exc}\n{running.log_text()[-3000:]}") from exc
+    wait_started(running, f"{running.url}/moto-api/", "moto server failed to start", timeout=60)
     return MotoServer(running, running.url)
 
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts.testkit.procs import RunningProcess, free_port
+from scripts.testkit.procs import RunningProcess, free_port, spawn_logged
 
 SSHD = "/usr/sbin/sshd"
 
@@ -115,10 +115,7 @@ def start_sshd(tmp_dir: Path, env: dict | None = None, host_key: Path | None = N
     config.write_text("\n".join(lines) + "\n")
     Path("/run/sshd").mkdir(parents=True, exist_ok=True)
     log_path = tmp_dir / f"sshd-{port}.log"
-    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    proc = spawn_logged([SSHD, "-D", "-e", "-f", str(config)], log_path)
     running = RunningProcess(proc, log_path, f"127.0.0.1:{port}")
     try:
         _wait_listening(port, running)
