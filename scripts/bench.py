@@ -74,6 +74,19 @@ def photo_jpeg(megapixels: float, seed: int = 12) -> bytes:
     return encoded(photo(width, height, seed), "JPEG", quality=90)
 
 
+def one_size_args(argv: list[str] | None, description: str, runs: int, runs_help: str) -> argparse.Namespace | None:
+    """--runs and --megapixels of a one-size bench (bench_observe, bench_tls), checked; None after
+    the one-line error (the caller exits 2)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--runs", type=int, default=runs, help=f"{runs_help} (default {runs})")
+    parser.add_argument("--megapixels", type=float, default=12.0, help="image size (default 12)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.runs <= 100 or not 0.1 <= args.megapixels <= 50:
+        print("error: --runs must be 1-100 and --megapixels 0.1-50", file=sys.stderr)
+        return None
+    return args
+
+
 def coordinator_run(jpeg: bytes, config: CoordinatorConfig, level: int) -> tuple[bytes, dict]:
     """(a): what `python -m coordinator process in.jpg -o out.png` does, minus file I/O."""
     started = time.perf_counter()

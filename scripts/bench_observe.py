@@ -16,7 +16,6 @@ prints medians, min-max and the ratio to `off` beside the targets (metrics <= 2%
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 
 from coordinator import tracing
 from coordinator.config import CoordinatorConfig
-from scripts.bench import coordinator_run, photo_jpeg
+from scripts.bench import coordinator_run, one_size_args, photo_jpeg
 from scripts.testkit.procs import start_worker
 
 CASES = ("off", "metrics", "tracing")
@@ -95,12 +94,8 @@ def print_table(samples: dict[str, list[float]], runs: int, megapixels: float) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=7, help="runs per case (default 7)")
-    parser.add_argument("--megapixels", type=float, default=12.0, help="image size (default 12)")
-    args = parser.parse_args(argv)
-    if not 1 <= args.runs <= 100 or not 0.1 <= args.megapixels <= 50:
-        print("error: --runs must be 1-100 and --megapixels 0.1-50", file=sys.stderr)
+    args = one_size_args(argv, __doc__.splitlines()[0], 7, "runs per case")
+    if args is None:
         return 2
     print(f"observability overhead; shared machine, load average {os.getloadavg()[0]:.1f} at the start")
     sink, jpeg = OtlpSink(), photo_jpeg(args.megapixels)

@@ -20,13 +20,11 @@ measure of what TLS adds, since it is all encryption work.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -36,7 +34,7 @@ import psutil
 
 from coordinator.config import CoordinatorConfig
 from coordinator.tls import TlsSettings
-from scripts.bench import coordinator_run, photo_jpeg
+from scripts.bench import coordinator_run, one_size_args, photo_jpeg
 from scripts.testkit.procs import TlsClient, free_port, start_worker
 from scripts.testkit.tls import FLEET_TLS_NAME, Authority
 
@@ -226,12 +224,8 @@ def measure(fleets: dict[str, Fleet], jpeg: bytes, runs: int) -> dict[tuple[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5, help="runs per case and wire (default 5)")
-    parser.add_argument("--megapixels", type=float, default=12.0, help="image size (default 12)")
-    args = parser.parse_args(argv)
-    if not 1 <= args.runs <= 100 or not 0.1 <= args.megapixels <= 50:
-        print("error: --runs must be 1-100 and --megapixels 0.1-50", file=sys.stderr)
+    args = one_size_args(argv, __doc__.splitlines()[0], 5, "runs per case and wire")
+    if args is None:
         return 2
     cases = [case for case in CASES if case != "stunnel" or STUNNEL]
     print(f"TLS cost; shared machine, load average {os.getloadavg()[0]:.1f} at the start")
