@@ -51,22 +51,14 @@ def tls():
     return {"ca": ca.cert_pem.decode(), "server": ca.issue()}
 
 
-def iam_user_keys(iam, name: str, policy: dict) -> dict[str, str]:
-    iam.create_user(UserName=name)
-    iam.put_user_policy(UserName=name, PolicyName=f"{name}-policy", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName=name)["AccessKey"]
-    return {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
-
-
 @pytest.fixture
 def stack(moto, tls):
     """Both stacks' parameters, an admin for the test's own changes, the host's keys; IAM enforced."""
     moto.enforce_iam(False)
     moto.reset()
-    iam = moto.client("iam")
     everything = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
-    admin = iam_user_keys(iam, "admin", everything)
-    host = iam_user_keys(iam, "host", instance_policy(REGION, ACCOUNT, PREFIX))
+    admin = moto.iam_user("admin", everything)
+    host = moto.iam_user("host", instance_policy(REGION, ACCOUNT, PREFIX))
     ssm = moto.client("ssm", **admin)
     for prefix in (PREFIX, OTHER_PREFIX):
         put(ssm, f"{prefix}/worker-token", TOKEN, "SecureString")

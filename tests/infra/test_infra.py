@@ -535,12 +535,9 @@ def test_the_programs_host_policy_reads_its_stack_and_not_another_on_moto(tmp_pa
         admin = server.client("ssm")
         for prefix in (PREFIX, f"/{PROJECT}/other", f"/{PROJECT}/{STACK}2"):
             admin.put_parameter(Name=f"{prefix}/worker-token", Value=MOCK_TOKEN, Type="SecureString")
-        iam = server.client("iam")
-        iam.create_user(UserName="host")
-        iam.put_user_policy(UserName="host", PolicyName="read-secrets", PolicyDocument=policy)
-        key = iam.create_access_key(UserName="host")["AccessKey"]
+        keys = server.iam_user("host", policy)
         server.enforce_iam(True)
-        host = server.client("ssm", aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+        host = server.client("ssm", **keys)
         reply = host.get_parameters(Names=[f"{PREFIX}/worker-token"], WithDecryption=True)
         assert [p["Value"] for p in reply["Parameters"]] == [MOCK_TOKEN]
         for other in (f"/{PROJECT}/other/worker-token", f"/{PROJECT}/{STACK}2/worker-token"):

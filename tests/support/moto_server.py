@@ -7,6 +7,7 @@ parameter's ARN, as AWS does, instead of moto's "*".
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -68,6 +69,15 @@ class MotoServer:
         """A boto3 client for `service`; dummy keys unless `aws_access_key_id`/... are given."""
         keys = keys or {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
         return boto3.client(service, region_name=REGION, endpoint_url=self.url, **keys)
+
+    def iam_user(self, name: str, policy: dict | str) -> dict[str, str]:
+        """A new IAM user allowed by `policy` (a document, or its JSON); its access key as client keywords."""
+        iam = self.client("iam")
+        iam.create_user(UserName=name)
+        document = policy if isinstance(policy, str) else json.dumps(policy)
+        iam.put_user_policy(UserName=name, PolicyName=f"{name}-policy", PolicyDocument=document)
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        return {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
 
     def reset(self) -> None:
         """Forget every resource (moto's own reset endpoint), so tests do not see each other's."""
