@@ -56,24 +56,7 @@ class SlowLoopback:
         self._ip("netns", "add", self.name)
         try:
             self._ip("netns", "exec", self.name, "ip", "link", "set", "lo", "up")
-            self._ip(
-                "netns",
-                "exec",
-                self.name,
-                "tc",
-                "qdisc",
-                "add",
-                "dev",
-                "lo",
-                "root",
-                "tbf",
-                "rate",
-                self.rate,
-                "burst",
-                self.burst,
-                "latency",
-                self.latency,
-            )
+            self._tbf("add", self.rate)
         except Exception:
             self.__exit__()
             raise
@@ -95,25 +78,13 @@ class SlowLoopback:
         self.processes.append(proc)
         return proc
 
+    def _tbf(self, action: str, rate: str) -> None:
+        """`tc qdisc add|change` of the token bucket filter on the namespace's loopback."""
+        tbf = ["tbf", "rate", rate, "burst", self.burst, "latency", self.latency]
+        self._ip("netns", "exec", self.name, "tc", "qdisc", action, "dev", "lo", "root", *tbf)
+
     def set_rate(self, rate: str) -> None:
-        self._ip(
-            "netns",
-            "exec",
-            self.name,
-            "tc",
-            "qdisc",
-            "change",
-            "dev",
-            "lo",
-            "root",
-            "tbf",
-            "rate",
-            rate,
-            "burst",
-            self.burst,
-            "latency",
-            self.latency,
-        )
+        self._tbf("change", rate)
         self.rate = rate
 
     def run(self, command: list[str], **kwargs) -> subprocess.CompletedProcess:
