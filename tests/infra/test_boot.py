@@ -25,6 +25,7 @@ import time
 
 import pytest
 
+from infra.userdata import SECRETS_INTERVAL_SECONDS
 from scripts.boot import inspect
 from scripts.boot.image import build_image
 from scripts.boot.netplan import machine_address
@@ -225,7 +226,8 @@ def test_first_boot_makes_a_hardened_worker(role, image, program):
 
 def rotate_token(stage: Stage, box, role: str, document: str, program: dict) -> None:
     """`fleet rotate-token`'s host side: "current\nnext" in SSM, the secrets unit run (as over SSH),
-    the worker accepts both without a restart."""
+    the worker accepts both without a restart; then "next" alone, left to the timer (as on a pooled
+    host with no SSH): the old token gets 401 within a timer period."""
     started = time.monotonic()
     pid = inspect.service_facts(box, role)["MainPID"]
     following = secrets.token_hex(20)
@@ -239,6 +241,16 @@ def rotate_token(stage: Stage, box, role: str, document: str, program: dict) -> 
     assert probe(stage, role, document, following, timeout=10)["token_status"] == 200
     assert probe(stage, role, document, program["token"], timeout=10)["token_status"] == 200
     assert inspect.service_facts(box, role)["MainPID"] == pid  # reloaded, not restarted
+
+    retired_at = time.monotonic()
+    stage.put_parameters({f"{program['prefix']}/worker-token": ("SecureString", following)})
+    deadline = retired_at + SECRETS_INTERVAL_SECONDS + 30  # the manual start above restarted the timer's period
+    while probe(stage, role, document, program["token"], timeout=10)["token_status"] != 401:
+        assert time.monotonic() < deadline, "the secrets timer did not retire the old token"
+        time.sleep(3)
+    TIMINGS.append((role, "old token retired by the timer", time.monotonic() - retired_at))
+    assert probe(stage, role, document, following, timeout=10)["token_status"] == 200
+    assert inspect.service_facts(box, role)["MainPID"] == pid
 
 
 # ---------------------------------------------------------------- failed boots are visible
