@@ -3,7 +3,6 @@ soak)."""
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
@@ -11,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from scripts.testkit.images import expected_pixels, max_pixel_diff, png_bytes, sample_rgb
+from scripts.testkit.procs import json_lines
 
 JOBS = 50
 CLIENT_THREADS = 10
@@ -154,15 +154,9 @@ def neighbour(url: str, stop: threading.Event, outcome: LoadOutcome, limit: int 
 
 def busy_responses_in_log(log_text: str) -> int:
     """Requests the worker answered 503 busy, from its JSON log lines."""
-    count = 0
-    for line in log_text.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("status") == 503 or entry.get("code") == "busy":
-            count += 1
-    return count
+    return sum(
+        1 for entry in json_lines(log_text.splitlines()) if entry.get("status") == 503 or entry.get("code") == "busy"
+    )
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +88,10 @@ class RunningProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def log_entries(self, since_line: int = 0) -> list[dict]:
+        """The JSON objects its log holds from line `since_line` on (see json_lines)."""
+        return json_lines(self.log_text().splitlines()[since_line:])
+
     def signal(self, signum: int) -> None:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signum)
@@ -100,6 +106,19 @@ class RunningProcess:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         return self.proc.returncode
+
+
+def json_lines(lines: Iterable[str]) -> list[dict]:
+    """The JSON objects among log lines (services log one per line); any other line is skipped."""
+    entries = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
 
 
 def wait_http_ok(

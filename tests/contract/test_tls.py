@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import os
 import select
 import socket
@@ -122,20 +121,8 @@ def process(session: requests.Session, worker, token: str | None = None) -> requ
     return session.post(worker.url + "/process", data=IMAGE, headers=headers, timeout=TIMEOUT)
 
 
-def log_entries(worker) -> list[dict]:
-    entries = []
-    for line in worker.log_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict):
-            entries.append(entry)
-    return entries
-
-
 def reload_failures(worker) -> list[dict]:
-    return [e for e in log_entries(worker) if str(e.get("msg", "")).startswith(RELOAD_FAILED)]
+    return [e for e in worker.log_entries() if str(e.get("msg", "")).startswith(RELOAD_FAILED)]
 
 
 def wait_closed(sock: socket.socket, deadline: float) -> bytes | None:
@@ -409,7 +396,7 @@ def test_cert_swap_reaches_new_handshakes_while_an_open_connection_keeps_working
     assert fingerprint(kept.sock.getpeercert(binary_form=True)) == old
     kept.close()
     assert process(worker.session(), worker).status_code == 200
-    assert any(str(e.get("msg", "")).startswith("secrets reloaded") for e in log_entries(worker))
+    assert any(str(e.get("msg", "")).startswith("secrets reloaded") for e in worker.log_entries())
 
 
 @pytest.mark.parametrize("broken", ["empty token file", "garbage certificate", "key of another certificate"])

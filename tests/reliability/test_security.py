@@ -210,15 +210,8 @@ def run_cli(tmp_path, fleet, token: str, strips: int = 4) -> tuple[subprocess.Co
 
 
 def logged_request_ids(worker, since_line: int) -> list[str]:
-    ids = []
-    for line in worker.log_text().splitlines()[since_line:]:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("request_id") and entry.get("path") == "/process" and entry.get("status"):
-            ids.append(entry["request_id"])
-    return ids
+    entries = worker.log_entries(since_line)
+    return [e["request_id"] for e in entries if e.get("request_id") and e.get("path") == "/process" and e.get("status")]
 
 
 def test_coordinator_token_is_sent_and_never_printed(tmp_path, locked_fleet):
