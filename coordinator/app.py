@@ -356,13 +356,11 @@ def store_failure(exc: NoWorkerError, total: int, lines: list[str], status) -> N
     log.warning("job failed", extra={"fields": {"error": str(exc), "strip": exc.strip_index, "op": exc.op}})
 
 
-def run_with_progress(upload: dict, uploaded, config: CoordinatorConfig, choice: dict, status, lines: list):
-    """engine.run_job with each event shown as it comes. A control change does not stop it (the
-    fragment's rerun waits for it); a whole-page rerun or Stop does, at the job's next event
-    (Streamlit raises StopException there). The job is listed in running_jobs meanwhile, so the
-    new run can say so instead of dropping the job silently."""
-    total, running, session = choice["strips"], running_jobs(), session_id()
-    progress = running[session] = {"done": 0, "total": total}
+def run_with_progress(
+    upload: dict, uploaded, config: CoordinatorConfig, choice: dict, status, lines: list, progress: dict
+):
+    """engine.run_job with each event shown as it comes, and counted in `progress`."""
+    total = choice["strips"]
 
     def on_event(event) -> None:  # the engine calls this on this (the script's) thread
         progress["done"] += event.kind == "done"
@@ -372,33 +370,46 @@ def run_with_progress(upload: dict, uploaded, config: CoordinatorConfig, choice:
             status.text(line)
         status.update(label=status_label(progress["done"], total, event))
 
-    try:
-        return engine.run_job(
-            uploaded.getvalue(),
-            config,
-            plan=choice["spec"],
-            strips=total,
-            params=choice["params"] or None,
-            on_event=on_event,
-            session=shared_session(),
-            pixels=upload["pixels"],
-        )
-    except (RerunException, StopException):
-        log.info("job cancelled", extra={"fields": {"done": progress["done"], "strips": total}})
-        raise
-    finally:
-        if running.get(session) is progress:
-            del running[session]
+    return engine.run_job(
+        uploaded.getvalue(),
+        config,
+        plan=choice["spec"],
+        strips=total,
+        params=choice["params"] or None,
+        on_event=on_event,
+        session=shared_session(),
+        pixels=upload["pixels"],
+    )
 
 
 def process(upload: dict, uploaded, config: CoordinatorConfig, choice: dict, known_runtimes: dict) -> bool:
+    """process_job, listed in running_jobs while it runs. A control change does not stop it (the
+    fragment's rerun waits for it); a whole-page rerun or Stop does, at its next st call
+    (Streamlit raises StopException there). A stopped job stays listed until a run has said so
+    (show_notes), whichever of the two runs gets there first."""
+    running, session = running_jobs(), session_id()
+    progress = running[session] = {"done": 0, "total": choice["strips"]}
+    try:
+        return process_job(upload, uploaded, config, choice, known_runtimes, progress)
+    except (RerunException, StopException):
+        progress["stopped"] = True
+        log.info("job cancelled", extra={"fields": {"done": progress["done"], "strips": choice["strips"]}})
+        raise
+    finally:
+        if (not progress.get("stopped") or progress.get("reported")) and running.get(session) is progress:
+            running.pop(session, None)
+
+
+def process_job(
+    upload: dict, uploaded, config: CoordinatorConfig, choice: dict, known_runtimes: dict, progress: dict
+) -> bool:
     """Run the job and keep its outcome in the session; True when some worker failed (the
     workers panel is then out of date)."""
     lines: list[str] = []
     status = st.status(status_label(0, choice["strips"]), expanded=True)
     started = time.perf_counter()
     try:
-        result = run_with_progress(upload, uploaded, config, choice, status, lines)
+        result = run_with_progress(upload, uploaded, config, choice, status, lines, progress)
     except NoWorkerError as exc:
         store_failure(exc, choice["strips"], lines, status)
         return True
@@ -461,8 +472,11 @@ def process(upload: dict, uploaded, config: CoordinatorConfig, choice: dict, kno
 def show_notes(outcome: dict, choice: dict, replay_log: bool) -> None:
     """The stopped-job note, a failed job's error, the progress log replayed, and a warning
     on a result whose settings no longer match the controls."""
-    stopped = running_jobs().get(session_id())  # a job of this session's previous run, being stopped
+    stopped = running_jobs().get(session_id())  # a job of this session's previous run, stopped or being stopped
     if stopped:
+        stopped["reported"] = True
+        if stopped.get("stopped"):
+            running_jobs().pop(session_id(), None)
         st.warning(cancelled_message(stopped), icon=":material/cancel:")
     replay_log = replay_log and bool(outcome.get("lines"))
     if "error" in outcome:

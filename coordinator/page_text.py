@@ -163,11 +163,11 @@ def no_worker_message(error, strip_count: int) -> tuple[str, list[str]]:
 
 
 def cancelled_message(info: dict) -> str:
-    """A job cut short by a whole-page rerun (a new upload, the workers' Refresh); a control
-    change does not cut a job short (the controls' rerun waits for it)."""
+    """A job cut short by a whole-page rerun (a new upload, the workers' Refresh) or Stop; a
+    control change does not cut a job short (the controls' rerun waits for it)."""
     return (
         f"The job you started was stopped after {info['done']} of {plural(info['total'], 'strip')}: "
-        "the whole page reloaded while it ran (a new upload, or the workers' **Refresh**). "
+        "the whole page reloaded while it ran (a new upload, the workers' **Refresh**, or **Stop**). "
         "The result below (if any) is from before. Press **Process** to run it again."
     )
 
