@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -37,6 +36,7 @@ from coordinator.tls import TlsSettings
 from scripts.bench import coordinator_run, one_size_args, photo_jpeg
 from scripts.testkit.procs import TlsClient, free_port, start_worker
 from scripts.testkit.tls import FLEET_TLS_NAME, Authority
+from scripts.wan import wait_port
 
 CASES = ("plain", "worker", "stunnel")
 WIRES = ("raw", "jpeg-cut")
@@ -101,19 +101,6 @@ def stunnel_config(pki: Pki, routes: list[tuple[int, int]], log: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def wait_listening(port: int, proc: subprocess.Popen, seconds: float = 15) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"stunnel exited {proc.returncode} before listening")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"stunnel not listening on {port} after {seconds:g} s")
-
-
 def start_fleet(case: str, folder: Path, pki: Pki) -> Fleet:
     env = {"WORKER_LOG_LEVEL": "info"}
     if case == "worker":
@@ -130,7 +117,7 @@ def start_fleet(case: str, folder: Path, pki: Pki) -> Fleet:
     fleet.proxy = subprocess.Popen([STUNNEL, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for accept, _ in routes:
-            wait_listening(accept, fleet.proxy)
+            wait_port("127.0.0.1", accept, fleet.proxy)
     except RuntimeError:
         fleet.stop()
         raise
