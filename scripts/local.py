@@ -340,6 +340,13 @@ def stop_all(grace: float = 15) -> int:
     return 0
 
 
+def page_command(port: int, *options: str) -> list[str]:
+    """`streamlit run coordinator/app.py`, headless, on `port`; `options`: more streamlit flags."""
+    app = str(ROOT / "coordinator" / "app.py")
+    headless = ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    return [sys.executable, "-m", "streamlit", "run", app, "--server.port", str(port), *headless, *options]
+
+
 def run(tls: LocalTls | None = None) -> int:
     try:
         chosen = ports()
@@ -350,21 +357,13 @@ def run(tls: LocalTls | None = None) -> int:
     code = start_workers(chosen=chosen, tls=tls)
     if code:
         return code
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(ROOT / "coordinator" / "app.py"),
-        "--server.port",
-        str(chosen["page"]),
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-    ]
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    page = subprocess.Popen(cmd, cwd=ROOT, env=page_env(os.environ, chosen, tls is not None), start_new_session=True)
+    page = subprocess.Popen(
+        page_command(chosen["page"]),
+        cwd=ROOT,
+        env=page_env(os.environ, chosen, tls is not None),
+        start_new_session=True,
+    )
     _pid_file("page").write_text(str(page.pid))
     print(
         f"\n  The page is at http://localhost:{chosen['page']}  (Ctrl-C or `make stop` stops everything)\n", flush=True

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from scripts import local
 from scripts.testkit.procs import ROOT, RunningProcess, free_port, spawn_logged, wait_started
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -45,25 +45,8 @@ def start_page(tmp_dir: Path, workers: list[str], extra_env: dict | None = None,
     """`streamlit run coordinator/app.py` on a free loopback port, pointed at `workers`."""
     port = free_port()
     env = {**os.environ, "COORDINATOR_WORKERS": ",".join(workers), **(extra_env or {})}
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(ROOT / "coordinator" / "app.py"),
-        "--server.port",
-        str(port),
-        "--server.address",
-        "127.0.0.1",
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-        "--server.fileWatcherType",
-        "none",
-        "--client.toolbarMode",
-        "minimal",
-    ]
+    local_only = ["--server.address", "127.0.0.1", "--server.fileWatcherType", "none"]
+    cmd = local.page_command(port, *local_only, "--client.toolbarMode", "minimal")
     log_path = tmp_dir / f"page-{port}.log"
     page = RunningProcess(spawn_logged(cmd, log_path, ROOT, env), log_path, f"http://127.0.0.1:{port}", env)
     return wait_started(page, page.url + "/_stcore/health", "the page did not start", timeout=timeout)
