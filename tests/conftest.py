@@ -7,19 +7,30 @@ import pytest
 from scripts.testkit.procs import RUNTIMES, start_worker
 
 
-@pytest.fixture(scope="session")
-def worker_factory(tmp_path_factory):
-    """Start extra workers with their own env; all are stopped at the end of the session."""
+def _started(folder_for):
+    """A start(runtime, env, **start_worker_options) for a fixture, which stops them all after."""
     started = []
 
     def start(runtime: str, env: dict | None = None, **kwargs):
-        worker = start_worker(runtime, tmp_path_factory.mktemp(f"w-{runtime}"), env, **kwargs)
+        worker = start_worker(runtime, folder_for(runtime, len(started)), env, **kwargs)
         started.append(worker)
         return worker
 
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture(scope="session")
+def worker_factory(tmp_path_factory):
+    """Start extra workers with their own env; all are stopped at the end of the session."""
+    yield from _started(lambda runtime, _: tmp_path_factory.mktemp(f"w-{runtime}"))
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    """Start workers for one test (worker_factory's arguments); each is stopped when the test ends."""
+    yield from _started(lambda _, count: tmp_path / f"worker-{count}")
 
 
 @pytest.fixture(scope="module")

@@ -142,21 +142,6 @@ def wait_closed(sock: socket.socket, deadline: float) -> bytes | None:
     return None
 
 
-@pytest.fixture
-def spawn(tmp_path):
-    """Start workers for one test; each is stopped when the test ends."""
-    started = []
-
-    def start(runtime: str, env: dict, tls: TlsClient | None = None, wait: bool = True):
-        worker = start_worker(runtime, tmp_path / f"worker-{len(started)}", env, wait=wait, tls=tls)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """One TLS worker per runtime (started on first use) and its PKI, for the cases that change nothing."""
