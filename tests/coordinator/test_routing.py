@@ -162,18 +162,24 @@ def config(urls, **changes) -> CoordinatorConfig:
 PIXELS = np.random.default_rng(3).integers(0, 256, (40, 30, 3), dtype=np.uint8)
 
 
-def job(urls, handler, strips=1, workers=None, on_event=None, **changes):
-    fake = FakeTransport(handler)
-    result = run_job(
+def run(urls, fake, strips=1, workers=None, on_event=None, **changes):
+    """run_job: PIXELS inverted through `fake` by `urls` (each healthy, 4 slots, unless `workers`)."""
+    workers = workers or [worker(url) for url in urls]
+    return run_job(
         b"",
         config(urls, **changes),
         plan="invert",
         strips=strips,
         pixels=PIXELS,
-        workers=workers or [worker(url) for url in urls],
+        workers=workers,
         session=fake,
         on_event=on_event,
     )
+
+
+def job(urls, handler, strips=1, workers=None, on_event=None, **changes):
+    fake = FakeTransport(handler)
+    result = run(urls, fake, strips, workers, on_event, **changes)
     assert np.array_equal(result.pixels, 255 - PIXELS)
     return result, fake
 
@@ -253,15 +259,7 @@ def test_gives_up_once_every_worker_is_tried():
 
     fake = FakeTransport(handler)
     with pytest.raises(NoWorkerError) as caught:
-        run_job(
-            b"",
-            config(["http://x1", "http://x2"]),
-            plan="invert",
-            strips=1,
-            pixels=PIXELS,
-            workers=[worker("http://x1"), worker("http://x2")],
-            session=fake,
-        )
+        run(["http://x1", "http://x2"], fake)
     assert caught.value.exit_code == 3 and caught.value.strip_index == 0
     assert caught.value.attempts == ["http://x1: connection refused", "http://x2: connection refused"]
     assert sorted(sent.worker for sent in fake.sent) == ["http://x1", "http://x2"]  # each once: both down
@@ -270,30 +268,14 @@ def test_gives_up_once_every_worker_is_tried():
 def test_gives_up_after_max_attempts_on_a_worker_that_keeps_failing():
     fake = FakeTransport(lambda sent: error(500, "internal"))
     with pytest.raises(NoWorkerError, match="no worker could do strip 1"):
-        run_job(
-            b"",
-            config(["http://x3"], max_attempts=3, backoff=0.01),
-            plan="invert",
-            strips=1,
-            pixels=PIXELS,
-            workers=[worker("http://x3")],
-            session=fake,
-        )
+        run(["http://x3"], fake, max_attempts=3, backoff=0.01)
     assert len(fake.sent) == 3
 
 
 def test_a_4xx_is_not_retried():
     fake = FakeTransport(lambda sent: error(400, "bad_request"))
     with pytest.raises(NoWorkerError, match=r"http://r1 refused strip 1 \(op invert\)"):
-        run_job(
-            b"",
-            config(["http://r1", "http://r2"]),
-            plan="invert",
-            strips=1,
-            pixels=PIXELS,
-            workers=[worker("http://r1"), worker("http://r2")],
-            session=fake,
-        )
+        run(["http://r1", "http://r2"], fake)
     assert len(fake.sent) == 1
 
 
@@ -334,15 +316,7 @@ def test_requests_in_flight_stay_within_the_worker_slots_across_jobs():
 
     def one_job():
         try:
-            run_job(
-                b"",
-                config([url]),
-                plan="invert",
-                strips=8,
-                pixels=PIXELS,
-                workers=[worker(url, max_inflight=2)],
-                session=fake,
-            )
+            run([url], fake, strips=8, workers=[worker(url, max_inflight=2)])
         except Exception as exc:
             errors.append(exc)
 
