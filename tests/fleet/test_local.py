@@ -39,6 +39,14 @@ def runner(command: str, tmp_path, timeout: float = 90, flags: tuple = (), **por
     )
 
 
+def start_error_line(tmp_path, code: int, **settings) -> str:
+    """`start` with these settings exits `code` after one stderr line, which it returns."""
+    result = runner("start", tmp_path, timeout=30, **settings)
+    assert result.returncode == code, (result.stdout, result.stderr)
+    (line,) = result.stderr.strip().splitlines()
+    return line
+
+
 @pytest.fixture
 def held_port():
     """A port something else listens on, as when another program (or user) holds it."""
@@ -51,9 +59,7 @@ def held_port():
 @pytest.mark.parametrize("variable", ["PYTHON_WORKER_PORT", "NODEJS_WORKER_PORT"])
 def test_a_busy_worker_port_is_one_line_naming_the_variable_and_starts_nothing(variable, held_port, tmp_path):
     other = "NODEJS_WORKER_PORT" if variable == "PYTHON_WORKER_PORT" else "PYTHON_WORKER_PORT"
-    result = runner("start", tmp_path, timeout=30, **{variable: held_port, other: free_port()})
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    (line,) = result.stderr.strip().splitlines()
+    line = start_error_line(tmp_path, 1, **{variable: held_port, other: free_port()})
     assert line.startswith(f"error: port {held_port} for worker-") and "is busy" in line
     assert f"set {variable} to a free port" in line
     assert not list((tmp_path / "run").glob("*.pid"))  # checked before anything started
@@ -83,9 +89,7 @@ def test_a_busy_page_port_is_named_before_the_workers_start(held_port, tmp_path)
     ],
 )
 def test_bad_port_settings_are_usage_errors(ports, fragment, tmp_path):
-    result = runner("start", tmp_path, timeout=30, **ports)
-    assert result.returncode == 2
-    (line,) = result.stderr.strip().splitlines()
+    line = start_error_line(tmp_path, 2, **ports)
     assert line.startswith("error: ") and fragment in line
 
 
@@ -236,9 +240,7 @@ def test_a_pool_of_two_per_runtime_starts_is_listed_for_the_cli_and_stops(tmp_pa
     ],
 )
 def test_bad_worker_counts_are_usage_errors(counts, fragment, tmp_path):
-    result = runner("start", tmp_path, timeout=30, **counts)
-    assert result.returncode == 2
-    (line,) = result.stderr.strip().splitlines()
+    line = start_error_line(tmp_path, 2, **counts)
     assert line.startswith("error: ") and fragment in line
 
 
