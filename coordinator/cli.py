@@ -608,22 +608,25 @@ def check_input(batch: Batch, size: tuple[int, int] | None, target: Target) -> N
 def produce(batch: Batch, name: str, data: bytes, target: Target, on_event) -> tuple[int, list[StripResult]]:
     """Decode, process, encode and write one image; returns the bytes written and the strips."""
     from coordinator import imaging
-    from coordinator.engine import run_job
+    from coordinator.engine import run_job, undecoded_size
 
-    pixels, alpha = imaging.decode_with_alpha(data, batch.config.max_pixels)
-    imaging.check_output_size(target.fmt, pixels.shape[1], pixels.shape[0])
+    size = undecoded_size(data, batch.config)  # a JPEG cut losslessly: no decode here, no alpha
+    pixels, alpha = (size, None) if size else imaging.decode_with_alpha(data, batch.config.max_pixels)
+    height, width = size or pixels.shape[:2]
+    imaging.check_output_size(target.fmt, width, height)
     workers = job_workers(batch)
     auto = batch.args.strips == "auto"
     result = run_job(
         data,
         batch.config,
         plan=batch.args.plan,
-        strips=auto_strips(workers, batch.args.plan, pixels.shape[0]) if auto else batch.strips,
+        strips=auto_strips(workers, batch.args.plan, height) if auto else batch.strips,
         params=batch.params,
         on_event=on_event,
         workers=workers,
         session=batch.session,
         pixels=pixels,
+        png_level=batch.config.png_level if target.fmt == "png" and alpha is None else None,
     )
     del pixels
     output = imaging.with_alpha(result.pixels, alpha, result.strips, batch.params.get("radius"))
@@ -633,7 +636,9 @@ def produce(batch: Batch, name: str, data: bytes, target: Target, on_event) -> t
                 f"warning: {name} has transparency and {target.fmt.upper()} has none: "
                 "the result is flattened onto white (PNG, WebP and TIFF keep it)"
             )
-    encoded = imaging.encode_output(output, target.fmt, batch.args.quality or QUALITY_DEFAULT, batch.config.png_level)
+    encoded = result.png or imaging.encode_output(
+        output, target.fmt, batch.args.quality or QUALITY_DEFAULT, batch.config.png_level
+    )
     write_output(target, encoded, replace=batch.args.overwrite)
     return len(encoded), result.strips
 

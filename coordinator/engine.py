@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from coordinator import imaging
+from coordinator import codecs, imaging
 from coordinator.config import CoordinatorConfig
 from coordinator.discovery import WorkerStatus, discover
 from coordinator.errors import NoWorkerError
@@ -75,6 +75,16 @@ def _registered(cancel: Cancel):
     finally:
         with _RUNNING_LOCK:
             _RUNNING.discard(cancel)
+
+
+def undecoded_size(data: bytes, config: CoordinatorConfig) -> tuple[int, int] | None:
+    """(height, width) of an input the job need not decode: a JPEG whose rows jpegtran cuts
+    losslessly (codecs.jpeg_source; its full read checks the file, and a body that needs
+    pixels decodes then), within max_pixels. None: decode first."""
+    source = codecs.jpeg_source(data)
+    if source is None or source.width * source.height > config.max_pixels:
+        return None
+    return source.height, source.width
 
 
 def plan_layout(plan: str, strips: int, params: dict | None, height: int) -> tuple[list[str], dict, list[Strip]]:
@@ -146,31 +156,42 @@ def run_job(
     on_event: Callable[[StripEvent], None] | None = None,
     workers: list[WorkerStatus] | None = None,
     session: Transport | None = None,
-    pixels: np.ndarray | None = None,
+    pixels: np.ndarray | tuple[int, int] | None = None,
+    png_level: int | None = None,
 ) -> JobResult:
     """Process one image on the workers. Raises InputError or NoWorkerError; never returns a
     partial image. on_event runs on the calling thread. `pixels`: the caller's own
-    imaging.decode_pixels(data) result, so a caller that already decoded (the page) saves it."""
+    imaging.decode_pixels(data) result, so a caller that already decoded (the page) saves it,
+    or the (height, width) of undecoded_size(data, config); without it a JPEG that is cut
+    losslessly is not decoded at all unless a body needs its pixels.
+    `png_level`: also encode the result as PNG (JobResult.png, the bytes of
+    imaging.encode_output(pixels, "png", png_level=png_level)), deflated as the replies arrive."""
     started = time.perf_counter()
     if _STOPPING.is_set():
         raise NoWorkerError(None, plan or "seed", [], summary="interrupted")
-    pixels = imaging.decode_pixels(data, config.max_pixels) if pixels is None else pixels
+    if pixels is None:
+        size = undecoded_size(data, config)
+        pixels = imaging.decode_pixels(data, config.max_pixels) if size is None else size
     decoded = time.perf_counter()
-    ops, params, layout = plan_layout(plan, strips, params, pixels.shape[0])
+    height = pixels[0] if isinstance(pixels, tuple) else pixels.shape[0]
+    ops, params, layout = plan_layout(plan, strips, params, height)
     own_session = None if session is not None else make_session(min(len(layout), MAX_STRIP_THREADS))
     session = session or own_session
     workers = discover(config, session) if workers is None else workers
     discovered = time.perf_counter()
     router = Router(workers)
     router.check_capable(layout)
-    job = Job(data, pixels, params, config, router, session)
+    job = Job(data, pixels, params, config, router, session, png_level)
     try:
         with _registered(job.cancel):
             results = run_strips(job, layout, on_event, own_session)
     except BaseException as exc:
         job.span.end(str(exc) or type(exc).__name__)
         raise
+    finished = time.perf_counter()
+    png = job.png.finish() if job.png is not None else None
     job.span.end()
-    result = job_result(job, ops, results, workers, (started, decoded, discovered, time.perf_counter()))
-    result.trace_id = job.span.trace_id
+    result = job_result(job, ops, results, workers, (started, decoded, discovered, finished))
+    result.trace_id, result.png = job.span.trace_id, png
+    result.timings["png_finish_ms"] = (time.perf_counter() - finished) * 1000
     return result

@@ -14,7 +14,7 @@ from functools import cached_property
 import numpy as np
 from PIL import Image
 
-from coordinator import codecs, imaging, tracing
+from coordinator import codecs, imaging, pngfast, tracing
 from coordinator import request as strip_request
 from coordinator.config import CoordinatorConfig
 from coordinator.discovery import WorkerStatus
@@ -83,6 +83,7 @@ class JobResult:
     # decode_ms, discover_ms, dispatch_ms (send, work, receive, stitch), stitch_ms (copying strips in)
     timings: dict[str, float] = field(default_factory=dict)
     trace_id: str = ""  # the job's W3C trace id (exported when OTEL_EXPORTER_OTLP_ENDPOINT is set)
+    png: bytes | None = None  # the result as PNG, when run_job was given png_level
 
     @cached_property
     def image(self) -> Image.Image:
@@ -127,17 +128,24 @@ class Job:
     def __init__(
         self,
         data: bytes,
-        pixels: np.ndarray,
+        pixels: np.ndarray | tuple[int, int],
         params: dict,
         config: CoordinatorConfig,
         router: Router,
         session: Transport,
+        png_level: int | None = None,
     ):
-        self.data, self.pixels, self.params, self.config = data, pixels, params, config
+        """pixels: the decoded input, or its (height, width) when it is a JPEG that is decoded
+        only if a body needs its pixels (lossless cuts need none: engine.undecoded_size)."""
+        self.data, self.params, self.config = data, params, config
         self.router, self.session = router, session
-        self.height, self.width = pixels.shape[0], pixels.shape[1]
+        decoded = isinstance(pixels, np.ndarray)
+        self._pixels = pixels if decoded else None
+        self.height, self.width = pixels.shape[:2] if decoded else pixels
         self.policy = RetryPolicy.from_config(config)
-        self.result = np.empty_like(pixels)
+        self.result = np.empty((self.height, self.width, 3), dtype=np.uint8)
+        # the output PNG deflated as replies arrive (each piece's rows once stitched)
+        self.png = None if png_level is None else pngfast.StreamingPng(self.result, png_level)
         self.events: queue.Queue = queue.Queue()
         self.abort = threading.Event()
         self.cancel = Cancel()
@@ -145,10 +153,20 @@ class Job:
         self.stitch_seconds = 0.0  # strips are stitched as they arrive
         self._stitch_lock = threading.Lock()
         self._jpeg_lock = threading.Lock()
+        self._decode_lock = threading.Lock()
         self._jpeg = _NOT_LOOKED
         self.span = tracing.start_job({"job.id": self.id, "image.width": self.width, "image.height": self.height})
 
     # --- body ------------------------------------------------------------------------
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """The decoded input; decoded here, once, when the job started without it (InputError
+        from a strip's thread reaches run_job's caller)."""
+        with self._decode_lock:
+            if self._pixels is None:
+                self._pixels = imaging.decode_pixels(self.data, self.config.max_pixels)
+            return self._pixels
 
     def jpeg_source(self) -> codecs.JpegSource | None:
         with self._jpeg_lock:  # looked at once per job, by the first strip that wants it
@@ -169,6 +187,8 @@ class Job:
             return None  # jpegtran broke: the lossless PNG is exact too
         if not self.fits(worker, len(cut), cut_bottom - cut_top):
             return None
+        if cut is source.data:  # not read through jpegtran: decoding checks it is whole
+            _ = self.pixels
         return StripBody(
             cut, "image/jpeg", "jpeg-cut", cut_top, cut_bottom - cut_top, piece.fill_top, piece.fill_bottom
         )
@@ -233,7 +253,9 @@ class Job:
         def send(number: int) -> Sent:
             key = (wire, pieces[number], worker.max_bytes, worker.max_pixels)
             suffix = f"-p{number}" if len(pieces) > 1 else ""
-            return self.send_piece(worker, strip, key, pieces[number], bodies, request_id + suffix, traceparent)
+            sent = self.send_piece(worker, strip, key, pieces[number], bodies, request_id + suffix, traceparent)
+            self.stitch(sent)  # now, so its rows deflate while the other pieces download
+            return sent
 
         if len(pieces) == 1:
             return [send(0)]
@@ -323,11 +345,12 @@ class Job:
                 sent = self.attempt(worker, strip, wire, bodies, request_id, attempt_span.traceparent())
             except StripFailed as failure:
                 attempt_span.end(failure.reason)
+                if self.png is not None:  # pieces stitched before the failure are written again
+                    self.png.unfill(strip.top, strip.bottom)
                 self.failed(strip, worker, attempt, history, failure, (time.perf_counter() - started) * 1000)
                 continue
             attempt_span.end()
             total_ms = (time.perf_counter() - started) * 1000
-            self.stitch(sent)
             self.emit("done", strip, worker, attempt, "", total_ms)
             result = strip_result(strip, worker, attempt, total_ms, history.failures, sent, request_id)
             result.trace_id = self.span.trace_id
@@ -346,15 +369,18 @@ class Job:
 
     # --- stitch ----------------------------------------------------------------------
 
-    def stitch(self, sent: list[Sent]) -> None:
+    def stitch(self, one: Sent) -> None:
+        """One piece's reply into the result (a failed attempt's pieces are written again by
+        the next attempt: daemon_map returns only when all pieces of an attempt are done)."""
         began = time.perf_counter()
-        for one in sent:
-            piece = one.body
-            # rows of the result this piece fills: its range less its halo
-            first = piece.fills_top - piece.first_row
-            rows = one.pixels[first : first + piece.fills_bottom - piece.fills_top]
-            # a 1-channel (gray) reply broadcasts to R=G=B
-            self.result[piece.fills_top : piece.fills_bottom] = rows if rows.ndim == 3 else rows[:, :, None]
+        piece = one.body
+        # rows of the result this piece fills: its range less its halo
+        first = piece.fills_top - piece.first_row
+        rows = one.pixels[first : first + piece.fills_bottom - piece.fills_top]
+        # a 1-channel (gray) reply broadcasts to R=G=B
+        self.result[piece.fills_top : piece.fills_bottom] = rows if rows.ndim == 3 else rows[:, :, None]
+        if self.png is not None:
+            self.png.fill(piece.fills_top, piece.fills_bottom)
         with self._stitch_lock:
             self.stitch_seconds += time.perf_counter() - began
 
@@ -384,6 +410,8 @@ class Job:
         """Every strip and exchange of this job ends now."""
         self.abort.set()
         self.cancel.fire()
+        if self.png is not None:
+            self.png.close()
 
 
 def strip_result(

@@ -87,13 +87,18 @@ def one_size_args(argv: list[str] | None, description: str, runs: int, runs_help
     return args
 
 
-def coordinator_run(jpeg: bytes, config: CoordinatorConfig, level: int) -> tuple[bytes, dict]:
-    """(a): what `python -m coordinator process in.jpg -o out.png` does, minus file I/O."""
+def coordinator_run(jpeg: bytes, config: CoordinatorConfig, level: int, overlap: bool = True) -> tuple[bytes, dict]:
+    """(a): what `python -m coordinator process in.jpg -o out.png` does, minus file I/O.
+    overlap=False, an A/B: the input decoded before the job, the PNG encoded after it (as
+    before the job started uploads undecoded JPEG cuts and deflated the output as replies arrive)."""
     started = time.perf_counter()
     session = make_session(2)
-    result = run_job(jpeg, config, plan="seed", strips=2, session=session)
+    pixels = None if overlap else imaging.decode_pixels(jpeg, config.max_pixels)
+    result = run_job(
+        jpeg, config, plan="seed", strips=2, session=session, pixels=pixels, png_level=level if overlap else None
+    )
     encode_started = time.perf_counter()
-    out = imaging.encode_output(result.pixels, "png", png_level=level)
+    out = result.png if overlap else imaging.encode_output(result.pixels, "png", png_level=level)
     finished = time.perf_counter()
     session.close()
     parts = dict(result.timings)

@@ -1,13 +1,14 @@
 """`make bench`, WAN part: the coordinator against the original design over a 50 Mbit/s,
 40 ms RTT link.
 
-    python -m scripts.bench_wan [--runs 3] [--megapixels 12] [--rate-mbit 50] [--rtt-ms 40]
+    python -m scripts.bench_wan [--runs 3] [--megapixels 12] [--rate-mbit 50] [--rtt-ms 40] [--designs a,s,c]
 
 Needs root and iproute2 (prints one `skip:` line and exits 0 otherwise). Builds a network
 namespace behind a veth pair with tbf on both ends and a delaying relay (scripts/wan.py),
 starts both workers inside it, measures the link, then times, interleaved, over that link:
   (a) the coordinator, lossless (auto transport: JPEG rows cut without re-encoding up,
       each op's lossless reply codec down: codecs.LOSSLESS_REPLY), JPEG bytes in -> stitched PNG out;
+  (s) (a) as before the overlap: input decoded before the job, output PNG encoded after it (an A/B);
   (r) (a) with PNG replies for every op (the reply policy before WebP), an A/B of the codecs;
   (p) the coordinator with PNG strips up (what auto does for non-JPEG inputs), same replies;
   (h) the coordinator with `--wire-quality high` (JPEG q95 replies);
@@ -138,6 +139,7 @@ def reply_codecs(runtime: str, op: str, size: tuple[int, int]) -> list[tuple[str
 
 
 HIGH = codecs.reply_query("jpeg-cut", "high", None)
+DESIGNS = ("a", "s", "r", "p", "h", "c")
 
 
 # The reply policy before per-op codecs: PNG for every op, level 1 from python, 6 from nodejs.
@@ -186,7 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--megapixels", type=float, default=12.0, help="input size (default 12)")
     parser.add_argument("--rate-mbit", type=float, default=50.0, help="link rate each way (default 50)")
     parser.add_argument("--rtt-ms", type=float, default=40.0, help="round trip time (default 40)")
+    parser.add_argument("--designs", default=",".join(DESIGNS), help=f"which to time (default {','.join(DESIGNS)})")
+    parser.add_argument("--no-codecs", action="store_true", help="skip the strip codec table")
     args = parser.parse_args(argv)
+    chosen = [name.strip() for name in args.designs.split(",") if name.strip()]
+    if not chosen or not set(chosen) <= set(DESIGNS) or not {"a", "c"} <= set(chosen):
+        parser.error(f"--designs: a comma list of {','.join(DESIGNS)} with a and c in it")
     reason = wan.unavailable_reason()
     if reason:
         print(f"skip: WAN benchmark {reason}")
@@ -215,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
             f"shared machine, other work may be running: treat small differences as noise"
         )
         print()
-        for line in codec_table(jpeg, urls, (measured.upload_mbit, measured.download_mbit), level):
+        for line in (
+            [] if args.no_codecs else codec_table(jpeg, urls, (measured.upload_mbit, measured.download_mbit), level)
+        ):
             print(line)
         # a SYN lost in a full tbf queue is resent after 1 s: 2 s would fail over needlessly
         base = CoordinatorConfig(
@@ -223,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         designs = {
             "a": ("coordinator, lossless (auto: JPEG cut up, per-op codec down)", base),
+            "s": ("(a), decode before, PNG encode after the job (no overlap)", base),
             "r": ("coordinator, lossless, PNG replies only (the policy before WebP)", base),
             "p": ("coordinator, lossless, PNG up, per-op codec down", dataclasses.replace(base, transport="png")),
         }
@@ -231,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"coordinator, --wire-quality high (JPEG q{codecs.HIGH_QUALITY} down)",
                 dataclasses.replace(base, wire_quality="high"),
             )
+        designs = {name: designs[name] for name in chosen if name in designs}
         samples: dict[str, list[dict]] = {name: [] for name in (*designs, "c")}
         outputs: dict[str, bytes] = {}
         coordinator_run(jpeg, base, level)  # warm-up: imports, connections
@@ -240,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                     out, parts = timed(link, lambda: original_run(jpeg, urls))
                 else:
                     with reply_table(PNG_REPLIES if name == "r" else codecs.LOSSLESS_REPLY):
-                        out, parts = timed(link, functools.partial(coordinator_run, jpeg, designs[name][1], level))
+                        run = functools.partial(coordinator_run, jpeg, designs[name][1], level, name != "s")
+                        out, parts = timed(link, run)
                 samples[name].append(parts)
                 outputs[name] = out
     reference = decoded(one_process_run(jpeg, level)[0])
@@ -282,11 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("where (a)'s time goes (medians, ms):")
     for key, text in (
-        ("decode_ms", "decode JPEG"),
+        ("decode_ms", "decode JPEG (none when its rows are cut losslessly)"),
         ("discover_ms", "GET /healthz on both workers (1 RTT)"),
-        ("dispatch_ms", "dispatch: cut/encode, upload, worker, download, decode, stitch"),
+        ("dispatch_ms", "dispatch: cut/encode, upload, worker, download, decode, stitch, deflate"),
         ("worker_ms", "  of which the slower worker's own time (X-Processing-Ms)"),
-        ("encode_ms", f"final PNG encode, level {level}"),
+        ("png_finish_ms", f"PNG level {level}: the chunks left after the last reply, and the file"),
     ):
         print(f"  {text:62}{statistics.median(p.get(key, 0) for p in samples['a']):8.0f}")
     if failed:

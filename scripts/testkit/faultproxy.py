@@ -61,6 +61,7 @@ class FaultProxy(ThreadedSocketServer):
         self.rate = rate
         self.delay = delay
         self.faulted = 0  # /process requests that got the fault
+        self.passes = 0  # the next this many /process replies go through untouched, then the faults begin
         self.connections = 0
         self._lock = threading.Lock()
         self._serve(host)
@@ -76,6 +77,14 @@ class FaultProxy(ThreadedSocketServer):
         self._mode = value
 
     # -- connection handling -------------------------------------------------------------
+
+    def _take_pass(self) -> bool:
+        """True, and one pass fewer, while `passes` lets /process replies through."""
+        with self._lock:
+            if self.passes <= 0:
+                return False
+            self.passes -= 1
+            return True
 
     def _count(self, name: str) -> None:
         with self._lock:
@@ -137,7 +146,7 @@ class FaultProxy(ThreadedSocketServer):
             return
         status, reason, out_headers, payload = self._forward(method, target, headers, body)
         mode = self.mode
-        if faulted and status == 200 and mode != "pass":
+        if faulted and status == 200 and mode != "pass" and not self._take_pass():
             self._count("faulted")
             self._send_fault(client, mode, status, reason, out_headers, payload)
             return

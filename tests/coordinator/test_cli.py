@@ -244,7 +244,7 @@ def test_unexpected_failure_is_one_line_exit_1(local_fleet, tmp_path, monkeypatc
     def broken(*args, **kwargs):
         raise RuntimeError("encoder exploded\nwith a second line")
 
-    monkeypatch.setattr("coordinator.imaging.encode_output", broken)  # cli imports imaging lazily
+    monkeypatch.setattr("coordinator.pngfast.assemble", broken)  # the PNG file, as the job streams it or after
     monkeypatch.delenv("COORDINATOR_WORKERS", raising=False)
     code = cli.main(
         ["process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--workers", ",".join(local_fleet)]

@@ -14,7 +14,7 @@ from PIL import Image
 from coordinator import codecs, imaging, pieces, request
 from coordinator.config import CoordinatorConfig, load_config
 from coordinator.engine import run_job
-from coordinator.errors import ConfigError
+from coordinator.errors import ConfigError, InputError
 from coordinator.plan import OPERATIONS
 from scripts.testkit.images import encoded, photo, png_bytes
 from tests.support.ci import skip_or_fail
@@ -132,6 +132,27 @@ def test_lossless_transports_are_exact_through_both_workers(fleet_config, needs_
     assert all(requests_sent.count(index) == 2 for index in range(5) if index != blur_strip)
     if transport == "jpeg-cut":
         assert sum(strip.bytes_sent for strip in result.strips) < sum(strip.bytes_sent for strip in exact.strips) / 4
+
+
+def test_a_jpeg_cut_job_never_decodes_the_input_and_a_truncated_one_is_an_input_error(
+    fleet_config, needs_jpegtran, monkeypatch
+):
+    data = jpeg_bytes(photo(320, 203))
+    exact = job(data, fleet_config)  # raw PPM: decoded
+    decodes = []
+    real_decode = imaging.decode_pixels
+    monkeypatch.setattr(imaging, "decode_pixels", lambda *args: decodes.append(args) or real_decode(*args))
+    result = job(data, fleet_config, transport="jpeg-cut")
+    assert np.array_equal(result.pixels, exact.pixels) and decodes == []
+    # jpegtran refuses a truncated file's cut; the PNG fallback decodes it and says why
+    with pytest.raises(InputError, match="truncated"):
+        job(data[: len(data) // 2], fleet_config, transport="jpeg-cut")
+    # one strip in one piece is the whole file, sent without jpegtran: it is decoded to be checked
+    with pytest.raises(InputError, match="truncated"):
+        run_job(
+            data[: len(data) // 2], dataclasses.replace(fleet_config, transport="jpeg-cut"), plan="invert", strips=1
+        )
+    assert decodes
 
 
 def test_jpeg_cut_of_a_non_jpeg_falls_back_to_exact_png(fleet_config):

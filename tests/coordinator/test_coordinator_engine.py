@@ -235,6 +235,32 @@ def test_compressed_transports_give_the_same_pixels(local_fleet, transport):
     assert np.array_equal(raw.pixels, other.pixels) and {s.wire for s in other.strips} == {transport}
 
 
+def test_a_strip_failing_over_after_its_first_piece_was_deflated_still_gives_an_exact_png(
+    python_worker, worker_factory
+):
+    """The output PNG is deflated as pieces arrive: a strip whose second piece fails after its
+    first piece's rows were stitched (and their PNG chunk deflated) is done again by python, and
+    the file is byte for byte the encode of the result. (Both runtimes' sepia are identical, so
+    a chunk deflated from other rows is caught by the pngfast unit tests, not here.)"""
+    pixels = photo(600, 40)
+    # max_bytes for 400 rows: the sepia strip goes to nodejs as 2 pieces of 300 rows, one at a time
+    nodejs = worker_factory("nodejs", {"WORKER_MAX_BYTES": str(32 + 400 * 40 * 3), "WORKER_MAX_INFLIGHT": "1"})
+    proxy = FaultProxy(nodejs.url, mode="garbage").start()
+    proxy.passes = 1
+    try:
+        config = config_for([proxy.url, python_worker.url], read_timeout=5)
+        result = run_job(png_bytes(pixels), config, plan="sepia", strips=1, png_level=1)
+    finally:
+        proxy.stop()
+    assert proxy.faulted == 1 and proxy.passes == 0  # piece 1 passed (stitched, deflated), piece 2 failed
+    strip = result.strips[0]
+    assert strip.worker_url == python_worker.url and proxy.url in strip.failovers[0]
+    assert_close(result.pixels, expected(pixels, ["sepia"]))
+    assert result.png == imaging.encode_output(result.pixels, "png", png_level=1)
+    with Image.open(io.BytesIO(result.png)) as image:
+        assert np.array_equal(np.asarray(image), result.pixels)
+
+
 @pytest.mark.parametrize(
     "mode, words",
     [

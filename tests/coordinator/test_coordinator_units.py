@@ -375,6 +375,43 @@ def test_png_threads_keep_order_and_hand_back_an_error():
         pngfast.in_threads(fails_at_five, 8, 2)
 
 
+def test_streaming_png_is_encode_png_of_the_final_rows_after_a_refill():
+    """Rows filled in any order, a range filled with other pixels, unfilled and filled again
+    (a strip that failed over after its first piece was deflated): the file is encode_png's."""
+    final = noise(600, 50, seed=11)
+    final[:300] //= 16
+    pixels = np.zeros_like(final)
+    stream = pngfast.StreamingPng(pixels, level=1, threads=2)
+    assert len(stream.bounds) == 2  # chunks [0, 300) and [300, 600)
+    pixels[300:] = final[300:]
+    stream.fill(300, 600)
+    pixels[:300] = 255 - final[:300]  # the failed attempt's rows: a whole chunk, deflated now
+    stream.fill(0, 300)
+    stream.worker.join(timeout=0.01)  # let the background deflate run
+    stream.unfill(0, 300)
+    with pytest.raises(ValueError, match="not filled"):
+        stream.finish()
+    pixels[:300] = final[:300]
+    stream.fill(0, 300)
+    encoded = stream.finish()
+    assert encoded == pngfast.encode_png(final, level=1, threads=2)
+    assert not stream.worker.is_alive()
+    with Image.open(io.BytesIO(encoded)) as image:
+        assert np.array_equal(np.asarray(image), final)
+
+
+def test_streaming_png_keeps_no_chunk_deflated_from_rows_written_since():
+    """A chunk deflated while its rows change (no unfill: the refill alone) is deflated again."""
+    final = noise(400, 30, seed=5)
+    pixels = np.zeros_like(final)
+    stream = pngfast.StreamingPng(pixels, level=6, threads=1)
+    for attempt in (255 - final, final):
+        for top in range(0, 400, 100):
+            pixels[top : top + 100] = attempt[top : top + 100]
+            stream.fill(top, top + 100)
+    assert stream.finish() == pngfast.encode_png(final, level=6, threads=1)
+
+
 def test_parallel_png_gray():
     pixels = noise(50, 40)[:, :, 0]
     with Image.open(io.BytesIO(pngfast.encode_png(pixels))) as image:
