@@ -336,18 +336,26 @@ def _cli_invert(tmp_path, source: Path, out: Path) -> subprocess.CompletedProces
     return run_cli("process", str(source), "-o", str(out), "--plan", "invert", "--workers-file", workers_file)
 
 
+def make_dry_run(*args: str, **env: str) -> list[str]:
+    """The last command `make -n ARGS` would run, as words; clean of an outer make's flags and directory lines."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    done = subprocess.run(
+        ["make", "-n", "--no-print-directory", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**clean, **env},
+    )
+    return done.stdout.strip().splitlines()[-1].split()
+
+
 def test_make_run_tls_leaves_the_plain_default_alone():
     """The Makefile passes --tls / --mtls only when asked; plain `make run` is the same command as before."""
-    plain = subprocess.run(["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True, timeout=30)
-    tls = subprocess.run(["make", "-n", "workers", "TLS=1"], cwd=ROOT, capture_output=True, text=True, timeout=30)
-    off = subprocess.run(["make", "-n", "run", "TLS=0"], cwd=ROOT, capture_output=True, text=True, timeout=30)
-    shell_env = subprocess.run(
-        ["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True, timeout=30, env={**os.environ, "TLS": "1"}
-    )
-    assert plain.stdout.strip().splitlines()[-1].split() == [".venv/bin/python", "-m", "scripts.local", "run"]
-    assert tls.stdout.strip().splitlines()[-1].split()[-2:] == ["start", "--tls"]
-    assert off.stdout.strip().splitlines()[-1].split()[-1] == "run"
-    assert shell_env.stdout.strip().splitlines()[-1].split()[-1] == "run"  # only a command-line TLS=1 counts
+    assert make_dry_run("run") == [".venv/bin/python", "-m", "scripts.local", "run"]
+    assert make_dry_run("workers", "TLS=1")[-2:] == ["start", "--tls"]
+    assert make_dry_run("run", "TLS=0")[-1] == "run"
+    assert make_dry_run("run", TLS="1")[-1] == "run"  # only a command-line TLS=1 counts
     assert local.page_env({}, {"worker-python": 6011, "page": 6013}, tls=True)["COORDINATOR_WORKERS_FILE"] == str(
         local.RUN_DIR / local.WORKERS_FILE
     )
