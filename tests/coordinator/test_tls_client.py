@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -34,7 +33,7 @@ from scripts.testkit.procs import ROOT, RUNTIMES, TlsClient
 from scripts.testkit.socket_server import ThreadedSocketServer
 from scripts.testkit.tls import FLEET_TLS_NAME, Authority
 from tests.support.page import APP, RUN_TIMEOUT, colourful_png, process, texts, upload
-from tests.support.tls_fleet import wait_refused
+from tests.support.tls_fleet import TlsFleet
 
 HEALTH = {"status": "ok", "service": "worker-python", "runtime": "python", "operations": ["invert"], "tls": True}
 REFUSED = {
@@ -387,49 +386,30 @@ def open_fifo_writer(path, proc: subprocess.Popen, timeout: float = 60) -> int:
     raise AssertionError(f"the CLI never opened {path}")
 
 
-OLD_TOKEN, NEW_TOKEN = "T1-old-token-0123456789", "T2-new-token-9876543210"
+def token_fleet(worker_factory, folder) -> TlsFleet:
+    """Both runtimes on TLS taking the fleet token from a WORKER_TOKEN_FILE, and an outputs file for them."""
+    fleet = TlsFleet(worker_factory, folder)
+    for runtime in RUNTIMES:
+        fleet.start(runtime)
+    return fleet
 
 
-def token_fleet(worker_factory, pki, folder) -> SimpleNamespace:
-    """Both runtimes on TLS taking OLD_TOKEN from a WORKER_TOKEN_FILE, and an outputs file for them."""
-    token_file = folder / "worker-token"
-    token_file.write_text(f"{OLD_TOKEN}\n")
-    env = {**worker_tls_env(pki.server), "WORKER_TOKEN_FILE": str(token_file)}
-    workers = [worker_factory(runtime, env, tls=TlsClient(pki.ca)) for runtime in RUNTIMES]
-    keys = {"worker_ca_pem": pki.ca_pem, "worker_tls_name": FLEET_TLS_NAME}
-    outputs = outputs_file(folder, [w.url for w in workers], OLD_TOKEN, **keys)
-    return SimpleNamespace(workers=workers, token_file=token_file, outputs=outputs)
-
-
-def rotate(fleet: SimpleNamespace) -> None:
-    """The outputs file (atomically, as `fleet rotate-token` writes it) and then every worker
-    switch to NEW_TOKEN; returns once every worker refuses OLD_TOKEN."""
-    data = json.loads(Path(fleet.outputs).read_text())
-    staged = f"{fleet.outputs}.next"
-    with open(staged, "w", encoding="utf-8") as handle:
-        json.dump({**data, "worker_token": NEW_TOKEN}, handle)
-    os.replace(staged, fleet.outputs)
-    fleet.token_file.write_text(f"{NEW_TOKEN}\n")
-    for worker in fleet.workers:
-        wait_refused(worker, OLD_TOKEN)
-
-
-def test_a_token_rotated_mid_batch_fails_no_job(worker_factory, pki, tmp_path):
+def test_a_token_rotated_mid_batch_fails_no_job(worker_factory, tmp_path):
     """The workers and the outputs file switch from T1 to T2 while a --jobs 2 batch is held at
     two FIFO inputs; the jobs after that still carry T1, get 401, re-read the outputs file and
     go on with T2: 0 failed."""
-    fleet = token_fleet(worker_factory, pki, tmp_path)
+    fleet = token_fleet(worker_factory, tmp_path / "fleet")
     fifos = [tmp_path / "held0.png", tmp_path / "held1.png"]
     for fifo in fifos:
         os.mkfifo(fifo)
     inputs = [photo(tmp_path, f"in{i}.png", seed=i) for i in range(2)] + [str(fifo) for fifo in fifos]
     inputs += [photo(tmp_path, f"in{i}.png", seed=i) for i in range(4, 10)]
     command = [sys.executable, "-m", "coordinator", "process", *inputs, "-o", f"{tmp_path / 'out'}/", "--jobs", "2"]
-    env = clean_env({"COORDINATOR_WORKERS_FILE": fleet.outputs})
+    env = clean_env({"COORDINATOR_WORKERS_FILE": str(fleet.outputs)})
     with subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) as proc:
         try:
             writers = [open_fifo_writer(fifo, proc) for fifo in fifos]  # both jobs wait at their FIFO
-            rotate(fleet)
+            fleet.rotate(fleet.workers)
             for writer in writers:
                 os.set_blocking(writer, True)
                 os.write(writer, (tmp_path / "in0.png").read_bytes())
@@ -442,15 +422,15 @@ def test_a_token_rotated_mid_batch_fails_no_job(worker_factory, pki, tmp_path):
     assert len(list((tmp_path / "out").iterdir())) == len(inputs)
 
 
-def test_the_page_picks_up_a_rotated_token_without_restart(worker_factory, pki, tmp_path, monkeypatch):
+def test_the_page_picks_up_a_rotated_token_without_restart(worker_factory, tmp_path, monkeypatch):
     """One page session processes before and after a rotation (each run reads the config)."""
-    fleet = token_fleet(worker_factory, pki, tmp_path)
-    monkeypatch.setenv("COORDINATOR_WORKERS_FILE", fleet.outputs)
+    fleet = token_fleet(worker_factory, tmp_path / "fleet")
+    monkeypatch.setenv("COORDINATOR_WORKERS_FILE", str(fleet.outputs))
     for name in ("COORDINATOR_WORKERS", "COORDINATOR_PULUMI_STACK", "COORDINATOR_WORKER_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     page = upload(AppTest.from_file(APP, default_timeout=RUN_TIMEOUT).run(), "colour.png", colourful_png())
     before = processed(page)
-    rotate(fleet)  # the page's process keeps running
+    fleet.rotate(fleet.workers)  # the page's process keeps running
     after = processed(page)
     assert after is not before and np.array_equal(after.pixels, before.pixels)
 
