@@ -32,6 +32,7 @@ from scripts.testkit.cli import assert_one_error_line, clean_env, run_cli
 from scripts.testkit.procs import ROOT, RUNTIMES, TlsClient
 from scripts.testkit.socket_server import ThreadedSocketServer
 from scripts.testkit.tls import FLEET_TLS_NAME, Authority
+from scripts.wan import wait_port
 from tests.support.page import APP, RUN_TIMEOUT, colourful_png, process, texts, upload
 from tests.support.tls_fleet import TlsFleet
 
@@ -324,25 +325,13 @@ def bad_tls_workers(worker_factory, pki, python_worker, nodejs_worker):
     """case -> URL of a worker that must be refused (the expired one cannot pass a verified wait)."""
     wrong_name = worker_factory("nodejs", worker_tls_env(pki.wrong_name), tls=TlsClient(pki.ca, "other.example"))
     expired = worker_factory("python", worker_tls_env(pki.expired), wait=False)
-    wait_for_port(expired.url)
+    wait_port("127.0.0.1", int(expired.url.rsplit(":", 1)[1]), expired.proc, timeout=30)
     return {
         "wrong_name": wrong_name.url,
         "expired": expired.url.replace("http://", "https://"),  # started without a verified wait
         "plain_http_python": python_worker.url.replace("http://", "https://"),
         "plain_http_nodejs": nodejs_worker.url.replace("http://", "https://"),
     }
-
-
-def wait_for_port(url: str, timeout: float = 30) -> None:
-    port = int(url.rsplit(":", 1)[1])
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} never listened")
 
 
 @pytest.mark.parametrize("case", ["wrong_ca", "wrong_name", "expired", "plain_http_python", "plain_http_nodejs"])
