@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from scripts.testkit.procs import TlsClient
+from scripts.testkit.procs import TlsClient, json_lines
 from scripts.testkit.tls import FLEET_TLS_NAME, Authority
 
 
@@ -86,12 +86,5 @@ def wait_refused(worker, token: str, timeout: float = 15) -> None:
 
 def process_statuses(worker, since: int = 0) -> list[int]:
     """The HTTP status of each POST /process in the worker's JSON log after character `since`."""
-    statuses = []
-    for line in worker.log_text()[since:].splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("msg") == "request" and entry.get("path") == "/process":
-            statuses.append(entry.get("status"))
-    return statuses
+    entries = json_lines(worker.log_text()[since:].splitlines())
+    return [e.get("status") for e in entries if e.get("msg") == "request" and e.get("path") == "/process"]
