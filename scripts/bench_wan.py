@@ -8,7 +8,8 @@ namespace behind a veth pair with tbf on both ends and a delaying relay (scripts
 starts both workers inside it, measures the link, then times, interleaved, over that link:
   (a) the coordinator, lossless (auto transport: JPEG rows cut without re-encoding up,
       each op's lossless reply codec down: codecs.LOSSLESS_REPLY), JPEG bytes in -> stitched PNG out;
-  (s) (a) as before the overlap: input decoded before the job, output PNG encoded after it (an A/B);
+  (s) (a) as before the overlap: input decoded before the job, all jpegtran cuts at once, output
+      PNG encoded after the job (an A/B);
   (r) (a) with PNG replies for every op (the reply policy before WebP), an A/B of the codecs;
   (p) the coordinator with PNG strips up (what auto does for non-JPEG inputs), same replies;
   (h) the coordinator with `--wire-quality high` (JPEG q95 replies);
@@ -30,6 +31,7 @@ import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -37,7 +39,7 @@ import numpy as np
 import requests
 from PIL import Image
 
-from coordinator import codecs, imaging, pngfast
+from coordinator import codecs, imaging, job, pngfast
 from coordinator.config import CoordinatorConfig
 from scripts import wan
 from scripts.bench import coordinator_run, decoded, one_process_run, original_run, photo_jpeg
@@ -147,6 +149,16 @@ PNG_REPLIES = {runtime: dict.fromkeys(REPLY_OPS, ("png", level)) for runtime, le
 
 
 @contextlib.contextmanager
+def cut_slots(count: int):
+    """Run with `count` jpegtran cuts at once (job.CUT_SLOTS; an A/B of cutting one per core)."""
+    saved, job.CUT_SLOTS = job.CUT_SLOTS, threading.BoundedSemaphore(count)
+    try:
+        yield
+    finally:
+        job.CUT_SLOTS = saved
+
+
+@contextlib.contextmanager
 def reply_table(table: dict):
     """Run with another per-runtime, per-op lossless reply table (an A/B of codecs.LOSSLESS_REPLY)."""
     saved, codecs.LOSSLESS_REPLY = codecs.LOSSLESS_REPLY, table
@@ -232,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         designs = {
             "a": ("coordinator, lossless (auto: JPEG cut up, per-op codec down)", base),
-            "s": ("(a), decode before, PNG encode after the job (no overlap)", base),
+            "s": ("(a) without overlap: decode, all cuts at once, encode after", base),
             "r": ("coordinator, lossless, PNG replies only (the policy before WebP)", base),
             "p": ("coordinator, lossless, PNG up, per-op codec down", dataclasses.replace(base, transport="png")),
         }
@@ -250,7 +262,10 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "c":
                     out, parts = timed(link, lambda: original_run(jpeg, urls))
                 else:
-                    with reply_table(PNG_REPLIES if name == "r" else codecs.LOSSLESS_REPLY):
+                    with (
+                        reply_table(PNG_REPLIES if name == "r" else codecs.LOSSLESS_REPLY),
+                        cut_slots(64) if name == "s" else contextlib.nullcontext(),
+                    ):
                         run = functools.partial(coordinator_run, jpeg, designs[name][1], level, name != "s")
                         out, parts = timed(link, run)
                 samples[name].append(parts)
