@@ -182,17 +182,18 @@ def fuzz_decoders(base_url: str, cases, token: str | None = None) -> FuzzStats:
                 continue
             problem = None
             if response.status_code not in allowed:
-                code = _error_code(response)
+                code = error_code(response)
                 problem = f"{name}: HTTP {response.status_code} {code}, expected one of {allowed}"
             elif response.status_code == 200 and not response.content.startswith(b"P6"):
                 problem = f"{name}: 200 but the body is not a PPM"
-            elif response.status_code != 200 and not _error_code(response):
+            elif response.status_code != 200 and not error_code(response):
                 problem = f"{name}: HTTP {response.status_code} without a JSON error body"
             stats.record(response.status_code, problem)
     return stats
 
 
-def _error_code(response) -> str:
+def error_code(response) -> str:
+    """The contract's error code of a reply, or "" when its body is not one."""
     try:
         return response.json()["error"]["code"]
     except (ValueError, KeyError, TypeError):

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from scripts.testkit import cli
+from scripts.testkit.fuzz import error_code
 from scripts.testkit.images import expected_pixels, max_pixel_diff, png_bytes, sample_rgb
 from scripts.testkit.procs import ROOT
 
@@ -42,13 +43,6 @@ def wait_for_log(worker, text: str, timeout: float = 3.0) -> bool:
             return True
         time.sleep(0.05)
     return False
-
-
-def error_code(response) -> str:
-    try:
-        return response.json()["error"]["code"]
-    except (ValueError, KeyError, TypeError):
-        return ""
 
 
 # -- claim: /process needs the token; /healthz does not ----------------------------------------
