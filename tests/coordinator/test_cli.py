@@ -32,6 +32,11 @@ def picture(path, height=41, width=30, fmt=None) -> np.ndarray:
     return pixels
 
 
+def process_args(tmp_path, out: str = "out.png") -> list[str]:
+    """`process <tmp_path>/in.png -o <tmp_path>/<out>`: the start of most commands here."""
+    return ["process", str(tmp_path / "in.png"), "-o", str(tmp_path / out)]
+
+
 def leftovers(directory) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
 
@@ -45,10 +50,7 @@ def test_help_for_each_command():
 def test_process_one_image(local_fleet, tmp_path):
     pixels = picture(tmp_path / "in.png")
     done = run_cli(
-        "process",
-        str(tmp_path / "in.png"),
-        "-o",
-        str(tmp_path / "out.png"),
+        *process_args(tmp_path),
         "--plan",
         "invert",
         "--strips",
@@ -63,10 +65,7 @@ def test_process_one_image(local_fleet, tmp_path):
     assert wrote.startswith(f"wrote {tmp_path / 'out.png'} (")
     assert leftovers(tmp_path) == []
     quiet = run_cli(
-        "process",
-        str(tmp_path / "in.png"),
-        "-o",
-        str(tmp_path / "out.webp"),
+        *process_args(tmp_path, "out.webp"),
         "--quiet",
         "--workers",
         ",".join(local_fleet),
@@ -160,9 +159,7 @@ def test_bad_setting_exits_2_naming_it():
 
 def test_no_worker_exits_3(tmp_path):
     picture(tmp_path / "in.png")
-    done = run_cli(
-        "process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--workers", "http://127.0.0.1:9"
-    )
+    done = run_cli(*process_args(tmp_path), "--workers", "http://127.0.0.1:9")
     assert_one_error_line(done, 3, "no healthy worker offers grayscale (strip 1): http://127.0.0.1:9: unreachable")
     assert not (tmp_path / "out.png").exists()
 
@@ -170,10 +167,7 @@ def test_no_worker_exits_3(tmp_path):
 def test_an_unreachable_worker_is_reported_not_fatal(python_worker, tmp_path):
     pixels = picture(tmp_path / "in.png")
     done = run_cli(
-        "process",
-        str(tmp_path / "in.png"),
-        "-o",
-        str(tmp_path / "out.png"),
+        *process_args(tmp_path),
         "--plan",
         "invert",
         "--workers",
@@ -246,9 +240,7 @@ def test_unexpected_failure_is_one_line_exit_1(local_fleet, tmp_path, monkeypatc
 
     monkeypatch.setattr("coordinator.pngfast.assemble", broken)  # the PNG file, as the job streams it or after
     monkeypatch.delenv("COORDINATOR_WORKERS", raising=False)
-    code = cli.main(
-        ["process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--workers", ",".join(local_fleet)]
-    )
+    code = cli.main([*process_args(tmp_path), "--workers", ",".join(local_fleet)])
     err = capsys.readouterr().err
     assert code == 1 and err == "error: unexpected RuntimeError: encoder exploded with a second line\n"
     assert not (tmp_path / "out.png").exists() and leftovers(tmp_path) == []
@@ -277,10 +269,7 @@ def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
 def test_png_output_decodes_like_pillow(local_fleet, tmp_path):
     pixels = picture(tmp_path / "in.png", 300, 200)
     done = run_cli(
-        "process",
-        str(tmp_path / "in.png"),
-        "-o",
-        str(tmp_path / "out.png"),
+        *process_args(tmp_path),
         "--plan",
         "grayscale",
         "--workers",
@@ -303,10 +292,7 @@ def test_progress_bar_only_on_a_terminal(local_fleet, tmp_path):
                 sys.executable,
                 "-m",
                 "coordinator",
-                "process",
-                str(tmp_path / "in.png"),
-                "-o",
-                str(tmp_path / "out.png"),
+                *process_args(tmp_path),
                 "--strips",
                 "4",
                 "--workers",
@@ -366,15 +352,12 @@ def test_never_writes_over_an_input(local_fleet, tmp_path):
 def test_an_existing_output_needs_overwrite(local_fleet, tmp_path):
     pixels = picture(tmp_path / "in.png")
     (tmp_path / "out.png").write_bytes(b"precious")
-    done = run_cli("process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), *fleet_args(local_fleet))
+    done = run_cli(*process_args(tmp_path), *fleet_args(local_fleet))
     assert_one_error_line(done, 2, "exists; pass --overwrite")
     assert (tmp_path / "out.png").read_bytes() == b"precious"
     (tmp_path / "out.png").chmod(0o640)
     done = run_cli(
-        "process",
-        str(tmp_path / "in.png"),
-        "-o",
-        str(tmp_path / "out.png"),
+        *process_args(tmp_path),
         "--overwrite",
         "--plan",
         "invert",
@@ -390,10 +373,7 @@ def test_an_existing_output_needs_overwrite(local_fleet, tmp_path):
 def test_outputs_are_created_by_the_umask(local_fleet, tmp_path, umask, mode):
     picture(tmp_path / "in.png")
     done = run_cli(
-        "process",
-        str(tmp_path / "in.png"),
-        "-o",
-        str(tmp_path / "out.png"),
+        *process_args(tmp_path),
         *fleet_args(local_fleet),
         preexec_fn=lambda: os.umask(umask),
     )
@@ -609,7 +589,7 @@ def test_a_refused_output_comes_before_a_discovery_error(tmp_path):
     pools = [{"name": "pool-python-asg", "role": "worker-python", "runtime": "python", "port": 5001}]
     stack = {"workers": [], "pools": pools, "project": "htp", "stack": "dev", "region": REGION}
     (tmp_path / "outputs.json").write_text(json.dumps(stack))
-    args = ("process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"))
+    args = process_args(tmp_path)
     no_keys = aws_env(None, credentials=False)  # a pooled stack's discovery fails at once
     done = run_cli(*args, "--workers-file", str(tmp_path / "outputs.json"), env=no_keys)
     assert_one_error_line(done, 2, "exists; pass --overwrite")
