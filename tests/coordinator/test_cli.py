@@ -282,24 +282,14 @@ def test_png_output_decodes_like_pillow(local_fleet, tmp_path):
     assert np.abs(out.astype(int) - gray[..., None].astype(int)).max() <= 1
 
 
-def test_progress_bar_only_on_a_terminal(local_fleet, tmp_path):
-    picture(tmp_path / "in.png", 200, 50)
+def on_a_terminal(args: list[str], env: dict) -> tuple[int, str]:
+    """`python -m coordinator ARGS` with stderr on a pseudo-terminal: its exit code and what it showed."""
     controller, terminal = pty.openpty()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("COORDINATOR_")}
     try:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "coordinator",
-                *process_args(tmp_path),
-                "--strips",
-                "4",
-                "--workers",
-                ",".join(local_fleet),
-            ],
+            [sys.executable, "-m", "coordinator", *args],
             cwd=ROOT,
-            env={**clean, "COLUMNS": "100"},
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=terminal,
@@ -314,10 +304,18 @@ def test_progress_bar_only_on_a_terminal(local_fleet, tmp_path):
             if not chunk:
                 break
             shown += chunk
-        assert proc.wait(timeout=60) == 0
+        code = proc.wait(timeout=60)
     finally:
         os.close(controller)
-    text = shown.decode(errors="replace")
+    return code, shown.decode(errors="replace")
+
+
+def test_progress_bar_only_on_a_terminal(local_fleet, tmp_path):
+    picture(tmp_path / "in.png", 200, 50)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("COORDINATOR_")}
+    args = [*process_args(tmp_path), "--strips", "4", "--workers", ",".join(local_fleet)]
+    code, text = on_a_terminal(args, {**clean, "COLUMNS": "100"})
+    assert code == 0
     assert "strips" in text and "\x1b[" in text  # rich drew the bar
     assert text.count("strip ") >= 4 and "Traceback" not in text
 
@@ -658,44 +656,10 @@ def test_wrote_line_and_batch_summary(local_fleet, tmp_path):
 def test_progress_bar_reaches_the_total_when_an_input_fails(local_fleet, tmp_path):
     picture(tmp_path / "a.png", 200, 50)
     (tmp_path / "b.png").write_bytes(b"not a png")
-    controller, terminal = pty.openpty()
-    try:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "coordinator",
-                "process",
-                str(tmp_path / "a.png"),
-                str(tmp_path / "b.png"),
-                "-o",
-                f"{tmp_path}/out/",
-                "--strips",
-                "4",
-                "--jobs",
-                "1",
-                *fleet_args(local_fleet),
-            ],
-            cwd=ROOT,
-            env=clean_env({"COLUMNS": "100"}),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=terminal,
-        )
-        os.close(terminal)
-        shown = b""
-        while True:
-            try:
-                chunk = os.read(controller, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            shown += chunk
-        assert proc.wait(timeout=60) == 2
-    finally:
-        os.close(controller)
-    text = shown.decode(errors="replace")
+    inputs = [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    args = ["process", *inputs, "-o", f"{tmp_path}/out/", "--strips", "4", "--jobs", "1", *fleet_args(local_fleet)]
+    code, text = on_a_terminal(args, clean_env({"COLUMNS": "100"}))
+    assert code == 2
     assert "8/8" in text and "Traceback" not in text, text
 
 
