@@ -196,6 +196,12 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def start_two_per_runtime(tmp_path, python_base: int, nodejs_base: int) -> subprocess.CompletedProcess:
+    """`start` with two workers of each runtime from these base ports."""
+    ports = {"PYTHON_WORKER_PORT": python_base, "NODEJS_WORKER_PORT": nodejs_base}
+    return runner("start", tmp_path, timeout=120, PYTHON_WORKERS=2, NODEJS_WORKERS=2, **ports)
+
+
 def test_a_pool_of_two_per_runtime_starts_is_listed_for_the_cli_and_stops(tmp_path):
     from coordinator.config import read_outputs_file
 
@@ -207,15 +213,7 @@ def test_a_pool_of_two_per_runtime_starts_is_listed_for_the_cli_and_stops(tmp_pa
         nodejs_base + local.PORT_STEP: "nodejs",
     }
     try:
-        result = runner(
-            "start",
-            tmp_path,
-            timeout=120,
-            PYTHON_WORKERS=2,
-            NODEJS_WORKERS=2,
-            PYTHON_WORKER_PORT=python_base,
-            NODEJS_WORKER_PORT=nodejs_base,
-        )
+        result = start_two_per_runtime(tmp_path, python_base, nodejs_base)
         assert result.returncode == 0, result.stderr
         for port, runtime in expected.items():
             assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()["runtime"] == runtime
@@ -265,15 +263,7 @@ def test_a_2_plus_2_pool_finishes_a_batch_with_exact_pixels_when_a_worker_dies_m
         images[f"in{index}.png"] = pixels
     (tmp_path / "out").mkdir()
     try:
-        started = runner(
-            "start",
-            tmp_path,
-            timeout=120,
-            PYTHON_WORKERS=2,
-            NODEJS_WORKERS=2,
-            PYTHON_WORKER_PORT=python_base,
-            NODEJS_WORKER_PORT=nodejs_base,
-        )
+        started = start_two_per_runtime(tmp_path, python_base, nodejs_base)
         assert started.returncode == 0, started.stderr
         env = {k: v for k, v in os.environ.items() if k not in local.WORKER_SOURCES and k != "WORKER_TOKEN"}
         batch = subprocess.Popen(
