@@ -81,15 +81,18 @@ def test_a_busy_page_port_is_named_before_the_workers_start(held_port, tmp_path)
 
 
 @pytest.mark.parametrize(
-    "ports, fragment",
+    ("settings", "fragment"),
     [
         ({"PYTHON_WORKER_PORT": "50o1"}, "PYTHON_WORKER_PORT must be a port number"),
         ({"NODEJS_WORKER_PORT": "80"}, "NODEJS_WORKER_PORT must be a port number"),
         ({"PYTHON_WORKER_PORT": "6001", "NODEJS_WORKER_PORT": "6001"}, "must differ"),
+        ({"PYTHON_WORKERS": "9"}, "PYTHON_WORKERS must be a whole number from 0 to 8"),
+        ({"NODEJS_WORKERS": "two"}, "NODEJS_WORKERS must be a whole number"),
+        ({"PYTHON_WORKERS": "0", "NODEJS_WORKERS": "0"}, "are both 0"),
     ],
 )
-def test_bad_port_settings_are_usage_errors(ports, fragment, tmp_path):
-    line = start_error_line(tmp_path, 2, **ports)
+def test_bad_port_or_count_settings_are_usage_errors(settings, fragment, tmp_path):
+    line = start_error_line(tmp_path, 2, **settings)
     assert line.startswith("error: ") and fragment in line
 
 
@@ -227,19 +230,6 @@ def test_a_pool_of_two_per_runtime_starts_is_listed_for_the_cli_and_stops(tmp_pa
     for port in expected:
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
-
-
-@pytest.mark.parametrize(
-    ("counts", "fragment"),
-    [
-        ({"PYTHON_WORKERS": "9"}, "PYTHON_WORKERS must be a whole number from 0 to 8"),
-        ({"NODEJS_WORKERS": "two"}, "NODEJS_WORKERS must be a whole number"),
-        ({"PYTHON_WORKERS": "0", "NODEJS_WORKERS": "0"}, "are both 0"),
-    ],
-)
-def test_bad_worker_counts_are_usage_errors(counts, fragment, tmp_path):
-    line = start_error_line(tmp_path, 2, **counts)
-    assert line.startswith("error: ") and fragment in line
 
 
 def test_page_is_pointed_at_every_instance():
