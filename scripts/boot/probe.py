@@ -1,9 +1,12 @@
 """HTTP(S) checks of a booted worker from outside its container (run inside the private namespace).
 
-python -m scripts.boot.probe URL TOKEN [TIMEOUT] [--ca CA_FILE --name NAME]   # prints one JSON object
+python -m scripts.boot.probe URL TOKEN [TIMEOUT] [--ca CA_FILE --name NAME] [--cert CRT --key KEY]
+                                                                          # prints one JSON object
 
 With --ca, an https URL is verified against that CA only and the certificate must carry NAME
 (the fleet's fixed name) while the connection goes to the URL's IP, as the coordinator does.
+With --cert/--key the probe presents that client certificate (mutual TLS). A failure before
+any HTTP status is {"healthz": {}, "error": "<exception class>: <message>"}.
 """
 
 from __future__ import annotations
@@ -32,13 +35,14 @@ class PinnedName(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
 
 
-def session(ca: str | None, name: str | None) -> requests.Session:
+def session(ca: str | None, name: str | None, client: tuple[str, str] | None = None) -> requests.Session:
     http = requests.Session()
     # No REQUESTS_CA_BUNDLE (it would override `verify`) and no proxy from the environment.
     http.trust_env = False
     if ca:
         http.verify = ca
         http.mount("https://", PinnedName(name))
+    http.cert = client
     return http
 
 
@@ -59,7 +63,7 @@ def wait_healthy(http: requests.Session, url: str, timeout: float) -> tuple[dict
             if reply.status_code == 200:
                 return reply.json(), ""
         except requests.RequestException as exc:
-            last_error = str(exc)[-300:]
+            last_error = f"{type(exc).__name__}: {str(exc)[-300:]}"
         else:
             last_error = f"HTTP {reply.status_code}"
         if time.monotonic() > deadline:
@@ -99,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("timeout", nargs="?", type=float, default=60.0)
     parser.add_argument("--ca", help="PEM file: the only CA trusted for an https URL")
     parser.add_argument("--name", help="DNS name the certificate must carry (with --ca)")
+    parser.add_argument("--cert", help="PEM file: a client certificate to present (with --key)")
+    parser.add_argument("--key", help="PEM file: the client certificate's key")
     args = parser.parse_args(argv)
-    print(json.dumps(probe(session(args.ca, args.name), args.url, args.token, args.timeout)))
+    client = (args.cert, args.key) if args.cert else None
+    print(json.dumps(probe(session(args.ca, args.name, client), args.url, args.token, args.timeout)))
     return 0
 
 

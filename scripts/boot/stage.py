@@ -107,11 +107,13 @@ class Stage(contextlib.ExitStack):
         box.start()
         return box
 
-    def in_net(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
-        """Run a command in the private namespace (where the containers' addresses are)."""
+    def in_net(self, argv: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run a command in the private namespace (where the containers' addresses are); `env`
+        replaces this process's environment."""
         return subprocess.run(
             ["nsenter", f"--net=/run/netns/{self.net.name}", *argv],
             cwd=ROOT,
+            env=env,
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -24,14 +24,18 @@ import sys
 import time
 
 import pytest
+from PIL import Image, ImageChops
 
+from infra.fleet_tls import CLIENT_NAME
 from infra.userdata import SECRETS_INTERVAL_SECONDS
 from scripts.boot import inspect
 from scripts.boot.image import build_image
 from scripts.boot.netplan import machine_address
+from scripts.boot.probe import gradient_png
 from scripts.boot.stage import Stage
+from scripts.testkit.cli import assert_one_error_line, clean_env
 from scripts.testkit.tls import FLEET_TLS_NAME, Authority
-from stripes.roles import ROLE_SPECS
+from stripes.roles import PARAM_CLIENT_CA, ROLE_SPECS
 from tests.support.ci import skip_or_fail
 from tests.support.infra_harness import reveal, run_program
 
@@ -40,6 +44,16 @@ REGISTRY_OF = {"worker-python": "files.pythonhosted.org", "worker-nodejs": "regi
 BOOT_TIMEOUT = 900  # seconds for cloud-init to finish one boot (cold caches, 2 shared cores)
 # `systemd-analyze security` exposure of both units when this test was written: no worse allowed
 EXPOSURE_TODAY = 4.0
+# What the secrets folder holds after a good boot (mode owner); mutualTls adds the client CA.
+SECRETS_FACTS = {
+    "secrets": "750 root:worker",
+    "worker-token": "640 root:worker",
+    "tls.key": "640 root:worker",
+    "tls.crt": "644 root:worker",
+    "worker_reads_token": True,
+    "login_user_reads_token": False,
+}
+MUTUAL_ROLE = "worker-python"  # one boot: the client CA wiring is the same for both roles
 TIMINGS: list[tuple[str, str, float]] = []  # (boot, step, seconds) for the table at the end
 
 
@@ -81,7 +95,18 @@ def image():
 @pytest.fixture(scope="module")
 def program():
     """The real Pulumi program under mocks: each role's user-data and the release objects."""
-    run = run_program({"clientCidr": "203.0.113.0/24", "aws:region": "eu-west-1"})
+    return rendered({})
+
+
+@pytest.fixture(scope="module")
+def mutual_program():
+    """The same with `mutualTls: true`: the fleet CA also in `worker-client-ca`, and the
+    coordinator's client certificate from it (as infra/fleet_tls.py issues one)."""
+    return rendered({"mutualTls": "true"})
+
+
+def rendered(settings: dict[str, str]) -> dict:
+    run = run_program({"clientCidr": "203.0.113.0/24", "aws:region": "eu-west-1", **settings})
     user_data = {}
     for instance in run.of_type("aws:ec2/instance:Instance"):
         user_data[instance.inputs["tags"]["Role"]] = reveal(instance.inputs["userData"])
@@ -99,6 +124,8 @@ def program():
         f"{prefix}/worker-tls-key": ("SecureString", server.key_pem.decode()),
         f"{prefix}/worker-tls-cert": ("String", server.cert_pem.decode()),
     }
+    if settings.get("mutualTls") == "true":
+        parameters[f"{prefix}/{PARAM_CLIENT_CA}"] = ("String", fleet_ca.cert_pem.decode())
     return {
         "user_data": user_data,
         "objects": objects,
@@ -106,6 +133,7 @@ def program():
         "prefix": prefix,
         "parameters": parameters,
         "fleet_ca": fleet_ca.cert_pem,
+        "client": fleet_ca.issue(CLIENT_NAME, client=True),
         **release,
     }
 
@@ -121,11 +149,17 @@ def port_of(role: str, document: str) -> int:
     return int(next(line.split("=", 1)[1] for line in document.splitlines() if line.strip().startswith("WORKER_PORT=")))
 
 
-def probe(stage: Stage, role: str, document: str, token: str, timeout: float = 60) -> dict:
-    """Over HTTPS to the machine's IP, trusting only the fleet CA and checking the fleet's name."""
-    url = f"https://{machine_address(ROLES.index(role))}:{port_of(role, document)}"
+def url_of(role: str, document: str) -> str:
+    return f"https://{machine_address(ROLES.index(role))}:{port_of(role, document)}"
+
+
+def probe(stage: Stage, role: str, document: str, token: str, timeout: float = 60, client=None) -> dict:
+    """Over HTTPS to the machine's IP, trusting only the fleet CA and checking the fleet's name;
+    `client`: (cert, key) files of a client certificate to present."""
     ca = stage.workdir / "fleet-ca.crt"
-    argv = [sys.executable, "-m", "scripts.boot.probe", url, token, str(timeout), f"--ca={ca}"]
+    argv = [sys.executable, "-m", "scripts.boot.probe", url_of(role, document), token, str(timeout), f"--ca={ca}"]
+    if client:
+        argv += [f"--cert={client[0]}", f"--key={client[1]}"]
     done = stage.in_net([*argv, f"--name={FLEET_TLS_NAME}"], timeout + 120)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)
@@ -199,14 +233,7 @@ def test_first_boot_makes_a_hardened_worker(role, image, program):
         assert exposure is not None and exposure <= EXPOSURE_TODAY, exposure
 
         assert inspect.env_file_facts(box, role) == {"mode_owner": "600 root:root", "worker_can_read": False}
-        assert inspect.secrets_facts(box, role) == {
-            "secrets": "750 root:worker",
-            "worker-token": "640 root:worker",
-            "tls.key": "640 root:worker",
-            "tls.crt": "644 root:worker",
-            "worker_reads_token": True,
-            "login_user_reads_token": False,
-        }
+        assert inspect.secrets_facts(box, role) == SECRETS_FACTS
         assert inspect.unit_state(box, f"{role}-secrets.timer") == ("active", "enabled")
         rotate_token(stage, box, role, document, program)
 
@@ -251,6 +278,66 @@ def rotate_token(stage: Stage, box, role: str, document: str, program: dict) -> 
     TIMINGS.append((role, "old token retired by the timer", time.monotonic() - retired_at))
     assert probe(stage, role, document, following, timeout=10)["token_status"] == 200
     assert inspect.service_facts(box, role)["MainPID"] == pid
+
+
+# ---------------------------------------------------------------- mutual TLS on a real boot
+
+
+@pytest.mark.timeout(BOOT_TIMEOUT + 600)
+def test_mutual_tls_boot_serves_only_the_coordinators_client_certificate(image, mutual_program, tmp_path):
+    """`mutualTls: true`: the host fetches `worker-client-ca` from SSM next to the other secrets,
+    the worker refuses a handshake with no client certificate or one from another CA (no HTTP
+    status at all), and the coordinator's own CLI and transport, given the client certificate,
+    get their strips processed; without it, its one-line error names mutual TLS."""
+    role, program = MUTUAL_ROLE, mutual_program
+    document = program["user_data"][role]
+    assert f"WORKER_TLS_CLIENT_CA=/etc/{role}/secrets/client-ca.crt" in document and " --client-ca" in document
+    with staged(image, program) as stage:
+        (stage.workdir / "fleet-ca.crt").write_bytes(program["fleet_ca"])
+        right = program["client"].write(stage.workdir, "coordinator")
+        wrong = Authority("another CA").issue(CLIENT_NAME, client=True).write(stage.workdir, "other-ca-client")
+        box, result, boot_seconds = boot_role(stage, role, document)
+        assert result["errors"] == [] and "status: done" in result["status"], result["log"]
+        reply = probe(stage, role, document, program["token"], client=right)
+        TIMINGS.append((f"{role} (mutualTls)", "boot to cloud-init done", boot_seconds))
+        assert reply["healthz"] and reply["healthz"]["tls"] is True, reply
+        assert (reply["no_token_status"], reply["token_status"]) == (401, 200), reply
+        assert reply["size"] == [24, 10] and reply["max_pixel_diff"] <= 1, reply
+
+        assert inspect.secrets_facts(box, role) == {**SECRETS_FACTS, "client-ca.crt": "644 root:worker"}
+        assert box.sh(f"cat /etc/{role}/secrets/client-ca.crt").stdout.encode() == program["fleet_ca"]
+
+        for name, client in (("no client certificate", None), ("a certificate from another CA", wrong)):
+            refused = probe(stage, role, document, program["token"], timeout=5, client=client)
+            # requests' SSLError or ConnectionError (a reset overtaking the alert), never an HTTP status
+            assert not refused["healthz"] and refused["error"].startswith(("SSLError", "ConnectionError")), (
+                name,
+                refused,
+            )
+
+        coordinator_strips(stage, role, document, program, right, tmp_path)
+
+
+def coordinator_strips(stage: Stage, role: str, document: str, program: dict, client, folder) -> None:
+    """`python -m coordinator process` from the private network, as an operator's machine would
+    run it: 2 strips inverted by the booted worker with the client certificate; refused without."""
+    body, image = gradient_png()
+    source = folder / "in.png"
+    source.write_bytes(body)
+    tls = {
+        "COORDINATOR_WORKER_TOKEN": program["token"],
+        "COORDINATOR_TLS_CA_FILE": str(stage.workdir / "fleet-ca.crt"),
+        "COORDINATOR_TLS_NAME": FLEET_TLS_NAME,
+    }
+    pair = {"COORDINATOR_TLS_CLIENT_CERT": str(client[0]), "COORDINATOR_TLS_CLIENT_KEY": str(client[1])}
+    argv = [sys.executable, "-m", "coordinator", "process", str(source), "--plan", "invert", "--strips", "2"]
+    argv += ["--workers", url_of(role, document)]
+    done = stage.in_net([*argv, "-o", str(folder / "out.png")], 120, env=clean_env({**tls, **pair}))
+    assert done.returncode == 0, done.stderr[-2000:]
+    with Image.open(folder / "out.png") as out:
+        assert ImageChops.difference(out.convert("RGB"), ImageChops.invert(image)).getbbox() is None
+    refused = stage.in_net([*argv, "-o", str(folder / "no.png")], 120, env=clean_env(tls))
+    assert_one_error_line(refused, 3, "mutual TLS")
 
 
 # ---------------------------------------------------------------- failed boots are visible
