@@ -24,18 +24,42 @@ class SecretError extends Error {
   }
 }
 
+/** The bytes of open file `fd`, at most `limit` + 1 of them (one more tells a file that grew past it). */
+function readAtMost(fd, limit) {
+  const buffer = Buffer.alloc(limit + 1);
+  let length = 0;
+  let read;
+  while (length < buffer.length && (read = fs.readSync(fd, buffer, length, buffer.length - length, null)) > 0) {
+    length += read;
+  }
+  return buffer.subarray(0, length);
+}
+
+/**
+ * A regular file of at most MAX_FILE_BYTES, as text. Opened without blocking and checked before
+ * reading: a FIFO put in its place would stall the event loop in open(), a device (/dev/zero)
+ * would never end, a huge file would be read whole.
+ */
 function readSecretFile(variable, path) {
-  let size;
+  let fd;
   try {
-    size = fs.statSync(path).size;
+    fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
   } catch (err) {
     throw new SecretError(variable, `cannot read ${path}: ${err.code || err.message}`);
   }
-  if (size > MAX_FILE_BYTES) throw new SecretError(variable, `${path} is over ${MAX_FILE_BYTES} bytes`);
   try {
-    return fs.readFileSync(path, 'utf8');
+    const stat = fs.fstatSync(fd);
+    if (!stat.isFile()) throw new SecretError(variable, `${path} is not a regular file`);
+    const data = stat.size <= MAX_FILE_BYTES ? readAtMost(fd, MAX_FILE_BYTES) : null;
+    if (data === null || data.length > MAX_FILE_BYTES) {
+      throw new SecretError(variable, `${path} is over ${MAX_FILE_BYTES} bytes`);
+    }
+    return data.toString('utf8');
   } catch (err) {
+    if (err instanceof SecretError) throw err;
     throw new SecretError(variable, `cannot read ${path}: ${err.code || err.message}`);
+  } finally {
+    fs.closeSync(fd);
   }
 }
 

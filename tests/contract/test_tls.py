@@ -33,6 +33,7 @@ RELOAD_SECONDS = 15  # the workers check once a second; generous for a loaded ma
 CUT_OFF_SECONDS = 15  # the 5 s header/handshake bound, plus slack
 TIMEOUT = 30
 RELOAD_FAILED = "secrets reload failed"
+SECRET_FILE_LIMIT = 1024 * 1024  # bytes: a bigger token, certificate or key file is refused unread
 
 
 # ---------------------------------------------------------------- helpers
@@ -384,7 +385,9 @@ def test_cert_swap_reaches_new_handshakes_while_an_open_connection_keeps_working
     assert any(str(e.get("msg", "")).startswith("secrets reloaded") for e in worker.log_entries())
 
 
-@pytest.mark.parametrize("broken", ["empty token file", "garbage certificate", "key of another certificate"])
+@pytest.mark.parametrize(
+    "broken", ["empty token file", "token file over 1 MiB", "garbage certificate", "key of another certificate"]
+)
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_a_broken_reload_keeps_the_previous_secrets_and_logs_one_error(spawn, tmp_path, runtime, broken):
     pki = make_pki(tmp_path / "pki")
@@ -395,6 +398,8 @@ def test_a_broken_reload_keeps_the_previous_secrets_and_logs_one_error(spawn, tm
     old = presented_fingerprint(port, context)
     if broken == "empty token file":
         replace_file(tokens, b"\n")
+    elif broken == "token file over 1 MiB":
+        replace_file(tokens, b"other-token-FFFF\n" + b"\n" * SECRET_FILE_LIMIT)
     elif broken == "garbage certificate":
         replace_file(pki.cert, b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
     else:
@@ -406,6 +411,21 @@ def test_a_broken_reload_keeps_the_previous_secrets_and_logs_one_error(spawn, tm
     assert process(worker.session(), worker, "kept-token-CCCC").status_code == 200
     log = worker.log_text()
     assert "kept-token-CCCC" not in log and "PRIVATE KEY" not in log
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_token_file_swapped_for_a_fifo_stalls_neither_serving_nor_the_next_reload(spawn, tmp_path, runtime):
+    tokens = tmp_path / "worker-token"
+    tokens.write_text("kept-token-DDDD\n")
+    worker = spawn(runtime, {"WORKER_TOKEN_FILE": str(tokens)})
+    fifo = tmp_path / "worker-token.fifo"
+    os.mkfifo(fifo)  # no writer ever opens it: a plain open() for reading would wait forever
+    os.replace(fifo, tokens)
+    wait_until(lambda: reload_failures(worker), f"an error line '{RELOAD_FAILED}...' for the FIFO")
+    assert process(worker.session(), worker, "kept-token-DDDD").status_code == 200
+    replace_file(tokens, b"next-token-EEEE\n")
+    wait_until(lambda: accepted(worker, "next-token-EEEE"), "the regular file that replaced the FIFO read")
+    assert len(reload_failures(worker)) == 1
 
 
 # ---------------------------------------------------------------- start-up checks
@@ -421,6 +441,14 @@ def bad_config(case: str, folder: Path) -> tuple[dict, str]:
     garbage = folder / "garbage.pem"
     garbage.write_text("this is not PEM\n")
     other_key = pki.ca.issue(FLEET_TLS_NAME).write(folder / "other", "server")[1]
+    fifo = folder / "token-fifo"
+    os.mkfifo(fifo)  # no writer ever opens it: a plain read would wait forever
+    huge_tokens = folder / "huge-tokens"
+    huge_tokens.write_bytes(b"token-one-1111\n" + b"\n" * SECRET_FILE_LIMIT)  # one valid token, over the bound
+    huge_cert = folder / "huge.crt"
+    huge_cert.write_bytes(pki.cert.read_bytes() + b"\n" * SECRET_FILE_LIMIT)
+    binary = folder / "binary-tokens"
+    binary.write_bytes(b"token-one\x00-1111\n\xff\xfe\n")
     cases = {
         "cert without key": ({"WORKER_TLS_CERT": str(pki.cert)}, "WORKER_TLS_KEY"),
         "key without cert": ({"WORKER_TLS_KEY": str(pki.key)}, "WORKER_TLS_CERT"),
@@ -434,6 +462,12 @@ def bad_config(case: str, folder: Path) -> tuple[dict, str]:
         "garbage cert": ({**pki.env(), "WORKER_TLS_CERT": str(garbage)}, "WORKER_TLS_CERT"),
         "key of another cert": ({**pki.env(), "WORKER_TLS_KEY": str(other_key)}, "WORKER_TLS_KEY"),
         "garbage client CA": ({**pki.env(), "WORKER_TLS_CLIENT_CA": str(garbage)}, "WORKER_TLS_CLIENT_CA"),
+        "token file is a FIFO": ({"WORKER_TOKEN_FILE": str(fifo)}, "WORKER_TOKEN_FILE"),
+        "token file is a device": ({"WORKER_TOKEN_FILE": "/dev/zero"}, "WORKER_TOKEN_FILE"),
+        "token file over 1 MiB": ({"WORKER_TOKEN_FILE": str(huge_tokens)}, "WORKER_TOKEN_FILE"),
+        "binary token file": ({"WORKER_TOKEN_FILE": str(binary)}, "WORKER_TOKEN_FILE"),
+        "cert over 1 MiB": ({**pki.env(), "WORKER_TLS_CERT": str(huge_cert)}, "WORKER_TLS_CERT"),
+        "key is a FIFO": ({**pki.env(), "WORKER_TLS_KEY": str(fifo)}, "WORKER_TLS_KEY"),
     }
     return cases[case]
 
@@ -451,6 +485,12 @@ BAD_CONFIGS = [
     "garbage cert",
     "key of another cert",
     "garbage client CA",
+    "token file is a FIFO",
+    "token file is a device",
+    "token file over 1 MiB",
+    "binary token file",
+    "cert over 1 MiB",
+    "key is a FIFO",
 ]
 
 

@@ -12,11 +12,10 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from worker_python.config import Settings, SettingsError
 from worker_python.log import get_logger
-from worker_python.tls import server_context
+from worker_python.tls import read_secret_file, server_context
 
 MAX_TOKENS = 2
 CHECK_EVERY_SECONDS = 1.0
@@ -26,12 +25,12 @@ _TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")  # printable ASCII, no spaces (a bea
 
 
 def read_tokens(path: str) -> tuple[str, ...]:
-    """1 or 2 tokens, one per line (each line stripped, empty lines ignored)."""
+    """1 or 2 tokens, one per line (each line stripped, empty lines ignored), from a regular file
+    of at most tls.MAX_FILE_BYTES."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
-        raise SettingsError(f"WORKER_TOKEN_FILE: cannot read {path}: {reason}") from None
+        text = read_secret_file(path, "WORKER_TOKEN_FILE").decode("utf-8")
+    except UnicodeDecodeError:
+        raise SettingsError(f"WORKER_TOKEN_FILE: cannot read {path}: not UTF-8 text") from None
     tokens = tuple(line.strip() for line in text.split("\n") if line.strip())
     if not tokens:
         raise SettingsError(f"WORKER_TOKEN_FILE: {path} holds no token")

@@ -7,18 +7,45 @@ broken, and a client CA, once loaded, cannot be taken out of a context."""
 
 from __future__ import annotations
 
+import os
 import ssl
-from pathlib import Path
+import stat
 
 from worker_python.config import SettingsError
+
+MAX_FILE_BYTES = 1024 * 1024  # a token, certificate or key file is far smaller (worker-nodejs: the same)
+
+
+def read_secret_file(path: str, variable: str) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_BYTES, or SettingsError naming `variable`.
+    Opened without blocking and checked before reading: a FIFO put in its place would stall the
+    reader in open(), a device (/dev/zero) would never end, a huge file would be read whole."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SettingsError(f"{variable}: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SettingsError(f"{variable}: {path} is not a regular file")
+        chunks, size = [], 0
+        while info.st_size <= MAX_FILE_BYTES and size <= MAX_FILE_BYTES and (chunk := os.read(fd, 65536)):
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise SettingsError(f"{variable}: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    finally:
+        os.close(fd)
+    if info.st_size > MAX_FILE_BYTES or size > MAX_FILE_BYTES:
+        raise SettingsError(f"{variable}: {path} is over {MAX_FILE_BYTES} bytes")
+    return b"".join(chunks)
 
 
 def _read_text(path: str, variable: str) -> str:
     try:
-        return Path(path).read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not ASCII PEM text"
-        raise SettingsError(f"{variable}: cannot read {path}: {reason}") from None
+        return read_secret_file(path, variable).decode("ascii")
+    except UnicodeDecodeError:
+        raise SettingsError(f"{variable}: cannot read {path}: not ASCII PEM text") from None
 
 
 def _check_certificates(pem: str, path: str, variable: str) -> None:
