@@ -85,6 +85,7 @@ bench: setup
 	$(PY) -m scripts.bench_page
 	$(PY) -m scripts.bench_observe
 	$(PY) -m scripts.bench_tls
+	$(PY) -m scripts.bench_strip
 
 soak: setup
 	$(PY) -m scripts.soak $(SOAK_ARGS)

@@ -103,24 +103,32 @@ def reset_hwm(pid: int) -> None:
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # 5 = reset the peak RSS counter
 
 
-def lean_post(url: str, params: dict, body: bytes, content_type: str) -> tuple[int, dict, bytes]:
+def lean_post(
+    url: str, params: dict, body: bytes, content_type: str, marks: list[float] | None = None
+) -> tuple[int, dict, bytes]:
     """POST /process over a plain socket: one sendall of the body, the reply read with recv_into
-    into a buffer of its Content-Length. (status, lower-case headers, body)."""
+    into a buffer of its Content-Length. (status, lower-case headers, body). `marks` gets the
+    perf_counter() of: the start, the body sent, the reply's head read, the last byte read."""
+    marks = [] if marks is None else marks
     where = urlsplit(url)
     with socket.create_connection((where.hostname, where.port), timeout=300) as sock:
         head = (
             f"POST /process?{urlencode(params)} HTTP/1.1\r\nHost: {where.netloc}\r\n"
             f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         )
+        marks.append(time.perf_counter())
         sock.sendall(head.encode("latin-1"))
         sock.sendall(body)
+        marks.append(time.perf_counter())
         status, headers, rest = read_head(sock)
+        marks.append(time.perf_counter())
         reply = bytearray(int(headers.get("content-length", len(rest))))
         view = memoryview(reply)
         got = len(rest)
         view[:got] = rest
         while got < len(reply) and (count := sock.recv_into(view[got:])):
             got += count
+        marks.append(time.perf_counter())
         return status, headers, bytes(reply[:got])
 
 
