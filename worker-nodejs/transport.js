@@ -287,6 +287,10 @@ function createServer(app, tlsOptions = null) {
   server.requestTimeout = REQUEST_TIMEOUT_MS;
   server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
   server.on('clientError', answerClientError);
+  // A client-initiated renegotiation (a new handshake for the server to pay for on an open
+  // connection; Node allows 3 per 10 minutes) is an error that closes the connection, as
+  // OpenSSL 3 does for worker-python.
+  if (tlsOptions) server.on('secureConnection', (socket) => socket.disableRenegotiation());
   return server;
 }
 

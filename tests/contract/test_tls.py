@@ -8,12 +8,15 @@ carry the runtime name (`-k python`, `-k nodejs`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
 import select
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -257,6 +260,47 @@ def test_idle_and_stalled_handshakes_are_cut_off_and_never_delay_health(shared, 
     finally:
         for sock in peers:
             sock.close()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_client_hello_over_the_size_bound_is_refused_with_an_alert_at_once(shared, runtime):
+    _, get = shared
+    worker = get(runtime)
+    header = b"\x01\xff\xff\xff"  # a ClientHello declaring 16 MiB (TLS keeps it under 64 KiB)
+    record = b"\x16\x03\x01\x40\x00" + header + b"\x03\x03" + bytes(16384 - len(header) - 2)
+    with socket.create_connection(("127.0.0.1", port_of(worker)), timeout=TIMEOUT) as sock:
+        sock.sendall(record)  # one full record: the server reads the message header, not 16 MiB
+        received = wait_closed(sock, time.monotonic() + CUT_OFF_SECONDS)
+    assert received is not None, "still connected: the server is waiting for the rest of the message"
+    # a fatal alert (not the 5 s handshake deadline's silent close): the size was refused when read
+    assert received[:1] == b"\x15" and received[5:6] == b"\x02", received[:20]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command (s_client renegotiates)")
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_client_initiated_renegotiation_is_refused(shared, runtime):
+    pki, get = shared
+    worker = get(runtime)
+    command = ["openssl", "s_client", "-connect", f"127.0.0.1:{port_of(worker)}", "-tls1_2"]
+    command += ["-CAfile", str(pki.ca_file), "-servername", FLEET_TLS_NAME]
+    client = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    bound = threading.Timer(TIMEOUT, client.kill)  # the read below ends when the connection does, or then
+    bound.start()
+    try:
+        client.stdin.write(b"R\n")  # s_client's command: renegotiate (a new ClientHello on this connection)
+        client.stdin.flush()
+        time.sleep(1)  # a separate read for the request below, which must not be answered
+        with contextlib.suppress(OSError):
+            client.stdin.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            client.stdin.flush()
+        output = client.stdout.read().decode(errors="replace")  # until the server closes the connection
+        client.wait(timeout=TIMEOUT)
+    finally:
+        bound.cancel()
+        client.kill()
+        client.wait()
+    assert "RENEGOTIATING" in output, output[-1000:]
+    assert "HTTP/1.1 200" not in output, "served a request after a renegotiation"
 
 
 # ---------------------------------------------------------------- mutual TLS
