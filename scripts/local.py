@@ -156,13 +156,28 @@ def _pid_file(name: str) -> Path:
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` still runs. An exited process its parent has not reaped yet (a zombie) is
+    not: `make run`'s workers and page are its children, so after SIGTERM they stay zombies
+    until reaped, and kill(pid, 0) alone took them for alive for stop_all's whole grace."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return False  # our own child, exited: reaped now
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """An exited process still waiting for another parent (e.g. `make run`'s) to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def _running_pid(name: str) -> int | None:
@@ -332,7 +347,8 @@ def stop_all(grace: float = 15) -> int:
         time.sleep(0.1)
     for name, pid in pids.items():
         if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
         print(f"stopped {name} (pid {pid})")
     for name in names:
         _pid_file(name).unlink(missing_ok=True)

@@ -110,6 +110,33 @@ def test_workers_start_on_the_chosen_ports_and_stop(tmp_path):
         requests.get(f"http://127.0.0.1:{python_port}/healthz", timeout=5)
 
 
+def _wait_until_zombie(pid: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+            return
+        time.sleep(0.05)
+    pytest.fail(f"pid {pid} did not exit within {timeout}s")
+
+
+def test_an_exited_worker_not_yet_reaped_counts_as_stopped():
+    """`make run` starts the workers and the page as its children: after Ctrl-C's SIGTERM they
+    linger as zombies until reaped, and stop_all took them for alive for its whole grace (15 s),
+    in `make run` itself (its own children) and in a `make stop` run beside it (another's)."""
+    own = subprocess.Popen([sys.executable, "-c", "pass"])
+    spawn = "import subprocess, sys, time; print(subprocess.Popen([sys.executable, '-c', 'pass']).pid, flush=True)"
+    holder = subprocess.Popen([sys.executable, "-c", f"{spawn}; time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        others = int(holder.stdout.readline())
+        for pid in (own.pid, others):
+            _wait_until_zombie(pid)
+            assert not local._alive(pid)
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+        own.wait(timeout=10)
+
+
 def test_the_page_is_pointed_at_the_chosen_ports_unless_a_worker_list_is_set():
     chosen = {"worker-python": 6011, "worker-nodejs": 6012, "page": 6013}
     assert local.page_env({}, chosen)["COORDINATOR_WORKERS"] == ("http://127.0.0.1:6011,http://127.0.0.1:6012")
