@@ -77,6 +77,8 @@ def pem_file(value: str, kind: str) -> str:
     begins = text.startswith("-----BEGIN ") and text.split("\n", 1)[0].endswith(f"{label}-----")
     if not begins or not text.endswith(f"{label}-----") or "-----END " not in text:
         raise Refused(f"is not a PEM {label.lower()}")
+    if kind == "cert" and "PRIVATE KEY" in text:  # a key pasted in would land in a world-readable file
+        raise Refused("holds a private key")
     return text + "\n"
 
 

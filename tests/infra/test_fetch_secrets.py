@@ -29,6 +29,11 @@ PREFIX = "/heterogeneous-task-processor/dev"
 OTHER_PREFIX = "/heterogeneous-task-processor/other"
 TOKEN = "Tok3nAlpha0123456789abcdefghijklmnopqrstu"
 NEXT_TOKEN = "Tok3nBravo0123456789abcdefghijklmnopqrstu"
+# A certificate value with a key pasted into it: it begins and ends like a certificate.
+CERT_KEY_CERT = (
+    "-----BEGIN CERTIFICATE-----\nMIIBcert\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\n"
+    "Secret-KeyBody\n-----END PRIVATE KEY-----\n-----BEGIN CERTIFICATE-----\nMIIBmore\n-----END CERTIFICATE-----"
+)
 # A group other than root's own, so the owner check can fail.
 GROUP = next((g.gr_name for g in grp.getgrall() if g.gr_gid != 0), grp.getgrgid(os.getegid()).gr_name)
 
@@ -155,6 +160,7 @@ def test_a_missing_parameter_is_named_and_nothing_is_written(stack, tls, tmp_pat
         ("worker-token", "Secret-One\nSecret-Two\nSecret-Three", "holds 3 tokens; expected 1 or 2"),
         ("worker-token", " \n \n", "holds 0 tokens; expected 1 or 2"),
         ("worker-tls-key", "Secret-NotAKey", "is not a PEM private key"),
+        ("worker-tls-cert", CERT_KEY_CERT, "holds a private key"),  # its file is world-readable
     ],
 )
 def test_a_bad_value_is_refused_and_the_old_files_are_kept(stack, tls, tmp_path, parameter, value, reason):
