@@ -66,6 +66,7 @@ def server_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSL
     _read_text(key, "WORKER_TLS_KEY")  # readable; its content is never shown
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_RENEGOTIATION  # OpenSSL 3's default; said here for older ones too
     try:
         context.load_cert_chain(cert, key, password=_no_password)
     except (ssl.SSLError, OSError):
