@@ -131,9 +131,10 @@ def token_lines(value: str) -> list[str]:
 
 
 def outputs_token(path: Path) -> str:
-    """The outputs file's worker_token; the file must be one this tool can rewrite in place."""
+    """The outputs file's worker_token; the file must be one this tool can rewrite in place (not
+    a symlink: the rename would replace the link and leave its target with the old token)."""
     try:
-        mode = path.stat().st_mode
+        mode = path.lstat().st_mode
     except OSError as exc:
         raise FleetError(f"cannot read {path}: {exc.strerror}", USAGE) from None
     if not stat.S_ISREG(mode) or not os.access(path.parent, os.W_OK):

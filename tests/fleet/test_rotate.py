@@ -147,6 +147,17 @@ def test_an_outputs_file_that_cannot_be_rewritten_rolls_the_rotation_back(
     assert parameter(ssm) == T1 and token_file.read_text() == f"{T1}\n" and outputs.read_bytes() == before
 
 
+def test_an_outputs_file_reached_by_a_symlink_stops_the_rotation_before_anything_changes(moto, ssm, tmp_path):
+    """The rename would replace the link with a file and leave its target (which a coordinator
+    may read) with the retired token."""
+    target = write_outputs(tmp_path / "real.json", [("worker-python", "http://127.0.0.1:9")])
+    link = tmp_path / "out.json"
+    link.symlink_to(target)
+    before = target.read_bytes()
+    assert_one_error_line(rotate_cli(link, moto), 2, "must be a regular file")
+    assert parameter(ssm) == T1 and link.is_symlink() and target.read_bytes() == before
+
+
 @pytest.mark.parametrize("listed", [None, f"{PREFIX}/elsewhere"])
 def test_a_missing_parameter_is_one_error_line(listed, moto, ssm, tmp_path):
     """The name comes from the outputs file's secret_parameters when it lists one, else the layout."""
