@@ -440,3 +440,34 @@ def test_a_401_with_an_unchanged_token_still_fails_as_before(worker_factory, pki
     path.write_text(json.dumps({"workers": [{"url": worker.url}], "worker_token": "our-stale-token-5678"}))
     done = run_cli("process", photo(tmp_path), "-o", str(tmp_path / "out.png"), "--workers-file", str(path))
     assert_one_error_line(done, 3, f"token rejected by {worker.url}")
+
+
+def test_a_401_loop_re_reads_the_token_once_per_request_and_ends(worker_factory, tmp_path):
+    """A worker that refuses every token while the outputs file changes all the time (each re-read
+    finds a new wrong token): each request is retried once with the token read again, never more,
+    and the job ends with the one-line 401 error."""
+    token_file = tmp_path / "worker-token"
+    token_file.write_text("the-workers-token-1234\n")
+    worker = worker_factory("python", {"WORKER_TOKEN_FILE": str(token_file)})
+    path = tmp_path / "outputs.json"
+    stop = threading.Event()
+
+    def churn() -> None:
+        for n in range(100_000):
+            temp = tmp_path / "outputs.json.new"
+            temp.write_text(json.dumps({"workers": [{"url": worker.url}], "worker_token": f"wrong-token-{n:06d}"}))
+            os.replace(temp, path)
+            if stop.wait(0.001):  # faster than a request: every re-read finds a new token
+                return
+
+    churn_thread = threading.Thread(target=churn, daemon=True)
+    churn_thread.start()
+    try:
+        done = run_cli("process", photo(tmp_path), "-o", str(tmp_path / "out.png"), "--workers-file", str(path))
+    finally:
+        stop.set()
+        churn_thread.join(timeout=10)
+    assert_one_error_line(done, 3, f"token rejected by {worker.url}")
+    refused = [e["request_id"] for e in worker.log_entries() if e.get("path") == "/process" and e.get("status") == 401]
+    assert refused, "no request reached the worker"
+    assert max(refused.count(request_id) for request_id in refused) <= 2, refused
