@@ -108,11 +108,14 @@ def _load_client_pair(context: ssl.SSLContext, cert_pem: str, key_pem: str) -> N
 
 
 def _read_pem_file(path: str, variable: str) -> str:
-    """A PEM file named by a variable, bounded; every failure one ConfigError naming it."""
+    """A PEM file named by a variable, bounded; every failure one ConfigError naming it. Opened
+    without blocking: a FIFO there is refused instead of waiting for a writer."""
     try:
-        with open(path, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise ConfigError(f"{variable}={path}: not a regular file")
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            raise ConfigError(f"{variable}={path}: not a regular file")
+        with open(descriptor, "rb") as handle:
             data = handle.read(MAX_PEM_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{variable}={path}: cannot read it ({exc.strerror or type(exc).__name__})") from None

@@ -271,6 +271,15 @@ def test_an_http_worker_with_a_ca_configured_exits_2(pki, tmp_path):
     assert_one_error_line(done, 2, "plain HTTP refused: the fleet has a TLS CA")
 
 
+def test_a_ca_file_that_is_a_fifo_is_one_config_error_not_a_hang(tmp_path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "in.png")
+    fifo = tmp_path / "ca.fifo"
+    os.mkfifo(fifo)  # no writer ever opens it: a plain open() for reading waits forever
+    env = {"COORDINATOR_WORKERS": "https://127.0.0.1:9", "COORDINATOR_TLS_CA_FILE": str(fifo)}
+    done = run_cli("process", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), env=env, timeout=30)
+    assert_one_error_line(done, 2, f"COORDINATOR_TLS_CA_FILE={fifo}: not a regular file")
+
+
 # ---------------------------------------------------------------- real workers on TLS
 
 
