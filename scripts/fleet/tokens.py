@@ -58,25 +58,29 @@ def verdict(session: requests.Session, url: str, token: str, timeout: float = 5)
     """ACCEPTED, REFUSED, or why there is no verdict yet (one line, never the token)."""
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain", "Connection": "close"}
     try:
-        response = session.post(f"{url}/process", data=b"", headers=headers, timeout=timeout, allow_redirects=False)
+        # streamed: only a 503's first 4 KiB is read (a reply that never ends is not downloaded)
+        response = session.post(
+            f"{url}/process", data=b"", headers=headers, timeout=timeout, allow_redirects=False, stream=True
+        )
     except requests.exceptions.SSLError as exc:
         return f"TLS {reason(exc)}"
     except requests.ConnectionError:
         return "unreachable"
     except requests.RequestException as exc:
         return type(exc).__name__
-    status = response.status_code
-    if status == 401:
-        return REFUSED
-    if status == 503:
-        return ACCEPTED if _error_code(response) == "busy" else "draining (HTTP 503)"
+    with response:
+        status = response.status_code
+        if status == 401:
+            return REFUSED
+        if status == 503:
+            return ACCEPTED if _error_code(response) == "busy" else "draining (HTTP 503)"
     return ACCEPTED if status in (400, 413, 415) else f"HTTP {status}"
 
 
 def _error_code(response: requests.Response) -> str:
     try:
-        return str(json.loads(response.content[:4096])["error"]["code"])
-    except (ValueError, KeyError, TypeError):
+        return str(json.loads(next(response.iter_content(4096), b""))["error"]["code"])
+    except (ValueError, KeyError, TypeError, requests.RequestException):
         return ""
 
 

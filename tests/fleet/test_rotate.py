@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 import pytest
+import requests
 
 from coordinator import config as coordinator_config
 from coordinator.engine import run_job
@@ -33,6 +34,7 @@ from scripts.testkit.images import png_bytes
 from scripts.testkit.procs import ROOT, TlsClient
 from scripts.testkit.tls import FLEET_TLS_NAME, Authority
 from tests.support.fleet_cli import assert_one_error_line, run_fleet
+from tests.support.hostile_worker import HostileWorker
 from tests.support.moto_server import REGION, aws_env, ubuntu_ami
 
 PROJECT, STACK = "hdtp", "rotate-test"
@@ -88,6 +90,14 @@ def _args(outputs):
     import argparse
 
     return argparse.Namespace(outputs=str(outputs))
+
+
+def test_the_probe_reads_only_the_head_of_a_reply_that_never_ends():
+    """A worker (or whatever answers at its address) streaming an endless 200: the verdict comes
+    from the status line; the body is not downloaded."""
+    with HostileWorker(process="huge", max_seconds=0.5) as endless, requests.Session() as session:
+        assert tokens.verdict(session, endless.url, T1) == "HTTP 200"
+    assert endless.sent < 16 * 1024 * 1024, f"the probe took {endless.sent} bytes of the reply"
 
 
 # --- refusals and rollback (the parameter and the outputs file stay as they were) ---------------
