@@ -263,6 +263,27 @@ def test_idle_and_stalled_handshakes_are_cut_off_and_never_delay_health(shared, 
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
+def test_more_stalled_handshakes_than_the_idle_cap_leave_a_tokened_request_served(spawn, tmp_path, runtime):
+    """1100 peers without the token, each stopped inside its ClientHello (worker-python keeps at
+    most 1000 idle connections, evicting the oldest; node holds each until its 5 s deadline)."""
+    pki = make_pki(tmp_path / "pki")
+    worker = spawn(runtime, {**pki.env(), "WORKER_TOKEN": "stall-token-GGGG"}, tls=pki.client())
+    partial_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+    peers = []
+    try:
+        for _ in range(1100):
+            peers.append(socket.create_connection(("127.0.0.1", port_of(worker)), timeout=TIMEOUT))
+            peers[-1].sendall(partial_hello)
+        session = worker.session()
+        assert session.get(worker.url + "/healthz", timeout=TIMEOUT).status_code == 200
+        assert process(session, worker, "stall-token-GGGG").status_code == 200
+        assert process(session, worker, "wrong-token").status_code == 401
+    finally:
+        for sock in peers:
+            sock.close()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_a_client_hello_over_the_size_bound_is_refused_with_an_alert_at_once(shared, runtime):
     _, get = shared
     worker = get(runtime)
