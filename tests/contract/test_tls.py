@@ -479,6 +479,22 @@ def test_a_broken_reload_keeps_the_previous_secrets_and_logs_one_error(spawn, tm
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_token_file_that_is_a_symlink_is_reread_when_the_link_is_retargeted(spawn, tmp_path, runtime):
+    """The secret-volume pattern: the path is a link, swapped atomically to a new file (the
+    link's own mtime never matters; the target's inode changes)."""
+    for name, token in (("first", "first-token-HHHH"), ("second", "second-token-IIII")):
+        (tmp_path / name).write_text(token + "\n")
+    tokens = tmp_path / "worker-token"
+    tokens.symlink_to(tmp_path / "first")
+    worker = spawn(runtime, {"WORKER_TOKEN_FILE": str(tokens)})
+    assert accepted(worker, "first-token-HHHH") and not accepted(worker, "second-token-IIII")
+    (tmp_path / "next-link").symlink_to(tmp_path / "second")
+    os.replace(tmp_path / "next-link", tokens)
+    wait_until(lambda: accepted(worker, "second-token-IIII"), "the retargeted link's token accepted")
+    assert not accepted(worker, "first-token-HHHH")
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_a_token_file_swapped_for_a_fifo_stalls_neither_serving_nor_the_next_reload(spawn, tmp_path, runtime):
     tokens = tmp_path / "worker-token"
     tokens.write_text("kept-token-DDDD\n")
