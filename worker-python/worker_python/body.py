@@ -4,6 +4,8 @@ the image bytes, from the body or its multipart part named `image` (rule 6)."""
 
 from __future__ import annotations
 
+import io
+
 from flask import g, request
 from gunicorn.http.body import Body, LengthReader
 from werkzeug.http import parse_options_header
@@ -77,7 +79,11 @@ def read_direct(environ: dict, length: int | None) -> bytes | None:
     """A body of known length straight from gunicorn's (paced) socket into one buffer, or None
     when gunicorn does not serve it that way (chunked, a test client) or a read has begun.
     gunicorn's reader copies each byte ~6 times (BytesIO writes, getvalue, slices): 140 ms for
-    an 18 MB strip where recv_into takes 32 (scripts/worker_profile.py, --client lean)."""
+    an 18 MB strip where recv_into takes 32 (scripts/worker_profile.py, --client lean).
+    The bytes are received into a BytesIO's own buffer (getbuffer) and returned by getvalue(),
+    which hands over that buffer without a copy once the view is released: a bytearray and
+    bytes(buffer) cost a second fresh 17 MiB, ~11 ms of page faults per 6 MP strip with the
+    1 MiB mmap threshold (server.tune_malloc). decode's BytesIO shares bytes, not a bytearray."""
     sock, body = environ.get("gunicorn.socket"), environ.get("wsgi.input")
     reader = getattr(body, "reader", None)
     if not (isinstance(sock, PacedSocket) and isinstance(body, Body) and isinstance(reader, LengthReader)):
@@ -86,21 +92,24 @@ def read_direct(environ: dict, length: int | None) -> bytes | None:
         return None
     held = reader.unreader.take_buffered()  # read ahead with the headers
     reader.unreader.unread(held[length:])  # a pipelined next request stays gunicorn's
-    buffer = bytearray(length)
-    view = memoryview(buffer)
+    buffer = io.BytesIO()
+    if length:
+        buffer.seek(length - 1)
+        buffer.write(b"\0")  # sized once, zero-filled
     got = min(len(held), length)
-    view[:got] = held[:got]
-    while got < length:
-        try:
-            count = sock.recv_into(view[got:], length - got)
-        except OSError:  # a reset, a broken TLS record: the body ended early, as on the stream path
-            count = 0
-        if not count:
-            g.body_read, body.failed = False, True  # framing lost: close the connection after the reply
-            raise ApiError(400, "bad_image", f"the body ended after {got} of {length} bytes")
-        got += count
+    with buffer.getbuffer() as view:
+        view[:got] = held[:got]
+        while got < length:
+            try:
+                count = sock.recv_into(view[got:], length - got)
+            except OSError:  # a reset, a broken TLS record: the body ended early, as on the stream path
+                count = 0
+            if not count:
+                g.body_read, body.failed = False, True  # framing lost: close the connection after the reply
+                raise ApiError(400, "bad_image", f"the body ended after {got} of {length} bytes")
+            got += count
     reader.length = 0  # read: gunicorn must not wait for these bytes again
-    return bytes(buffer)
+    return buffer.getvalue()  # the view is released: no copy
 
 
 def multipart_image(body: bytes, content_type: str) -> bytes:
