@@ -829,7 +829,7 @@ def test_in_place_ops_match_the_plain_ops(op, monkeypatch):
 
 
 def test_raw_reply_is_streamed_in_pieces(monkeypatch):
-    monkeypatch.setattr(ops, "BAND_BYTES", 3 * 20 * 4)
+    monkeypatch.setattr("worker_python.encode.RAW_PIECE_BYTES", 3 * 20 * 4)
     image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (9, 20, 3), dtype=np.uint8))
     pieces = list(raw_chunks(image))
     assert len(pieces) == 1 + 3 and b"".join(pieces) == b"P6\n20 9\n255\n" + image.tobytes()

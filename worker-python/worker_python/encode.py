@@ -8,7 +8,6 @@ import zlib
 
 from PIL import Image
 
-from worker_python import ops
 from worker_python.errors import CannotEncode
 
 FORMATS = ("png", "jpeg", "webp", "raw")
@@ -27,6 +26,11 @@ WEBP_MAX_SIDE = 16383
 # quality is effort too) is what the coordinator asks for over a slow link: a 4000x1500 sepia
 # strip is 5.2 MB in ~0.35 s CPU, where PNG level 1 is 7.3 MB in ~0.45 s (coordinator/README.md).
 JPEG_MAX_SIDE = 65535
+# Raw replies go out in pieces this small so that each piece's buffer comes from malloc's heap and
+# is reused: a piece above the mmap threshold (1 MiB, server.tune_malloc; 128 KiB from the
+# environment) is fresh pages every time, and 4 MiB pieces cost 6 MP ~4400 page faults, 10-13 ms
+# of a 3 ms pack (scripts/README.md, per strip). 64 KiB: ~290 sendall calls for 6 MP, no faults.
+RAW_PIECE_BYTES = 64 << 10
 
 
 def encode(
@@ -67,7 +71,7 @@ def raw_length(image: Image.Image) -> int:
 
 
 def raw_chunks(image: Image.Image):
-    """Binary PPM in pieces of about BAND_BYTES, so a 150 MB reply is never one more copy.
+    """Binary PPM in pieces of about RAW_PIECE_BYTES, so a 150 MB reply is never one more copy.
     Pillow's raw encoder writes each piece straight from the image: one copy per byte, where
     crop + tobytes made two (6 MP: 20 ms instead of 34)."""
     if image.mode != "RGB":
@@ -77,7 +81,7 @@ def raw_chunks(image: Image.Image):
     try:
         encoder.setimage(image.im, (0, 0, *image.size))
         while True:
-            _, status, data = encoder.encode(max(ops.BAND_BYTES, image.width * 3))  # whole rows
+            _, status, data = encoder.encode(max(RAW_PIECE_BYTES, image.width * 3))  # whole rows
             if status < 0:
                 raise RuntimeError(f"raw encoder error {status}")
             yield data
