@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
 
 from scripts.testkit.images import solid_png
 from scripts.testkit.procs import RUNTIMES, TlsClient, http_session, start_worker
@@ -528,6 +529,10 @@ def bad_config(case: str, folder: Path) -> tuple[dict, str]:
     huge_tokens.write_bytes(b"token-one-1111\n" + b"\n" * SECRET_FILE_LIMIT)  # one valid token, over the bound
     huge_cert = folder / "huge.crt"
     huge_cert.write_bytes(pki.cert.read_bytes() + b"\n" * SECRET_FILE_LIMIT)
+    encrypted_key = folder / "encrypted.key"  # the server key under a passphrase: no prompt, a refusal
+    key = serialization.load_pem_private_key(pki.key.read_bytes(), None)
+    pem, pkcs8 = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
+    encrypted_key.write_bytes(key.private_bytes(pem, pkcs8, serialization.BestAvailableEncryption(b"a passphrase")))
     binary = folder / "binary-tokens"
     binary.write_bytes(b"token-one\x00-1111\n\xff\xfe\n")
     cases = {
@@ -549,6 +554,7 @@ def bad_config(case: str, folder: Path) -> tuple[dict, str]:
         "binary token file": ({"WORKER_TOKEN_FILE": str(binary)}, "WORKER_TOKEN_FILE"),
         "cert over 1 MiB": ({**pki.env(), "WORKER_TLS_CERT": str(huge_cert)}, "WORKER_TLS_CERT"),
         "key is a FIFO": ({**pki.env(), "WORKER_TLS_KEY": str(fifo)}, "WORKER_TLS_KEY"),
+        "encrypted key": ({**pki.env(), "WORKER_TLS_KEY": str(encrypted_key)}, "WORKER_TLS_KEY"),
     }
     return cases[case]
 
@@ -572,6 +578,7 @@ BAD_CONFIGS = [
     "binary token file",
     "cert over 1 MiB",
     "key is a FIFO",
+    "encrypted key",
 ]
 
 
