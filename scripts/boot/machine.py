@@ -94,12 +94,18 @@ class Container:
         self.console = workdir / f"{name}.console.log"
         self.proc: subprocess.Popen | None = None
 
-    def prepare(self, user_data: str, hosts: list[str], ca_certs: list[Path]) -> None:
+    def prepare(
+        self, user_data: str, hosts: list[str], ca_certs: list[Path], public_keys: tuple[str, ...] = ()
+    ) -> None:
+        """`public_keys`: the instance's key pair, in the meta-data (as EC2's IMDS serves it),
+        which cloud-init writes to the default user's authorized_keys."""
         run(["cp", "-a", "--reflink=auto", str(self.image), str(self.root)], timeout=600)
         seed = self.root / "var/lib/cloud/seed/nocloud"
         seed.mkdir(parents=True, exist_ok=True)
         (seed / "user-data").write_text(user_data)
-        (seed / "meta-data").write_text(f"instance-id: i-{self.name}\nlocal-hostname: {self.name}\n")
+        keys = "".join(f"  - {key.strip()}\n" for key in public_keys)
+        meta = f"instance-id: i-{self.name}\nlocal-hostname: {self.name}\n" + (f"public-keys:\n{keys}" if keys else "")
+        (seed / "meta-data").write_text(meta)
         (self.root / "etc/systemd/network/10-host0.network").write_text(
             f"[Match]\nName=host0\n\n[Network]\nAddress={self.address}/24\nLinkLocalAddressing=no\n"
             f"IPv6AcceptRA=no\n\n[Route]\nDestination={IMDS}/32\nScope=link\n"

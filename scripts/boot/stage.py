@@ -98,12 +98,12 @@ class Stage(contextlib.ExitStack):
             raise RuntimeError("the S3/SSM/IMDS stand-ins did not start")
         self.setup_port = int(port)
 
-    def boot(self, name: str, index: int, user_data: str) -> Container:
+    def boot(self, name: str, index: int, user_data: str, public_keys: tuple[str, ...] = ()) -> Container:
         box = Container(self.net, self.image, self.workdir, name, index)
         self.callback(box.stop)
         # The test's CA (S3 stand-in) and any CA this machine's own egress re-signs TLS with.
         host_cas = sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
-        box.prepare(user_data, aws_hosts(self.bucket, self.region), [self.tls["ca"], *host_cas])
+        box.prepare(user_data, aws_hosts(self.bucket, self.region), [self.tls["ca"], *host_cas], public_keys)
         box.start()
         return box
 

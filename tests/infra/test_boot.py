@@ -14,6 +14,7 @@ CI=true, which installs them).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -26,6 +27,7 @@ import time
 import pytest
 from PIL import Image, ImageChops
 
+from infra.bundle import build_id, bundle_files
 from infra.fleet_tls import CLIENT_NAME
 from infra.userdata import SECRETS_INTERVAL_SECONDS
 from scripts.boot import inspect
@@ -38,6 +40,8 @@ from scripts.testkit.tls import FLEET_TLS_NAME, Authority
 from stripes.roles import PARAM_CLIENT_CA, ROLE_SPECS
 from tests.support.ci import skip_or_fail
 from tests.support.infra_harness import reveal, run_program
+from tests.support.moto_server import aws_env
+from tests.support.sshd import make_key
 
 ROLES = ("worker-python", "worker-nodejs")
 REGISTRY_OF = {"worker-python": "files.pythonhosted.org", "worker-nodejs": "registry.npmjs.org"}
@@ -128,6 +132,8 @@ def rendered(settings: dict[str, str]) -> dict:
         parameters[f"{prefix}/{PARAM_CLIENT_CA}"] = ("String", fleet_ca.cert_pem.decode())
     return {
         "user_data": user_data,
+        "outputs": run.outputs,  # what `pulumi stack output --json` would hold (mock addresses)
+        "key_pairs": [key.inputs["publicKey"] for key in run.of_type("aws:ec2/keyPair:KeyPair")],
         "objects": objects,
         "token": token,
         "prefix": prefix,
@@ -182,9 +188,9 @@ def print_table() -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
-def boot_role(stage: Stage, role: str, document: str):
+def boot_role(stage: Stage, role: str, document: str, public_keys: tuple[str, ...] = ()):
     started = time.monotonic()
-    box = stage.boot(role, ROLES.index(role), document)
+    box = stage.boot(role, ROLES.index(role), document, public_keys)
     result = inspect.cloud_init_result(box, BOOT_TIMEOUT)
     return box, result, time.monotonic() - started
 
@@ -338,6 +344,184 @@ def coordinator_strips(stage: Stage, role: str, document: str, program: dict, cl
         assert ImageChops.difference(out.convert("RGB"), ImageChops.invert(image)).getbbox() is None
     refused = stage.in_net([*argv, "-o", str(folder / "no.png")], 120, env=clean_env(tls))
     assert_one_error_line(refused, 3, "mutual TLS")
+
+
+# ---------------------------------------------------------------- the fleet tool over SSH to a booted host
+
+FLEET_ROLE = "worker-python"  # one boot: the SSH side (sshd, key pair, sudo, journald) is the same for both
+LOGIN_USER = "debian"  # Debian's cloud-init default user, where Ubuntu's is `ubuntu` (the outputs' ssh_user)
+
+
+@pytest.fixture(scope="module")
+def admin_key(tmp_path_factory):
+    return make_key(tmp_path_factory.mktemp("admin") / "admin_ed25519")
+
+
+@pytest.fixture(scope="module")
+def ssh_program(admin_key):
+    """The program with `adminCidr` + `sshPublicKey`: port 22 open to the admin network and an
+    EC2 key pair on each instance (the key reaches the host through the metadata, not user-data)."""
+    public = admin_key.with_name(admin_key.name + ".pub").read_text().strip()
+    return rendered({"adminCidr": f"{machine_address(0).rsplit('.', 1)[0]}.0/24", "sshPublicKey": public})
+
+
+class Fleet:
+    """`python -m scripts.fleet` run from the private network as an operator runs it: the program's
+    outputs file with the booted container's address and its EC2 stand-in's instance id."""
+
+    def __init__(self, stage: Stage, program: dict, role: str, key, known_hosts) -> None:
+        self.stage, self.key, self.known_hosts = stage, key, known_hosts
+        self.name = f"{role}-0"
+        outputs = program["outputs"]
+        entry = next(w for w in outputs["workers"] if w["name"] == self.name)
+        argv = [sys.executable, "-m", "scripts.boot.ec2", self.endpoint, outputs["region"], self.name, role]
+        made = stage.in_net([*argv, outputs["project"], outputs["stack"]], 60)
+        assert made.returncode == 0, made.stderr[-2000:]
+        self.instance_id = made.stdout.strip()
+        address = machine_address(ROLES.index(role))
+        url = url_of(role, program["user_data"][role])
+        entry = {**entry, "url": url, "public_ip": address, "instance_id": self.instance_id}
+        # The fleet CA that signed the SSM certificate (the program's own would come from infra/fleet_tls.py).
+        file = {**outputs, "workers": [entry], "worker_ca_pem": program["fleet_ca"].decode()}
+        self.outputs = stage.workdir / "stack-outputs.json"
+        self.outputs.write_text(json.dumps(file))
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.stage.setup_port}"  # moto's plain port in the namespace (EC2 here)
+
+    def run(self, *args: str, key=None, known_hosts=None, timeout: float = 180):
+        flags = ["--outputs", str(self.outputs), "--ssh-user", LOGIN_USER, "--ssh-timeout", "10"]
+        flags += ["--ssh-key", str(key or self.key), "--known-hosts", str(known_hosts or self.known_hosts)]
+        argv = [sys.executable, "-m", "scripts.fleet", *args, *flags]
+        return self.stage.in_net(argv, timeout, env=aws_env(self.endpoint))
+
+    def status(self, *args: str, **options) -> dict:
+        done = self.run("status", "--json", *args, **options)
+        assert done.returncode == 0, done.stderr[-2000:]
+        (row,) = json.loads(done.stdout)
+        return row
+
+
+def journal_json(text: str) -> list[dict]:
+    """The JSON bodies of `journalctl` short-format lines (`... worker-python[PID]: {...}`)."""
+    found = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError, IndexError):
+            body = json.loads(line.split("]: ", 1)[1])
+            if isinstance(body, dict):
+                found.append(body)
+    return found
+
+
+def changed_source(role: str, folder, line: bytes = b"# redeployed by tests/infra/test_boot.py") -> str:
+    """A checkout whose `role` differs by one line: a new build id, the same dependencies."""
+    files = bundle_files(role)
+    files["worker_python/__init__.py"] += b"\n" + line + b"\n"
+    for relative, content in files.items():
+        path = folder / role / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    return build_id(files)
+
+
+@pytest.mark.timeout(BOOT_TIMEOUT + 900)
+def test_fleet_tool_over_ssh_reads_and_redeploys_a_booted_host(image, ssh_program, admin_key, tmp_path):
+    """`python -m scripts.fleet status|logs|redeploy` over real SSH (paramiko) to the booted host's
+    own sshd, authenticated by the key the program puts in its EC2 key pair (served to cloud-init
+    as instance metadata, as IMDS does), as cloud-init's default user with its passwordless sudo:
+    status shows cloud-init done and /healthz ok with the release's build, logs the service's JSON
+    lines from journald, redeploy of a changed source switches and restarts the service to the new
+    build, and of a build that cannot start rolls back to the previous one; a stopped service, a
+    changed host key and a foreign client key are each reported."""
+    role, program = FLEET_ROLE, ssh_program
+    document = program["user_data"][role]
+    assert program["key_pairs"] == [admin_key.with_name(admin_key.name + ".pub").read_text().strip()]
+    assert "ssh-ed25519" not in document  # the key is the key pair's, not the user-data's
+    with staged(image, program) as stage:
+        box, result, boot_seconds = boot_role(stage, role, document, tuple(program["key_pairs"]))
+        assert result["errors"] == [] and "status: done" in result["status"], result["log"]
+        TIMINGS.append((f"{role} (fleet over SSH)", "boot to cloud-init done", boot_seconds))
+        known_hosts = tmp_path / "known_hosts"
+        fleet = Fleet(stage, program, role, admin_key, known_hosts)
+        first_build = box.sh(f"readlink /opt/{role}/current").stdout.strip().removeprefix("releases/")
+
+        started = time.monotonic()
+        done = fleet.run("status", "--json")
+        TIMINGS.append((f"{role} (fleet over SSH)", "fleet status", time.monotonic() - started))
+        assert done.returncode == 0, done.stderr[-2000:]
+        (row,) = json.loads(done.stdout)
+        assert (row["state"], row["checks"], row["instance_id"]) == ("running", "ok", fleet.instance_id), row
+        assert row["boot"] == {"state": "done", "detail": ""}, row
+        assert (row["health"]["status"], row["health"]["runtime"], row["health"]["build"]) == (
+            "ok",
+            "python",
+            first_build,
+        ), row
+        assert row["ready"] is True and row["missing"] == [], row
+        # Trust on first use recorded the booted host's own key (cloud-init made it at first boot).
+        assert f"recorded new host key for {machine_address(0)}" in done.stderr, done.stderr
+        recorded = known_hosts.read_text().split()[1:3]
+        host_keys = box.sh("cat /etc/ssh/ssh_host_*_key.pub").stdout.split("\n")
+        assert any(line.split()[:2] == recorded for line in host_keys if line), (recorded, host_keys)
+
+        done = fleet.run("logs", fleet.name, "--lines", "200")
+        assert done.returncode == 0, done.stderr[-2000:]
+        logs = journal_json(done.stdout)
+        ours = [line for line in logs if line.get("service") == role and {"time", "level", "msg"} <= line.keys()]
+        assert ours, done.stdout[-2000:]
+
+        done = fleet.run("redeploy", fleet.name)  # the release cloud-init installed is this checkout's
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert f"already at build {first_build}, healthy" in done.stdout, done.stdout
+
+        pid = inspect.service_facts(box, role)["MainPID"]
+        new_build = changed_source(role, tmp_path / "checkout")
+        started = time.monotonic()
+        done = fleet.run("redeploy", fleet.name, "--source-root", str(tmp_path / "checkout"), timeout=600)
+        TIMINGS.append((f"{role} (fleet over SSH)", "fleet redeploy (new build)", time.monotonic() - started))
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert f"deployed build {new_build} (was {first_build}), healthy" in done.stdout, done.stderr
+        assert "reusing the shared venv" in done.stderr, done.stderr
+        assert box.sh(f"readlink /opt/{role}/current").stdout.strip() == f"releases/{new_build}"
+        facts = inspect.service_facts(box, role)
+        assert facts["ActiveState"] == "active" and facts["MainPID"] not in (pid, "0"), facts
+        assert facts["User"] == "worker" and int(facts["CapEff"], 16) == 0, facts  # the same hardened unit
+        after = fleet.status()
+        assert after["ready"] is True and after["health"]["build"] == new_build, after
+
+        # A build that cannot start: redeploy waits for its /healthz, then puts the previous one back.
+        broken = changed_source(role, tmp_path / "broken", b"raise SystemExit('a broken build')")
+        done = fleet.run("redeploy", fleet.name, "--source-root", str(tmp_path / "broken"), "--health-timeout", "15")
+        assert_fleet_error(done, 4, f"rolled back to build {new_build}, healthy", ssh=False)
+        assert f"build {broken} not healthy within 15s" in done.stderr, done.stderr
+        assert box.sh(f"readlink /opt/{role}/current").stdout.strip() == f"releases/{new_build}"
+        assert fleet.status()["health"]["build"] == new_build
+
+        # What it reports when things are wrong: the service stopped ...
+        box.sh(f"systemctl stop {role}", check=True)
+        stopped = fleet.status()
+        assert stopped["ready"] is False and stopped["boot"]["state"] == "done", stopped
+        assert stopped["health"]["error"] and stopped["missing"][0].startswith("/healthz "), stopped
+        # ... another host behind the address (a different host key) ...
+        changed = tmp_path / "changed_known_hosts"
+        other = make_key(tmp_path / "other_host_key").with_name("other_host_key.pub").read_text().split()
+        changed.write_text(f"{machine_address(0)} {other[0]} {other[1]}\n")
+        refused = fleet.run("logs", fleet.name, known_hosts=changed)
+        assert_fleet_error(refused, 1, "host key changed")
+        strict = fleet.status("--boot-check", known_hosts=changed)
+        assert strict["boot"]["state"] == "unknown" and "host key changed" in strict["boot"]["detail"], strict
+        # ... and a key the host was not given.
+        refused = fleet.run("logs", fleet.name, key=make_key(tmp_path / "stranger_ed25519"))
+        assert_fleet_error(refused, 1, "authentication failed")
+
+
+def assert_fleet_error(done, code: int, fragment: str, ssh: bool = True) -> None:
+    """Exit `code`, no traceback, a last line `error: ...` with `fragment` (`error: ssh user@host` when `ssh`)."""
+    assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: ssh {LOGIN_USER}@" if ssh else "error: ") and fragment in last, done.stderr
 
 
 # ---------------------------------------------------------------- failed boots are visible
