@@ -168,6 +168,8 @@ def fetch(args: argparse.Namespace) -> list[str]:
     contents = {}
     for secret in wanted:  # every value is checked before any file is touched
         name = f"{prefix}/{secret.parameter}"
+        if name not in values:  # answered for other names than asked
+            raise Refused(f"parameter {name} not found")
         try:
             contents[secret] = content_of(secret, values[name])
         except Refused as exc:

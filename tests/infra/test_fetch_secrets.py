@@ -18,6 +18,7 @@ import time
 import botocore.exceptions
 import pytest
 
+from infra import fetch_secrets
 from infra.fleet_secrets import host_secrets_policy
 from scripts.testkit.procs import free_port
 from scripts.testkit.tls import Authority
@@ -212,3 +213,14 @@ def test_an_unreachable_endpoint_fails_in_bounded_time(stack, tls, tmp_path):
     line = assert_one_line_without_secrets(done, tls)
     assert done.returncode == 1 and line.endswith(": EndpointConnectionError"), line
     assert time.monotonic() - started < 60  # 2 attempts x botocore's 3 tries, 5 s connect timeout each
+
+
+def test_a_reply_that_lacks_a_wanted_name_is_one_line_and_writes_nothing(tls, tmp_path, monkeypatch, capsys):
+    """SSM answering other names than asked (none of them InvalidParameters): named, no traceback."""
+    reply = {f"{PREFIX}/worker-token": TOKEN, f"{OTHER_PREFIX}/worker-tls-key": tls["server"].key_pem.decode()}
+    monkeypatch.setattr(fetch_secrets, "read_parameters", lambda *_args: dict(reply))
+    argv = ["--region", REGION, "--prefix", PREFIX, "--dest", str(tmp_path / "secrets"), "--group", GROUP]
+    assert fetch_secrets.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == f"fetch-worker-secrets: parameter {PREFIX}/worker-tls-key not found\n", err
+    assert not (tmp_path / "secrets").exists()
