@@ -451,9 +451,16 @@ def test_cert_swap_reaches_new_handshakes_while_an_open_connection_keeps_working
     assert any(str(e.get("msg", "")).startswith("secrets reloaded") for e in worker.log_entries())
 
 
-@pytest.mark.parametrize(
-    "broken", ["empty token file", "token file over 1 MiB", "garbage certificate", "key of another certificate"]
-)
+BROKEN_RELOADS = [
+    "empty token file",
+    "token file removed",
+    "token file over 1 MiB",
+    "garbage certificate",
+    "key of another certificate",
+]
+
+
+@pytest.mark.parametrize("broken", BROKEN_RELOADS)
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_a_broken_reload_keeps_the_previous_secrets_and_logs_one_error(spawn, tmp_path, runtime, broken):
     pki = make_pki(tmp_path / "pki")
@@ -464,6 +471,8 @@ def test_a_broken_reload_keeps_the_previous_secrets_and_logs_one_error(spawn, tm
     old = presented_fingerprint(port, context)
     if broken == "empty token file":
         replace_file(tokens, b"\n")
+    elif broken == "token file removed":
+        tokens.unlink()
     elif broken == "token file over 1 MiB":
         replace_file(tokens, b"other-token-FFFF\n" + b"\n" * SECRET_FILE_LIMIT)
     elif broken == "garbage certificate":
