@@ -8,6 +8,7 @@ import shlex
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from scripts.fleet.boot import one_line
 from scripts.fleet.config import RUNTIME_OF_ROLE, FleetConfig, Worker
 from scripts.fleet.errors import FleetError
 from scripts.fleet.tokens import Endpoint
@@ -47,7 +48,7 @@ def _start_unit(config: FleetConfig, target: Endpoint) -> str:
     except FleetError as exc:
         return f"{target.name}: {exc.message}"
     if code != 0:
-        last = (err.strip().splitlines() or ["no output"])[-1][:200]
+        last = one_line((err.strip().splitlines() or ["no output"])[-1])  # host text: no control characters
         return f"{target.name}: {ROLE_SPECS[target.role].secrets_unit} failed (exit {code}): {last}"
     return ""
 

@@ -612,8 +612,21 @@ def test_rotate_token_over_ssh_starts_each_hosts_secrets_unit(host, moto):
     assert new not in result.stdout + result.stderr
 
 
-def test_a_host_whose_secrets_unit_fails_is_named_and_the_rotation_rolls_back(host, moto):
+# A unit's last stderr line with a terminal title sequence, a screen clear and a bell in it.
+HOSTILE_UNIT = "#!/bin/sh\nprintf 'evil\\033]0;pwned\\007 \\033[2Jtext\\n' >&2\nexit 3\n"
+
+
+@pytest.mark.parametrize(
+    ("unit", "shown"),
+    [(None, "failed (exit 5): Unit worker-python-secrets.service not found."), (HOSTILE_UNIT, "failed (exit 3): evil")],
+    ids=["no unit", "a unit printing control characters"],
+)
+def test_a_host_whose_secrets_unit_fails_is_named_and_the_rotation_rolls_back(host, moto, unit, shown):
     moto.reset()
+    if unit is not None:
+        (host.root / "units").mkdir(parents=True, exist_ok=True)
+        (host.root / "units" / f"{ROLE}-secrets").write_text(unit)
+        (host.root / "units" / f"{ROLE}-secrets").chmod(0o755)
     ssm = moto.client("ssm")
     ssm.put_parameter(Name="/hdtp/fleet-test/worker-token", Value="OldToken1", Type="SecureString")
     build = host.install(bundle_files(ROLE))
@@ -624,7 +637,8 @@ def test_a_host_whose_secrets_unit_fails_is_named_and_the_rotation_rolls_back(ho
     before = host.outputs.read_bytes()
     # No units/<role>-secrets here: systemctl answers "not found" (exit 5), as a host without the unit would.
     result = fleet("rotate-token", "--interval", "0.3", "--timeout", "2", *host.flags(), env=aws_env(moto.url))
-    assert f"trigger failed on {NAME}: {ROLE}-secrets.service failed (exit 5)" in result.stderr
+    assert f"trigger failed on {NAME}: {ROLE}-secrets.service {shown}" in result.stderr
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr  # host text is printed as plain text
     assert_one_error_line(result, 4, "rolled back")
     assert host.calls("systemctl").count(f"start {ROLE}-secrets") == 2  # the try, then the rollback's
     assert host.outputs.read_bytes() == before
