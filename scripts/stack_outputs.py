@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         outputs = fetch_outputs(args.stack)
         write_private(args.output, json.dumps(outputs, indent=2, sort_keys=True) + "\n")
     except (OutputsError, OSError) as exc:
-        print(f"stack_outputs: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)  # one line, as every other tool of ours says it
         return 1
     print(f"wrote {args.output} ({len(outputs['workers'])} workers, stack {outputs.get('stack', '?')})")
     return 0

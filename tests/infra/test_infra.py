@@ -886,4 +886,5 @@ def test_stack_outputs_failures_are_one_line_and_write_nothing(tmp_path, fake, m
     assert result.returncode == 1
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("error: ")  # as the other tools' errors (it said "stack_outputs: ")
     assert not target.exists()
