@@ -14,6 +14,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Mapping
@@ -377,11 +378,20 @@ def refreshed_token(config: CoordinatorConfig, sent: str | None) -> str | None:
         return fresh
 
 
+def _is_pipe(path: str) -> bool:
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def reread_token(source: TokenSource) -> str | None:
     """The token as its source holds it now; ConfigError when it cannot be read or is bad."""
     if source.kind == "env":
         return check_token(os.environ.get(source.where, "").strip() or None, source.where)
     if source.kind == "file":
+        if _is_pipe(source.where):  # read once already; opening it again would wait for a writer
+            return None
         return read_fleet_file(source.where, "token re-read")[1]
     now = time.monotonic()
     if now - _last_pulumi_read.get(source, -PULUMI_REREAD_SECONDS) < PULUMI_REREAD_SECONDS:

@@ -480,3 +480,28 @@ def test_a_401_loop_re_reads_the_token_once_per_request_and_ends(worker_factory,
     refused = [e["request_id"] for e in worker.log_entries() if e.get("path") == "/process" and e.get("status") == 401]
     assert refused, "no request reached the worker"
     assert max(refused.count(request_id) for request_id in refused) <= 2, refused
+
+
+def test_a_401_with_the_outputs_read_from_a_fifo_ends_without_reading_it_again(worker_factory, tmp_path):
+    """`--workers-file` a named pipe, written once: on a 401 there is nothing to re-read (opening
+    it again would wait for a writer that never comes, with every strip behind it)."""
+    token_file = tmp_path / "worker-token"
+    token_file.write_text("the-workers-token-1234\n")
+    worker = worker_factory("python", {"WORKER_TOKEN_FILE": str(token_file)})
+    fifo = tmp_path / "outputs.fifo"
+    os.mkfifo(fifo)
+    command = [sys.executable, "-m", "coordinator", "process", photo(tmp_path), "-o", str(tmp_path / "out.png")]
+    with subprocess.Popen(
+        [*command, "--workers-file", str(fifo)], cwd=ROOT, env=clean_env(), stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            writer = open_fifo_writer(fifo, proc)
+            os.set_blocking(writer, True)
+            outputs = {"workers": [{"url": worker.url}], "worker_token": "stale-token-5678"}
+            os.write(writer, json.dumps(outputs).encode())
+            os.close(writer)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 3, stderr
+    assert f"token rejected by {worker.url}" in stderr and "Traceback" not in stderr
