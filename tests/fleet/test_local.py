@@ -119,6 +119,19 @@ def _wait_until_zombie(pid: int, timeout: float = 10) -> None:
     pytest.fail(f"pid {pid} did not exit within {timeout}s")
 
 
+def test_a_worker_that_exits_at_start_is_named_with_its_log(tmp_path):
+    """README troubleshooting's `exited at start` row: the runner said `not healthy after 30s`
+    instead, as the exited worker (its own child, unreaped) still looked alive."""
+    ports = {"PYTHON_WORKER_PORT": free_port(), "NODEJS_WORKER_PORT": free_port()}
+    try:
+        line = start_error_line(tmp_path, 1, WORKER_MAX_INFLIGHT="abc", **ports)
+    finally:
+        runner("stop", tmp_path, timeout=60, **ports)
+    assert line.startswith("error: worker-") and " exited at start; see " in line, line
+    log = Path(line.rpartition("see ")[2])
+    assert "WORKER_MAX_INFLIGHT" in log.read_text().splitlines()[-1]
+
+
 def test_an_exited_worker_not_yet_reaped_counts_as_stopped():
     """`make run` starts the workers and the page as its children: after Ctrl-C's SIGTERM they
     linger as zombies until reaped, and stop_all took them for alive for its whole grace (15 s),
