@@ -223,8 +223,10 @@ def exit_now(code: int) -> None:
     normal exit report it."""
     from coordinator import tracing
 
-    tracing.flush()  # spans still batched: os._exit skips the SDK's own flush at exit
+    problem = tracing.flush(tracing.CLI_FLUSH_MS)  # spans still batched: os._exit skips the SDK's flush
     try:
+        if problem:
+            print(f"warning: traces not exported to {tracing.endpoint()}: {problem}", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
     except (OSError, ValueError):
@@ -234,6 +236,10 @@ def exit_now(code: int) -> None:
 
 def run(argv: list[str] | None, prog: str) -> int:
     args = build_parser(prog).parse_args(argv)
+    from coordinator import tracing
+
+    if tracing.enabled():
+        tracing.keep_problems()  # one warning line at exit (exit_now), not the SDK's retry lines
     try:
         config = load_config(
             args.workers,

@@ -15,12 +15,31 @@ from typing import Any
 
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 SERVICE = "stripes-coordinator"
+CLI_FLUSH_MS = 2000  # the CLI waits this long for its last spans; an absent collector costs no more
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
 
 
 def enabled() -> bool:
     return any(os.environ.get(name) for name in ENDPOINT_VARIABLES)
+
+
+def keep_problems() -> None:
+    """From now on the SDK's warnings (export retries, failures) are kept for flush() to return
+    as one line instead of printed as they come: the CLI's choice; the page leaves them to its log.
+    logging is imported here, only when tracing is on (the CLI's fixed cost)."""
+    import logging
+
+    class FirstProblem(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            text = " ".join(record.getMessage().split())
+            _state.setdefault("problem", text if len(text) <= 200 else text[:197] + "...")
+
+    sdk_log = logging.getLogger("opentelemetry")
+    if "keeping" not in _state:
+        _state["keeping"] = True
+        sdk_log.addHandler(FirstProblem(logging.WARNING))
+    sdk_log.propagate = False
 
 
 def _provider() -> Any:
@@ -86,7 +105,19 @@ def start_job(attributes: dict) -> PlainSpan | OtelSpan:
     return OtelSpan(state["tracer"].start_span("job", attributes=attributes))
 
 
-def flush(timeout_ms: int = 5000) -> None:
-    """Export what is batched now (a long-lived page process; the CLI relies on exit's flush)."""
-    if "provider" in _state:
-        _state["provider"].force_flush(timeout_ms)
+def flush(timeout_ms: int = 5000) -> str | None:
+    """Export what is batched now, waiting at most timeout_ms. The first problem the SDK logged
+    since the last flush (say, no collector at the endpoint) as one line, or None."""
+    if "provider" not in _state:
+        return None
+    # on a thread: the SDK exports in the caller's thread and retries for its own 10 s, whatever timeout_ms says
+    flushing = threading.Thread(target=_state["provider"].force_flush, args=(timeout_ms,), daemon=True)
+    flushing.start()
+    flushing.join(timeout_ms / 1000)
+    if flushing.is_alive():
+        _state.setdefault("problem", f"spans still unsent after {timeout_ms} ms")
+    return _state.pop("problem", None)
+
+
+def endpoint() -> str:
+    return next((os.environ[name] for name in reversed(ENDPOINT_VARIABLES) if os.environ.get(name)), "")

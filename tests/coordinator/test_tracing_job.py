@@ -19,6 +19,7 @@ from coordinator import tracing
 from coordinator.config import CoordinatorConfig
 from coordinator.engine import run_job
 from scripts.testkit.images import png_bytes
+from scripts.testkit.procs import free_port
 from tests.support.otlp import otlp_receiver
 from tests.support.page import colourful_png, open_page, process, upload
 
@@ -135,6 +136,24 @@ def test_process_trace_prints_the_trace_id_whose_spans_the_cli_exported(traced_f
     [trace_id] = re.findall(r"^trace ([0-9a-f]{32})$", done.stderr, re.MULTILINE)
     spans = wait_names(receiver, trace_id, {"job": 1, "strip": 2, "attempt": 2})
     assert Counter(span["name"] for span in spans)["job"] == 1
+
+
+def test_with_no_collector_at_the_endpoint_the_cli_succeeds_with_one_warning_line(traced_fleet, tmp_path):
+    """No collector listening: the job's output is written, exit 0, and the SDK's retry lines
+    become one `warning:` line naming the endpoint (they used to be printed as they came)."""
+    source = tmp_path / "in.png"
+    source.write_bytes(png_bytes(np.zeros((16, 8, 3), np.uint8)))
+    closed = f"http://127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "coordinator", "process", str(source), "-o", str(tmp_path / "out.png")]
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": closed, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    done = subprocess.run(
+        [*command, "--workers", ",".join(traced_fleet)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.png").stat().st_size > 0
+    lines = [line for line in done.stderr.splitlines() if not line.startswith(str(source))]  # progress
+    assert lines[0].startswith("wrote ") and len(lines) == 2, done.stderr
+    assert lines[1].startswith(f"warning: traces not exported to {closed}: ") and len(lines[1]) < 300, lines[1]
 
 
 def test_the_pages_strip_table_shows_the_trace_id_when_tracing_is_on(monkeypatch, traced_fleet, receiver, tracing_on):
