@@ -180,6 +180,20 @@ def test_bad_config_exits_2_with_one_line(name, value):
     assert "bad\x01token" not in result.stderr
 
 
+@pytest.mark.parametrize("pillow_blocks_max, cached", [(None, "3"), ("0", "0"), ("5", "5")])
+def test_tune_malloc_keeps_three_pillow_blocks_unless_the_variable_says(pillow_blocks_max, cached):
+    """server.tune_malloc caches 3 freed Pillow blocks (fewer page faults per strip, measured in
+    worker-python/README.md); PILLOW_BLOCKS_MAX, which Pillow reads at import, wins. In a child
+    process: the setting is process-wide."""
+    env = {"PATH": "/usr/bin:/bin"} | ({"PILLOW_BLOCKS_MAX": pillow_blocks_max} if pillow_blocks_max else {})
+    code = "from PIL import Image; from worker_python import server; server.tune_malloc(); "
+    code += "print(Image.core.get_blocks_max())"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT / "worker-python", env=env, capture_output=True, text=True, timeout=30
+    )
+    assert (result.returncode, result.stdout.strip(), result.stderr) == (0, cached, "")
+
+
 # ---------------------------------------------------------------- sniffing and header checks
 
 
