@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass, field
 
-import requests
-
-from scripts.fleet.tls import Pinning, reason
+from scripts.fleet import probe
+from scripts.fleet.tls import Pinning
 
 
 @dataclass(frozen=True)
@@ -37,55 +35,27 @@ class Health:
 MAX_HEALTH_BYTES = 64 * 1024  # a real /healthz is under 1 KB; a hostile one must not fill memory
 
 
-def _bounded_json(response: requests.Response):
-    """The body as JSON, read up to MAX_HEALTH_BYTES; ValueError when larger or not JSON."""
-    body = bytearray()
-    for chunk in response.iter_content(16384):
-        body += chunk
-        if len(body) > MAX_HEALTH_BYTES:
-            raise ValueError(f"a body over {MAX_HEALTH_BYTES} bytes")
-    return json.loads(body.decode("utf-8"))
-
-
 def check_health(url: str, timeout: float = 3, tls: Pinning | None = None) -> Health:
-    """GET `url`/healthz, the whole exchange within `timeout` + 1 seconds (a reply that drips
-    a byte at a time beats any per-read timeout); never raises for network or body faults.
-    A host that drips keeps a daemon thread until it stops; the caller moves on.
-    With `tls`, an https:// URL is checked against the pinned CA and name."""
-    result: list[Health] = []
-    probe = threading.Thread(target=lambda: result.append(_get_health(url, timeout, tls)), daemon=True)
-    probe.start()
-    probe.join(timeout + 1)
-    return result[0] if result else Health(error=f"no complete answer within {timeout + 1:g}s")
-
-
-def _get_health(url: str, timeout: float, tls: Pinning | None) -> Health:
-    """One GET with per-read timeouts and a capped body. Redirects are not followed: a worker
-    answers its own /healthz."""
+    """GET `url`/healthz: no silence over `timeout` seconds and the whole exchange (connect,
+    TLS handshake, request, reply) within `timeout` + 1 (a reply that drips a byte at a time
+    beats any per-read timeout); never raises for network or body faults. Redirects are not
+    followed: a worker answers its own /healthz. With `tls`, an https:// URL is checked
+    against the pinned CA and name."""
     try:
-        with (
-            tls.session() if tls else requests.Session() as session,
-            session.get(f"{url}/healthz", timeout=timeout, stream=True, allow_redirects=False) as response,
-        ):
-            status = response.status_code
-            if response.is_redirect:
-                return Health(error=f"HTTP {status} redirect (not followed)")
-            try:
-                body = _bounded_json(response)
-            except (ValueError, RecursionError) as exc:
-                detail = str(exc) if str(exc).startswith("a body over") else "without a JSON body"
-                return Health(error=f"HTTP {status} {detail}")
-    except requests.exceptions.SSLError as exc:
-        return Health(error=f"TLS {reason(exc)}")
-    except requests.ConnectionError as exc:
-        refused = "refused" in str(exc).lower()
-        return Health(error="connection refused" if refused else "unreachable")
-    except requests.Timeout:
-        # A plain-HTTP server behind an https:// URL waits for a request line and never answers the handshake.
-        hint = " (https: is it serving TLS?)" if url.startswith("https://") else ""
-        return Health(error=f"no answer within {timeout:g}s{hint}")
-    except requests.RequestException as exc:
-        return Health(error=type(exc).__name__)
+        answer = probe.request(
+            "GET", f"{url}/healthz", tls=tls, idle=timeout, total=timeout + 1, max_body=MAX_HEALTH_BYTES
+        )
+    except probe.ProbeError as exc:
+        return Health(error=exc.why)
+    status = answer.status
+    if 300 <= status < 400 and answer.headers.get("Location"):
+        return Health(error=f"HTTP {status} redirect (not followed)")
+    if len(answer.body) > MAX_HEALTH_BYTES:
+        return Health(error=f"HTTP {status} a body over {MAX_HEALTH_BYTES} bytes")
+    try:
+        body = json.loads(answer.body.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return Health(error=f"HTTP {status} without a JSON body")
     if not isinstance(body, dict):
         return Health(error=f"HTTP {status} with a non-object body")
     operations = body.get("operations")

@@ -9,7 +9,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from scripts.fleet import parameters, tls, tokens
+from scripts.fleet import parameters, probe, tls, tokens
 from scripts.fleet.config import FleetConfig
 from scripts.fleet.errors import USAGE, WAIT_TIMEOUT, FleetError
 from scripts.fleet.tokens import Endpoint
@@ -22,9 +22,9 @@ def presented(config: FleetConfig, targets: list[Endpoint]) -> dict[str, str]:
 
     def one(target: Endpoint) -> str:
         try:
-            return tls.sha256(config.tls.peer_certificate(target.url))
-        except FleetError as exc:
-            return f"error: {exc.message}"
+            return tls.sha256(probe.peer_certificate(target.url, config.tls))
+        except probe.ProbeError as exc:
+            return f"error: {exc.why}"
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         return dict(zip((t.name for t in targets), pool.map(one, targets), strict=True))

@@ -1,20 +1,15 @@
 """The fleet's pinned TLS: trust only the CA from the outputs file and verify the fixed name
-(`worker_tls_name`) while connecting by IP, as the coordinator does. Also reads the certificate
-a worker presents, for `refresh-secrets`."""
+(`worker_tls_name`) while connecting by IP, as the coordinator does. The probes that use it
+(under one deadline each) are in probe.py."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import re
-import socket
 import ssl
 import tempfile
 from dataclasses import dataclass
-from urllib.parse import urlsplit
-
-import requests
-from requests.adapters import HTTPAdapter
 
 from scripts.fleet.errors import FleetError
 
@@ -76,43 +71,6 @@ class Pinning:
                 raise FleetError(
                     f"worker_client_cert_pem/worker_client_key_pem do not load ({exc.reason or exc})"
                 ) from None
-
-    def session(self) -> requests.Session:
-        """A requests session whose https:// connections use this pinning."""
-        session = requests.Session()
-        session.trust_env = False  # no proxy, no REQUESTS_CA_BUNDLE: the pin is the only trust
-        session.mount("https://", _PinnedAdapter(self.context(), self.name))
-        return session
-
-    def peer_certificate(self, url: str, timeout: float = 5) -> bytes:
-        """DER of the certificate the worker at `url` presents, after a verified handshake."""
-        parts = urlsplit(url)
-        try:
-            with (
-                socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout) as raw,
-                self.context().wrap_socket(raw, server_hostname=self.name) as tls,
-            ):
-                return tls.getpeercert(binary_form=True)
-        except ssl.SSLError as exc:
-            raise FleetError(f"{url}: TLS {reason(exc)}") from None
-        except OSError as exc:
-            raise FleetError(f"{url}: {exc.strerror or type(exc).__name__}") from None
-
-
-class _PinnedAdapter(HTTPAdapter):
-    """Every https connection: the pinned context, SNI and name check against the fleet name."""
-
-    def __init__(self, context: ssl.SSLContext, name: str):
-        self._context, self._name = context, name
-        super().__init__()
-
-    def init_poolmanager(self, *args, **kwargs):
-        kwargs.update(ssl_context=self._context, server_hostname=self._name)
-        super().init_poolmanager(*args, **kwargs)
-
-    def cert_verify(self, conn, url, verify, cert):
-        # requests would add its own CA bundle to the pool here: keep the pinned context alone.
-        conn.cert_reqs, conn.ca_certs, conn.ca_cert_dir = "CERT_REQUIRED", None, None
 
 
 def reason(exc: BaseException) -> str:

@@ -16,10 +16,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import requests
-
+from scripts.fleet import probe
 from scripts.fleet.config import RUNTIME_OF_ROLE, FleetConfig
-from scripts.fleet.tls import reason
+from scripts.fleet.tls import Pinning
 
 ACCEPTED, REFUSED = "accepted", "refused"
 TOKEN_ALPHABET = string.ascii_letters + string.digits
@@ -54,33 +53,31 @@ def endpoints(config: FleetConfig) -> list[Endpoint]:
     return [e for e in found if e.role in RUNTIME_OF_ROLE]
 
 
-def verdict(session: requests.Session, url: str, token: str, timeout: float = 5) -> str:
-    """ACCEPTED, REFUSED, or why there is no verdict yet (one line, never the token)."""
+PROBE_DEADLINE = 5.0  # seconds for one probe: connect, TLS handshake, request and the reply read
+
+
+def verdict(url: str, token: str, tls: Pinning | None = None, deadline: float = PROBE_DEADLINE) -> str:
+    """ACCEPTED, REFUSED, or why there is no verdict yet (one line, never the token), within
+    `deadline` seconds in all: only a 503's first 4 KiB is read (a reply that never ends is not
+    downloaded, one that drips is cut off)."""
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain", "Connection": "close"}
     try:
-        # streamed: only a 503's first 4 KiB is read (a reply that never ends is not downloaded)
-        response = session.post(
-            f"{url}/process", data=b"", headers=headers, timeout=timeout, allow_redirects=False, stream=True
+        answer = probe.request(
+            "POST", f"{url}/process", tls=tls, headers=headers, idle=deadline, total=deadline, max_body=4096
         )
-    except requests.exceptions.SSLError as exc:
-        return f"TLS {reason(exc)}"
-    except requests.ConnectionError:
-        return "unreachable"
-    except requests.RequestException as exc:
-        return type(exc).__name__
-    with response:
-        status = response.status_code
-        if status == 401:
-            return REFUSED
-        if status == 503:
-            return ACCEPTED if _error_code(response) == "busy" else "draining (HTTP 503)"
-    return ACCEPTED if status in (400, 413, 415) else f"HTTP {status}"
+    except probe.ProbeError as exc:
+        return exc.why
+    if answer.status == 401:
+        return REFUSED
+    if answer.status == 503:
+        return ACCEPTED if _error_code(answer.body) == "busy" else "draining (HTTP 503)"
+    return ACCEPTED if answer.status in (400, 413, 415) else f"HTTP {answer.status}"
 
 
-def _error_code(response: requests.Response) -> str:
+def _error_code(body: bytes) -> str:
     try:
-        return str(json.loads(next(response.iter_content(4096), b""))["error"]["code"])
-    except (ValueError, KeyError, TypeError, requests.RequestException):
+        return str(json.loads(body)["error"]["code"])
+    except (ValueError, KeyError, TypeError):
         return ""
 
 
@@ -88,8 +85,7 @@ def verdicts(config: FleetConfig, targets: list[Endpoint], token: str) -> dict[s
     """{worker name: verdict} for every target, asked in parallel."""
 
     def ask(target: Endpoint) -> str:
-        with config.tls.session() if config.tls else requests.Session() as session:
-            return verdict(session, target.url, token)
+        return verdict(target.url, token, config.tls)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         return dict(zip((t.name for t in targets), pool.map(ask, targets), strict=True))
