@@ -54,6 +54,7 @@ def endpoints(config: FleetConfig) -> list[Endpoint]:
 
 
 PROBE_DEADLINE = 5.0  # seconds for one probe: connect, TLS handshake, request and the reply read
+PROBE_FLOOR = 0.5  # a wait's last probes get at least this, even when its timeout is nearly spent
 
 
 def verdict(url: str, token: str, tls: Pinning | None = None, deadline: float = PROBE_DEADLINE) -> str:
@@ -81,11 +82,13 @@ def _error_code(body: bytes) -> str:
         return ""
 
 
-def verdicts(config: FleetConfig, targets: list[Endpoint], token: str) -> dict[str, str]:
-    """{worker name: verdict} for every target, asked in parallel."""
+def verdicts(
+    config: FleetConfig, targets: list[Endpoint], token: str, deadline: float = PROBE_DEADLINE
+) -> dict[str, str]:
+    """{worker name: verdict} for every target, asked in parallel, each within `deadline` s."""
 
     def ask(target: Endpoint) -> str:
-        return verdict(target.url, token, config.tls)
+        return verdict(target.url, token, config.tls, deadline)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         return dict(zip((t.name for t in targets), pool.map(ask, targets), strict=True))
@@ -101,7 +104,8 @@ def wait_for(
     while True:
         lagging: dict[str, str] = {}
         for label, token, want in wanted:
-            for name, got in verdicts(config, targets, token).items():
+            left = round(deadline - time.monotonic(), 1)  # a dripping worker must not carry a wait past `timeout`
+            for name, got in verdicts(config, targets, token, min(PROBE_DEADLINE, max(PROBE_FLOOR, left))).items():
                 if got != want:
                     lagging.setdefault(name, f"{label}: {got}, not {want}")
         if not lagging or time.monotonic() >= deadline:
