@@ -5,6 +5,11 @@ parameter `worker-token` into that file (infra/fetch_secrets.py). So: publish cu
 wait until every worker accepts next, switch the outputs file the coordinator reads, publish
 next alone, and check the old one is refused. Until the outputs file is switched, a failure
 puts the parameter back and leaves the file as it was. Tokens are never printed.
+
+The workers are found again at the start of every wait round and once more after the last one
+(tokens.wait_for), so an instance that joins mid-rotation (a pool scaling out, a replaced host)
+is triggered like the others and must reach the same verdicts before the rotation goes on: the
+switch waits until it accepts both tokens, the last step until it refuses the old one.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import stat
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from scripts.fleet import parameters, tokens
@@ -38,6 +43,9 @@ class Rotation:
     interval: float = 2
     grace: float = 5  # after switching the outputs file, before retiring the current token
     step: int = 0
+    seen: dict[str, Endpoint] = field(default_factory=dict)  # every worker found so far, by name
+    found: list[Endpoint] = field(default_factory=list)  # the workers found last
+    published: bool = False  # a new value is in the parameter: newly found workers' hosts are triggered
 
     def say(self, message: str) -> None:
         self.step += 1
@@ -46,14 +54,13 @@ class Rotation:
     def run(self) -> int:
         name = self.config.parameter(PARAM_TOKEN)
         current, before = self.check_start(name)
-        targets = tokens.endpoints(self.config)
-        self.check_workers(targets, current)
+        self.check_workers(self.targets(), current)
         following = tokens.new_token()
-        self.publish_both(name, before, current, following, targets)
+        self.publish_both(name, before, current, following)
         time.sleep(self.grace)  # requests already sent with the current token finish
-        self.retire(name, current, following, targets)
+        count = self.retire(name, current, following)
         print(
-            f"token rotated: {len(targets)} workers accept only the new token. Run `pulumi refresh` before "
+            f"token rotated: {count} workers accept only the new token. Run `pulumi refresh` before "
             "the next `make stack-outputs`: until then Pulumi's state holds the old token"
         )
         return 0
@@ -70,6 +77,25 @@ class Rotation:
         self.say(f"read {name}: {len(token_lines(before))} token(s), the outputs file's among them")
         return current, before
 
+    def targets(self, trigger: bool = True) -> list[Endpoint]:
+        """The workers now (a pooled stack's instances asked of EC2 again); once a value is
+        published, the hosts of workers not seen before are triggered to fetch it."""
+        self.found = tokens.endpoints(self.config)
+        joined = [t for t in self.found if self.seen.get(t.name) != t]
+        self.seen.update((t.name, t) for t in joined)
+        if joined and trigger and self.published:
+            names = ", ".join(t.name for t in joined)
+            how = self.trigger_problems(joined)
+            print(f"      joined during the rotation: {names}; hosts fetch it {how}", file=sys.stderr, flush=True)
+        return self.found
+
+    def publish(self, name: str, value: str) -> str:
+        """`value` in the parameter and every worker's host told to fetch it (those found later
+        are told as they are found); says how."""
+        parameters.put_value(self.ssm, name, value)
+        self.published = True
+        return f"hosts fetch it {self.trigger_problems(self.targets(trigger=False))}"
+
     def check_workers(self, targets: list[Endpoint], current: str) -> None:
         if not targets:
             raise FleetError(f"no workers in {self.config.outputs_path} to rotate the token of", USAGE)
@@ -80,42 +106,43 @@ class Rotation:
             raise FleetError(f"not rotating: {_summary(lagging)}")
         self.say(f"{len(targets)} workers accept the current token and refuse a random one")
 
-    def publish_both(self, name: str, before: str, current: str, following: str, targets: list[Endpoint]) -> None:
-        """current+next on every worker, then the outputs file switched to next; or the
-        parameter as it was, the file untouched, and FleetError."""
+    def publish_both(self, name: str, before: str, current: str, following: str) -> None:
+        """current+next on every worker (those that join meanwhile included), then the outputs
+        file switched to next; or the parameter as it was, the file untouched, and FleetError."""
         try:
-            parameters.put_value(self.ssm, name, f"{current}\n{following}")
-            self.say(f"{name} = current + new token; hosts fetch it {self.trigger_problems(targets)}")
+            how = self.publish(name, f"{current}\n{following}")
+            self.say(f"{name} = current + new token; {how}")
             wanted = [("new token", following, ACCEPTED), ("current token", current, ACCEPTED)]
-            lagging = tokens.wait_for(self.config, targets, wanted, self.timeout, self.interval)
+            lagging = tokens.wait_for(self.config, self.targets, wanted, self.timeout, self.interval)
             if lagging:
                 raise FleetError(f"after {self.timeout:g}s {_summary(lagging)}")
-            self.say(f"every worker accepts both tokens ({len(targets)})")
+            self.say(f"every worker accepts both tokens ({len(self.found)})")
             try:
                 rewrite_token(self.config.outputs_path, following)
             except OSError as exc:
                 raise FleetError(f"cannot rewrite {self.config.outputs_path}: {exc.strerror or exc}") from None
             self.say(f"outputs file {self.config.outputs_path} now holds the new token")
         except (Exception, KeyboardInterrupt) as exc:
-            raise self.roll_back(name, before, targets, exc) from None
+            raise self.roll_back(name, before, exc) from None
 
-    def roll_back(self, name: str, before: str, targets: list[Endpoint], cause: BaseException) -> FleetError:
+    def roll_back(self, name: str, before: str, cause: BaseException) -> FleetError:
         why = cause.message if isinstance(cause, FleetError) else (str(cause) or type(cause).__name__)
         try:
             parameters.put_value(self.ssm, name, before)
         except FleetError as exc:
             return FleetError(f"{why}; rolling back also failed ({exc.message}): fix {name} by hand", ROLLBACK_FAILED)
-        self.trigger(targets)  # hosts drop the new token now (else their timer does)
+        self.trigger(list(self.seen.values()))  # every host found so far drops the new token now (else its timer does)
         return FleetError(f"{why}; rolled back: {name} restored, outputs file unchanged", ROLLED_BACK)
 
-    def retire(self, name: str, current: str, following: str, targets: list[Endpoint]) -> None:
-        parameters.put_value(self.ssm, name, following)
-        self.say(f"{name} = new token only; hosts fetch it {self.trigger_problems(targets)}")
+    def retire(self, name: str, current: str, following: str) -> int:
+        """next alone on every worker; returns how many there are."""
+        self.say(f"{name} = new token only; {self.publish(name, following)}")
         wanted = [("old token", current, REFUSED), ("new token", following, ACCEPTED)]
-        lagging = tokens.wait_for(self.config, targets, wanted, self.timeout, self.interval)
+        lagging = tokens.wait_for(self.config, self.targets, wanted, self.timeout, self.interval)
         if lagging:
             raise FleetError(f"the new token is in use, but after {self.timeout:g}s {_summary(lagging)}", WAIT_TIMEOUT)
-        self.say(f"every worker refuses the old token ({len(targets)})")
+        self.say(f"every worker refuses the old token ({len(self.found)})")
+        return len(self.found)
 
     def trigger_problems(self, targets: list[Endpoint]) -> str:
         problems = self.trigger(targets)

@@ -13,6 +13,7 @@ import json
 import secrets
 import string
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -95,19 +96,31 @@ def verdicts(
 
 
 def wait_for(
-    config: FleetConfig, targets: list[Endpoint], wanted: list[tuple[str, str, str]], timeout: float, interval: float
+    config: FleetConfig,
+    targets: list[Endpoint] | Callable[[], list[Endpoint]],
+    wanted: list[tuple[str, str, str]],
+    timeout: float,
+    interval: float,
 ) -> dict[str, str]:
     """Ask until every target gives each token its wanted verdict ((label, token, ACCEPTED or
     REFUSED) each); returns {name: what is still wrong} ({} on success) once done or after
-    `timeout` seconds."""
+    `timeout` seconds. `targets` may be a function giving the workers now: it is called at the
+    start of each round and once more after a round with nothing wrong, and a worker it gives
+    that the round did not ask (it joined meanwhile) keeps the wait going."""
+    find = targets if callable(targets) else lambda: targets
     deadline = time.monotonic() + timeout
     while True:
+        asked = find()
         lagging: dict[str, str] = {}
         for label, token, want in wanted:
             left = round(deadline - time.monotonic(), 1)  # a dripping worker must not carry a wait past `timeout`
-            for name, got in verdicts(config, targets, token, min(PROBE_DEADLINE, max(PROBE_FLOOR, left))).items():
+            for name, got in verdicts(config, asked, token, min(PROBE_DEADLINE, max(PROBE_FLOOR, left))).items():
                 if got != want:
                     lagging.setdefault(name, f"{label}: {got}, not {want}")
+        if not lagging and callable(targets):
+            lagging = {t.name: "joined, not asked yet" for t in find() if t not in asked}
+            if lagging and time.monotonic() < deadline:
+                continue  # ask the newcomers now
         if not lagging or time.monotonic() >= deadline:
             return lagging
         time.sleep(max(0.0, min(interval, deadline - time.monotonic())))

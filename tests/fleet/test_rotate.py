@@ -8,6 +8,7 @@ fetch-worker-secrets) against moto, writing the token file the local workers rea
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -22,12 +23,14 @@ import numpy as np
 import pytest
 
 from coordinator import config as coordinator_config
+from coordinator import pool_discovery
+from coordinator.discovery import discover
 from coordinator.engine import run_job
 from scripts.fleet import tls, tokens
 from scripts.fleet.config import load_config
 from scripts.fleet.errors import ROLLED_BACK, WAIT_TIMEOUT, FleetError
 from scripts.fleet.refresh import presented, refresh
-from scripts.fleet.rotate import Rotation, rewrite_token
+from scripts.fleet.rotate import Rotation, rewrite_token, token_lines
 from scripts.fleet.trigger import timer_trigger
 from scripts.testkit.images import png_bytes
 from scripts.testkit.procs import ROOT, TlsClient
@@ -373,3 +376,175 @@ def test_a_pooled_stack_probes_every_running_pool_instance_over_https(moto, tmp_
     ips = {i["PublicIpAddress"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
     assert len(found) == 2 and {e.url for e in found} == {f"https://{ip}:5001" for ip in ips}
     assert {e.role for e in found} == {"worker-python"} and all(e.name.startswith("i-") for e in found)
+
+
+# --- an instance that joins a pooled stack mid-rotation (a scale-out, a replaced host) -----------
+
+POOL_NAME = "py-pool"
+_real_endpoints = tokens.endpoints  # the fleet tool's own discovery, before a test maps it to loopback
+
+
+class Pool:
+    """A pooled stack on moto: an Auto Scaling group whose instances each stand for a loopback
+    worker (its port in the coordinator's test tag, which the coordinator's test-only address
+    override and this class's `endpoints` both use). A host copies the SSM parameter into its
+    worker's token file only when triggered (what fetch-worker-secrets does); no timer runs, so an
+    instance never triggered keeps what it fetched at boot."""
+
+    def __init__(self, moto, ssm, monkeypatch, tmp_path):
+        pool_discovery.forget()
+        for key in [k for k in os.environ if k.startswith("AWS_")]:  # this process's boto3 talks to moto only
+            monkeypatch.delenv(key)
+        for key, value in aws_env(moto.url).items():
+            if key.startswith("AWS_"):
+                monkeypatch.setenv(key, value)
+        self.ssm, self.ec2, self.autoscaling = ssm, moto.ec2(), moto.client("autoscaling")
+        self.ports: dict[str, int] = {}  # instance id -> its worker's loopback port
+        self.files: dict[int, object] = {}  # port -> the worker's token file (none: a fixed token)
+        self.triggered: list[list[str]] = []
+        tags = {"Project": PROJECT, "Stack": STACK, "Role": "worker-python", "Name": "worker-python-pool"}
+        template = self.ec2.create_launch_template(
+            LaunchTemplateName="py", LaunchTemplateData={"ImageId": ubuntu_ami(self.ec2), "InstanceType": "t3.small"}
+        )["LaunchTemplate"]["LaunchTemplateId"]
+        self.autoscaling.create_auto_scaling_group(
+            AutoScalingGroupName=POOL_NAME, LaunchTemplate={"LaunchTemplateId": template, "Version": "$Latest"},
+            MinSize=0, MaxSize=4, DesiredCapacity=0, AvailabilityZones=[f"{REGION}a"],
+            Tags=[{"Key": k, "Value": v, "PropagateAtLaunch": True} for k, v in tags.items()],
+        )  # fmt: skip
+        pools = [{"name": POOL_NAME, "role": "worker-python", "runtime": "python", "port": 5001}]
+        self.outputs = write_outputs(tmp_path / "out.json", [], pools=pools)
+        monkeypatch.setattr(tokens, "endpoints", self.endpoints)
+
+    def scale_out(self, worker, token_file=None) -> str:
+        """One more instance in the group, standing for `worker`; returns its id."""
+        group = self.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[POOL_NAME])["AutoScalingGroups"][0]
+        before = {i["InstanceId"] for i in group["Instances"]}
+        self.autoscaling.set_desired_capacity(AutoScalingGroupName=POOL_NAME, DesiredCapacity=len(before) + 1)
+        group = self.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[POOL_NAME])["AutoScalingGroups"][0]
+        (joined,) = {i["InstanceId"] for i in group["Instances"]} - before
+        port = int(worker.url.rsplit(":", 1)[1])
+        self.ec2.create_tags(Resources=[joined], Tags=[{"Key": pool_discovery.TEST_PORT_TAG, "Value": str(port)}])
+        self.ports[joined], self.files[port] = port, token_file
+        return joined
+
+    def endpoints(self, config) -> list[tokens.Endpoint]:
+        """The fleet tool's discovery (EC2 on moto), each instance's address mapped to its worker."""
+        found = _real_endpoints(config)
+        assert all(e.name in self.ports for e in found), found  # moto's 10.x/54.x addresses are never contacted
+        return [dataclasses.replace(e, url=f"http://127.0.0.1:{self.ports[e.name]}", host="127.0.0.1") for e in found]
+
+    def __call__(self, targets: list[tokens.Endpoint]) -> list[str]:
+        """The trigger: each target's host fetches the parameter now."""
+        self.triggered.append(sorted(t.name for t in targets))
+        value = parameter(self.ssm)
+        for target in targets:
+            token_file = self.files[int(target.url.rsplit(":", 1)[1])]
+            if token_file is not None:
+                token_file.write_text(value + "\n")
+        return []
+
+    def coordinator(self):
+        """A coordinator as started now: the outputs file's token, the pool's instances from EC2."""
+        pool_discovery.forget()
+        environ = {"COORDINATOR_POOL_ADDRESS_OVERRIDE": "127.0.0.1", "COORDINATOR_DISCOVERY_SECONDS": "0"}
+        return coordinator_config.load_config(workers_file=str(self.outputs), environ=environ)
+
+    @staticmethod
+    def job_on(url: str, config) -> str:
+        """'' when a job whose every strip goes to `url` (found by the coordinator's own pool
+        discovery) succeeds with no failed attempt, else what went wrong."""
+        statuses = [s for s in discover(config) if s.url == url]
+        if not statuses:
+            return f"the coordinator did not discover {url}"
+        image = png_bytes(np.random.default_rng(3).integers(0, 255, (32, 24, 3), dtype=np.uint8))
+        try:
+            result = run_job(image, config, plan="seed", strips=3, workers=statuses)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        failed = [f for s in result.strips for f in s.failovers]
+        return "; ".join(failed) if failed else ""
+
+
+def test_a_wait_asks_a_worker_found_after_its_last_round_before_it_ends(spawn, tmp_path):
+    """The discovery after a round with nothing wrong (what the switch relies on): a worker that
+    joined while the round was asked is asked too, so the wait does not end on the old list."""
+    first, late = spawn("python", {"WORKER_TOKEN": T1}), spawn("python", {"WORKER_TOKEN": "Other" + T1[5:]})
+    config = load_config(_args(write_outputs(tmp_path / "out.json", [("worker-python", first.url)])), {})
+    listed, joined = tokens.endpoints(config), tokens.Endpoint("i-late", "worker-python", late.url, "127.0.0.1")
+    calls = []
+
+    def find():
+        calls.append(len(calls))
+        return listed if len(calls) == 1 else [*listed, joined]
+
+    lagging = tokens.wait_for(config, find, [("current token", T1, tokens.ACCEPTED)], 1, 0.3)
+    assert lagging == {"i-late": "current token: refused, not accepted"}, calls
+    assert tokens.wait_for(config, lambda: listed, [("current token", T1, tokens.ACCEPTED)], 1, 0.3) == {}
+
+
+def _token_file(tmp_path, name: str):
+    path = tmp_path / name
+    path.write_text(f"{T1}\n")  # what the host fetched at boot, before step 3
+    return path
+
+
+def test_an_instance_that_joins_the_pool_mid_rotation_is_waited_for_and_gets_the_new_token(
+    moto, ssm, spawn, tmp_path, monkeypatch
+):
+    """The pool scales out right after current+next is published ([3/7]); the newcomer booted before
+    it, so it holds the current token only. The rotation must find it, trigger its host, wait for
+    it, switch only then, and confirm it refuses the old token; a coordinator started right
+    after the switch runs a job on it with no failed strip."""
+    pool = Pool(moto, ssm, monkeypatch, tmp_path)
+    first_file, late_file = _token_file(tmp_path, "first-token"), _token_file(tmp_path, "late-token")
+    first = spawn("python", {"WORKER_TOKEN_FILE": str(first_file)})
+    late = spawn("python", {"WORKER_TOKEN_FILE": str(late_file)})
+    pool.scale_out(first, first_file)
+    jobs: dict[str, str] = {}
+
+    def hosts(targets):
+        value = parameter(ssm)
+        if len(token_lines(value)) == 1 and "switch" not in jobs:  # [6/7]: the outputs file holds the new token
+            jobs["switch"] = pool.job_on(late.url, pool.coordinator())
+        problems = pool(targets)
+        if len(token_lines(value)) == 2 and "joined" not in jobs:  # [3/7]: the pool scales out
+            jobs["joined"] = pool.scale_out(late, late_file)
+        return problems
+
+    rotation = Rotation(load_config(_args(pool.outputs)), ssm, hosts, timeout=30, interval=0.3, grace=0)
+    assert rotation.run() == 0
+    assert jobs["switch"] == ""  # no strip failed on it, right after the switch
+    joined, following = jobs["joined"], parameter(ssm)
+    assert following != T1 and json.loads(pool.outputs.read_text())["worker_token"] == following
+    assert any(joined in names for names in pool.triggered), pool.triggered  # its host fetched current+next
+    assert late_file.read_text() == f"{following}\n"
+    assert tokens.verdict(late.url, following) == tokens.ACCEPTED
+    assert tokens.verdict(late.url, T1) == tokens.REFUSED  # the final confirmation asked it too
+    assert pool.job_on(late.url, pool.coordinator()) == ""
+
+
+def test_an_instance_that_joins_mid_rotation_and_never_takes_the_new_token_rolls_it_back(
+    moto, ssm, spawn, tmp_path, monkeypatch
+):
+    pool = Pool(moto, ssm, monkeypatch, tmp_path)
+    first_file = _token_file(tmp_path, "first-token")
+    first = spawn("python", {"WORKER_TOKEN_FILE": str(first_file)})
+    stuck = spawn("python", {"WORKER_TOKEN": T1})  # a fixed token: it never reads SSM
+    pool.scale_out(first, first_file)
+    before = pool.outputs.read_bytes()
+    joined = []
+
+    def hosts(targets):
+        problems = pool(targets)
+        if len(token_lines(parameter(ssm))) == 2 and not joined:
+            joined.append(pool.scale_out(stuck))
+        return problems
+
+    rotation = Rotation(load_config(_args(pool.outputs)), ssm, hosts, timeout=3, interval=0.3, grace=0)
+    with pytest.raises(FleetError) as failed:
+        rotation.run()
+    assert failed.value.code == ROLLED_BACK, failed.value.message
+    assert f"{joined[0]}: new token: refused, not accepted" in failed.value.message
+    assert parameter(ssm) == T1 and pool.outputs.read_bytes() == before
+    assert first_file.read_text() == f"{T1}\n"  # the rollback's trigger reached the first host
+    assert tokens.verdict(first.url, T1) == tokens.ACCEPTED
