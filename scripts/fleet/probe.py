@@ -7,9 +7,10 @@ requests/urllib3 (used before) bound each socket call, not the exchange: a worke
 at its address, that sent a status line and then a byte every few seconds held `rotate-token`'s
 wait and `refresh-secrets` for as long as it liked. Here a timer shuts the socket down at the
 deadline, which wakes a read or a handshake blocked on it: coordinator/transport.py's approach,
-without its pooling, so the fleet tool does not import the coordinator. No proxy, no redirect
-followed; the caller caps the body it reads. Worker URLs are IP addresses (name lookup is not
-under the deadline).
+without its pooling, so the fleet tool does not import the coordinator. A plain-http probe goes
+through HTTP_PROXY unless NO_PROXY covers the host, as requests did; https connects directly (no
+CONNECT tunnel, like the coordinator). No redirect followed; the caller caps the body it reads.
+Worker URLs are IP addresses (name lookup is not under the deadline).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import http.client
 import socket
 import ssl
 import threading
+import urllib.request
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -86,10 +88,21 @@ def _shutdown(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv, send or a handshake on it
 
 
+def _http_proxy(url: str) -> tuple[str, int] | None:
+    """The proxy a plain-http probe of `url` goes through: HTTP_PROXY, unless NO_PROXY covers it."""
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get("http") if parts.scheme == "http" else None
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    where = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return where.hostname or "", where.port or 80
+
+
 def _connect(url: str, tls: Pinning | None, idle: float, deadline: _Deadline) -> socket.socket:
     parts = urlsplit(url)
     https = parts.scheme == "https"
-    sock = socket.create_connection((parts.hostname, parts.port or (443 if https else 80)), timeout=idle)
+    address = _http_proxy(url) or (parts.hostname, parts.port or (443 if https else 80))
+    sock = socket.create_connection(address, timeout=idle)
     deadline.attach(sock)
     if not https:
         return sock
@@ -145,6 +158,8 @@ def request(
     `tls`, https is verified against the pinned CA and name (else the system store)."""
     parts = urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if _http_proxy(url):
+        target = f"http://{parts.netloc}{target}"  # absolute form, for the proxy
     with _Deadline(total) as deadline:
         connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=idle)
         try:
