@@ -436,9 +436,13 @@ class HealthProbe:
 
 def _closed_by_peer(sock: socket.socket, statuses: list | None = None) -> bool:
     """True when the peer has closed or reset. Whatever it sent first (a 408 or 401 reply, say)
-    is read and dropped, recording each reply's status in `statuses` when given."""
+    is read and dropped, recording each reply's status in `statuses` when given. poll, not
+    select: select refuses a descriptor past 1023, which an attack of 1000+ sockets reaches
+    (it raised ValueError, and every such socket counted as closed)."""
     try:
-        while select.select([sock], [], [], 0)[0]:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        while poller.poll(0):
             data = sock.recv(65536)
             if not data:
                 return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -148,11 +149,18 @@ def start_worker(
     wait: bool = True,
     cwd: Path | None = None,
     tls: TlsClient | None = None,
+    nofile: int | None = None,
 ) -> RunningProcess:
     """Start one real worker process on a free loopback port; returns once /healthz is 200.
     With `tls` (the worker's WORKER_TLS_* go in env) the URL is https:// and the wait verifies
-    the worker's certificate with tls.ca_file and tls.name."""
+    the worker's certificate with tls.ca_file and tls.name. With `nofile` the worker starts
+    under that soft limit of open files (`prlimit`; the hard limit stays ours), as systemd
+    starts it on EC2 (soft 1024 unless the unit sets LimitNOFILE)."""
     command, default_cwd = worker_command(runtime)
+    if nofile is not None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        hard_text = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+        command = ["prlimit", f"--nofile={nofile}:{hard_text}", "--", *command]
     port = free_port()
     full_env = {**os.environ, "WORKER_HOST": "127.0.0.1", "WORKER_PORT": str(port), "WORKER_LOG_LEVEL": "debug"}
     for inherited in ("WORKER_TOKEN", "WORKER_TOKEN_FILE", "WORKER_TLS_CERT", "WORKER_TLS_KEY", "WORKER_TLS_CLIENT_CA"):
