@@ -12,6 +12,11 @@ const { tooLarge } = require('./params');
 const HEADERS_TIMEOUT_MS = 5_000;
 const KEEP_ALIVE_TIMEOUT_MS = 5_000;
 const REQUEST_TIMEOUT_MS = 120_000;
+// Idle connections (TLS handshake or headers pending, or kept alive between requests) past
+// this many: a new one closes the one idle longest, as worker-python's MAX_IDLE_CONNECTIONS.
+// The 5 s timers still close each; without a cap a client with no token could hold as many as
+// it opens in 5 s (descriptors: Node raises its soft limit to the hard one; memory).
+const MAX_IDLE_CONNECTIONS = 1_000;
 // A refused request: at most this much more of its body is read, then the socket is closed.
 const LINGER_BYTES = 64 * 1024;
 const LINGER_MS = 1_000;
@@ -274,9 +279,41 @@ function tlsServerOptions(tlsOptions) {
 }
 
 /**
+ * Keeps at most `max` of `server`'s connections idle: on a new connection past the cap the one
+ * idle longest is destroyed. A connection is idle from accept until its first request arrives,
+ * and again once its last reply is done (a pipelined one counts as busy until all are). Keyed on
+ * the accepted socket: an https server's TLSSocket wraps it (`_parent`).
+ */
+function capIdleConnections(server, max = MAX_IDLE_CONNECTIONS) {
+  const idle = new Set(); // oldest first: a Set keeps insertion order
+  const active = new WeakMap(); // accepted socket -> requests not yet answered on it
+  server.on('connection', (socket) => {
+    if (idle.size >= max) {
+      const oldest = idle.values().next().value;
+      idle.delete(oldest);
+      oldest.destroy();
+    }
+    idle.add(socket);
+    socket.once('close', () => idle.delete(socket));
+  });
+  server.on('request', (req, res) => {
+    const socket = req.socket._parent ?? req.socket;
+    idle.delete(socket);
+    active.set(socket, (active.get(socket) ?? 0) + 1);
+    res.once('close', () => {
+      const left = active.get(socket) - 1;
+      active.set(socket, left);
+      if (left === 0 && !socket.destroyed) idle.add(socket);
+    });
+  });
+  return idle;
+}
+
+/**
  * An http.Server for `app` (an https.Server with `tlsOptions`, from secrets.js) with the
  * contract's bounds: headers within 5 s, idle keep-alive connections closed after 5 s
- * (checked every second), and JSON for Node's own errors.
+ * (checked every second), at most MAX_IDLE_CONNECTIONS idle connections, and JSON for Node's
+ * own errors.
  */
 function createServer(app, tlsOptions = null) {
   const options = { connectionsCheckingInterval: 1_000 };
@@ -287,6 +324,7 @@ function createServer(app, tlsOptions = null) {
   server.requestTimeout = REQUEST_TIMEOUT_MS;
   server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
   server.on('clientError', answerClientError);
+  capIdleConnections(server);
   // A client-initiated renegotiation (a new handshake for the server to pay for on an open
   // connection; Node allows 3 per 10 minutes) is an error that closes the connection, as
   // OpenSSL 3 does for worker-python.
@@ -302,4 +340,6 @@ module.exports = {
   multipartImage,
   writeReply,
   createServer,
+  capIdleConnections,
+  MAX_IDLE_CONNECTIONS,
 };

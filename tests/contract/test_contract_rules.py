@@ -9,8 +9,10 @@ clients come from scripts/testkit/hostile_client.py; every attack is bounded in 
 from __future__ import annotations
 
 import io
+import os
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -608,6 +610,49 @@ def test_health_under_idle_connections_and_slow_headers(any_worker):
     assert_health_fast(probe, "1100 idle connections + 8 slow headers")
     assert closed >= 1100, f"only {closed} of 1100 idle connections were closed within 10.5 s"
     assert slow.closed == 8, f"only {slow.closed} of 8 header tricklers were closed within 10.5 s"
+
+
+IDLE_CAP = 1000  # idle connections either runtime keeps (tests/contract/README.md, rule 10)
+SYSTEMD_NOFILE = 1024  # systemd's default soft limit of open files, which a unit without LimitNOFILE gets
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def nofile_worker(request, worker_factory):
+    """A worker with a token, started under systemd's default soft limit of 1024 open files."""
+    return worker_factory(request.param, TOKEN_ENV, nofile=SYSTEMD_NOFILE)
+
+
+def open_descriptors(worker) -> int:
+    """Descriptors open in the worker's process tree (gunicorn's arbiter and its worker; node)."""
+    total, pending = 0, [worker.pid]
+    while pending:
+        pid = pending.pop()
+        try:
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+            pending += [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            continue  # gone meanwhile
+    return total
+
+
+def test_idle_connections_past_the_cap_are_evicted_and_the_worker_answers(nofile_worker):
+    """1500 connections without a token that send nothing (500 past the cap), to a worker under
+    1024 open files: it closes the oldest at once (long before the 5 s header timeout, checked
+    within 3 s of the last one opening), so its process tree holds at most the cap plus 100 of
+    its own descriptors, and /healthz and a tokened /process still answer 200 meanwhile."""
+    target = Target.of(nofile_worker.url)
+    with hostile.IdleConnections(target, 1500, duration=10) as idle:
+        wait_for(lambda: idle.opened + idle.refused >= 1500 or idle.errors, limit=5)
+        evicted = wait_for(lambda: idle.closed_by_server() >= 1500 - IDLE_CAP, limit=3)
+        descriptors = open_descriptors(nofile_worker)
+        healthz = requests.get(nofile_worker.url + "/healthz", timeout=5).status_code
+        process = post_query(nofile_worker, "op=invert", vector_input("photo.png"), headers=AUTH).status_code
+        still_open = len(idle.sockets) - idle.closed_by_server()
+    assert idle.opened == 1500 and not idle.errors, (idle.opened, idle.refused, idle.errors[:3])
+    assert evicted, f"{1500 - still_open} of 1500 idle connections closed; want >= {1500 - IDLE_CAP} within 3 s"
+    assert descriptors <= IDLE_CAP + 100, f"{descriptors} descriptors open with 1500 idle connections"
+    assert (healthz, process) == (200, 200), (healthz, process)
+    alive(nofile_worker)
 
 
 def test_health_under_unauthorised_slow_bodies(token_worker):

@@ -5,10 +5,17 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const http = require('node:http');
+const https = require('node:https');
+const net = require('node:net');
+const tls = require('node:tls');
 
 const { encodeImage } = require('../encode');
 const { rle8Bmp } = require('./bmp');
 const { startWorker, post, assertError, waitFor, health, rawConnection, requestHead } = require('./helpers');
+const { capIdleConnections } = require('../transport');
+const { tempFolder, authority } = require('./certs');
 
 /** A flat PNG: tiny on the wire, `width*height` pixels once decoded. */
 const flatPng = (width, height) =>
@@ -239,5 +246,92 @@ test('issue 11 item 3: a client that leaves mid-blur stops the work and frees it
     );
   } finally {
     await worker.close();
+  }
+});
+
+/**
+ * Connections to `server` (a capped one: capIdleConnections(server, 3)) in the order the cap
+ * must evict them: busy ones are kept, a kept-alive one counts as idle from its reply on.
+ */
+async function assertOldestIdleEvicted(server, connect) {
+  let release;
+  const held = new Promise((resolve) => {
+    release = resolve;
+  });
+  server.on('request', (req, res) => (req.url === '/hold' ? held : Promise.resolve()).then(() => res.end('ok')));
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const open = async (request) => {
+    const socket = await connect(server.address().port);
+    // a reply within 5 s, or the test fails there (a connection evicted by mistake never gets one)
+    const replied = () =>
+      new Promise((resolve, reject) => {
+        socket.once('data', resolve);
+        setTimeout(() => reject(new Error(`no reply to ${request}`)), 5_000).unref();
+      });
+    const closed = new Promise((resolve) => socket.once('close', () => resolve(true)));
+    socket.on('error', () => {});
+    if (request) socket.write(`GET ${request} HTTP/1.1\r\nHost: x\r\n\r\n`);
+    const isClosed = () => Promise.race([closed, new Promise((resolve) => setTimeout(() => resolve(false), 300))]);
+    return { socket, replied, isClosed };
+  };
+  const sockets = [];
+  try {
+    const busy = await open('/hold');
+    const silent = await open(null);
+    const kept = await open('/');
+    await kept.replied(); // idle again, newer than `silent`
+    const late = await open(null);
+    sockets.push(busy, silent, kept, late);
+    assert.equal(await silent.isClosed(), false, 'closed at the cap, before any connection past it');
+    sockets.push(await open(null));
+    assert.equal(await silent.isClosed(), true, 'the oldest idle connection was kept');
+    sockets.push(await open(null));
+    assert.equal(await kept.isClosed(), true, 'the kept-alive connection was kept');
+    release();
+    await busy.replied(); // idle from now on: the newest
+    sockets.push(await open(null));
+    assert.equal(await late.isClosed(), true, 'the next oldest idle connection was kept');
+    assert.equal(await busy.isClosed(), false, 'a connection that was busy was evicted before older idle ones');
+  } finally {
+    release();
+    for (const { socket } of sockets) socket.destroy();
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+  }
+}
+
+test(
+  'rule 10: past MAX_IDLE_CONNECTIONS a new connection closes the one idle longest, never a busy one',
+  { timeout: 20_000 },
+  async () => {
+    const server = http.createServer();
+    capIdleConnections(server, 3);
+    await assertOldestIdleEvicted(
+      server,
+      (port) =>
+        new Promise((resolve) =>
+          net.connect(port, '127.0.0.1').once('connect', function connected() {
+            resolve(this);
+          }),
+        ),
+    );
+  },
+);
+
+test('rule 10: the idle cap counts TLS connections by their accepted socket', { timeout: 20_000 }, async () => {
+  const { folder, cleanup } = tempFolder();
+  try {
+    const { cert, key } = authority(folder).issue('server');
+    const server = https.createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) });
+    capIdleConnections(server, 3);
+    await assertOldestIdleEvicted(
+      server,
+      (port) =>
+        new Promise((resolve) => {
+          const socket = tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false }, () => resolve(socket));
+        }),
+    );
+  } finally {
+    cleanup();
   }
 });
