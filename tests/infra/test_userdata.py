@@ -34,6 +34,7 @@ from infra.userdata import (
     NODE_TARBALL_SHA256,
     NODE_TARBALL_URL,
     NODE_VERSION,
+    NOFILE_LIMIT,
     NPM_TARBALL_SHA256,
     NPM_TARBALL_URL,
     SECRETS_SCRIPT_PATH,
@@ -234,6 +235,15 @@ def test_node_host_installs_pinned_node_20_and_locked_deps():
         assert fetch < check < unpack
     assert f"ln -sfn /opt/node-{NODE_VERSION}/bin/node /usr/bin/node" in runcmd
     assert "cd /opt/worker-nodejs/current && timeout 900 npm ci --omit=dev --no-audit --no-fund" in runcmd
+
+
+@pytest.mark.parametrize("role", sorted(ROLE_SPECS))
+def test_unit_sets_open_files_above_the_idle_connection_cap(role):
+    """Both workers keep at most 1000 idle connections (tests/contract/README.md, rule 10);
+    systemd's default soft limit of 1024 left worker-python ~14 descriptors beyond them."""
+    unit = embedded(parsed(role), f"/etc/systemd/system/{role}.service")["content"]
+    assert f"LimitNOFILE={NOFILE_LIMIT}" in unit.splitlines()
+    assert NOFILE_LIMIT >= 2 * 1583  # twice the peak measured under attack (infra/userdata.py)
 
 
 def test_unit_bounds_in_flight_pixels_under_its_memory_limit():
