@@ -29,7 +29,7 @@ from PIL import Image, ImageChops
 
 from infra.bundle import build_id, bundle_files
 from infra.fleet_tls import CLIENT_NAME
-from infra.userdata import SECRETS_INTERVAL_SECONDS
+from infra.userdata import NOFILE_LIMIT, SECRETS_INTERVAL_SECONDS
 from scripts.boot import inspect
 from scripts.boot.image import build_image
 from scripts.boot.netplan import machine_address
@@ -234,6 +234,9 @@ def test_first_boot_makes_a_hardened_worker(role, image, program):
             facts["PrivateDevices"],
             facts["NoNewPrivileges"],
         ) == ("strict", "yes", "yes", "yes", "yes")
+        # LimitNOFILE, soft and hard, in the running worker (node raises its soft limit to the hard one)
+        limits = box.sh(f"grep '^Max open files' /proc/{facts['MainPID']}/limits").stdout.split()
+        assert limits[3:5] == [str(NOFILE_LIMIT)] * 2, limits
         exposure = inspect.exposure(box, role)
         TIMINGS.append((role, "systemd-analyze security exposure", exposure or -1))
         assert exposure is not None and exposure <= EXPOSURE_TODAY, exposure
