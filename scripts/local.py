@@ -363,6 +363,17 @@ def page_command(port: int, *options: str) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", app, "--server.port", str(port), *headless, *options]
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGHUP (a `kill`, a closed terminal) stop everything as Ctrl-C does, and so
+    does SIGINT when a non-interactive shell started us in the background with it ignored."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
+
+
 def run(tls: LocalTls | None = None) -> int:
     try:
         chosen = ports()
@@ -370,7 +381,12 @@ def run(tls: LocalTls | None = None) -> int:
     except PortError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
-    code = start_workers(chosen=chosen, tls=tls)
+    _stop_on_signals()
+    try:
+        code = start_workers(chosen=chosen, tls=tls)
+    except KeyboardInterrupt:
+        stop_all()
+        return 130
     if code:
         return code
     RUN_DIR.mkdir(parents=True, exist_ok=True)

@@ -205,6 +205,34 @@ def test_run_points_the_page_at_the_chosen_worker_ports_and_ctrl_c_stops_all(tmp
         requests.get(f"http://127.0.0.1:{nodejs_port}/healthz", timeout=5)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_run_killed_or_hung_up_stops_the_workers_and_the_page(tmp_path, signum):
+    """A `kill` or a closed terminal reaches the runner alone: it used to die at once and leave
+    both workers and the page running, their pid files behind."""
+    python_port, nodejs_port, page_port = free_port(), free_port(), free_port()
+    proc = _run_in_background(tmp_path, (python_port, nodejs_port, page_port))
+    try:
+        page_pid = _wait_for_page(tmp_path / "run" / "page.pid", page_port, proc)
+        proc.send_signal(signum)
+        code = proc.wait(timeout=60)
+        left = sorted(path.name for path in (tmp_path / "run").glob("*.pid"))
+        page_alive = local._alive(page_pid)
+        answering = [port for port in (python_port, nodejs_port) if _answers(port)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        runner("stop", tmp_path, timeout=60)  # cleans up after the old behaviour; a no-op now
+    assert (code, left, page_alive, answering) == (0, [], False, [])
+
+
+def _answers(port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).ok
+    except requests.ConnectionError:
+        return False
+
+
 def _wait_for_page(pid_file: Path, port: int, proc: subprocess.Popen, timeout: float = 90) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
