@@ -38,6 +38,18 @@ class ThreadedSocketServer:
     def _handle(self, client: socket.socket) -> None:
         raise NotImplementedError
 
+    @staticmethod
+    def _received_head(client: socket.socket, limit: int = 65536) -> bytes:
+        """What the client sent up to its headers' blank line (and any bytes read past it), at
+        most about `limit` bytes; less when it closes first."""
+        data = b""
+        while b"\r\n\r\n" not in data and len(data) < limit:
+            chunk = client.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
     def start(self):
         self._thread.start()
         return self

@@ -28,7 +28,7 @@ from coordinator.discovery import WorkerStatus, discover
 from coordinator.errors import ConfigError, NoWorkerError
 from scripts.testkit.cli import ROOT, clean_env, run_cli
 from scripts.testkit.procs import free_port
-from tests.support.moto_server import REGION, aws_env, run_tagged_instance, ubuntu_ami
+from tests.support.moto_server import REGION, aws_env, point_boto3_at, run_tagged_instance, ubuntu_ami
 
 PROJECT, STACK = "htp", "dev"
 POOLS = [
@@ -43,11 +43,7 @@ def aws(moto, monkeypatch):
     """This process's boto3 pointed at a fresh moto (dummy keys, no metadata lookups)."""
     moto.reset()
     pool_discovery.forget()
-    for key in [k for k in os.environ if k.startswith("AWS_")]:
-        monkeypatch.delenv(key)
-    for key, value in aws_env(moto.url).items():
-        if key.startswith("AWS_"):
-            monkeypatch.setenv(key, value)
+    point_boto3_at(moto.url, monkeypatch)
     yield moto.ec2()
     pool_discovery.forget()
 
@@ -150,11 +146,7 @@ def test_the_list_is_cached_within_the_interval_and_refreshed_after(aws, tmp_pat
 
 
 def test_no_credentials_is_one_line_naming_what_to_set(moto, tmp_path, monkeypatch):
-    for key in [k for k in os.environ if k.startswith("AWS_")]:
-        monkeypatch.delenv(key)
-    for key, value in aws_env(moto.url, credentials=False).items():
-        if key.startswith("AWS_"):
-            monkeypatch.setenv(key, value)
+    point_boto3_at(moto.url, monkeypatch, credentials=False)
     pool_discovery.forget()
     with pytest.raises(ConfigError, match="no AWS credentials; set AWS_PROFILE or AWS_ACCESS_KEY_ID"):
         discover(pooled_config(tmp_path))

@@ -66,7 +66,7 @@ class DripServer(ThreadedSocketServer):
                 return
             if self.context is not None:
                 client = self.context.wrap_socket(client, server_side=True)
-            head = self._read_head(client)
+            head = self._received_head(client)
             if self.honest > 0:
                 self.honest -= 1
                 self._token_answer(client, head)
@@ -76,16 +76,6 @@ class DripServer(ThreadedSocketServer):
             pass
         finally:
             client.close()
-
-    @staticmethod
-    def _read_head(client) -> bytes:
-        head = b""
-        while b"\r\n\r\n" not in head and len(head) < 65536:
-            chunk = client.recv(4096)
-            if not chunk:
-                break
-            head += chunk
-        return head
 
     @staticmethod
     def _token_answer(client, head: bytes) -> None:

@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import itertools
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from scripts.testkit.procs import ROOT, TlsClient
 from scripts.testkit.tls import FLEET_TLS_NAME, Authority
 from tests.support.fleet_cli import assert_one_error_line, run_fleet
 from tests.support.hostile_worker import HostileWorker
-from tests.support.moto_server import REGION, aws_env, ubuntu_ami
+from tests.support.moto_server import REGION, aws_env, point_boto3_at, ubuntu_ami
 
 PROJECT, STACK = "hdtp", "rotate-test"
 PREFIX = f"/{PROJECT}/{STACK}"
@@ -352,11 +351,7 @@ def test_refresh_secrets_checks_every_worker_serves_the_certificate_in_ssm(moto,
 
 def test_a_pooled_stack_probes_every_running_pool_instance_over_https(moto, tmp_path, monkeypatch):
     moto.reset()
-    for key in [k for k in os.environ if k.startswith("AWS_")]:  # this process's boto3 talks to moto only
-        monkeypatch.delenv(key)
-    for key, value in aws_env(moto.url).items():
-        if key.startswith("AWS_"):
-            monkeypatch.setenv(key, value)
+    point_boto3_at(moto.url, monkeypatch)
     ec2, autoscaling = moto.ec2(), moto.client("autoscaling")
     template = ec2.create_launch_template(
         LaunchTemplateName="py", LaunchTemplateData={"ImageId": ubuntu_ami(ec2), "InstanceType": "t3.small"}
@@ -393,11 +388,7 @@ class Pool:
 
     def __init__(self, moto, ssm, monkeypatch, tmp_path):
         pool_discovery.forget()
-        for key in [k for k in os.environ if k.startswith("AWS_")]:  # this process's boto3 talks to moto only
-            monkeypatch.delenv(key)
-        for key, value in aws_env(moto.url).items():
-            if key.startswith("AWS_"):
-                monkeypatch.setenv(key, value)
+        point_boto3_at(moto.url, monkeypatch)
         self.ssm, self.ec2, self.autoscaling = ssm, moto.ec2(), moto.client("autoscaling")
         self.ports: dict[str, int] = {}  # instance id -> its worker's loopback port
         self.files: dict[int, object] = {}  # port -> the worker's token file (none: a fixed token)

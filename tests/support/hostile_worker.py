@@ -111,13 +111,7 @@ class HostileWorker(ThreadedSocketServer):
     @staticmethod
     def _read_head(client: socket.socket) -> tuple[str, int, bytes]:
         """The path, the Content-Length and the body bytes that came with the headers."""
-        data = b""
-        while b"\r\n\r\n" not in data and len(data) < 65536:
-            chunk = client.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        head, _, rest = data.partition(b"\r\n\r\n")
+        head, _, rest = ThreadedSocketServer._received_head(client).partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         length = 0
         for line in lines[1:]:

@@ -51,6 +51,16 @@ def aws_env(endpoint_url: str | None, credentials: bool = True) -> dict[str, str
     return env
 
 
+def point_boto3_at(endpoint_url: str, monkeypatch, credentials: bool = True) -> None:
+    """This process's AWS_* variables replaced by aws_env's, so its own boto3 talks to the moto
+    server only (monkeypatch restores them after the test)."""
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    for key, value in aws_env(endpoint_url, credentials).items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+
+
 @dataclass
 class MotoServer:
     process: RunningProcess
