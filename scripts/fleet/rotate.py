@@ -101,7 +101,7 @@ class Rotation:
             raise FleetError(f"no workers in {self.config.outputs_path} to rotate the token of", USAGE)
         stray = tokens.new_token()
         wanted = [("current token", current, ACCEPTED), ("a random token", stray, REFUSED)]
-        lagging = tokens.wait_for(self.config, targets, wanted, 0, self.interval)
+        lagging = tokens.wait_for(self.config, lambda: targets, wanted, 0, self.interval)
         if lagging:
             raise FleetError(f"not rotating: {_summary(lagging)}")
         self.say(f"{len(targets)} workers accept the current token and refuse a random one")

@@ -97,17 +97,16 @@ def verdicts(
 
 def wait_for(
     config: FleetConfig,
-    targets: list[Endpoint] | Callable[[], list[Endpoint]],
+    find: Callable[[], list[Endpoint]],
     wanted: list[tuple[str, str, str]],
     timeout: float,
     interval: float,
 ) -> dict[str, str]:
     """Ask until every target gives each token its wanted verdict ((label, token, ACCEPTED or
     REFUSED) each); returns {name: what is still wrong} ({} on success) once done or after
-    `timeout` seconds. `targets` may be a function giving the workers now: it is called at the
-    start of each round and once more after a round with nothing wrong, and a worker it gives
-    that the round did not ask (it joined meanwhile) keeps the wait going."""
-    find = targets if callable(targets) else lambda: targets
+    `timeout` seconds. `find` gives the workers now: it is called at the start of each round
+    and once more after a round with nothing wrong, and a worker it gives that the round did not
+    ask (it joined meanwhile) keeps the wait going."""
     deadline = time.monotonic() + timeout
     while True:
         asked = find()
@@ -117,7 +116,7 @@ def wait_for(
             for name, got in verdicts(config, asked, token, min(PROBE_DEADLINE, max(PROBE_FLOOR, left))).items():
                 if got != want:
                     lagging.setdefault(name, f"{label}: {got}, not {want}")
-        if not lagging and callable(targets):
+        if not lagging:
             lagging = {t.name: "joined, not asked yet" for t in find() if t not in asked}
             if lagging and time.monotonic() < deadline:
                 continue  # ask the newcomers now
